@@ -1,0 +1,95 @@
+from tire.v1 import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FitSettings(_message.Message):
+    __slots__ = ("steps", "learning_rate", "rank", "prompt", "resolution", "flip", "max_rotation_deg", "clusters", "seed")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    FLIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROTATION_DEG_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    learning_rate: float
+    rank: int
+    prompt: str
+    resolution: int
+    flip: bool
+    max_rotation_deg: float
+    clusters: int
+    seed: int
+    def __init__(self, steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., rank: _Optional[int] = ..., prompt: _Optional[str] = ..., resolution: _Optional[int] = ..., flip: _Optional[bool] = ..., max_rotation_deg: _Optional[float] = ..., clusters: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class FitSubjectRequest(_message.Message):
+    __slots__ = ("images", "masks", "settings")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MASKS_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    images: _common_pb2.TensorRef
+    masks: _common_pb2.TensorRef
+    settings: FitSettings
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., settings: _Optional[_Union[FitSettings, _Mapping]] = ...) -> None: ...
+
+class SubjectModel(_message.Message):
+    __slots__ = ("artifact", "backend", "base_model")
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    artifact: _common_pb2.ObjectRef
+    backend: str
+    base_model: str
+    def __init__(self, artifact: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., backend: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
+
+class FitProgress(_message.Message):
+    __slots__ = ("step", "total_steps", "loss", "elapsed_seconds")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_seconds: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+
+class FitSubjectResponse(_message.Message):
+    __slots__ = ("progress", "model")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    progress: FitProgress
+    model: SubjectModel
+    def __init__(self, progress: _Optional[_Union[FitProgress, _Mapping]] = ..., model: _Optional[_Union[SubjectModel, _Mapping]] = ...) -> None: ...
+
+class InpaintRequest(_message.Message):
+    __slots__ = ("images", "masks", "alpha", "subject", "strength", "seed", "num_inference_steps", "guidance_scale")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MASKS_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    images: _common_pb2.TensorRef
+    masks: _common_pb2.TensorRef
+    alpha: _common_pb2.TensorRef
+    subject: SubjectModel
+    strength: float
+    seed: int
+    num_inference_steps: int
+    guidance_scale: float
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., subject: _Optional[_Union[SubjectModel, _Mapping]] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ...) -> None: ...
+
+class InpaintResponse(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _common_pb2.TensorRef
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ...) -> None: ...

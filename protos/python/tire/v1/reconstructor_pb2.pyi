@@ -1,0 +1,41 @@
+from tire.v1 import common_pb2 as _common_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReconstructOptions(_message.Message):
+    __slots__ = ("keep_higher_sh", "prior_weight", "max_iterations", "tolerance")
+    KEEP_HIGHER_SH_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    keep_higher_sh: bool
+    prior_weight: float
+    max_iterations: int
+    tolerance: float
+    def __init__(self, keep_higher_sh: _Optional[bool] = ..., prior_weight: _Optional[float] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
+
+class ReconstructRequest(_message.Message):
+    __slots__ = ("views", "initial", "time_step", "options")
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_FIELD_NUMBER: _ClassVar[int]
+    TIME_STEP_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    views: _common_pb2.ViewSet
+    initial: _common_pb2.AssetRef
+    time_step: int
+    options: ReconstructOptions
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ...) -> None: ...
+
+class ReconstructResponse(_message.Message):
+    __slots__ = ("ply", "rms_error", "iterations")
+    PLY_FIELD_NUMBER: _ClassVar[int]
+    RMS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    ply: _common_pb2.ObjectRef
+    rms_error: float
+    iterations: int
+    def __init__(self, ply: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., rms_error: _Optional[float] = ..., iterations: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,87 @@
+"""The one gRPC client factory: every service-to-service channel is made here.
+
+Channels are plaintext on purpose: in the cluster, TLS (and peer identity) is the service mesh's job,
+so services neither hold certificates nor need reconfiguring when they rotate.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+MiB = 1024 * 1024
+
+# Client keepalive ping period. The server bootstrap (services.common.server) derives the smallest
+# ping interval it accepts from this, so a client never draws a GOAWAY "too_many_pings".
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+# gRPC rejects a retry policy with maxAttempts < 2 and silently caps it at 5.
+_MAX_ATTEMPTS = 5
+
+
+def service_config(retries: int, timeout_s: float | None) -> dict:
+    """The channel's service config: round-robin over all resolved addresses, retry on UNAVAILABLE."""
+    method: dict = {"name": [{}]}  # an empty name matches every method of every service
+    if retries > 0:
+        method["retryPolicy"] = {
+            "maxAttempts": min(retries + 1, _MAX_ATTEMPTS),
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+    if timeout_s is not None:
+        method["timeout"] = f"{timeout_s:.3f}s"
+    return {"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [method]}
+
+
+def dial(
+    target: str,
+    *,
+    max_message_bytes: int = 16 * MiB,
+    retries: int = 4,
+    timeout_s: float | None = None,
+) -> grpc.Channel:
+    """Open an insecure (mesh-encrypted) channel to ``target``.
+
+    Args:
+        target: ``dns:///renderer:50051`` (every address the name resolves to is used, round-robin)
+            or ``127.0.0.1:50051``.
+        max_message_bytes: limit on each message sent and received; match the server's.
+        retries: how many times a call failing with UNAVAILABLE is retried (exponential backoff from
+            0.1 s to 2 s); at most 4, 0 disables. Only UNAVAILABLE is retried: the call did not run, or a
+            service said retrying may help (``errors.StoreUnavailable``).
+        timeout_s: default deadline for every call on the channel; a per-call ``timeout=`` overrides it.
+
+    The channel connects lazily; use ``wait_ready`` to block until the server is reachable.
+    """
+    options = [
+        ("grpc.service_config", json.dumps(service_config(retries, timeout_s))),
+        # Without this, a service config published in DNS TXT records could replace ours.
+        ("grpc.service_config_disable_resolution", 1),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # The default (2) stops keepalive pings on an idle connection after two, defeating them.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    return grpc.insecure_channel(target, options=options)
+
+
+def wait_ready(channel: grpc.Channel, timeout_s: float, target: str = "the server") -> None:
+    """Block until ``channel`` is connected.
+
+    Raises:
+        TimeoutError: it did not connect within ``timeout_s``.
+    """
+    future = grpc.channel_ready_future(channel)
+    try:
+        future.result(timeout=timeout_s)
+    except grpc.FutureTimeoutError:
+        future.cancel()  # stop watching the channel's connectivity
+        raise TimeoutError(f"{target} not ready after {timeout_s} s") from None

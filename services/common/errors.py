@@ -1,0 +1,92 @@
+"""The project's exception tree, and the one place that maps it to gRPC status codes.
+
+    TireError                      any error this project raises on purpose
+    ├── InvalidArgument            a request field is wrong       INVALID_ARGUMENT
+    │   └── AssetError             a .ply (or 4D list) is malformed INVALID_ARGUMENT
+    ├── NotFound                   something named does not exist NOT_FOUND
+    │   └── ObjectNotFound         no such object in the store     NOT_FOUND
+    ├── FailedPrecondition         not ready: model not loaded...  FAILED_PRECONDITION
+    │   └── StoreAuthError         the store rejected our keys     FAILED_PRECONDITION
+    ├── ResourceExhausted          a limit or a queue is full      RESOURCE_EXHAUSTED
+    │   └── ObjectTooLarge         an object is over its size cap  RESOURCE_EXHAUSTED
+    ├── IntegrityError             bytes do not match their sha256 DATA_LOSS
+    └── StoreUnavailable           the store cannot be reached     UNAVAILABLE
+
+Lower-level exceptions (minio, OSError, numpy) are converted to the most specific class here with
+``raise ... from exc``, so a servicer only ever sees this tree. ``grpc_code`` is read by the server
+bootstrap (``services.common.server``) to abort a call with the right status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+
+class TireError(Exception):
+    """Base class. ``str(err)`` is a sentence meant for the caller."""
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(TireError):
+    """A request field has a bad value.
+
+    The message names the field and quotes the value: "`width` must be between 8 and 4096, got 0."
+    """
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, value: Any, problem: str):
+        self.field = field
+        self.value = value
+        self.problem = problem
+        super().__init__(f"`{field}` {problem}, got {_quote(value)}.")
+
+
+class AssetError(TireError):
+    """A 3DGS file is malformed: bad header, missing properties, truncated data, NaN/inf, absurd counts."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(TireError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class ObjectNotFound(NotFound):
+    """The store has no object at the given URI."""
+
+
+class FailedPrecondition(TireError):
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class StoreAuthError(FailedPrecondition):
+    """The object store rejected this service's credentials (a deployment problem, not the caller's)."""
+
+
+class ResourceExhausted(TireError):
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ObjectTooLarge(ResourceExhausted):
+    """An object is larger than the limit set for reading or writing it."""
+
+
+class IntegrityError(TireError):
+    """Bytes read back do not hash to the sha256 they were referenced by."""
+
+    grpc_code = grpc.StatusCode.DATA_LOSS
+
+
+class StoreUnavailable(TireError):
+    """The object store could not be reached; retrying may help."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+def _quote(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,446 @@
+"""3D Gaussians in memory, and their `.ply` files (INRIA 3DGS and LGM layouts).
+
+Values are kept as the files store them (log scales, logit opacities, raw SH coefficients), so a
+read followed by a write is bit-identical; the activated values are properties.
+
+Conventions:
+- ``quats`` are (w, x, y, z), unit length (the reader normalises them).
+- ``sh`` is ``[N, K, 3]`` with ``K = (degree + 1) ** 2``; ``sh[:, 0]`` is the DC term (``f_dc_*``).
+  Colour is ``max(0, 0.5 + sum_k sh[:, k] * Y_k(direction))``, as in the reference 3DGS code.
+- In the INRIA file, ``f_rest_*`` is channel-major: all R coefficients 1..K-1, then G, then B.
+
+Files:
+- ``read_ply`` parses ``binary_little_endian``, ``binary_big_endian`` and ``ascii`` 1.0 files with
+  its own header parser and ``np.frombuffer``; property order does not matter. Normals
+  (``nx, ny, nz``) are dropped: 3DGS writers fill them with zeros and nothing here uses them.
+  Any other non-standard vertex property is kept in ``extra``.
+- ``write_ply`` writes ``binary_little_endian`` in the INRIA (with ``extra``) or LGM layout.
+- Every malformed-file problem raises ``AssetError`` with a sentence saying what and where.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.common.errors import AssetError, NotFound
+
+SH_C0 = 0.28209479177387814  # Y_0^0; colour = 0.5 + SH_C0 * f_dc
+
+
+@dataclass(frozen=True, eq=False)
+class Gaussians:
+    """N Gaussians, float32 arrays, as stored in a 3DGS `.ply`.
+
+    Attributes:
+        means: ``[N, 3]`` float32, world units.
+        log_scales: ``[N, 3]`` float32, natural log of the per-axis standard deviation.
+        quats: ``[N, 4]`` float32, unit quaternions (w, x, y, z), local-to-world rotation.
+        opacity_logits: ``[N]`` float32, logit of the opacity.
+        sh: ``[N, K, 3]`` float32 spherical-harmonic coefficients, K in {1, 4, 9, 16}.
+        extra: non-standard per-Gaussian properties kept from the file, name -> ``[N]`` float32.
+    """
+
+    means: np.ndarray
+    log_scales: np.ndarray
+    quats: np.ndarray
+    opacity_logits: np.ndarray
+    sh: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ``AssetError`` unless the arrays have the documented shapes, dtype and values.
+
+        Checks: N > 0; float32 arrays of shapes ``[N, 3]``, ``[N, 3]``, ``[N, 4]``, ``[N]``,
+        ``[N, K, 3]`` with K in {1, 4, 9, 16}; all finite; quaternions of unit length within 1e-3;
+        ``extra`` values are ``[N]`` float32 (any value) under plain names that do not clash with
+        the standard properties.
+        """
+        n = len(self) if isinstance(self.means, np.ndarray) and self.means.ndim == 2 else 0
+        if n == 0:
+            raise AssetError(
+                f"Gaussians.means must be [N, 3] float32 with N > 0, got {_describe(self.means)}"
+            )
+        for name, arr, shape in (
+            ("means", self.means, (n, 3)),
+            ("log_scales", self.log_scales, (n, 3)),
+            ("quats", self.quats, (n, 4)),
+            ("opacity_logits", self.opacity_logits, (n,)),
+        ):
+            _check_array(f"Gaussians.{name}", arr, shape)
+        if not isinstance(self.sh, np.ndarray) or self.sh.ndim != 3 or self.sh.shape[1] not in _SH_COEFFS:
+            raise AssetError(
+                f"Gaussians.sh must be [N, K, 3] with K in {{1, 4, 9, 16}}, got {_describe(self.sh)}"
+            )
+        _check_array("Gaussians.sh", self.sh, (n, self.sh.shape[1], 3))
+        norms = np.linalg.norm(self.quats.astype(np.float64), axis=1)
+        off = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+        if off.size:
+            raise AssetError(
+                f"Gaussians.quats has {off.size} quaternions that are not unit length "
+                f"(first at index {off[0]}, norm {norms[off[0]]:.6g})"
+            )
+        for name, arr in self.extra.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or _is_standard_property(name):
+                raise AssetError(f"Gaussians.extra has a key {name!r} that cannot be written as a property")
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (n,):
+                raise AssetError(f"Gaussians.extra[{name!r}] must be [{n}] float32, got {_describe(arr)}")
+
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def sh_degree(self) -> int:
+        """0 to 3."""
+        return math.isqrt(self.sh.shape[1]) - 1
+
+    @property
+    def scales(self) -> np.ndarray:
+        """``[N, 3]`` float32 standard deviations, world units."""
+        return np.exp(self.log_scales)
+
+    @property
+    def opacities(self) -> np.ndarray:
+        """``[N]`` float32 in (0, 1)."""
+        return (1.0 / (1.0 + np.exp(-self.opacity_logits.astype(np.float64)))).astype(np.float32)
+
+    @property
+    def colours(self) -> np.ndarray:
+        """``[N, 3]`` float32 view-independent (DC) colour, clamped at 0."""
+        return np.maximum(0.5 + SH_C0 * self.sh[:, 0], 0.0).astype(np.float32)
+
+
+MAX_HEADER_BYTES = 64 * 1024
+"""A longer header is rejected: real 3DGS headers are about 2 KiB."""
+
+_SH_COEFFS = (1, 4, 9, 16)
+_F_REST_COUNTS = {3 * (k - 1): k for k in _SH_COEFFS}  # number of f_rest_* -> K
+_NORMALS = ("nx", "ny", "nz")
+_LGM_PROPERTIES = (
+    "x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
+    "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
+)  # fmt: skip
+_REQUIRED = _LGM_PROPERTIES  # the INRIA layout adds only optional normals and f_rest_*
+_F_REST = re.compile(r"f_rest_(\d+)")
+_LAYOUTS = ("inria", "lgm")
+
+_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}  # fmt: skip
+_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
+_END_HEADER = re.compile(rb"\nend_header[ \t]*\r?(?:\n|\Z)")
+
+
+def _is_standard_property(name: str) -> bool:
+    return name in _REQUIRED or name in _NORMALS or _F_REST.fullmatch(name) is not None
+
+
+def _describe(arr: object) -> str:
+    return f"{arr.dtype} {list(arr.shape)}" if isinstance(arr, np.ndarray) else type(arr).__name__
+
+
+def _check_array(what: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
+    if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != shape:
+        raise AssetError(f"{what} must be {list(shape)} float32, got {_describe(arr)}")
+    bad = np.flatnonzero(~np.isfinite(arr).reshape(shape[0], -1).all(axis=1))
+    if bad.size:
+        raise AssetError(f"{what} has non-finite values in {bad.size} rows (first at index {bad[0]})")
+
+
+@dataclass(frozen=True)
+class _Property:
+    name: str
+    code: str | None  # numpy type code without byte order; None for a list property
+
+
+@dataclass(frozen=True)
+class _Element:
+    name: str
+    count: int
+    properties: tuple[_Property, ...]
+
+
+def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
+    """(format, elements in file order, byte offset of the data) of a `.ply`."""
+    if not (data.startswith(b"ply\n") or data.startswith(b"ply\r\n")):
+        raise AssetError(f"not a `.ply` file: it starts with {data[:16]!r} instead of 'ply'")
+    head = data[: MAX_HEADER_BYTES + 1]
+    match = _END_HEADER.search(head)
+    if match is None:
+        if len(head) > MAX_HEADER_BYTES:
+            raise AssetError(f"`.ply` header has no `end_header` line in its first {MAX_HEADER_BYTES} bytes")
+        raise AssetError("`.ply` header is not terminated: there is no `end_header` line")
+    try:
+        text = data[: match.start()].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise AssetError(f"`.ply` header has a non-ASCII byte at offset {exc.start}") from exc
+
+    fmt: str | None = None
+    elements: list[tuple[str, int, list[_Property]]] = []
+    for number, line in enumerate(text.split("\n")[1:], start=2):
+        words = line.split()
+        if not words or words[0] in ("comment", "obj_info"):
+            continue
+        if words[0] == "format":
+            if len(words) != 3 or words[1] not in _FORMATS or words[2] not in ("1.0", "1"):
+                raise AssetError(f"unsupported `.ply` format {' '.join(words[1:])!r} (header line {number})")
+            fmt = words[1]
+        elif words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise AssetError(f"`.ply` header line {number} is not `element <name> <count>`: {line!r}")
+            if any(name == words[1] for name, _, _ in elements):
+                raise AssetError(f"`.ply` header declares element `{words[1]}` twice")
+            elements.append((words[1], int(words[2]), []))
+        elif words[0] == "property":
+            if not elements:
+                raise AssetError(f"`.ply` header line {number} declares a property before any element")
+            props = elements[-1][2]
+            if len(words) == 5 and words[1] == "list":
+                types, prop = words[2:4], _Property(words[4], None)
+            elif len(words) == 3:
+                types, prop = words[1:2], _Property(words[2], _TYPES.get(words[1]))
+            else:
+                raise AssetError(f"`.ply` header line {number} is not a valid property: {line!r}")
+            unknown = [t for t in types if t not in _TYPES]
+            if unknown:
+                raise AssetError(f"`.ply` property `{prop.name}` has unknown type `{unknown[0]}`")
+            if any(p.name == prop.name for p in props):
+                raise AssetError(f"`.ply` element `{elements[-1][0]}` declares property `{prop.name}` twice")
+            props.append(prop)
+        else:
+            raise AssetError(f"`.ply` header line {number} is not understood: {line!r}")
+    if fmt is None:
+        raise AssetError("`.ply` header has no `format` line")
+    return fmt, [_Element(n, c, tuple(p)) for n, c, p in elements], match.end()
+
+
+def _vertex_columns(
+    data: bytes, fmt: str, elements: list[_Element], offset: int, max_gaussians: int
+) -> tuple[int, dict[str, np.ndarray]]:
+    """The vertex element as (count, name -> ``[N]`` column of the file's dtype), all names kept."""
+    names = [e.name for e in elements]
+    if "vertex" not in names:
+        raise AssetError(f"`.ply` has no `vertex` element (elements: {', '.join(names) or 'none'})")
+    index = names.index("vertex")
+    vertex = elements[index]
+    if vertex.count == 0 or vertex.count > max_gaussians:
+        raise AssetError(
+            f"`.ply` header declares {vertex.count} vertices; expected between 1 and {max_gaussians}"
+        )
+    lists = [p.name for p in vertex.properties if p.code is None]
+    if lists:
+        raise AssetError(
+            f"`.ply` vertex element has list properties, which are not supported: {', '.join(lists)}"
+        )
+    _check_properties(vertex)
+
+    n = vertex.count
+    if fmt == "ascii":
+        # One element per line, so elements declared before `vertex` are skipped line by line.
+        skip = sum(e.count for e in elements[:index])
+        lines = [line for line in data[offset:].split(b"\n") if line.strip()][skip : skip + n]
+        if len(lines) < n:
+            raise AssetError(
+                f"`.ply` header declares {n} vertices but the data holds only {len(lines)} (truncated?)"
+            )
+        tokens = b" ".join(lines).split()
+        width = len(vertex.properties)
+        if len(tokens) != n * width:
+            raise AssetError(
+                f"`.ply` ascii vertex data has {len(tokens)} values; "
+                f"expected {n} vertices x {width} properties"
+            )
+        try:
+            table = np.array(tokens, dtype=np.float64).reshape(n, width)
+        except ValueError as exc:
+            raise AssetError(f"`.ply` ascii vertex data has a value that is not a number: {exc}") from exc
+        return n, {p.name: table[:, i] for i, p in enumerate(vertex.properties)}
+
+    order = _FORMATS[fmt]
+    for element in elements[:index]:
+        if any(p.code is None for p in element.properties):
+            raise AssetError(
+                f"`.ply` element `{element.name}` comes before `vertex` and has list properties; "
+                "binary files with that layout are not supported"
+            )
+        offset += element.count * sum(np.dtype(p.code).itemsize for p in element.properties)
+    dtype = np.dtype([(p.name, order + p.code) for p in vertex.properties])
+    have = max(0, len(data) - offset) // dtype.itemsize
+    if have < n:
+        raise AssetError(f"`.ply` header declares {n} vertices but the data holds only {have} (truncated?)")
+    table = np.frombuffer(data, dtype=dtype, count=n, offset=offset)
+    return n, {name: table[name] for name in dtype.names}
+
+
+def _check_properties(vertex: _Element) -> None:
+    names = {p.name for p in vertex.properties}
+    missing = [name for name in _REQUIRED if name not in names]
+    if missing:
+        raise AssetError(f"`.ply` is missing required properties: {', '.join(missing)}")
+    rest = {int(m.group(1)) for m in map(_F_REST.fullmatch, names) if m}
+    if len(rest) not in _F_REST_COUNTS:
+        raise AssetError(
+            f"`.ply` has {len(rest)} f_rest_* properties; expected 0, 9, 24 or 45 (SH degree 0 to 3)"
+        )
+    gaps = sorted(set(range(len(rest))) - rest)
+    if gaps:
+        raise AssetError(f"`.ply` is missing required properties: {', '.join(f'f_rest_{i}' for i in gaps)}")
+
+
+def _finite_float32(name: str, column: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a double too large for float32 becomes inf, reported below
+        out = column.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        raise AssetError(
+            f"`.ply` property `{name}` has {bad.size} non-finite values (first at vertex {bad[0]})"
+        )
+    return out
+
+
+def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000) -> Gaussians:
+    """Read a 3DGS `.ply` (INRIA or LGM layout, any property order) into ``Gaussians``.
+
+    Args:
+        source: the file's bytes, or a path to it.
+        max_gaussians: a larger vertex count is rejected before anything is allocated.
+
+    Returns:
+        ``Gaussians`` of owned, C-contiguous float32 arrays. Quaternions whose norm differs from 1 by
+        more than 1e-6 are normalised (in float64), so reading what ``write_ply`` wrote is
+        bit-identical. ``sh`` has K = 1 + (number of f_rest_*) / 3. Normals are dropped; every other
+        non-standard vertex property is kept in ``extra`` as ``[N]`` float32. Elements other than
+        ``vertex`` are ignored.
+
+    Raises:
+        AssetError: the file is malformed (bad magic, format or header; no vertex element; missing
+            properties; f_rest count not 0/9/24/45; vertex count 0 or over ``max_gaussians``;
+            truncated data; NaN/inf in a standard property; a zero-length quaternion).
+        NotFound: ``source`` is a path that does not exist.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except FileNotFoundError as exc:
+            raise NotFound(f"no `.ply` file at {os.fspath(source)!r}") from exc
+        except OSError as exc:
+            raise AssetError(f"cannot read `.ply` file {os.fspath(source)!r}: {exc.strerror}") from exc
+    else:
+        data = bytes(source)
+    fmt, elements, offset = _parse_header(data)
+    n, columns = _vertex_columns(data, fmt, elements, offset, max_gaussians)
+
+    def stack(names: Sequence[str]) -> np.ndarray:
+        out = np.empty((n, len(names)), dtype=np.float32)
+        for i, name in enumerate(names):
+            out[:, i] = _finite_float32(name, columns[name])
+        return out
+
+    k = _F_REST_COUNTS[sum(1 for name in columns if _F_REST.fullmatch(name))]
+    sh = np.empty((n, k, 3), dtype=np.float32)
+    sh[:, 0] = stack(["f_dc_0", "f_dc_1", "f_dc_2"])
+    if k > 1:
+        # Channel-major: f_rest_{c * (K-1) + j} is coefficient j+1 of channel c.
+        rest = stack([f"f_rest_{i}" for i in range(3 * (k - 1))])
+        sh[:, 1:] = rest.reshape(n, 3, k - 1).transpose(0, 2, 1)
+
+    quats = stack(["rot_0", "rot_1", "rot_2", "rot_3"])
+    norms = np.linalg.norm(quats.astype(np.float64), axis=1)
+    zero = np.flatnonzero(norms < 1e-12)
+    if zero.size:
+        raise AssetError(
+            f"`.ply` has {zero.size} zero-length quaternion(s) (rot_0..rot_3), first at vertex {zero[0]}"
+        )
+    # Rows already unit length within 1e-6 are left untouched, so read -> write -> read is exact.
+    off = np.abs(norms - 1.0) > 1e-6
+    quats[off] = (quats[off].astype(np.float64) / norms[off, None]).astype(np.float32)
+
+    extra: dict[str, np.ndarray] = {}
+    with np.errstate(over="ignore"):
+        for name, column in columns.items():
+            if not _is_standard_property(name):
+                extra[name] = column.astype(np.float32)
+    return Gaussians(
+        means=stack(["x", "y", "z"]),
+        log_scales=stack(["scale_0", "scale_1", "scale_2"]),
+        quats=quats,
+        opacity_logits=stack(["opacity"])[:, 0].copy(),
+        sh=sh,
+        extra=extra,
+    )
+
+
+def read_ply_sequence(
+    sources: Sequence[bytes | str | os.PathLike], max_gaussians: int = 10_000_000
+) -> list[Gaussians]:
+    """Read a 4D asset: one `.ply` per time step, in order, with ``read_ply``.
+
+    Time steps are not required to have the same count or SH degree.
+
+    Raises:
+        AssetError: ``sources`` is empty, or a file is malformed; the message starts with
+            "time step <index>: ".
+        NotFound: a path does not exist (same prefix).
+    """
+    if not sources:
+        raise AssetError("a 4D asset needs at least one `.ply` time step; the list is empty")
+    frames = []
+    for step, source in enumerate(sources):
+        try:
+            frames.append(read_ply(source, max_gaussians=max_gaussians))
+        except (AssetError, NotFound) as exc:
+            raise type(exc)(f"time step {step}: {exc}") from exc
+    return frames
+
+
+def write_ply(gaussians: Gaussians, layout: str = "inria") -> bytes:
+    """Encode Gaussians as a ``binary_little_endian`` 3DGS `.ply`.
+
+    Layouts:
+        "inria": x, y, z, nx, ny, nz (zeros), f_dc_0..2, f_rest_* (channel-major, 3 * (K-1) of them),
+            opacity, scale_0..2, rot_0..3, then the ``extra`` properties in dict order.
+        "lgm": x, y, z, f_dc_0..2, opacity, scale_0..2, rot_0..3; higher SH bands and ``extra``
+            are dropped.
+
+    ``read_ply`` of the result gives back bit-identical arrays (for "lgm", of what it keeps).
+
+    Raises:
+        ValueError: ``layout`` is not "inria" or "lgm".
+        AssetError: ``gaussians.validate()`` fails.
+    """
+    if layout not in _LAYOUTS:
+        raise ValueError(f"unknown .ply layout {layout!r}; expected one of {', '.join(_LAYOUTS)}")
+    gaussians.validate()
+    g, n = gaussians, len(gaussians)
+    if layout == "lgm":
+        names = list(_LGM_PROPERTIES)
+        blocks = [g.means, g.sh[:, 0], g.opacity_logits[:, None], g.log_scales, g.quats]
+    else:
+        k = g.sh.shape[1]
+        names = ["x", "y", "z", *_NORMALS, "f_dc_0", "f_dc_1", "f_dc_2"]
+        names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
+        names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", *g.extra]
+        blocks = [
+            g.means,
+            np.zeros((n, 3), dtype=np.float32),
+            g.sh[:, 0],
+            g.sh[:, 1:].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
+            g.opacity_logits[:, None],
+            g.log_scales,
+            g.quats,
+            *(value[:, None] for value in g.extra.values()),
+        ]
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
+    header += [f"property float {name}" for name in names]
+    header.append("end_header\n")
+    table = np.concatenate(blocks, axis=1).astype("<f4", copy=False)
+    return "\n".join(header).encode("ascii") + table.tobytes()

@@ -1,0 +1,347 @@
+"""The one gRPC server bootstrap: every service's ``main`` ends in ``serve(...)``.
+
+What every server gets here, so servicers contain only their own logic:
+
+- ``grpc.health.v1``: NOT_SERVING until ``ready`` (model warm-up) returns, SERVING after, and NOT_SERVING
+  again as soon as shutdown starts, for the overall status ("") and each service name;
+- server reflection (grpcurl, grpcui) for the services, health and reflection itself;
+- Prometheus metrics on their own HTTP port: ``tire_grpc_requests_total{service,method,code}`` and
+  ``tire_grpc_request_seconds{service,method}``, plus process and GC collectors;
+- error mapping: a ``TireError`` aborts the call with its ``grpc_code`` and message; anything else is
+  logged with its traceback and reported as INTERNAL without its text (internals never leak);
+- one JSON log line per call (method, code, duration_ms);
+- graceful shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused and in-flight
+  calls get ``grace_s`` to finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, NoReturn
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from services.common.clients import KEEPALIVE_TIME_MS
+from services.common.config import ServerSettings
+from services.common.errors import TireError
+from services.common.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+# Inference calls take seconds to minutes, well past prometheus_client's default top bucket (10 s).
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A gRPC service to host: its full name (``tire.v1.Renderer``) and how to add it to a server."""
+
+    name: str
+    register: Callable[[grpc.Server], None]
+
+
+class RunningServer:
+    """A started server (from ``start_server``). Health reports NOT_SERVING until ``set_serving``."""
+
+    def __init__(
+        self,
+        server: grpc.Server,
+        executor: futures.ThreadPoolExecutor,
+        health_servicer: health.HealthServicer,
+        names: Sequence[str],
+        port: int,
+        metrics: WSGIServer | None,
+        grace_s: float,
+    ):
+        self._server = server
+        self._executor = executor
+        self._metrics = metrics
+        self._names = names
+        self._grace_s = grace_s
+        self.health = health_servicer
+        self.port = port
+        self.metrics_port: int | None = None if metrics is None else metrics.server_port
+
+    def set_serving(self) -> None:
+        """Report SERVING for "" and every service (ignored once shutdown has started)."""
+        for name in ("", *self._names):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully and wait: NOT_SERVING first, refuse new calls, give in-flight calls ``grace``
+        seconds (default: the settings' ``grace_s``), then cancel what is left. Safe to call twice."""
+        grace = self._grace_s if grace is None else grace
+        log.info("stopping; in-flight calls get up to %s s", grace, extra={"grace_s": grace})
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        if self._metrics is not None:
+            # shutdown() waits for the HTTP server's next poll (up to 0.5 s); nothing needs to wait for it.
+            threading.Thread(target=_close_http, args=(self._metrics,), daemon=True).start()
+        self._executor.shutdown(wait=False)
+        log.info("stopped")
+
+
+def _close_http(server: WSGIServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSettings) -> RunningServer:
+    """Start serving ``specs`` (health NOT_SERVING) and the metrics endpoint; return at once.
+
+    Raises:
+        RuntimeError: the gRPC port cannot be bound.
+        OSError: the metrics port cannot be bound.
+    """
+    specs = (specs,) if isinstance(specs, ServiceSpec) else tuple(specs)
+    names = tuple(spec.name for spec in specs)
+    # A registry per server, not the global one, so several servers can run in one process (tests).
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, GCCollector, PlatformCollector):
+        collector(registry=registry)
+
+    executor = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix="grpc")
+    server = grpc.server(
+        executor,
+        interceptors=[_CallInterceptor(frozenset(names), registry)],
+        options=_server_options(settings),
+    )
+    health_servicer = health.HealthServicer()
+    for name in ("", *names):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for spec in specs:
+        spec.register(server)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    port = server.add_insecure_port(_address(settings.host, settings.port))
+    metrics = None
+    if settings.metrics_port >= 0:
+        try:
+            metrics, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        except BaseException:
+            server.stop(None)
+            executor.shutdown(wait=False)
+            raise
+    server.start()
+    running = RunningServer(server, executor, health_servicer, names, port, metrics, settings.grace_s)
+    log.info(
+        "serving %s on port %d (metrics port %s)",
+        ", ".join(names),
+        port,
+        running.metrics_port,
+        extra={"port": port, "metrics_port": running.metrics_port},
+    )
+    return running
+
+
+def serve(
+    specs: Sequence[ServiceSpec] | ServiceSpec,
+    settings: ServerSettings,
+    *,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Run a service until SIGTERM or SIGINT; call from the main thread (signal handlers live there).
+
+    Configures JSON logging, starts the server with health NOT_SERVING, runs ``ready`` (warm-up: load
+    models, compile kernels), then reports SERVING. A signal (during warm-up too) starts a graceful
+    shutdown of ``settings.grace_s``; a second signal kills the process at once. If ``ready`` raises,
+    the server is stopped and the exception propagates, so the process exits non-zero.
+    """
+    specs = (specs,) if isinstance(specs, ServiceSpec) else tuple(specs)
+    configure_logging(specs[0].name, settings.log_level)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _on_signal)
+    running = start_server(specs, settings)
+    try:
+        if ready is not None:
+            ready()
+        running.set_serving()
+        log.info("ready")
+        threading.Event().wait()  # until a signal handler raises _Shutdown
+    except _Shutdown as exc:
+        log.info("received %s", exc.signame, extra={"signal": exc.signame})
+    finally:
+        running.stop(settings.grace_s)
+
+
+class _Shutdown(BaseException):
+    """Raised by the signal handler in the main thread; a BaseException so ``except Exception`` in
+    warm-up code cannot swallow it."""
+
+    def __init__(self, signame: str):
+        super().__init__(signame)
+        self.signame = signame
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    # Back to the defaults, so a second signal ends a shutdown that hangs.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise _Shutdown(signal.Signals(signum).name)
+
+
+def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Closing connections periodically makes clients re-resolve DNS, so new pods get traffic;
+        # calls in flight on a closing connection get the shutdown grace to finish.
+        ("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", round(settings.grace_s * 1000)),
+        # Accept the client factory's keepalive pings (idle connections included); the default minimum
+        # interval (5 min) would answer them with GOAWAY "too_many_pings".
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_TIME_MS // 2),
+        # gRPC Python enables SO_REUSEPORT by default: a second server on a taken port would silently
+        # share it instead of failing.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class _TrackedContext:
+    """The servicer's context, noting whether the servicer aborted the call itself (so its status is
+    kept rather than replaced by INTERNAL)."""
+
+    def __init__(self, context: grpc.ServicerContext):
+        self._context = context
+        self.aborted = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = True
+        self._context.abort(code, details)
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.aborted = True
+        self._context.abort_with_status(status)
+
+
+class _CallInterceptor(grpc.ServerInterceptor):
+    """Error mapping, metrics and the per-call log line for the hosted services' methods.
+
+    Health and reflection are left alone: probes would flood the log, and the health servicer's
+    non-blocking Watch depends on its handler attributes, which wrapping would hide.
+    """
+
+    def __init__(self, services: frozenset[str], registry: CollectorRegistry):
+        self._services = services
+        self._requests = Counter(
+            "tire_grpc_requests", "gRPC calls handled.", ["service", "method", "code"], registry=registry
+        )
+        self._seconds = Histogram(
+            "tire_grpc_request_seconds",
+            "Time to handle a gRPC call, to the end of its response stream.",
+            ["service", "method"],
+            registry=registry,
+            buckets=_BUCKETS,
+        )
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        if handler is None or service not in self._services:
+            return handler
+        behavior = (
+            handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        )
+        wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
+        factory = {
+            (False, False): grpc.unary_unary_rpc_method_handler,
+            (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler,
+            (True, True): grpc.stream_stream_rpc_method_handler,
+        }[(handler.request_streaming, handler.response_streaming)]
+        return factory(
+            wrap(behavior, service, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behavior: Callable, service: str, method: str) -> Callable:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            tracked, start = _TrackedContext(context), time.perf_counter()
+            try:
+                return behavior(request, tracked)
+            except Exception as exc:
+                _fail(exc, tracked, f"/{service}/{method}")
+            finally:
+                self._record(service, method, tracked, start)
+
+        return handle
+
+    def _wrap_stream(self, behavior: Callable, service: str, method: str) -> Callable:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            tracked, start = _TrackedContext(context), time.perf_counter()
+            try:
+                yield from behavior(request, tracked)
+            except Exception as exc:
+                _fail(exc, tracked, f"/{service}/{method}")
+            finally:  # also when gRPC closes the generator because the client left
+                self._record(service, method, tracked, start)
+
+        return handle
+
+    def _record(self, service: str, method: str, context: _TrackedContext, start: float) -> None:
+        """Count and log a finished call."""
+        seconds = time.perf_counter() - start
+        code = _final_code(context)
+        self._requests.labels(service, method, code.name).inc()
+        self._seconds.labels(service, method).observe(seconds)
+        extra: dict[str, Any] = {
+            "method": f"/{service}/{method}",
+            "code": code.name,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        if code is not grpc.StatusCode.OK and context.details():
+            extra["details"] = context.details().decode(errors="replace")
+        log.info("%s %s %.1f ms", extra["method"], code.name, extra["duration_ms"], extra=extra)
+
+
+def _final_code(context: _TrackedContext) -> grpc.StatusCode:
+    """The status a call ends with: the one set on it, else OK, unless the client has gone (a handler
+    outliving the deadline, or a stream the client stopped reading)."""
+    if context.code() is not None:
+        return context.code()
+    if context.is_active():
+        return grpc.StatusCode.OK
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _fail(exc: Exception, context: _TrackedContext, rpc: str) -> None:
+    """End the call for an exception out of a servicer, always by raising: keep a servicer's own abort,
+    map a TireError to its code, and report anything else as INTERNAL after logging it."""
+    if context.aborted:
+        raise exc
+    if isinstance(exc, TireError):
+        context.abort(exc.grpc_code, str(exc))
+    else:
+        log.error("unhandled error in %s", rpc, exc_info=exc, extra={"method": rpc})
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {rpc}; see the service log")

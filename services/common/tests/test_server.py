@@ -1,0 +1,413 @@
+"""The server bootstrap, client factory, settings and logging, against a raw-bytes test service.
+
+The project's protos are not needed: ``test.Echo`` is a generic handler with identity serializers.
+Its request bytes choose what the handler does (``b"invalid"`` raises InvalidArgument, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.common import validation
+from services.common.clients import dial, service_config, wait_ready
+from services.common.config import ConfigError, ServerSettings, from_env
+from services.common.errors import InvalidArgument, ObjectNotFound, StoreUnavailable
+from services.common.logs import configure_logging
+from services.common.server import RunningServer, ServiceSpec, start_server
+
+SERVICE = "test.Echo"
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class EchoServicer:
+    """Echo returns its request; Count streams b"0", b"1", ... up to the number in the request."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.started = threading.Event()
+
+    def echo(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request == b"invalid":
+            raise InvalidArgument("width", 0, "must be positive")
+        if request == b"missing":
+            raise ObjectNotFound("no object at s3://bucket/key.")
+        if request == b"bug":
+            raise RuntimeError("secret internals")
+        if request == b"abort":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        if request == b"slow":
+            self.started.set()
+            time.sleep(0.5)
+        if request == b"flaky":
+            self.attempts += 1
+            if self.attempts <= 2:
+                raise StoreUnavailable("the store cannot be reached; try again.")
+        return request
+
+    def count(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        n, _, failure = request.partition(b":")
+        for i in range(int(n)):
+            yield str(i).encode()
+        if failure == b"invalid":
+            raise InvalidArgument("frames", int(n), "must be even")
+        if failure == b"bug":
+            raise RuntimeError("secret internals")
+
+
+def echo_spec(servicer: EchoServicer) -> ServiceSpec:
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(servicer.echo),
+            "Count": grpc.unary_stream_rpc_method_handler(servicer.count),
+        },
+    )
+    return ServiceSpec(name=SERVICE, register=lambda server: server.add_generic_rpc_handlers((handler,)))
+
+
+LOCAL = ServerSettings(port=0, host="127.0.0.1", metrics_port=0, grace_s=1.0)
+
+
+@pytest.fixture
+def servicer() -> EchoServicer:
+    return EchoServicer()
+
+
+@pytest.fixture
+def server(servicer: EchoServicer) -> Iterator[RunningServer]:
+    running = start_server(echo_spec(servicer), LOCAL)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def channel(server: RunningServer) -> Iterator[grpc.Channel]:
+    with dial(f"127.0.0.1:{server.port}", retries=0) as ch:
+        yield ch
+
+
+def echo(channel: grpc.Channel, request: bytes) -> bytes:
+    return channel.unary_unary(f"/{SERVICE}/Echo")(request, timeout=5)
+
+
+def count(channel: grpc.Channel, request: bytes) -> Iterator[bytes]:
+    return channel.unary_stream(f"/{SERVICE}/Count")(request, timeout=5)
+
+
+def rpc_error(call, *args) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    return info.value
+
+
+# --- health, reflection, metrics ---------------------------------------------------------------------
+
+
+def test_health_is_not_serving_until_ready(server: RunningServer, channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    status = lambda name: stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+    assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+    server.set_serving()
+    assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_services(channel: grpc.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    (response,) = stub.ServerReflectionInfo(iter([request]), timeout=5)
+    names = {s.name for s in response.list_services_response.service}
+    assert names == {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def test_metrics_count_calls_by_method_and_code(server: RunningServer, channel: grpc.Channel) -> None:
+    echo(channel, b"hi")
+    rpc_error(echo, channel, b"invalid")
+    assert list(count(channel, b"2")) == [b"0", b"1"]
+    # An explicit opener without proxies: loopback must not go through an http_proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    calls = lambda method, code: samples.get(
+        ("tire_grpc_requests_total", (("code", code), ("method", method), ("service", SERVICE)))
+    )
+    assert calls("Echo", "OK") == calls("Echo", "INVALID_ARGUMENT") == calls("Count", "OK") == 1
+    assert samples[("tire_grpc_request_seconds_count", (("method", "Echo"), ("service", SERVICE)))] == 2
+    assert any(name == "process_resident_memory_bytes" for name, _ in samples)
+
+
+def test_metrics_can_be_disabled(servicer: EchoServicer) -> None:
+    running = start_server(echo_spec(servicer), ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
+    try:
+        assert running.metrics_port is None
+    finally:
+        running.stop(0)
+
+
+# --- error mapping -----------------------------------------------------------------------------------
+
+
+def test_invalid_argument(channel: grpc.Channel) -> None:
+    err = rpc_error(echo, channel, b"invalid")
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "`width` must be positive, got 0."
+
+
+def test_not_found(channel: grpc.Channel) -> None:
+    err = rpc_error(echo, channel, b"missing")
+    assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "no object at s3://bucket/key.")
+
+
+def test_unexpected_error_is_internal_and_logged(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    err = rpc_error(echo, channel, b"bug")
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert err.details() == "internal error in /test.Echo/Echo; see the service log"
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert isinstance(record.exc_info[1], RuntimeError)
+
+
+def test_servicer_abort_is_kept(channel: grpc.Channel) -> None:
+    err = rpc_error(echo, channel, b"abort")
+    assert (err.code(), err.details()) == (grpc.StatusCode.PERMISSION_DENIED, "not yours")
+
+
+@pytest.mark.parametrize(
+    ("failure", "code"), [(b"invalid", grpc.StatusCode.INVALID_ARGUMENT), (b"bug", grpc.StatusCode.INTERNAL)]
+)
+def test_error_mid_stream(channel: grpc.Channel, failure: bytes, code: grpc.StatusCode) -> None:
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        received.extend(count(channel, b"2:" + failure))
+    assert received == [b"0", b"1"]
+    assert info.value.code() == code
+    assert "secret" not in info.value.details()
+
+
+def test_one_log_line_per_call(channel: grpc.Channel, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="services.common.server"):
+        echo(channel, b"hi")
+    (record,) = [r for r in caplog.records if getattr(r, "method", None) == "/test.Echo/Echo"]
+    assert record.code == "OK" and record.duration_ms >= 0
+
+
+# --- shutdown and retries ----------------------------------------------------------------------------
+
+
+def test_graceful_stop_finishes_in_flight_calls(servicer: EchoServicer) -> None:
+    running = start_server(echo_spec(servicer), LOCAL)
+    with dial(f"127.0.0.1:{running.port}", retries=0) as ch:
+        in_flight = ch.unary_unary(f"/{SERVICE}/Echo").future(b"slow", timeout=5)
+        assert servicer.started.wait(5)
+        running.stop(grace=5)
+        assert in_flight.result() == b"slow"
+        assert rpc_error(echo, ch, b"late").code() == grpc.StatusCode.UNAVAILABLE
+    check = running.health.Check(health_pb2.HealthCheckRequest(service=SERVICE), None)
+    assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def test_client_retries_unavailable(server: RunningServer, servicer: EchoServicer) -> None:
+    with dial(f"127.0.0.1:{server.port}", retries=4) as ch:
+        assert echo(ch, b"flaky") == b"flaky"
+    assert servicer.attempts == 3
+
+
+def test_client_without_retries_fails(channel: grpc.Channel, servicer: EchoServicer) -> None:
+    assert rpc_error(echo, channel, b"flaky").code() == grpc.StatusCode.UNAVAILABLE
+    assert servicer.attempts == 1
+
+
+def test_service_config() -> None:
+    config = service_config(retries=9, timeout_s=2.5)
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    (method,) = config["methodConfig"]
+    assert method["retryPolicy"]["maxAttempts"] == 5
+    assert method["timeout"] == "2.500s"
+    assert "retryPolicy" not in service_config(retries=0, timeout_s=None)["methodConfig"][0]
+
+
+def test_wait_ready(server: RunningServer) -> None:
+    with dial(f"127.0.0.1:{server.port}") as ch:
+        wait_ready(ch, 5)
+    with dial("127.0.0.1:1") as ch, pytest.raises(TimeoutError, match=r"not ready after 0\.2 s"):
+        wait_ready(ch, 0.2, "127.0.0.1:1")
+
+
+def test_serve_until_sigterm() -> None:
+    """``serve`` in its own process: JSON logs, ready, SERVING, and a clean exit on SIGTERM."""
+    script = (
+        "import grpc\n"
+        "from services.common.config import ServerSettings, from_env\n"
+        "from services.common.server import ServiceSpec, serve\n"
+        "h = grpc.method_handlers_generic_handler('test.Echo', {})\n"
+        "spec = ServiceSpec('test.Echo', lambda s: s.add_generic_rpc_handlers((h,)))\n"
+        "serve(spec, from_env(ServerSettings, 'TIRE_TEST_'), ready=lambda: None)\n"
+    )
+    env = {**os.environ, "TIRE_TEST_PORT": "0", "TIRE_TEST_HOST": "127.0.0.1", "TIRE_TEST_METRICS_PORT": "-1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True)
+    reader.start()
+    try:
+        logged = [json.loads(lines.get(timeout=10)) for _ in range(2)]
+        assert [e["message"] for e in logged][1] == "ready"
+        port = logged[0]["port"]
+        with dial(f"127.0.0.1:{port}") as ch:
+            check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join(5)  # it ends at the pipe's end of file
+        proc.stdout.close()
+    messages = [json.loads(lines.get_nowait())["message"] for _ in range(lines.qsize())]
+    assert messages == ["received SIGTERM", "stopping; in-flight calls get up to 30.0 s", "stopped"]
+
+
+# --- settings ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    server: ServerSettings = field(default_factory=ServerSettings)
+    tags: tuple[str, ...] = ()
+    debug: bool = False
+    scale: float | None = 1.0
+
+
+def test_from_env_defaults_and_nested() -> None:
+    env = {"T_BUCKET": "assets", "T_SERVER_PORT": "6000", "T_SERVER_GRACE_S": "2.5"}
+    settings = from_env(Settings, "T_", env)
+    assert settings.bucket == "assets" and settings.scale == 1.0 and settings.tags == ()
+    assert settings.server == ServerSettings(port=6000, grace_s=2.5)
+
+
+def test_from_env_required_missing() -> None:
+    with pytest.raises(ConfigError, match=r"^T_BUCKET is required but not set\.$"):
+        from_env(Settings, "T_", {})
+
+
+def test_from_env_bad_int() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_env(Settings, "T_", {"T_BUCKET": "b", "T_SERVER_PORT": "abc"})
+    assert str(info.value) == "T_SERVER_PORT must be an integer, got 'abc'."
+
+
+def test_from_env_checks_server_settings() -> None:
+    with pytest.raises(ConfigError, match=r"ServerSettings.port must be between 0 and 65535.*T_SERVER_"):
+        from_env(Settings, "T_", {"T_BUCKET": "b", "T_SERVER_PORT": "70000"})
+    with pytest.raises(ConfigError, match=r"ServerSettings.log_level must be a level name, got 'LOUD'"):
+        from_env(Settings, "T_", {"T_BUCKET": "b", "T_SERVER_LOG_LEVEL": "LOUD"})
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1", True), ("TRUE", True), (" yes", True), ("0", False), ("False", False), ("no", False)],
+)
+def test_from_env_bool(text: str, value: bool) -> None:
+    assert from_env(Settings, "T_", {"T_BUCKET": "b", "T_DEBUG": text}).debug is value
+
+
+def test_from_env_bad_bool() -> None:
+    with pytest.raises(ConfigError, match=r"T_DEBUG must be a boolean .*, got 'maybe'\.$"):
+        from_env(Settings, "T_", {"T_BUCKET": "b", "T_DEBUG": "maybe"})
+
+
+def test_from_env_tuple_and_optional() -> None:
+    settings = from_env(Settings, "T_", {"T_BUCKET": "b", "T_TAGS": "a, b,,c", "T_SCALE": ""})
+    assert settings.tags == ("a", "b", "c") and settings.scale is None
+    assert from_env(Settings, "T_", {"T_BUCKET": "b", "T_SCALE": "0.5"}).scale == 0.5
+
+
+# --- logging -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_root_logger")
+def test_configure_logging_writes_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("tire.v1.Test", "debug")
+    configure_logging("tire.v1.Test", "INFO")  # a second call must not duplicate lines
+    logger = logging.getLogger("tire.test")
+    logger.debug("dropped at INFO")
+    logger.info("call done", extra={"method": "/test.Echo/Echo", "code": "OK", "duration_ms": 1.5})
+    try:
+        raise ValueError("bad")
+    except ValueError:
+        logger.exception("failed")
+    first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert first["time"].endswith("+00:00") and first["level"] == "INFO"
+    assert first["service"] == "tire.v1.Test" and first["logger"] == "tire.test"
+    assert first["message"] == "call done"
+    assert (first["method"], first["code"], first["duration_ms"]) == ("/test.Echo/Echo", "OK", 1.5)
+    assert second["level"] == "ERROR" and "ValueError: bad" in second["exc"]
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
+def test_validation_passes_good_values() -> None:
+    assert validation.positive_int(3, "views", maximum=4) == 3
+    assert validation.in_range(0.5, "scale", 0, 1) == 0.5
+    assert validation.finite(1.0, "x") == 1.0
+    assert validation.one_of("png", "format", ("png", "jpeg")) == "png"
+    assert validation.non_empty([1], "frames") == [1]
+    assert validation.s3_uri("s3://tire-assets/a/b.ply", "uri") == "s3://tire-assets/a/b.ply"
+
+
+@pytest.mark.parametrize(
+    ("check", "message"),
+    [
+        (lambda: validation.positive_int(0, "width"), "`width` must be positive, got 0."),
+        (lambda: validation.positive_int(True, "width"), "`width` must be an integer, got True."),
+        (lambda: validation.positive_int(9, "views", maximum=8), "`views` must be between 1 and 8, got 9."),
+        (lambda: validation.in_range(float("nan"), "s", 0, 1), "`s` must be between 0 and 1, got nan."),
+        (lambda: validation.finite(float("inf"), "x"), "`x` must be a finite number, got inf."),
+        (lambda: validation.one_of("gif", "format", ("png",)), "`format` must be one of 'png', got 'gif'."),
+        (lambda: validation.non_empty("", "uri"), "`uri` must not be empty, got ''."),
+        (lambda: validation.s3_uri("s3://b/k", "uri"), "`uri` must be an object URI like s3://bucket/key"),
+        (
+            lambda: validation.s3_uri("s3://bucket/", "uri"),
+            "`uri` must be an object URI like s3://bucket/key",
+        ),
+        (lambda: validation.require(False, "f", 1, "must hold"), "`f` must hold, got 1."),
+    ],
+)
+def test_validation_rejects_bad_values(check, message: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        check()
+    assert str(info.value).startswith(message)

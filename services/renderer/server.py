@@ -1,0 +1,163 @@
+"""The renderer service: ``tire.v1.RendererService``.
+
+Validates a ``RenderRequest``, reads the asset's ``.ply`` from the store, renders with the configured
+backend and writes rgb, alpha and depth back as tensor references.
+
+Configuration (environment, read once at start):
+    TIRE_RENDERER_BACKEND      cpu | gsplat | auto (default auto: gsplat when CUDA is present)
+    TIRE_RENDERER_THREADS      CPU rasterizer threads, 0 = all cores (default 0)
+    TIRE_RENDERER_MAX_VIEWS    views per request (default 256)
+    TIRE_RENDERER_MAX_PIXELS   views x height x width per request (default 2**26)
+    TIRE_RENDERER_MAX_GAUSSIANS  Gaussians per frame (default 10,000,000)
+    TIRE_RENDERER_PORT, TIRE_RENDERER_METRICS_PORT, ...  see services.common.config.ServerSettings
+    TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+
+import numpy as np
+from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
+
+from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
+from services.common.config import ServerSettings, from_env
+from services.common.errors import AssetError, InvalidArgument, ResourceExhausted
+from services.common.gaussians import Gaussians, read_ply
+from services.common.logs import configure_logging
+from services.common.server import ServiceSpec, serve
+from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.tensors import put_tensor
+from services.renderer.backends import BACKENDS, RenderBackend, make_backend
+
+SERVICE_NAME = "tire.v1.RendererService"
+
+
+@dataclass(frozen=True)
+class RendererSettings:
+    backend: str = "auto"
+    threads: int = 0
+    max_views: int = 256
+    max_pixels: int = 2**26
+    max_gaussians: int = 10_000_000
+
+
+class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):
+    def __init__(
+        self, backend: RenderBackend, store: BlobStore, settings: RendererSettings = RendererSettings()
+    ):
+        self.backend = backend
+        self.store = store
+        self.settings = settings
+
+    def Describe(self, request, context):
+        return common_pb2.DescribeResponse(
+            service=SERVICE_NAME,
+            backend=self.backend.name,
+            version=version("tire-services"),
+            device=self.backend.device,
+            available_backends=list(BACKENDS),
+            settings={k: str(v) for k, v in asdict(self.settings).items()},
+        )
+
+    def Render(self, request, context):
+        cameras = self._cameras(request)
+        background = self._background(request)
+        gaussians = self._load_frame(request)
+        start = time.perf_counter()
+        result = self.backend.render(gaussians, cameras, background)
+        seconds = time.perf_counter() - start
+        rgb = np.clip(np.rint(result.rgb * 255.0), 0, 255).astype(np.uint8)
+        previews = request.write_previews
+        return renderer_pb2.RenderResponse(
+            views=common_pb2.ViewSet(
+                rgb=put_tensor(self.store, rgb, previews=previews),
+                alpha=put_tensor(self.store, result.alpha.astype(np.float32), previews=previews),
+                depth=put_tensor(self.store, result.depth.astype(np.float32)),
+                cameras=cameras_to_proto(cameras),
+            ),
+            backend=self.backend.name,
+            num_gaussians=len(gaussians),
+            render_seconds=seconds,
+        )
+
+    def _cameras(self, request) -> Cameras:
+        which = request.WhichOneof("views")
+        if which is None:
+            raise InvalidArgument("views", None, "must be set: give either `cameras` or `orbit`")
+        cameras = (
+            cameras_from_proto(request.cameras) if which == "cameras" else cameras_from_orbit(request.orbit)
+        )
+        if len(cameras) > self.settings.max_views:
+            raise InvalidArgument(
+                which, f"{len(cameras)} views", f"must hold at most {self.settings.max_views} views"
+            )
+        pixels = len(cameras) * cameras.width * cameras.height
+        if pixels > self.settings.max_pixels:
+            raise ResourceExhausted(
+                f"`{which}` asks for {pixels} pixels ({len(cameras)} views of "
+                f"{cameras.width}x{cameras.height}), over this renderer's limit of "
+                f"{self.settings.max_pixels}; split the request."
+            )
+        return cameras
+
+    @staticmethod
+    def _background(request) -> np.ndarray:
+        bg = np.asarray(request.background_rgb, dtype=np.float32)
+        if bg.size == 0:
+            return np.zeros(3, dtype=np.float32)
+        if bg.size != 3 or not np.isfinite(bg).all() or (bg < 0).any() or (bg > 1).any():
+            raise InvalidArgument("background_rgb", bg.tolist(), "must be 3 finite floats in [0, 1]")
+        return bg
+
+    def _load_frame(self, request) -> Gaussians:
+        frames = request.asset.frames
+        if not frames:
+            raise InvalidArgument("asset.frames", [], "must name at least one .ply")
+        if request.time_step >= len(frames):
+            raise InvalidArgument(
+                "time_step", request.time_step, f"must be below the asset's {len(frames)} time steps"
+            )
+        field = f"asset.frames[{request.time_step}]"
+        ref = frames[request.time_step]
+        if not ref.uri:
+            raise InvalidArgument(f"{field}.uri", ref.uri, "must be an s3:// URI")
+        data = self.store.get_bytes(ref.uri, sha256=ref.sha256 or None)
+        try:
+            return read_ply(data, max_gaussians=self.settings.max_gaussians)
+        except AssetError as exc:
+            raise InvalidArgument(field, ref.uri, f"is not a valid 3DGS .ply ({exc})") from exc
+
+
+def build_servicer(settings: RendererSettings, store: BlobStore) -> RendererServicer:
+    """The servicer with its backend, as the server and in-process callers build it."""
+    return RendererServicer(make_backend(settings.backend, settings.threads), store, settings)
+
+
+def warm_up(servicer: RendererServicer) -> None:
+    """Render one tiny scene so JIT compilation or CUDA start-up happens before health says SERVING."""
+    from services.common.cameras import orbit_cameras
+    from services.common.synthetic import random_gaussians
+
+    servicer.backend.render(random_gaussians(64), orbit_cameras([0.0], 32, 32), np.zeros(3, np.float32))
+
+
+def main() -> None:
+    settings = from_env(RendererSettings, prefix="TIRE_RENDERER_")
+    server_settings = from_env(ServerSettings, prefix="TIRE_RENDERER_")
+    configure_logging("renderer", server_settings.log_level)
+    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
+    serve(
+        ServiceSpec(
+            name=SERVICE_NAME,
+            register=lambda server: renderer_pb2_grpc.add_RendererServiceServicer_to_server(servicer, server),
+        ),
+        server_settings,
+        ready=lambda: warm_up(servicer),
+    )
+
+
+if __name__ == "__main__":
+    main()
