@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from services.common.tensors import get_tensor
 from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from services.common.cameras import orbit_cameras
 from services.common.clients import dial
 from services.common.gaussians import read_ply
+from services.common.tensors import get_tensor
 from services.renderer.backends import CpuBackend
 
 ROOT = Path(__file__).parents[1]
