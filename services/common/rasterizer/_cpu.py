@@ -70,10 +70,8 @@ def _render(gaussians: Gaussians, cameras: Cameras, background: np.ndarray, k_to
     means = np.ascontiguousarray(gaussians.means, dtype=np.float32)
     opacities = np.ascontiguousarray(gaussians.opacities, dtype=np.float32)
     sh = np.ascontiguousarray(gaussians.sh, dtype=np.float32)
-    covars = _numba.covariances_3d(
-        np.ascontiguousarray(gaussians.quats, dtype=np.float32),
-        np.ascontiguousarray(gaussians.scales, dtype=np.float32),
-    )
+    quats = np.ascontiguousarray(gaussians.quats, dtype=np.float32)
+    scales = np.ascontiguousarray(gaussians.scales, dtype=np.float32)
 
     rgb = np.empty((v, height, width, 3), dtype=np.float32)
     alpha = np.empty((v, height, width), dtype=np.float32)
@@ -81,34 +79,35 @@ def _render(gaussians: Gaussians, cameras: Cameras, background: np.ndarray, k_to
     ids = np.empty((v, height, width, k_top), dtype=np.int32)
     weights = np.empty((v, height, width, k_top), dtype=np.float32)
 
-    splats = np.empty((n, 7))
-    colours = np.empty((n, 3))
+    # Scratch space, reused by every view.
+    records = np.empty((n, _numba.N_FIELDS))
     boxes = np.empty((n, 4), dtype=np.int32)
+    sorted_records = np.empty_like(records)
+    sorted_boxes = np.empty_like(boxes)
+    gaussian_ids = np.empty(n, dtype=np.int32)
     for view in range(v):
         _numba.project_view(
             means,
-            covars,
+            quats,
+            scales,
             opacities,
             sh,
             np.ascontiguousarray(cameras.viewmats[view], dtype=np.float32),
             np.ascontiguousarray(cameras.Ks[view], dtype=np.float32),
             width,
             height,
-            splats,
-            colours,
+            records,
             boxes,
         )
-        visible = np.flatnonzero(boxes[:, 0] <= boxes[:, 1])
-        # Stable, so equal depths keep index order, as gsplat's radix sort of (tile, depth) keys does.
-        order = visible[np.argsort(splats[visible, 5], kind="stable")]
-        offsets, gaussian_ids = _numba.bin_tiles(order, boxes, tiles_x, tiles_y)
+        _, offsets, tile_lists = _numba.prepare_tiles(
+            records, boxes, tiles_x, tiles_y, sorted_records, sorted_boxes, gaussian_ids
+        )
         _numba.rasterize_tiles(
-            splats,
-            colours,
-            opacities,
-            boxes,
-            offsets,
+            sorted_records,
+            sorted_boxes,
             gaussian_ids,
+            offsets,
+            tile_lists,
             tiles_x,
             background,
             numba.get_num_threads(),

@@ -1,9 +1,13 @@
 """Numba kernels of the tile-based CPU rasterizer, following gsplat 1.5.3's CUDA kernels.
 
+Per view: ``project_view`` (one record per Gaussian), ``prepare_tiles`` (depth sort, then per-tile
+lists), ``rasterize_tiles`` (front-to-back compositing, tiles in parallel).
+
 Everything is computed in float64 from the float32 inputs. gsplat's kernels run in float32, but the
 alpha threshold (1/255) is a discontinuity: in float32, a pixel whose alpha lies within rounding of it
 flips between "skipped" and "composited" (an error of up to 1/255), so float64 is what lets this path
-agree with the float64 reference to 1e-3 on every pixel.
+agree with the float64 reference to 1e-3 on every pixel. (Inputs are widened with np.float64():
+numba's float() keeps a float32 a float32.)
 
 The constants below are read by the kernels at compile time. Numba's cache is keyed on this file,
 so they live here (and not in another module) to keep the cache from going stale when one changes.
@@ -25,55 +29,61 @@ ALPHA_MAX = 0.999
 T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring its transmittance to this or below
 EXTEND_MAX = 3.33  # gsplat's bounding box half-size in standard deviations, before the opacity bound
 
-# Margin on the shortcut "sigma > log(255 * opacity) => alpha < 1/255": the shortcut must never skip
-# a pair that the exact test (computing alpha) would keep; exp/log are accurate to ~1e-16.
+# Fields of a projected Gaussian's record, ``[N_FIELDS]`` float64.
+U, V = 0, 1  # mean in pixels
+CONIC_A, CONIC_B, CONIC_C = 2, 3, 4  # inverse 2D covariance [[a, b], [b, c]], 1/pixels^2
+DEPTH = 5  # camera-space z, world units
+SIGMA_MAX = 6  # log(255 * opacity): alpha >= 1/255 needs sigma <= this
+EXP_A, EXP_B, EXP_C = 7, 8, 9  # exp(-a), exp(-b), exp(-c): steps of the exp(-sigma) recurrences
+RED, GREEN, BLUE = 10, 11, 12  # view-dependent colour, >= 0
+OPACITY = 13
+B_OVER_A, B_OVER_C = 14, 15  # b / a and b / c, for the tile culling of ``_misses_tile``
+N_FIELDS = 16
+
+# A tile's pixel state lives in one flat float64 buffer: transmittance, weighted sums of red, green,
+# blue and depth (each TILE_SIZE^2, column-major: pixel (row, col) of the tile at
+# col * TILE_SIZE + row), then three TILE_SIZE columns for the current Gaussian: exp(-sigma), the
+# factor to the next column, and the compositing weights. One buffer with constant offsets lets LLVM
+# prove that _composite_column's accesses never overlap, so it vectorizes the loop without the
+# run-time overlap checks that separate arrays cost on every call.
+_PIXELS = TILE_SIZE * TILE_SIZE
+_TRANS, _RED, _GREEN, _BLUE, _DEPTH = 0, _PIXELS, 2 * _PIXELS, 3 * _PIXELS, 4 * _PIXELS
+_E, _RX, _W = 5 * _PIXELS, 5 * _PIXELS + TILE_SIZE, 5 * _PIXELS + 2 * TILE_SIZE
+_TILE_BUFFER = 5 * _PIXELS + 3 * TILE_SIZE
+
+# The compositing loop gets exp(-sigma) on a pixel grid by recurrences (products of exp of the
+# first and second differences of sigma); it stays finite, and accurate to ~1e-13, when sigma stays
+# below this on the rectangle it walks. Beyond it, pixels are evaluated one by one.
+_RECURRENCE_SIGMA = 600.0
+# Margin on the shortcut "sigma > log(255 * opacity) => alpha < 1/255" of the one-by-one path: the
+# shortcut must never skip a pair that the exact test keeps; exp and log are accurate to ~1e-16.
 _SIGMA_MARGIN = 1e-9
-# Margin (pixels) when intersecting a row with the sigma <= sigma_max ellipse; the per-pixel test is
-# exact, so the margin only adds a few tested pixels.
-_ROW_MARGIN = 1e-6
 
 
-@njit(cache=True, parallel=True)
-def covariances_3d(quats: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """World-space covariances R S S R^T, as gsplat's ``quat_scale_to_covar_preci``.
-
-    Args:
-        quats: ``[N, 4]`` (w, x, y, z), normalised here.
-        scales: ``[N, 3]`` activated standard deviations, world units.
-
-    Returns:
-        ``[N, 3, 3]`` float64, world units^2.
-    """
-    n = quats.shape[0]
-    covars = np.empty((n, 3, 3))
-    for g in prange(n):
-        w, x, y, z = (float(quats[g, 0]), float(quats[g, 1]), float(quats[g, 2]), float(quats[g, 3]))
-        inv_norm = 1.0 / math.sqrt(w * w + x * x + y * y + z * z)
-        w, x, y, z = w * inv_norm, x * inv_norm, y * inv_norm, z * inv_norm
-        sx, sy, sz = float(scales[g, 0]), float(scales[g, 1]), float(scales[g, 2])
-        # Columns of M = R S; the covariance is M M^T.
-        m00, m01, m02 = (
-            (1.0 - 2.0 * (y * y + z * z)) * sx,
-            2.0 * (x * y - w * z) * sy,
-            2.0 * (x * z + w * y) * sz,
-        )
-        m10, m11, m12 = (
-            2.0 * (x * y + w * z) * sx,
-            (1.0 - 2.0 * (x * x + z * z)) * sy,
-            2.0 * (y * z - w * x) * sz,
-        )
-        m20, m21, m22 = (
-            2.0 * (x * z - w * y) * sx,
-            2.0 * (y * z + w * x) * sy,
-            (1.0 - 2.0 * (x * x + y * y)) * sz,
-        )
-        covars[g, 0, 0] = m00 * m00 + m01 * m01 + m02 * m02
-        covars[g, 0, 1] = covars[g, 1, 0] = m00 * m10 + m01 * m11 + m02 * m12
-        covars[g, 0, 2] = covars[g, 2, 0] = m00 * m20 + m01 * m21 + m02 * m22
-        covars[g, 1, 1] = m10 * m10 + m11 * m11 + m12 * m12
-        covars[g, 1, 2] = covars[g, 2, 1] = m10 * m20 + m11 * m21 + m12 * m22
-        covars[g, 2, 2] = m20 * m20 + m21 * m21 + m22 * m22
-    return covars
+@njit(cache=True, inline="always")
+def _rotation(
+    quats: np.ndarray, g: int
+) -> tuple[float, float, float, float, float, float, float, float, float]:
+    """Row-major rotation matrix of quaternion g (w, x, y, z), normalised first, as gsplat's."""
+    w, x, y, z = (
+        np.float64(quats[g, 0]),
+        np.float64(quats[g, 1]),
+        np.float64(quats[g, 2]),
+        np.float64(quats[g, 3]),
+    )
+    inv_norm = 1.0 / math.sqrt(w * w + x * x + y * y + z * z)
+    w, x, y, z = w * inv_norm, x * inv_norm, y * inv_norm, z * inv_norm
+    return (
+        1.0 - 2.0 * (y * y + z * z),
+        2.0 * (x * y - w * z),
+        2.0 * (x * z + w * y),
+        2.0 * (x * y + w * z),
+        1.0 - 2.0 * (x * x + z * z),
+        2.0 * (y * z - w * x),
+        2.0 * (x * z - w * y),
+        2.0 * (y * z + w * x),
+        1.0 - 2.0 * (x * x + y * y),
+    )
 
 
 @njit(cache=True, inline="always")
@@ -134,41 +144,41 @@ def _sh_colour(sh: np.ndarray, g: int, degree: int, x: float, y: float, z: float
 @njit(cache=True, parallel=True)
 def project_view(
     means: np.ndarray,
-    covars: np.ndarray,
+    quats: np.ndarray,
+    scales: np.ndarray,
     opacities: np.ndarray,
     sh: np.ndarray,
     viewmat: np.ndarray,
     K: np.ndarray,
     width: int,
     height: int,
-    splats: np.ndarray,
-    colours: np.ndarray,
+    records: np.ndarray,
     boxes: np.ndarray,
 ) -> None:
     """Project every Gaussian into one view (gsplat's ``projection_ewa_3dgs_fused_fwd_kernel``).
 
     Args:
         means: ``[N, 3]`` world units.
-        covars: ``[N, 3, 3]`` float64 world-space covariances.
+        quats: ``[N, 4]`` (w, x, y, z), normalised here.
+        scales: ``[N, 3]`` activated standard deviations, world units.
         opacities: ``[N]`` in (0, 1).
         sh: ``[N, K, 3]`` SH coefficients, K in {1, 4, 9, 16}.
         viewmat: ``[4, 4]`` OpenCV world-to-camera.
         K: ``[3, 3]`` intrinsics in pixels (skew ignored, as gsplat's kernel does).
         width, height: image size in pixels.
 
-    Outputs (written in place, rows of culled Gaussians are left undefined except ``boxes``):
-        splats: ``[N, 7]`` float64: mean x, mean y (pixels), conic a, b, c (1/pixels^2),
-            camera depth z (world units), sigma_max = log(255 * opacity).
-        colours: ``[N, 3]`` float64 view-dependent RGB, >= 0.
+    Outputs (written in place; the records of culled Gaussians are left undefined):
+        records: ``[N, N_FIELDS]`` float64, fields ``U`` ... ``B_OVER_C``.
         boxes: ``[N, 4]`` int32: first and last pixel column, first and last pixel row whose centre
             lies in the Gaussian's bounding box, clipped to the image; ``boxes[g, 0] > boxes[g, 1]``
-            marks a culled Gaussian.
+            marks a culled Gaussian (behind the near plane, beyond the far plane, too faint, or
+            off-screen).
     """
     n = means.shape[0]
     degree = round(math.sqrt(sh.shape[1])) - 1
     rot = viewmat[:3, :3].astype(np.float64)
     t = viewmat[:3, 3].astype(np.float64)
-    fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
+    fx, fy, cx, cy = np.float64(K[0, 0]), np.float64(K[1, 1]), np.float64(K[0, 2]), np.float64(K[1, 2])
     # Camera centre -R^T t, for the SH view directions.
     cam = np.empty(3)
     for i in range(3):
@@ -185,47 +195,45 @@ def project_view(
     for g in prange(n):
         boxes[g, 0] = 1
         boxes[g, 1] = 0
-        mx, my, mz = float(means[g, 0]), float(means[g, 1]), float(means[g, 2])
+        mx, my, mz = np.float64(means[g, 0]), np.float64(means[g, 1]), np.float64(means[g, 2])
         x = rot[0, 0] * mx + rot[0, 1] * my + rot[0, 2] * mz + t[0]
         y = rot[1, 0] * mx + rot[1, 1] * my + rot[1, 2] * mz + t[1]
         z = rot[2, 0] * mx + rot[2, 1] * my + rot[2, 2] * mz + t[2]
         if z < NEAR_PLANE or z > FAR_PLANE:
             continue
-        opacity = float(opacities[g])
+        opacity = np.float64(opacities[g])
         if opacity < ALPHA_MIN:  # can never reach the alpha threshold
             continue
 
-        # EWA: cov2d = J (R Sigma R^T) J^T with J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]],
-        # computed as A Sigma A^T with A = J R [2, 3].
+        # EWA: cov2d = J W Sigma W^T J^T, with W the view rotation, J = [[fx/z, 0, -fx tx/z^2],
+        # [0, fy/z, -fy ty/z^2]] and Sigma = R S^2 R^T; computed as B S^2 B^T with B = J W R [2, 3].
         tx = z * min(lim_x_pos, max(-lim_x_neg, x / z))
         ty = z * min(lim_y_pos, max(-lim_y_neg, y / z))
         j00 = fx / z
         j02 = -fx * tx / (z * z)
         j11 = fy / z
         j12 = -fy * ty / (z * z)
-        a0 = (
-            j00 * rot[0, 0] + j02 * rot[2, 0],
-            j00 * rot[0, 1] + j02 * rot[2, 1],
-            j00 * rot[0, 2] + j02 * rot[2, 2],
+        a00 = j00 * rot[0, 0] + j02 * rot[2, 0]
+        a01 = j00 * rot[0, 1] + j02 * rot[2, 1]
+        a02 = j00 * rot[0, 2] + j02 * rot[2, 2]
+        a10 = j11 * rot[1, 0] + j12 * rot[2, 0]
+        a11 = j11 * rot[1, 1] + j12 * rot[2, 1]
+        a12 = j11 * rot[1, 2] + j12 * rot[2, 2]
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation(quats, g)
+        b00 = a00 * r00 + a01 * r10 + a02 * r20
+        b01 = a00 * r01 + a01 * r11 + a02 * r21
+        b02 = a00 * r02 + a01 * r12 + a02 * r22
+        b10 = a10 * r00 + a11 * r10 + a12 * r20
+        b11 = a10 * r01 + a11 * r11 + a12 * r21
+        b12 = a10 * r02 + a11 * r12 + a12 * r22
+        s0, s1, s2 = (
+            np.float64(scales[g, 0]) ** 2,
+            np.float64(scales[g, 1]) ** 2,
+            np.float64(scales[g, 2]) ** 2,
         )
-        a1 = (
-            j11 * rot[1, 0] + j12 * rot[2, 0],
-            j11 * rot[1, 1] + j12 * rot[2, 1],
-            j11 * rot[1, 2] + j12 * rot[2, 2],
-        )
-        s0 = (  # Sigma a0
-            covars[g, 0, 0] * a0[0] + covars[g, 0, 1] * a0[1] + covars[g, 0, 2] * a0[2],
-            covars[g, 1, 0] * a0[0] + covars[g, 1, 1] * a0[1] + covars[g, 1, 2] * a0[2],
-            covars[g, 2, 0] * a0[0] + covars[g, 2, 1] * a0[1] + covars[g, 2, 2] * a0[2],
-        )
-        s1 = (  # Sigma a1
-            covars[g, 0, 0] * a1[0] + covars[g, 0, 1] * a1[1] + covars[g, 0, 2] * a1[2],
-            covars[g, 1, 0] * a1[0] + covars[g, 1, 1] * a1[1] + covars[g, 1, 2] * a1[2],
-            covars[g, 2, 0] * a1[0] + covars[g, 2, 1] * a1[1] + covars[g, 2, 2] * a1[2],
-        )
-        c00 = a0[0] * s0[0] + a0[1] * s0[1] + a0[2] * s0[2]
-        c01 = a0[0] * s1[0] + a0[1] * s1[1] + a0[2] * s1[2]
-        c11 = a1[0] * s1[0] + a1[1] * s1[1] + a1[2] * s1[2]
+        c00 = b00 * b00 * s0 + b01 * b01 * s1 + b02 * b02 * s2
+        c01 = b00 * b10 * s0 + b01 * b11 * s1 + b02 * b12 * s2
+        c11 = b10 * b10 * s0 + b11 * b11 * s1 + b12 * b12 * s2
         c00 += EPS2D
         c11 += EPS2D
         det = c00 * c11 - c01 * c01
@@ -248,16 +256,24 @@ def project_view(
         if col0 > col1 or row0 > row1:  # off-screen
             continue
 
-        splats[g, 0] = u
-        splats[g, 1] = v
-        splats[g, 2] = c11 / det
-        splats[g, 3] = -c01 / det
-        splats[g, 4] = c00 / det
-        splats[g, 5] = z
-        splats[g, 6] = math.log(opacity / ALPHA_MIN)
+        sigma_max = math.log(opacity / ALPHA_MIN)
+        rec = records[g]
+        rec[U] = u
+        rec[V] = v
+        rec[CONIC_A] = c11 / det
+        rec[CONIC_B] = -c01 / det
+        rec[CONIC_C] = c00 / det
+        rec[DEPTH] = z
+        rec[SIGMA_MAX] = sigma_max
+        rec[EXP_A] = math.exp(-rec[CONIC_A])
+        rec[EXP_B] = math.exp(-rec[CONIC_B])
+        rec[EXP_C] = math.exp(-rec[CONIC_C])
         dx, dy, dz = mx - cam[0], my - cam[1], mz - cam[2]
         inv_len = 1.0 / math.sqrt(dx * dx + dy * dy + dz * dz)
-        _sh_colour(sh, g, degree, dx * inv_len, dy * inv_len, dz * inv_len, colours[g])
+        _sh_colour(sh, g, degree, dx * inv_len, dy * inv_len, dz * inv_len, rec[RED : BLUE + 1])
+        rec[OPACITY] = opacity
+        rec[B_OVER_A] = rec[CONIC_B] / rec[CONIC_A]
+        rec[B_OVER_C] = rec[CONIC_B] / rec[CONIC_C]
         boxes[g, 0] = int(col0)
         boxes[g, 1] = int(col1)
         boxes[g, 2] = int(row0)
@@ -265,37 +281,150 @@ def project_view(
 
 
 @njit(cache=True)
-def bin_tiles(
-    order: np.ndarray, boxes: np.ndarray, tiles_x: int, tiles_y: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile lists of Gaussians, in the order given (front to back).
+def _stable_argsort(depths: np.ndarray) -> np.ndarray:
+    """Stable argsort of positive float64 values: LSD radix sort of their bit patterns.
+
+    Positive IEEE doubles order like their bit patterns read as unsigned integers, and a stable
+    sort keeps equal depths in index order, as gsplat's radix sort of (tile, depth) keys does.
+    Digits that are equal in every key (the top of the exponent, usually) are not sorted on.
 
     Args:
-        order: ``[M]`` int64 indices of the visible Gaussians, sorted by depth.
-        boxes: ``[N, 4]`` int32 pixel boxes from ``project_view``.
-        tiles_x, tiles_y: tile grid size.
+        depths: ``[M]`` float64, all > 0, contiguous.
 
     Returns:
-        offsets: ``[tiles_y * tiles_x + 1]`` int64; tile t's Gaussians are
-            ``gaussian_ids[offsets[t]:offsets[t + 1]]``.
-        gaussian_ids: ``[total]`` int32 Gaussian indices.
+        ``[M]`` int64 permutation.
     """
-    n_tiles = tiles_x * tiles_y
-    counts = np.zeros(n_tiles + 1, dtype=np.int64)
-    for g in order:
-        for ty in range(boxes[g, 2] // TILE_SIZE, boxes[g, 3] // TILE_SIZE + 1):
-            for tx in range(boxes[g, 0] // TILE_SIZE, boxes[g, 1] // TILE_SIZE + 1):
-                counts[ty * tiles_x + tx + 1] += 1
+    n = depths.shape[0]
+    keys = depths.view(np.uint64)
+    order = np.arange(n)
+    scratch = np.empty(n, dtype=np.int64)
+    digit_bits = 11  # 6 passes over 64 bits, with 2048 counters that stay in L1
+    mask = np.uint64((1 << digit_bits) - 1)
+    counts = np.empty(1 << digit_bits, dtype=np.int64)
+    for shift in range(0, 64, digit_bits):
+        shift_u = np.uint64(shift)
+        counts[:] = 0
+        for i in range(n):
+            counts[(keys[i] >> shift_u) & mask] += 1
+        if counts.max() == n:
+            continue
+        start = 0
+        for b in range(counts.shape[0]):
+            start, counts[b] = start + counts[b], start
+        for i in range(n):
+            k = order[i]
+            b = (keys[k] >> shift_u) & mask
+            scratch[counts[b]] = k
+            counts[b] += 1
+        order, scratch = scratch, order
+    return order
+
+
+@njit(cache=True, inline="always")
+def _edge_min(a: float, b: float, c: float, b_over_c: float, x: float, y_lo: float, y_hi: float) -> float:
+    """min over y in [y_lo, y_hi] of 0.5 (a x^2 + c y^2) + b x y, for c > 0."""
+    y = min(max(-b_over_c * x, y_lo), y_hi)
+    return 0.5 * (a * x * x + c * y * y) + b * x * y
+
+
+@njit(cache=True, inline="always")
+def _misses_tile(rec: np.ndarray, box: np.ndarray, tile_x: int, tile_y: int) -> bool:
+    """True when no pixel centre of the tile inside the box reaches alpha >= 1/255.
+
+    Boxes are axis-aligned, so a box can overlap a tile that its ellipse sigma <= sigma_max
+    misses; such pairs are dropped from the tile lists (they would composite nothing). Conservative:
+    sigma's minimum is taken over the continuous rectangle spanned by the pixel centres.
+    """
+    a, b, c = rec[CONIC_A], rec[CONIC_B], rec[CONIC_C]
+    # Offsets dx = u - (col + 0.5) at the first and last column (and rows) of tile and box.
+    dx_hi = rec[U] - (max(tile_x * TILE_SIZE, box[0]) + 0.5)
+    dx_lo = rec[U] - (min(tile_x * TILE_SIZE + TILE_SIZE - 1, box[1]) + 0.5)
+    dy_hi = rec[V] - (max(tile_y * TILE_SIZE, box[2]) + 0.5)
+    dy_lo = rec[V] - (min(tile_y * TILE_SIZE + TILE_SIZE - 1, box[3]) + 0.5)
+    if dx_lo <= 0.0 <= dx_hi and dy_lo <= 0.0 <= dy_hi:
+        return False  # the mean is inside: sigma reaches 0
+    # Otherwise the minimum of the convex sigma is on an edge.
+    b_c, b_a = rec[B_OVER_C], rec[B_OVER_A]
+    sigma_min = min(
+        min(_edge_min(a, b, c, b_c, dx_lo, dy_lo, dy_hi), _edge_min(a, b, c, b_c, dx_hi, dy_lo, dy_hi)),
+        min(_edge_min(c, b, a, b_a, dy_lo, dx_lo, dx_hi), _edge_min(c, b, a, b_a, dy_hi, dx_lo, dx_hi)),
+    )
+    return sigma_min > rec[SIGMA_MAX] + _SIGMA_MARGIN
+
+
+@njit(cache=True)
+def prepare_tiles(
+    records: np.ndarray,
+    boxes: np.ndarray,
+    tiles_x: int,
+    tiles_y: int,
+    sorted_records: np.ndarray,
+    sorted_boxes: np.ndarray,
+    gaussian_ids: np.ndarray,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Sort the visible Gaussians front to back and list them per tile.
+
+    The records are copied in depth order (a short loop, whose cache misses overlap), so that
+    everything after reads them sequentially; each tile reads its Gaussians in increasing order.
+
+    Args:
+        records: ``[N, N_FIELDS]`` and boxes: ``[N, 4]`` int32 from ``project_view``.
+        tiles_x, tiles_y: tile grid size.
+
+    Outputs (written in place, first M rows):
+        sorted_records: ``[N, N_FIELDS]`` float64, the M visible Gaussians' records, nearest first.
+        sorted_boxes: ``[N, 4]`` int32, their boxes.
+        gaussian_ids: ``[N]`` int32, their indices in the input.
+
+    Returns:
+        M: how many Gaussians are visible.
+        offsets: ``[tiles_y * tiles_x + 1]`` int64; tile t's Gaussians are
+            ``tile_lists[offsets[t]:offsets[t + 1]]``.
+        tile_lists: ``[total]`` int32 rows of sorted_records, increasing within each tile.
+    """
+    visible = np.flatnonzero(boxes[:, 0] <= boxes[:, 1])
+    n_visible = visible.shape[0]
+    depths = np.empty(n_visible)
+    for m in range(n_visible):
+        depths[m] = records[visible[m], DEPTH]
+    order = visible[_stable_argsort(depths)]
+
+    n_pairs = 0  # (Gaussian, tile) pairs whose boxes overlap: an upper bound on the lists' size
+    for m in range(n_visible):
+        g = order[m]
+        gaussian_ids[m] = g
+        for f in range(N_FIELDS):  # (explicit loops: numba's row-slice copies are several times slower)
+            sorted_records[m, f] = records[g, f]
+        for f in range(4):
+            sorted_boxes[m, f] = boxes[g, f]
+        n_pairs += (boxes[g, 1] // TILE_SIZE - boxes[g, 0] // TILE_SIZE + 1) * (
+            boxes[g, 3] // TILE_SIZE - boxes[g, 2] // TILE_SIZE + 1
+        )
+
+    # The pairs that survive the ellipse test, in depth order, then a counting sort by tile (stable,
+    # so each tile's list stays front to back) into one flat array.
+    pair_tile = np.empty(n_pairs, dtype=np.int32)
+    pair_gaussian = np.empty(n_pairs, dtype=np.int32)
+    counts = np.zeros(tiles_x * tiles_y + 1, dtype=np.int64)
+    n_kept = 0
+    for m in range(n_visible):
+        box = sorted_boxes[m]
+        for ty in range(box[2] // TILE_SIZE, box[3] // TILE_SIZE + 1):
+            for tx in range(box[0] // TILE_SIZE, box[1] // TILE_SIZE + 1):
+                if not _misses_tile(sorted_records[m], box, tx, ty):
+                    tile = ty * tiles_x + tx
+                    pair_tile[n_kept] = tile
+                    pair_gaussian[n_kept] = m
+                    counts[tile + 1] += 1
+                    n_kept += 1
     offsets = np.cumsum(counts)
     cursor = offsets[:-1].copy()
-    gaussian_ids = np.empty(offsets[-1], dtype=np.int32)
-    for g in order:
-        for ty in range(boxes[g, 2] // TILE_SIZE, boxes[g, 3] // TILE_SIZE + 1):
-            for tx in range(boxes[g, 0] // TILE_SIZE, boxes[g, 1] // TILE_SIZE + 1):
-                tile = ty * tiles_x + tx
-                gaussian_ids[cursor[tile]] = g
-                cursor[tile] += 1
-    return offsets, gaussian_ids
+    tile_lists = np.empty(n_kept, dtype=np.int32)
+    for k in range(n_kept):
+        tile = pair_tile[k]
+        tile_lists[cursor[tile]] = pair_gaussian[k]
+        cursor[tile] += 1
+    return n_visible, offsets, tile_lists
 
 
 @njit(cache=True, inline="always")
@@ -316,14 +445,105 @@ def _keep_top(ids: np.ndarray, weights: np.ndarray, base: int, k: int, g: int, w
     ids[i] = g
 
 
+@njit(cache=True, inline="always")
+def _composite_column(buf: np.ndarray, col: int, row_lo: int, row_hi: int, rec: np.ndarray) -> int:
+    """Composite one Gaussian into rows [row_lo, row_hi) of one tile column, with SIMD, no branches.
+
+    ``buf`` is the tile buffer (see ``_TILE_BUFFER``): its exp(-sigma) column (0 for rows outside
+    the Gaussian's rectangle) and factor column are advanced one column; the weights are written to
+    its weight column. A transmittance <= 0 marks a saturated pixel (storing -T). The rows are
+    widened to multiples of 4 (whole AVX2 registers); the extra rows have exp(-sigma) = 0.
+
+    Returns:
+        How many pixels saturated.
+    """
+    # The masks keep every index provably inside its section of buf (see _TILE_BUFFER).
+    row0 = row_lo & (TILE_SIZE - 4)
+    base = (col & (TILE_SIZE - 1)) * TILE_SIZE + row0
+    n = min(row_hi - row0, TILE_SIZE - row0)
+    opacity, step = rec[OPACITY], rec[EXP_A]
+    red, green, blue, z = rec[RED], rec[GREEN], rec[BLUE], rec[DEPTH]
+    n_stop = 0
+    for j in range(n):
+        e = buf[_E + row0 + j]
+        alpha = min(ALPHA_MAX, opacity * e)
+        t = buf[_TRANS + base + j]
+        next_t = t * (1.0 - alpha)
+        live = (alpha >= ALPHA_MIN) & (t > 0.0)
+        stop = live & (next_t <= T_MIN)
+        take = live & (next_t > T_MIN)
+        w = alpha * t if take else 0.0
+        buf[_RED + base + j] += w * red
+        buf[_GREEN + base + j] += w * green
+        buf[_BLUE + base + j] += w * blue
+        buf[_DEPTH + base + j] += w * z
+        buf[_TRANS + base + j] = next_t if take else (-t if stop else t)
+        n_stop += np.int64(stop)
+        buf[_W + row0 + j] = w
+        buf[_E + row0 + j] = e * buf[_RX + row0 + j]
+        buf[_RX + row0 + j] *= step
+    return n_stop
+
+
+@njit(cache=True)
+def _composite_pixels(
+    buf: np.ndarray,
+    top_ids: np.ndarray,
+    top_w: np.ndarray,
+    k_top: int,
+    gaussian_id: int,
+    rec: np.ndarray,
+    i0: int,
+    i1: int,
+    j0: int,
+    j1: int,
+    dx0: float,
+    dy0: float,
+) -> int:
+    """Composite one Gaussian into tile columns i0..i1, rows j0..j1, one pixel at a time.
+
+    For Gaussians too elongated for the recurrences of ``rasterize_tiles`` (rare). ``dx0, dy0`` are
+    the offsets from the pixel centre (i0, j0) to the Gaussian's mean. Returns how many pixels
+    saturated.
+    """
+    ca, cb, cc = rec[CONIC_A], rec[CONIC_B], rec[CONIC_C]
+    sigma_max = rec[SIGMA_MAX] + _SIGMA_MARGIN
+    n_stop = 0
+    for i in range(i0, i1 + 1):
+        dx = dx0 - (i - i0)
+        for j in range(j0, j1 + 1):
+            dy = dy0 - (j - j0)
+            sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+            if sigma < 0.0 or sigma > sigma_max:
+                continue
+            alpha = min(ALPHA_MAX, rec[OPACITY] * math.exp(-sigma))
+            p = i * TILE_SIZE + j
+            t = buf[_TRANS + p]
+            if alpha < ALPHA_MIN or t <= 0.0:
+                continue
+            next_t = t * (1.0 - alpha)
+            if next_t <= T_MIN:
+                buf[_TRANS + p] = -t
+                n_stop += 1
+                continue
+            w = alpha * t
+            buf[_RED + p] += w * rec[RED]
+            buf[_GREEN + p] += w * rec[GREEN]
+            buf[_BLUE + p] += w * rec[BLUE]
+            buf[_DEPTH + p] += w * rec[DEPTH]
+            buf[_TRANS + p] = next_t
+            if k_top > 0:
+                _keep_top(top_ids, top_w, p * k_top, k_top, gaussian_id, w)
+    return n_stop
+
+
 @njit(cache=True, parallel=True)
 def rasterize_tiles(
-    splats: np.ndarray,
-    colours: np.ndarray,
-    opacities: np.ndarray,
+    records: np.ndarray,
     boxes: np.ndarray,
-    offsets: np.ndarray,
     gaussian_ids: np.ndarray,
+    offsets: np.ndarray,
+    tile_lists: np.ndarray,
     tiles_x: int,
     background: np.ndarray,
     n_workers: int,
@@ -335,10 +555,13 @@ def rasterize_tiles(
 ) -> None:
     """Composite each tile's Gaussians front to back (gsplat's ``rasterize_to_pixels_3dgs_fwd_kernel``).
 
+    Per pixel and Gaussian: alpha = min(0.999, opacity exp(-sigma)); skipped when alpha < 1/255 or
+    the pixel centre is outside the Gaussian's box; the pixel stops before a Gaussian that would bring
+    its transmittance T to 1e-4 or below; otherwise weight w = alpha T is accumulated and T *= 1 - alpha.
+
     Args:
-        splats, colours, boxes: per-Gaussian data from ``project_view``.
-        opacities: ``[N]`` in (0, 1).
-        offsets, gaussian_ids: per-tile depth-sorted lists from ``bin_tiles``.
+        records, boxes, gaussian_ids, offsets, tile_lists: the depth-sorted arrays and tile lists
+            of ``prepare_tiles``.
         tiles_x: tiles per image row.
         background: ``[3]`` float64 RGB.
         n_workers: how many interleaved groups of tiles to run in parallel (the thread count).
@@ -351,88 +574,88 @@ def rasterize_tiles(
     height, width = out_alpha.shape
     k_top = out_ids.shape[2]
     n_tiles = offsets.shape[0] - 1
-    n_pix = TILE_SIZE * TILE_SIZE
     # Static prange scheduling hands each thread one contiguous block of iterations; dealing the tiles
     # out round-robin instead spreads the expensive centre of the image over all threads. Every
     # tile's result is independent of which thread computes it, so the output does not depend on the
     # thread count. (numba.get_num_threads() is not called here: it would stop the caching.)
-    for worker in prange(min(n_workers, n_tiles)):
-        trans = np.empty(n_pix)
-        rgb = np.empty((n_pix, 3))
-        depth = np.empty(n_pix)
-        done = np.empty(n_pix, dtype=np.bool_)
-        top_ids = np.empty(n_pix * k_top, dtype=np.int32)
-        top_w = np.empty(n_pix * k_top)
-        for tile in range(worker, n_tiles, min(n_workers, n_tiles)):
+    n_groups = min(n_workers, n_tiles)
+    for group in prange(n_groups):
+        buf = np.empty(_TILE_BUFFER)
+        top_ids = np.empty(_PIXELS * k_top, dtype=np.int32)  # per pixel, sorted by weight
+        top_w = np.empty(_PIXELS * k_top)
+        for tile in range(group, n_tiles, n_groups):
             tile_col0 = (tile % tiles_x) * TILE_SIZE
             tile_row0 = (tile // tiles_x) * TILE_SIZE
             tile_col1 = min(tile_col0 + TILE_SIZE, width) - 1
             tile_row1 = min(tile_row0 + TILE_SIZE, height) - 1
             n_live = (tile_col1 - tile_col0 + 1) * (tile_row1 - tile_row0 + 1)
-            trans[:] = 1.0
-            rgb[:] = 0.0
-            depth[:] = 0.0
-            done[:] = False
+            buf[_TRANS : _TRANS + _PIXELS] = 1.0
+            buf[_RED : _DEPTH + _PIXELS] = 0.0
             top_ids[:] = -1
             top_w[:] = 0.0
             for s in range(offsets[tile], offsets[tile + 1]):
-                g = gaussian_ids[s]
-                u, v = splats[g, 0], splats[g, 1]
-                ca, cb, cc = splats[g, 2], splats[g, 3], splats[g, 4]
-                z = splats[g, 5]
-                sigma_max = splats[g, 6] + _SIGMA_MARGIN
-                opacity = float(opacities[g])
-                col0 = max(tile_col0, boxes[g, 0])
-                col1 = min(tile_col1, boxes[g, 1])
-                for row in range(max(tile_row0, boxes[g, 2]), min(tile_row1, boxes[g, 3]) + 1):
-                    dy = v - (row + 0.5)
-                    # Columns where sigma(dx, dy) <= sigma_max: the quadratic
-                    # 0.5 a dx^2 + b dy dx + (0.5 c dy^2 - sigma_max) <= 0 in dx (a > 0).
-                    disc = cb * cb * dy * dy - ca * (cc * dy * dy - 2.0 * sigma_max)
-                    if disc < 0.0:
-                        continue
-                    root = math.sqrt(disc)
-                    dx_lo = (-cb * dy - root) / ca - _ROW_MARGIN
-                    dx_hi = (-cb * dy + root) / ca + _ROW_MARGIN
-                    # dx = u - (col + 0.5), so col ranges over [u - dx_hi - 0.5, u - dx_lo - 0.5].
-                    # (Clamped while still float: a far off-centre Gaussian must not overflow int64.)
-                    c0 = max(col0, int(np.ceil(min(max(u - dx_hi - 0.5, -1.0), width))))
-                    c1 = min(col1, int(np.floor(min(max(u - dx_lo - 0.5, -1.0), width))))
-                    p = (row - tile_row0) * TILE_SIZE + (c0 - tile_col0)
-                    for col in range(c0, c1 + 1):
-                        if not done[p]:
-                            dx = u - (col + 0.5)
-                            sigma = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                            if sigma >= 0.0 and sigma <= sigma_max:
-                                alpha = min(ALPHA_MAX, opacity * math.exp(-sigma))
-                                if alpha >= ALPHA_MIN:
-                                    t = trans[p]
-                                    next_t = t * (1.0 - alpha)
-                                    if next_t <= T_MIN:
-                                        done[p] = True
-                                        n_live -= 1
-                                    else:
-                                        w = alpha * t
-                                        rgb[p, 0] += w * colours[g, 0]
-                                        rgb[p, 1] += w * colours[g, 1]
-                                        rgb[p, 2] += w * colours[g, 2]
-                                        depth[p] += w * z
-                                        if k_top > 0:
-                                            _keep_top(top_ids, top_w, p * k_top, k_top, g, w)
-                                        trans[p] = next_t
-                        p += 1
+                m = tile_lists[s]
+                rec = records[m]
+                ca, cb, cc = rec[CONIC_A], rec[CONIC_B], rec[CONIC_C]
+                # The Gaussian's box within the tile, in tile coordinates.
+                i0 = max(tile_col0, boxes[m, 0]) - tile_col0
+                i1 = min(tile_col1, boxes[m, 1]) - tile_col0
+                j0 = max(tile_row0, boxes[m, 2]) - tile_row0
+                j1 = min(tile_row1, boxes[m, 3]) - tile_row0
+                # Offsets from the first pixel centre of the box to the Gaussian's mean, and from the
+                # cell one past the last pixel in each direction.
+                dx0 = rec[U] - (tile_col0 + i0 + 0.5)
+                dy0 = rec[V] - (tile_row0 + j0 + 0.5)
+                dx1 = dx0 - (i1 - i0 + 1)
+                dy1 = dy0 - (j1 - j0 + 1)
+                # sigma(dx, dy) = 0.5 (a dx^2 + c dy^2) + b dx dy is convex: its largest value on
+                # the rectangle is at a corner.
+                sigma00 = 0.5 * (ca * dx0 * dx0 + cc * dy0 * dy0) + cb * dx0 * dy0
+                sigma10 = 0.5 * (ca * dx1 * dx1 + cc * dy0 * dy0) + cb * dx1 * dy0
+                sigma01 = 0.5 * (ca * dx0 * dx0 + cc * dy1 * dy1) + cb * dx0 * dy1
+                sigma11 = 0.5 * (ca * dx1 * dx1 + cc * dy1 * dy1) + cb * dx1 * dy1
+                if max(max(sigma00, sigma10), max(sigma01, sigma11)) < _RECURRENCE_SIGMA:
+                    # Moving one pixel right (dx -= 1) changes sigma by -a dx + a/2 - b dy, and that
+                    # difference by a per column and by b per row; moving down changes sigma by
+                    # -c dy + c/2 - b dx, and that by c per row. So exp(-sigma) on the grid is
+                    # products of exp(-a), exp(-b), exp(-c) and three exps at the first pixel.
+                    buf[_E : _E + TILE_SIZE] = 0.0
+                    buf[_RX : _RX + TILE_SIZE] = 1.0
+                    e = math.exp(-sigma00)
+                    rx = math.exp(ca * dx0 - 0.5 * ca + cb * dy0)
+                    ry = math.exp(cc * dy0 - 0.5 * cc + cb * dx0)
+                    for j in range(j0, j1 + 1):
+                        buf[_E + j] = e
+                        buf[_RX + j] = rx
+                        e *= ry
+                        ry *= rec[EXP_C]
+                        rx *= rec[EXP_B]
+                    for i in range(i0, i1 + 1):
+                        n_live -= _composite_column(buf, i, j0, (j1 | 3) + 1, rec)
+                        if k_top > 0:
+                            for j in range(j0, j1 + 1):
+                                w = buf[_W + j]
+                                if w > 0.0:
+                                    _keep_top(
+                                        top_ids, top_w, (i * TILE_SIZE + j) * k_top, k_top, gaussian_ids[m], w
+                                    )
+                else:
+                    n_live -= _composite_pixels(
+                        buf, top_ids, top_w, k_top, gaussian_ids[m], rec, i0, i1, j0, j1, dx0, dy0
+                    )
                 if n_live == 0:  # every pixel of the tile is saturated
                     break
 
             for row in range(tile_row0, tile_row1 + 1):
                 for col in range(tile_col0, tile_col1 + 1):
-                    p = (row - tile_row0) * TILE_SIZE + (col - tile_col0)
-                    t = trans[p]
+                    p = (col - tile_col0) * TILE_SIZE + (row - tile_row0)
+                    t = abs(buf[_TRANS + p])
                     alpha = 1.0 - t
                     out_alpha[row, col] = alpha
-                    for ch in range(3):
-                        out_rgb[row, col, ch] = rgb[p, ch] + t * background[ch]
-                    out_depth[row, col] = depth[p] / alpha if alpha > 0.0 else 0.0
+                    out_rgb[row, col, 0] = buf[_RED + p] + t * background[0]
+                    out_rgb[row, col, 1] = buf[_GREEN + p] + t * background[1]
+                    out_rgb[row, col, 2] = buf[_BLUE + p] + t * background[2]
+                    out_depth[row, col] = buf[_DEPTH + p] / alpha if alpha > 0.0 else 0.0
                     for k in range(k_top):
                         out_ids[row, col, k] = top_ids[p * k_top + k]
                         out_weights[row, col, k] = top_w[p * k_top + k]
