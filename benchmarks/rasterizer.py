@@ -51,7 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--reference-max", type=int, default=10_000, help="largest scene the dense reference renders")
+    parser.add_argument(
+        "--reference-max", type=int, default=10_000, help="largest scene the dense reference renders"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"CPU rasterizer, {args.resolution}x{args.resolution}, ms per view (median of {args.repeats})")
     print(f"machine: {cpu_name()}, {threads} threads, numba {numba.__version__}\n")
-    print(f"| scene | 1 thread | {threads} threads | thread speed-up | dense reference | vs reference (1 thread) |")
+    print(f"| scene | 1 thread | {threads} threads | thread speed-up | dense reference | speed-up (1 thread) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, gaussians in scenes:
         one = median_ms(lambda g=gaussians: rasterize(g, cameras, num_threads=1), args.repeats)

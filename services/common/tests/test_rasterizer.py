@@ -96,5 +96,5 @@ def test_bad_arguments_are_named():
         rasterize(gaussians, cameras, background=(1.0, 0.0))
     with pytest.raises(ValueError, match="contributors"):
         rasterize(gaussians, cameras, contributors=-1)
-    with pytest.raises(ValueError, match="cameras.width"):
+    with pytest.raises(ValueError, match=r"cameras\.width"):
         rasterize(gaussians, Cameras(cameras.viewmats, cameras.Ks, 0, 8))
