@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"CPU rasterizer, {args.resolution}x{args.resolution}, ms per view (median of {args.repeats})")
     print(f"machine: {cpu_name()}, {threads} threads, numba {numba.__version__}\n")
-    print(f"| scene | 1 thread | {threads} threads | thread speed-up | dense reference | speed-up (1 thread) |")
+    header = f"| scene | 1 thread | {threads} threads | thread speed-up | dense reference | speed-up (1 thread) |"
+    print(header)
     print("|---|---:|---:|---:|---:|---:|")
     for name, gaussians in scenes:
         one = median_ms(lambda g=gaussians: rasterize(g, cameras, num_threads=1), args.repeats)
