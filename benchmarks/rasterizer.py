@@ -51,9 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 200_000])
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--reference-max", type=int, default=10_000, help="largest scene the dense reference renders"
-    )
+    parser.add_argument("--reference-size", type=int, default=10_000, help="Gaussians, reference scene")
+    parser.add_argument("--reference-resolution", type=int, default=64, help="the reference is slow")
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
