@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -50,6 +51,9 @@ class CpuBackend:
 
     def __init__(self, threads: int = 0):
         self.threads = threads or None
+        # One render at a time: each already uses every core, and numba's fallback threading layer
+        # (workqueue, where OpenMP is missing) is not safe for concurrent parallel calls.
+        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -58,7 +62,8 @@ class CpuBackend:
         return f"cpu ({self.threads or numba.config.NUMBA_NUM_THREADS} threads)"
 
     def render(self, gaussians: Gaussians, cameras: Cameras, background: np.ndarray) -> RenderResult:
-        return rasterize(gaussians, cameras, background=background, num_threads=self.threads)
+        with self._lock:
+            return rasterize(gaussians, cameras, background=background, num_threads=self.threads)
 
 
 class GsplatBackend:

@@ -54,6 +54,8 @@ def check_arguments(gaussians: Gaussians, cameras: Cameras, background, contribu
     for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
         if not np.all(np.isfinite(getattr(gaussians, name))):
             raise ValueError(f"gaussians.{name} must be finite")
+    if n and not np.all(gaussians.log_scales < 80.0):  # exp() overflows float32 beyond ~88
+        raise ValueError("gaussians.log_scales must be below 80 (scales of e^80 world units)")
     if n and not np.all(np.einsum("ij,ij->i", gaussians.quats, gaussians.quats) > 0.0):
         raise ValueError("gaussians.quats must be non-zero")
 
@@ -74,7 +76,10 @@ def check_arguments(gaussians: Gaussians, cameras: Cameras, background, contribu
         if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
             raise ValueError(f"cameras.{name} must be a positive int, got {size!r}")
 
-    bg = np.asarray(background, dtype=np.float64)
+    try:
+        bg = np.asarray(background, dtype=np.float64)
+    except (TypeError, ValueError):
+        bg = np.full(1, np.nan)
     if bg.shape != (3,) or not np.all(np.isfinite(bg)):
         raise ValueError(f"background must be 3 finite numbers, got {background!r}")
     if isinstance(contributors, bool) or not isinstance(contributors, int | np.integer) or contributors < 0:

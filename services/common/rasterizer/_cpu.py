@@ -82,9 +82,6 @@ def _render(gaussians: Gaussians, cameras: Cameras, background: np.ndarray, k_to
     # Scratch space, reused by every view.
     records = np.empty((n, _numba.N_FIELDS))
     boxes = np.empty((n, 4), dtype=np.int32)
-    sorted_records = np.empty_like(records)
-    sorted_boxes = np.empty_like(boxes)
-    gaussian_ids = np.empty(n, dtype=np.int32)
     for view in range(v):
         _numba.project_view(
             means,
@@ -99,13 +96,10 @@ def _render(gaussians: Gaussians, cameras: Cameras, background: np.ndarray, k_to
             records,
             boxes,
         )
-        _, offsets, tile_lists = _numba.prepare_tiles(
-            records, boxes, tiles_x, tiles_y, sorted_records, sorted_boxes, gaussian_ids
-        )
+        offsets, tile_lists = _numba.prepare_tiles(records, boxes, tiles_x, tiles_y)
         _numba.rasterize_tiles(
-            sorted_records,
-            sorted_boxes,
-            gaussian_ids,
+            records,
+            boxes,
             offsets,
             tile_lists,
             tiles_x,

@@ -20,7 +20,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-TILE_SIZE = 16
+TILE_SHIFT = 4
+TILE_SIZE = 1 << TILE_SHIFT  # 16; a power of two (tile indices are shifts, lane masks need it)
 NEAR_PLANE = 0.01
 FAR_PLANE = 1e10
 EPS2D = 0.3  # low-pass filter added to the 2D covariance's diagonal, pixels^2
@@ -37,19 +38,19 @@ SIGMA_MAX = 6  # log(255 * opacity): alpha >= 1/255 needs sigma <= this
 EXP_A, EXP_B, EXP_C = 7, 8, 9  # exp(-a), exp(-b), exp(-c): steps of the exp(-sigma) recurrences
 RED, GREEN, BLUE = 10, 11, 12  # view-dependent colour, >= 0
 OPACITY = 13
-B_OVER_A, B_OVER_C = 14, 15  # b / a and b / c, for the tile culling of ``_misses_tile``
-N_FIELDS = 16
+N_FIELDS = 14
 
 # A tile's pixel state lives in one flat float64 buffer: transmittance, weighted sums of red, green,
-# blue and depth (each TILE_SIZE^2, column-major: pixel (row, col) of the tile at
-# col * TILE_SIZE + row), then three TILE_SIZE columns for the current Gaussian: exp(-sigma), the
-# factor to the next column, and the compositing weights. One buffer with constant offsets lets LLVM
+# blue and depth, and (when contributors are kept) each pixel's K-th largest weight so far (each
+# TILE_SIZE^2, column-major: pixel (row, col) of the tile at col * TILE_SIZE + row), then three
+# TILE_SIZE columns for the current Gaussian: exp(-sigma), the factor to the next column, and the
+# compositing weights. One buffer with constant offsets lets LLVM
 # prove that _composite_column's accesses never overlap, so it vectorizes the loop without the
 # run-time overlap checks that separate arrays cost on every call.
 _PIXELS = TILE_SIZE * TILE_SIZE
-_TRANS, _RED, _GREEN, _BLUE, _DEPTH = 0, _PIXELS, 2 * _PIXELS, 3 * _PIXELS, 4 * _PIXELS
-_E, _RX, _W = 5 * _PIXELS, 5 * _PIXELS + TILE_SIZE, 5 * _PIXELS + 2 * TILE_SIZE
-_TILE_BUFFER = 5 * _PIXELS + 3 * TILE_SIZE
+_TRANS, _RED, _GREEN, _BLUE, _DEPTH, _KTH = (k * _PIXELS for k in range(6))
+_E, _RX, _W = 6 * _PIXELS, 6 * _PIXELS + TILE_SIZE, 6 * _PIXELS + 2 * TILE_SIZE
+_TILE_BUFFER = 6 * _PIXELS + 3 * TILE_SIZE
 
 # The compositing loop gets exp(-sigma) on a pixel grid by recurrences (products of exp of the
 # first and second differences of sigma); it stays finite, and accurate to ~1e-13, when sigma stays
@@ -168,7 +169,7 @@ def project_view(
         width, height: image size in pixels.
 
     Outputs (written in place; the records of culled Gaussians are left undefined):
-        records: ``[N, N_FIELDS]`` float64, fields ``U`` ... ``B_OVER_C``.
+        records: ``[N, N_FIELDS]`` float64, fields ``U`` ... ``OPACITY``.
         boxes: ``[N, 4]`` int32: first and last pixel column, first and last pixel row whose centre
             lies in the Gaussian's bounding box, clipped to the image; ``boxes[g, 0] > boxes[g, 1]``
             marks a culled Gaussian (behind the near plane, beyond the far plane, too faint, or
@@ -199,7 +200,7 @@ def project_view(
         x = rot[0, 0] * mx + rot[0, 1] * my + rot[0, 2] * mz + t[0]
         y = rot[1, 0] * mx + rot[1, 1] * my + rot[1, 2] * mz + t[1]
         z = rot[2, 0] * mx + rot[2, 1] * my + rot[2, 2] * mz + t[2]
-        if z < NEAR_PLANE or z > FAR_PLANE:
+        if not NEAR_PLANE <= z <= FAR_PLANE:
             continue
         opacity = np.float64(opacities[g])
         if opacity < ALPHA_MIN:  # can never reach the alpha threshold
@@ -237,26 +238,29 @@ def project_view(
         c00 += EPS2D
         c11 += EPS2D
         det = c00 * c11 - c01 * c01
-        if det <= 0.0:
+        if not det > 0.0:  # (written so that NaN, from overflowing scales, is culled too)
             continue
 
         # Opacity-aware box (gsplat 1.5.3, https://arxiv.org/pdf/2402.00525 B.2): outside
-        # extend * sqrt(cov_ii) along an axis, alpha < 1/255 whatever the other coordinate.
-        extend = min(EXTEND_MAX, math.sqrt(2.0 * math.log(opacity / ALPHA_MIN)))
+        # extend * sqrt(cov_ii) along an axis, sigma > log(255 opacity), so alpha < 1/255 whatever
+        # the other coordinate.
+        sigma_max = math.log(opacity / ALPHA_MIN)
+        extend = min(EXTEND_MAX, math.sqrt(2.0 * sigma_max))
         radius_x = np.ceil(extend * math.sqrt(c00))
         radius_y = np.ceil(extend * math.sqrt(c11))
         u = fx * x / z + cx
         v = fy * y / z + cy
-        # Pixel j (centre j + 0.5) is in the box when |u - (j + 0.5)| <= radius_x.
-        # (np.ceil and np.floor stay float, so a far off-screen Gaussian does not overflow int64.)
+        # Pixel j (centre j + 0.5) is in the box when |u - (j + 0.5)| <= radius_x. A box with no pixel
+        # centre on the image is culled (gsplat culls boxes off the image; the ones it keeps beyond
+        # these reach no pixel centre). np.ceil and np.floor stay float, so that a far off-screen
+        # Gaussian cannot overflow int64.
         col0 = max(0.0, np.ceil(u - radius_x - 0.5))
         col1 = min(width - 1.0, np.floor(u + radius_x - 0.5))
         row0 = max(0.0, np.ceil(v - radius_y - 0.5))
         row1 = min(height - 1.0, np.floor(v + radius_y - 0.5))
-        if col0 > col1 or row0 > row1:  # off-screen
+        if not (col0 <= col1 and row0 <= row1):
             continue
 
-        sigma_max = math.log(opacity / ALPHA_MIN)
         rec = records[g]
         rec[U] = u
         rec[V] = v
@@ -272,8 +276,6 @@ def project_view(
         inv_len = 1.0 / math.sqrt(dx * dx + dy * dy + dz * dz)
         _sh_colour(sh, g, degree, dx * inv_len, dy * inv_len, dz * inv_len, rec[RED : BLUE + 1])
         rec[OPACITY] = opacity
-        rec[B_OVER_A] = rec[CONIC_B] / rec[CONIC_A]
-        rec[B_OVER_C] = rec[CONIC_B] / rec[CONIC_C]
         boxes[g, 0] = int(col0)
         boxes[g, 1] = int(col1)
         boxes[g, 2] = int(row0)
@@ -295,9 +297,11 @@ def _stable_argsort(depths: np.ndarray) -> np.ndarray:
         ``[M]`` int64 permutation.
     """
     n = depths.shape[0]
-    keys = depths.view(np.uint64)
+    keys = depths.view(np.uint64).copy()
     order = np.arange(n)
-    scratch = np.empty(n, dtype=np.int64)
+    # Each pass moves keys with their indices, so that it reads both sequentially.
+    keys_next = np.empty(n, dtype=np.uint64)
+    order_next = np.empty(n, dtype=np.int64)
     digit_bits = 11  # 6 passes over 64 bits, with 2048 counters that stay in L1
     mask = np.uint64((1 << digit_bits) - 1)
     counts = np.empty(1 << digit_bits, dtype=np.int64)
@@ -312,75 +316,29 @@ def _stable_argsort(depths: np.ndarray) -> np.ndarray:
         for b in range(counts.shape[0]):
             start, counts[b] = start + counts[b], start
         for i in range(n):
-            k = order[i]
-            b = (keys[k] >> shift_u) & mask
-            scratch[counts[b]] = k
+            b = (keys[i] >> shift_u) & mask
+            keys_next[counts[b]] = keys[i]
+            order_next[counts[b]] = order[i]
             counts[b] += 1
-        order, scratch = scratch, order
+        keys, keys_next = keys_next, keys
+        order, order_next = order_next, order
     return order
-
-
-@njit(cache=True, inline="always")
-def _edge_min(a: float, b: float, c: float, b_over_c: float, x: float, y_lo: float, y_hi: float) -> float:
-    """min over y in [y_lo, y_hi] of 0.5 (a x^2 + c y^2) + b x y, for c > 0."""
-    y = min(max(-b_over_c * x, y_lo), y_hi)
-    return 0.5 * (a * x * x + c * y * y) + b * x * y
-
-
-@njit(cache=True, inline="always")
-def _misses_tile(rec: np.ndarray, box: np.ndarray, tile_x: int, tile_y: int) -> bool:
-    """True when no pixel centre of the tile inside the box reaches alpha >= 1/255.
-
-    Boxes are axis-aligned, so a box can overlap a tile that its ellipse sigma <= sigma_max
-    misses; such pairs are dropped from the tile lists (they would composite nothing). Conservative:
-    sigma's minimum is taken over the continuous rectangle spanned by the pixel centres.
-    """
-    a, b, c = rec[CONIC_A], rec[CONIC_B], rec[CONIC_C]
-    # Offsets dx = u - (col + 0.5) at the first and last column (and rows) of tile and box.
-    dx_hi = rec[U] - (max(tile_x * TILE_SIZE, box[0]) + 0.5)
-    dx_lo = rec[U] - (min(tile_x * TILE_SIZE + TILE_SIZE - 1, box[1]) + 0.5)
-    dy_hi = rec[V] - (max(tile_y * TILE_SIZE, box[2]) + 0.5)
-    dy_lo = rec[V] - (min(tile_y * TILE_SIZE + TILE_SIZE - 1, box[3]) + 0.5)
-    if dx_lo <= 0.0 <= dx_hi and dy_lo <= 0.0 <= dy_hi:
-        return False  # the mean is inside: sigma reaches 0
-    # Otherwise the minimum of the convex sigma is on an edge.
-    b_c, b_a = rec[B_OVER_C], rec[B_OVER_A]
-    sigma_min = min(
-        min(_edge_min(a, b, c, b_c, dx_lo, dy_lo, dy_hi), _edge_min(a, b, c, b_c, dx_hi, dy_lo, dy_hi)),
-        min(_edge_min(c, b, a, b_a, dy_lo, dx_lo, dx_hi), _edge_min(c, b, a, b_a, dy_hi, dx_lo, dx_hi)),
-    )
-    return sigma_min > rec[SIGMA_MAX] + _SIGMA_MARGIN
 
 
 @njit(cache=True)
 def prepare_tiles(
-    records: np.ndarray,
-    boxes: np.ndarray,
-    tiles_x: int,
-    tiles_y: int,
-    sorted_records: np.ndarray,
-    sorted_boxes: np.ndarray,
-    gaussian_ids: np.ndarray,
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Sort the visible Gaussians front to back and list them per tile.
-
-    The records are copied in depth order (a short loop, whose cache misses overlap), so that
-    everything after reads them sequentially; each tile reads its Gaussians in increasing order.
+    records: np.ndarray, boxes: np.ndarray, tiles_x: int, tiles_y: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """List the visible Gaussians per tile, front to back.
 
     Args:
         records: ``[N, N_FIELDS]`` and boxes: ``[N, 4]`` int32 from ``project_view``.
         tiles_x, tiles_y: tile grid size.
 
-    Outputs (written in place, first M rows):
-        sorted_records: ``[N, N_FIELDS]`` float64, the M visible Gaussians' records, nearest first.
-        sorted_boxes: ``[N, 4]`` int32, their boxes.
-        gaussian_ids: ``[N]`` int32, their indices in the input.
-
     Returns:
-        M: how many Gaussians are visible.
         offsets: ``[tiles_y * tiles_x + 1]`` int64; tile t's Gaussians are
             ``tile_lists[offsets[t]:offsets[t + 1]]``.
-        tile_lists: ``[total]`` int32 rows of sorted_records, increasing within each tile.
+        tile_lists: ``[total]`` int32 Gaussian indices, nearest first within each tile.
     """
     visible = np.flatnonzero(boxes[:, 0] <= boxes[:, 1])
     n_visible = visible.shape[0]
@@ -389,42 +347,29 @@ def prepare_tiles(
         depths[m] = records[visible[m], DEPTH]
     order = visible[_stable_argsort(depths)]
 
-    n_pairs = 0  # (Gaussian, tile) pairs whose boxes overlap: an upper bound on the lists' size
+    # Each Gaussian's tile span, in depth order. (A loop of its own: its scattered reads of boxes
+    # overlap, where the branchy loops below would wait for each. Boxes are >= 0, so shifts divide
+    # by TILE_SIZE, cheaper than numba's floor division.)
+    spans = np.empty((n_visible, 4), dtype=np.int64)
     for m in range(n_visible):
-        g = order[m]
-        gaussian_ids[m] = g
-        for f in range(N_FIELDS):  # (explicit loops: numba's row-slice copies are several times slower)
-            sorted_records[m, f] = records[g, f]
-        for f in range(4):
-            sorted_boxes[m, f] = boxes[g, f]
-        n_pairs += (boxes[g, 1] // TILE_SIZE - boxes[g, 0] // TILE_SIZE + 1) * (
-            boxes[g, 3] // TILE_SIZE - boxes[g, 2] // TILE_SIZE + 1
-        )
-
-    # The pairs that survive the ellipse test, in depth order, then a counting sort by tile (stable,
-    # so each tile's list stays front to back) into one flat array.
-    pair_tile = np.empty(n_pairs, dtype=np.int32)
-    pair_gaussian = np.empty(n_pairs, dtype=np.int32)
+        for k in range(4):
+            spans[m, k] = np.int64(boxes[order[m], k]) >> TILE_SHIFT
+    # Two passes, counting then filling, so that the lists are one flat array.
     counts = np.zeros(tiles_x * tiles_y + 1, dtype=np.int64)
-    n_kept = 0
     for m in range(n_visible):
-        box = sorted_boxes[m]
-        for ty in range(box[2] // TILE_SIZE, box[3] // TILE_SIZE + 1):
-            for tx in range(box[0] // TILE_SIZE, box[1] // TILE_SIZE + 1):
-                if not _misses_tile(sorted_records[m], box, tx, ty):
-                    tile = ty * tiles_x + tx
-                    pair_tile[n_kept] = tile
-                    pair_gaussian[n_kept] = m
-                    counts[tile + 1] += 1
-                    n_kept += 1
+        for ty in range(spans[m, 2], spans[m, 3] + 1):
+            for tx in range(spans[m, 0], spans[m, 1] + 1):
+                counts[ty * tiles_x + tx + 1] += 1
     offsets = np.cumsum(counts)
     cursor = offsets[:-1].copy()
-    tile_lists = np.empty(n_kept, dtype=np.int32)
-    for k in range(n_kept):
-        tile = pair_tile[k]
-        tile_lists[cursor[tile]] = pair_gaussian[k]
-        cursor[tile] += 1
-    return n_visible, offsets, tile_lists
+    tile_lists = np.empty(offsets[-1], dtype=np.int32)
+    for m in range(n_visible):
+        for ty in range(spans[m, 2], spans[m, 3] + 1):
+            for tx in range(spans[m, 0], spans[m, 1] + 1):
+                tile = ty * tiles_x + tx
+                tile_lists[cursor[tile]] = order[m]
+                cursor[tile] += 1
+    return offsets, tile_lists
 
 
 @njit(cache=True, inline="always")
@@ -534,6 +479,7 @@ def _composite_pixels(
             buf[_TRANS + p] = next_t
             if k_top > 0:
                 _keep_top(top_ids, top_w, p * k_top, k_top, gaussian_id, w)
+                buf[_KTH + p] = top_w[(p + 1) * k_top - 1]
     return n_stop
 
 
@@ -541,7 +487,6 @@ def _composite_pixels(
 def rasterize_tiles(
     records: np.ndarray,
     boxes: np.ndarray,
-    gaussian_ids: np.ndarray,
     offsets: np.ndarray,
     tile_lists: np.ndarray,
     tiles_x: int,
@@ -560,8 +505,8 @@ def rasterize_tiles(
     its transmittance T to 1e-4 or below; otherwise weight w = alpha T is accumulated and T *= 1 - alpha.
 
     Args:
-        records, boxes, gaussian_ids, offsets, tile_lists: the depth-sorted arrays and tile lists
-            of ``prepare_tiles``.
+        records, boxes: from ``project_view``.
+        offsets, tile_lists: from ``prepare_tiles``.
         tiles_x: tiles per image row.
         background: ``[3]`` float64 RGB.
         n_workers: how many interleaved groups of tiles to run in parallel (the thread count).
@@ -590,18 +535,18 @@ def rasterize_tiles(
             tile_row1 = min(tile_row0 + TILE_SIZE, height) - 1
             n_live = (tile_col1 - tile_col0 + 1) * (tile_row1 - tile_row0 + 1)
             buf[_TRANS : _TRANS + _PIXELS] = 1.0
-            buf[_RED : _DEPTH + _PIXELS] = 0.0
+            buf[_RED : _KTH + _PIXELS] = 0.0
             top_ids[:] = -1
             top_w[:] = 0.0
             for s in range(offsets[tile], offsets[tile + 1]):
-                m = tile_lists[s]
-                rec = records[m]
+                g = tile_lists[s]
+                rec = records[g]
                 ca, cb, cc = rec[CONIC_A], rec[CONIC_B], rec[CONIC_C]
                 # The Gaussian's box within the tile, in tile coordinates.
-                i0 = max(tile_col0, boxes[m, 0]) - tile_col0
-                i1 = min(tile_col1, boxes[m, 1]) - tile_col0
-                j0 = max(tile_row0, boxes[m, 2]) - tile_row0
-                j1 = min(tile_row1, boxes[m, 3]) - tile_row0
+                i0 = max(tile_col0, boxes[g, 0]) - tile_col0
+                i1 = min(tile_col1, boxes[g, 1]) - tile_col0
+                j0 = max(tile_row0, boxes[g, 2]) - tile_row0
+                j1 = min(tile_row1, boxes[g, 3]) - tile_row0
                 # Offsets from the first pixel centre of the box to the Gaussian's mean, and from the
                 # cell one past the last pixel in each direction.
                 dx0 = rec[U] - (tile_col0 + i0 + 0.5)
@@ -632,17 +577,20 @@ def rasterize_tiles(
                         rx *= rec[EXP_B]
                     for i in range(i0, i1 + 1):
                         n_live -= _composite_column(buf, i, j0, (j1 | 3) + 1, rec)
-                        if k_top > 0:
+                        if k_top == 0:
+                            continue
+                        # Most weights are below their pixel's K-th largest so far: count first.
+                        n_top = 0
+                        for j in range(j0, j1 + 1):
+                            n_top += np.int64(buf[_W + j] > buf[_KTH + i * TILE_SIZE + j])
+                        if n_top > 0:
                             for j in range(j0, j1 + 1):
-                                w = buf[_W + j]
-                                if w > 0.0:
-                                    _keep_top(
-                                        top_ids, top_w, (i * TILE_SIZE + j) * k_top, k_top, gaussian_ids[m], w
-                                    )
+                                p = i * TILE_SIZE + j
+                                if buf[_W + j] > buf[_KTH + p]:
+                                    _keep_top(top_ids, top_w, p * k_top, k_top, g, buf[_W + j])
+                                    buf[_KTH + p] = top_w[(p + 1) * k_top - 1]
                 else:
-                    n_live -= _composite_pixels(
-                        buf, top_ids, top_w, k_top, gaussian_ids[m], rec, i0, i1, j0, j1, dx0, dy0
-                    )
+                    n_live -= _composite_pixels(buf, top_ids, top_w, k_top, g, rec, i0, i1, j0, j1, dx0, dy0)
                 if n_live == 0:  # every pixel of the tile is saturated
                     break
 

@@ -44,3 +44,14 @@ def test_gsplat_matches_the_cpu_rasterizer(tmp_path, monkeypatch):
     assert np.abs(gpu.alpha - cpu.alpha).max() < 2e-3
     covered = cpu.alpha > 0.5
     np.testing.assert_allclose(gpu.depth[covered], cpu.depth[covered], rtol=1e-3)
+
+
+def test_concurrent_cpu_renders_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend, gaussians = CpuBackend(), read_ply(MONKEY)
+    cams = [orbit_cameras([az], 48, 48) for az in (0.0, 90.0, 180.0, 270.0)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda c: backend.render(gaussians, c, np.zeros(3, np.float32)), cams))
+    for c, result in zip(cams, results, strict=True):
+        np.testing.assert_array_equal(result.rgb, backend.render(gaussians, c, np.zeros(3, np.float32)).rgb)
