@@ -109,11 +109,6 @@ class Gaussians:
         """``[N]`` float32 in (0, 1)."""
         return (1.0 / (1.0 + np.exp(-self.opacity_logits.astype(np.float64)))).astype(np.float32)
 
-    @property
-    def colours(self) -> np.ndarray:
-        """``[N, 3]`` float32 view-independent (DC) colour, clamped at 0."""
-        return np.maximum(0.5 + SH_C0 * self.sh[:, 0], 0.0).astype(np.float32)
-
 
 MAX_HEADER_BYTES = 64 * 1024
 """A longer header is rejected: real 3DGS headers are about 2 KiB."""

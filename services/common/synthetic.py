@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.gaussians import Gaussians
+from services.common.gaussians import SH_C0, Gaussians
 
 
 def random_gaussians(
@@ -26,7 +26,7 @@ def random_gaussians(
     quats /= np.linalg.norm(quats, axis=1, keepdims=True)
     opac = rng.uniform(*opacity_range, size=n)
     sh = np.zeros((n, k, 3))
-    sh[:, 0] = (rng.uniform(0.0, 1.0, size=(n, 3)) - 0.5) / 0.28209479177387814
+    sh[:, 0] = (rng.uniform(0.0, 1.0, size=(n, 3)) - 0.5) / SH_C0
     if k > 1:
         sh[:, 1:] = rng.normal(scale=0.2, size=(n, k - 1, 3))
     return Gaussians(
