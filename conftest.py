@@ -1,9 +1,20 @@
-"""Fixtures shared by every test: a local S3 server (``rclone serve s3``) and a store on it."""
+"""Fixtures shared by every test: a local S3 server (``rclone serve s3``), a store on it, and service
+processes started on loopback against it."""
 
-from collections.abc import Iterator
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.clients import dial
 from services.common.s3server import LocalS3
 from services.common.store import ObjectStore
 
@@ -19,3 +30,84 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
 def store(s3: LocalS3) -> ObjectStore:
     """An ``ObjectStore`` with the server's credentials."""
     return ObjectStore(s3.settings)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """A service started by ``launch_service``: dial ``target``; its output is in ``log_path``."""
+
+    target: str
+    metrics_port: int
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def launch_service(
+    s3: LocalS3, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start ``python -m MODULE`` on free loopback ports with the S3 server's credentials and wait until
+    its health check says SERVING.
+
+        tracker = launch_service("services.tracker.server", "TIRE_TRACKER_", {"TIRE_TRACKER_BACKEND": ...})
+
+    ``prefix`` is the service's environment prefix; ``env`` adds or overrides variables. Every process is
+    killed at the end of the session (tests that stop one themselves are fine).
+    """
+    started: list[ServiceProcess] = []
+
+    def launch(module: str, prefix: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        port, metrics_port = free_port(), free_port()
+        log_path = tmp_path_factory.mktemp(module.split(".")[-2]) / "service.log"
+        environ = {
+            **os.environ,
+            **s3.env,
+            f"{prefix}PORT": str(port),
+            f"{prefix}HOST": "127.0.0.1",
+            f"{prefix}METRICS_PORT": str(metrics_port),
+            f"{prefix}GRACE_S": "5",
+            **(env or {}),
+        }
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module], env=environ, stdout=log, stderr=subprocess.STDOUT
+            )
+        service = ServiceProcess(f"127.0.0.1:{port}", metrics_port, process, log_path)
+        started.append(service)
+        channel = dial(service.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 180  # a first start may compile the numba kernels
+        try:
+            while True:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return service
+                except grpc.RpcError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(
+                        f"{module} did not become healthy (exit code {process.poll()}):\n"
+                        f"{service.log()[-3000:]}"
+                    )
+                time.sleep(0.25)
+        finally:
+            channel.close()
+
+    yield launch
+    for service in started:
+        service.stop()

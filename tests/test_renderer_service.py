@@ -1,12 +1,7 @@
 """The renderer as a real process: the S3 server and the renderer on loopback, called through the stub."""
 
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -27,65 +22,20 @@ ROOT = Path(__file__).parents[1]
 MONKEY = ROOT / "samples" / "monkey_lgm.ply"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def renderer(s3, tmp_path_factory):
-    """A renderer process on free ports; yields (target, metrics_port, process)."""
-    port, metrics_port = free_port(), free_port()
-    log = (tmp_path_factory.mktemp("renderer") / "renderer.log").open("w+")
-    env = {
-        **os.environ,
-        **s3.env,
-        "TIRE_RENDERER_BACKEND": "cpu",
-        "TIRE_RENDERER_PORT": str(port),
-        "TIRE_RENDERER_HOST": "127.0.0.1",
-        "TIRE_RENDERER_METRICS_PORT": str(metrics_port),
-        "TIRE_RENDERER_GRACE_S": "5",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.renderer.server"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    target = f"127.0.0.1:{port}"
-    channel = dial(target)
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + 180  # the first start may compile the numba kernels
-    while True:
-        try:
-            if (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                == health_pb2.HealthCheckResponse.SERVING
-            ):
-                break
-        except grpc.RpcError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            log.seek(0)
-            pytest.fail(
-                f"renderer did not become healthy (exit code {process.poll()}):\n{log.read()[-3000:]}"
-            )
-        time.sleep(0.25)
-    yield target, metrics_port, process, log
-    channel.close()
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    log.close()
+def renderer(launch_service):
+    return launch_service("services.renderer.server", "TIRE_RENDERER_", {"TIRE_RENDERER_BACKEND": "cpu"})
 
 
 @pytest.fixture(scope="module")
 def stub(renderer):
-    channel = dial(renderer[0])
+    channel = dial(renderer.target)
     yield renderer_pb2_grpc.RendererServiceStub(channel)
     channel.close()
 
 
 def test_health_and_reflection(renderer):
-    channel = dial(renderer[0])
+    channel = dial(renderer.target)
     health = health_pb2_grpc.HealthStub(channel)
     for name in ("", "tire.v1.RendererService"):
         assert (
@@ -160,7 +110,7 @@ def test_missing_views_is_invalid_argument_naming_the_field(stub):
 
 
 def test_metrics_count_calls_by_code(renderer, stub):
-    with urllib.request.urlopen(f"http://127.0.0.1:{renderer[1]}/metrics", timeout=10) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{renderer.metrics_port}/metrics", timeout=10) as response:
         text = response.read().decode()
     lines = [line for line in text.splitlines() if line.startswith("tire_grpc_requests_total{")]
     assert any('method="Render"' in line and 'code="OK"' in line for line in lines)
@@ -168,9 +118,7 @@ def test_metrics_count_calls_by_code(renderer, stub):
 
 
 def test_sigterm_shuts_down_cleanly_and_logs_json(renderer):
-    _, _, process, log = renderer
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
-    log.seek(0)
-    records = [json.loads(line) for line in log.read().splitlines() if line.startswith("{")]
+    renderer.process.send_signal(signal.SIGTERM)
+    assert renderer.process.wait(timeout=30) == 0
+    records = [json.loads(line) for line in renderer.log().splitlines() if line.startswith("{")]
     assert any(r.get("method", "").endswith("Render") for r in records)

@@ -20,9 +20,10 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from types import FrameType
 from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIServer
@@ -34,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
 from services.common.config import ServerSettings
@@ -147,6 +149,24 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
         extra={"port": port, "metrics_port": running.metrics_port},
     )
     return running
+
+
+def describe(
+    service: str, backend: str, device: str, available: Iterable[str], settings: Any, model: str = ""
+) -> common_pb2.DescribeResponse:
+    """The ``Describe`` answer every servicer gives: its backend, model, device and settings.
+
+    ``settings`` is the service's frozen settings dataclass; each field is reported as a string.
+    """
+    return common_pb2.DescribeResponse(
+        service=service,
+        backend=backend,
+        model=model,
+        version=version("tire-services"),
+        device=device,
+        available_backends=list(available),
+        settings={key: str(value) for key, value in asdict(settings).items()},
+    )
 
 
 def serve(

@@ -16,18 +16,18 @@ Configuration (environment, read once at start):
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from importlib.metadata import version
+from dataclasses import dataclass
 
 import numpy as np
 from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
+from services.common.assets import load_frame
 from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
 from services.common.config import ServerSettings, from_env
-from services.common.errors import AssetError, InvalidArgument, ResourceExhausted
-from services.common.gaussians import Gaussians, read_ply
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.gaussians import Gaussians
 from services.common.logs import configure_logging
-from services.common.server import ServiceSpec, serve
+from services.common.server import ServiceSpec, describe, serve
 from services.common.store import BlobStore, ObjectStore, StoreSettings
 from services.common.tensors import put_tensor
 from services.renderer.backends import BACKENDS, RenderBackend, make_backend
@@ -53,14 +53,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):
         self.settings = settings
 
     def Describe(self, request, context):
-        return common_pb2.DescribeResponse(
-            service=SERVICE_NAME,
-            backend=self.backend.name,
-            version=version("tire-services"),
-            device=self.backend.device,
-            available_backends=list(BACKENDS),
-            settings={k: str(v) for k, v in asdict(self.settings).items()},
-        )
+        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings)
 
     def Render(self, request, context):
         cameras = self._cameras(request)
@@ -113,22 +106,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):
         return bg
 
     def _load_frame(self, request) -> Gaussians:
-        frames = request.asset.frames
-        if not frames:
-            raise InvalidArgument("asset.frames", [], "must name at least one .ply")
-        if request.time_step >= len(frames):
-            raise InvalidArgument(
-                "time_step", request.time_step, f"must be below the asset's {len(frames)} time steps"
-            )
-        field = f"asset.frames[{request.time_step}]"
-        ref = frames[request.time_step]
-        if not ref.uri:
-            raise InvalidArgument(f"{field}.uri", ref.uri, "must be an s3:// URI")
-        data = self.store.get_bytes(ref.uri, sha256=ref.sha256 or None)
-        try:
-            return read_ply(data, max_gaussians=self.settings.max_gaussians)
-        except AssetError as exc:
-            raise InvalidArgument(field, ref.uri, f"is not a valid 3DGS .ply ({exc})") from exc
+        return load_frame(
+            self.store, request.asset, request.time_step, max_gaussians=self.settings.max_gaussians
+        )
 
 
 def build_servicer(settings: RendererSettings, store: BlobStore) -> RendererServicer:

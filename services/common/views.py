@@ -1,0 +1,128 @@
+"""Views on the wire and in memory: a ``tire.v1.ViewSet`` of tensor references, read into ``Views``.
+
+Every stage that takes rendered views (tracker, refiner, reconstructor) reads them with ``read_views``,
+so a wrong shape, a NaN depth or a missing component is refused the same way everywhere, naming the
+field (``views.depth``) and the value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import numpy as np
+from tire.v1 import common_pb2
+
+from services.common.cameras import Cameras, cameras_from_proto, cameras_to_proto
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.store import BlobStore
+from services.common.tensors import get_tensor, put_tensor
+
+COMPONENTS = ("rgb", "alpha", "depth")
+
+
+@dataclass(frozen=True, eq=False)
+class Views:
+    """V rendered views of H x W pixels and their cameras.
+
+    Attributes:
+        rgb: ``[V, H, W, 3]`` uint8, or None when the request did not carry it.
+        alpha: ``[V, H, W]`` float32 coverage in [0, 1], or None.
+        depth: ``[V, H, W]`` float32 expected camera-space depth (world units, >= 0, 0 where empty), or None.
+        cameras: V OpenCV world-to-camera cameras of W x H pixels.
+    """
+
+    rgb: np.ndarray | None
+    alpha: np.ndarray | None
+    depth: np.ndarray | None
+    cameras: Cameras
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(V, H, W)``."""
+        return len(self.cameras), self.cameras.height, self.cameras.width
+
+    def select(self, indices) -> Views:
+        """The views at ``indices`` (a list of ints), in that order."""
+        index = np.asarray(indices, dtype=np.int64)
+
+        def pick(a):
+            return None if a is None else a[index]
+
+        return Views(pick(self.rgb), pick(self.alpha), pick(self.depth), self.cameras[index])
+
+
+def read_views(
+    store: BlobStore,
+    message: common_pb2.ViewSet,
+    *,
+    field: str = "views",
+    require: Collection[str] = COMPONENTS,
+    max_views: int = 256,
+    max_pixels: int = 2**26,
+) -> Views:
+    """Validate a ``ViewSet`` and read its tensors from the store.
+
+    The cameras fix V, H and W; every present tensor must match them. Components in ``require`` must
+    be present; others are read when present and left None when absent.
+
+    Args:
+        store: where the tensors live.
+        message: the request's ``ViewSet``.
+        field: its name in the request, for error messages.
+        require: the components the caller needs, a subset of ("rgb", "alpha", "depth").
+        max_views, max_pixels: limits on V and on V x H x W.
+
+    Raises:
+        InvalidArgument: a missing component, a tensor of the wrong dtype or shape, an alpha outside
+            [0, 1], a negative or non-finite depth; the message names the field.
+        ResourceExhausted: more views or pixels than the limits.
+        ObjectNotFound, IntegrityError, ...: from the store.
+    """
+    if not message.HasField("cameras"):
+        raise InvalidArgument(f"{field}.cameras", None, "must be set: the views' cameras fix V, H and W")
+    cameras = cameras_from_proto(message.cameras, field=f"{field}.cameras")
+    v, h, w = len(cameras), cameras.height, cameras.width
+    if v > max_views:
+        raise ResourceExhausted(f"`{field}` holds {v} views, over this service's limit of {max_views}.")
+    if v * h * w > max_pixels:
+        raise ResourceExhausted(
+            f"`{field}` holds {v * h * w} pixels ({v} views of {w}x{h}), over this service's limit of "
+            f"{max_pixels}; split the request."
+        )
+    expected = {
+        "rgb": (np.uint8, (v, h, w, 3)),
+        "alpha": (np.float32, (v, h, w)),
+        "depth": (np.float32, (v, h, w)),
+    }
+    arrays: dict[str, np.ndarray | None] = {}
+    for name in COMPONENTS:
+        ref = getattr(message, name)
+        if not message.HasField(name) or not ref.uri:
+            if name in require:
+                raise InvalidArgument(f"{field}.{name}", None, "must be set")
+            arrays[name] = None
+            continue
+        dtype, shape = expected[name]
+        arrays[name] = get_tensor(store, ref, field=f"{field}.{name}", dtype=dtype, shape=shape, finite=True)
+    alpha, depth = arrays["alpha"], arrays["depth"]
+    if alpha is not None and (alpha.min(initial=0.0) < 0.0 or alpha.max(initial=0.0) > 1.0):
+        raise InvalidArgument(
+            f"{field}.alpha", f"values in [{alpha.min()}, {alpha.max()}]", "must lie in [0, 1]"
+        )
+    if depth is not None and depth.min(initial=0.0) < 0.0:
+        raise InvalidArgument(f"{field}.depth", f"minimum {depth.min()}", "must be non-negative")
+    return Views(arrays["rgb"], alpha, depth, cameras)
+
+
+def write_views(store: BlobStore, views: Views, *, previews: bool = False) -> common_pb2.ViewSet:
+    """Store the present components of ``views`` and return the ``ViewSet`` that references them."""
+    message = common_pb2.ViewSet(cameras=cameras_to_proto(views.cameras))
+    for name in COMPONENTS:
+        array = getattr(views, name)
+        if array is not None:
+            getattr(message, name).CopyFrom(put_tensor(store, array, previews=previews and name != "depth"))
+    return message
