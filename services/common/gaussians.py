@@ -20,6 +20,7 @@ Files:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -108,6 +109,34 @@ class Gaussians:
     def opacities(self) -> np.ndarray:
         """``[N]`` float32 in (0, 1)."""
         return (1.0 / (1.0 + np.exp(-self.opacity_logits.astype(np.float64)))).astype(np.float32)
+
+
+def recolour(
+    gaussians: Gaussians, colours: np.ndarray, which: np.ndarray | None = None, keep_higher_sh: bool = False
+) -> Gaussians:
+    """A copy of ``gaussians`` whose base colour is ``colours``; geometry arrays are shared, unchanged.
+
+    The DC coefficient is set so that the degree-0 colour ``0.5 + SH_C0 * f_dc`` equals the given
+    colour; higher bands are zeroed (the colour becomes view-independent) unless ``keep_higher_sh``.
+
+    Args:
+        gaussians: N Gaussians.
+        colours: ``[N, 3]`` float RGB in [0, 1] (values outside are clipped).
+        which: ``[N]`` bool, the Gaussians to recolour; None for all. Others keep every coefficient.
+        keep_higher_sh: keep the SH bands above degree 0 of the recoloured Gaussians.
+    """
+    n = len(gaussians)
+    colours = np.asarray(colours, dtype=np.float64)
+    if colours.shape != (n, 3):
+        raise ValueError(f"colours must be [{n}, 3], got {list(colours.shape)}")
+    which = np.ones(n, dtype=bool) if which is None else np.asarray(which, dtype=bool)
+    if which.shape != (n,):
+        raise ValueError(f"which must be [{n}] bool, got {list(which.shape)}")
+    sh = gaussians.sh.copy()
+    sh[which, 0, :] = ((np.clip(colours[which], 0.0, 1.0) - 0.5) / SH_C0).astype(np.float32)
+    if not keep_higher_sh:
+        sh[which, 1:, :] = 0.0
+    return dataclasses.replace(gaussians, sh=sh)
 
 
 MAX_HEADER_BYTES = 64 * 1024

@@ -126,3 +126,23 @@ def write_views(store: BlobStore, views: Views, *, previews: bool = False) -> co
         if array is not None:
             getattr(message, name).CopyFrom(put_tensor(store, array, previews=previews and name != "depth"))
     return message
+
+
+def estimate_background(rgb: np.ndarray, alpha: np.ndarray, empty_below: float = 1.0 / 255.0) -> np.ndarray:
+    """The colour the views were composited over, from their empty pixels.
+
+    Renders carry ``rgb = sum_i w_i c_i + (1 - alpha) * background``; stages that un-composite need the
+    background, which a ``ViewSet`` does not name.
+
+    Args:
+        rgb: ``[V, H, W, 3]`` uint8.
+        alpha: ``[V, H, W]`` float32.
+        empty_below: alpha under which a pixel counts as empty.
+
+    Returns:
+        ``[3]`` float32 in [0, 1]: the per-channel median of the empty pixels, black when none is empty.
+    """
+    empty = alpha < empty_below
+    if not empty.any():
+        return np.zeros(3, dtype=np.float32)
+    return (np.median(rgb[empty], axis=0) / 255.0).astype(np.float32)
