@@ -110,7 +110,7 @@ class GsplatBackend:
                 eps2d=0.3,
                 sh_degree=gaussians.sh_degree,
                 packed=False,
-                backgrounds=tensor(np.broadcast_to(background, (len(cameras), 3))),
+                backgrounds=tensor(np.tile(background, (len(cameras), 1))),
                 render_mode="RGB+ED",
                 rasterize_mode="classic",
             )
