@@ -436,3 +436,21 @@ def test_validate_rejects_bad_gaussians(g: Gaussians, match: str) -> None:
 def test_validate_accepts_synthetic_gaussians() -> None:
     for degree in range(4):
         random_gaussians(5, sh_degree=degree).validate()
+
+
+def test_recolour_sets_the_base_colour_and_keeps_the_geometry() -> None:
+    from services.common.gaussians import SH_C0, recolour
+
+    g = random_gaussians(50, sh_degree=2, seed=4)
+    colours = np.random.default_rng(0).uniform(0, 1, (50, 3))
+    which = np.arange(50) % 2 == 0
+    out = recolour(g, colours, which=which)
+    np.testing.assert_allclose(0.5 + SH_C0 * out.sh[which, 0], colours[which], atol=1e-6)
+    assert (out.sh[which, 1:] == 0).all()
+    np.testing.assert_array_equal(out.sh[~which], g.sh[~which])
+    for name in ("means", "log_scales", "quats", "opacity_logits"):
+        assert getattr(out, name) is getattr(g, name)
+    kept = recolour(g, colours, keep_higher_sh=True)
+    np.testing.assert_array_equal(kept.sh[:, 1:], g.sh[:, 1:])
+    with pytest.raises(ValueError, match="colours"):
+        recolour(g, colours[:3])
