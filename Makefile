@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 STUBS := protos/python
 
-.PHONY: install protos check-protos lint test bench run s3 renderer clean
+.PHONY: install protos check-protos lint test bench run s3 renderer tracker inpainter refiner reconstructor clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -45,6 +45,8 @@ test: $(INSTALLED)
 ## bench: benchmark tables (see docs/benchmarks.md)
 bench: $(INSTALLED)
 	$(PY) -m benchmarks.rasterizer
+	$(PY) -m benchmarks.renderers
+	$(PY) -m benchmarks.stages
 
 ## run: render a turntable of the bundled LGM monkey
 run: $(INSTALLED)
@@ -54,9 +56,10 @@ run: $(INSTALLED)
 s3: $(INSTALLED)
 	$(VENV)/bin/tire-s3 --dir out/s3
 
-## renderer: the renderer service on port 50051 (needs the TIRE_S3_* variables, see `make s3`)
-renderer: $(INSTALLED)
-	$(VENV)/bin/tire-renderer
+## renderer, tracker, inpainter, refiner, reconstructor: one stage service on port 50051 (metrics on
+## 9090; set TIRE_<STAGE>_PORT to run several) with the TIRE_S3_* variables from `make s3`
+renderer tracker inpainter refiner reconstructor: $(INSTALLED)
+	$(VENV)/bin/tire-$@
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

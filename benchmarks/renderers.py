@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         for side in args.resolutions:
             cameras = orbit_cameras(azimuths, side, side, elevation_deg=-15.0)
             times = {
-                name: median_ms(lambda b=backend: b.render(gaussians, cameras, background), args.repeats)
+                name: median_ms(
+                    lambda b=backend, g=gaussians, c=cameras: b.render(g, c, background), args.repeats
+                )
                 for name, backend in backends.items()
             }
             cells = " | ".join(f"{ms:,.1f}" for ms in times.values())
