@@ -1,0 +1,1 @@
+"""The inpainter service: fit a subject model, then inpaint masked views with it."""

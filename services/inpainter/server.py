@@ -1,0 +1,359 @@
+"""The inpainter service: ``tire.v1.InpainterService``.
+
+``FitSubject`` validates the reference images and masks, fits a subject model with the configured
+backend (streaming its progress), and stores the model as an artifact any replica can use.
+``Inpaint`` validates views, masks, optional alpha and the subject model, and writes the inpainted views
+back as a tensor reference (with PNG previews). Inpaint's ``strength`` 0 means the proto's default, 0.3.
+
+The colour backend checks, then ignores, the LoRA fields of ``FitSettings`` (learning_rate, rank, prompt,
+resolution, flip, max_rotation_deg) and Inpaint's ``num_inference_steps`` and ``guidance_scale``; it
+runs ``min(steps, MAX_FIT_ITERATIONS)`` k-means iterations as its fitting steps.
+
+Configuration (environment, read once at start):
+    TIRE_INPAINTER_BACKEND                colour (default colour; the only backend of this build)
+    TIRE_INPAINTER_THREADS                views inpainted in parallel, 0 = all cores (default 0)
+    TIRE_INPAINTER_MAX_VIEWS              views per Inpaint request (default 256)
+    TIRE_INPAINTER_MAX_PIXELS             views x height x width per request, Inpaint and FitSubject
+                                          (default 2**26)
+    TIRE_INPAINTER_MAX_REFERENCE_IMAGES   reference images per FitSubject request (default 64)
+    TIRE_INPAINTER_MAX_SUBJECT_BYTES      size of a subject-model artifact read by Inpaint (default 1 GiB)
+    TIRE_INPAINTER_TRANSPORT_ITERATIONS   colour: sliced-optimal-transport iterations per view (default 30)
+    TIRE_INPAINTER_TRANSPORT_SAMPLES      colour: colours and model samples per view's transport (4096)
+    TIRE_INPAINTER_SMOOTHING_SIGMA        colour: smoothing of the colour displacement, pixels (default 3)
+    TIRE_INPAINTER_FILL_RADIUS            colour: Telea radius for filling holes, pixels (default 3)
+    TIRE_INPAINTER_MAX_FIT_SAMPLES        colour: foreground pixels the model is fitted on (default 20000)
+    TIRE_INPAINTER_MAX_FIT_ITERATIONS     colour: cap on Lloyd iterations (FitSettings.steps) (default 50)
+    TIRE_INPAINTER_PORT, TIRE_INPAINTER_METRICS_PORT, ...  see services.common.config.ServerSettings
+    TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
+
+from services.common import validation
+from services.common.config import ConfigError, ServerSettings, from_env
+from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.logs import configure_logging
+from services.common.server import ServiceSpec, describe, serve
+from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.tensors import get_tensor, put_tensor
+from services.inpainter.backends import (
+    BACKENDS,
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_NUM_INFERENCE_STEPS,
+    FitConfig,
+    InpaintBackend,
+    InvalidSubject,
+    make_backend,
+)
+
+SERVICE_NAME = "tire.v1.InpainterService"
+ARTIFACT_MEDIA_TYPE = "application/vnd.safetensors"
+DEFAULT_STRENGTH = 0.3
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class InpainterSettings:
+    backend: str = "colour"
+    threads: int = 0
+    max_views: int = 256
+    max_pixels: int = 2**26
+    max_reference_images: int = 64
+    max_subject_bytes: int = GiB
+    transport_iterations: int = 30
+    transport_samples: int = 4096
+    smoothing_sigma: float = 3.0
+    fill_radius: int = 3
+    max_fit_samples: int = 20_000
+    max_fit_iterations: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("max_views", "max_pixels", "max_reference_images", "max_subject_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"InpainterSettings.{name} must be at least 1, got {getattr(self, name)!r}."
+                )
+
+
+class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
+    def __init__(
+        self, backend: InpaintBackend, store: BlobStore, settings: InpainterSettings = InpainterSettings()
+    ):
+        self.backend = backend
+        self.store = store
+        self.settings = settings
+
+    def Describe(self, request, context):
+        return describe(
+            SERVICE_NAME,
+            self.backend.name,
+            self.backend.device,
+            BACKENDS,
+            self.settings,
+            self.backend.base_model,
+        )
+
+    def FitSubject(self, request, context) -> Iterator[inpainter_pb2.FitSubjectResponse]:
+        config = fit_config(request.settings)
+        images = self._image_stack(request, "images", self.settings.max_reference_images, "reference images")
+        r, h, w = images.shape[:3]
+        masks = get_tensor(
+            self.store, request.masks, field="masks", dtype=np.float32, shape=(r, h, w), finite=True
+        )
+        if masks.min() < 0.0 or masks.max() > 1.0:
+            raise InvalidArgument("masks", f"values in [{masks.min()}, {masks.max()}]", "must lie in [0, 1]")
+        if not (masks > 0.5).any():
+            raise InvalidArgument(
+                "masks", f"maximum {masks.max()}", "must mark at least one foreground pixel (> 0.5)"
+            )
+
+        artifact = b""
+        fit = lambda progress: self.backend.fit_subject(images, masks, config, progress)
+        with contextlib.closing(_run_with_progress(fit)) as events:
+            for event in events:
+                if isinstance(event, bytes):
+                    artifact = event
+                else:
+                    yield inpainter_pb2.FitSubjectResponse(progress=event)
+        ref = self.store.put_bytes(artifact, suffix=".safetensors", media_type=ARTIFACT_MEDIA_TYPE)
+        yield inpainter_pb2.FitSubjectResponse(
+            model=inpainter_pb2.SubjectModel(
+                artifact=ref, backend=self.backend.name, base_model=self.backend.base_model
+            )
+        )
+
+    def Inpaint(self, request, context):
+        strength = _strength(request.strength)
+        steps = DEFAULT_NUM_INFERENCE_STEPS
+        if request.HasField("num_inference_steps"):
+            steps = validation.positive_int(request.num_inference_steps, "num_inference_steps", maximum=1000)
+        guidance = DEFAULT_GUIDANCE_SCALE
+        if request.HasField("guidance_scale"):
+            guidance = validation.in_range(request.guidance_scale, "guidance_scale", 0.0, 100.0)
+        self._check_subject_message(request.subject)
+
+        images = self._image_stack(request, "images", self.settings.max_views, "views")
+        v, h, w = images.shape[:3]
+        masks = get_tensor(self.store, request.masks, field="masks", dtype=np.uint8, shape=(v, h, w))
+        if masks.max(initial=0) > 1:
+            raise InvalidArgument("masks", f"maximum {masks.max()}", "must hold only 0 and 1")
+        alpha = None
+        if request.HasField("alpha") and request.alpha.uri:
+            alpha = get_tensor(
+                self.store, request.alpha, field="alpha", dtype=np.float32, shape=(v, h, w), finite=True
+            )
+            if alpha.min() < 0.0 or alpha.max() > 1.0:
+                raise InvalidArgument(
+                    "alpha", f"values in [{alpha.min()}, {alpha.max()}]", "must lie in [0, 1]"
+                )
+        artifact = request.subject.artifact
+        subject = self.store.get_bytes(
+            artifact.uri, sha256=artifact.sha256 or None, max_bytes=self.settings.max_subject_bytes
+        )
+
+        try:
+            out = self.backend.inpaint(
+                images,
+                masks.astype(bool),
+                alpha,
+                subject,
+                strength,
+                request.seed,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+            )
+        except InvalidSubject as exc:
+            raise InvalidArgument(
+                "subject.artifact", artifact.uri, f"is not a {self.backend.name!r} subject model: it {exc}"
+            ) from exc
+        return inpainter_pb2.InpaintResponse(images=put_tensor(self.store, out, previews=True))
+
+    def _image_stack(self, request, field: str, max_items: int, what: str) -> np.ndarray:
+        """``[N, H, W, 3]`` uint8 from ``request.<field>``, its declared size checked before reading."""
+        if not request.HasField(field):
+            raise InvalidArgument(field, None, "must be set")
+        ref = getattr(request, field)
+        shape = list(ref.shape)
+        if len(shape) == 4 and shape[3] == 3:
+            if shape[0] > max_items:
+                raise ResourceExhausted(
+                    f"`{field}` holds {shape[0]} {what}, over this service's limit of {max_items}."
+                )
+            pixels = shape[0] * shape[1] * shape[2]
+            if pixels > self.settings.max_pixels:
+                raise ResourceExhausted(
+                    f"`{field}` holds {pixels} pixels ({shape[0]} {what} of {shape[2]}x{shape[1]}), "
+                    f"over this service's limit of {self.settings.max_pixels}; split the request."
+                )
+        images = get_tensor(self.store, ref, field=field, dtype=np.uint8, shape=(None, None, None, 3))
+        if 0 in images.shape:
+            raise InvalidArgument(
+                field, f"shape {list(images.shape)}", "must hold at least one image of at least 1x1 pixels"
+            )
+        return images
+
+    def _check_subject_message(self, subject: inpainter_pb2.SubjectModel) -> None:
+        if not subject.artifact.uri:
+            raise InvalidArgument(
+                "subject.artifact.uri",
+                subject.artifact.uri,
+                "must be the s3:// URI of a model from FitSubject",
+            )
+        if subject.backend and subject.backend != self.backend.name:
+            raise InvalidArgument(
+                "subject.backend",
+                subject.backend,
+                f"must be {self.backend.name!r}, the backend of this inpainter",
+            )
+
+
+def fit_config(settings: inpainter_pb2.FitSettings) -> FitConfig:
+    """``FitSettings`` with the proto's defaults applied to unset fields, each value checked.
+
+    Raises:
+        InvalidArgument: a value out of range, naming ``settings.<field>``.
+    """
+    default = FitConfig()
+
+    def get(name: str):
+        return getattr(settings, name) if settings.HasField(name) else getattr(default, name)
+
+    steps = validation.positive_int(get("steps"), "settings.steps", maximum=100_000)
+    learning_rate = get("learning_rate")
+    validation.require(
+        math.isfinite(learning_rate) and 0 < learning_rate <= 1,
+        "settings.learning_rate",
+        learning_rate,
+        "must be in (0, 1]",
+    )
+    rank = validation.positive_int(get("rank"), "settings.rank", maximum=1024)
+    prompt = get("prompt")
+    validation.require(0 < len(prompt) <= 1000, "settings.prompt", prompt, "must hold 1 to 1000 characters")
+    resolution = get("resolution")
+    validation.require(
+        resolution == default.resolution or (64 <= resolution <= 4096 and resolution % 8 == 0),
+        "settings.resolution",
+        resolution,
+        "must be a multiple of 8 between 64 and 4096",
+    )
+    max_rotation = validation.in_range(get("max_rotation_deg"), "settings.max_rotation_deg", 0.0, 180.0)
+    clusters = validation.positive_int(get("clusters"), "settings.clusters", maximum=64)
+    return FitConfig(
+        steps=steps,
+        learning_rate=learning_rate,
+        rank=rank,
+        prompt=prompt,
+        resolution=resolution,
+        flip=get("flip"),
+        max_rotation_deg=max_rotation,
+        clusters=clusters,
+        seed=settings.seed,
+    )
+
+
+def _strength(value: float) -> float:
+    """The request's strength: 0 means the default, 0.3; otherwise in (0, 1]."""
+    validation.in_range(value, "strength", 0.0, 1.0)
+    return DEFAULT_STRENGTH if value == 0 else float(value)
+
+
+class _FitCancelled(Exception):
+    """Raised in the fitting thread when the caller has gone."""
+
+
+def _run_with_progress(fit) -> Iterator[inpainter_pb2.FitProgress | bytes]:
+    """Run ``fit(progress)`` in a worker thread; yield a ``FitProgress`` for each report, then its result.
+
+    An exception of ``fit`` is raised here. When the caller stops iterating (the client went away),
+    the next progress report ends the fit.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if stop.is_set():
+            raise _FitCancelled
+        events.put(
+            inpainter_pb2.FitProgress(
+                step=step, total_steps=total, loss=loss, elapsed_seconds=time.monotonic() - start
+            )
+        )
+
+    def work() -> None:
+        try:
+            events.put(("done", fit(progress)))
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            events.put(("failed", exc))
+
+    threading.Thread(target=work, name="fit-subject", daemon=True).start()
+    try:
+        while True:
+            event = events.get()
+            if isinstance(event, inpainter_pb2.FitProgress):
+                yield event
+            elif event[0] == "done":
+                yield event[1]
+                return
+            else:
+                raise event[1]
+    finally:
+        stop.set()
+
+
+def build_servicer(settings: InpainterSettings, store: BlobStore) -> InpainterServicer:
+    """The servicer with its backend, as the server and in-process callers build it."""
+    backend = make_backend(
+        settings.backend,
+        threads=settings.threads,
+        transport_iterations=settings.transport_iterations,
+        transport_samples=settings.transport_samples,
+        smoothing_sigma=settings.smoothing_sigma,
+        fill_radius=settings.fill_radius,
+        max_fit_samples=settings.max_fit_samples,
+        max_fit_iterations=settings.max_fit_iterations,
+    )
+    return InpainterServicer(backend, store, settings)
+
+
+def warm_up(servicer: InpainterServicer) -> None:
+    """Fit and inpaint one tiny image so the numba kernel is compiled (or loaded) before SERVING."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    masks = np.ones((1, 16, 16), dtype=np.float32)
+    subject = servicer.backend.fit_subject(images, masks, FitConfig(steps=2, clusters=2), lambda *_: None)
+    alpha = np.ones((1, 16, 16), dtype=np.float32)
+    alpha[0, 6:9, 6:9] = 0.0
+    servicer.backend.inpaint(images, masks > 0.5, alpha, subject, DEFAULT_STRENGTH, 0)
+
+
+def main() -> None:
+    settings = from_env(InpainterSettings, prefix="TIRE_INPAINTER_")
+    server_settings = from_env(ServerSettings, prefix="TIRE_INPAINTER_")
+    configure_logging("inpainter", server_settings.log_level)
+    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
+    serve(
+        ServiceSpec(
+            name=SERVICE_NAME,
+            register=lambda server: inpainter_pb2_grpc.add_InpainterServiceServicer_to_server(
+                servicer, server
+            ),
+        ),
+        server_settings,
+        ready=lambda: warm_up(servicer),
+    )
+
+
+if __name__ == "__main__":
+    main()
