@@ -1,0 +1,175 @@
+"""The refiner service: ``tire.v1.RefinerService``.
+
+Validates a ``RefineRequest``, reads the views, the update mask and the asset's ``.ply`` from the store,
+refines with the configured backend and writes the refined views back as a tensor reference.
+
+Configuration (environment, read once at start):
+    TIRE_REFINER_BACKEND        consensus (default; the only backend of this build)
+    TIRE_REFINER_THREADS        CPU rasterizer threads, 0 = all cores (default 0)
+    TIRE_REFINER_CONTRIBUTORS   K, the contributors per pixel that receive its vote (default 8)
+    TIRE_REFINER_SOURCE_WEIGHT  how much more the source view's votes weigh (default 10)
+    TIRE_REFINER_MIN_COVERAGE   alpha above which a pixel votes (default 0.5)
+    TIRE_REFINER_MIN_WEIGHT     summed vote weight under which a Gaussian keeps its colour (default 0.05)
+    TIRE_REFINER_MAX_VIEWS      views per request (default 256)
+    TIRE_REFINER_MAX_PIXELS     views x height x width per request (default 2**24)
+    TIRE_REFINER_MAX_GAUSSIANS  Gaussians per frame (default 10,000,000)
+    TIRE_REFINER_PORT, TIRE_REFINER_METRICS_PORT, ...  see services.common.config.ServerSettings
+    TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from tire.v1 import refiner_pb2, refiner_pb2_grpc
+
+from services.common.assets import load_frame
+from services.common.config import ConfigError, ServerSettings, from_env
+from services.common.errors import InvalidArgument
+from services.common.logs import configure_logging
+from services.common.server import ServiceSpec, describe, serve
+from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.tensors import get_tensor, put_tensor
+from services.common.views import Views, read_views
+from services.refiner.backends import BACKENDS, RefineBackend, make_backend
+
+SERVICE_NAME = "tire.v1.RefinerService"
+DEFAULT_STRENGTH = 0.3  # the paper's; a request's 0 means this
+
+
+@dataclass(frozen=True)
+class RefinerSettings:
+    backend: str = "consensus"
+    threads: int = 0
+    contributors: int = 8
+    source_weight: float = 10.0
+    min_coverage: float = 0.5
+    min_weight: float = 0.05
+    max_views: int = 256
+    # Each pixel keeps K contributor ids and weights (8 bytes each): 2**24 pixels is about 1 GiB at K=8.
+    max_pixels: int = 2**24
+    max_gaussians: int = 10_000_000
+
+    def __post_init__(self) -> None:
+        checks = [
+            (1 <= self.contributors <= 64, "contributors", "must be between 1 and 64"),
+            (
+                math.isfinite(self.source_weight) and self.source_weight > 0,
+                "source_weight",
+                "must be positive",
+            ),
+            (0.0 < self.min_coverage < 1.0, "min_coverage", "must be between 0 and 1 (exclusive)"),
+            (math.isfinite(self.min_weight) and self.min_weight >= 0, "min_weight", "must not be negative"),
+            (self.max_views >= 1, "max_views", "must be at least 1"),
+            (self.max_pixels >= 1, "max_pixels", "must be at least 1"),
+            (self.max_gaussians >= 1, "max_gaussians", "must be at least 1"),
+        ]
+        for ok, name, problem in checks:
+            if not ok:
+                raise ConfigError(f"RefinerSettings.{name} {problem}, got {getattr(self, name)!r}.")
+
+
+class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
+    def __init__(
+        self, backend: RefineBackend, store: BlobStore, settings: RefinerSettings = RefinerSettings()
+    ):
+        self.backend = backend
+        self.store = store
+        self.settings = settings
+
+    def Describe(self, request, context):
+        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings)
+
+    def Refine(self, request, context):
+        strength = self._strength(request)
+        views = read_views(
+            self.store,
+            request.views,
+            field="views",
+            max_views=self.settings.max_views,
+            max_pixels=self.settings.max_pixels,
+        )
+        if request.source_index >= len(views):
+            raise InvalidArgument(
+                "source_index", request.source_index, f"must index one of the {len(views)} views"
+            )
+        update_mask = self._update_mask(request, views)
+        gaussians = load_frame(
+            self.store, request.asset, request.time_step, max_gaussians=self.settings.max_gaussians
+        )
+        rgb = self.backend.refine(views, update_mask, gaussians, request.source_index, strength, request.seed)
+        return refiner_pb2.RefineResponse(rgb=put_tensor(self.store, rgb, previews=True))
+
+    @staticmethod
+    def _strength(request) -> float:
+        strength = float(request.strength)
+        if strength == 0.0:
+            return DEFAULT_STRENGTH
+        if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
+            raise InvalidArgument("strength", strength, "must be in (0, 1], or 0 for the default 0.3")
+        return strength
+
+    def _update_mask(self, request, views: Views) -> np.ndarray:
+        if not request.HasField("update_mask"):
+            raise InvalidArgument("update_mask", None, "must be set: a [V, H, W] float32 mask in [0, 1]")
+        mask = get_tensor(
+            self.store,
+            request.update_mask,
+            field="update_mask",
+            dtype=np.float32,
+            shape=views.shape,
+            finite=True,
+        )
+        if mask.size and (mask.min() < 0.0 or mask.max() > 1.0):
+            raise InvalidArgument(
+                "update_mask", f"values in [{mask.min()}, {mask.max()}]", "must lie in [0, 1]"
+            )
+        return mask
+
+
+def build_servicer(settings: RefinerSettings, store: BlobStore) -> RefinerServicer:
+    """The servicer with its backend, as the server and in-process callers build it."""
+    backend = make_backend(
+        settings.backend,
+        threads=settings.threads,
+        contributors=settings.contributors,
+        source_weight=settings.source_weight,
+        min_coverage=settings.min_coverage,
+        min_weight=settings.min_weight,
+    )
+    return RefinerServicer(backend, store, settings)
+
+
+def warm_up(servicer: RefinerServicer) -> None:
+    """Refine two tiny views so numba compiles (or loads its cache) before health says SERVING."""
+    from services.common.cameras import orbit_cameras
+    from services.common.rasterizer import rasterize
+    from services.common.synthetic import random_gaussians
+
+    gaussians, cameras = random_gaussians(64), orbit_cameras([0.0, 30.0], 32, 32)
+    render = rasterize(gaussians, cameras)
+    rgb = np.clip(np.rint(render.rgb * 255.0), 0, 255).astype(np.uint8)
+    mask = np.zeros(render.alpha.shape, dtype=np.float32)
+    mask[1] = 1.0
+    servicer.backend.refine(Views(rgb, render.alpha, render.depth, cameras), mask, gaussians, 0, 1.0, 0)
+
+
+def main() -> None:
+    settings = from_env(RefinerSettings, prefix="TIRE_REFINER_")
+    server_settings = from_env(ServerSettings, prefix="TIRE_REFINER_")
+    configure_logging("refiner", server_settings.log_level)
+    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
+    serve(
+        ServiceSpec(
+            name=SERVICE_NAME,
+            register=lambda server: refiner_pb2_grpc.add_RefinerServiceServicer_to_server(servicer, server),
+        ),
+        server_settings,
+        ready=lambda: warm_up(servicer),
+    )
+
+
+if __name__ == "__main__":
+    main()
