@@ -1,0 +1,1 @@
+"""The reconstructor service ("resplat"): fits an asset's Gaussians to refined views."""

@@ -1,0 +1,153 @@
+"""The reconstructor service: ``tire.v1.ReconstructorService``.
+
+Validates a ``ReconstructRequest``, reads the views and the initial asset's frame from the store, fits
+the asset to the views with the configured backend and writes the result as an INRIA-layout ``.ply``.
+
+Configuration (environment, read once at start):
+    TIRE_RECONSTRUCTOR_BACKEND        colour-solve (default; the only one in this build)
+    TIRE_RECONSTRUCTOR_THREADS        numba threads, 0 = all cores (default 0)
+    TIRE_RECONSTRUCTOR_CONTRIBUTORS   top-K contributors per pixel in the colour model (default 8)
+    TIRE_RECONSTRUCTOR_MAX_VIEWS      views per request (default 256)
+    TIRE_RECONSTRUCTOR_MAX_PIXELS     views x height x width per request (default 2**22)
+    TIRE_RECONSTRUCTOR_MAX_GAUSSIANS  Gaussians per frame (default 2,000,000)
+    TIRE_RECONSTRUCTOR_PORT, TIRE_RECONSTRUCTOR_METRICS_PORT, ...  see services.common.config.ServerSettings
+    TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
+
+Memory: a call peaks at about ``V x H x W x (20 K + 60)`` bytes (contributors, pixel model and its
+index; K = 8: 0.9 GB at the default pixel limit, 14 views of 512 x 512), plus a few hundred bytes per
+Gaussian.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tire.v1 import reconstructor_pb2, reconstructor_pb2_grpc
+
+from services.common.assets import load_frame, store_frame
+from services.common.config import ServerSettings, from_env
+from services.common.errors import InvalidArgument
+from services.common.logs import configure_logging
+from services.common.server import ServiceSpec, describe, serve
+from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.views import read_views
+from services.reconstructor.backends import BACKENDS, ReconstructBackend, SolveOptions, make_backend
+
+SERVICE_NAME = "tire.v1.ReconstructorService"
+MAX_ITERATIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ReconstructorSettings:
+    backend: str = "colour-solve"
+    threads: int = 0
+    contributors: int = 8
+    max_views: int = 256
+    max_pixels: int = 2**22
+    max_gaussians: int = 2_000_000
+
+
+class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer):
+    def __init__(
+        self,
+        backend: ReconstructBackend,
+        store: BlobStore,
+        settings: ReconstructorSettings = ReconstructorSettings(),
+    ):
+        self.backend = backend
+        self.store = store
+        self.settings = settings
+
+    def Describe(self, request, context):
+        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings)
+
+    def Reconstruct(self, request, context):
+        options = self._options(request)
+        views = read_views(
+            self.store,
+            request.views,
+            field="views",
+            require=("rgb", "alpha"),
+            max_views=self.settings.max_views,
+            max_pixels=self.settings.max_pixels,
+        )
+        initial = load_frame(
+            self.store,
+            request.initial,
+            request.time_step,
+            field="initial",
+            max_gaussians=self.settings.max_gaussians,
+        )
+        result = self.backend.reconstruct(views, initial, options)
+        return reconstructor_pb2.ReconstructResponse(
+            ply=store_frame(self.store, result.gaussians),
+            rms_error=result.rms_error,
+            iterations=result.iterations,
+        )
+
+    @staticmethod
+    def _options(request) -> SolveOptions:
+        """The request's options, unset fields taking the API's defaults."""
+        message, defaults = request.options, SolveOptions()
+        keep = message.keep_higher_sh if message.HasField("keep_higher_sh") else defaults.keep_higher_sh
+        prior = message.prior_weight if message.HasField("prior_weight") else defaults.prior_weight
+        if not (math.isfinite(prior) and prior >= 0.0):
+            raise InvalidArgument("options.prior_weight", prior, "must be a finite number >= 0")
+        iterations = message.max_iterations if message.HasField("max_iterations") else defaults.max_iterations
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            raise InvalidArgument(
+                "options.max_iterations", iterations, f"must be between 1 and {MAX_ITERATIONS}"
+            )
+        tolerance = message.tolerance if message.HasField("tolerance") else defaults.tolerance
+        if not 0.0 < tolerance < 1.0:  # a NaN fails too
+            raise InvalidArgument("options.tolerance", tolerance, "must lie strictly between 0 and 1")
+        return SolveOptions(
+            keep_higher_sh=keep,
+            prior_weight=float(prior),
+            max_iterations=int(iterations),
+            tolerance=float(tolerance),
+        )
+
+
+def build_servicer(settings: ReconstructorSettings, store: BlobStore) -> ReconstructorServicer:
+    """The servicer with its backend, as the server and in-process callers build it."""
+    backend = make_backend(settings.backend, contributors=settings.contributors, threads=settings.threads)
+    return ReconstructorServicer(backend, store, settings)
+
+
+def warm_up(servicer: ReconstructorServicer) -> None:
+    """Reconstruct one tiny scene so the numba kernels compile before health says SERVING."""
+    import numpy as np
+
+    from services.common.cameras import orbit_cameras
+    from services.common.rasterizer import rasterize
+    from services.common.synthetic import random_gaussians
+    from services.common.views import Views
+
+    gaussians, cameras = random_gaussians(64, sh_degree=1), orbit_cameras([0.0, 120.0, 240.0], 32, 32)
+    render = rasterize(gaussians, cameras)
+    rgb = np.clip(np.rint(render.rgb * 255.0), 0, 255).astype(np.uint8)
+    views = Views(rgb, render.alpha, None, cameras)
+    servicer.backend.reconstruct(views, gaussians, SolveOptions(keep_higher_sh=True, max_iterations=2))
+
+
+def main() -> None:
+    settings = from_env(ReconstructorSettings, prefix="TIRE_RECONSTRUCTOR_")
+    server_settings = from_env(ServerSettings, prefix="TIRE_RECONSTRUCTOR_")
+    configure_logging("reconstructor", server_settings.log_level)
+    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
+    serve(
+        ServiceSpec(
+            name=SERVICE_NAME,
+            register=lambda server: reconstructor_pb2_grpc.add_ReconstructorServiceServicer_to_server(
+                servicer, server
+            ),
+        ),
+        server_settings,
+        ready=lambda: warm_up(servicer),
+    )
+
+
+if __name__ == "__main__":
+    main()

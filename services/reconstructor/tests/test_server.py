@@ -1,0 +1,181 @@
+"""The reconstructor servicer in-process, over the in-memory store: outputs, defaults and validation."""
+
+import numpy as np
+import pytest
+from tire.v1 import common_pb2, reconstructor_pb2
+
+from services.common.assets import store_frame
+from services.common.cameras import orbit_cameras
+from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
+from services.common.gaussians import read_ply, recolour, write_ply
+from services.common.rasterizer import rasterize
+from services.common.store import MemoryStore
+from services.common.synthetic import random_gaussians
+from services.common.views import Views, write_views
+from services.reconstructor.backends import ColourSolveBackend, SolveOptions
+from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
+
+AZIMUTHS = (0, 60, 120, 180, 240, 300)
+
+
+@pytest.fixture
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def servicer(store):
+    settings = ReconstructorSettings(max_views=8, max_pixels=8 * 48 * 48, max_gaussians=5000)
+    return ReconstructorServicer(ColourSolveBackend(), store, settings)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """(true asset, its views over grey, a copy with random colours)."""
+    truth = read_ply(write_ply(random_gaussians(1500, sh_degree=1, seed=3)))
+    cameras = orbit_cameras(AZIMUTHS, 48, 48, elevation_deg=-15.0)
+    render = rasterize(truth, cameras, (0.5, 0.5, 0.5))
+    rgb = np.clip(np.rint(render.rgb * 255), 0, 255).astype(np.uint8)
+    colours = np.random.default_rng(0).uniform(size=(len(truth), 3))
+    return truth, Views(rgb, render.alpha, render.depth, cameras), recolour(truth, colours)
+
+
+def request_for(store, scene, **kwargs):
+    _, views, initial = scene
+    return reconstructor_pb2.ReconstructRequest(
+        views=write_views(store, views),
+        initial=common_pb2.AssetRef(frames=[store_frame(store, initial)]),
+        **kwargs,
+    )
+
+
+def test_reconstruct_writes_the_fitted_asset(servicer, store, scene):
+    _, views, initial = scene
+    reply = servicer.Reconstruct(request_for(store, scene), None)
+    assert reply.ply.uri.startswith("s3://memory/") and reply.ply.uri.endswith(".ply")
+    assert reply.ply.media_type == "application/x-ply"
+    fitted = read_ply(store.get_bytes(reply.ply.uri, sha256=reply.ply.sha256))
+    for name in ("means", "log_scales", "quats", "opacity_logits"):
+        assert getattr(fitted, name).tobytes() == getattr(initial, name).tobytes()
+    assert not fitted.sh[:, 1:].any()  # default: higher bands zeroed
+    assert 0 < reply.rms_error < 0.03 and 0 < reply.iterations <= 200
+    # The same as the backend called directly (defaults included), byte for byte.
+    local = ColourSolveBackend().reconstruct(views, initial, SolveOptions())
+    assert store.get_bytes(reply.ply.uri) == write_ply(local.gaussians)
+    assert reply.rms_error == pytest.approx(local.rms_error, rel=1e-6)
+    assert reply.iterations == local.iterations
+
+
+def test_options_are_passed_on(servicer, store, scene):
+    _, _, initial = scene
+    options = reconstructor_pb2.ReconstructOptions(keep_higher_sh=True, max_iterations=2, tolerance=1e-9)
+    reply = servicer.Reconstruct(request_for(store, scene, options=options), None)
+    fitted = read_ply(store.get_bytes(reply.ply.uri))
+    np.testing.assert_array_equal(fitted.sh[:, 1:], initial.sh[:, 1:])
+    assert reply.iterations == 2
+    # A prior of 0 is allowed (pure least squares).
+    reply = servicer.Reconstruct(
+        request_for(store, scene, options=reconstructor_pb2.ReconstructOptions(prior_weight=0.0)), None
+    )
+    assert reply.rms_error < 0.03
+
+
+def test_the_time_step_picks_the_frame(servicer, store, scene):
+    request = request_for(store, scene, time_step=1)
+    request.initial.frames.insert(0, store_frame(store, random_gaussians(10)))
+    reply = servicer.Reconstruct(request, None)
+    assert len(read_ply(store.get_bytes(reply.ply.uri))) == 1500
+
+
+def test_describe_names_backend_and_limits(servicer):
+    info = servicer.Describe(common_pb2.DescribeRequest(), None)
+    assert info.service == "tire.v1.ReconstructorService"
+    assert info.backend == "colour-solve" and info.device.startswith("cpu")
+    assert list(info.available_backends) == ["colour-solve"]
+    assert info.settings["max_views"] == "8" and info.settings["contributors"] == "8"
+
+
+def drop(field):
+    def edit(request):
+        request.views.ClearField(field)
+
+    return edit
+
+
+def set_option(**values):
+    def edit(request):
+        for name, value in values.items():
+            setattr(request.options, name, value)
+
+    return edit
+
+
+def set_field(**values):
+    def edit(request):
+        for name, value in values.items():
+            setattr(request, name, value)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (drop("alpha"), "views.alpha"),
+        (drop("rgb"), "views.rgb"),
+        (drop("cameras"), "views.cameras"),
+        (lambda r: r.initial.ClearField("frames"), "initial.frames"),
+        (lambda r: r.initial.frames[0].ClearField("uri"), "initial.frames[0].uri"),
+        (set_field(time_step=1), "time_step"),
+        (set_option(prior_weight=-1.0), "options.prior_weight"),
+        (set_option(prior_weight=float("inf")), "options.prior_weight"),
+        (set_option(max_iterations=0), "options.max_iterations"),
+        (set_option(max_iterations=10_001), "options.max_iterations"),
+        (set_option(tolerance=0.0), "options.tolerance"),
+        (set_option(tolerance=1.0), "options.tolerance"),
+        (set_option(tolerance=float("nan")), "options.tolerance"),
+        (lambda r: r.views.alpha.shape.__setitem__(0, 5), "views.alpha"),
+        (lambda r: r.views.cameras.__setattr__("width", 0), "views.cameras.width"),
+    ],
+)
+def test_bad_requests_name_the_field(servicer, store, scene, edit, field):
+    request = request_for(store, scene)
+    edit(request)
+    with pytest.raises(InvalidArgument) as info:
+        servicer.Reconstruct(request, None)
+    assert info.value.field == field
+
+
+def test_alpha_outside_zero_one_is_refused(servicer, store, scene):
+    truth, views, initial = scene
+    bad = Views(views.rgb, views.alpha * 2.0, None, views.cameras)
+    request = request_for(store, (truth, bad, initial))
+    with pytest.raises(InvalidArgument, match=r"`views.alpha` must lie in \[0, 1\]"):
+        servicer.Reconstruct(request, None)
+
+
+def test_missing_objects_are_not_found(servicer, store, scene):
+    request = request_for(store, scene)
+    request.initial.frames[0].uri = request.initial.frames[0].uri.replace("sha256/", "sha256/00")
+    with pytest.raises(ObjectNotFound):
+        servicer.Reconstruct(request, None)
+    request = request_for(store, scene)
+    request.views.rgb.uri = store.uri_for("sha256/00/" + "0" * 64 + ".safetensors")
+    with pytest.raises(ObjectNotFound):
+        servicer.Reconstruct(request, None)
+
+
+def test_limits_are_resource_exhausted(store, scene):
+    small = ReconstructorServicer(
+        ColourSolveBackend(), store, ReconstructorSettings(max_views=4, max_pixels=8 * 48 * 48)
+    )
+    with pytest.raises(ResourceExhausted, match="6 views"):
+        small.Reconstruct(request_for(store, scene), None)
+    few_pixels = ReconstructorServicer(ColourSolveBackend(), store, ReconstructorSettings(max_pixels=1000))
+    with pytest.raises(ResourceExhausted, match="pixels"):
+        few_pixels.Reconstruct(request_for(store, scene), None)
+    few_gaussians = ReconstructorServicer(
+        ColourSolveBackend(), store, ReconstructorSettings(max_gaussians=1000)
+    )
+    with pytest.raises(InvalidArgument, match=r"`initial.frames\[0\]`.*1500 vertices"):
+        few_gaussians.Reconstruct(request_for(store, scene), None)
