@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.cameras import Cameras
+from services.common.config import ConfigError
 from services.common.gaussians import Gaussians
 from services.common.rasterizer import RenderResult, rasterize
 
@@ -144,4 +145,4 @@ def make_backend(name: str, threads: int = 0) -> RenderBackend:
             os.path.join(os.path.expanduser("~"), ".cache", "tire", "torch_extensions"),
         )
         return GsplatBackend()
-    raise ValueError(f"unknown renderer backend {name!r}; choose one of {', '.join((*BACKENDS, 'auto'))}")
+    raise ConfigError(f"unknown renderer backend {name!r}; choose one of {', '.join((*BACKENDS, 'auto'))}")

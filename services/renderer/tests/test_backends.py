@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.common.cameras import orbit_cameras
+from services.common.config import ConfigError
 from services.common.gaussians import read_ply
 from services.renderer.backends import CpuBackend, cuda_available, make_backend
 
@@ -19,7 +20,7 @@ def test_auto_picks_cpu_without_cuda():
 
 
 def test_unknown_backend_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"'vulkan'.*cpu, gsplat, auto"):
+    with pytest.raises(ConfigError, match=r"'vulkan'.*cpu, gsplat, auto"):
         make_backend("vulkan")
 
 
