@@ -8,13 +8,13 @@ Configuration (environment, read once at start):
     TIRE_RECONSTRUCTOR_THREADS        numba threads, 0 = all cores (default 0)
     TIRE_RECONSTRUCTOR_CONTRIBUTORS   top-K contributors per pixel in the colour model (default 8)
     TIRE_RECONSTRUCTOR_MAX_VIEWS      views per request (default 256)
-    TIRE_RECONSTRUCTOR_MAX_PIXELS     views x height x width per request (default 2**22)
+    TIRE_RECONSTRUCTOR_MAX_PIXELS     views x height x width per request (default 2**23)
     TIRE_RECONSTRUCTOR_MAX_GAUSSIANS  Gaussians per frame (default 2,000,000)
     TIRE_RECONSTRUCTOR_PORT, TIRE_RECONSTRUCTOR_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 
 Memory: a call peaks at about ``V x H x W x (20 K + 60)`` bytes (contributors, pixel model and its
-index; K = 8: 0.9 GB at the default pixel limit, 14 views of 512 x 512), plus a few hundred bytes per
+index; K = 8: 1.8 GB at the default pixel limit, 32 views of 512 x 512), plus a few hundred bytes per
 Gaussian.
 """
 
@@ -44,7 +44,7 @@ class ReconstructorSettings:
     threads: int = 0
     contributors: int = 8
     max_views: int = 256
-    max_pixels: int = 2**22
+    max_pixels: int = 2**23
     max_gaussians: int = 2_000_000
 
 
