@@ -25,7 +25,7 @@ from concurrent import futures
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -38,11 +38,13 @@ from prometheus_client.process_collector import ProcessCollector
 from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
-from services.common.config import ServerSettings
+from services.common.config import ServerSettings, from_env
 from services.common.errors import TireError
 from services.common.logs import configure_logging
+from services.common.store import ObjectStore, StoreSettings
 
 log = logging.getLogger(__name__)
+S = TypeVar("S")
 
 # Inference calls take seconds to minutes, well past prometheus_client's default top bucket (10 s).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -197,6 +199,40 @@ def serve(
         log.info("received %s", exc.signame, extra={"signal": exc.signame})
     finally:
         running.stop(settings.grace_s)
+
+
+def run_service(
+    name: str,
+    prefix: str,
+    settings_type: type[S],
+    build: Callable[[S, ObjectStore], Any],
+    add_to_server: Callable[[Any, grpc.Server], None],
+    warm_up: Callable[[Any], None],
+) -> None:
+    """The whole ``main`` of a stage service, from the environment to shutdown.
+
+    Reads the service's settings dataclass and its ``ServerSettings`` from ``{prefix}*`` variables and
+    the store from ``TIRE_S3_*``, builds the servicer with ``build(settings, store)``, and serves it
+    with ``warm_up(servicer)`` as the readiness step. A bad or missing variable raises ``ConfigError``
+    before anything listens.
+
+    Args:
+        name: the full gRPC service name, e.g. ``tire.v1.TrackerService``.
+        prefix: the environment prefix, e.g. ``TIRE_TRACKER_``.
+        settings_type: the service's frozen settings dataclass.
+        build: makes the servicer (the same function in-process callers use).
+        add_to_server: the generated ``add_<Service>Servicer_to_server``.
+        warm_up: runs a tiny real call (JIT compilation, model load) before health says SERVING.
+    """
+    settings = from_env(settings_type, prefix)
+    server_settings = from_env(ServerSettings, prefix)
+    configure_logging(name, server_settings.log_level)
+    servicer = build(settings, ObjectStore(StoreSettings.from_env()))
+    serve(
+        ServiceSpec(name=name, register=lambda server: add_to_server(servicer, server)),
+        server_settings,
+        ready=lambda: warm_up(servicer),
+    )
 
 
 class _Shutdown(BaseException):

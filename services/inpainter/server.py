@@ -41,11 +41,10 @@ import numpy as np
 from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
 
 from services.common import validation
-from services.common.config import ConfigError, ServerSettings, from_env
+from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, ResourceExhausted
-from services.common.logs import configure_logging
-from services.common.server import ServiceSpec, describe, serve
-from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.server import describe, run_service
+from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.inpainter.backends import (
     BACKENDS,
@@ -339,19 +338,13 @@ def warm_up(servicer: InpainterServicer) -> None:
 
 
 def main() -> None:
-    settings = from_env(InpainterSettings, prefix="TIRE_INPAINTER_")
-    server_settings = from_env(ServerSettings, prefix="TIRE_INPAINTER_")
-    configure_logging("inpainter", server_settings.log_level)
-    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
-    serve(
-        ServiceSpec(
-            name=SERVICE_NAME,
-            register=lambda server: inpainter_pb2_grpc.add_InpainterServiceServicer_to_server(
-                servicer, server
-            ),
-        ),
-        server_settings,
-        ready=lambda: warm_up(servicer),
+    run_service(
+        SERVICE_NAME,
+        "TIRE_INPAINTER_",
+        InpainterSettings,
+        build_servicer,
+        inpainter_pb2_grpc.add_InpainterServiceServicer_to_server,
+        warm_up,
     )
 
 

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from tire.v1 import reconstructor_pb2, reconstructor_pb2_grpc
 
 from services.common.assets import load_frame, store_frame
-from services.common.config import ServerSettings, from_env
 from services.common.errors import InvalidArgument
-from services.common.logs import configure_logging
-from services.common.server import ServiceSpec, describe, serve
-from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.server import describe, run_service
+from services.common.store import BlobStore
 from services.common.views import read_views
 from services.reconstructor.backends import BACKENDS, ReconstructBackend, SolveOptions, make_backend
 
@@ -133,19 +131,13 @@ def warm_up(servicer: ReconstructorServicer) -> None:
 
 
 def main() -> None:
-    settings = from_env(ReconstructorSettings, prefix="TIRE_RECONSTRUCTOR_")
-    server_settings = from_env(ServerSettings, prefix="TIRE_RECONSTRUCTOR_")
-    configure_logging("reconstructor", server_settings.log_level)
-    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
-    serve(
-        ServiceSpec(
-            name=SERVICE_NAME,
-            register=lambda server: reconstructor_pb2_grpc.add_ReconstructorServiceServicer_to_server(
-                servicer, server
-            ),
-        ),
-        server_settings,
-        ready=lambda: warm_up(servicer),
+    run_service(
+        SERVICE_NAME,
+        "TIRE_RECONSTRUCTOR_",
+        ReconstructorSettings,
+        build_servicer,
+        reconstructor_pb2_grpc.add_ReconstructorServiceServicer_to_server,
+        warm_up,
     )
 
 

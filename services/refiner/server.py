@@ -26,11 +26,10 @@ import numpy as np
 from tire.v1 import refiner_pb2, refiner_pb2_grpc
 
 from services.common.assets import load_frame
-from services.common.config import ConfigError, ServerSettings, from_env
+from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
-from services.common.logs import configure_logging
-from services.common.server import ServiceSpec, describe, serve
-from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.server import describe, run_service
+from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, read_views
 from services.refiner.backends import BACKENDS, RefineBackend, make_backend
@@ -157,17 +156,13 @@ def warm_up(servicer: RefinerServicer) -> None:
 
 
 def main() -> None:
-    settings = from_env(RefinerSettings, prefix="TIRE_REFINER_")
-    server_settings = from_env(ServerSettings, prefix="TIRE_REFINER_")
-    configure_logging("refiner", server_settings.log_level)
-    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
-    serve(
-        ServiceSpec(
-            name=SERVICE_NAME,
-            register=lambda server: refiner_pb2_grpc.add_RefinerServiceServicer_to_server(servicer, server),
-        ),
-        server_settings,
-        ready=lambda: warm_up(servicer),
+    run_service(
+        SERVICE_NAME,
+        "TIRE_REFINER_",
+        RefinerSettings,
+        build_servicer,
+        refiner_pb2_grpc.add_RefinerServiceServicer_to_server,
+        warm_up,
     )
 
 

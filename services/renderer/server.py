@@ -23,12 +23,10 @@ from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from services.common.assets import load_frame
 from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
-from services.common.config import ServerSettings, from_env
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.gaussians import Gaussians
-from services.common.logs import configure_logging
-from services.common.server import ServiceSpec, describe, serve
-from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.server import describe, run_service
+from services.common.store import BlobStore
 from services.common.tensors import put_tensor
 from services.renderer.backends import BACKENDS, RenderBackend, make_backend
 
@@ -125,17 +123,13 @@ def warm_up(servicer: RendererServicer) -> None:
 
 
 def main() -> None:
-    settings = from_env(RendererSettings, prefix="TIRE_RENDERER_")
-    server_settings = from_env(ServerSettings, prefix="TIRE_RENDERER_")
-    configure_logging("renderer", server_settings.log_level)
-    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
-    serve(
-        ServiceSpec(
-            name=SERVICE_NAME,
-            register=lambda server: renderer_pb2_grpc.add_RendererServiceServicer_to_server(servicer, server),
-        ),
-        server_settings,
-        ready=lambda: warm_up(servicer),
+    run_service(
+        SERVICE_NAME,
+        "TIRE_RENDERER_",
+        RendererSettings,
+        build_servicer,
+        renderer_pb2_grpc.add_RendererServiceServicer_to_server,
+        warm_up,
     )
 
 

@@ -21,11 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import tracker_pb2, tracker_pb2_grpc
 
-from services.common.config import ConfigError, ServerSettings, from_env
+from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, ResourceExhausted
-from services.common.logs import configure_logging
-from services.common.server import ServiceSpec, describe, serve
-from services.common.store import BlobStore, ObjectStore, StoreSettings
+from services.common.server import describe, run_service
+from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, read_views
 from services.tracker.backends import BACKENDS, LocateOptions, TrackerBackend, make_backend
@@ -213,17 +212,13 @@ def warm_up(servicer: TrackerServicer) -> None:
 
 
 def main() -> None:
-    settings = from_env(TrackerSettings, prefix="TIRE_TRACKER_")
-    server_settings = from_env(ServerSettings, prefix="TIRE_TRACKER_")
-    configure_logging("tracker", server_settings.log_level)
-    servicer = build_servicer(settings, ObjectStore(StoreSettings.from_env()))
-    serve(
-        ServiceSpec(
-            name=SERVICE_NAME,
-            register=lambda server: tracker_pb2_grpc.add_TrackerServiceServicer_to_server(servicer, server),
-        ),
-        server_settings,
-        ready=lambda: warm_up(servicer),
+    run_service(
+        SERVICE_NAME,
+        "TIRE_TRACKER_",
+        TrackerSettings,
+        build_servicer,
+        tracker_pb2_grpc.add_TrackerServiceServicer_to_server,
+        warm_up,
     )
 
 
