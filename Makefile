@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 STUBS := protos/python
 
-.PHONY: install protos check-protos lint test bench run s3 renderer tracker inpainter refiner reconstructor clean
+.PHONY: install protos check-protos lint test bench run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -48,9 +48,9 @@ bench: $(INSTALLED)
 	$(PY) -m benchmarks.renderers
 	$(PY) -m benchmarks.stages
 
-## run: render a turntable of the bundled LGM monkey
+## run: repair the bundled LGM monkey (embedded stages, CPU backends); outputs in out/monkey/
 run: $(INSTALLED)
-	$(PY) -m services.renderer.turntable samples/monkey_lgm.ply -o out/turntable
+	$(VENV)/bin/tire run samples/monkey_lgm.ply samples/monkey_front.png -o out/monkey
 
 ## s3: a local S3 server (rclone) on a free port, with generated credentials; prints the TIRE_S3_* exports
 s3: $(INSTALLED)
@@ -58,8 +58,12 @@ s3: $(INSTALLED)
 
 ## renderer, tracker, inpainter, refiner, reconstructor: one stage service on port 50051 (metrics on
 ## 9090; set TIRE_<STAGE>_PORT to run several) with the TIRE_S3_* variables from `make s3`
-renderer tracker inpainter refiner reconstructor: $(INSTALLED)
+renderer tracker inpainter refiner reconstructor coordinator: $(INSTALLED)
 	$(VENV)/bin/tire-$@
+
+## up: the local stack (S3 server, five stages, coordinator on :50051) until Ctrl-C
+up: $(INSTALLED)
+	$(VENV)/bin/tire up
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

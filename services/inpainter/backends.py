@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from services.common import fit_settings
 from services.common.config import ConfigError
 from services.inpainter.colour import ColourModel, InvalidSubject, fit_colour_model, inpaint_view
 
@@ -38,7 +39,8 @@ DEFAULT_GUIDANCE_SCALE = 7.5
 
 @dataclass(frozen=True)
 class FitConfig:
-    """How to fit a subject model (``tire.v1.FitSettings`` with the proto's defaults applied).
+    """How to fit a subject model (``tire.v1.FitSettings`` with the proto's defaults applied; the defaults
+    live in ``services.common.fit_settings``).
 
     Attributes:
         steps: optimisation steps (LoRA); the colour backend runs ``min(steps, its cap)`` Lloyd
@@ -50,14 +52,14 @@ class FitConfig:
         seed: the same inputs and seed give the same model.
     """
 
-    steps: int = 400
-    learning_rate: float = 1e-4
-    rank: int = 16
-    prompt: str = "A photo of sks"
-    resolution: int = 0
-    flip: bool = True
-    max_rotation_deg: float = 15.0
-    clusters: int = 8
+    steps: int = fit_settings.DEFAULT_STEPS
+    learning_rate: float = fit_settings.DEFAULT_LEARNING_RATE
+    rank: int = fit_settings.DEFAULT_RANK
+    prompt: str = fit_settings.DEFAULT_PROMPT
+    resolution: int = fit_settings.DEFAULT_RESOLUTION
+    flip: bool = fit_settings.DEFAULT_FLIP
+    max_rotation_deg: float = fit_settings.DEFAULT_MAX_ROTATION_DEG
+    clusters: int = fit_settings.DEFAULT_CLUSTERS
     seed: int = 0
 
 

@@ -30,7 +30,6 @@ Configuration (environment, read once at start):
 from __future__ import annotations
 
 import contextlib
-import math
 import queue
 import threading
 import time
@@ -43,6 +42,7 @@ from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
 from services.common import validation
 from services.common.config import ConfigError
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.fit_settings import float32_decimal, resolve_fit_settings
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
@@ -218,46 +218,25 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
 
 
 def fit_config(settings: inpainter_pb2.FitSettings) -> FitConfig:
-    """``FitSettings`` with the proto's defaults applied to unset fields, each value checked.
+    """``FitSettings`` with the proto's defaults applied to unset fields, each value checked
+    (``services.common.fit_settings.resolve_fit_settings``, shared with the coordinator).
+
+    Float fields come back as the decimals they were written as (1e-4, not float32's 9.99999974738e-05).
 
     Raises:
         InvalidArgument: a value out of range, naming ``settings.<field>``.
     """
-    default = FitConfig()
-
-    def get(name: str):
-        return getattr(settings, name) if settings.HasField(name) else getattr(default, name)
-
-    steps = validation.positive_int(get("steps"), "settings.steps", maximum=100_000)
-    learning_rate = get("learning_rate")
-    validation.require(
-        math.isfinite(learning_rate) and 0 < learning_rate <= 1,
-        "settings.learning_rate",
-        learning_rate,
-        "must be in (0, 1]",
-    )
-    rank = validation.positive_int(get("rank"), "settings.rank", maximum=1024)
-    prompt = get("prompt")
-    validation.require(0 < len(prompt) <= 1000, "settings.prompt", prompt, "must hold 1 to 1000 characters")
-    resolution = get("resolution")
-    validation.require(
-        resolution == default.resolution or (64 <= resolution <= 4096 and resolution % 8 == 0),
-        "settings.resolution",
-        resolution,
-        "must be a multiple of 8 between 64 and 4096",
-    )
-    max_rotation = validation.in_range(get("max_rotation_deg"), "settings.max_rotation_deg", 0.0, 180.0)
-    clusters = validation.positive_int(get("clusters"), "settings.clusters", maximum=64)
+    resolved = resolve_fit_settings(settings, "settings")
     return FitConfig(
-        steps=steps,
-        learning_rate=learning_rate,
-        rank=rank,
-        prompt=prompt,
-        resolution=resolution,
-        flip=get("flip"),
-        max_rotation_deg=max_rotation,
-        clusters=clusters,
-        seed=settings.seed,
+        steps=resolved.steps,
+        learning_rate=float32_decimal(resolved.learning_rate),
+        rank=resolved.rank,
+        prompt=resolved.prompt,
+        resolution=resolved.resolution,
+        flip=resolved.flip,
+        max_rotation_deg=float32_decimal(resolved.max_rotation_deg),
+        clusters=resolved.clusters,
+        seed=resolved.seed,
     )
 
 

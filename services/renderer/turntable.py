@@ -16,18 +16,8 @@ from PIL import Image
 
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import read_ply
+from services.common.pictures import contact_sheet, turntable_gif
 from services.renderer.backends import make_backend
-
-
-def contact_sheet(images: np.ndarray, columns: int) -> np.ndarray:
-    """Tile ``[V, H, W, 3]`` uint8 images row by row into one ``[rows*H, columns*W, 3]`` image."""
-    v, h, w, _ = images.shape
-    rows = -(-v // columns)
-    sheet = np.full((rows * h, columns * w, 3), 255, dtype=np.uint8)
-    for i, image in enumerate(images):
-        r, c = divmod(i, columns)
-        sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = image
-    return sheet
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,8 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     for az, image in zip(azimuths, rgb, strict=True):
         Image.fromarray(image).save(args.out / f"view_az{round(az):03d}.png")
     Image.fromarray(contact_sheet(rgb, columns=6)).save(args.out / "contact_sheet.png")
-    frames = [Image.fromarray(image) for image in rgb]
-    frames[0].save(args.out / "turntable.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
+    (args.out / "turntable.gif").write_bytes(turntable_gif(rgb, frame_ms=120))
     print(
         f"Rendered {len(gaussians):,} Gaussians from {args.asset} at {len(azimuths)} azimuths "
         f"({args.resolution}x{args.resolution}, backend {backend.name} on {backend.device}) "

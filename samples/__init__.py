@@ -1,0 +1,1 @@
+"""Bundled sample assets, and ``make_samples``, which regenerates the derived ones."""

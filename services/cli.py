@@ -1,0 +1,452 @@
+"""The ``tire`` command.
+
+    tire run ASSET REFERENCE -o OUT            repair in this process (embedded stages, in-memory store)
+    tire up                                    the local stack: S3 server, five stages, coordinator
+    tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch]
+    tire watch JOB | get JOB [-o OUT] | cancel JOB | list     (all take --coordinator)
+    tire describe [--coordinator HOST:PORT]   each stage's backend, model, version and device
+
+ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
+PNG of the subject seen from the front, or a folder of them, one per time step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+from services.common.clients import dial
+from services.common.errors import TireError
+from services.common.store import BlobStore, MemoryStore
+
+DEFAULT_COORDINATOR = "localhost:50051"
+STATES = {
+    coordinator_pb2.JOB_STATE_QUEUED: "queued",
+    coordinator_pb2.JOB_STATE_RUNNING: "running",
+    coordinator_pb2.JOB_STATE_SUCCEEDED: "succeeded",
+    coordinator_pb2.JOB_STATE_FAILED: "failed",
+    coordinator_pb2.JOB_STATE_CANCELLED: "cancelled",
+}
+# `tire up`: each service's module, environment prefix, gRPC port; metrics on port + 1000.
+STACK = (
+    ("renderer", "services.renderer.server", "TIRE_RENDERER_", 50052),
+    ("tracker", "services.tracker.server", "TIRE_TRACKER_", 50053),
+    ("inpainter", "services.inpainter.server", "TIRE_INPAINTER_", 50054),
+    ("refiner", "services.refiner.server", "TIRE_REFINER_", 50055),
+    ("reconstructor", "services.reconstructor.server", "TIRE_RECONSTRUCTOR_", 50056),
+    ("coordinator", "services.coordinator.server", "TIRE_COORDINATOR_", 50051),
+)
+
+
+# ----- job specs from the command line ----------------------------------------------------------
+
+
+def input_files(asset: Path, reference: Path) -> tuple[list[Path], list[Path]]:
+    """The asset's ``.ply`` frames and the reference PNGs, in time order."""
+
+    def listing(path: Path, pattern: str, what: str) -> list[Path]:
+        files = sorted(path.glob(pattern)) if path.is_dir() else [path]
+        if not files or not all(f.is_file() for f in files):
+            raise SystemExit(f"tire: no {what} at {path}")
+        return files
+
+    return listing(asset, "*.ply", "asset (.ply)"), listing(reference, "*.png", "reference (.png)")
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("asset", type=Path, help="a .ply, or a folder of .ply time steps (4D)")
+    parser.add_argument("reference", type=Path, help="an RGBA .png, or a folder of them (one per time step)")
+    parser.add_argument("--resolution", type=int, default=0, help="view size, pixels (default 256)")
+    parser.add_argument("--orbit-step", type=float, default=0.0, help="degrees between views (default 20)")
+    parser.add_argument("--elevation", type=float, default=0.0, help="orbit elevation, degrees")
+    parser.add_argument(
+        "--rings", choices=("fixed", "adaptive", "source-only"), default="fixed", help="ring schedule"
+    )
+    parser.add_argument("--limits", type=float, nargs="+", help="fixed ring limits, degrees (20 90 180)")
+    parser.add_argument("--max-unobserved", type=float, help="adaptive: largest unobserved fraction")
+    parser.add_argument("--strength", type=float, default=None, help="inpainting strength in (0, 1]")
+    parser.add_argument("--refine-strength", type=float, default=None, help="refinement strength in (0, 1]")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordinator_pb2.JobSpec:
+    """A JobSpec from the command line; ``frames`` and ``references`` are ObjectRefs in the store."""
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=frames),
+        references=references,
+        resolution=args.resolution,
+        orbit_step_deg=args.orbit_step,
+        elevation_deg=args.elevation,
+        strength=args.strength or 0.0,
+        refine_strength=args.refine_strength or 0.0,
+        seed=args.seed,
+    )
+    if args.rings == "adaptive":
+        spec.rings.adaptive.SetInParent()
+        if args.max_unobserved is not None:
+            spec.rings.adaptive.max_unobserved_fraction = args.max_unobserved
+    elif args.rings == "source-only":
+        spec.rings.source_only.SetInParent()
+    else:
+        spec.rings.fixed.limits_deg.extend(args.limits or [])
+    return spec
+
+
+# ----- tire run: embedded ------------------------------------------------------------------------
+
+
+def run_embedded(args: argparse.Namespace) -> int:
+    from services.coordinator.jobstore import JobStore
+    from services.coordinator.pipeline import JobRunner
+    from services.coordinator.spec import resolve_spec
+    from services.embedded import PROFILES, embedded_stages
+
+    plys, pngs = input_files(args.asset, args.reference)
+    store = MemoryStore()
+    frames = [store.put_bytes(p.read_bytes(), suffix=".ply", media_type="application/x-ply") for p in plys]
+    references = [store.put_bytes(p.read_bytes(), suffix=".png", media_type="image/png") for p in pngs]
+    profile = PROFILES[args.profile]
+    args.strength = args.strength or profile.strength
+    args.refine_strength = args.refine_strength or profile.refine_strength
+    try:
+        spec = resolve_spec(job_spec(args, frames, references))
+        stages = embedded_stages(store, args.profile)
+    except TireError as exc:
+        raise SystemExit(f"tire: {exc}") from None
+
+    jobs = JobStore(":memory:")
+    job, _ = jobs.create(spec)
+    print(f"Repairing {', '.join(map(str, plys))} with {args.profile} backends ({len(plys)} time step(s))")
+    start = time.perf_counter()
+    runner = threading.Thread(target=JobRunner(jobs, stages, store).run, args=(job.id,), daemon=True)
+    runner.start()
+    last = follow(lambda after: _local_events(jobs, job.id, after))
+    runner.join()
+    job = jobs.get(job.id)
+    print(f"\nJob {STATES[job.state]} in {time.perf_counter() - start:.1f} s.")
+    if job.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
+        print(f"error: {job.error or last.finished.error}", file=sys.stderr)
+        return 1
+    written = save_outputs(job, store, args.out)
+    print(f"Outputs in {args.out}/:")
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def _local_events(jobs, job_id: str, after: int) -> list[coordinator_pb2.JobEvent]:
+    events = jobs.events(job_id, after)
+    return events or jobs.wait_events(job_id, after, timeout=0.5)
+
+
+def follow(fetch) -> coordinator_pb2.JobEvent:
+    """Print a job's events until its JobFinished event; return that event.
+
+    ``fetch(after_sequence)`` returns the events after a sequence number (possibly none yet).
+    """
+    after, done, total = 0, 0, 0
+    tty = sys.stdout.isatty()
+    while True:
+        for event in fetch(after):
+            after = event.sequence
+            kind = event.WhichOneof("kind")
+            if kind == "step_finished":
+                done += 1
+                step = event.step_finished
+                label = f"t{step.time_step}/{step.step}" if step.time_step else step.step
+                note = "resumed" if step.resumed else f"{step.seconds:.2f} s"
+                line = f"[{done:3d}] {label:<28} {note}"
+                print(("\r" + line.ljust(72)) if tty else line, end="" if tty else "\n", flush=True)
+            elif kind == "ring_progress":
+                ring = event.ring_progress
+                total = max(total, ring.rings_total)
+                if not tty:
+                    print(
+                        f"      ring {ring.ring}: {ring.targets_done}/{ring.targets_total} targets, "
+                        f"mean unobserved fraction {ring.unobserved_fraction:.2f}"
+                    )
+            elif kind == "finished":
+                if tty:
+                    print()
+                return event
+
+
+def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[Path]:
+    """Write a finished job's outputs under ``out``; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = job.outputs
+    written = []
+
+    def save(name: str, uri: str) -> None:
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(store.get_bytes(uri))
+        written.append(path)
+
+    frames = outputs.repaired.frames
+    for t, ref in enumerate(frames):
+        save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri)
+    save("contact_sheet.png", outputs.contact_sheet.uri)
+    save("turntable.gif", outputs.turntable.uri)
+    save("report.json", outputs.report.uri)
+    for ring in outputs.rings:
+        prefix = f"rings/t{ring.time_step}_ring{ring.ring}" if len(frames) > 1 else f"rings/ring{ring.ring}"
+        for azimuth, overlay, inpainted in zip(
+            ring.target_azimuths_deg, ring.unobserved.preview_uris, ring.inpainted.preview_uris, strict=True
+        ):
+            save(f"{prefix}_az{round(azimuth):03d}_mask.png", overlay)
+            save(f"{prefix}_az{round(azimuth):03d}_inpainted.png", inpainted)
+    return written
+
+
+# ----- against a running coordinator ------------------------------------------------------------
+
+
+def coordinator_stub(target: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    return coordinator_pb2_grpc.CoordinatorServiceStub(dial(target, max_message_bytes=64 * 2**20))
+
+
+def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRef]:
+    """Upload files through the coordinator's presigned URLs; return their references."""
+    files = []
+    for path in paths:
+        data = path.read_bytes()
+        files.append(
+            coordinator_pb2.UploadFile(
+                name=path.name,
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                media_type=media_type,
+            )
+        )
+    answer = stub.CreateUpload(coordinator_pb2.CreateUploadRequest(files=files), timeout=30)
+    for path, item in zip(paths, answer.uploads, strict=True):
+        if item.needs_upload:
+            request = urllib.request.Request(item.put_url, data=path.read_bytes(), method="PUT")
+            with urllib.request.urlopen(request, timeout=300) as response:
+                response.read()
+    return [item.object for item in answer.uploads]
+
+
+def remote_events(stub, job_id: str) -> Iterator[list[coordinator_pb2.JobEvent]]:
+    """WatchJob, reconnecting with ``after_sequence`` when the stream breaks."""
+    after = 0
+    while True:
+        try:
+            for response in stub.WatchJob(
+                coordinator_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
+            ):
+                after = response.event.sequence
+                yield [response.event]
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(1.0)
+
+
+def watch(stub, job_id: str) -> int:
+    stream = remote_events(stub, job_id)
+    event = follow(lambda after: next(stream))
+    print(f"Job {job_id} {STATES[event.finished.state]}.")
+    if event.finished.error:
+        print(f"error: {event.finished.error}", file=sys.stderr)
+    return 0 if event.finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def download(stub, job: coordinator_pb2.Job, out: Path) -> list[Path]:
+    """Fetch a finished job's outputs through presigned URLs into ``out``."""
+
+    class Presigned:
+        def get_bytes(self, uri: str, **_) -> bytes:
+            request = coordinator_pb2.CreateDownloadRequest(job_id=job.id, uris=[uri])
+            (item,) = stub.CreateDownload(request, timeout=30).downloads
+            with urllib.request.urlopen(item.get_url, timeout=300) as response:
+                return response.read()
+
+    return save_outputs(job, Presigned(), out)  # type: ignore[arg-type]
+
+
+def job_summary(job: coordinator_pb2.Job) -> str:
+    progress = job.progress
+    line = (
+        f"{job.id}  {STATES.get(job.state, '?'):<9}  {progress.steps_done}/{progress.steps_total} steps  "
+        f"{job.created_at.ToDatetime():%Y-%m-%d %H:%M:%S}"
+    )
+    return line + (f"\n  error: {job.error}" if job.error else "")
+
+
+# ----- tire up: the local stack ------------------------------------------------------------------
+
+
+def stack_up(args: argparse.Namespace) -> int:
+    """The S3 server, the five stages and the coordinator as processes, until Ctrl-C."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from services.common.s3server import LocalS3
+
+    state = Path(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+    processes: list[tuple[str, subprocess.Popen]] = []
+    with LocalS3(state / "s3") as s3:
+        targets = {name: f"127.0.0.1:{port}" for name, _, _, port in STACK}
+        try:
+            for name, module, prefix, port in STACK:
+                env = {
+                    **os.environ,
+                    **s3.env,
+                    f"{prefix}PORT": str(port),
+                    f"{prefix}HOST": "127.0.0.1",
+                    f"{prefix}METRICS_PORT": str(port + 1000),
+                }
+                if name == "coordinator":
+                    env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
+                    env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
+                log = (state / f"{name}.log").open("a")
+                processes.append(
+                    (name, subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log))
+                )
+            deadline = time.monotonic() + args.timeout
+            for name, process in processes:
+                health = health_pb2_grpc.HealthStub(dial(targets[name]))
+                while True:
+                    try:
+                        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.RpcError:
+                        pass
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
+                    time.sleep(0.25)
+            print("The local stack is up:")
+            for name, _, _, port in STACK:
+                print(f"  {name:<14} 127.0.0.1:{port}   metrics http://127.0.0.1:{port + 1000}/metrics")
+            print(f"  {'s3':<14} {s3.settings.endpoint}   (logs and state in {state}/)")
+            print(f"\nSubmit with: tire submit ASSET REFERENCE --coordinator {targets['coordinator']}")
+            print("Ctrl-C stops everything.", flush=True)
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+            while all(p.poll() is None for _, p in processes):
+                time.sleep(0.5)
+            dead = [name for name, p in processes if p.poll() is not None]
+            print(f"tire: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("\nStopping...")
+            return 0
+        finally:
+            for _, process in reversed(processes):
+                if process.poll() is None:
+                    process.terminate()
+            for _, process in processes:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+
+
+# ----- tire describe -----------------------------------------------------------------------------
+
+
+def describe(args: argparse.Namespace) -> int:
+    if args.coordinator:
+        info = coordinator_stub(args.coordinator).Describe(common_pb2.DescribeRequest(), timeout=30)
+        print(f"coordinator  {info.version}")
+        for key, value in sorted(info.settings.items()):
+            if key.startswith("stage."):
+                print(f"  {key[6:]:<14} {value}")
+        return 0
+    from services.embedded import embedded_servicers
+
+    for name, servicer in embedded_servicers(MemoryStore(), args.profile).items():
+        info = servicer.Describe(common_pb2.DescribeRequest(), None)
+        model = f", model {info.model}" if info.model else ""
+        print(f"{name:<14} {info.backend} on {info.device}{model} ({info.version})")
+    return 0
+
+
+# ----- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tire", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="repair an asset in this process")
+    add_spec_arguments(run)
+    run.add_argument("-o", "--out", type=Path, default=Path("out/tire"), help="output folder")
+    run.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="stage backends")
+
+    up = commands.add_parser("up", help="run the local stack until Ctrl-C")
+    up.add_argument("--state", default="out/stack", help="folder for the store, job state and logs")
+    up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
+
+    submit = commands.add_parser("submit", help="submit a job to a coordinator")
+    add_spec_arguments(submit)
+    submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    for name, text in (("watch", "follow a job"), ("get", "a job's state"), ("cancel", "cancel a job")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("job_id")
+        if name == "get":
+            command.add_argument("-o", "--out", type=Path, help="download the outputs into this folder")
+    listing = commands.add_parser("list", help="jobs, newest first")
+    listing.add_argument("--page-size", type=int, default=20)
+    info = commands.add_parser("describe", help="each stage's backend, model, version and device")
+    info.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="embedded stages")
+    for command in (submit, commands.choices["watch"], commands.choices["get"], commands.choices["cancel"]):
+        command.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
+    listing.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
+    info.add_argument("--coordinator", default="", help="HOST:PORT; without it, the embedded stages")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "run":
+            return run_embedded(args)
+        if args.command == "up":
+            return stack_up(args)
+        if args.command == "describe":
+            return describe(args)
+        stub = coordinator_stub(args.coordinator)
+        if args.command == "submit":
+            plys, pngs = input_files(args.asset, args.reference)
+            spec = job_spec(args, upload(stub, plys, "application/x-ply"), upload(stub, pngs, "image/png"))
+            job = stub.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec), timeout=30).job
+            print(job.id)
+            return watch(stub, job.id) if args.watch else 0
+        if args.command == "watch":
+            return watch(stub, args.job_id)
+        if args.command == "get":
+            job = stub.GetJob(coordinator_pb2.GetJobRequest(job_id=args.job_id), timeout=30).job
+            print(job_summary(job))
+            if args.out and job.state == coordinator_pb2.JOB_STATE_SUCCEEDED:
+                for path in download(stub, job, args.out):
+                    print(f"  {path}")
+            return 0
+        if args.command == "cancel":
+            job = stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=args.job_id), timeout=30).job
+            print(job_summary(job))
+            return 0
+        if args.command == "list":
+            answer = stub.ListJobs(coordinator_pb2.ListJobsRequest(page_size=args.page_size), timeout=30)
+            for job in answer.jobs:
+                print(job_summary(job))
+            return 0
+    except grpc.RpcError as exc:
+        print(f"tire: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

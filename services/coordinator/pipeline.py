@@ -1,0 +1,615 @@
+"""One TIRE job, step by step, over the stage stubs: the ring schedule enacted.
+
+    runner = JobRunner(jobs, stages, store)
+    runner.run(job_id)          # to the end; after a crash, call again: finished steps are not redone
+
+For each time step of the asset (in parallel for 4D), after one shared subject fit:
+
+1. ``render``: the orbit views (rgb, alpha, depth) of the asset as generated.
+2. Rings, in order (adaptive mode chooses each ring from a ``probe`` of the remaining views):
+   a. ``ringK/views``: the orbit as this ring sees it (earlier rings' targets already repaired);
+   b. ``ringK/locate/+`` and ``ringK/locate/-``: the tracker carries each target's pixels back to
+      the anchors; observed pixels take the anchors' appearance, the rest is the unobserved mask;
+   c. ``ringK/inpaint/AZ``: one inpainter call per target (the inpainter scales out; round-robin
+      spreads these calls over its replicas), all of a ring's targets in parallel.
+3. ``refine``: every view together, the source view fixed (update mask 0).
+4. ``reconstruct``: the refined views back into the Gaussians; ``after``: the repaired asset's orbit.
+5. ``outputs``: contact sheet, turntable, ring masks, report.json.
+
+Every step's result (a protobuf message of references) is recorded in the ``JobStore`` when it
+finishes; a step already recorded is not run again (``StepFinished.resumed``). Steps are
+deterministic and every object is content-addressed, so a resumed job ends with the same bytes as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import cv2
+import grpc
+import numpy as np
+from google.protobuf.message import Message
+from tire.v1 import (
+    common_pb2,
+    coordinator_pb2,
+    inpainter_pb2,
+    reconstructor_pb2,
+    refiner_pb2,
+    renderer_pb2,
+    tracker_pb2,
+)
+
+from services.common.errors import FailedPrecondition, TireError
+from services.common.pictures import before_after_sheet, mask_overlay, turntable_gif
+from services.common.store import BlobStore
+from services.common.tensors import get_tensor, png_bytes, put_tensor, read_png
+from services.coordinator import schedule
+from services.coordinator.jobstore import JobStore
+from services.coordinator.stages import RetryPolicy, Stages, call_with_retry, status_code, status_details
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+BACKGROUND = (1.0, 1.0, 1.0)  # views are composited on white; stages estimate it from empty pixels
+PNG = "image/png"
+
+JOB = coordinator_pb2
+
+
+class JobCancelled(Exception):
+    """CancelJob was called: stop before the next step."""
+
+
+class StepFailed(Exception):
+    """A step failed for good; the message names the step and the stage's reason."""
+
+
+@dataclass
+class FrameResult:
+    """What one time step produced (references only)."""
+
+    before: common_pb2.ViewSet
+    after: common_pb2.ViewSet
+    repaired: common_pb2.ObjectRef
+    rings: list[coordinator_pb2.RingOutput] = field(default_factory=list)
+    rms_error: float = 0.0
+
+
+class JobRunner:
+    """Runs jobs over ``stages``, recording every step in ``jobs``.
+
+    Args:
+        jobs: the durable job state.
+        stages: the stage stubs (gRPC or in-process).
+        store: the object store the stages share.
+        retry: how stage calls are retried.
+        max_parallel_calls: stage calls in flight at once per fan-out (sweeps, targets, time steps).
+    """
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        stages: Stages,
+        store: BlobStore,
+        retry: RetryPolicy | None = None,
+        max_parallel_calls: int = 4,
+    ):
+        self.jobs = jobs
+        self.stages = stages
+        self.store = store
+        self.retry = retry or RetryPolicy()
+        self.max_parallel_calls = max_parallel_calls
+
+    def run(self, job_id: str) -> coordinator_pb2.Job:
+        """Run (or resume) the job to its end; return it in its final state."""
+        job = self.jobs.get(job_id)
+        if job.state in (JOB.JOB_STATE_SUCCEEDED, JOB.JOB_STATE_FAILED, JOB.JOB_STATE_CANCELLED):
+            return job
+        try:
+            if self.jobs.cancel_requested(job_id):
+                raise JobCancelled
+            self.jobs.set_state(job_id, JOB.JOB_STATE_RUNNING)
+        except FailedPrecondition:  # cancelled (and so finished) while it waited in the queue
+            return self.jobs.get(job_id)
+        except JobCancelled:
+            return self._finish(job_id, JOB.JOB_STATE_CANCELLED)
+        try:
+            outputs = _Run(self, job).execute()
+        except JobCancelled:
+            return self._finish(job_id, JOB.JOB_STATE_CANCELLED)
+        except StepFailed as exc:
+            log.warning("job %s failed: %s", job_id, exc, extra={"job_id": job_id})
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=str(exc))
+        except Exception as exc:  # a bug: fail the job, keep the coordinator
+            log.exception("job %s failed unexpectedly", job_id, extra={"job_id": job_id})
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=f"internal error: {exc!r}")
+        return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs)
+
+    def _finish(self, job_id: str, state: int, *, error: str = "", outputs=None) -> coordinator_pb2.Job:
+        job, _ = self.jobs.finish(job_id, state, error=error, outputs=outputs)  # state and event at once
+        return job
+
+
+class _Run:
+    """One execution of one job: the steps, their records and events."""
+
+    def __init__(self, runner: JobRunner, job: coordinator_pb2.Job):
+        self.runner = runner
+        self.jobs = runner.jobs
+        self.stages = runner.stages
+        self.store = runner.store
+        self.job_id = job.id
+        self.spec = job.spec
+        self.plan = self._initial_plan()
+        self._progress_lock = threading.Lock()
+        self._steps_done = 0
+        frames = len(self.spec.asset.frames)
+        per_frame = 4 + sum(1 + len(r.sweeps) + len(r.targets) for r in self.plan.rings)
+        self._steps_total = 2 + frames * per_frame
+
+    # ----- the job ---------------------------------------------------------------------------
+
+    def execute(self) -> coordinator_pb2.JobOutputs:
+        # 1. Fit the subject once, on every reference frame.
+        subject = self.step("fit_subject", inpainter_pb2.SubjectModel, self._fit_subject)
+        # 2. Repair every time step (in parallel for 4D).
+        frames = range(len(self.spec.asset.frames))
+        results = self._fan_out(lambda t: self._repair_frame(t, subject), frames)
+        # 3. The pictures and the report.
+        return self.step("outputs", JOB.JobOutputs, lambda: self._outputs(results))
+
+    def _repair_frame(self, t: int, subject: inpainter_pb2.SubjectModel) -> FrameResult:
+        before = self.step(
+            "render", renderer_pb2.RenderResponse, lambda: self._render(self.spec.asset, t), t
+        ).views
+        rgb = get_tensor(self.store, before.rgb, field="render.rgb")
+        alpha = get_tensor(self.store, before.alpha, field="render.alpha")
+        depth = get_tensor(self.store, before.depth, field="render.depth")
+        state = _Orbit(before, rgb, alpha, depth)
+
+        rings: list[coordinator_pb2.RingOutput] = []
+        for ring in self._rings(state, t):
+            rings.append(self._run_ring(ring, state, subject, t))
+
+        # Refine every view together; the source (index 0) is fixed.
+        mask = np.ones(alpha.shape, np.float32)
+        mask[0] = 0.0
+        views = state.viewset(put_tensor(self.store, state.rgb))
+        refined = self.step(
+            "refine",
+            refiner_pb2.RefineResponse,
+            lambda: self._call(
+                "refine",
+                self.stages.refiner.Refine,
+                refiner_pb2.RefineRequest(
+                    views=views,
+                    update_mask=put_tensor(self.store, mask),
+                    asset=self.spec.asset,
+                    time_step=t,
+                    source_index=0,
+                    strength=self.spec.refine_strength,
+                    seed=self.spec.seed,
+                ),
+            ),
+            t,
+        )
+        views.rgb.CopyFrom(refined.rgb)
+        rebuilt = self.step(
+            "reconstruct",
+            reconstructor_pb2.ReconstructResponse,
+            lambda: self._call(
+                "reconstruct",
+                self.stages.reconstructor.Reconstruct,
+                reconstructor_pb2.ReconstructRequest(views=views, initial=self.spec.asset, time_step=t),
+            ),
+            t,
+        )
+        after = self.step(
+            "after",
+            renderer_pb2.RenderResponse,
+            lambda: self._render(common_pb2.AssetRef(frames=[rebuilt.ply]), 0),
+            t,
+        ).views
+        return FrameResult(before, after, rebuilt.ply, rings, rebuilt.rms_error)
+
+    # ----- rings ----------------------------------------------------------------------------
+
+    def _initial_plan(self) -> schedule.Plan:
+        rings = self.spec.rings
+        step_deg = self.spec.orbit_step_deg
+        mode = rings.WhichOneof("mode")
+        if mode == "source_only":
+            return schedule.source_only_plan(step_deg)
+        if mode == "adaptive":
+            return schedule.Plan(azimuths=schedule.orbit_azimuths(step_deg), rings=())
+        return schedule.fixed_plan(step_deg, list(rings.fixed.limits_deg))
+
+    def _rings(self, state: _Orbit, t: int):
+        """The rings of this time step: the plan's, or chosen one by one in adaptive mode."""
+        if self.spec.rings.WhichOneof("mode") != "adaptive":
+            yield from self.plan.rings
+            return
+        adaptive = self.spec.rings.adaptive
+        azimuths = self.plan.azimuths
+        done = {0}
+        number = 1
+        previous: tuple[int, ...] = (0,)
+        while len(done) < len(azimuths):
+            remaining = [i for i in range(len(azimuths)) if i not in done]
+            probe = self._locate(f"ring{number}/probe", state, previous, tuple(remaining), t)
+            fractions = dict(zip(remaining, probe.unobserved_fraction, strict=True))
+            ring = schedule.next_adaptive_ring(
+                azimuths,
+                number,
+                done,
+                fractions,
+                adaptive.max_unobserved_fraction,
+                adaptive.min_ring_width_deg,
+                anchors=previous,
+            )
+            yield ring
+            done.update(ring.targets)
+            previous = ring.targets
+            number += 1
+
+    def _run_ring(self, ring: schedule.Ring, state: _Orbit, subject, t: int) -> coordinator_pb2.RingOutput:
+        k = ring.number
+        # a. Where each target's pixels land in the anchors, per side.
+        located = self._fan_out(
+            lambda pair: self._locate(
+                f"ring{k}/locate/{pair[0]}", state, pair[1].anchors, pair[1].targets, t, pair[1].video
+            ),
+            [("+" if self.plan.signed(sweep.targets[0]) > 0 else "-", sweep) for sweep in ring.sweeps],
+        )
+        per_target: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
+        for sweep, response in zip(ring.sweeps, located, strict=True):
+            unobserved = get_tensor(self.store, response.unobserved, field="locate.unobserved")
+            transferred = get_tensor(self.store, response.transferred_rgb, field="locate.transferred_rgb")
+            for j, target in enumerate(sweep.targets):
+                per_target[target] = (transferred[j], unobserved[j], response.unobserved_fraction[j])
+
+        # b. Inpaint each target's unobserved pixels, all targets of the ring in parallel.
+        done = []
+
+        def inpaint(target: int) -> np.ndarray:
+            image, mask, fraction = per_target[target]
+            name = f"ring{k}/inpaint/{round(self.plan.azimuths[target])}"
+            response = self.step(
+                name,
+                inpainter_pb2.InpaintResponse,
+                lambda: self._call(
+                    name,
+                    self.stages.inpainter.Inpaint,
+                    inpainter_pb2.InpaintRequest(
+                        images=put_tensor(self.store, image[None]),
+                        masks=put_tensor(self.store, mask[None]),
+                        alpha=put_tensor(self.store, state.alpha[target][None]),
+                        subject=subject,
+                        strength=self.spec.strength,
+                        seed=self.spec.seed + target,
+                    ),
+                ),
+                t,
+            )
+            with self._progress_lock:
+                done.append(fraction)
+                ring_progress = JOB.RingProgress(
+                    ring=k,
+                    rings_total=max(len(self.plan.rings), k),
+                    targets_done=len(done),
+                    targets_total=len(ring.targets),
+                    unobserved_fraction=float(np.mean(done)),
+                )
+            self.jobs.append_event(self.job_id, JOB.JobEvent(ring_progress=ring_progress))
+            return get_tensor(self.store, response.images, field="inpaint.images")[0]
+
+        images = self._fan_out(inpaint, ring.targets)
+        for target, image in zip(ring.targets, images, strict=True):
+            state.rgb[target] = image
+
+        masks = np.stack([per_target[target][1] for target in ring.targets])
+        overlays = mask_overlay(np.stack([per_target[target][0] for target in ring.targets]), masks)
+        unobserved = put_tensor(self.store, masks)
+        unobserved.preview_uris.extend(
+            self.store.put_bytes(png_bytes(o), suffix=".png", media_type=PNG).uri for o in overlays
+        )
+        return JOB.RingOutput(
+            ring=k,
+            time_step=t,
+            target_azimuths_deg=[self.plan.azimuths[i] for i in ring.targets],
+            anchor_azimuths_deg=[self.plan.azimuths[i] for i in ring.anchors],
+            unobserved=unobserved,
+            inpainted=put_tensor(self.store, np.stack(images), previews=True),
+            unobserved_fraction=[per_target[target][2] for target in ring.targets],
+        )
+
+    def _locate(
+        self,
+        name: str,
+        state: _Orbit,
+        anchors: Sequence[int],
+        targets: Sequence[int],
+        t: int,
+        video: Sequence[int] | None = None,
+    ) -> tracker_pb2.LocateUnobservedResponse:
+        """LocateUnobserved over the orbit video ``video`` (default: anchors, then targets)."""
+        order = list(video) if video is not None else [*anchors, *targets]
+        position = {view: i for i, view in enumerate(order)}
+        request = tracker_pb2.LocateUnobservedRequest(
+            views=state.subset(self.store, order),
+            target_indices=[position[i] for i in targets],
+            anchor_indices=[position[i] for i in anchors],
+        )
+        return self.step(
+            name,
+            tracker_pb2.LocateUnobservedResponse,
+            lambda: self._call(name, self.stages.tracker.LocateUnobserved, request),
+            t,
+        )
+
+    # ----- stage calls ----------------------------------------------------------------------
+
+    def _render(self, asset: common_pb2.AssetRef, t: int) -> renderer_pb2.RenderResponse:
+        spec = self.spec
+        orbit = common_pb2.Orbit(
+            azimuths_deg=list(self.plan.azimuths),
+            elevation_deg=spec.elevation_deg,
+            resolution=spec.resolution,
+        )
+        request = renderer_pb2.RenderRequest(
+            asset=asset, time_step=t, orbit=orbit, background_rgb=BACKGROUND, write_previews=True
+        )
+        return self._call("render", self.stages.renderer.Render, request)
+
+    def _fit_subject(self) -> inpainter_pb2.SubjectModel:
+        images, masks = [], []
+        for i, ref in enumerate(self.spec.references):
+            rgba = read_png(self.store.get_object(ref), field=f"spec.references[{i}]", mode="RGBA")
+            images.append(rgba[..., :3])
+            masks.append(rgba[..., 3].astype(np.float32) / 255.0)
+        shapes = {image.shape for image in images}
+        if len(shapes) > 1:
+            raise StepFailed(f"fit_subject: the reference images differ in size: {sorted(shapes)}")
+        request = inpainter_pb2.FitSubjectRequest(
+            images=put_tensor(self.store, np.stack(images)),
+            masks=put_tensor(self.store, np.stack(masks)),
+            settings=self.spec.fit,
+        )
+
+        def fit() -> inpainter_pb2.SubjectModel:
+            model = None
+            stream = self.stages.inpainter.FitSubject(request, timeout=self.runner.retry.timeout_s)
+            for response in stream:
+                if response.HasField("progress"):
+                    self.jobs.append_event(
+                        self.job_id, JOB.JobEvent(fit=JOB.FitEvent(progress=response.progress))
+                    )
+                else:
+                    model = response.model
+            if model is None:
+                raise StepFailed("fit_subject: the inpainter ended the stream without a model")
+            return model
+
+        return self._retried("fit_subject", fit)
+
+    def _call(self, name: str, method: Callable, request: Message):
+        return self._retried(name, lambda: method(request, timeout=self.runner.retry.timeout_s))
+
+    def _retried(self, name: str, call: Callable):
+        try:
+            return call_with_retry(
+                call,
+                self.runner.retry,
+                what=name,
+                should_stop=lambda: self.jobs.cancel_requested(self.job_id),
+            )
+        except (grpc.RpcError, TireError) as exc:
+            code = status_code(exc)
+            raise StepFailed(f"{name}: {code.name if code else 'error'}: {status_details(exc)}") from exc
+
+    # ----- steps, records, events -----------------------------------------------------------
+
+    def step(self, name: str, result_type: type[M], run: Callable[[], M], time_step: int = 0) -> M:
+        """Run ``run`` as the step ``name`` unless it already finished (then return its record)."""
+        if self.jobs.cancel_requested(self.job_id):
+            raise JobCancelled
+        key = f"t{time_step}/{name}" if len(self.spec.asset.frames) > 1 else name
+        recorded = self.jobs.step_result(self.job_id, key)
+        if recorded is not None:
+            result = result_type.FromString(recorded)
+            self._event_finished(name, time_step, 0.0, result, resumed=True)
+            return result
+        self.jobs.append_event(
+            self.job_id, JOB.JobEvent(step_started=JOB.StepStarted(step=name, time_step=time_step))
+        )
+        self._set_progress(current=name)
+        start = time.perf_counter()
+        result = run()
+        seconds = time.perf_counter() - start
+        self.jobs.record_step(self.job_id, key, result.SerializeToString(), seconds)
+        self._event_finished(name, time_step, seconds, result, resumed=False)
+        return result
+
+    def _event_finished(self, name: str, t: int, seconds: float, result: Message, resumed: bool) -> None:
+        with self._progress_lock:
+            self._steps_done += 1
+        self._set_progress(current="")
+        finished = JOB.StepFinished(
+            step=name, time_step=t, seconds=seconds, resumed=resumed, artifacts=_artifacts(result)
+        )
+        self.jobs.append_event(self.job_id, JOB.JobEvent(step_finished=finished))
+
+    def _set_progress(self, current: str) -> None:
+        with self._progress_lock:
+            progress = JOB.JobProgress(
+                steps_done=self._steps_done,
+                steps_total=max(self._steps_total, self._steps_done),
+                rings_total=len(self.plan.rings),
+                current_step=current,
+            )
+        self.jobs.set_progress(self.job_id, progress)
+
+    def _fan_out(self, work: Callable, items: Sequence) -> list:
+        """``[work(item) for item in items]``, up to ``max_parallel_calls`` at once, in order."""
+        items = list(items)
+        if len(items) <= 1:
+            return [work(item) for item in items]
+        with ThreadPoolExecutor(min(len(items), self.runner.max_parallel_calls)) as pool:
+            return list(pool.map(work, items))
+
+    # ----- outputs --------------------------------------------------------------------------
+
+    def _outputs(self, results: list[FrameResult]) -> coordinator_pb2.JobOutputs:
+        store = self.store
+        first = results[0]
+        before = get_tensor(store, first.before.rgb, field="render.rgb")
+        after = get_tensor(store, first.after.rgb, field="after.rgb")
+        alpha = get_tensor(store, first.before.alpha, field="render.alpha")
+        sheet = before_after_sheet(before, after, self.plan.azimuths)
+        frames = after if len(results) == 1 else self._time_turntable(results)
+        report = self._report(results, alpha)
+        return JOB.JobOutputs(
+            repaired=common_pb2.AssetRef(frames=[r.repaired for r in results]),
+            rings=[ring for r in results for ring in r.rings],
+            contact_sheet=store.put_bytes(png_bytes(sheet), suffix=".png", media_type=PNG),
+            turntable=store.put_bytes(turntable_gif(frames), suffix=".gif", media_type="image/gif"),
+            report=store.put_bytes(
+                json.dumps(report, indent=2, sort_keys=True).encode(),
+                suffix=".json",
+                media_type="application/json",
+            ),
+        )
+
+    def _time_turntable(self, results: list[FrameResult]) -> np.ndarray:
+        """4D: one frame per (time step, azimuth), the asset moving while the camera turns."""
+        views = [get_tensor(self.store, r.after.rgb, field="after.rgb") for r in results]
+        count = len(self.plan.azimuths)
+        return np.stack([views[i % len(views)][i % count] for i in range(max(count, len(views)))])
+
+    def _report(self, results: list[FrameResult], alpha: np.ndarray) -> dict:
+        timings = {}
+        for event in self.jobs.events(self.job_id, limit=100_000):
+            if event.HasField("step_finished") and not event.step_finished.resumed:
+                finished = event.step_finished
+                key = f"t{finished.time_step}/{finished.step}" if len(results) > 1 else finished.step
+                timings[key] = round(finished.seconds, 3)
+        references = [
+            read_png(self.store.get_object(ref), field=f"spec.references[{i}]", mode="RGBA")
+            for i, ref in enumerate(self.spec.references)
+        ]
+        frames = []
+        for t, result in enumerate(results):
+            before = get_tensor(self.store, result.before.rgb, field="render.rgb")
+            after = get_tensor(self.store, result.after.rgb, field="after.rgb")
+            frame_alpha = get_tensor(self.store, result.before.alpha, field="render.alpha")
+            reference = references[min(t, len(references) - 1)]
+            frames.append(
+                {
+                    "time_step": t,
+                    "rings": [
+                        {
+                            "ring": ring.ring,
+                            "targets_deg": [round(a, 3) for a in ring.target_azimuths_deg],
+                            "anchors_deg": [round(a, 3) for a in ring.anchor_azimuths_deg],
+                            "unobserved_fraction": [round(f, 4) for f in ring.unobserved_fraction],
+                        }
+                        for ring in result.rings
+                    ],
+                    "identity_distance_before": _identity_distances(before, frame_alpha, reference),
+                    "identity_distance_after": _identity_distances(after, frame_alpha, reference),
+                    "source_view_psnr_db": round(_psnr(before[0], after[0]), 2),
+                    "reconstruction_rms_error": round(result.rms_error, 5),
+                }
+            )
+        return {
+            "job_id": self.job_id,
+            "azimuths_deg": list(self.plan.azimuths),
+            "step_seconds": timings,
+            "frames": frames,
+            "metrics": {
+                "identity_distance": "CIELab distance between a view's mean foreground colour and the "
+                "reference's, per azimuth (lower is closer to the subject)",
+            },
+        }
+
+
+@dataclass
+class _Orbit:
+    """The orbit of one time step as the rings change it: rgb evolves, geometry does not."""
+
+    rendered: common_pb2.ViewSet
+    rgb: np.ndarray  # [V, H, W, 3] uint8, updated as targets are repaired
+    alpha: np.ndarray  # [V, H, W] float32
+    depth: np.ndarray  # [V, H, W] float32
+
+    def __post_init__(self) -> None:
+        self.rgb = self.rgb.copy()
+
+    def viewset(self, rgb: common_pb2.TensorRef) -> common_pb2.ViewSet:
+        """Every view, with ``rgb`` in place of the rendered colours."""
+        return common_pb2.ViewSet(
+            rgb=rgb, alpha=self.rendered.alpha, depth=self.rendered.depth, cameras=self.rendered.cameras
+        )
+
+    def subset(self, store: BlobStore, order: Sequence[int]) -> common_pb2.ViewSet:
+        """The views ``order`` (orbit indices), in that order, with their current colours."""
+        index = list(order)
+        cameras = common_pb2.CameraSet(
+            width=self.rendered.cameras.width,
+            height=self.rendered.cameras.height,
+            cameras=[self.rendered.cameras.cameras[i] for i in index],
+        )
+        return common_pb2.ViewSet(
+            rgb=put_tensor(store, self.rgb[index]),
+            alpha=put_tensor(store, self.alpha[index]),
+            depth=put_tensor(store, self.depth[index]),
+            cameras=cameras,
+        )
+
+
+def _artifacts(result: Message) -> list[coordinator_pb2.Artifact]:
+    """The references a step's result holds, named by field, for StepFinished events."""
+    artifacts = []
+    for descriptor, value in result.ListFields():
+        if isinstance(value, common_pb2.TensorRef):
+            artifacts.append(JOB.Artifact(name=descriptor.name, tensor=value))
+        elif isinstance(value, common_pb2.ObjectRef):
+            artifacts.append(JOB.Artifact(name=descriptor.name, object=value))
+        elif isinstance(value, common_pb2.ViewSet):
+            for part in ("rgb", "alpha", "depth"):
+                if value.HasField(part):
+                    artifacts.append(
+                        JOB.Artifact(name=f"{descriptor.name}.{part}", tensor=getattr(value, part))
+                    )
+    return artifacts
+
+
+def _identity_distances(views: np.ndarray, alpha: np.ndarray, reference: np.ndarray) -> list[float]:
+    """Per view: CIELab distance between the view's mean foreground colour and the reference's.
+
+    Args:
+        views: ``[V, H, W, 3]`` uint8; alpha: ``[V, H, W]`` float32; reference: ``[h, w, 4]`` uint8 RGBA.
+    """
+    target = _lab_mean(reference[..., :3], reference[..., 3] > 127)
+    return [
+        round(float(np.linalg.norm(_lab_mean(v, a > 0.9) - target)), 2)
+        for v, a in zip(views, alpha, strict=True)
+    ]
+
+
+def _lab_mean(rgb: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    return lab[foreground].mean(axis=0) if foreground.any() else np.zeros(3, np.float32)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return 99.0 if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

@@ -1,0 +1,209 @@
+"""A job's spec: every check and every default, applied once when the job is submitted.
+
+``resolve_spec`` returns the spec with its defaults filled in (``Job.spec`` is "the spec as submitted,
+with defaults filled in"), so later steps read values, never "0 means the default". A bad spec fails
+``SubmitJob`` with ``INVALID_ARGUMENT`` naming the field ("`spec.rings.fixed.limits_deg[2]` must be 180,
+the last limit, got 170.0."), instead of failing a step of the job later.
+
+Angles are degrees; proto ``float`` fields hold float32, so a value such as 7.2 is checked as the
+float32 it arrives as (7.1999998...), with the schedule's tolerances.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tire.v1 import coordinator_pb2
+
+from services.common import validation
+from services.common.fit_settings import resolve_fit_settings
+from services.common.validation import require
+from services.coordinator import schedule
+
+DEFAULT_RESOLUTION = 256
+MIN_RESOLUTION, MAX_RESOLUTION = 64, 1024
+DEFAULT_ORBIT_STEP_DEG = 20.0
+MIN_ORBIT_STEP_DEG, MAX_ORBIT_STEP_DEG = 5.0, 90.0
+MAX_ELEVATION_DEG = 80.0
+DEFAULT_STRENGTH = 0.3
+DEFAULT_REFINE_STRENGTH = 0.3
+DEFAULT_LIMITS = (20.0, 90.0, 180.0)
+DEFAULT_MAX_UNOBSERVED_FRACTION = 0.35
+MAX_TIME_STEPS = 64
+MAX_LABELS = 16
+MAX_LABEL_VALUE_CHARS = 256
+
+_LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordinator_pb2.JobSpec:
+    """A checked copy of ``spec`` with every default filled in; ``spec`` itself is not changed.
+
+    Defaults: resolution 256; orbit_step_deg 20; strength and refine_strength 0.3; rings: fixed with
+    limits [20, 90, 180] when unset or when ``fixed.limits_deg`` is empty; adaptive:
+    max_unobserved_fraction 0.35 and min_ring_width_deg the orbit step when unset; fit: every field set
+    (``services.common.fit_settings.resolve_fit_settings``). Resolving a resolved spec returns an equal
+    spec.
+
+    Checks: the asset has 1 to 64 frames, each an ``s3://`` URI (with a 64-hex-digit sha256 when one is
+    given); one reference image per frame, each an ``s3://`` URI; resolution a multiple of 8 in
+    64..1024; orbit_step_deg finite, in [5, 90], and 360 a multiple of it; elevation_deg finite in
+    [-80, 80]; fixed limits strictly increasing, each in (0, 180], the last 180; adaptive
+    max_unobserved_fraction in (0, 1], min_ring_width_deg finite, at least the orbit step and at most
+    180; strength and refine_strength finite in [0, 1]; at most 16 labels, keys of 1 to 63 characters
+    of [a-z0-9_.-], values of at most 256 characters.
+
+    Args:
+        spec: the spec as the client sent it.
+        field: its path in the request, the prefix of every field named in errors.
+
+    Raises:
+        InvalidArgument: the first bad field, named by its full path, for example
+            ``spec.asset.frames[1].uri`` or ``spec.rings.adaptive.min_ring_width_deg``.
+    """
+    resolved = coordinator_pb2.JobSpec()
+    resolved.CopyFrom(spec)
+
+    # 1. What to repair: the asset's frames and one reference per frame.
+    frames = resolved.asset.frames
+    require(len(frames) > 0, f"{field}.asset.frames", [], "must hold at least one .ply (one per time step)")
+    require(
+        len(frames) <= MAX_TIME_STEPS,
+        f"{field}.asset.frames",
+        len(frames),
+        f"must hold at most {MAX_TIME_STEPS} time steps (frames)",
+    )
+    for i, frame in enumerate(frames):
+        _check_object(frame, f"{field}.asset.frames[{i}]")
+    require(
+        len(resolved.references) == len(frames),
+        f"{field}.references",
+        len(resolved.references),
+        f"must hold exactly one image per time step of the asset ({len(frames)})",
+    )
+    for i, reference in enumerate(resolved.references):
+        _check_object(reference, f"{field}.references[{i}]")
+
+    # 2. The views: resolution and orbit.
+    if resolved.resolution == 0:
+        resolved.resolution = DEFAULT_RESOLUTION
+    require(
+        MIN_RESOLUTION <= resolved.resolution <= MAX_RESOLUTION and resolved.resolution % 8 == 0,
+        f"{field}.resolution",
+        resolved.resolution,
+        f"must be a multiple of 8 between {MIN_RESOLUTION} and {MAX_RESOLUTION} pixels",
+    )
+    step = _orbit_step(resolved.orbit_step_deg, f"{field}.orbit_step_deg")
+    resolved.orbit_step_deg = step
+    validation.finite(resolved.elevation_deg, f"{field}.elevation_deg")
+    validation.in_range(
+        resolved.elevation_deg, f"{field}.elevation_deg", -MAX_ELEVATION_DEG, MAX_ELEVATION_DEG
+    )
+
+    # 3. The ring schedule.
+    _resolve_rings(resolved.rings, resolved.orbit_step_deg, f"{field}.rings")
+
+    # 4. Strengths and the subject fit.
+    resolved.strength = _strength(resolved.strength, DEFAULT_STRENGTH, f"{field}.strength")
+    resolved.refine_strength = _strength(
+        resolved.refine_strength, DEFAULT_REFINE_STRENGTH, f"{field}.refine_strength"
+    )
+    resolved.fit.CopyFrom(resolve_fit_settings(resolved.fit, f"{field}.fit"))
+
+    # 5. Labels.
+    require(
+        len(resolved.labels) <= MAX_LABELS,
+        f"{field}.labels",
+        len(resolved.labels),
+        f"must hold at most {MAX_LABELS} labels",
+    )
+    for key in sorted(resolved.labels):
+        require(
+            _LABEL_KEY.fullmatch(key) is not None,
+            f"{field}.labels",
+            key,
+            "must have keys of 1 to 63 characters from a-z, 0-9, '_', '.' and '-'",
+        )
+        value = resolved.labels[key]
+        require(
+            len(value) <= MAX_LABEL_VALUE_CHARS,
+            f"{field}.labels[{key!r}]",
+            value,
+            f"must hold at most {MAX_LABEL_VALUE_CHARS} characters",
+        )
+    return resolved
+
+
+def _check_object(ref, field: str) -> None:
+    """An ``ObjectRef`` the job will read: an ``s3://`` URI, and a well-formed sha256 if one is given."""
+    validation.s3_uri(ref.uri, f"{field}.uri")
+    require(
+        ref.sha256 == "" or _SHA256.fullmatch(ref.sha256) is not None,
+        f"{field}.sha256",
+        ref.sha256,
+        "must be 64 lower-case hex digits, or empty",
+    )
+
+
+def _orbit_step(value: float, field: str) -> float:
+    """The orbit step in degrees: 0 means the default; otherwise finite, in [5, 90], dividing 360."""
+    if value == 0:
+        return DEFAULT_ORBIT_STEP_DEG
+    validation.finite(value, field)
+    validation.in_range(value, field, MIN_ORBIT_STEP_DEG, MAX_ORBIT_STEP_DEG)
+    require(
+        schedule.divides_circle(value), field, value, "must divide 360 degrees into a whole number of views"
+    )
+    return value
+
+
+def _resolve_rings(rings: coordinator_pb2.RingSchedule, step_deg: float, field: str) -> None:
+    """Check ``rings`` in place and fill its defaults (the paper's fixed rings when unset)."""
+    mode = rings.WhichOneof("mode")
+    if mode is None or (mode == "fixed" and len(rings.fixed.limits_deg) == 0):
+        rings.fixed.limits_deg[:] = DEFAULT_LIMITS
+    elif mode == "fixed":
+        limits = list(rings.fixed.limits_deg)
+        for i, limit in enumerate(limits):
+            name = f"{field}.fixed.limits_deg[{i}]"
+            require(0 < limit <= 180, name, limit, "must be in (0, 180] degrees")
+            if i > 0:
+                require(
+                    limit > limits[i - 1],
+                    name,
+                    limit,
+                    f"must be larger than the limit before it ({limits[i - 1]:g}): limits increase strictly",
+                )
+        last = len(limits) - 1
+        require(
+            limits[last] == 180,
+            f"{field}.fixed.limits_deg[{last}]",
+            limits[last],
+            "must be 180, the last limit (the rings cover the whole orbit)",
+        )
+    elif mode == "adaptive":
+        adaptive = rings.adaptive
+        if not adaptive.HasField("max_unobserved_fraction"):
+            adaptive.max_unobserved_fraction = DEFAULT_MAX_UNOBSERVED_FRACTION
+        fraction = adaptive.max_unobserved_fraction
+        require(0 < fraction <= 1, f"{field}.adaptive.max_unobserved_fraction", fraction, "must be in (0, 1]")
+        if not adaptive.HasField("min_ring_width_deg"):
+            adaptive.min_ring_width_deg = step_deg
+        width = adaptive.min_ring_width_deg
+        name = f"{field}.adaptive.min_ring_width_deg"
+        validation.finite(width, name)
+        require(
+            step_deg <= width <= 180,
+            name,
+            width,
+            f"must be between the orbit step ({step_deg:g}) and 180 degrees",
+        )
+    # source_only has no fields.
+
+
+def _strength(value: float, default: float, field: str) -> float:
+    """A strength: 0 means ``default``; otherwise finite in (0, 1]."""
+    validation.finite(value, field)
+    validation.in_range(value, field, 0.0, 1.0)
+    return default if value == 0 else value

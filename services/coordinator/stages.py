@@ -1,0 +1,157 @@
+"""The coordinator's view of the five stage services: stubs, whether remote or in-process, and retries.
+
+A ``Stages`` holds one stub per stage. In production each is a generated gRPC stub on a channel from
+``services.common.clients.dial`` (``dial_stages``); in embedded mode each is an ``InProcessStub``
+around the stage's own servicer (built by ``services.embedded``). Either way the pipeline calls
+``stages.renderer.Render(request, timeout=...)``: one code path.
+
+``call_with_retry`` retries a stage call on UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff
+(a stage restarting, a replica going away); stage calls are idempotent (same inputs, same
+content-addressed outputs), so a retry cannot duplicate work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from tire.v1 import (
+    inpainter_pb2_grpc,
+    reconstructor_pb2_grpc,
+    refiner_pb2_grpc,
+    renderer_pb2_grpc,
+    tracker_pb2_grpc,
+)
+
+from services.common.clients import dial
+from services.common.errors import TireError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("renderer", "tracker", "inpainter", "refiner", "reconstructor")
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Stages:
+    """One stub per stage service; each answers ``stub.Method(request, timeout=...)``."""
+
+    renderer: Any
+    tracker: Any
+    inpainter: Any
+    refiner: Any
+    reconstructor: Any
+
+
+class InProcessStub:
+    """A servicer called like a generated stub: ``stub.Render(request, timeout=...)``.
+
+    Errors are the servicer's own ``TireError``s (the server interceptor is not in the way), which
+    ``call_with_retry`` and the pipeline treat like the status codes they map to.
+    """
+
+    def __init__(self, servicer: Any):
+        self._servicer = servicer
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        handler = getattr(self._servicer, method)
+
+        def call(request, timeout: float | None = None, metadata=None):
+            return handler(request, None)
+
+        return call
+
+
+def dial_stages(targets: Mapping[str, str], *, max_message_bytes: int = 16 * 2**20) -> Stages:
+    """gRPC stubs for every stage; ``targets`` maps each name in ``STAGES`` to ``host:port`` or
+    ``dns:///name:port`` (round-robin over every address, for a scaled inpainter)."""
+    stubs = {
+        "renderer": renderer_pb2_grpc.RendererServiceStub,
+        "tracker": tracker_pb2_grpc.TrackerServiceStub,
+        "inpainter": inpainter_pb2_grpc.InpainterServiceStub,
+        "refiner": refiner_pb2_grpc.RefinerServiceStub,
+        "reconstructor": reconstructor_pb2_grpc.ReconstructorServiceStub,
+    }
+    return Stages(
+        **{
+            name: stub(dial(targets[name], max_message_bytes=max_message_bytes))
+            for name, stub in stubs.items()
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How stage calls are retried: ``attempts`` in all, sleeping ``initial_backoff_s`` x
+    ``multiplier``^k (at most ``max_backoff_s``) between them; ``timeout_s`` is each call's deadline."""
+
+    attempts: int = 6
+    initial_backoff_s: float = 0.5
+    max_backoff_s: float = 15.0
+    multiplier: float = 2.0
+    timeout_s: float = 900.0
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status of a failed stage call, remote (``grpc.RpcError``) or in-process (``TireError``)."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return exc.code()
+    if isinstance(exc, TireError):
+        return exc.grpc_code
+    return None
+
+
+def status_details(exc: BaseException) -> str:
+    """The error's sentence, without the gRPC wrapping."""
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "details"):
+        return exc.details() or ""
+    return str(exc)
+
+
+def call_with_retry(
+    call: Callable[[], R],
+    policy: RetryPolicy,
+    *,
+    what: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> R:
+    """Run ``call()``; on UNAVAILABLE or DEADLINE_EXCEEDED, back off and try again.
+
+    Args:
+        call: makes one stage call (it receives no arguments; bind the request and timeout in it).
+        policy: attempts and backoff.
+        what: names the call in logs, for example "ring2/inpaint/60".
+        should_stop: checked before each retry; when true, the last error is raised at once (a
+            cancelled job stops retrying).
+        sleep: the backoff sleep (tests pass a fake).
+
+    Raises:
+        Whatever the last attempt raised, when it is not retried or the attempts are spent.
+    """
+    backoff = policy.initial_backoff_s
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return call()
+        except (grpc.RpcError, TireError) as exc:
+            code = status_code(exc)
+            if code not in RETRIED_CODES or attempt == policy.attempts or should_stop():
+                raise
+            log.warning(
+                "%s failed with %s (attempt %d of %d), retrying in %.1f s: %s",
+                what,
+                code.name,
+                attempt,
+                policy.attempts,
+                backoff,
+                status_details(exc),
+                extra={"step": what, "code": code.name, "attempt": attempt},
+            )
+            sleep(backoff)
+            backoff = min(backoff * policy.multiplier, policy.max_backoff_s)
+    raise AssertionError("unreachable")  # the loop returns or raises

@@ -1,0 +1,502 @@
+"""JobStore: jobs, steps and events in SQLite; durability across reopen, paging, cancel, concurrency."""
+
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tire.v1 import common_pb2, coordinator_pb2
+
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.coordinator.jobstore import JobStore
+
+QUEUED = coordinator_pb2.JOB_STATE_QUEUED
+RUNNING = coordinator_pb2.JOB_STATE_RUNNING
+SUCCEEDED = coordinator_pb2.JOB_STATE_SUCCEEDED
+FAILED = coordinator_pb2.JOB_STATE_FAILED
+CANCELLED = coordinator_pb2.JOB_STATE_CANCELLED
+
+
+def spec(seed: int = 0) -> coordinator_pb2.JobSpec:
+    return coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[common_pb2.ObjectRef(uri="s3://tire/sha256/ab/asset.ply")]),
+        resolution=256,
+        seed=seed,
+        labels={"who": "test"},
+    )
+
+
+def started(step: str) -> coordinator_pb2.JobEvent:
+    return coordinator_pb2.JobEvent(step_started=coordinator_pb2.StepStarted(step=step))
+
+
+@pytest.fixture
+def store():
+    with JobStore(":memory:") as jobs:
+        yield jobs
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "jobs.sqlite"
+
+
+# ---- create, get, list -------------------------------------------------------------------------------
+
+
+def test_create_queues_a_job_with_a_fresh_id_and_the_spec(store):
+    job, created = store.create(spec(seed=7))
+    assert created
+    assert job.id.startswith("job-") and len(job.id) == len("job-") + 12
+    int(job.id[4:], 16)  # hex
+    assert job.state == QUEUED
+    assert job.spec == spec(seed=7)
+    assert job.created_at == job.updated_at
+    assert abs(job.created_at.ToNanoseconds() - time.time_ns()) < 5e9
+    assert store.get(job.id) == job
+    other, _ = store.create(spec(seed=7))
+    assert other.id != job.id
+
+
+def test_get_unknown_job_is_not_found_naming_the_id(store):
+    with pytest.raises(NotFound, match="job-000000000000"):
+        store.get("job-000000000000")
+
+
+def test_list_is_newest_first_and_pages_without_overlap(store):
+    ids = [store.create(spec(i))[0].id for i in range(7)]
+    seen, token, pages = [], "", 0
+    while True:
+        jobs, token = store.list(page_size=3, page_token=token)
+        seen += [job.id for job in jobs]
+        pages += 1
+        if not token:
+            break
+    assert pages == 3
+    assert seen == ids[::-1]
+    # An exact multiple of the page size ends with an empty token, not an empty extra page.
+    jobs, token = store.list(page_size=7)
+    assert [job.id for job in jobs] == ids[::-1] and token == ""
+
+
+def test_list_default_page_size_is_20(store):
+    for i in range(21):
+        store.create(spec(i))
+    jobs, token = store.list(page_size=0)
+    assert len(jobs) == 20 and token
+    rest, token = store.list(page_token=token)
+    assert len(rest) == 1 and token == ""
+
+
+def test_list_filters_by_state(store):
+    a, b, c = (store.create(spec(i))[0].id for i in range(3))
+    store.set_state(b, RUNNING)
+    store.set_state(c, RUNNING)
+    store.set_state(c, FAILED, error="render: boom")
+    assert [job.id for job in store.list(state=QUEUED)[0]] == [a]
+    assert [job.id for job in store.list(state=RUNNING)[0]] == [b]
+    assert [job.id for job in store.list(state=FAILED)[0]] == [c]
+    assert store.list(state=SUCCEEDED) == ([], "")
+    page, token = store.list(page_size=1, state=RUNNING)
+    assert [job.id for job in page] == [b] and token == ""
+
+
+@pytest.mark.parametrize("page_size", [-1, 101, 1000])
+def test_list_rejects_page_size_out_of_range(store, page_size):
+    with pytest.raises(
+        InvalidArgument, match=r"`page_size` must be between 1 and 100.*got " + str(page_size)
+    ):
+        store.list(page_size=page_size)
+
+
+@pytest.mark.parametrize("token", ["garbage", "!!!", "am9iczE6eDoy", "bm9wZToxOjA"])
+def test_list_rejects_a_token_it_did_not_issue(store, token):
+    store.create(spec())
+    with pytest.raises(InvalidArgument, match=r"`page_token` is not a token from a previous ListJobs") as err:
+        store.list(page_token=token)
+    assert err.value.field == "page_token" and err.value.value == token
+
+
+def test_list_rejects_a_token_from_another_state_filter(store):
+    for i in range(3):
+        store.create(spec(i))
+    _, token = store.list(page_size=1)
+    with pytest.raises(InvalidArgument, match="`page_token` belongs to a listing with `state`"):
+        store.list(page_size=1, page_token=token, state=QUEUED)
+
+
+def test_list_rejects_an_unknown_state(store):
+    with pytest.raises(InvalidArgument, match="`state` must be a JobState, got 42"):
+        store.list(state=42)
+
+
+# ---- request_id --------------------------------------------------------------------------------------
+
+
+def test_same_request_id_returns_the_first_job(store):
+    first, created = store.create(spec(1), request_id="req-1")
+    again, created_again = store.create(spec(2), request_id="req-1")
+    assert created and not created_again
+    assert again == first
+    other, created_other = store.create(spec(1), request_id="req-2")
+    assert created_other and other.id != first.id
+    # An empty request_id never deduplicates.
+    assert store.create(spec(1))[0].id != store.create(spec(1))[0].id
+
+
+def test_same_request_id_returns_the_job_as_it_is_now(store):
+    first, _ = store.create(spec(), request_id="req")
+    store.set_state(first.id, RUNNING)
+    again, created = store.create(spec(), request_id="req")
+    assert not created and again.id == first.id and again.state == RUNNING
+
+
+def test_request_id_survives_reopen(db_path):
+    with JobStore(db_path) as jobs:
+        first, _ = jobs.create(spec(), request_id="req-1")
+    with JobStore(db_path) as jobs:
+        again, created = jobs.create(spec(), request_id="req-1")
+    assert not created and again == first
+
+
+def test_concurrent_submits_with_one_request_id_make_one_job(store):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: store.create(spec(), request_id="same"), range(32)))
+    assert len({job.id for job, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert len(store.list(page_size=100)[0]) == 1
+
+
+# ---- state ---------------------------------------------------------------------------------------------
+
+
+def test_state_moves_forward_and_records_outputs_and_error(store):
+    job, _ = store.create(spec())
+    running = store.set_state(job.id, RUNNING)
+    assert running.state == RUNNING
+    assert running.updated_at.ToNanoseconds() >= job.updated_at.ToNanoseconds()
+    assert running.created_at == job.created_at
+    outputs = coordinator_pb2.JobOutputs(report=common_pb2.ObjectRef(uri="s3://tire/sha256/cd/report.json"))
+    done = store.set_state(job.id, SUCCEEDED, outputs=outputs)
+    assert done.state == SUCCEEDED and done.outputs == outputs and done.error == ""
+    assert store.get(job.id) == done
+
+    failed_job, _ = store.create(spec())
+    failed = store.set_state(failed_job.id, FAILED, error="ring2/inpaint: UNAVAILABLE: gone")
+    assert failed.error == "ring2/inpaint: UNAVAILABLE: gone"
+
+
+@pytest.mark.parametrize("final", [SUCCEEDED, FAILED, CANCELLED])
+@pytest.mark.parametrize("target", [QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED])
+def test_final_states_are_final(store, final, target):
+    job, _ = store.create(spec())
+    ended = store.set_state(job.id, final, error="x" if final == FAILED else "")
+    if target == final:
+        assert store.set_state(job.id, target, error="other") == ended  # a no-op: nothing changes
+    else:
+        name = coordinator_pb2.JobState.Name(final)
+        with pytest.raises(FailedPrecondition, match=f"{job.id}.*already {name}"):
+            store.set_state(job.id, target)
+        assert store.get(job.id) == ended
+
+
+@pytest.mark.parametrize("state", [coordinator_pb2.JOB_STATE_UNSPECIFIED, 99])
+def test_set_state_rejects_unspecified_and_unknown_states(store, state):
+    job, _ = store.create(spec())
+    with pytest.raises(InvalidArgument, match=f"`state` must be a JobState.*got {state}"):
+        store.set_state(job.id, state)
+
+
+def test_set_progress_is_stored_and_leaves_updated_at(store):
+    job, _ = store.create(spec())
+    progress = coordinator_pb2.JobProgress(
+        steps_done=3, steps_total=9, ring=2, rings_total=3, current_step="x"
+    )
+    store.set_progress(job.id, progress)
+    now = store.get(job.id)
+    assert now.progress == progress
+    assert now.updated_at == job.updated_at
+
+
+def test_finish_ends_the_job_and_appends_its_event_once(store):
+    job, _ = store.create(spec())
+    store.set_state(job.id, RUNNING)
+    store.append_event(job.id, started("render"))
+    outputs = coordinator_pb2.JobOutputs(report=common_pb2.ObjectRef(uri="s3://tire/sha256/cd/report.json"))
+    ended, event = store.finish(job.id, SUCCEEDED, outputs=outputs)
+    assert ended.state == SUCCEEDED and ended.outputs == outputs
+    assert event.sequence == 2 and event.job_id == job.id
+    assert event.finished == coordinator_pb2.JobFinished(state=SUCCEEDED, outputs=outputs)
+    # Again: the same event, nothing appended.
+    assert store.finish(job.id, SUCCEEDED) == (ended, event)
+    assert [e.sequence for e in store.events(job.id)] == [1, 2]
+    with pytest.raises(FailedPrecondition):
+        store.finish(job.id, FAILED, error="late")
+
+
+def test_finish_appends_the_missing_event_of_a_job_ended_by_set_state(store):
+    job, _ = store.create(spec())
+    store.set_state(job.id, FAILED, error="render: bad asset")
+    _, event = store.finish(job.id, FAILED)
+    assert event.finished.state == FAILED and event.finished.error == "render: bad asset"
+    assert store.events(job.id) == [event]
+
+
+def test_finish_rejects_a_state_that_is_not_final(store):
+    job, _ = store.create(spec())
+    with pytest.raises(InvalidArgument, match="`state` must be a final JobState"):
+        store.finish(job.id, RUNNING)
+
+
+# ---- cancel --------------------------------------------------------------------------------------------
+
+
+def test_cancel_of_a_queued_job_ends_it_at_once(store):
+    job, _ = store.create(spec())
+    cancelled = store.request_cancel(job.id)
+    assert cancelled.state == CANCELLED and store.get(job.id) == cancelled
+    assert store.cancel_requested(job.id)
+    [event] = store.events(job.id)
+    assert event.sequence == 1 and event.finished.state == CANCELLED
+    # A runner that picked the job up a moment too late cannot revive it.
+    with pytest.raises(FailedPrecondition, match="already JOB_STATE_CANCELLED"):
+        store.set_state(job.id, RUNNING)
+    # Cancelling again changes nothing and appends nothing.
+    assert store.request_cancel(job.id) == cancelled
+    assert len(store.events(job.id)) == 1
+
+
+def test_cancel_of_a_running_job_sets_the_flag_only(store):
+    job, _ = store.create(spec())
+    store.set_state(job.id, RUNNING)
+    assert not store.cancel_requested(job.id)
+    after = store.request_cancel(job.id)
+    assert after.state == RUNNING
+    assert store.cancel_requested(job.id)
+    assert store.events(job.id) == []
+    ended, event = store.finish(job.id, CANCELLED)
+    assert ended.state == CANCELLED and event.finished.state == CANCELLED
+
+
+@pytest.mark.parametrize("final", [SUCCEEDED, FAILED])
+def test_cancel_of_a_finished_job_returns_it_unchanged(store, final):
+    job, _ = store.create(spec())
+    ended = store.set_state(job.id, final)
+    assert store.request_cancel(job.id) == ended
+    assert not store.cancel_requested(job.id)
+    assert store.events(job.id) == []
+
+
+# ---- steps ---------------------------------------------------------------------------------------------
+
+
+def test_steps_are_recorded_once_and_survive_reopen(db_path):
+    with JobStore(db_path) as jobs:
+        job, _ = jobs.create(spec())
+        assert jobs.step_result(job.id, "render") is None
+        jobs.record_step(job.id, "render", b"\x01render", 1.5)
+        jobs.record_step(job.id, "fit_subject", b"", 2.0)
+        jobs.record_step(job.id, "render", b"\x02second", 9.0)  # ignored: the first result stays
+    with JobStore(db_path) as jobs:
+        assert jobs.step_result(job.id, "render") == b"\x01render"
+        assert jobs.step_result(job.id, "fit_subject") == b""
+        assert jobs.step_result(job.id, "ring1/locate") is None
+        assert jobs.finished_steps(job.id) == ["render", "fit_subject"]
+        assert jobs.step_seconds(job.id) == {"render": 1.5, "fit_subject": 2.0}
+
+
+def test_steps_are_per_job(store):
+    a, _ = store.create(spec())
+    b, _ = store.create(spec())
+    store.record_step(a.id, "render", b"a", 0.1)
+    assert store.step_result(b.id, "render") is None
+    assert store.finished_steps(b.id) == []
+
+
+# ---- events --------------------------------------------------------------------------------------------
+
+
+def test_append_assigns_job_id_sequence_and_time_without_touching_the_argument(store):
+    job, _ = store.create(spec())
+    event = started("render")
+    stored = store.append_event(job.id, event)
+    assert event == started("render")
+    assert stored.job_id == job.id and stored.sequence == 1
+    assert abs(stored.time.ToNanoseconds() - time.time_ns()) < 5e9
+    assert stored.step_started.step == "render"
+    assert store.append_event(job.id, event).sequence == 2
+    other, _ = store.create(spec())
+    assert store.append_event(other.id, event).sequence == 1  # sequences are per job
+    assert store.events(job.id) == [stored, store.events(job.id)[1]]
+
+
+def test_events_after_sequence_and_limit_slice_the_history(store):
+    job, _ = store.create(spec())
+    for i in range(10):
+        store.append_event(job.id, started(f"s{i}"))
+    assert [e.sequence for e in store.events(job.id)] == list(range(1, 11))
+    assert [e.sequence for e in store.events(job.id, after_sequence=7)] == [8, 9, 10]
+    assert [e.sequence for e in store.events(job.id, after_sequence=2, limit=3)] == [3, 4, 5]
+    assert store.events(job.id, after_sequence=10) == []
+    assert [e.step_started.step for e in store.events(job.id, 8)] == ["s8", "s9"]
+    with pytest.raises(InvalidArgument, match="`limit` must be positive, got 0"):
+        store.events(job.id, limit=0)
+
+
+def test_concurrent_appends_are_gap_free_per_job(db_path):
+    with JobStore(db_path) as jobs:
+        ids = [jobs.create(spec(i))[0].id for i in range(2)]
+        per_thread = 40
+
+        def append(worker: int) -> list[int]:
+            job_id = ids[worker % 2]
+            return [jobs.append_event(job_id, started(f"w{worker}/{i}")).sequence for i in range(per_thread)]
+
+        with ThreadPoolExecutor(8) as pool:
+            returned = list(pool.map(append, range(8)))
+        for k, job_id in enumerate(ids):
+            sequences = [e.sequence for e in jobs.events(job_id)]
+            assert sequences == list(range(1, 4 * per_thread + 1))
+            mine = sorted(s for w, seqs in enumerate(returned) if w % 2 == k for s in seqs)
+            assert mine == sequences
+            # Each thread's own events keep their order.
+            for w in range(k, 8, 2):
+                steps = [
+                    e.step_started.step
+                    for e in jobs.events(job_id)
+                    if e.step_started.step.startswith(f"w{w}/")
+                ]
+                assert steps == [f"w{w}/{i}" for i in range(per_thread)]
+
+
+def test_two_stores_on_one_file_share_sequences(db_path):
+    with JobStore(db_path) as a, JobStore(db_path) as b:
+        job, _ = a.create(spec())
+
+        def append(jobs: JobStore) -> None:
+            for i in range(25):
+                jobs.append_event(job.id, started(str(i)))
+
+        threads = [threading.Thread(target=append, args=(s,)) for s in (a, b, a, b)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [e.sequence for e in b.events(job.id)] == list(range(1, 101))
+        assert a.events(job.id) == b.events(job.id)
+
+
+def test_wait_events_returns_at_once_when_there_are_newer_events(store):
+    job, _ = store.create(spec())
+    store.append_event(job.id, started("render"))
+    start = time.monotonic()
+    [event] = store.wait_events(job.id, after_sequence=0, timeout=10.0)
+    assert event.sequence == 1
+    assert time.monotonic() - start < 1.0
+
+
+def test_wait_events_wakes_on_append(store):
+    job, _ = store.create(spec())
+    store.append_event(job.id, started("render"))
+    waiting = threading.Event()
+
+    def append_later() -> None:
+        waiting.wait()
+        time.sleep(0.05)
+        store.append_event(job.id, started("fit_subject"))
+
+    thread = threading.Thread(target=append_later)
+    thread.start()
+    start = time.monotonic()
+    waiting.set()
+    found = store.wait_events(job.id, after_sequence=1, timeout=10.0)
+    elapsed = time.monotonic() - start
+    thread.join()
+    assert [e.sequence for e in found] == [2]
+    assert elapsed < 0.4  # woken by the append, well before the poll interval and the timeout
+
+
+def test_wait_events_sees_appends_through_another_store_on_the_file(db_path):
+    with JobStore(db_path) as watcher, JobStore(db_path) as writer:
+        job, _ = writer.create(spec())
+        timer = threading.Timer(0.05, writer.append_event, args=(job.id, started("render")))
+        timer.start()
+        start = time.monotonic()
+        found = watcher.wait_events(job.id, after_sequence=0, timeout=10.0)
+        timer.join()
+        assert [e.sequence for e in found] == [1]
+        assert time.monotonic() - start < 3.0
+
+
+def test_wait_events_times_out_empty(store):
+    job, _ = store.create(spec())
+    store.append_event(job.id, started("render"))
+    start = time.monotonic()
+    assert store.wait_events(job.id, after_sequence=1, timeout=0.1) == []
+    assert 0.09 <= time.monotonic() - start < 1.0
+
+
+# ---- durability ----------------------------------------------------------------------------------------
+
+
+def test_reopen_sees_jobs_progress_events_and_unfinished(db_path):
+    with JobStore(db_path) as jobs:
+        queued, _ = jobs.create(spec(0))
+        running, _ = jobs.create(spec(1))
+        done, _ = jobs.create(spec(2))
+        cancelled, _ = jobs.create(spec(3))
+        jobs.set_state(running.id, RUNNING)
+        jobs.set_progress(running.id, coordinator_pb2.JobProgress(steps_done=2, current_step="ring1/locate"))
+        jobs.append_event(running.id, started("render"))
+        jobs.request_cancel(running.id)
+        jobs.set_state(done.id, RUNNING)
+        jobs.finish(done.id, SUCCEEDED)
+        jobs.request_cancel(cancelled.id)
+        before = {job_id: jobs.get(job_id) for job_id in (queued.id, running.id, done.id, cancelled.id)}
+        history = jobs.events(running.id)
+    with JobStore(db_path) as jobs:
+        assert jobs.unfinished() == [queued.id, running.id]  # oldest first
+        assert {job_id: jobs.get(job_id) for job_id in before} == before
+        assert jobs.events(running.id) == history
+        assert jobs.cancel_requested(running.id)
+        assert jobs.append_event(running.id, started("fit_subject")).sequence == 2
+        assert [job.id for job in jobs.list()[0]] == [cancelled.id, done.id, running.id, queued.id]
+
+
+def test_file_is_in_wal_mode(db_path):
+    JobStore(db_path).close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_a_file_from_a_newer_schema_is_refused(db_path):
+    JobStore(db_path).close()
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(FailedPrecondition, match="schema version 99"):
+        JobStore(db_path)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.get("job-nope"),
+        lambda s: s.set_state("job-nope", RUNNING),
+        lambda s: s.finish("job-nope", CANCELLED),
+        lambda s: s.set_progress("job-nope", coordinator_pb2.JobProgress()),
+        lambda s: s.request_cancel("job-nope"),
+        lambda s: s.cancel_requested("job-nope"),
+        lambda s: s.step_result("job-nope", "render"),
+        lambda s: s.record_step("job-nope", "render", b"", 0.0),
+        lambda s: s.finished_steps("job-nope"),
+        lambda s: s.append_event("job-nope", started("render")),
+        lambda s: s.events("job-nope"),
+        lambda s: s.wait_events("job-nope", 0, timeout=0.01),
+    ],
+)
+def test_unknown_job_ids_are_not_found_with_the_id_in_the_message(store, call):
+    with pytest.raises(NotFound, match="`job_id` 'job-nope'"):
+        call(store)

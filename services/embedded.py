@@ -1,0 +1,96 @@
+"""Embedded mode: the five stages in this process, behind the same stub interface as remote services.
+
+This module is the one place that imports every stage (the services themselves never import each
+other): ``tire run`` and the tests compose a whole TIRE system from it without any network.
+
+A profile names each stage's backend: ``cpu`` (the defaults: any CPU, no weights) or ``paper`` (the
+GPU backends of the paper). Each stage's other settings still come from its ``TIRE_<STAGE>_*``
+variables, as they would for the service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from services.common.config import ConfigError, from_env
+from services.common.store import BlobStore
+from services.coordinator.stages import InProcessStub, Stages
+from services.inpainter import server as inpainter
+from services.reconstructor import server as reconstructor
+from services.refiner import server as refiner
+from services.renderer import server as renderer
+from services.tracker import server as tracker
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Backends of the five stages, and the strengths a job uses unless it names its own.
+
+    The paper's strength 0.3 is a point on a diffusion noise schedule: 30% of the schedule already
+    re-draws appearance. The colour inpainter's strength is linear (the fraction of the way to the
+    subject's colours), so the CPU profile moves unobserved pixels all the way (1.0).
+    """
+
+    backends: dict[str, str]
+    strength: float
+    refine_strength: float
+
+
+PROFILES = {
+    "cpu": Profile(
+        backends={
+            "renderer": "cpu",
+            "tracker": "geometric",
+            "inpainter": "colour",
+            "refiner": "consensus",
+            "reconstructor": "colour-solve",
+        },
+        strength=1.0,
+        refine_strength=0.3,
+    ),
+    "paper": Profile(
+        backends={
+            "renderer": "gsplat",
+            "tracker": "cotracker",
+            "inpainter": "sd-lora",
+            "refiner": "mv-diffusion",
+            "reconstructor": "gsplat-optimize",
+        },
+        strength=0.3,
+        refine_strength=0.3,
+    ),
+}
+
+_SERVERS = {
+    "renderer": (renderer, renderer.RendererSettings, "TIRE_RENDERER_"),
+    "tracker": (tracker, tracker.TrackerSettings, "TIRE_TRACKER_"),
+    "inpainter": (inpainter, inpainter.InpainterSettings, "TIRE_INPAINTER_"),
+    "refiner": (refiner, refiner.RefinerSettings, "TIRE_REFINER_"),
+    "reconstructor": (reconstructor, reconstructor.ReconstructorSettings, "TIRE_RECONSTRUCTOR_"),
+}
+
+
+def embedded_servicers(store: BlobStore, profile: str = "cpu") -> dict[str, object]:
+    """Each stage's servicer, built as its server builds it, with the profile's backend.
+
+    Raises:
+        ConfigError: an unknown profile, a backend this build lacks, or a bad ``TIRE_*`` variable.
+    """
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    servicers = {}
+    for name, (module, settings_type, prefix) in _SERVERS.items():
+        settings = dataclasses.replace(
+            from_env(settings_type, prefix), backend=PROFILES[profile].backends[name]
+        )
+        try:
+            servicers[name] = module.build_servicer(settings, store)
+        except (ValueError, RuntimeError, ImportError) as exc:
+            raise ConfigError(f"the {profile} profile cannot build the {name}: {exc}") from exc
+    return servicers
+
+
+def embedded_stages(store: BlobStore, profile: str = "cpu") -> Stages:
+    """``Stages`` whose stubs call the in-process servicers of ``embedded_servicers``."""
+    return Stages(**{name: InProcessStub(s) for name, s in embedded_servicers(store, profile).items()})
