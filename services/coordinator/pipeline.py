@@ -7,10 +7,10 @@ For each time step of the asset (in parallel for 4D), after one shared subject f
 
 1. ``render``: the orbit views (rgb, alpha, depth) of the asset as generated.
 2. Rings, in order (adaptive mode chooses each ring from a ``probe`` of the remaining views):
-   a. ``ringK/views``: the orbit as this ring sees it (earlier rings' targets already repaired);
-   b. ``ringK/locate/+`` and ``ringK/locate/-``: the tracker carries each target's pixels back to
-      the anchors; observed pixels take the anchors' appearance, the rest is the unobserved mask;
-   c. ``ringK/inpaint/AZ``: one inpainter call per target (the inpainter scales out; round-robin
+   a. ``ringK/locate/+`` and ``ringK/locate/-``: on each side, the tracker carries each target's
+      pixels back to the anchors (over the orbit as this ring sees it: earlier rings' targets already
+      repaired); observed pixels take the anchors' appearance, the rest is the unobserved mask;
+   b. ``ringK/inpaint/AZ``: one inpainter call per target (the inpainter scales out; round-robin
       spreads these calls over its replicas), all of a ring's targets in parallel.
 3. ``refine``: every view together, the source view fixed (update mask 0).
 4. ``reconstruct``: the refined views back into the Gaussians; ``after``: the repaired asset's orbit.
@@ -152,7 +152,7 @@ class _Run:
         self._progress_lock = threading.Lock()
         self._steps_done = 0
         frames = len(self.spec.asset.frames)
-        per_frame = 4 + sum(1 + len(r.sweeps) + len(r.targets) for r in self.plan.rings)
+        per_frame = 4 + sum(len(r.sweeps) + len(r.targets) for r in self.plan.rings)
         self._steps_total = 2 + frames * per_frame
 
     # ----- the job ---------------------------------------------------------------------------
@@ -495,12 +495,7 @@ class _Run:
         return np.stack([views[i % len(views)][i % count] for i in range(max(count, len(views)))])
 
     def _report(self, results: list[FrameResult], alpha: np.ndarray) -> dict:
-        timings = {}
-        for event in self.jobs.events(self.job_id, limit=100_000):
-            if event.HasField("step_finished") and not event.step_finished.resumed:
-                finished = event.step_finished
-                key = f"t{finished.time_step}/{finished.step}" if len(results) > 1 else finished.step
-                timings[key] = round(finished.seconds, 3)
+        timings = {step: round(seconds, 3) for step, seconds in self.jobs.step_seconds(self.job_id).items()}
         references = [
             read_png(self.store.get_object(ref), field=f"spec.references[{i}]", mode="RGBA")
             for i, ref in enumerate(self.spec.references)

@@ -1,0 +1,203 @@
+"""The job runner over in-process stages: a whole job, 4D, resume after a crash, retries, failures,
+cancellation. Small jobs (64 px, an orbit step of 45 degrees) keep each test to a second or two."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from tire.v1 import common_pb2, coordinator_pb2
+
+from services.common.errors import InvalidArgument, StoreUnavailable
+from services.common.store import MemoryStore
+from services.coordinator.jobstore import JobStore
+from services.coordinator.pipeline import JobRunner
+from services.coordinator.spec import resolve_spec
+from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
+from services.embedded import embedded_servicers
+
+ROOT = Path(__file__).parents[3]
+MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
+BLOB = ROOT / "samples" / "blob4d"
+FAST = RetryPolicy(attempts=4, initial_backoff_s=0.0)
+
+
+class Crash(BaseException):
+    """A simulated process death: not an Exception, so the runner cannot record it as a failure."""
+
+
+class Scripted:
+    """Wraps a stub: counts calls per method and lets a test inject behaviour before a call."""
+
+    def __init__(self, stub, before=None):
+        self.stub, self.before, self.calls = stub, before, []
+
+    def __getattr__(self, method):
+        def call(request, timeout=None):
+            self.calls.append(method)
+            if self.before is not None:
+                self.before(method, len(self.calls))
+            return getattr(self.stub, method)(request, timeout=timeout)
+
+        return call
+
+
+@pytest.fixture
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def servicers(store):
+    return embedded_servicers(store, "cpu")
+
+
+def stages_of(servicers, **wrappers) -> Stages:
+    stubs = {name: InProcessStub(servicer) for name, servicer in servicers.items()}
+    for name, wrap in wrappers.items():
+        stubs[name] = wrap(stubs[name])
+    return Stages(**stubs)
+
+
+def submit(jobs: JobStore, store, plys=(MONKEY,), pngs=(FRONT,), **fields) -> str:
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[store.put_bytes(p.read_bytes(), suffix=".ply") for p in plys]),
+        references=[store.put_bytes(p.read_bytes(), suffix=".png") for p in pngs],
+        **{"resolution": 64, "orbit_step_deg": 45, "strength": 1.0, **fields},
+    )
+    job, _ = jobs.create(resolve_spec(spec))
+    return job.id
+
+
+def repaired_sha256(store, job: coordinator_pb2.Job) -> list[str]:
+    return [hashlib.sha256(store.get_bytes(ref.uri)).hexdigest() for ref in job.outputs.repaired.frames]
+
+
+def test_a_job_repairs_the_monkey_and_reports_it(store, servicers):
+    jobs = JobStore(":memory:")
+    job_id = submit(jobs, store)
+    job = JobRunner(jobs, stages_of(servicers), store, FAST).run(job_id)
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    outputs = job.outputs
+    assert len(outputs.repaired.frames) == 1
+    # Step 45: ring (0, 20] is empty, so two rings: 45/90 on each side, then 135/180/225.
+    assert [list(r.target_azimuths_deg) for r in outputs.rings] == [[45, 315, 90, 270], [135, 225, 180]]
+    assert list(outputs.rings[1].anchor_azimuths_deg) == [45, 315, 90, 270]
+    report = json.loads(store.get_bytes(outputs.report.uri))
+    frame = report["frames"][0]
+    back = report["azimuths_deg"].index(180.0)
+    assert frame["identity_distance_after"][back] < 0.6 * frame["identity_distance_before"][back]
+    assert frame["source_view_psnr_db"] > 25
+    assert {"fit_subject", "render", "ring1/locate/+", "ring2/inpaint/180", "refine", "reconstruct"} <= set(
+        report["step_seconds"]
+    )
+    events = jobs.events(job_id, limit=10_000)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
+    assert any(e.HasField("fit") for e in events) and any(e.HasField("ring_progress") for e in events)
+    assert job.progress.steps_done == job.progress.steps_total
+
+
+def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicers):
+    jobs = JobStore(":memory:")
+    plys, pngs = sorted(BLOB.glob("*.ply"))[:2], sorted(BLOB.glob("*.png"))[:2]
+    inpainter = []
+    stages = stages_of(servicers, inpainter=lambda stub: inpainter.append(Scripted(stub)) or inpainter[0])
+    job = JobRunner(jobs, stages, store, FAST).run(submit(jobs, store, plys, pngs, orbit_step_deg=90))
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert len(job.outputs.repaired.frames) == 2
+    assert inpainter[0].calls.count("FitSubject") == 1
+    assert {ring.time_step for ring in job.outputs.rings} == {0, 1}
+    steps = json.loads(store.get_bytes(job.outputs.report.uri))["step_seconds"]
+    assert {"t0/render", "t1/render", "t1/reconstruct"} <= set(steps)
+
+
+def test_a_restarted_job_resumes_without_redoing_finished_steps(store, servicers):
+    jobs = JobStore(":memory:")
+    reference = JobRunner(jobs, stages_of(servicers), store, FAST).run(submit(jobs, store))
+
+    def die_at_third_inpaint(method, count):
+        if method == "Inpaint" and count == 4:  # FitSubject, then three Inpaints
+            raise Crash
+
+    job_id = submit(jobs, store, seed=0)
+    first = []
+    crashing = stages_of(
+        servicers, inpainter=lambda s: first.append(Scripted(s, die_at_third_inpaint)) or first[0]
+    )
+    with pytest.raises(Crash):
+        JobRunner(jobs, crashing, store, FAST).run(job_id)
+    assert jobs.get(job_id).state == coordinator_pb2.JOB_STATE_RUNNING
+    done_before = set(jobs.finished_steps(job_id))
+    assert "fit_subject" in done_before and "render" in done_before
+
+    second = []
+    resumed = stages_of(servicers, inpainter=lambda s: second.append(Scripted(s)) or second[0])
+    job = JobRunner(jobs, resumed, store, FAST).run(job_id)
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert "FitSubject" not in second[0].calls  # fitted before the crash, not again
+    inpainted_before = [step for step in done_before if "/inpaint/" in step]
+    assert inpainted_before  # the crash came in the middle of the rings
+    assert second[0].calls.count("Inpaint") == 7 - len(inpainted_before)
+    resumed_steps = {
+        e.step_finished.step for e in jobs.events(job_id, limit=10_000) if e.step_finished.resumed
+    }
+    assert done_before <= resumed_steps
+    assert repaired_sha256(store, job) == repaired_sha256(store, reference)
+
+
+def test_unavailable_stage_calls_are_retried(store, servicers):
+    def flaky(method, count):
+        if method == "Inpaint" and count in (2, 3):
+            raise StoreUnavailable("the store did not answer")
+
+    jobs = JobStore(":memory:")
+    calls = []
+    stages = stages_of(servicers, inpainter=lambda s: calls.append(Scripted(s, flaky)) or calls[0])
+    job = JobRunner(jobs, stages, store, FAST).run(submit(jobs, store))
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert calls[0].calls.count("Inpaint") == 7 + 2
+
+
+def test_a_failing_step_fails_the_job_naming_the_step(store, servicers):
+    def refuse(method, count):
+        if method == "LocateUnobserved":
+            raise InvalidArgument("views.depth", "bad", "must be non-negative")
+
+    jobs = JobStore(":memory:")
+    stages = stages_of(servicers, tracker=lambda s: Scripted(s, refuse))
+    job = JobRunner(jobs, stages, store, FAST).run(submit(jobs, store))
+    assert job.state == coordinator_pb2.JOB_STATE_FAILED
+    assert job.error.startswith("ring1/locate/+: INVALID_ARGUMENT: `views.depth`")
+    assert jobs.events(job.id, limit=10_000)[-1].finished.error == job.error
+
+
+def test_cancel_stops_a_running_job_before_its_next_step(store, servicers):
+    jobs = JobStore(":memory:")
+    job_id = submit(jobs, store)
+
+    def cancel_on_first_inpaint(method, count):
+        if method == "Inpaint":
+            jobs.request_cancel(job_id)
+
+    calls = []
+    stages = stages_of(
+        servicers, inpainter=lambda s: calls.append(Scripted(s, cancel_on_first_inpaint)) or calls[0]
+    )
+    job = JobRunner(jobs, stages, store, FAST).run(job_id)
+    assert job.state == coordinator_pb2.JOB_STATE_CANCELLED
+    assert calls[0].calls.count("Inpaint") <= 4  # the in-flight fan-out ends, nothing new starts
+    assert "refine" not in jobs.finished_steps(job_id)
+    assert jobs.events(job_id, limit=10_000)[-1].finished.state == coordinator_pb2.JOB_STATE_CANCELLED
+
+
+def test_a_queued_job_cancelled_before_it_runs_never_calls_a_stage(store, servicers):
+    jobs = JobStore(":memory:")
+    job_id = submit(jobs, store)
+    jobs.request_cancel(job_id)
+    calls = []
+    stages = stages_of(servicers, renderer=lambda s: calls.append(Scripted(s)) or calls[0])
+    assert JobRunner(jobs, stages, store, FAST).run(job_id).state == coordinator_pb2.JOB_STATE_CANCELLED
+    assert calls[0].calls == []
