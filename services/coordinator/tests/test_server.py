@@ -1,0 +1,133 @@
+"""The coordinator servicer in-process: submit, watch, get, list, cancel, describe, and their errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tire.v1 import common_pb2, coordinator_pb2
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.store import MemoryStore
+from services.coordinator.jobstore import JobStore
+from services.coordinator.pipeline import JobRunner
+from services.coordinator.server import CoordinatorServicer, CoordinatorSettings, JobQueue
+from services.coordinator.stages import RetryPolicy
+from services.embedded import embedded_stages
+
+ROOT = Path(__file__).parents[3]
+MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
+
+
+@pytest.fixture
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def servicer(store):
+    stages = embedded_stages(store)
+    jobs = JobStore(":memory:")
+    queue = JobQueue(JobRunner(jobs, stages, store, RetryPolicy(initial_backoff_s=0.0)), workers=1)
+    servicer = CoordinatorServicer(jobs, queue, store, CoordinatorSettings(), stages)
+    yield servicer
+    jobs.close()
+
+
+def spec(store, **fields) -> coordinator_pb2.JobSpec:
+    return coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[store.put_bytes(MONKEY.read_bytes(), suffix=".ply")]),
+        references=[store.put_bytes(FRONT.read_bytes(), suffix=".png")],
+        **{"resolution": 64, "orbit_step_deg": 60, "strength": 1.0, **fields},
+    )
+
+
+def test_submitted_jobs_run_and_watch_streams_to_the_end(servicer, store):
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+    assert job.state == coordinator_pb2.JOB_STATE_QUEUED
+    assert job.spec.refine_strength == pytest.approx(0.3)  # defaults filled in
+    servicer.queue.start([])
+    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None)]
+    assert events[0].HasField("step_started") and events[-1].HasField("finished")
+    assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
+    # Resuming the stream after a sequence number gives exactly the rest.
+    tail = servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=5), None)
+    assert [r.event.sequence for r in tail] == [e.sequence for e in events[5:]]
+    # Past the end: the stream ends at once.
+    after_end = coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=events[-1].sequence)
+    assert list(servicer.WatchJob(after_end, None)) == []
+    got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), None).job
+    assert got.state == coordinator_pb2.JOB_STATE_SUCCEEDED and len(got.outputs.repaired.frames) == 1
+    listed = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), None).jobs
+    assert [j.id for j in listed] == [job.id]
+
+
+def test_submit_is_idempotent_for_a_request_id(servicer, store):
+    request = coordinator_pb2.SubmitJobRequest(spec=spec(store), request_id="client-42")
+    first = servicer.SubmitJob(request, None).job
+    again = servicer.SubmitJob(request, None).job
+    assert first.id == again.id
+    assert len(servicer.ListJobs(coordinator_pb2.ListJobsRequest(), None).jobs) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"resolution": 7}, "spec.resolution"),
+        ({"orbit_step_deg": 7}, "spec.orbit_step_deg"),
+        ({"strength": 1.5}, "spec.strength"),
+        (
+            {"rings": coordinator_pb2.RingSchedule(fixed=coordinator_pb2.FixedRings(limits_deg=[20, 90]))},
+            "spec.rings.fixed.limits_deg",
+        ),
+    ],
+)
+def test_bad_specs_are_invalid_argument_naming_the_field(servicer, store, fields, field):
+    with pytest.raises(InvalidArgument, match=rf"`{field}"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store, **fields)), None)
+
+
+def test_a_spec_without_references_is_refused(servicer, store):
+    bad = spec(store)
+    del bad.references[:]
+    with pytest.raises(InvalidArgument, match=r"`spec\.references"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), None)
+
+
+def test_unknown_jobs_are_not_found(servicer):
+    for call in (
+        lambda: servicer.GetJob(coordinator_pb2.GetJobRequest(job_id="job-000000000000"), None),
+        lambda: servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id="job-000000000000"), None),
+        lambda: list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id="job-000000000000"), None)),
+    ):
+        with pytest.raises(NotFound, match="job-000000000000"):
+            call()
+
+
+def test_cancelling_a_queued_job_ends_it(servicer, store):
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+    cancelled = servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job.id), None).job
+    assert cancelled.state == coordinator_pb2.JOB_STATE_CANCELLED
+    (last,) = list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None))
+    assert last.event.finished.state == coordinator_pb2.JOB_STATE_CANCELLED
+
+
+def test_describe_reports_every_stage(servicer):
+    info = servicer.Describe(common_pb2.DescribeRequest(), None)
+    assert info.service == "tire.v1.CoordinatorService"
+    assert info.settings["stage.inpainter"].startswith("colour on cpu")
+    assert {f"stage.{name}" for name in ("renderer", "tracker", "refiner", "reconstructor")} <= set(
+        info.settings
+    )
+
+
+def test_uploads_need_a_store_that_signs_urls(servicer):
+    request = coordinator_pb2.CreateUploadRequest(
+        files=[
+            coordinator_pb2.UploadFile(
+                name="a.ply", size_bytes=10, sha256="0" * 64, media_type="application/x-ply"
+            )
+        ]
+    )
+    with pytest.raises(InvalidArgument, match="`files`"):
+        servicer.CreateUpload(request, None)
