@@ -132,7 +132,7 @@ def run_embedded(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     runner = threading.Thread(target=JobRunner(jobs, stages, store).run, args=(job.id,), daemon=True)
     runner.start()
-    last = follow(lambda after: _local_events(jobs, job.id, after))
+    last = follow(lambda after: _local_events(jobs, job.id, after, runner))
     runner.join()
     job = jobs.get(job.id)
     print(f"\nJob {STATES[job.state]} in {time.perf_counter() - start:.1f} s.")
@@ -146,9 +146,11 @@ def run_embedded(args: argparse.Namespace) -> int:
     return 0
 
 
-def _local_events(jobs, job_id: str, after: int) -> list[coordinator_pb2.JobEvent]:
-    events = jobs.events(job_id, after)
-    return events or jobs.wait_events(job_id, after, timeout=0.5)
+def _local_events(jobs, job_id: str, after: int, runner: threading.Thread) -> list[coordinator_pb2.JobEvent]:
+    events = jobs.events(job_id, after) or jobs.wait_events(job_id, after, timeout=0.5)
+    if not events and not runner.is_alive() and not jobs.events(job_id, after):
+        raise SystemExit("tire: the job runner stopped without finishing the job")
+    return events
 
 
 def follow(fetch) -> coordinator_pb2.JobEvent:
