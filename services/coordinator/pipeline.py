@@ -92,6 +92,8 @@ class JobRunner:
         store: the object store the stages share.
         retry: how stage calls are retried.
         max_parallel_calls: stage calls in flight at once per fan-out (sweeps, targets, time steps).
+        source_weight: the source view's weight in the reconstruction (the others weigh 1): the
+            repaired asset keeps what the source shows, as the source view is fixed in refinement.
     """
 
     def __init__(
@@ -101,12 +103,14 @@ class JobRunner:
         store: BlobStore,
         retry: RetryPolicy | None = None,
         max_parallel_calls: int = 4,
+        source_weight: float = 10.0,
     ):
         self.jobs = jobs
         self.stages = stages
         self.store = store
         self.retry = retry or RetryPolicy()
         self.max_parallel_calls = max_parallel_calls
+        self.source_weight = source_weight
 
     def run(self, job_id: str) -> coordinator_pb2.Job:
         """Run (or resume) the job to its end; return it in its final state."""
@@ -208,7 +212,12 @@ class _Run:
             lambda: self._call(
                 "reconstruct",
                 self.stages.reconstructor.Reconstruct,
-                reconstructor_pb2.ReconstructRequest(views=views, initial=self.spec.asset, time_step=t),
+                reconstructor_pb2.ReconstructRequest(
+                    views=views,
+                    initial=self.spec.asset,
+                    time_step=t,
+                    view_weights=[self.runner.source_weight] + [1.0] * (len(state.rgb) - 1),
+                ),
             ),
             t,
         )
@@ -308,7 +317,8 @@ class _Run:
                     targets_total=len(ring.targets),
                     unobserved_fraction=float(np.mean(done)),
                 )
-            self.jobs.append_event(self.job_id, JOB.JobEvent(ring_progress=ring_progress))
+                # Appended under the lock too, so that targets_done never goes backwards in the history.
+                self.jobs.append_event(self.job_id, JOB.JobEvent(ring_progress=ring_progress))
             return get_tensor(self.store, response.images, field="inpaint.images")[0]
 
         images = self._fan_out(inpaint, ring.targets)

@@ -106,13 +106,20 @@ class ReconstructBackend(Protocol):
         """Where it computes, for Describe, for example "cpu (2 threads)"."""
         ...
 
-    def reconstruct(self, views: Views, initial: Gaussians, options: SolveOptions) -> Reconstruction:
+    def reconstruct(
+        self,
+        views: Views,
+        initial: Gaussians,
+        options: SolveOptions,
+        view_weights: np.ndarray | None = None,
+    ) -> Reconstruction:
         """Fit ``initial`` to ``views``.
 
         Args:
             views: rgb ``[V, H, W, 3]`` uint8, alpha ``[V, H, W]`` float32, cameras (depth unused).
             initial: N Gaussians, the asset the views were rendered from.
             options: solver options.
+            view_weights: ``[V]`` float, each view's weight in the fit (>= 0, not all 0); None: equal.
         """
         ...
 
@@ -171,12 +178,19 @@ class ColourSolveBackend:
 
         return f"cpu ({self.threads or numba.config.NUMBA_NUM_THREADS} threads)"
 
-    def reconstruct(self, views: Views, initial: Gaussians, options: SolveOptions) -> Reconstruction:
+    def reconstruct(
+        self,
+        views: Views,
+        initial: Gaussians,
+        options: SolveOptions,
+        view_weights: np.ndarray | None = None,
+    ) -> Reconstruction:
         if views.rgb is None or views.alpha is None:
             raise ValueError("views must carry rgb and alpha")
         with self._lock, _numba_threads(self.threads):
             # 1. Background, from the views' empty pixels.
             background = estimate_background(views.rgb, views.alpha)
+            pixels_per_view = views.cameras.width * views.cameras.height
 
             # 2. Contributors: the top-K compositing weights of the initial geometry in every view.
             render = rasterize(initial, views.cameras, background, contributors=self.contributors)
@@ -196,6 +210,12 @@ class ColourSolveBackend:
             if options.keep_higher_sh and initial.sh_degree > 0:
                 targets = targets - view_dependent_term(model, initial, views.cameras)
             initial_colours = base_colours(initial)
+            if view_weights is not None:
+                # Weighted least squares: scaling a pixel's row and target by sqrt(w) weighs its
+                # squared residual by w.
+                row_scale = np.sqrt(np.asarray(view_weights, np.float64))[model.pixels // pixels_per_view]
+                model = replace(model, weights=(model.weights * row_scale[:, None]).astype(np.float32))
+                targets = targets * row_scale[:, None]
 
             # 4. Regularised least squares by preconditioned conjugate gradients; then clip.
             solve = solve_colours(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from tire.v1 import reconstructor_pb2, reconstructor_pb2_grpc
 
 from services.common.assets import load_frame, store_frame
@@ -77,12 +78,30 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
             field="initial",
             max_gaussians=self.settings.max_gaussians,
         )
-        result = self.backend.reconstruct(views, initial, options)
+        view_weights = self._view_weights(request.view_weights, len(views))
+        result = self.backend.reconstruct(views, initial, options, view_weights)
         return reconstructor_pb2.ReconstructResponse(
             ply=store_frame(self.store, result.gaussians),
             rms_error=result.rms_error,
             iterations=result.iterations,
         )
+
+    @staticmethod
+    def _view_weights(values, num_views: int) -> np.ndarray | None:
+        """``[V]`` float64 view weights, or None for equal weights."""
+        if len(values) == 0:
+            return None
+        if len(values) != num_views:
+            raise InvalidArgument(
+                "view_weights", f"{len(values)} values", f"must hold one weight per view ({num_views})"
+            )
+        weights = np.asarray(values, dtype=np.float64)
+        for i, weight in enumerate(weights):
+            if not (math.isfinite(weight) and weight >= 0.0):
+                raise InvalidArgument(f"view_weights[{i}]", float(weight), "must be a finite number >= 0")
+        if not weights.any():
+            raise InvalidArgument("view_weights", weights.tolist(), "must not all be 0")
+        return weights
 
     @staticmethod
     def _options(request) -> SolveOptions:

@@ -136,6 +136,10 @@ def set_field(**values):
         (set_option(tolerance=float("nan")), "options.tolerance"),
         (lambda r: r.views.alpha.shape.__setitem__(0, 5), "views.alpha"),
         (lambda r: r.views.cameras.__setattr__("width", 0), "views.cameras.width"),
+        (lambda r: r.view_weights.extend([1.0, 2.0]), "view_weights"),
+        (lambda r: r.view_weights.extend([0.0] * len(AZIMUTHS)), "view_weights"),
+        (lambda r: r.view_weights.extend([1.0, -1.0] + [1.0] * (len(AZIMUTHS) - 2)), "view_weights[1]"),
+        (lambda r: r.view_weights.extend([float("nan")] * len(AZIMUTHS)), "view_weights[0]"),
     ],
 )
 def test_bad_requests_name_the_field(servicer, store, scene, edit, field):

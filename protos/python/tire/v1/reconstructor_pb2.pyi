@@ -1,7 +1,8 @@
 from tire.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,16 +20,18 @@ class ReconstructOptions(_message.Message):
     def __init__(self, keep_higher_sh: _Optional[bool] = ..., prior_weight: _Optional[float] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("views", "initial", "time_step", "options")
+    __slots__ = ("views", "initial", "time_step", "options", "view_weights")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     INITIAL_FIELD_NUMBER: _ClassVar[int]
     TIME_STEP_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     views: _common_pb2.ViewSet
     initial: _common_pb2.AssetRef
     time_step: int
     options: ReconstructOptions
-    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ...) -> None: ...
+    view_weights: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ..., view_weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
     __slots__ = ("ply", "rms_error", "iterations")
