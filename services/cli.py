@@ -297,6 +297,7 @@ def stack_up(args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from services.common.s3server import LocalS3
+    from services.embedded import PROFILES
 
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
@@ -314,6 +315,8 @@ def stack_up(args: argparse.Namespace) -> int:
                 }
                 if name == "coordinator":
                     env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
+                    # The stack runs the CPU backends: the colour inpainter's strength is linear.
+                    env.setdefault("TIRE_COORDINATOR_DEFAULT_STRENGTH", str(PROFILES["cpu"].strength))
                     env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
                 log = (state / f"{name}.log").open("a")
                 processes.append(

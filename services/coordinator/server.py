@@ -15,6 +15,10 @@ Configuration (environment, read once at start):
     TIRE_COORDINATOR_RETRY_ATTEMPTS      tries of a stage call failing with UNAVAILABLE or
                                          DEADLINE_EXCEEDED (default 6, backoff 0.5 s doubling to 15 s)
     TIRE_COORDINATOR_URL_EXPIRY_S        lifetime of presigned upload and download URLs (default 3600)
+    TIRE_COORDINATOR_DEFAULT_STRENGTH, TIRE_COORDINATOR_DEFAULT_REFINE_STRENGTH
+                                         what a job's unset strengths become (default 0.3, the paper's;
+                                         1.0 for a stack whose inpainter is the CPU `colour` backend)
+    TIRE_COORDINATOR_SOURCE_WEIGHT       the source view's weight in reconstruction (default 10)
     TIRE_COORDINATOR_PORT, TIRE_COORDINATOR_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 """
@@ -62,6 +66,9 @@ class CoordinatorSettings:
     call_timeout_s: float = 900.0
     retry_attempts: int = 6
     url_expiry_s: int = 3600
+    default_strength: float = 0.3
+    default_refine_strength: float = 0.3
+    source_weight: float = 10.0
 
     def __post_init__(self) -> None:
         for name, ok in (
@@ -70,6 +77,9 @@ class CoordinatorSettings:
             ("call_timeout_s", self.call_timeout_s > 0),
             ("retry_attempts", self.retry_attempts >= 1),
             ("url_expiry_s", 60 <= self.url_expiry_s <= 7 * 24 * 3600),
+            ("default_strength", 0 < self.default_strength <= 1),
+            ("default_refine_strength", 0 < self.default_refine_strength <= 1),
+            ("source_weight", 0 < self.source_weight < 1e6),
         ):
             if not ok:
                 raise ConfigError(f"CoordinatorSettings.{name} is out of range, got {getattr(self, name)!r}.")
@@ -187,7 +197,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.CreateDownloadResponse(downloads=downloads)
 
     def SubmitJob(self, request, context):
-        spec = resolve_spec(request.spec)
+        spec = resolve_spec(
+            request.spec,
+            default_strength=self.settings.default_strength,
+            default_refine_strength=self.settings.default_refine_strength,
+        )
         job, created = self.jobs.create(spec, request.request_id)
         if created:
             self.queue.put(job.id)
@@ -244,7 +258,7 @@ def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> Coordinat
     stages = dial_stages({name: getattr(settings, name) for name in STAGES})
     jobs = JobStore(settings.state_path)
     retry = RetryPolicy(attempts=settings.retry_attempts, timeout_s=settings.call_timeout_s)
-    runner = JobRunner(jobs, stages, store, retry, settings.max_parallel_calls)
+    runner = JobRunner(jobs, stages, store, retry, settings.max_parallel_calls, settings.source_weight)
     return CoordinatorServicer(jobs, JobQueue(runner, settings.workers), store, settings, stages)
 
 

@@ -37,10 +37,17 @@ _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordinator_pb2.JobSpec:
+def resolve_spec(
+    spec: coordinator_pb2.JobSpec,
+    field: str = "spec",
+    *,
+    default_strength: float = DEFAULT_STRENGTH,
+    default_refine_strength: float = DEFAULT_REFINE_STRENGTH,
+) -> coordinator_pb2.JobSpec:
     """A checked copy of ``spec`` with every default filled in; ``spec`` itself is not changed.
 
-    Defaults: resolution 256; orbit_step_deg 20; strength and refine_strength 0.3; rings: fixed with
+    Defaults: resolution 256; orbit_step_deg 20; strength and refine_strength 0.3 (the paper's; a
+    deployment whose inpainter reads strength differently passes its own defaults); rings: fixed with
     limits [20, 90, 180] when unset or when ``fixed.limits_deg`` is empty; adaptive:
     max_unobserved_fraction 0.35 and min_ring_width_deg the orbit step when unset; fit: every field set
     (``services.common.fit_settings.resolve_fit_settings``). Resolving a resolved spec returns an equal
@@ -57,6 +64,7 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
     Args:
         spec: the spec as the client sent it.
         field: its path in the request, the prefix of every field named in errors.
+        default_strength, default_refine_strength: what a strength of 0 (unset) becomes.
 
     Raises:
         InvalidArgument: the first bad field, named by its full path, for example
@@ -105,9 +113,9 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
     _resolve_rings(resolved.rings, resolved.orbit_step_deg, f"{field}.rings")
 
     # 4. Strengths and the subject fit.
-    resolved.strength = _strength(resolved.strength, DEFAULT_STRENGTH, f"{field}.strength")
+    resolved.strength = _strength(resolved.strength, default_strength, f"{field}.strength")
     resolved.refine_strength = _strength(
-        resolved.refine_strength, DEFAULT_REFINE_STRENGTH, f"{field}.refine_strength"
+        resolved.refine_strength, default_refine_strength, f"{field}.refine_strength"
     )
     resolved.fit.CopyFrom(resolve_fit_settings(resolved.fit, f"{field}.fit"))
 

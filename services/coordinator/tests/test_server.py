@@ -131,3 +131,15 @@ def test_uploads_need_a_store_that_signs_urls(servicer):
     )
     with pytest.raises(InvalidArgument, match="`files`"):
         servicer.CreateUpload(request, None)
+
+
+def test_the_deployment_sets_what_unset_strengths_become(store):
+    jobs = JobStore(":memory:")
+    settings = CoordinatorSettings(default_strength=1.0, default_refine_strength=0.5)
+    servicer = CoordinatorServicer(jobs, None, store, settings)  # type: ignore[arg-type]
+    servicer.queue = type("NoQueue", (), {"put": lambda self, job_id: None})()
+    unset = spec(store, strength=0.0)
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), None).job
+    assert (job.spec.strength, job.spec.refine_strength) == (1.0, 0.5)
+    given = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store, strength=0.25)), None).job
+    assert given.spec.strength == pytest.approx(0.25)
