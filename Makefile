@@ -47,6 +47,8 @@ bench: $(INSTALLED)
 	$(PY) -m benchmarks.rasterizer
 	$(PY) -m benchmarks.renderers
 	$(PY) -m benchmarks.stages
+	$(PY) -m benchmarks.quality
+	$(PY) -m benchmarks.stack
 
 ## run: repair the bundled LGM monkey (embedded stages, CPU backends); outputs in out/monkey/
 run: $(INSTALLED)

@@ -65,13 +65,17 @@ def launch_service(
 
         tracker = launch_service("services.tracker.server", "TIRE_TRACKER_", {"TIRE_TRACKER_BACKEND": ...})
 
-    ``prefix`` is the service's environment prefix; ``env`` adds or overrides variables. Every process is
-    killed at the end of the session (tests that stop one themselves are fine).
+    ``prefix`` is the service's environment prefix; ``env`` adds or overrides variables; a ``{prefix}PORT``
+    or ``{prefix}METRICS_PORT`` in it is used instead of a free port (to restart a service where its
+    clients dial it). Every process is killed at the end of the session (tests that stop one themselves
+    are fine).
     """
     started: list[ServiceProcess] = []
 
     def launch(module: str, prefix: str, env: dict[str, str] | None = None) -> ServiceProcess:
-        port, metrics_port = free_port(), free_port()
+        env = env or {}
+        port = int(env.get(f"{prefix}PORT") or free_port())
+        metrics_port = int(env.get(f"{prefix}METRICS_PORT") or free_port())
         log_path = tmp_path_factory.mktemp(module.split(".")[-2]) / "service.log"
         environ = {
             **os.environ,
@@ -80,7 +84,7 @@ def launch_service(
             f"{prefix}HOST": "127.0.0.1",
             f"{prefix}METRICS_PORT": str(metrics_port),
             f"{prefix}GRACE_S": "5",
-            **(env or {}),
+            **env,
         }
         with log_path.open("w") as log:
             process = subprocess.Popen(

@@ -59,6 +59,10 @@ _AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 _BUSY_CODES = {"SlowDown", "ServiceUnavailable", "InternalError"}
 
 
+# Objects up to this size are PUT without a stat first (see ObjectStore.put_bytes).
+_STAT_BEFORE_PUT_BYTES = 4 * 2**20
+
+
 @dataclass(frozen=True)
 class StoreSettings:
     """Where the object store is and how much to read or write at once.
@@ -233,8 +237,10 @@ class ObjectStore:
         sha256 = hashlib.sha256(data).hexdigest()
         key = content_key(sha256, suffix)
         uri = self.uri_for(key)
-        # Same key, same bytes: skip the upload. A different size means a corrupt earlier write; replace it.
-        if self._size(uri) != len(data):
+        # Same key, same bytes: a large object already there is not sent again (a different size means
+        # a corrupt earlier write: replace it). A small one is written without asking first: one round
+        # trip instead of two, and rewriting identical bytes under their own key changes nothing.
+        if len(data) <= _STAT_BEFORE_PUT_BYTES or self._size(uri) != len(data):
             with self._errors(uri):
                 self._client.put_object(
                     self.settings.bucket, key, io.BytesIO(data), len(data), content_type=media_type
@@ -247,7 +253,7 @@ class ObjectStore:
         Args:
             uri: ``s3://bucket/key``, any bucket.
             sha256: lower-case hex digest the bytes must have.
-            max_bytes: refuse larger objects, checked before downloading; default
+            max_bytes: refuse larger objects, checked before the body is read; default
                 ``settings.max_object_bytes``.
 
         Raises:
@@ -257,14 +263,14 @@ class ObjectStore:
         if sha256 is not None:
             _check_sha256(sha256)
         limit = self.settings.max_object_bytes if max_bytes is None else max_bytes
-        size = self._size(uri)
-        if size is None:
-            raise ObjectNotFound(f"no object at {uri}.")
-        _check_size(uri, size, limit)
         with self._errors(uri):
             response = self._client.get_object(bucket, key)
             try:
-                # The stat above may be stale (the object replaced since): never read past the limit.
+                # The declared length is checked before the body is read, and the read never goes past
+                # the limit whatever the header says.
+                declared = response.headers.get("content-length")
+                if declared is not None:
+                    _check_size(uri, int(declared), limit)
                 data = response.read(limit + 1)
             finally:
                 response.close()

@@ -158,14 +158,25 @@ def test_tampered_object_is_integrity_error(s3, store):
         store.get_object(ref)
 
 
-def test_max_bytes_is_checked_before_downloading(store, monkeypatch):
+def test_max_bytes_is_checked_before_the_body_is_read(store, monkeypatch):
     ref = store.put_bytes(os.urandom(100))
+    get_object = store._client.get_object
 
-    def no_download(*args, **kwargs):
-        raise AssertionError("the object was downloaded")
+    class HeadersOnly:
+        def __init__(self, response):
+            self.headers, self._response = response.headers, response
 
-    monkeypatch.setattr(store._client, "get_object", no_download)
-    with pytest.raises(ObjectTooLarge):
+        def read(self, *args):
+            raise AssertionError("the body was read")
+
+        def close(self):
+            self._response.close()
+
+        def release_conn(self):
+            self._response.release_conn()
+
+    monkeypatch.setattr(store._client, "get_object", lambda *a, **k: HeadersOnly(get_object(*a, **k)))
+    with pytest.raises(ObjectTooLarge, match="100 bytes, over the limit of 10 bytes"):
         store.get_bytes(ref.uri, max_bytes=10)
 
 

@@ -1,0 +1,309 @@
+"""The local stack against embedded mode: the same job, seconds from submission to its end.
+
+    python -m benchmarks.stack [--repeats 3] [--quick]
+
+The job is the bundled LGM monkey at the default settings (256x256 views every 20 degrees, the
+paper's fixed rings [20, 90, 180]) with the CPU profile's strengths, as ``tire run`` repairs it:
+
+- embedded: the five stages in this process (``services.embedded``), an in-memory store and an
+  in-memory job store, the runner called directly, as ``tire run`` does; timed from creating the job
+  to the runner's return (which writes the JobFinished event);
+- stack: an S3 server (rclone), the five stage services and the coordinator, each its own process,
+  started as ``tire up`` starts them (on free ports); the inputs are uploaded once through
+  CreateUpload, and each job is timed from SubmitJob to the JobFinished event of WatchJob.
+
+Each mode first runs a warm-up job (numba caches, first calls, process start-up are excluded), then
+the modes take turns, one job each per repeat, so that drift on a shared machine hits both alike.
+Repeat r uses seed r in both modes: the inpainted views, and so every object after them, are new in
+each repeat rather than already in the store. The table gives the median; a second table splits the
+time by step (a step's seconds as its StepFinished event reports them, summed over the step's calls;
+the inpaint calls of a ring overlap, so their sum exceeds their share of the wall time). Goal
+(issue 4): the stack within 10% of embedded mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numba
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tire.v1 import common_pb2, coordinator_pb2
+
+from benchmarks.rasterizer import cpu_name
+from services.cli import STACK, coordinator_stub, upload
+from services.common.clients import dial
+from services.common.s3server import LocalS3
+from services.common.store import MemoryStore
+from services.coordinator.jobstore import JobStore
+from services.coordinator.pipeline import JobRunner
+from services.coordinator.spec import resolve_spec
+from services.embedded import PROFILES, embedded_stages
+
+SAMPLES = Path(__file__).parents[1] / "samples"
+MONKEY = SAMPLES / "monkey_lgm.ply"
+REFERENCE = SAMPLES / "monkey_front.png"
+GOAL_RATIO = 1.10
+START_TIMEOUT_S = 300.0
+JOB_TIMEOUT_S = 1800.0
+# Steps grouped for the breakdown: "ring2/inpaint/140" counts under "inpaint".
+GROUPS = ("fit_subject", "render", "locate", "inpaint", "refine", "reconstruct", "after", "outputs")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``; 0 where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command name: state is field 3 of stat(5), utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Ids of the processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def job_spec(
+    frames: list[common_pb2.ObjectRef], references: list[common_pb2.ObjectRef], seed: int, quick: bool
+) -> coordinator_pb2.JobSpec:
+    """The benchmark job: defaults (resolution 256, orbit step 20, fixed rings), the CPU strengths."""
+    profile = PROFILES["cpu"]
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=frames),
+        references=references,
+        strength=profile.strength,
+        refine_strength=profile.refine_strength,
+        seed=seed,
+    )
+    if quick:
+        spec.resolution, spec.orbit_step_deg = 64, 45.0
+    return spec
+
+
+def step_seconds(events: list[coordinator_pb2.JobEvent]) -> dict[str, float]:
+    """Seconds per step group, summed over the job's StepFinished events."""
+    totals = dict.fromkeys(GROUPS, 0.0)
+    for event in events:
+        if event.HasField("step_finished"):
+            name = event.step_finished.step
+            group = name.split("/")[1] if "/" in name else name
+            totals[group] = totals.get(group, 0.0) + event.step_finished.seconds
+    return totals
+
+
+# ----- embedded ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One timed job: wall seconds, its events, and CPU seconds by process over the job."""
+
+    seconds: float
+    events: list[coordinator_pb2.JobEvent]
+    cpu: dict[str, float]
+
+
+class Embedded:
+    """Jobs run in this process, as ``tire run`` runs them."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.stages = embedded_stages(self.store, "cpu")
+        self.frames = [
+            self.store.put_bytes(MONKEY.read_bytes(), suffix=".ply", media_type="application/x-ply")
+        ]
+        self.references = [
+            self.store.put_bytes(REFERENCE.read_bytes(), suffix=".png", media_type="image/png")
+        ]
+
+    def run(self, seed: int, quick: bool) -> Run:
+        """Times one job from creating it to the runner's return."""
+        with JobStore(":memory:") as jobs:
+            cpu = cpu_seconds(os.getpid())
+            start = time.perf_counter()
+            job, _ = jobs.create(resolve_spec(job_spec(self.frames, self.references, seed, quick)))
+            job = JobRunner(jobs, self.stages, self.store).run(job.id)
+            seconds = time.perf_counter() - start
+            cpu = cpu_seconds(os.getpid()) - cpu
+            if job.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
+                raise SystemExit(f"benchmarks.stack: the embedded job failed: {job.error}")
+            return Run(seconds, jobs.events(job.id, limit=100_000), {"this process": cpu})
+
+
+# ----- the local stack ---------------------------------------------------------------------------
+
+
+@contextmanager
+def local_stack(folder: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """The S3 server, the five stages and the coordinator as processes (``tire up``'s set-up, on free
+    ports, logs in ``folder``); yields the coordinator's target and each process's id by name."""
+    processes: dict[str, subprocess.Popen] = {}
+    with LocalS3(folder / "s3") as s3:
+        rclone = children(os.getpid())  # the S3 server is this process's only child so far
+        pids = {"s3 (rclone)": rclone[0]} if len(rclone) == 1 else {}
+        ports = {name: free_port() for name, *_ in STACK}
+        targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        try:
+            for name, module, prefix, _ in STACK:
+                env = {
+                    **os.environ,
+                    **s3.env,
+                    f"{prefix}PORT": str(ports[name]),
+                    f"{prefix}HOST": "127.0.0.1",
+                    f"{prefix}METRICS_PORT": "0",
+                }
+                if name == "coordinator":
+                    env["TIRE_COORDINATOR_STATE_PATH"] = str(folder / "coordinator.sqlite")
+                    env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
+                with (folder / f"{name}.log").open("w") as log:
+                    processes[name] = subprocess.Popen(
+                        [sys.executable, "-m", module], env=env, stdout=log, stderr=log
+                    )
+            deadline = time.monotonic() + START_TIMEOUT_S
+            for name, process in processes.items():
+                _wait_serving(name, targets[name], process, deadline, folder)
+            yield targets["coordinator"], {**{n: p.pid for n, p in processes.items()}, **pids}
+        finally:
+            for process in reversed(processes.values()):
+                process.terminate()
+            for process in processes.values():
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_serving(name: str, target: str, process: subprocess.Popen, deadline: float, folder: Path) -> None:
+    channel = dial(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"benchmarks.stack: {name} did not start; see {folder / (name + '.log')}")
+            time.sleep(0.25)
+    finally:
+        channel.close()
+
+
+class Stack:
+    """Jobs submitted to a coordinator of the local stack, as ``tire submit --watch`` submits them."""
+
+    def __init__(self, target: str, pids: dict[str, int]) -> None:
+        self.stub = coordinator_stub(target)
+        self.pids = {**pids, "this process (client)": os.getpid()}
+        self.frames = upload(self.stub, [MONKEY], "application/x-ply")
+        self.references = upload(self.stub, [REFERENCE], "image/png")
+
+    def run(self, seed: int, quick: bool) -> Run:
+        """Times one job from SubmitJob to the JobFinished event of WatchJob."""
+        request = coordinator_pb2.SubmitJobRequest(spec=job_spec(self.frames, self.references, seed, quick))
+        cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        start = time.perf_counter()
+        job = self.stub.SubmitJob(request, timeout=30).job
+        events = []
+        watch = coordinator_pb2.WatchJobRequest(job_id=job.id)
+        for response in self.stub.WatchJob(watch, timeout=JOB_TIMEOUT_S):
+            events.append(response.event)
+            if response.event.HasField("finished"):
+                break
+        seconds = time.perf_counter() - start
+        cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in self.pids.items()}
+        if not events or events[-1].finished.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
+            error = events[-1].finished.error if events else "no events"
+            raise SystemExit(f"benchmarks.stack: the stack's job failed: {error}")
+        return Run(seconds, events, cpu)
+
+
+# ----- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="64x64 views every 45 degrees, one repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
+
+    size = "64x64 every 45 degrees" if args.quick else "256x256 every 20 degrees"
+    print(f"One job on the LGM monkey ({size}, fixed rings), seconds, median of {args.repeats}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {numba.config.NUMBA_NUM_THREADS} numba threads\n")
+
+    runs: dict[str, list[Run]] = {"embedded": [], "stack": []}
+    with tempfile.TemporaryDirectory(prefix="tire-bench-stack-") as folder:
+        with local_stack(Path(folder)) as (target, pids):
+            modes = {"embedded": Embedded(), "stack": Stack(target, pids)}
+            for mode in modes.values():
+                mode.run(0, args.quick)  # warm-up
+            for repeat in range(1, args.repeats + 1):
+                for name, mode in modes.items():
+                    run = mode.run(repeat, args.quick)
+                    runs[name].append(run)
+                    print(f"  repeat {repeat}: {name:<8} {run.seconds:7.2f} s", flush=True)
+
+    embedded = statistics.median(run.seconds for run in runs["embedded"])
+    print(f"\n| mode | seconds (median) | runs | ratio stack/embedded | within {GOAL_RATIO - 1:.0%} |")
+    print("|---|---:|---|---:|:---:|")
+    for name, mode_runs in runs.items():
+        median = statistics.median(run.seconds for run in mode_runs)
+        ratio = median / embedded
+        met = "" if name == "embedded" else ("yes" if ratio <= GOAL_RATIO else "**no**")
+        listed = ", ".join(f"{run.seconds:.1f}" for run in mode_runs)
+        print(f"| {name} | {median:.2f} | {listed} | {ratio:.3f} | {met} |")
+
+    print("\n| step (seconds summed over its calls, median) | embedded | stack | stack - embedded |")
+    print("|---|---:|---:|---:|")
+    steps = {name: [step_seconds(run.events) for run in mode_runs] for name, mode_runs in runs.items()}
+    for group in GROUPS:
+        a = statistics.median(s[group] for s in steps["embedded"])
+        b = statistics.median(s[group] for s in steps["stack"])
+        print(f"| {group} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+
+    print("\n| mode | process | CPU seconds per job (median) |")
+    print("|---|---|---:|")
+    for name, mode_runs in runs.items():
+        for process in mode_runs[0].cpu:
+            cpu = statistics.median(run.cpu[process] for run in mode_runs)
+            print(f"| {name} | {process} | {cpu:.2f} |")
+        total = statistics.median(sum(run.cpu.values()) for run in mode_runs)
+        print(f"| {name} | **all** | **{total:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""End to end through the local stack: the S3 server, the five stage services and the coordinator, each
+its own process, driven only through the coordinator's gRPC API (as the `tire` CLI drives it).
+
+Small jobs (64x64 views, an orbit step of 45 degrees: 8 views, two rings) keep each job to seconds on
+two cores. The same job run embedded (stages in this process, in-memory store) gives the reference
+bytes: the stack, a resumed coordinator and a retried stage must all end with exactly those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+from conftest import ServiceProcess, free_port
+from services.cli import STACK, upload
+from services.common.clients import dial
+from services.common.store import MemoryStore
+from services.coordinator.jobstore import JobStore
+from services.coordinator.pipeline import JobRunner
+from services.coordinator.spec import resolve_spec
+from services.coordinator.stages import STAGES
+from services.embedded import embedded_stages
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = Path(__file__).parents[1] / "samples"
+MONKEY = SAMPLES / "monkey_lgm.ply"
+REFERENCE = SAMPLES / "monkey_front.png"
+# Each service's module and environment prefix, as `tire up` starts them.
+SERVICES = {name: (module, prefix) for name, module, prefix, _ in STACK}
+WATCH_TIMEOUT_S = 180.0
+JOB = coordinator_pb2
+
+
+def small_spec(frames: list[common_pb2.ObjectRef], references: list[common_pb2.ObjectRef]) -> JOB.JobSpec:
+    """The job every test runs: the monkey at 64x64 every 45 degrees, fixed rings, the CPU strengths."""
+    return JOB.JobSpec(
+        asset=common_pb2.AssetRef(frames=frames),
+        references=references,
+        resolution=64,
+        orbit_step_deg=45.0,
+        strength=1.0,
+        refine_strength=0.3,
+        seed=7,
+    )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ----- the stack ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stages(launch_service) -> dict[str, ServiceProcess]:
+    """The five stage services with their default (CPU) backends."""
+    return {name: launch_service(*SERVICES[name]) for name in STAGES}
+
+
+@pytest.fixture(scope="module")
+def start_coordinator(launch_service) -> Callable[..., ServiceProcess]:
+    """``start_coordinator(stages, state_path, **env)``: a coordinator over ``stages`` keeping its jobs in
+    the SQLite file ``state_path``."""
+
+    def start(stages: dict[str, ServiceProcess], state_path: Path, **env: str) -> ServiceProcess:
+        module, prefix = SERVICES["coordinator"]
+        environ = {f"{prefix}{name.upper()}": stages[name].target for name in STAGES}
+        environ[f"{prefix}STATE_PATH"] = str(state_path)
+        return launch_service(module, prefix, {**environ, **env})
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def coordinator(stages, start_coordinator, tmp_path_factory) -> ServiceProcess:
+    return start_coordinator(stages, tmp_path_factory.mktemp("coordinator") / "coordinator.sqlite")
+
+
+def coordinator_stub(service: ServiceProcess) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    return coordinator_pb2_grpc.CoordinatorServiceStub(dial(service.target, max_message_bytes=64 * 2**20))
+
+
+@pytest.fixture(scope="module")
+def stub(coordinator) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    return coordinator_stub(coordinator)
+
+
+@pytest.fixture(scope="module")
+def spec(stub) -> JOB.JobSpec:
+    """The small job, its files uploaded through CreateUpload and presigned PUTs (as `tire submit` does)."""
+    return small_spec(upload(stub, [MONKEY], "application/x-ply"), upload(stub, [REFERENCE], "image/png"))
+
+
+@pytest.fixture(scope="module")
+def embedded_sha256() -> str:
+    """sha256 of the repaired .ply of the same job run embedded (in this process, in-memory store)."""
+    store = MemoryStore()
+    frames = [store.put_bytes(MONKEY.read_bytes(), suffix=".ply", media_type="application/x-ply")]
+    references = [store.put_bytes(REFERENCE.read_bytes(), suffix=".png", media_type="image/png")]
+    with JobStore(":memory:") as jobs:
+        job, _ = jobs.create(resolve_spec(small_spec(frames, references)))
+        job = JobRunner(jobs, embedded_stages(store), store).run(job.id)
+    assert job.state == JOB.JOB_STATE_SUCCEEDED, job.error
+    return sha256(store.get_bytes(job.outputs.repaired.frames[0].uri))
+
+
+# ----- helpers -----------------------------------------------------------------------------------
+
+
+def watch(
+    stub, job_id: str, after: int = 0, until: Callable[[JOB.JobEvent], bool] | None = None
+) -> list[JOB.JobEvent]:
+    """WatchJob from ``after`` to the job's end, or up to and including the first event ``until`` accepts."""
+    events = []
+    request = JOB.WatchJobRequest(job_id=job_id, after_sequence=after)
+    stream = stub.WatchJob(request, timeout=WATCH_TIMEOUT_S)
+    try:
+        for response in stream:
+            events.append(response.event)
+            if until is not None and until(response.event):
+                return events
+    finally:
+        stream.cancel()
+    assert events and events[-1].HasField("finished"), f"the stream ended without JobFinished: {events[-1:]}"
+    return events
+
+
+def step_started(prefix: str) -> Callable[[JOB.JobEvent], bool]:
+    return lambda event: event.HasField("step_started") and event.step_started.step.startswith(prefix)
+
+
+def step_finished(prefix: str) -> Callable[[JOB.JobEvent], bool]:
+    return lambda event: event.HasField("step_finished") and event.step_finished.step.startswith(prefix)
+
+
+def steps(events: list[JOB.JobEvent], kind: str, *, resumed: bool | None = None) -> list[str]:
+    """Step names of the ``kind`` ("step_started" or "step_finished") events, in order."""
+    names = []
+    for event in events:
+        if event.WhichOneof("kind") == kind:
+            message = getattr(event, kind)
+            if resumed is None or message.resumed == resumed:
+                names.append(message.step)
+    return names
+
+
+def download(stub, job_id: str, uri: str) -> bytes:
+    """An object of the job through CreateDownload and a presigned GET."""
+    answer = stub.CreateDownload(JOB.CreateDownloadRequest(job_id=job_id, uris=[uri]), timeout=30)
+    (item,) = answer.downloads
+    assert item.uri == uri
+    with urllib.request.urlopen(item.get_url, timeout=60) as response:
+        return response.read()
+
+
+def calls(service: ServiceProcess) -> dict[str, float]:
+    """Calls the service handled so far, by method, from its Prometheus endpoint."""
+    url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "tire_grpc_requests":
+            for sample in family.samples:
+                if sample.name == "tire_grpc_requests_total":
+                    method = sample.labels["method"]
+                    counts[method] = counts.get(method, 0.0) + sample.value
+    return counts
+
+
+def repaired_sha256(stub, job: JOB.Job) -> str:
+    (frame,) = job.outputs.repaired.frames
+    data = download(stub, job.id, frame.uri)
+    assert sha256(data) == frame.sha256
+    return frame.sha256
+
+
+# ----- 1. one job through the gRPC API -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_job(stub, spec) -> tuple[JOB.Job, list[JOB.JobEvent]]:
+    """The small job submitted (with a request id) and watched to its end."""
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec, request_id="stack-test-1"), timeout=30).job
+    assert job.state == JOB.JOB_STATE_QUEUED
+    assert job.spec.resolution == 64 and list(job.spec.rings.fixed.limits_deg) == [20, 90, 180]
+    return job, watch(stub, job.id)
+
+
+def test_job_through_the_stack_matches_embedded_mode(stub, spec, finished_job, embedded_sha256):
+    submitted, events = finished_job
+
+    # The history: numbered from 1 without gaps, every started step finished, the end last.
+    assert [event.sequence for event in events] == list(range(1, len(events) + 1))
+    assert all(event.job_id == submitted.id for event in events)
+    started, finished = steps(events, "step_started"), steps(events, "step_finished")
+    assert sorted(started) == sorted(finished)
+    assert steps(events, "step_finished", resumed=True) == []
+    assert started[:2] == ["fit_subject", "render"]
+    assert finished[-4:] == ["refine", "reconstruct", "after", "outputs"]
+    assert {"ring1/locate/+", "ring1/locate/-", "ring2/locate/+", "ring2/locate/-"} <= set(finished)
+    inpainted = [step for step in finished if "/inpaint/" in step]
+    assert len(inpainted) == 7  # every view but the source
+
+    fits = [event.fit.progress for event in events if event.HasField("fit")]
+    assert fits, "no subject-fit progress was relayed"
+    rings = [event.ring_progress for event in events if event.HasField("ring_progress")]
+    assert len(rings) == 7
+    for ring in (1, 2):
+        progress = [r for r in rings if r.ring == ring]
+        assert [r.targets_done for r in progress] == list(range(1, len(progress) + 1))
+        assert all(r.targets_total == len(progress) and r.rings_total == 2 for r in progress)
+        assert all(0.0 <= r.unobserved_fraction <= 1.0 for r in progress)
+
+    end = events[-1].finished
+    assert end.state == JOB.JOB_STATE_SUCCEEDED and end.error == ""
+
+    # GetJob agrees with the stream.
+    job = stub.GetJob(JOB.GetJobRequest(job_id=submitted.id), timeout=30).job
+    assert job.state == JOB.JOB_STATE_SUCCEEDED
+    assert job.outputs == end.outputs
+    assert job.progress.steps_done == len(finished) == job.progress.steps_total
+    assert [ring.ring for ring in job.outputs.rings] == [1, 2]
+
+    # The repaired asset comes down over HTTP with the bytes of the embedded run: one code path.
+    assert repaired_sha256(stub, job) == embedded_sha256
+    report = download(stub, job.id, job.outputs.report.uri)
+    assert b'"step_seconds"' in report and sha256(report) == job.outputs.report.sha256
+
+    # The inputs are in the store now: asking to upload them again says there is nothing to send.
+    (repeated,) = stub.CreateUpload(
+        JOB.CreateUploadRequest(
+            files=[
+                JOB.UploadFile(
+                    name="monkey.ply",
+                    size_bytes=MONKEY.stat().st_size,
+                    sha256=sha256(MONKEY.read_bytes()),
+                    media_type="application/x-ply",
+                )
+            ]
+        ),
+        timeout=30,
+    ).uploads
+    assert not repeated.needs_upload and repeated.object == spec.asset.frames[0]
+
+    # ListJobs shows it; the same request id gives the same job, not a new one.
+    listed = stub.ListJobs(JOB.ListJobsRequest(), timeout=30).jobs
+    assert submitted.id in [j.id for j in listed]
+    again = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec, request_id="stack-test-1"), timeout=30).job
+    assert again.id == submitted.id and again.state == JOB.JOB_STATE_SUCCEEDED
+    assert len(stub.ListJobs(JOB.ListJobsRequest(), timeout=30).jobs) == len(listed)
+
+
+# ----- 2. the coordinator killed mid-job -----------------------------------------------------------
+
+
+def test_killed_coordinator_resumes_the_job(stages, start_coordinator, spec, tmp_path, embedded_sha256):
+    state = tmp_path / "coordinator.sqlite"
+    calls_before = {name: calls(stages[name]) for name in ("renderer", "inpainter")}
+    first = start_coordinator(stages, state)
+    stub = coordinator_stub(first)
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    seen = watch(stub, job.id, until=step_finished("ring1/"))
+    first.process.kill()  # SIGKILL: no shutdown, whatever was in flight is lost
+    first.process.wait()
+    done_before = set(steps(seen, "step_finished"))
+    assert {"fit_subject", "render"} <= done_before
+
+    second = start_coordinator(stages, state)  # same state file, another port
+    stub = coordinator_stub(second)
+    events = watch(stub, job.id, after=seen[-1].sequence)
+    assert events[0].sequence == seen[-1].sequence + 1
+    assert [event.sequence for event in events] == list(range(events[0].sequence, events[-1].sequence + 1))
+    assert events[-1].finished.state == JOB.JOB_STATE_SUCCEEDED, events[-1].finished.error
+
+    # What finished before the kill is handed back as resumed, and not started again.
+    assert done_before <= set(steps(events, "step_finished", resumed=True))
+    assert not done_before & set(steps(events, "step_started"))
+    # The stages agree: one subject fit, and two renders (the orbit before and after), not three.
+    calls_after = {name: calls(stages[name]) for name in ("renderer", "inpainter")}
+    assert calls_after["inpainter"]["FitSubject"] - calls_before["inpainter"].get("FitSubject", 0) == 1
+    assert calls_after["renderer"]["Render"] - calls_before["renderer"].get("Render", 0) == 2
+
+    job = stub.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30).job
+    assert job.state == JOB.JOB_STATE_SUCCEEDED
+    assert repaired_sha256(stub, job) == embedded_sha256
+
+
+# ----- 3. a stage killed mid-call ----------------------------------------------------------------
+
+
+def test_killed_inpainter_is_retried_until_it_is_back(
+    launch_service, stages, start_coordinator, spec, tmp_path, embedded_sha256
+):
+    module, prefix = SERVICES["inpainter"]
+    port = {f"{prefix}PORT": str(free_port())}
+    inpainter = launch_service(module, prefix, port)
+    # Retries back off 0.5, 1, 2, 4, 8, 15... s: ten attempts wait well over a minute for the inpainter.
+    coordinator = start_coordinator(
+        {**stages, "inpainter": inpainter},
+        tmp_path / "coordinator.sqlite",
+        TIRE_COORDINATOR_RETRY_ATTEMPTS="10",
+    )
+    stub = coordinator_stub(coordinator)
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    seen = watch(stub, job.id, until=step_started("ring1/inpaint/"))
+    inpainter.stop()  # SIGKILL while ring 1's inpaint calls are in flight; ring 2's are still to come
+
+    # The channel's own retries (about 4 s) run out first; stay down until the coordinator retries too.
+    deadline = time.monotonic() + 60
+    while "failed with UNAVAILABLE" not in coordinator.log():
+        assert time.monotonic() < deadline, "the coordinator never retried an inpaint call"
+        time.sleep(0.2)
+    restarted = launch_service(module, prefix, port)  # the same port: the coordinator's channel finds it
+    assert restarted.target == inpainter.target
+
+    events = watch(stub, job.id, after=seen[-1].sequence)
+    assert events[-1].finished.state == JOB.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    assert len([s for s in steps(seen + events, "step_finished") if "/inpaint/" in s]) == 7
+    assert calls(restarted)["Inpaint"] >= 1  # the retried calls (and ring 2's) reached the new process
+    job = stub.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30).job
+    assert repaired_sha256(stub, job) == embedded_sha256
+
+
+# ----- 4. errors ---------------------------------------------------------------------------------
+
+
+BAD_SPECS = {
+    "spec.resolution": lambda spec: setattr(spec, "resolution", 7),
+    "spec.references": lambda spec: spec.ClearField("references"),
+    "spec.rings.fixed.limits_deg[2]": lambda spec: spec.rings.fixed.limits_deg.extend([20, 90, 170]),
+    "spec.orbit_step_deg": lambda spec: setattr(spec, "orbit_step_deg", 7.0),
+}
+
+
+@pytest.mark.parametrize(("field", "change"), BAD_SPECS.items(), ids=list(BAD_SPECS))
+def test_bad_spec_is_invalid_argument_naming_the_field(stub, spec, field, change):
+    bad = JOB.JobSpec()
+    bad.CopyFrom(spec)
+    change(bad)
+    listed = len(stub.ListJobs(JOB.ListJobsRequest(page_size=100), timeout=30).jobs)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SubmitJob(JOB.SubmitJobRequest(spec=bad), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith(f"`{field}` ")
+    assert len(stub.ListJobs(JOB.ListJobsRequest(page_size=100), timeout=30).jobs) == listed
+
+
+def test_unknown_job_is_not_found(stub):
+    for call, request in (
+        (stub.GetJob, JOB.GetJobRequest(job_id="job-000000000000")),
+        (stub.CancelJob, JOB.CancelJobRequest(job_id="job-000000000000")),
+    ):
+        with pytest.raises(grpc.RpcError) as caught:
+            call(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "job-000000000000" in caught.value.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.WatchJob(JOB.WatchJobRequest(job_id="job-000000000000"), timeout=30))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_download_of_another_object_is_invalid_argument(stub, finished_job):
+    submitted, _ = finished_job
+    job = stub.GetJob(JOB.GetJobRequest(job_id=submitted.id), timeout=30).job
+    foreign = "s3://tire/" + "0" * 64 + ".ply"  # a well-formed URI of an object the job never named
+    request = JOB.CreateDownloadRequest(job_id=job.id, uris=[job.outputs.report.uri, foreign])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateDownload(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("`uris[1]` ")
+    assert foreign in caught.value.details()
+
+
+# ----- 5. cancelling ------------------------------------------------------------------------------
+
+
+def test_cancel_running_job(stub, spec):
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    seen = watch(stub, job.id, until=step_started("render"))
+    cancelled = stub.CancelJob(JOB.CancelJobRequest(job_id=job.id), timeout=30).job
+    assert cancelled.state in (JOB.JOB_STATE_RUNNING, JOB.JOB_STATE_CANCELLED)
+
+    events = seen + watch(stub, job.id, after=seen[-1].sequence)
+    end = events[-1].finished
+    assert end.state == JOB.JOB_STATE_CANCELLED and not end.HasField("outputs")
+    assert "outputs" not in steps(events, "step_started")  # it stopped before the end
+    job = stub.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30).job
+    assert job.state == JOB.JOB_STATE_CANCELLED
+    # Cancelling a finished job changes nothing.
+    again = stub.CancelJob(JOB.CancelJobRequest(job_id=job.id), timeout=30).job
+    assert again.state == JOB.JOB_STATE_CANCELLED and again.updated_at == job.updated_at
