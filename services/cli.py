@@ -39,14 +39,15 @@ STATES = {
     coordinator_pb2.JOB_STATE_FAILED: "failed",
     coordinator_pb2.JOB_STATE_CANCELLED: "cancelled",
 }
-# `tire up`: each service's module, environment prefix, gRPC port; metrics on port + 1000.
+# `tire up`: each service's module, environment prefix, and gRPC port as an offset from the base port
+# (the coordinator's, 50051 by default); metrics on the gRPC port + 1000.
 STACK = (
-    ("renderer", "services.renderer.server", "TIRE_RENDERER_", 50052),
-    ("tracker", "services.tracker.server", "TIRE_TRACKER_", 50053),
-    ("inpainter", "services.inpainter.server", "TIRE_INPAINTER_", 50054),
-    ("refiner", "services.refiner.server", "TIRE_REFINER_", 50055),
-    ("reconstructor", "services.reconstructor.server", "TIRE_RECONSTRUCTOR_", 50056),
-    ("coordinator", "services.coordinator.server", "TIRE_COORDINATOR_", 50051),
+    ("renderer", "services.renderer.server", "TIRE_RENDERER_", 1),
+    ("tracker", "services.tracker.server", "TIRE_TRACKER_", 2),
+    ("inpainter", "services.inpainter.server", "TIRE_INPAINTER_", 3),
+    ("refiner", "services.refiner.server", "TIRE_REFINER_", 4),
+    ("reconstructor", "services.reconstructor.server", "TIRE_RECONSTRUCTOR_", 5),
+    ("coordinator", "services.coordinator.server", "TIRE_COORDINATOR_", 0),
 )
 
 
@@ -303,9 +304,11 @@ def stack_up(args: argparse.Namespace) -> int:
     state.mkdir(parents=True, exist_ok=True)
     processes: list[tuple[str, subprocess.Popen]] = []
     with LocalS3(state / "s3") as s3:
-        targets = {name: f"127.0.0.1:{port}" for name, _, _, port in STACK}
+        ports = {name: args.port + offset for name, _, _, offset in STACK}
+        targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         try:
-            for name, module, prefix, port in STACK:
+            for name, module, prefix, _ in STACK:
+                port = ports[name]
                 env = {
                     **os.environ,
                     **s3.env,
@@ -336,7 +339,7 @@ def stack_up(args: argparse.Namespace) -> int:
                         raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
                     time.sleep(0.25)
             print("The local stack is up:")
-            for name, _, _, port in STACK:
+            for name, port in ports.items():
                 print(f"  {name:<14} 127.0.0.1:{port}   metrics http://127.0.0.1:{port + 1000}/metrics")
             print(f"  {'s3':<14} {s3.settings.endpoint}   (logs and state in {state}/)")
             print(f"\nSubmit with: tire submit ASSET REFERENCE --coordinator {targets['coordinator']}")
@@ -396,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument("--state", default="out/stack", help="folder for the store, job state and logs")
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
+    up.add_argument("--port", type=int, default=50051, help="the coordinator's port; stages use the next 5")
 
     submit = commands.add_parser("submit", help="submit a job to a coordinator")
     add_spec_arguments(submit)
