@@ -3,7 +3,7 @@
     runner = JobRunner(jobs, stages, store)
     runner.run(job_id)          # to the end; after a crash, call again: finished steps are not redone
 
-For each time step of the asset (in parallel for 4D), after one shared subject fit:
+One subject fit, shared by every time step, runs while the time steps (in parallel for 4D) render:
 
 1. ``render``: the orbit views (rgb, alpha, depth) of the asset as generated.
 2. Rings, in order (adaptive mode chooses each ring from a ``probe`` of the remaining views):
@@ -162,15 +162,16 @@ class _Run:
     # ----- the job ---------------------------------------------------------------------------
 
     def execute(self) -> coordinator_pb2.JobOutputs:
-        # 1. Fit the subject once, on every reference frame.
-        subject = self.step("fit_subject", inpainter_pb2.SubjectModel, self._fit_subject)
-        # 2. Repair every time step (in parallel for 4D).
-        frames = range(len(self.spec.asset.frames))
-        results = self._fan_out(lambda t: self._repair_frame(t, subject), frames)
+        with ThreadPoolExecutor(1, thread_name_prefix="fit-subject") as fitting:
+            # 1. Fit the subject once, on every reference frame, while the time steps render.
+            fit = fitting.submit(self.step, "fit_subject", inpainter_pb2.SubjectModel, self._fit_subject)
+            # 2. Repair every time step (in parallel for 4D); inpainting waits for the subject.
+            frames = range(len(self.spec.asset.frames))
+            results = self._fan_out(lambda t: self._repair_frame(t, fit.result), frames)
         # 3. The pictures and the report.
         return self.step("outputs", JOB.JobOutputs, lambda: self._outputs(results))
 
-    def _repair_frame(self, t: int, subject: inpainter_pb2.SubjectModel) -> FrameResult:
+    def _repair_frame(self, t: int, subject: Callable[[], inpainter_pb2.SubjectModel]) -> FrameResult:
         before = self.step(
             "render", renderer_pb2.RenderResponse, lambda: self._render(self.spec.asset, t), t
         ).views
@@ -269,7 +270,13 @@ class _Run:
             previous = ring.targets
             number += 1
 
-    def _run_ring(self, ring: schedule.Ring, state: _Orbit, subject, t: int) -> coordinator_pb2.RingOutput:
+    def _run_ring(
+        self,
+        ring: schedule.Ring,
+        state: _Orbit,
+        subject: Callable[[], inpainter_pb2.SubjectModel],
+        t: int,
+    ) -> coordinator_pb2.RingOutput:
         k = ring.number
         # a. Where each target's pixels land in the anchors, per side.
         located = self._fan_out(
@@ -301,7 +308,7 @@ class _Run:
                         images=put_tensor(self.store, image[None]),
                         masks=put_tensor(self.store, mask[None]),
                         alpha=put_tensor(self.store, state.alpha[target][None]),
-                        subject=subject,
+                        subject=subject(),
                         strength=self.spec.strength,
                         seed=self.spec.seed + target,
                     ),
