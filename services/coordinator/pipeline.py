@@ -472,7 +472,7 @@ class _Run:
                 rings_total=len(self.plan.rings),
                 current_step=current,
             )
-        self.jobs.set_progress(self.job_id, progress)
+            self.jobs.set_progress(self.job_id, progress)  # under the lock: steps_done never goes back
 
     def _fan_out(self, work: Callable, items: Sequence) -> list:
         """``[work(item) for item in items]``, up to ``max_parallel_calls`` at once, in order."""
