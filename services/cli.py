@@ -140,11 +140,19 @@ def run_embedded(args: argparse.Namespace) -> int:
     if job.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
         print(f"error: {job.error or last.finished.error}", file=sys.stderr)
         return 1
-    written = save_outputs(job, store, args.out)
-    print(f"Outputs in {args.out}/:")
-    for path in written:
-        print(f"  {path}")
+    print_outputs(save_outputs(job, store, args.out), args.out)
     return 0
+
+
+def print_outputs(written: list[Path], out: Path) -> None:
+    """The top-level files one per line; the ring pictures as a count."""
+    rings = [path for path in written if path.parent.name == "rings"]
+    print(f"Outputs in {out}/:")
+    for path in written:
+        if path not in rings:
+            print(f"  {path}")
+    if rings:
+        print(f"  {out / 'rings'}/  ({len(rings)} PNGs: each ring's unobserved masks and inpainted views)")
 
 
 def _local_events(jobs, job_id: str, after: int, runner: threading.Thread) -> list[coordinator_pb2.JobEvent]:
@@ -439,8 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             job = stub.GetJob(coordinator_pb2.GetJobRequest(job_id=args.job_id), timeout=30).job
             print(job_summary(job))
             if args.out and job.state == coordinator_pb2.JOB_STATE_SUCCEEDED:
-                for path in download(stub, job, args.out):
-                    print(f"  {path}")
+                print_outputs(download(stub, job, args.out), args.out)
             return 0
         if args.command == "cancel":
             job = stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=args.job_id), timeout=30).job
