@@ -33,6 +33,7 @@ import contextlib
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -60,6 +61,9 @@ SERVICE_NAME = "tire.v1.InpainterService"
 ARTIFACT_MEDIA_TYPE = "application/vnd.safetensors"
 DEFAULT_STRENGTH = 0.3
 GiB = 1024**3
+
+
+SUBJECT_CACHE_SIZE = 8  # subject models kept in memory (the colour model is a few kB)
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         self.backend = backend
         self.store = store
         self.settings = settings
+        self._subjects: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # verified bytes, LRU
+        self._subjects_lock = threading.Lock()
 
     def Describe(self, request, context):
         return describe(
@@ -157,9 +163,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                     "alpha", f"values in [{alpha.min()}, {alpha.max()}]", "must lie in [0, 1]"
                 )
         artifact = request.subject.artifact
-        subject = self.store.get_bytes(
-            artifact.uri, sha256=artifact.sha256 or None, max_bytes=self.settings.max_subject_bytes
-        )
+        subject = self._subject_bytes(artifact)
 
         try:
             out = self.backend.inpaint(
@@ -177,6 +181,25 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                 "subject.artifact", artifact.uri, f"is not a {self.backend.name!r} subject model: it {exc}"
             ) from exc
         return inpainter_pb2.InpaintResponse(images=put_tensor(self.store, out, previews=True))
+
+    def _subject_bytes(self, artifact) -> bytes:
+        """The subject model's bytes; models named by sha256 are kept for the next calls (a job sends
+        every view of every ring with the same model)."""
+        if not artifact.sha256:
+            return self.store.get_bytes(artifact.uri, max_bytes=self.settings.max_subject_bytes)
+        key = (artifact.uri, artifact.sha256)
+        with self._subjects_lock:
+            if key in self._subjects:
+                self._subjects.move_to_end(key)
+                return self._subjects[key]
+        data = self.store.get_bytes(
+            artifact.uri, sha256=artifact.sha256, max_bytes=self.settings.max_subject_bytes
+        )
+        with self._subjects_lock:
+            self._subjects[key] = data
+            while len(self._subjects) > SUBJECT_CACHE_SIZE:
+                self._subjects.popitem(last=False)
+        return data
 
     def _image_stack(self, request, field: str, max_items: int, what: str) -> np.ndarray:
         """``[N, H, W, 3]`` uint8 from ``request.<field>``, its declared size checked before reading."""

@@ -350,3 +350,13 @@ def test_a_caller_that_leaves_stops_the_fit():
     next(events)
     events.close()
     assert stopped.wait(5)
+
+
+def test_a_subject_model_is_read_once_for_many_calls(servicer, store, refs, subject, monkeypatch):
+    reads = []
+    get_bytes = store.get_bytes
+    monkeypatch.setattr(store, "get_bytes", lambda uri, **kw: reads.append(uri) or get_bytes(uri, **kw))
+    first = servicer.Inpaint(inpaint_request(refs, subject, seed=3), None)
+    again = servicer.Inpaint(inpaint_request(refs, subject, seed=3), None)
+    assert first.images.uri == again.images.uri
+    assert reads.count(subject.artifact.uri) == 1
