@@ -2,20 +2,16 @@
 processes started on loopback against it."""
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.clients import dial
-from services.common.s3server import LocalS3
+from services.common.clients import wait_serving
+from services.common.s3server import LocalS3, free_port
 from services.common.store import ObjectStore
 
 
@@ -30,12 +26,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
 def store(s3: LocalS3) -> ObjectStore:
     """An ``ObjectStore`` with the server's credentials."""
     return ObjectStore(s3.settings)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -92,25 +82,12 @@ def launch_service(
             )
         service = ServiceProcess(f"127.0.0.1:{port}", metrics_port, process, log_path)
         started.append(service)
-        channel = dial(service.target)
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 180  # a first start may compile the numba kernels
-        try:
-            while True:
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return service
-                except grpc.RpcError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(
-                        f"{module} did not become healthy (exit code {process.poll()}):\n"
-                        f"{service.log()[-3000:]}"
-                    )
-                time.sleep(0.25)
-        finally:
-            channel.close()
+        # A first start may compile the numba kernels.
+        if not wait_serving(service.target, 180, alive=lambda: process.poll() is None):
+            pytest.fail(
+                f"{module} did not become healthy (exit code {process.poll()}):\n{service.log()[-3000:]}"
+            )
+        return service
 
     yield launch
     for service in started:

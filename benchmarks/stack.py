@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,15 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numba
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tire.v1 import common_pb2, coordinator_pb2
 
 from benchmarks.rasterizer import cpu_name
-from services.cli import STACK, coordinator_stub, upload
-from services.common.clients import dial
-from services.common.s3server import LocalS3
+from services.cli import STACK, coordinator_stub, local_stack, upload
+from services.common.s3server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
@@ -156,69 +150,16 @@ class Embedded:
 
 
 @contextmanager
-def local_stack(folder: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    """The S3 server, the five stages and the coordinator as processes (``tire up``'s set-up, on free
-    ports, logs in ``folder``); yields the coordinator's target and each process's id by name."""
-    processes: dict[str, subprocess.Popen] = {}
-    with LocalS3(folder / "s3") as s3:
-        rclone = children(os.getpid())  # the S3 server is this process's only child so far
-        pids = {"s3 (rclone)": rclone[0]} if len(rclone) == 1 else {}
-        ports = {name: free_port() for name, *_ in STACK}
-        targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-        try:
-            for name, module, prefix, _ in STACK:
-                env = {
-                    **os.environ,
-                    **s3.env,
-                    f"{prefix}PORT": str(ports[name]),
-                    f"{prefix}HOST": "127.0.0.1",
-                    f"{prefix}METRICS_PORT": "0",
-                }
-                if name == "coordinator":
-                    env["TIRE_COORDINATOR_STATE_PATH"] = str(folder / "coordinator.sqlite")
-                    env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
-                with (folder / f"{name}.log").open("w") as log:
-                    processes[name] = subprocess.Popen(
-                        [sys.executable, "-m", module], env=env, stdout=log, stderr=log
-                    )
-            deadline = time.monotonic() + START_TIMEOUT_S
-            for name, process in processes.items():
-                _wait_serving(name, targets[name], process, deadline, folder)
-            yield targets["coordinator"], {**{n: p.pid for n, p in processes.items()}, **pids}
-        finally:
-            for process in reversed(processes.values()):
-                process.terminate()
-            for process in processes.values():
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_serving(name: str, target: str, process: subprocess.Popen, deadline: float, folder: Path) -> None:
-    channel = dial(target)
-    health = health_pb2_grpc.HealthStub(channel)
-    try:
-        while True:
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"benchmarks.stack: {name} did not start; see {folder / (name + '.log')}")
-            time.sleep(0.25)
-    finally:
-        channel.close()
+def stack_processes(folder: Path) -> Iterator[tuple[str, dict[str, int]]]:
+    """The local stack as ``tire up`` starts it (``services.cli.local_stack``), on free ports, without
+    metrics; yields the coordinator's target and each process's id by name (rclone's too)."""
+    ports = {name: free_port() for name, *_ in STACK}
+    with local_stack(folder, ports, timeout_s=START_TIMEOUT_S, metrics=False) as (_, processes):
+        pids = {name: process.pid for name, process in processes.items()}
+        rclone = set(children(os.getpid())) - set(pids.values())  # the S3 server: the other child
+        if len(rclone) == 1:
+            pids["s3 (rclone)"] = rclone.pop()
+        yield f"127.0.0.1:{ports['coordinator']}", pids
 
 
 class Stack:
@@ -267,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
 
     runs: dict[str, list[Run]] = {"embedded": [], "stack": []}
     with tempfile.TemporaryDirectory(prefix="tire-bench-stack-") as folder:
-        with local_stack(Path(folder)) as (target, pids):
+        with stack_processes(Path(folder)) as (target, pids):
             modes = {"embedded": Embedded(), "stack": Stack(target, pids)}
             for mode in modes.values():
                 mode.run(0, args.quick)  # warm-up

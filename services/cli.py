@@ -21,14 +21,16 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-from services.common.clients import dial
+from services.common.clients import dial, wait_serving
 from services.common.errors import TireError
+from services.common.s3server import LocalS3
 from services.common.store import BlobStore, MemoryStore
 
 DEFAULT_COORDINATOR = "localhost:50051"
@@ -301,75 +303,89 @@ def job_summary(job: coordinator_pb2.Job) -> str:
 # ----- tire up: the local stack ------------------------------------------------------------------
 
 
-def stack_up(args: argparse.Namespace) -> int:
-    """The S3 server, the five stages and the coordinator as processes, until Ctrl-C."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+@contextmanager
+def local_stack(
+    state: Path, ports: Mapping[str, int], *, timeout_s: float = 300.0, metrics: bool = True
+) -> Iterator[tuple[LocalS3, dict[str, subprocess.Popen]]]:
+    """The S3 server, the five stages and the coordinator as processes, each SERVING; stopped on exit.
 
-    from services.common.s3server import LocalS3
+    Args:
+        state: folder for the store, the coordinator's job state and each service's log.
+        ports: each name in ``STACK`` to its gRPC port; metrics go on the port + 1000.
+        timeout_s: how long every service has to report SERVING.
+        metrics: serve Prometheus metrics (False: none, so no metrics ports are taken).
+
+    Yields:
+        The S3 server and each service's process by name.
+
+    Raises:
+        SystemExit: a service did not start (naming its log).
+    """
     from services.embedded import PROFILES
 
-    state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
-    processes: list[tuple[str, subprocess.Popen]] = []
+    targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    processes: dict[str, subprocess.Popen] = {}
     with LocalS3(state / "s3") as s3:
-        ports = {name: args.port + offset for name, _, _, offset in STACK}
-        targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         try:
             for name, module, prefix, _ in STACK:
-                port = ports[name]
                 env = {
                     **os.environ,
                     **s3.env,
-                    f"{prefix}PORT": str(port),
+                    f"{prefix}PORT": str(ports[name]),
                     f"{prefix}HOST": "127.0.0.1",
-                    f"{prefix}METRICS_PORT": str(port + 1000),
+                    f"{prefix}METRICS_PORT": str(ports[name] + 1000 if metrics else 0),
                 }
                 if name == "coordinator":
                     env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
                     # The stack runs the CPU backends: the colour inpainter's strength is linear.
                     env.setdefault("TIRE_COORDINATOR_DEFAULT_STRENGTH", str(PROFILES["cpu"].strength))
                     env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
-                log = (state / f"{name}.log").open("a")
-                processes.append(
-                    (name, subprocess.Popen([sys.executable, "-m", module], env=env, stdout=log, stderr=log))
-                )
-            deadline = time.monotonic() + args.timeout
-            for name, process in processes:
-                health = health_pb2_grpc.HealthStub(dial(targets[name]))
-                while True:
-                    try:
-                        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.RpcError:
-                        pass
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
-                    time.sleep(0.25)
-            print("The local stack is up:")
-            for name, port in ports.items():
-                print(f"  {name:<14} 127.0.0.1:{port}   metrics http://127.0.0.1:{port + 1000}/metrics")
-            print(f"  {'s3':<14} {s3.settings.endpoint}   (logs and state in {state}/)")
-            print(f"\nSubmit with: tire submit ASSET REFERENCE --coordinator {targets['coordinator']}")
-            print("Ctrl-C stops everything.", flush=True)
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-            while all(p.poll() is None for _, p in processes):
-                time.sleep(0.5)
-            dead = [name for name, p in processes if p.poll() is not None]
-            print(f"tire: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            print("\nStopping...")
-            return 0
+                with (state / f"{name}.log").open("a") as log:
+                    processes[name] = subprocess.Popen(
+                        [sys.executable, "-m", module], env=env, stdout=log, stderr=log
+                    )
+            deadline = time.monotonic() + timeout_s
+            for name, process in processes.items():
+                left = max(deadline - time.monotonic(), 0.0)
+                if not wait_serving(targets[name], left, alive=lambda p=process: p.poll() is None):
+                    raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
+            yield s3, processes
         finally:
-            for _, process in reversed(processes):
+            for process in reversed(processes.values()):
                 if process.poll() is None:
                     process.terminate()
-            for _, process in processes:
+            for process in processes.values():
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
+                    process.wait()
+
+
+def stack_up(args: argparse.Namespace) -> int:
+    """``tire up``: the local stack until Ctrl-C."""
+    state = Path(args.state)
+    ports = {name: args.port + offset for name, _, _, offset in STACK}
+    try:
+        with local_stack(state, ports, timeout_s=args.timeout) as (s3, processes):
+            print("The local stack is up:")
+            for name, port in ports.items():
+                print(f"  {name:<14} 127.0.0.1:{port}   metrics http://127.0.0.1:{port + 1000}/metrics")
+            print(f"  {'s3':<14} {s3.settings.endpoint}   (logs and state in {state}/)")
+            print(
+                f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
+            )
+            print("Ctrl-C stops everything.", flush=True)
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+            while all(p.poll() is None for p in processes.values()):
+                time.sleep(0.5)
+            dead = [name for name, p in processes.items() if p.poll() is not None]
+            print(f"tire: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("\nStopping...")
+        return 0
 
 
 # ----- tire describe -----------------------------------------------------------------------------

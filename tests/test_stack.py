@@ -19,9 +19,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-from conftest import ServiceProcess, free_port
+from conftest import ServiceProcess
 from services.cli import STACK, upload
 from services.common.clients import dial
+from services.common.s3server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
@@ -205,7 +206,7 @@ def test_job_through_the_stack_matches_embedded_mode(stub, spec, finished_job, e
     started, finished = steps(events, "step_started"), steps(events, "step_finished")
     assert sorted(started) == sorted(finished)
     assert steps(events, "step_finished", resumed=True) == []
-    assert started[:2] == ["fit_subject", "render"]
+    assert sorted(started[:2]) == ["fit_subject", "render"]  # they run side by side
     assert finished[-4:] == ["refine", "reconstruct", "after", "outputs"]
     assert {"ring1/locate/+", "ring1/locate/-", "ring2/locate/+", "ring2/locate/-"} <= set(finished)
     inpainted = [step for step in finished if "/inpaint/" in step]

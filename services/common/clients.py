@@ -7,6 +7,8 @@ so services neither hold certificates nor need reconfiguring when they rotate.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 
 import grpc
 
@@ -85,3 +87,34 @@ def wait_ready(channel: grpc.Channel, timeout_s: float, target: str = "the serve
     except grpc.FutureTimeoutError:
         future.cancel()  # stop watching the channel's connectivity
         raise TimeoutError(f"{target} not ready after {timeout_s} s") from None
+
+
+def wait_serving(target: str, timeout_s: float, *, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll ``target``'s ``grpc.health.v1`` check until it says SERVING.
+
+    Args:
+        target: the server, as for ``dial``.
+        timeout_s: how long to wait.
+        alive: checked between polls; False (e.g. the server's process exited) ends the wait.
+
+    Returns:
+        True once SERVING; False when the time ran out or ``alive()`` turned False.
+    """
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    channel = dial(target)
+    health = health_pb2_grpc.HealthStub(channel)
+    try:
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            if not alive() or time.monotonic() > deadline:
+                return False
+            time.sleep(0.25)
+    finally:
+        channel.close()

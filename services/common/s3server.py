@@ -91,7 +91,7 @@ class LocalS3:
         log: IO[str] | None = None,
     ):
         self.root_dir = Path(root_dir).resolve()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.access_key = access_key or secrets.token_hex(10)
         self.secret_key = secret_key or secrets.token_hex(20)
         if "," in self.access_key or "," in self.secret_key:
@@ -249,7 +249,7 @@ class LocalS3:
         return ":\n" + "".join(self._own_log.readlines()[-lines:])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port free on loopback now (another process could take it before rclone binds it)."""
     with socket.socket() as sock:
         sock.bind((_HOST, 0))
