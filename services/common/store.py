@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import pathlib
 import re
 import threading
 from collections.abc import Iterator, Mapping
@@ -304,6 +305,50 @@ class ObjectStore:
         with self._errors(uri):
             return self._client.presigned_get_object(bucket, key, expires=expires)
 
+    def upload_folder(self, folder: str | os.PathLike, prefix_uri: str) -> list[str]:
+        """Copy every file under ``folder`` to ``<prefix_uri>/<relative path>`` (model weights, which are
+        not content-addressed: they are named by where they are, like a model on a hub).
+
+        Files are streamed, so their size is not limited by memory. Returns the URIs written, sorted.
+
+        Raises:
+            InvalidArgument (a malformed prefix), StoreAuthError, StoreUnavailable.
+        """
+        bucket, prefix = parse_uri(prefix_uri.rstrip("/"))
+        written = []
+        for path in sorted(_files_under(folder)):
+            key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+            with self._errors(f"s3://{bucket}/{key}"):
+                self._client.fput_object(bucket, key, str(path))
+            written.append(f"s3://{bucket}/{key}")
+        return written
+
+    def download_prefix(self, prefix_uri: str, folder: str | os.PathLike) -> list[str]:
+        """Copy every object under ``prefix_uri`` to ``folder``, keeping the key's path below the prefix.
+
+        Objects are streamed to files. Returns the relative paths written, sorted.
+
+        Raises:
+            InvalidArgument (a malformed prefix), ObjectNotFound (nothing under the prefix), StoreAuthError,
+            StoreUnavailable.
+        """
+        bucket, prefix = parse_uri(prefix_uri.rstrip("/"))
+        with self._errors(prefix_uri):
+            keys = [
+                item.object_name
+                for item in self._client.list_objects(bucket, prefix=f"{prefix}/", recursive=True)
+                if not item.is_dir
+            ]
+        if not keys:
+            raise ObjectNotFound(f"no objects under {prefix_uri}.")
+        relative = []
+        for key in sorted(keys):
+            rel = key[len(prefix) + 1 :]
+            with self._errors(f"s3://{bucket}/{key}"):
+                self._client.fget_object(bucket, key, os.path.join(folder, rel))
+            relative.append(rel)
+        return relative
+
     def _size(self, uri: str) -> int | None:
         """Size of the object at ``uri`` in bytes, or None when there is none."""
         bucket, key = parse_uri(uri)
@@ -406,6 +451,42 @@ class MemoryStore:
         parse_uri(uri)
         with self._lock:
             return uri in self._objects
+
+    def upload_folder(self, folder: str | os.PathLike, prefix_uri: str) -> list[str]:
+        """As ``ObjectStore.upload_folder``."""
+        parse_uri(prefix_uri.rstrip("/"))
+        written = []
+        for path in sorted(_files_under(folder)):
+            uri = f"{prefix_uri.rstrip('/')}/{path.relative_to(folder).as_posix()}"
+            data = path.read_bytes()
+            _check_size(str(path), len(data), self.max_object_bytes)
+            with self._lock:
+                self._objects[uri] = data
+            written.append(uri)
+        return written
+
+    def download_prefix(self, prefix_uri: str, folder: str | os.PathLike) -> list[str]:
+        """As ``ObjectStore.download_prefix``."""
+        parse_uri(prefix_uri.rstrip("/"))
+        prefix = prefix_uri.rstrip("/") + "/"
+        with self._lock:
+            found = {
+                uri[len(prefix) :]: data for uri, data in self._objects.items() if uri.startswith(prefix)
+            }
+        if not found:
+            raise ObjectNotFound(f"no objects under {prefix_uri}.")
+        for rel, data in found.items():
+            path = pathlib.Path(folder, rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return sorted(found)
+
+
+def _files_under(folder: str | os.PathLike) -> list[pathlib.Path]:
+    """The regular files under ``folder``, recursively. Raises InvalidArgument when it is no folder."""
+    root = pathlib.Path(folder)
+    validation.require(root.is_dir(), "folder", str(folder), "must be an existing folder")
+    return [path for path in root.rglob("*") if path.is_file()]
 
 
 def _http_client() -> urllib3.PoolManager:

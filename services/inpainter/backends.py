@@ -4,8 +4,9 @@
   foreground (a Gaussian mixture in CIELab, ``services.inpainter.colour``); inpainting fills holes and
   transfers those colours onto the masked region, keeping its structure. CPU, no weights.
 
-Diffusion backends (``sd-lora``: Stable Diffusion inpainting with a LoRA fitted to the subject) plug in
-behind the same interface; this build does not ship them.
+- ``sd-lora`` (``services.inpainter.sd_lora.SdLoraBackend``): Stable Diffusion inpainting with a LoRA
+  fitted to the subject, as in the paper. Needs the ``diffusion`` extra (torch, diffusers, peft); a GPU in
+  production. Imported only when chosen.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ __all__ = [
     "make_backend",
 ]
 
-BACKENDS = ("colour",)
+BACKENDS = ("colour", "sd-lora")
 
 DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -189,7 +190,7 @@ class ColourBackend:
     ) -> bytes:
         """K-means of the foreground's Lab colours: ``min(config.steps, max_fit_iterations)`` Lloyd
         iterations, ``config.clusters`` clusters, progress loss = mean squared Lab distance."""
-        _check_fit_inputs(images, masks)
+        check_fit_inputs(images, masks)
         iterations = min(config.steps, self.max_fit_iterations)
         model = fit_colour_model(
             images,
@@ -219,7 +220,7 @@ class ColourBackend:
         """Fill holes, then sliced-OT colour transfer, per view, with ``np.random.default_rng([seed,
         view])``. ``num_inference_steps`` and ``guidance_scale`` are ignored (no diffusion here)."""
         model = ColourModel.from_bytes(subject)
-        _check_inpaint_inputs(images, masks, alpha, strength)
+        check_inpaint_inputs(images, masks, alpha, strength)
         if strength == 0:
             return images.copy()
 
@@ -245,7 +246,7 @@ class ColourBackend:
         return np.stack(views)
 
 
-def _check_fit_inputs(images: np.ndarray, masks: np.ndarray) -> None:
+def check_fit_inputs(images: np.ndarray, masks: np.ndarray) -> None:
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
         raise ValueError(f"images must be [R, H, W, 3] uint8, got {list(images.shape)} {images.dtype}")
     if masks.shape != images.shape[:3] or masks.dtype != np.float32:
@@ -254,7 +255,7 @@ def _check_fit_inputs(images: np.ndarray, masks: np.ndarray) -> None:
         )
 
 
-def _check_inpaint_inputs(
+def check_inpaint_inputs(
     images: np.ndarray, masks: np.ndarray, alpha: np.ndarray | None, strength: float
 ) -> None:
     if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
@@ -270,11 +271,16 @@ def _check_inpaint_inputs(
 
 
 def make_backend(name: str, **options) -> InpaintBackend:
-    """The backend called ``name`` ("colour"), built with ``options`` (its constructor's keywords).
+    """The backend called ``name`` ("colour" or "sd-lora"), built with ``options`` (its constructor's
+    keywords).
 
     Raises:
         ConfigError: an unknown backend name, or an option out of range.
     """
     if name == "colour":
         return ColourBackend(**options)
+    if name == "sd-lora":
+        from services.inpainter.sd_lora import SdLoraBackend
+
+        return SdLoraBackend(**options)
     raise ConfigError(f"unknown inpainter backend {name!r}; this build has {', '.join(BACKENDS)}")

@@ -5,12 +5,14 @@ backend (streaming its progress), and stores the model as an artifact any replic
 ``Inpaint`` validates views, masks, optional alpha and the subject model, and writes the inpainted views
 back as a tensor reference (with PNG previews). Inpaint's ``strength`` 0 means the proto's default, 0.3.
 
-The colour backend checks, then ignores, the LoRA fields of ``FitSettings`` (learning_rate, rank, prompt,
+The sd-lora backend (``services.inpainter.sd_lora``) loads its model at start, fits LoRA adapters and
+inpaints with them; a second replica with the same model uses the first one's adapters. The colour
+backend checks, then ignores, the LoRA fields of ``FitSettings`` (learning_rate, rank, prompt,
 resolution, flip, max_rotation_deg) and Inpaint's ``num_inference_steps`` and ``guidance_scale``; it
 runs ``min(steps, MAX_FIT_ITERATIONS)`` k-means iterations as its fitting steps.
 
 Configuration (environment, read once at start):
-    TIRE_INPAINTER_BACKEND                colour (default colour; the only backend of this build)
+    TIRE_INPAINTER_BACKEND                colour or sd-lora (default colour)
     TIRE_INPAINTER_THREADS                views inpainted in parallel, 0 = all cores (default 0)
     TIRE_INPAINTER_MAX_VIEWS              views per Inpaint request (default 256)
     TIRE_INPAINTER_MAX_PIXELS             views x height x width per request, Inpaint and FitSubject
@@ -23,6 +25,15 @@ Configuration (environment, read once at start):
     TIRE_INPAINTER_FILL_RADIUS            colour: Telea radius for filling holes, pixels (default 3)
     TIRE_INPAINTER_MAX_FIT_SAMPLES        colour: foreground pixels the model is fitted on (default 20000)
     TIRE_INPAINTER_MAX_FIT_ITERATIONS     colour: cap on Lloyd iterations (FitSettings.steps) (default 50)
+    TIRE_INPAINTER_MODEL                  sd-lora: the inpainting pipeline, a local folder, s3://bucket/prefix
+                                          or hub id (for example stabilityai/stable-diffusion-2-inpainting)
+    TIRE_INPAINTER_MODEL_CACHE_DIR        sd-lora: where s3:// models are downloaded ("" = a temp folder)
+    TIRE_INPAINTER_DEVICE                 sd-lora: auto, cpu, cuda or cuda:N (default auto)
+    TIRE_INPAINTER_DTYPE                  sd-lora: auto (float16 on GPU), float32, float16, bfloat16
+    TIRE_INPAINTER_RESOLUTION             sd-lora: square working size, multiple of 64, 0 = the model's (0)
+    TIRE_INPAINTER_BATCH_SIZE             sd-lora: views per UNet call (default 4)
+    TIRE_INPAINTER_FIT_BATCH_SIZE         sd-lora: references per training step (default 1)
+    TIRE_INPAINTER_ADAPTER_CACHE_SIZE     sd-lora: adapters kept loaded in the UNet (default 4)
     TIRE_INPAINTER_PORT, TIRE_INPAINTER_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 """
@@ -63,7 +74,7 @@ DEFAULT_STRENGTH = 0.3
 GiB = 1024**3
 
 
-SUBJECT_CACHE_SIZE = 8  # subject models kept in memory (the colour model is a few kB)
+SUBJECT_CACHE_SIZE = 8  # subject models kept in memory (a colour model is kB, an SD2 LoRA of rank 16 MB)
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,14 @@ class InpainterSettings:
     fill_radius: int = 3
     max_fit_samples: int = 20_000
     max_fit_iterations: int = 50
+    model: str = ""
+    model_cache_dir: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    resolution: int = 0
+    batch_size: int = 4
+    fit_batch_size: int = 1
+    adapter_cache_size: int = 4
 
     def __post_init__(self) -> None:
         for name in ("max_views", "max_pixels", "max_reference_images", "max_subject_bytes"):
@@ -315,28 +334,44 @@ def _run_with_progress(fit) -> Iterator[inpainter_pb2.FitProgress | bytes]:
 
 def build_servicer(settings: InpainterSettings, store: BlobStore) -> InpainterServicer:
     """The servicer with its backend, as the server and in-process callers build it."""
-    backend = make_backend(
-        settings.backend,
-        threads=settings.threads,
-        transport_iterations=settings.transport_iterations,
-        transport_samples=settings.transport_samples,
-        smoothing_sigma=settings.smoothing_sigma,
-        fill_radius=settings.fill_radius,
-        max_fit_samples=settings.max_fit_samples,
-        max_fit_iterations=settings.max_fit_iterations,
-    )
-    return InpainterServicer(backend, store, settings)
+    if settings.backend == "sd-lora":
+        if not settings.model:
+            raise ConfigError("the sd-lora backend needs a model: set TIRE_INPAINTER_MODEL.")
+        options = dict(
+            model=settings.model,
+            store=store,
+            model_cache_dir=settings.model_cache_dir,
+            device=settings.device,
+            dtype=settings.dtype,
+            resolution=settings.resolution,
+            batch_size=settings.batch_size,
+            fit_batch_size=settings.fit_batch_size,
+            adapter_cache_size=settings.adapter_cache_size,
+        )
+    else:
+        options = dict(
+            threads=settings.threads,
+            transport_iterations=settings.transport_iterations,
+            transport_samples=settings.transport_samples,
+            smoothing_sigma=settings.smoothing_sigma,
+            fill_radius=settings.fill_radius,
+            max_fit_samples=settings.max_fit_samples,
+            max_fit_iterations=settings.max_fit_iterations,
+        )
+    return InpainterServicer(make_backend(settings.backend, **options), store, settings)
 
 
 def warm_up(servicer: InpainterServicer) -> None:
-    """Fit and inpaint one tiny image so the numba kernel is compiled (or loaded) before SERVING."""
+    """Fit and inpaint one tiny image before SERVING: the colour backend compiles its numba kernel, the
+    sd-lora backend runs one training and one denoising step through every component."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
     masks = np.ones((1, 16, 16), dtype=np.float32)
-    subject = servicer.backend.fit_subject(images, masks, FitConfig(steps=2, clusters=2), lambda *_: None)
+    config = FitConfig(steps=2, clusters=2, rank=1, resolution=64)
+    subject = servicer.backend.fit_subject(images, masks, config, lambda *_: None)
     alpha = np.ones((1, 16, 16), dtype=np.float32)
     alpha[0, 6:9, 6:9] = 0.0
-    servicer.backend.inpaint(images, masks > 0.5, alpha, subject, DEFAULT_STRENGTH, 0)
+    servicer.backend.inpaint(images, masks > 0.5, alpha, subject, DEFAULT_STRENGTH, 0, num_inference_steps=2)
 
 
 def main() -> None:

@@ -1,8 +1,10 @@
-"""Tracker backends: one narrow interface, one implementation so far.
+"""Tracker backends: one narrow interface, two implementations.
 
 - ``geometric``: exact for splat assets. The renderer gives every view's expected depth and camera, so a
   pixel of one view is unprojected to the 3D point it shows, projected into the other views, and tested
   against their depth (occlusion) and alpha (coverage). No appearance matching, no weights, any CPU.
+- ``cotracker``: the paper's CoTracker3 (offline) over the orbit video, in ``services.tracker.cotracker``
+  (imported only when chosen: it needs torch, the ``cotracker`` package and a checkpoint).
 
 The geometry lives in small pure functions (``unproject``, ``project``, ``footprint``, ``sample_depth``,
 ``sample_image``) with their shapes; ``GeometricBackend`` only loops over views.
@@ -31,7 +33,7 @@ from services.common.cameras import Cameras
 from services.common.config import ConfigError
 from services.common.views import Views
 
-BACKENDS = ("geometric",)
+BACKENDS = ("geometric", "cotracker")
 
 NEAR = 0.01
 """Points closer to a camera than this (camera z, world units) are not projected; as the rasterizer's
@@ -486,17 +488,33 @@ class GeometricBackend:
 
 
 def make_backend(
-    name: str, *, foreground_threshold: float = 0.5, depth_tolerance: float = 0.03
+    name: str,
+    *,
+    foreground_threshold: float = 0.5,
+    depth_tolerance: float = 0.03,
+    cotracker_checkpoint: str = "",
+    device: str = "auto",
+    query_stride: int = 1,
+    points_per_call: int = 8192,
 ) -> TrackerBackend:
-    """The backend called ``name`` (only "geometric" in this build).
+    """The backend called ``name``, "geometric" or "cotracker".
 
     Args:
         name: the backend's name.
         foreground_threshold, depth_tolerance: the geometric backend's visibility test for ``track``.
+        cotracker_checkpoint, device, query_stride, points_per_call: the cotracker backend's
+            (``CoTrackerBackend``'s ``checkpoint``, ``device``, ``query_stride``, ``points_per_call``).
 
     Raises:
-        ConfigError: an unknown name.
+        ConfigError: an unknown name, or an unknown device for cotracker.
+        FailedPrecondition: cotracker without its package or checkpoint.
     """
     if name == "geometric":
         return GeometricBackend(foreground_threshold, depth_tolerance)
+    if name == "cotracker":
+        from services.tracker.cotracker import CoTrackerBackend
+
+        return CoTrackerBackend(
+            cotracker_checkpoint, device, query_stride=query_stride, points_per_call=points_per_call
+        )
     raise ConfigError(f"unknown tracker backend {name!r}; choose one of {', '.join(BACKENDS)}")

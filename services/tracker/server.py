@@ -4,12 +4,18 @@ Validates ``Track`` and ``LocateUnobserved`` requests, reads the views from the 
 configured backend and writes its results back as tensor references.
 
 Configuration (environment, read once at start):
-    TIRE_TRACKER_BACKEND      geometric (default; the only backend of this build)
+    TIRE_TRACKER_BACKEND      geometric (default: any CPU, no weights) or cotracker (CoTracker3, the paper's)
     TIRE_TRACKER_MAX_VIEWS    views per request (default 256)
     TIRE_TRACKER_MAX_PIXELS   views x height x width per request (default 2**26)
     TIRE_TRACKER_MAX_QUERIES  query points per Track call (default 262,144)
     TIRE_TRACKER_TRACK_FOREGROUND_THRESHOLD  alpha above which Track counts a pixel as foreground (0.5)
     TIRE_TRACKER_TRACK_DEPTH_TOLERANCE       relative depth tolerance of Track's visibility test (0.03)
+    TIRE_TRACKER_COTRACKER_CHECKPOINT  cotracker: path of CoTracker3's scaled_offline.pth (required)
+    TIRE_TRACKER_DEVICE                cotracker: auto (default: the first GPU torch sees, else the CPU),
+                                       cpu, cuda or cuda:N
+    TIRE_TRACKER_QUERY_STRIDE          cotracker: LocateUnobserved queries one pixel per stride x stride
+                                       cell of a target's foreground (default 1: every pixel)
+    TIRE_TRACKER_POINTS_PER_CALL       cotracker: queries per model call, bounding its memory (8192)
     TIRE_TRACKER_PORT, TIRE_TRACKER_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 """
@@ -42,6 +48,10 @@ class TrackerSettings:
     max_queries: int = 262_144
     track_foreground_threshold: float = 0.5
     track_depth_tolerance: float = 0.03
+    cotracker_checkpoint: str = ""
+    device: str = "auto"
+    query_stride: int = 1
+    points_per_call: int = 8192
 
     def __post_init__(self) -> None:
         checks = [
@@ -50,6 +60,8 @@ class TrackerSettings:
             (self.max_queries >= 1, "max_queries", "must be at least 1"),
             (0 < self.track_foreground_threshold < 1, "track_foreground_threshold", "must be in (0, 1)"),
             (0 < self.track_depth_tolerance <= 1, "track_depth_tolerance", "must be in (0, 1]"),
+            (self.query_stride >= 1, "query_stride", "must be at least 1"),
+            (self.points_per_call >= 1, "points_per_call", "must be at least 1"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -186,17 +198,28 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
 
 
 def build_servicer(settings: TrackerSettings, store: BlobStore) -> TrackerServicer:
-    """The servicer with its backend, as the server and in-process callers build it."""
+    """The servicer with its backend, as the server and in-process callers build it.
+
+    Raises:
+        ConfigError: an unknown backend or device.
+        FailedPrecondition: cotracker without its package or checkpoint (the message says how to get
+            them); the server does not start.
+    """
     backend = make_backend(
         settings.backend,
         foreground_threshold=settings.track_foreground_threshold,
         depth_tolerance=settings.track_depth_tolerance,
+        cotracker_checkpoint=settings.cotracker_checkpoint,
+        device=settings.device,
+        query_stride=settings.query_stride,
+        points_per_call=settings.points_per_call,
     )
     return TrackerServicer(backend, store, settings)
 
 
 def warm_up(servicer: TrackerServicer) -> None:
-    """Run both methods on two tiny views (a plane facing each camera) before health says SERVING."""
+    """Run both methods on two tiny views (a plane facing each camera) before health says SERVING: for
+    cotracker, a first model call on the device (a two-frame video of 16 x 16 pixels)."""
     from services.common.cameras import orbit_cameras
 
     size = 16

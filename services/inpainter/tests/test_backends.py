@@ -440,8 +440,8 @@ def test_lab_round_trip():
 
 def test_unknown_backend_and_bad_options_are_config_errors():
     assert make_backend("colour").name == "colour"
-    with pytest.raises(ConfigError, match=r"'sd-lora'.*colour"):
-        make_backend("sd-lora")
+    with pytest.raises(ConfigError, match=r"'stable-cascade'.*colour"):
+        make_backend("stable-cascade")
     with pytest.raises(ConfigError, match="transport_iterations"):
         make_backend("colour", transport_iterations=0)
 

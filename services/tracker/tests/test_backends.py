@@ -456,5 +456,5 @@ def test_sample_depth_is_exact_at_pixel_centres_and_stays_on_the_surface():
 
 def test_unknown_backend_is_a_config_error():
     assert make_backend("geometric").name == "geometric"
-    with pytest.raises(ConfigError, match=r"'cotracker'.*geometric"):
-        make_backend("cotracker")
+    with pytest.raises(ConfigError, match=r"'optical-flow'.*geometric"):
+        make_backend("optical-flow")

@@ -117,7 +117,7 @@ def test_describe_names_backend_and_settings(servicer):
     info = servicer.Describe(common_pb2.DescribeRequest(), None)
     assert info.service == "tire.v1.TrackerService"
     assert (info.backend, info.device) == ("geometric", "cpu (numpy)")
-    assert list(info.available_backends) == ["geometric"]
+    assert list(info.available_backends) == ["geometric", "cotracker"]
     assert info.settings["max_queries"] == "1000" and info.settings["track_depth_tolerance"] == "0.03"
 
 
@@ -130,8 +130,8 @@ def test_settings_from_the_environment_and_build(store):
     servicer = build_servicer(settings, store)
     assert servicer.backend.depth_tolerance == 0.1 and servicer.settings.max_queries == 10
     warm_up(servicer)
-    with pytest.raises(ConfigError, match="'cotracker'"):
-        build_servicer(TrackerSettings(backend="cotracker"), store)
+    with pytest.raises(ConfigError, match="'optical-flow'"):
+        build_servicer(TrackerSettings(backend="optical-flow"), store)
     with pytest.raises(ConfigError, match="track_foreground_threshold"):
         from_env(TrackerSettings, "TIRE_TRACKER_", {"TIRE_TRACKER_TRACK_FOREGROUND_THRESHOLD": "1.5"})
 
