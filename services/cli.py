@@ -5,6 +5,7 @@
     tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch]
     tire watch JOB | get JOB [-o OUT] | cancel JOB | list     (all take --coordinator)
     tire describe [--coordinator HOST:PORT]   each stage's backend, model, version and device
+    tire models push FOLDER s3://BUCKET/PREFIX  put a model folder in the object store (TIRE_S3_*)
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
 PNG of the subject seen from the front, or a folder of them, one per time step.
@@ -29,11 +30,14 @@ import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common.clients import dial, wait_serving
+from services.common.config import ConfigError
 from services.common.errors import TireError
 from services.common.s3server import LocalS3
 from services.common.store import BlobStore, MemoryStore
 
 DEFAULT_COORDINATOR = "localhost:50051"
+# The names of services.embedded.PROFILES, without importing every stage to parse arguments.
+PROFILE_NAMES = ("cpu", "paper", "diffusion")
 STATES = {
     coordinator_pb2.JOB_STATE_QUEUED: "queued",
     coordinator_pb2.JOB_STATE_RUNNING: "running",
@@ -408,6 +412,16 @@ def describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def push_model(folder: Path, prefix: str) -> int:
+    """``tire models push``: upload a model folder to the store named by the ``TIRE_S3_*`` variables."""
+    from services.common.store import ObjectStore, StoreSettings
+
+    store = ObjectStore(StoreSettings.from_env())
+    uris = store.upload_folder(folder, prefix)
+    print(f"{len(uris)} files under {prefix.rstrip('/')}/; set TIRE_<STAGE>_MODEL={prefix.rstrip('/')}")
+    return 0
+
+
 # ----- main --------------------------------------------------------------------------------------
 
 
@@ -418,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="repair an asset in this process")
     add_spec_arguments(run)
     run.add_argument("-o", "--out", type=Path, default=Path("out/tire"), help="output folder")
-    run.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="stage backends")
+    run.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="stage backends")
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument("--state", default="out/stack", help="folder for the store, job state and logs")
@@ -436,7 +450,13 @@ def main(argv: list[str] | None = None) -> int:
     listing = commands.add_parser("list", help="jobs, newest first")
     listing.add_argument("--page-size", type=int, default=20)
     info = commands.add_parser("describe", help="each stage's backend, model, version and device")
-    info.add_argument("--profile", choices=("cpu", "paper"), default="cpu", help="embedded stages")
+    info.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="embedded stages")
+    models = commands.add_parser("models", help="model folders in the object store")
+    push = models.add_subparsers(dest="action", required=True).add_parser(
+        "push", help="copy a save_pretrained folder to s3://BUCKET/PREFIX, for TIRE_<STAGE>_MODEL"
+    )
+    push.add_argument("folder", type=Path)
+    push.add_argument("prefix", help="s3://BUCKET/PREFIX; use a new prefix for each new model")
     for command in (submit, commands.choices["watch"], commands.choices["get"], commands.choices["cancel"]):
         command.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
     listing.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
@@ -450,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             return stack_up(args)
         if args.command == "describe":
             return describe(args)
+        if args.command == "models":
+            return push_model(args.folder, args.prefix)
         stub = coordinator_stub(args.coordinator)
         if args.command == "submit":
             plys, pngs = input_files(args.asset, args.reference)
@@ -476,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except grpc.RpcError as exc:
         print(f"tire: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except (TireError, ConfigError) as exc:
+        print(f"tire: {exc}", file=sys.stderr)
         return 2
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -3,9 +3,11 @@
 This module is the one place that imports every stage (the services themselves never import each
 other): ``tire run`` and the tests compose a whole TIRE system from it without any network.
 
-A profile names each stage's backend: ``cpu`` (the defaults: any CPU, no weights) or ``paper`` (the
-GPU backends of the paper). Each stage's other settings still come from its ``TIRE_<STAGE>_*``
-variables, as they would for the service.
+A profile names each stage's backend: ``cpu`` (the defaults: any CPU, no weights), ``paper`` (the
+GPU backends of the paper) or ``diffusion`` (the paper's inpainter and refiner with the CPU geometry
+stages: no CUDA needed, slow on a CPU at real model sizes). Each stage's other settings, the models
+included (``TIRE_INPAINTER_MODEL``, ``TIRE_REFINER_MODEL``, ``TIRE_TRACKER_COTRACKER_CHECKPOINT``), still
+come from its ``TIRE_<STAGE>_*`` variables, as they would for the service.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from services.common.config import ConfigError, from_env
+from services.common.errors import TireError
 from services.common.store import BlobStore
 from services.coordinator.stages import InProcessStub, Stages
 from services.inpainter import server as inpainter
@@ -60,6 +63,17 @@ PROFILES = {
         strength=0.3,
         refine_strength=0.3,
     ),
+    "diffusion": Profile(
+        backends={
+            "renderer": "cpu",
+            "tracker": "geometric",
+            "inpainter": "sd-lora",
+            "refiner": "mv-diffusion",
+            "reconstructor": "colour-solve",
+        },
+        strength=0.3,
+        refine_strength=0.3,
+    ),
 }
 
 _SERVERS = {
@@ -86,7 +100,7 @@ def embedded_servicers(store: BlobStore, profile: str = "cpu") -> dict[str, obje
         )
         try:
             servicers[name] = module.build_servicer(settings, store)
-        except (ValueError, RuntimeError, ImportError) as exc:
+        except (ValueError, RuntimeError, ImportError, TireError) as exc:
             raise ConfigError(f"the {profile} profile cannot build the {name}: {exc}") from exc
     return servicers
 

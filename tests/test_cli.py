@@ -54,3 +54,32 @@ def test_describe_lists_the_embedded_stages(capsys):
         ["refiner", "consensus"],
         ["reconstructor", "colour-solve"],
     ]
+
+
+def test_the_profile_names_are_the_embedded_profiles():
+    from services.cli import PROFILE_NAMES
+    from services.embedded import PROFILES
+
+    assert PROFILE_NAMES == tuple(PROFILES)
+
+
+def test_models_push_puts_a_model_folder_where_a_backend_finds_it(tmp_path, s3, store, monkeypatch, capsys):
+    from services.common.models import resolve_model
+
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "model_index.json").write_text('{"_class_name": "Pipeline"}')
+    (model / "unet" / "weights.safetensors").write_bytes(bytes(range(256)) * 1000)
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    prefix = f"s3://{s3.bucket}/models/demo-v1"
+    assert main(["models", "push", str(model), prefix]) == 0
+    assert "2 files under" in capsys.readouterr().out
+
+    folder = Path(resolve_model(prefix, store=store, cache_dir=tmp_path / "cache"))
+    assert (folder / "unet" / "weights.safetensors").read_bytes() == bytes(range(256)) * 1000
+    assert (folder / "model_index.json").read_text() == '{"_class_name": "Pipeline"}'
+    assert resolve_model(prefix, store=store, cache_dir=tmp_path / "cache") == str(folder)  # cached
+
+    assert main(["models", "push", str(tmp_path / "missing"), prefix]) == 2
+    assert "folder" in capsys.readouterr().err

@@ -15,8 +15,9 @@ still votes.
 What it is not: it is not a diffusion model. It invents nothing: it cannot sharpen, add detail finer
 than the Gaussians, or fix geometry; it averages colours the views already hold, and gives the
 Gaussians no view-dependent colour of their own (the correction is added to the view-independent base
-colour). The ``mv-diffusion`` backend of the proto (a multi-view diffusion model with mask-aware latent
-updates, as in the paper) is the one that hallucinates; it is not part of this build.
+colour). The ``mv-diffusion`` backend (``services.refiner.mv_diffusion``: a multi-view diffusion model with
+mask-aware latent updates, as in the paper) is the one that hallucinates; it needs the ``diffusion`` extra
+(torch, diffusers, transformers), weights and, in production, a GPU, and is imported only when chosen.
 
 The votes are residuals, not raw colours: each pixel votes for ``x - r``, its un-composited colour
 minus the un-composited colour the asset renders there, and the correction is added to the
@@ -41,7 +42,7 @@ from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
 from services.common.views import Views, estimate_background
 
-BACKENDS = ("consensus",)
+BACKENDS = ("consensus", "mv-diffusion")
 
 
 class RefineBackend(Protocol):
@@ -299,19 +300,23 @@ def blend(rgb: np.ndarray, rendered: np.ndarray, mask: np.ndarray, strength: flo
     return np.where((mask == 0)[..., None], rgb, moved)
 
 
-def make_backend(
-    name: str,
-    threads: int = 0,
-    contributors: int = 8,
-    source_weight: float = 10.0,
-    min_coverage: float = 0.5,
-    min_weight: float = 0.05,
-) -> RefineBackend:
-    """The backend called ``name`` (only "consensus" in this build).
+def make_backend(name: str, **options) -> RefineBackend:
+    """The backend called ``name`` ("consensus" or "mv-diffusion"), built with ``options`` (its
+    constructor's keywords).
 
     Raises:
-        ConfigError: an unknown name, a thread count over the cores numba sees, or no contributors.
+        ConfigError: an unknown name, an option out of range, or (mv-diffusion) missing packages, no model
+            or one that does not load.
     """
     if name == "consensus":
-        return ConsensusBackend(threads, contributors, source_weight, min_coverage, min_weight)
+        return ConsensusBackend(**options)
+    if name == "mv-diffusion":
+        try:
+            from services.refiner.mv_diffusion import MvDiffusionBackend
+        except ImportError as exc:
+            raise ConfigError(
+                "refiner backend 'mv-diffusion' needs the diffusion extra (torch, diffusers, transformers): "
+                f"pip install 'tire-services[diffusion]' ({exc})."
+            ) from exc
+        return MvDiffusionBackend(**options)
     raise ConfigError(f"unknown refiner backend {name!r}; choose one of {', '.join(BACKENDS)}")

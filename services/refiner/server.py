@@ -4,15 +4,32 @@ Validates a ``RefineRequest``, reads the views, the update mask and the asset's 
 refines with the configured backend and writes the refined views back as a tensor reference.
 
 Configuration (environment, read once at start):
-    TIRE_REFINER_BACKEND        consensus (default; the only backend of this build)
-    TIRE_REFINER_THREADS        CPU rasterizer threads, 0 = all cores (default 0)
-    TIRE_REFINER_CONTRIBUTORS   K, the contributors per pixel that receive its vote (default 8)
-    TIRE_REFINER_SOURCE_WEIGHT  how much more the source view's votes weigh (default 10)
-    TIRE_REFINER_MIN_COVERAGE   alpha above which a pixel votes (default 0.5)
-    TIRE_REFINER_MIN_WEIGHT     summed vote weight under which a Gaussian keeps its colour (default 0.05)
-    TIRE_REFINER_MAX_VIEWS      views per request (default 256)
-    TIRE_REFINER_MAX_PIXELS     views x height x width per request (default 2**24)
-    TIRE_REFINER_MAX_GAUSSIANS  Gaussians per frame (default 10,000,000)
+    TIRE_REFINER_BACKEND              consensus (default) or mv-diffusion
+    TIRE_REFINER_THREADS              consensus: CPU rasterizer threads, 0 = all cores (default 0)
+    TIRE_REFINER_CONTRIBUTORS         consensus: K, contributors per pixel that receive its vote (default 8)
+    TIRE_REFINER_SOURCE_WEIGHT        consensus: how much more the source view's votes weigh (default 10)
+    TIRE_REFINER_MIN_COVERAGE         consensus: alpha above which a pixel votes (default 0.5)
+    TIRE_REFINER_MIN_WEIGHT           consensus: summed vote weight under which a Gaussian keeps its colour
+                                      (default 0.05)
+    TIRE_REFINER_MODEL                mv-diffusion: model URI, required (a local folder, s3://bucket/prefix or
+                                      a hub id, e.g. ashawkey/mvdream-sd2.1-diffusers)
+    TIRE_REFINER_TRUST_REMOTE_CODE    mv-diffusion: run denoiser code shipped with the model, as MVDream's
+                                      (default false; set it only for a model you trust)
+    TIRE_REFINER_DEVICE               mv-diffusion: auto (default), cpu, cuda or cuda:N
+    TIRE_REFINER_DTYPE                mv-diffusion: auto (default; float16 on a GPU), float32, float16,
+                                      bfloat16
+    TIRE_REFINER_RESOLUTION           mv-diffusion: square size views are refined at, 0 = their own
+                                      (default 256)
+    TIRE_REFINER_NUM_INFERENCE_STEPS  mv-diffusion: the full schedule; strength s runs int(steps * s) of it
+                                      (default 50)
+    TIRE_REFINER_GUIDANCE_SCALE       mv-diffusion: classifier-free guidance, 1 = none (default 1)
+    TIRE_REFINER_PROMPT               mv-diffusion: the text views are denoised with (default empty)
+    TIRE_REFINER_MAX_JOINT_VIEWS      mv-diffusion: views denoised together; more are split into groups that
+                                      each hold the source view (default 32)
+    TIRE_REFINER_MODEL_CACHE_DIR      mv-diffusion: where s3:// models are downloaded (default: a temp folder)
+    TIRE_REFINER_MAX_VIEWS            views per request (default 256)
+    TIRE_REFINER_MAX_PIXELS           views x height x width per request (default 2**24)
+    TIRE_REFINER_MAX_GAUSSIANS        Gaussians per frame (default 10,000,000)
     TIRE_REFINER_PORT, TIRE_REFINER_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 """
@@ -50,6 +67,16 @@ class RefinerSettings:
     # Each pixel keeps K contributor ids and weights (8 bytes each): 2**24 pixels is about 1 GiB at K=8.
     max_pixels: int = 2**24
     max_gaussians: int = 10_000_000
+    model: str = ""
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    resolution: int = 256
+    num_inference_steps: int = 50
+    guidance_scale: float = 1.0
+    prompt: str = ""
+    max_joint_views: int = 32
+    model_cache_dir: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +91,14 @@ class RefinerSettings:
             (self.max_views >= 1, "max_views", "must be at least 1"),
             (self.max_pixels >= 1, "max_pixels", "must be at least 1"),
             (self.max_gaussians >= 1, "max_gaussians", "must be at least 1"),
+            (0 <= self.resolution <= 4096, "resolution", "must be between 0 and 4096"),
+            (1 <= self.num_inference_steps <= 1000, "num_inference_steps", "must be between 1 and 1000"),
+            (
+                math.isfinite(self.guidance_scale) and self.guidance_scale >= 1.0,
+                "guidance_scale",
+                "must be at least 1 (1: no guidance)",
+            ),
+            (self.max_joint_views >= 2, "max_joint_views", "must be at least 2 (the source and one view)"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -79,7 +114,8 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         self.settings = settings
 
     def Describe(self, request, context):
-        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings)
+        model = getattr(self.backend, "model", "")  # the URI of a neural backend's weights
+        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings, model)
 
     def Refine(self, request, context):
         strength = self._strength(request)
@@ -129,30 +165,50 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
 
 
 def build_servicer(settings: RefinerSettings, store: BlobStore) -> RefinerServicer:
-    """The servicer with its backend, as the server and in-process callers build it."""
-    backend = make_backend(
-        settings.backend,
-        threads=settings.threads,
-        contributors=settings.contributors,
-        source_weight=settings.source_weight,
-        min_coverage=settings.min_coverage,
-        min_weight=settings.min_weight,
-    )
-    return RefinerServicer(backend, store, settings)
+    """The servicer with its backend, as the server and in-process callers build it (mv-diffusion loads its
+    model here, from ``store`` for an ``s3://`` URI)."""
+    if settings.backend == "mv-diffusion":
+        options = dict(
+            model=settings.model,
+            store=store,
+            model_cache_dir=settings.model_cache_dir,
+            trust_remote_code=settings.trust_remote_code,
+            device=settings.device,
+            dtype=settings.dtype,
+            resolution=settings.resolution,
+            num_inference_steps=settings.num_inference_steps,
+            guidance_scale=settings.guidance_scale,
+            prompt=settings.prompt,
+            max_joint_views=settings.max_joint_views,
+        )
+    else:
+        options = dict(
+            threads=settings.threads,
+            contributors=settings.contributors,
+            source_weight=settings.source_weight,
+            min_coverage=settings.min_coverage,
+            min_weight=settings.min_weight,
+        )
+    return RefinerServicer(make_backend(settings.backend, **options), store, settings)
 
 
 def warm_up(servicer: RefinerServicer) -> None:
-    """Refine two tiny views so numba compiles (or loads its cache) before health says SERVING."""
+    """Refine two tiny views so numba compiles (or loads its cache), or the diffusion model runs one
+    denoising step on its device, before health says SERVING."""
     from services.common.cameras import orbit_cameras
     from services.common.rasterizer import rasterize
     from services.common.synthetic import random_gaussians
 
-    gaussians, cameras = random_gaussians(64), orbit_cameras([0.0, 30.0], 32, 32)
+    backend, side, strength = servicer.backend, 32, 1.0
+    if backend.name == "mv-diffusion":
+        side = backend.resolution or backend.components.multiple  # resolution 0 runs at the views' size
+        strength = min(1.0, 1.5 / backend.num_inference_steps)  # int(steps * strength) = 1 step
+    gaussians, cameras = random_gaussians(64), orbit_cameras([0.0, 30.0], side, side)
     render = rasterize(gaussians, cameras)
     rgb = np.clip(np.rint(render.rgb * 255.0), 0, 255).astype(np.uint8)
     mask = np.zeros(render.alpha.shape, dtype=np.float32)
     mask[1] = 1.0
-    servicer.backend.refine(Views(rgb, render.alpha, render.depth, cameras), mask, gaussians, 0, 1.0, 0)
+    backend.refine(Views(rgb, render.alpha, render.depth, cameras), mask, gaussians, 0, strength, 0)
 
 
 def main() -> None:

@@ -229,7 +229,7 @@ def test_make_backend():
     backend = make_backend("consensus", threads=1, contributors=4)
     assert backend.name == "consensus" and backend.device == "cpu (1 threads)"
     assert backend.contributors == 4
-    with pytest.raises(ConfigError, match=r"'mv-diffusion'.*consensus"):
-        make_backend("mv-diffusion")
+    with pytest.raises(ConfigError, match=r"'point-cloud-fusion'.*consensus"):
+        make_backend("point-cloud-fusion")
     with pytest.raises(ConfigError, match="threads"):
         make_backend("consensus", threads=10_000)
