@@ -85,6 +85,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-unobserved", type=float, help="adaptive: largest unobserved fraction")
     parser.add_argument("--strength", type=float, default=None, help="inpainting strength in (0, 1]")
     parser.add_argument("--refine-strength", type=float, default=None, help="refinement strength in (0, 1]")
+    parser.add_argument("--fit-steps", type=int, help="subject-fit steps (LoRA steps; default 400)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -100,6 +101,8 @@ def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordi
         refine_strength=args.refine_strength or 0.0,
         seed=args.seed,
     )
+    if args.fit_steps is not None:
+        spec.fit.steps = args.fit_steps
     if args.rings == "adaptive":
         spec.rings.adaptive.SetInParent()
         if args.max_unobserved is not None:
