@@ -1,9 +1,10 @@
-"""Reconstructor backends: one narrow interface, one CPU implementation.
+"""Reconstructor backends: one narrow interface, two implementations.
 
 - ``colour-solve``: keeps the initial asset's geometry and solves every Gaussian's base colour by
   regularised least squares over all views. Any CPU, no weights.
-
-(The API also names "gsplat-optimise", a GPU optimisation of every parameter; this build has not got it.)
+- ``gsplat-optimize``: fine-tunes every Gaussian parameter against the views with Adam on gsplat's
+  CUDA rasterizer (``services.reconstructor.optimize``, imported only when chosen). Needs CUDA, torch
+  and gsplat.
 
 The colour solve, as ``ColourSolveBackend.reconstruct`` runs it:
 
@@ -35,6 +36,7 @@ reach 34 and 44 dB there; K = 16 reaches 42 and 50 dB at twice the solve time.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,7 +52,7 @@ from services.common.rasterizer import rasterize
 from services.common.views import Views, estimate_background
 from services.reconstructor import _kernels
 
-BACKENDS = ("colour-solve",)
+BACKENDS = ("colour-solve", "gsplat-optimize")
 MAX_CONTRIBUTORS = 64
 
 
@@ -520,11 +522,22 @@ def _numba_threads(threads: int | None) -> Iterator[None]:
         numba.set_num_threads(previous)
 
 
-def make_backend(name: str, contributors: int = 8, threads: int = 0) -> ReconstructBackend:
-    """The backend called ``name`` (only "colour-solve" in this build).
+def make_backend(
+    name: str,
+    contributors: int = 8,
+    threads: int = 0,
+    device: str = "cuda",
+    views_per_step: int = 4,
+    learning_rate_scale: float = 3.0,
+) -> ReconstructBackend:
+    """The backend called ``name``, "colour-solve" or "gsplat-optimize".
+
+    ``contributors`` and ``threads`` configure the colour solve; ``device``, ``views_per_step`` and
+    ``learning_rate_scale`` the optimisation (see ``services.reconstructor.optimize``).
 
     Raises:
-        ConfigError: an unknown name, or a setting out of range.
+        ConfigError: an unknown name, a setting out of range, or "gsplat-optimize" without CUDA,
+            torch or gsplat.
     """
     import numba
 
@@ -535,5 +548,21 @@ def make_backend(name: str, contributors: int = 8, threads: int = 0) -> Reconstr
     if not 0 <= threads <= numba.config.NUMBA_NUM_THREADS:
         raise ConfigError(
             f"threads must be between 0 (all) and {numba.config.NUMBA_NUM_THREADS}, got {threads!r}"
+        )
+    if name == "gsplat-optimize":
+        # gsplat compiles its CUDA extension on first use; keep the build where the renderer keeps it.
+        os.environ.setdefault(
+            "TORCH_EXTENSIONS_DIR",
+            os.path.join(os.path.expanduser("~"), ".cache", "tire", "torch_extensions"),
+        )
+        try:
+            from services.reconstructor.optimize import GsplatOptimizeBackend
+        except ImportError as exc:
+            raise ConfigError(
+                "backend 'gsplat-optimize' needs torch and gsplat "
+                f"(pip install 'tire-services[gsplat]'): {exc}"
+            ) from exc
+        return GsplatOptimizeBackend(
+            device=device, views_per_step=views_per_step, learning_rate_scale=learning_rate_scale
         )
     return ColourSolveBackend(contributors=contributors, threads=threads)

@@ -4,18 +4,28 @@ Validates a ``ReconstructRequest``, reads the views and the initial asset's fram
 the asset to the views with the configured backend and writes the result as an INRIA-layout ``.ply``.
 
 Configuration (environment, read once at start):
-    TIRE_RECONSTRUCTOR_BACKEND        colour-solve (default; the only one in this build)
-    TIRE_RECONSTRUCTOR_THREADS        numba threads, 0 = all cores (default 0)
-    TIRE_RECONSTRUCTOR_CONTRIBUTORS   top-K contributors per pixel in the colour model (default 8)
+    TIRE_RECONSTRUCTOR_BACKEND        colour-solve (default) or gsplat-optimize (needs CUDA)
+    TIRE_RECONSTRUCTOR_THREADS        colour-solve: numba threads, 0 = all cores (default 0)
+    TIRE_RECONSTRUCTOR_CONTRIBUTORS   colour-solve: top-K contributors per pixel in its model (default 8)
+    TIRE_RECONSTRUCTOR_DEVICE         gsplat-optimize: the CUDA device (default cuda)
+    TIRE_RECONSTRUCTOR_VIEWS_PER_STEP gsplat-optimize: views rendered per optimisation step (default 4)
+    TIRE_RECONSTRUCTOR_LEARNING_RATE_SCALE
+                                      gsplat-optimize: factor on 3DGS's learning rates (default 3)
     TIRE_RECONSTRUCTOR_MAX_VIEWS      views per request (default 256)
     TIRE_RECONSTRUCTOR_MAX_PIXELS     views x height x width per request (default 2**23)
     TIRE_RECONSTRUCTOR_MAX_GAUSSIANS  Gaussians per frame (default 2,000,000)
     TIRE_RECONSTRUCTOR_PORT, TIRE_RECONSTRUCTOR_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 
-Memory: a call peaks at about ``V x H x W x (20 K + 60)`` bytes (contributors, pixel model and its
-index; K = 8: 1.8 GB at the default pixel limit, 32 views of 512 x 512), plus a few hundred bytes per
-Gaussian.
+For gsplat-optimize, a request's ``max_iterations`` counts optimisation steps, ``tolerance`` stops them
+when the loss improves by less than that fraction, and ``prior_weight`` is unused
+(``services.reconstructor.optimize``).
+
+Memory: a colour-solve call peaks at about ``V x H x W x (20 K + 60)`` bytes (contributors, pixel model
+and its index; K = 8: 1.8 GB at the default pixel limit, 32 views of 512 x 512), plus a few hundred
+bytes per Gaussian. A gsplat-optimize call keeps the views on the GPU (16 bytes a pixel: 134 MB at the
+default limit), the parameters with their gradients and Adam's moments (about 225 bytes a Gaussian
+of SH degree 0, 950 of degree 3), and gsplat's buffers for ``views_per_step`` views.
 """
 
 from __future__ import annotations
@@ -42,6 +52,9 @@ class ReconstructorSettings:
     backend: str = "colour-solve"
     threads: int = 0
     contributors: int = 8
+    device: str = "cuda"
+    views_per_step: int = 4
+    learning_rate_scale: float = 3.0
     max_views: int = 256
     max_pixels: int = 2**23
     max_gaussians: int = 2_000_000
@@ -129,12 +142,20 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
 
 def build_servicer(settings: ReconstructorSettings, store: BlobStore) -> ReconstructorServicer:
     """The servicer with its backend, as the server and in-process callers build it."""
-    backend = make_backend(settings.backend, contributors=settings.contributors, threads=settings.threads)
+    backend = make_backend(
+        settings.backend,
+        contributors=settings.contributors,
+        threads=settings.threads,
+        device=settings.device,
+        views_per_step=settings.views_per_step,
+        learning_rate_scale=settings.learning_rate_scale,
+    )
     return ReconstructorServicer(backend, store, settings)
 
 
 def warm_up(servicer: ReconstructorServicer) -> None:
-    """Reconstruct one tiny scene so the numba kernels compile before health says SERVING."""
+    """Reconstruct one tiny scene before health says SERVING, so the backend's kernels are built: the numba
+    kernels of the colour solve, or gsplat's CUDA extension (compiled on first use) for gsplat-optimize."""
     import numpy as np
 
     from services.common.cameras import orbit_cameras

@@ -91,7 +91,7 @@ def test_describe_names_backend_and_limits(servicer):
     info = servicer.Describe(common_pb2.DescribeRequest(), None)
     assert info.service == "tire.v1.ReconstructorService"
     assert info.backend == "colour-solve" and info.device.startswith("cpu")
-    assert list(info.available_backends) == ["colour-solve"]
+    assert list(info.available_backends) == ["colour-solve", "gsplat-optimize"]
     assert info.settings["max_views"] == "8" and info.settings["contributors"] == "8"
 
 

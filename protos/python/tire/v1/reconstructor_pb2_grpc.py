@@ -30,7 +30,7 @@ class ReconstructorServiceStub:
     """Turns views of an asset back into an asset.
 
     Backends: "colour-solve" (per-Gaussian colours by regularised least squares over all views, geometry
-    kept; no weights) and "gsplat-optimise" (gsplat optimisation of all parameters, GPU).
+    kept; no weights) and "gsplat-optimize" (gsplat optimisation of all parameters, GPU).
     """
 
     def __init__(self, channel):
@@ -55,7 +55,7 @@ class ReconstructorServiceServicer:
     """Turns views of an asset back into an asset.
 
     Backends: "colour-solve" (per-Gaussian colours by regularised least squares over all views, geometry
-    kept; no weights) and "gsplat-optimise" (gsplat optimisation of all parameters, GPU).
+    kept; no weights) and "gsplat-optimize" (gsplat optimisation of all parameters, GPU).
     """
 
     def Describe(self, request, context):
@@ -97,7 +97,7 @@ class ReconstructorService:
     """Turns views of an asset back into an asset.
 
     Backends: "colour-solve" (per-Gaussian colours by regularised least squares over all views, geometry
-    kept; no weights) and "gsplat-optimise" (gsplat optimisation of all parameters, GPU).
+    kept; no weights) and "gsplat-optimize" (gsplat optimisation of all parameters, GPU).
     """
 
     @staticmethod
