@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 STUBS := protos/python
 
-.PHONY: install protos check-protos lint test bench run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
+.PHONY: install protos check-protos lint test bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -49,6 +49,12 @@ bench: $(INSTALLED)
 	$(PY) -m benchmarks.stages
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.stack
+
+## bench-gpu: the GPU backends at real sizes (random weights): gsplat against the CPU renderer, and the
+## diffusion backends at job size (see docs/benchmarks.md); needs CUDA
+bench-gpu: $(INSTALLED)
+	$(PY) -m benchmarks.renderers
+	$(PY) -m benchmarks.neural
 
 ## run: repair the bundled LGM monkey (embedded stages, CPU backends); outputs in out/monkey/
 run: $(INSTALLED)

@@ -40,6 +40,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from services.common.config import ConfigError
+from services.common.errors import InvalidArgument
 from services.common.models import describe_device, resolve_model, torch_device, torch_dtype
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata
 from services.inpainter.backends import (
@@ -165,7 +166,7 @@ class SdLoraBackend:
         check_fit_inputs(images, masks)
         size = config.resolution or self.resolution
         if size % 64:
-            raise ValueError(f"the training resolution must be a multiple of 64, got {size}")
+            raise InvalidArgument("settings.resolution", size, "must be a multiple of 64 for sd-lora")
         rng = np.random.default_rng(config.seed)
         generator = torch.Generator("cpu").manual_seed(config.seed)
         references = [_letterbox(image, mask, size) for image, mask in zip(images, masks, strict=True)]

@@ -167,6 +167,12 @@ def test_foreign_artifacts_are_invalid_subjects(backend, subject, tmp_path):
         backend.inpaint(images, masks, None, wrong_rank, 0.3, seed=0)
 
 
+def test_a_training_resolution_off_the_grid_names_the_setting(backend):
+    images, masks = references(count=1)
+    with pytest.raises(InvalidArgument, match=r"settings\.resolution"):
+        backend.fit_subject(images, masks, FitConfig(steps=1, resolution=72), lambda *_: None)
+
+
 def test_bad_models_and_settings_are_config_errors(tmp_path, model_dir):
     from diffusers import UNet2DConditionModel
 
