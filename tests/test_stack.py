@@ -3,7 +3,8 @@ its own process, driven only through the coordinator's gRPC API (as the `tire` C
 
 Small jobs (64x64 views, an orbit step of 45 degrees: 8 views, two rings) keep each job to seconds on
 two cores. The same job run embedded (stages in this process, in-memory store) gives the reference
-bytes: the stack, a resumed coordinator and a retried stage must all end with exactly those bytes.
+bytes: the stack, a resumed coordinator, a retried stage and a scaled inpainter (three replicas behind
+one target, one of them killed mid-job) must all end with exactly those bytes.
 """
 
 from __future__ import annotations
@@ -400,3 +401,40 @@ def test_cancel_running_job(stub, spec):
     # Cancelling a finished job changes nothing.
     again = stub.CancelJob(JOB.CancelJobRequest(job_id=job.id), timeout=30).job
     assert again.state == JOB.JOB_STATE_CANCELLED and again.updated_at == job.updated_at
+
+
+# ----- 5. a scaled inpainter ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicas(launch_service) -> list[ServiceProcess]:
+    """Three inpainter processes, as three pods behind the chart's headless Service."""
+    return [launch_service(*SERVICES["inpainter"]) for _ in range(3)]
+
+
+def test_inpaint_calls_spread_over_replicas_and_survive_one_killed(
+    replicas, stages, start_coordinator, spec, tmp_path, embedded_sha256
+):
+    # One target for all three, as dns:/// gives in the cluster; the coordinator's channel balances
+    # round-robin over the addresses.
+    target = "ipv4:" + ",".join(replica.target for replica in replicas)
+    state = tmp_path / "coordinator.sqlite"
+    coordinator = start_coordinator(stages, state, TIRE_COORDINATOR_INPAINTER=target)
+    stub = coordinator_stub(coordinator)
+
+    # A whole job: its inpaint calls reach every replica.
+    first = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    events = watch(stub, first.id)
+    assert events[-1].finished.state == JOB.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    per_replica = [calls(replica).get("Inpaint", 0) for replica in replicas]
+    assert sum(per_replica) >= 7 and all(count >= 1 for count in per_replica), per_replica
+
+    # A second job, one replica killed while ring 1 inpaints: the others take its calls.
+    second = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec, request_id="scaled-2"), timeout=30).job
+    seen = watch(stub, second.id, until=step_started("ring1/inpaint/"))
+    replicas[0].stop()
+    events = seen + watch(stub, second.id, after=seen[-1].sequence)
+    assert events[-1].finished.state == JOB.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    assert len([s for s in steps(events, "step_finished") if "/inpaint/" in s]) == 7
+    job = stub.GetJob(JOB.GetJobRequest(job_id=second.id), timeout=30).job
+    assert repaired_sha256(stub, job) == embedded_sha256
