@@ -10,10 +10,11 @@ it by the views between them along the orbit (``orbit_path``), and the video is 
 anchor last, with every query on frame 0: CoTracker tracks from the target's pixels to the anchor. This
 is the paper's backward tracking: queries are the pixels of the new view, followed back to the view the
 ring grew out of (forward tracking, from the anchor's pixels into the target, gives fragmented masks).
-It is also exactly what CoTracker's own ``backward_tracking`` computes for queries on the last frame of
-the anchor-to-target video (that pass flips the video and the query times), without the forward pass
-that would have nothing to track; so ``locate_unobserved`` calls the predictor with
-``backward_tracking=False``.
+It is also what CoTracker's own ``backward_tracking`` computes for queries on the last frame of the
+anchor-to-target video (that pass flips the video and the query times), without the forward pass that
+would have nothing to track; so ``locate_unobserved`` calls the predictor with ``backward_tracking=False``.
+The one difference: CoTracker tracks its 6 x 6 support grid jointly with the queries, from frame 0 of
+the video it is given: here from the target, there from the anchor, which moves the tracks slightly.
 
 Pixel convention. CoTracker puts pixel centres at integers: it resizes frames with
 ``align_corners=True`` and scales positions by ``(model_size - 1) / (size - 1)``, so its top-left pixel
