@@ -21,9 +21,11 @@ returning the noise prediction. Models this was written for (``load_mv_model``):
 - ``ashawkey/mvdream-sd2.1-diffusers``, the diffusers port of MVDream (SD2.1-base, 4 views, 256 x 256;
   code in github.com/ashawkey/mvdream_diffusers). Its denoiser, ``MultiViewUNetModel``, is code shipped
   with the weights: loading it runs that code, so it loads only with ``trust_remote_code`` set explicitly
-  (``TIRE_REFINER_TRUST_REMOTE_CODE=true``), and that code imports ``xformers``, ``einops`` and ``kiui``,
-  which the refiner's image must then have. MVDream was trained on 4 views; here it sees every view of
-  the orbit (up to ``max_joint_views``) at once, which its attention allows.
+  (``TIRE_REFINER_TRUST_REMOTE_CODE=true``), and that code imports ``xformers`` (its only attention: a
+  CUDA machine), ``einops`` and ``kiui``, which the refiner's image must then have (kiui 0.3.4 with
+  ``opencv-python-headless`` and ``scipy``: the ``kiui.cam`` of kiui 0.3.5 fails to import). MVDream was
+  trained on 4 views; here it sees every view of the orbit (up to ``max_joint_views``) at once, which its
+  attention allows.
 
 ImageDream (``ashawkey/imagedream-ipmv-diffusers``) is refused: its denoiser also needs an image prompt
 (CLIP image embeddings and the reference's latents as an extra view), which this loop does not give.
@@ -39,6 +41,7 @@ grouped or batched.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections.abc import Callable
@@ -63,6 +66,11 @@ COMPONENTS = ("vae", "text_encoder", "tokenizer", "scheduler", "unet")
 # What a hub snapshot downloads: configurations, code and safetensors weights (no pickles).
 _HUB_FILES = ["*.json", "*.txt", "*.py", "*.safetensors"]
 _DEFAULT_LEVELS = 4  # Stable Diffusion UNets: 4 resolution levels, 3 downsamplings
+# Denoiser classes shipped as code, by (sha256 of the code file, class name). diffusers executes a code file
+# again on every load, into the same module object, so a model loaded earlier would find its module's classes
+# replaced (MVDream's CondSequential then no longer recognises its own ResBlocks): each code runs once.
+_SHIPPED_CLASSES: dict[tuple[str, str], type] = {}
+_SHIPPED_CLASSES_LOCK = threading.Lock()
 
 # OpenCV camera axes (x right, y down, z forward) to OpenGL ones (x right, y up, z backward).
 _CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -239,7 +247,7 @@ def _denoiser_class(folder: Path, uri: str, class_name: str, trust_remote_code: 
         )
     module_file = f"{module}.py"
     if (folder / "unet" / module_file).is_file():
-        subfolder = "unet"  # where diffusers looks for a component's code
+        subfolder = "unet"  # where diffusers looks for a component's code (MVDream: unet/mv_unet.py)
     elif (folder / module_file).is_file():
         subfolder = None
     else:
@@ -248,19 +256,29 @@ def _denoiser_class(folder: Path, uri: str, class_name: str, trust_remote_code: 
         )
     from diffusers.utils.dynamic_modules_utils import get_class_from_dynamic_module
 
-    try:
-        return get_class_from_dynamic_module(
-            str(folder),
-            module_file=module_file,
-            subfolder=subfolder,
-            class_name=class_name,
-            trust_remote_code=True,
-        )
-    except (ImportError, ValueError) as exc:  # ValueError: DIFFUSERS_DISABLE_REMOTE_CODE forbids it
-        raise ConfigError(
-            f"the denoiser code of model {uri!r} ({module_file}) cannot be loaded: {exc}. Install what it "
-            "imports (MVDream's: xformers, einops and kiui) in the refiner's environment."
-        ) from exc
+    code = (folder / (subfolder or "") / module_file).read_bytes()
+    key = (hashlib.sha256(code).hexdigest(), class_name)
+    with _SHIPPED_CLASSES_LOCK:
+        if key in _SHIPPED_CLASSES:
+            return _SHIPPED_CLASSES[key]
+        # Code we do not own can fail in any way as it runs (kiui 0.3.5 makes it raise NameError), and
+        # DIFFUSERS_DISABLE_REMOTE_CODE makes diffusers raise ValueError: all are a model that cannot load.
+        try:
+            loaded = get_class_from_dynamic_module(
+                str(folder),
+                module_file=module_file,
+                subfolder=subfolder,
+                class_name=class_name,
+                trust_remote_code=True,
+            )
+        except Exception as exc:
+            raise ConfigError(
+                f"the denoiser code of model {uri!r} ({module_file}) cannot be loaded: "
+                f"{type(exc).__name__}: {exc}. Install what it imports (MVDream's: xformers, einops and "
+                "kiui 0.3.4) in the refiner's environment."
+            ) from exc
+        _SHIPPED_CLASSES[key] = loaded
+        return loaded
 
 
 def to_model_pixels(rgb: np.ndarray, size: int) -> torch.Tensor:

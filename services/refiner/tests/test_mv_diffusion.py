@@ -289,6 +289,10 @@ def test_a_denoiser_shipped_as_code_loads_only_when_trusted(
     denoiser = trusted.components.denoiser
     assert type(denoiser).__name__ == "RemoteDenoiser" and type(denoiser) is not MultiViewDenoiser
     assert (tmp_path / "modules").is_dir()
+    # Loading it again does not run the code again: diffusers would execute it into the same module,
+    # replacing the classes the first model's code refers to (MVDream's then fails at its first step).
+    again = MvDiffusionBackend(str(remote), trust_remote_code=True, **LOAD)
+    assert type(again.components.denoiser) is type(denoiser)
     gaussians, views = scene
     np.testing.assert_array_equal(
         trusted.refine(views, free_but_source(views), gaussians, 0, 0.3, SEED), reference
@@ -298,6 +302,10 @@ def test_a_denoiser_shipped_as_code_loads_only_when_trusted(
     broken = remote_copy(model_folder, tmp_path / "broken")
     (broken / "unet" / "remote_denoiser.py").write_text("import package_that_is_not_installed\n")
     with pytest.raises(ConfigError, match="package_that_is_not_installed"):
+        MvDiffusionBackend(str(broken), trust_remote_code=True, **LOAD)
+    # So is code that fails otherwise as it runs (with kiui 0.3.5, MVDream's raises NameError).
+    (broken / "unet" / "remote_denoiser.py").write_text("Union[int, str]\n")
+    with pytest.raises(ConfigError, match="NameError: name 'Union' is not defined"):
         MvDiffusionBackend(str(broken), trust_remote_code=True, **LOAD)
 
 
