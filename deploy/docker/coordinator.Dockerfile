@@ -1,18 +1,26 @@
+# syntax=docker/dockerfile:1
 # The coordinator service (CPU only). Build from the repository root:
-#   docker build -f services/coordinator/Dockerfile -t tire-coordinator .
+#   docker build -f deploy/docker/coordinator.Dockerfile -t tire-coordinator .
 # The job state (SQLite) lives under /var/lib/tire: mount a persistent volume there.
-FROM python:3.11-slim
+ARG PYTHON_IMAGE=python:3.12-slim-trixie
 
+FROM ${PYTHON_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 WORKDIR /app
 COPY constraints.txt pyproject.toml README.md ./
 COPY protos/python protos/python
 COPY services/__init__.py services/
 COPY services/common services/common
 COPY services/coordinator services/coordinator
-RUN pip install --no-cache-dir -c constraints.txt . && rm -rf /root/.cache \
+# The state folder belongs to the service's user, so a fresh named volume mounted there does too.
+RUN pip install --no-cache-dir -c constraints.txt . && rm -rf build *.egg-info \
     && mkdir -p /var/lib/tire && chown 65532:65532 /var/lib/tire
 
-ENV NUMBA_CACHE_DIR=/tmp/numba \
+ENV HOME=/tmp \
+    NUMBA_CACHE_DIR=/tmp/numba \
     TIRE_COORDINATOR_STATE_PATH=/var/lib/tire/coordinator.sqlite \
     TIRE_COORDINATOR_PORT=50051 \
     TIRE_COORDINATOR_METRICS_PORT=9090

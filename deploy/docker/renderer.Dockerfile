@@ -1,0 +1,66 @@
+# syntax=docker/dockerfile:1
+# The renderer service. Build from the repository root (deploy/README.md explains the choices):
+#   GPU, backend gsplat:
+#     docker build -f deploy/docker/renderer.Dockerfile -t tire-renderer .
+#   CPU, backend cpu:
+#     docker build -f deploy/docker/renderer.Dockerfile --build-arg VARIANT=cpu \
+#       -t tire-renderer:cpu .
+ARG VARIANT=gpu
+ARG PYTHON_IMAGE=python:3.12-slim-trixie
+# nvcc's major version must be torch's: torch 2.13.0 from PyPI is built with CUDA 13.0.
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
+
+# gsplat's CUDA kernels, compiled once here into a wheel: the service image then needs no nvcc, no
+# writable extension folder and no minutes of compilation at start. CUDA_ARCH_LIST names the GPUs the
+# kernels are built for (+PTX: newer ones through the driver's JIT); MAX_JOBS bounds nvcc's memory.
+FROM ${CUDA_DEVEL_IMAGE} AS gsplat-wheel
+ARG CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+ARG MAX_JOBS=4
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ python3.12-dev python3.12-venv \
+    && rm -rf /var/lib/apt/lists/*
+COPY constraints.txt /build/
+RUN python3.12 -m venv /build/venv \
+    && /build/venv/bin/pip install --no-cache-dir -c /build/constraints.txt \
+        torch numpy setuptools wheel ninja \
+    && TORCH_CUDA_ARCH_LIST="${CUDA_ARCH_LIST}" /build/venv/bin/pip wheel --no-cache-dir \
+        --no-build-isolation --no-deps --no-binary gsplat -c /build/constraints.txt --wheel-dir /wheels gsplat
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /app
+COPY constraints.txt pyproject.toml README.md ./
+COPY protos/python protos/python
+COPY services/__init__.py services/
+COPY services/common services/common
+COPY services/renderer services/renderer
+
+FROM base AS runtime-cpu
+RUN pip install --no-cache-dir -c constraints.txt . && rm -rf build *.egg-info
+ENV TIRE_RENDERER_BACKEND=cpu
+
+# torch from PyPI is its CUDA build and brings the CUDA runtime libraries as wheels, so a slim Python
+# base is enough (a CUDA runtime base image would hold a second copy); the host's driver comes in
+# through the NVIDIA container runtime. libgomp1: gsplat's extension is built with OpenMP.
+FROM base AS runtime-gpu
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
+RUN --mount=type=bind,from=gsplat-wheel,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-deps /wheels/gsplat-*.whl \
+    && pip install --no-cache-dir -c constraints.txt '.[gsplat]' && rm -rf build *.egg-info
+ENV TIRE_RENDERER_BACKEND=gsplat \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+FROM runtime-${VARIANT}
+# The root filesystem is read-only in the cluster: caches (numba's compiled kernels) go to /tmp.
+ENV HOME=/tmp \
+    NUMBA_CACHE_DIR=/tmp/numba \
+    TIRE_RENDERER_PORT=50051 \
+    TIRE_RENDERER_METRICS_PORT=9090
+USER 65532:65532
+EXPOSE 50051 9090
+ENTRYPOINT ["tire-renderer"]

@@ -1,0 +1,485 @@
+"""The container images and the compose files, checked without Docker.
+
+Each ``deploy/docker/<service>.Dockerfile`` is parsed into its stages, and the image a build produces is
+followed for both values of its ``VARIANT`` build argument: who it runs as, what it runs, what it copies
+and installs, which backend it defaults to. ``deploy/compose.yaml`` is read as Compose reads it (YAML
+merge keys, ``${VAR:-default}`` interpolation) and merged with ``deploy/compose.cpu.yaml`` by Compose's
+rules for the parts these files use (mappings merge, ``!reset`` removes, sequences append).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.coordinator.stages import STAGES
+from services.embedded import PROFILES
+from services.inpainter.backends import BACKENDS as INPAINTER_BACKENDS
+from services.reconstructor.backends import BACKENDS as RECONSTRUCTOR_BACKENDS
+from services.refiner.backends import BACKENDS as REFINER_BACKENDS
+from services.renderer.backends import BACKENDS as RENDERER_BACKENDS
+from services.tracker.backends import BACKENDS as TRACKER_BACKENDS
+from services.tracker.cotracker import INSTALL_COMMAND as COTRACKER_INSTALL_COMMAND
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+SERVICES = (*STAGES, "coordinator")
+BACKENDS = {
+    "renderer": RENDERER_BACKENDS,
+    "tracker": TRACKER_BACKENDS,
+    "inpainter": INPAINTER_BACKENDS,
+    "refiner": REFINER_BACKENDS,
+    "reconstructor": RECONSTRUCTOR_BACKENDS,
+}
+# The stages built from one Dockerfile in two variants: the paper's backends on a GPU, or the CPU ones.
+VARIANT_PROFILES = {"gpu": PROFILES["paper"], "cpu": PROFILES["cpu"]}
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+# --- Dockerfiles ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One ``FROM`` of a Dockerfile: its base (an image or an earlier stage) and its instructions."""
+
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Dockerfile:
+    """A parsed Dockerfile: the ``ARG``s before the first ``FROM`` (with defaults) and the stages."""
+
+    global_args: dict[str, str]
+    stages: list[Stage]
+
+    def substitute(self, text: str, build_args: dict[str, str]) -> str:
+        """``text`` with ``${NAME}`` of global ARGs replaced, build args first (as in ``FROM`` lines)."""
+        values = {**self.global_args, **build_args}
+        return re.sub(r"\$\{(\w+)\}", lambda m: values[m.group(1)], text)
+
+    def stage(self, name: str) -> Stage:
+        return next(s for s in self.stages if s.name == name)
+
+    def chain(self, build_args: dict[str, str]) -> list[Stage]:
+        """The stages the final image is made of, from the one on an external image to the last."""
+        chain = [self.stages[-1]]
+        names = {s.name for s in self.stages}
+        while (base := self.substitute(chain[0].base, build_args)) in names:
+            chain.insert(0, self.stage(base))
+        return chain
+
+    def base_image(self, build_args: dict[str, str]) -> str:
+        return self.substitute(self.chain(build_args)[0].base, build_args)
+
+    def needed_stages(self, build_args: dict[str, str]) -> set[str]:
+        """Names of the stages a BuildKit build of the last stage runs: its chain and what they mount
+        or copy ``from=``, recursively (stages nothing refers to are skipped)."""
+        todo = [self.stages[-1]]
+        needed: set[str] = set()
+        while todo:
+            stage = todo.pop()
+            if stage.name in needed:
+                continue
+            needed.add(stage.name)
+            refs = [self.substitute(stage.base, build_args)]
+            refs += [ref for _, args in stage.instructions for ref in re.findall(r"from=([\w.-]+)", args)]
+            todo += [s for s in self.stages if s.name in refs]
+        return needed
+
+    def instructions(self, build_args: dict[str, str], keyword: str) -> list[str]:
+        """Arguments of every ``keyword`` instruction in the final image's stages, in order."""
+        return [args for stage in self.chain(build_args) for kw, args in stage.instructions if kw == keyword]
+
+    def env(self, build_args: dict[str, str]) -> dict[str, str]:
+        """The final image's environment (``ENV`` in the ``KEY=value`` form, later ones win)."""
+        env: dict[str, str] = {}
+        for args in self.instructions(build_args, "ENV"):
+            env.update(pair.split("=", 1) for pair in args.split())
+        return env
+
+    def copy_sources(self) -> list[str]:
+        """Sources of every ``COPY`` from the build context (not ``--from`` a stage), in any stage."""
+        sources = []
+        for stage in self.stages:
+            for keyword, args in stage.instructions:
+                words = args.split()
+                if keyword == "COPY" and not any(w.startswith("--from=") for w in words):
+                    sources += [w for w in words if not w.startswith("--")][:-1]
+        return sources
+
+
+def parse_dockerfile(path: Path) -> Dockerfile:
+    """Join continued lines, drop comments, split into instructions and those into stages."""
+    logical: list[str] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        if (pending + line).strip():
+            logical.append(" ".join((pending + line).split()))
+        pending = ""
+    assert not pending, f"{path.name} ends inside a continued line"
+
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for text in logical:
+        keyword, _, args = text.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else f"stage-{len(stages)}"
+            stages.append(Stage(base=words[0], name=name))
+        elif not stages:
+            assert keyword == "ARG", f"{path.name}: only ARG may come before the first FROM, not {text!r}"
+            key, _, default = args.partition("=")
+            global_args[key] = default.strip('"')
+        else:
+            stages[-1].instructions.append((keyword, args))
+    return Dockerfile(global_args, stages)
+
+
+DOCKERFILES = {service: parse_dockerfile(DEPLOY / "docker" / f"{service}.Dockerfile") for service in SERVICES}
+# (service, build args) of every image the Dockerfiles make: each stage in both variants, the coordinator.
+IMAGES = [(stage, {"VARIANT": variant}) for stage in STAGES for variant in VARIANT_PROFILES] + [
+    ("coordinator", {})
+]
+IMAGE_IDS = [f"{service}-{args['VARIANT']}" if args else service for service, args in IMAGES]
+
+
+def test_each_service_has_one_dockerfile_under_deploy() -> None:
+    assert sorted(p.name for p in (DEPLOY / "docker").glob("*.Dockerfile")) == sorted(
+        f"{service}.Dockerfile" for service in SERVICES
+    )
+    assert not list((ROOT / "services").glob("*/Dockerfile")), "images are built from deploy/docker/ only"
+
+
+@pytest.mark.parametrize(("service", "build_args"), IMAGES, ids=IMAGE_IDS)
+def test_image_runs_its_service_as_non_root(service: str, build_args: dict[str, str]) -> None:
+    dockerfile = DOCKERFILES[service]
+    user = dockerfile.instructions(build_args, "USER")[-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0, f"USER {user} is not a numeric non-root uid"
+    assert gid.isdigit() and int(gid) != 0, f"USER {user} is not a numeric non-root gid"
+
+    entrypoint = json.loads(dockerfile.instructions(build_args, "ENTRYPOINT")[-1])
+    assert entrypoint == [f"tire-{service}"]
+    assert PYPROJECT["project"]["scripts"][f"tire-{service}"] == f"services.{service}.server:main"
+
+    env = dockerfile.env(build_args)
+    ports = [env[f"TIRE_{service.upper()}_PORT"], env[f"TIRE_{service.upper()}_METRICS_PORT"]]
+    assert dockerfile.instructions(build_args, "EXPOSE")[-1].split() == ports
+    # Writable places for a read-only root filesystem: caches under /tmp.
+    assert env["HOME"] == "/tmp" and env["NUMBA_CACHE_DIR"].startswith("/tmp/")
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_image_copies_only_its_own_service(service: str) -> None:
+    dockerfile = DOCKERFILES[service]
+    sources = dockerfile.copy_sources()
+    missing = [source for source in sources if not (ROOT / source).exists()]
+    assert not missing, f"{service}.Dockerfile copies paths the repository does not have: {missing}"
+    service_folders = {source.split("/")[1] for source in sources if source.startswith("services/")}
+    assert service_folders == {"__init__.py", "common", service}
+
+    # Its context ignore file lets in exactly what it copies: nothing else goes to the builder.
+    ignore_file = DEPLOY / "docker" / f"{service}.Dockerfile.dockerignore"
+    ignore = [line for line in ignore_file.read_text().splitlines() if line and not line.startswith("#")]
+    assert ignore[0] == "*", "the ignore file starts by excluding everything"
+    allowed = [line[1:] for line in ignore if line.startswith("!")]
+    for source in sources:
+        assert any(source == a or source.startswith(a + "/") for a in allowed), f"{source} is ignored"
+    assert sorted(allowed) == sorted(set(sources))
+
+    # Stages referred to by `from=` exist; every RUN --mount and COPY --from names one.
+    names = {stage.name for stage in dockerfile.stages}
+    for stage in dockerfile.stages:
+        for _, args in stage.instructions:
+            assert set(re.findall(r"from=([\w.-]+)", args)) <= names, args
+
+
+@pytest.mark.parametrize(("service", "build_args"), IMAGES, ids=IMAGE_IDS)
+def test_base_images_are_pinned_by_tag(service: str, build_args: dict[str, str]) -> None:
+    dockerfile = DOCKERFILES[service]
+    names = {stage.name for stage in dockerfile.stages}
+    for stage in dockerfile.stages:
+        base = dockerfile.substitute(stage.base, build_args)
+        if base in names:
+            continue
+        image, _, tag = base.rpartition(":")
+        assert image and tag and tag != "latest" and "/" not in tag, f"{service}: FROM {base} is not pinned"
+
+
+@pytest.mark.parametrize("variant", VARIANT_PROFILES)
+@pytest.mark.parametrize("service", STAGES)
+def test_stage_image_defaults_to_its_variants_backend(service: str, variant: str) -> None:
+    env = DOCKERFILES[service].env({"VARIANT": variant})
+    backend = env[f"TIRE_{service.upper()}_BACKEND"]
+    assert backend in BACKENDS[service]
+    assert backend == VARIANT_PROFILES[variant].backends[service]
+
+
+def _installed_extras(dockerfile: Dockerfile, build_args: dict[str, str]) -> set[str]:
+    """The extras of this project that the final image's ``pip install`` lines name."""
+    runs = " ".join(dockerfile.instructions(build_args, "RUN"))
+    assert re.search(r"pip install [^&]* (\.|'\.\[[\w,-]+\]') ", runs + " "), "the image installs the project"
+    return {extra for group in re.findall(r"'\.\[([\w,-]+)\]'", runs) for extra in group.split(",")}
+
+
+@pytest.mark.parametrize("service", STAGES)
+def test_gpu_image_installs_cuda_torch_and_cpu_image_no_torch(service: str) -> None:
+    dockerfile = DOCKERFILES[service]
+    extras = PYPROJECT["project"]["optional-dependencies"]
+
+    gpu = {"VARIANT": "gpu"}
+    gpu_extras = _installed_extras(dockerfile, gpu)
+    assert any("torch" in extras[name] for name in gpu_extras), f"{service}: no extra brings torch"
+    runs = " ".join(dockerfile.instructions(gpu, "RUN"))
+    # The CUDA build of torch is PyPI's default; a CPU wheel index would silently make a CPU image.
+    assert "--index-url" not in runs and "--extra-index-url" not in runs
+    assert "compute" in dockerfile.env(gpu)["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+
+    cpu = {"VARIANT": "cpu"}
+    assert _installed_extras(dockerfile, cpu) == set(), "the CPU image installs no extras (no torch)"
+    assert "NVIDIA_DRIVER_CAPABILITIES" not in dockerfile.env(cpu)
+    # Both run on the slim Python image, and the CPU build does not even run the GPU-only build stages
+    # (the CUDA toolchain, git checkouts): every stage it needs starts from that image.
+    python_image = dockerfile.global_args["PYTHON_IMAGE"]
+    assert dockerfile.base_image(cpu) == dockerfile.base_image(gpu) == python_image
+    names = {stage.name for stage in dockerfile.stages}
+    for name in dockerfile.needed_stages(cpu):
+        assert dockerfile.substitute(dockerfile.stage(name).base, cpu) in names | {python_image}, name
+
+
+@pytest.mark.parametrize("service", ["renderer", "reconstructor"])
+def test_gsplat_kernels_are_compiled_at_build_on_a_cuda_devel_image(service: str) -> None:
+    dockerfile = DOCKERFILES[service]
+    gpu = {"VARIANT": "gpu"}
+    assert "gsplat" in _installed_extras(dockerfile, gpu)
+    assert "gsplat-wheel" in dockerfile.needed_stages(gpu)
+    builder = dockerfile.stage("gsplat-wheel")
+    assert re.fullmatch(r"nvidia/cuda:[\d.]+-devel-ubuntu[\d.]+", dockerfile.substitute(builder.base, gpu))
+    build = " ".join(args for keyword, args in builder.instructions if keyword == "RUN")
+    assert "TORCH_CUDA_ARCH_LIST=" in build and "--no-binary gsplat" in build
+    assert any(kw == "ARG" and args.startswith("CUDA_ARCH_LIST=") for kw, args in builder.instructions)
+    mounts = " ".join(dockerfile.instructions(gpu, "RUN"))
+    assert "from=gsplat-wheel" in mounts and "/wheels/gsplat-*.whl" in mounts
+
+
+def test_tracker_image_installs_cotracker_from_a_pinned_commit() -> None:
+    dockerfile = DOCKERFILES["tracker"]
+    builder = dockerfile.stage("cotracker-wheel")
+    commit = next(args for keyword, args in builder.instructions if keyword == "ARG").partition("=")[2]
+    assert re.fullmatch(r"[0-9a-f]{40}", commit), f"COTRACKER_COMMIT={commit} is not a full commit id"
+    repository = COTRACKER_INSTALL_COMMAND.removeprefix("pip install ")
+    build = " ".join(args for keyword, args in builder.instructions if keyword == "RUN")
+    assert f"{repository}@${{COTRACKER_COMMIT}}" in build
+    assert "from=cotracker-wheel" in " ".join(dockerfile.instructions({"VARIANT": "gpu"}, "RUN"))
+    assert not any("scaled_offline" in args for _, args in builder.instructions), "weights are mounted"
+
+
+def test_coordinator_keeps_its_state_in_a_volume_it_owns() -> None:
+    dockerfile = DOCKERFILES["coordinator"]
+    env = dockerfile.env({})
+    volume = dockerfile.instructions({}, "VOLUME")[-1]
+    assert Path(env["TIRE_COORDINATOR_STATE_PATH"]).parent == Path(volume)
+    uid_gid = dockerfile.instructions({}, "USER")[-1]
+    assert f"chown {uid_gid} {volume}" in " ".join(dockerfile.instructions({}, "RUN"))
+
+
+# --- Compose ---------------------------------------------------------------------------------------------
+
+
+class Reset:
+    """Compose's ``!reset``: the attribute is removed from what earlier files set."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it: merge keys (``<<``, as SafeLoader) and the ``!reset`` tag."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+
+
+def variables(document: object) -> set[str]:
+    """Names of the variables interpolated anywhere in ``document``."""
+    if isinstance(document, dict):
+        return set().union(*(variables(v) for v in document.values()))
+    if isinstance(document, list):
+        return set().union(*(variables(v) for v in document))
+    return {m.group(1) for m in _VARIABLE.finditer(document)} if isinstance(document, str) else set()
+
+
+def interpolate(value: object, environ: dict[str, str]) -> object:
+    """``value`` with ``${VAR}``, ``${VAR:-default}``, ``${VAR:?message}`` (and the forms without the
+    colon, which test only for unset) replaced as Compose does.
+
+    Raises:
+        KeyError: a required variable is unset (``?``), or unset or empty (``:?``).
+    """
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        name, operator, argument = match.groups()
+        current = environ.get(name)
+        missing = not current if operator and operator.startswith(":") else current is None
+        if operator and missing:
+            if operator.endswith("?"):
+                raise KeyError(name)
+            return argument
+        return current or ""
+
+    return _VARIABLE.sub(replace, value)
+
+
+def merge(base: object, override: object) -> object:
+    """``override`` laid over ``base``: mappings merge key by key, ``!reset`` removes the key, sequences
+    append (as Compose does for ports, volumes and devices), scalars replace."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            if isinstance(value, Reset):
+                merged.pop(key, None)
+            elif key in merged:
+                merged[key] = merge(merged[key], value)
+            else:
+                merged[key] = value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
+
+
+def load_compose(*names: str) -> dict:
+    documents = [yaml.load((DEPLOY / name).read_text(), Loader=ComposeLoader) for name in names]
+    merged = documents[0]
+    for document in documents[1:]:
+        merged = merge(merged, document)
+    return merged
+
+
+SECRETS = {"MINIO_ROOT_USER": "tire-user", "MINIO_ROOT_PASSWORD": "not-a-real-password"}
+GPU = interpolate(load_compose("compose.yaml"), SECRETS)
+CPU = interpolate(load_compose("compose.yaml", "compose.cpu.yaml"), SECRETS)
+LAYOUTS = {"gpu": GPU, "cpu": CPU}
+
+
+def devices(service: dict) -> list[dict]:
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+
+
+def test_compose_runs_minio_and_the_six_services_from_their_dockerfiles() -> None:
+    for compose in LAYOUTS.values():
+        assert set(compose["services"]) == {"minio", *SERVICES}
+        for service in SERVICES:
+            build = compose["services"][service]["build"]
+            assert (DEPLOY / build["context"]).resolve() == ROOT
+            assert build["dockerfile"] == f"deploy/docker/{service}.Dockerfile"
+    for stage in STAGES:
+        assert GPU["services"][stage]["build"]["args"]["VARIANT"] == "gpu"
+        assert CPU["services"][stage]["build"]["args"]["VARIANT"] == "cpu"
+        assert GPU["services"][stage]["image"] != CPU["services"][stage]["image"], "CPU images have their tag"
+
+
+def test_every_gpu_stage_reserves_one_gpu_of_its_own_and_the_cpu_override_none() -> None:
+    gpu_ids = []
+    for stage in STAGES:
+        (request,) = devices(GPU["services"][stage])
+        assert request["driver"] == "nvidia" and "gpu" in request["capabilities"]
+        assert ("count" in request) != ("device_ids" in request)
+        ids = request.get("device_ids", [])
+        assert request.get("count") == 1 or len(ids) == 1
+        gpu_ids += ids
+    assert len(set(gpu_ids)) == len(gpu_ids) == len(STAGES), "by default each stage has its own GPU"
+    assert devices(GPU["services"]["coordinator"]) == devices(GPU["services"]["minio"]) == []
+    for name, service in CPU["services"].items():
+        assert devices(service) == [], f"{name} still reserves a GPU with the CPU override"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backends_are_the_profiles_and_exist(layout: str) -> None:
+    compose = LAYOUTS[layout]
+    profile = VARIANT_PROFILES[layout]
+    for name, service in compose["services"].items():
+        for key, value in service.get("environment", {}).items():
+            if key.startswith("TIRE_") and key.endswith("_BACKEND"):
+                stage = key.removeprefix("TIRE_").removesuffix("_BACKEND").lower()
+                assert stage == name, f"{key} is set on {name}"
+                assert value in BACKENDS[stage], f"{key}={value} is not a {stage} backend"
+    for stage in STAGES:
+        backend = compose["services"][stage]["environment"][f"TIRE_{stage.upper()}_BACKEND"]
+        assert backend == profile.backends[stage]
+    strength = compose["services"]["coordinator"]["environment"]["TIRE_COORDINATOR_DEFAULT_STRENGTH"]
+    assert float(strength) == profile.strength
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_coordinator_targets_name_the_stage_services_and_their_ports(layout: str) -> None:
+    compose = LAYOUTS[layout]
+    environment = compose["services"]["coordinator"]["environment"]
+    for stage in STAGES:
+        target = environment[f"TIRE_COORDINATOR_{stage.upper()}"]
+        host, _, port = target.removeprefix("dns:///").rpartition(":")
+        assert host == stage and host in compose["services"]
+        port_setting = f"TIRE_{stage.upper()}_PORT"
+        image_port = DOCKERFILES[stage].env({"VARIANT": layout})[port_setting]
+        stage_port = compose["services"][stage]["environment"].get(port_setting, image_port)
+        assert port == stage_port, f"the coordinator dials {target}, the {stage} listens on {stage_port}"
+
+
+def test_store_settings_and_state_volume() -> None:
+    store_settings = {f"TIRE_S3_{key}" for key in ("ENDPOINT", "ACCESS_KEY", "SECRET_KEY", "BUCKET")}
+    for name in SERVICES:
+        assert store_settings <= set(GPU["services"][name]["environment"])
+        assert GPU["services"][name]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert GPU["services"]["coordinator"]["volumes"] == ["coordinator-state:/var/lib/tire"]
+    assert "coordinator-state" in GPU["volumes"]
+    for stage in ("tracker", "inpainter", "refiner"):
+        (mount,) = GPU["services"][stage]["volumes"]
+        assert mount.endswith(":/models:ro"), "models are mounted read-only"
+        assert CPU["services"][stage].get("volumes", []) == [], "the CPU backends mount no models"
+
+
+def test_no_literal_secrets_and_every_variable_documented() -> None:
+    raw = {name: (DEPLOY / name).read_text() for name in ("compose.yaml", "compose.cpu.yaml")}
+    secret_key = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER|TOKEN")
+    for name, text in raw.items():
+        for service, settings in yaml.load(text, Loader=ComposeLoader)["services"].items():
+            for key, value in (settings.get("environment") or {}).items():
+                required_variable = re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value))
+                assert required_variable or not secret_key.search(key), f"{name}: {service}.{key}={value!r}"
+    # Compose refuses to start without the secrets, and only they are required.
+    with pytest.raises(KeyError):
+        interpolate(load_compose("compose.yaml"), {})
+    required = {m.group(1) for text in raw.values() for m in _VARIABLE.finditer(text) if m.group(2) == ":?"}
+    assert required == set(SECRETS)
+
+    example = {}
+    for line in (DEPLOY / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            example[key] = value
+    assert example["MINIO_ROOT_PASSWORD"] == "", ".env.example holds no password"
+    used = variables(load_compose("compose.yaml")) | variables(load_compose("compose.cpu.yaml"))
+    assert used == set(example), f"used, not in .env.example: {sorted(used - set(example))}; " + (
+        f"in .env.example, unused: {sorted(set(example) - used)}"
+    )
+    assert ".env" in (DEPLOY / ".gitignore").read_text().splitlines()

@@ -1,0 +1,379 @@
+"""The Helm chart ``helm/tire``, rendered with ``helm template`` (offline, no cluster).
+
+What is checked here is behaviour the deployment depends on: a model swap rolls only the inpainter, the
+coordinator reaches every stage through a headless Service, every pod is locked down, GPUs are requested
+only where a GPU backend runs, and every variable the chart sets is one the services actually read.
+``make helm-check`` (run by ``make test`` first) installs helm into .tools/bin and validates each scenario
+in helm/tire/ci/ against the Kubernetes schemas.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.common.config import ServerSettings, from_env
+from services.common.store import StoreSettings
+from services.coordinator.server import CoordinatorSettings
+from services.inpainter.server import InpainterSettings
+from services.reconstructor.server import ReconstructorSettings
+from services.refiner.server import RefinerSettings
+from services.renderer.server import RendererSettings
+from services.tracker.server import TrackerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "tire"
+SCENARIOS = sorted(path.stem for path in (CHART / "ci").glob("*.yaml"))
+HELM = next(
+    (str(p) for p in (ROOT / ".tools" / "bin" / "helm", shutil.which("helm")) if p and Path(p).is_file()),
+    None,
+)
+pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: run `make helm-check` to install it")
+
+STAGES = ("renderer", "tracker", "inpainter", "refiner", "reconstructor")
+SETTINGS = {
+    "renderer": RendererSettings,
+    "tracker": TrackerSettings,
+    "inpainter": InpainterSettings,
+    "refiner": RefinerSettings,
+    "reconstructor": ReconstructorSettings,
+    "coordinator": CoordinatorSettings,
+}
+# Fixed credentials, so two renderings differ only where their values do (generated ones are random).
+CREDENTIALS = ("--set", "s3.accessKey=tire-test", "--set", "s3.secretKey=tire-test-secret")
+GPU = "nvidia.com/gpu"
+
+
+@functools.cache
+def _render(args: tuple[str, ...]) -> tuple[dict, ...]:
+    result = subprocess.run(
+        [HELM, "template", "tire", str(CHART), "--namespace", "tire", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RenderError(result.stderr)
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+class RenderError(Exception):
+    """``helm template`` failed; the message is its stderr."""
+
+
+def render(*args: str, scenario: str | None = None) -> dict[tuple[str, str], dict]:
+    """The chart's objects by (kind, name), rendered with ``args`` (and a ci/ scenario's values)."""
+    if scenario is not None:
+        args = ("--values", str(CHART / "ci" / f"{scenario}.yaml"), *args)
+    docs = copy.deepcopy(_render(args))
+    return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+
+def pod_spec(objects: dict, kind: str, name: str) -> dict:
+    return objects[(kind, name)]["spec"]["template"]["spec"]
+
+
+def workloads(objects: dict) -> list[tuple[str, dict]]:
+    return [
+        (name, doc["spec"]["template"])
+        for (kind, name), doc in objects.items()
+        if kind in ("Deployment", "StatefulSet")
+    ]
+
+
+def test_a_new_inpainter_model_changes_only_the_inpainter_config_and_its_pods_checksum():
+    before = render(*CREDENTIALS)
+    after = render(*CREDENTIALS, "--set", "inpainter.model=s3://models/sd2-inpainting-v2")
+
+    assert before.keys() == after.keys()
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {("ConfigMap", "tire-inpainter"), ("Deployment", "tire-inpainter")}
+    assert (
+        after[("ConfigMap", "tire-inpainter")]["data"]["TIRE_INPAINTER_MODEL"]
+        == "s3://models/sd2-inpainting-v2"
+    )
+    # The Deployment differs only by its config checksum: that is what rolls the inpainter's pods.
+    annotations = [
+        objects[("Deployment", "tire-inpainter")]["spec"]["template"]["metadata"]["annotations"]
+        for objects in (before, after)
+    ]
+    assert annotations[0].pop("checksum/config") != annotations[1].pop("checksum/config")
+    assert before[("Deployment", "tire-inpainter")] == after[("Deployment", "tire-inpainter")]
+
+
+def test_each_stage_pod_carries_the_checksum_of_its_own_config_only():
+    def checksums(objects: dict) -> dict[str, str]:
+        return {
+            name: objects[("Deployment", f"tire-{name}")]["spec"]["template"]["metadata"]["annotations"][
+                "checksum/config"
+            ]
+            for name in (*STAGES, "coordinator")
+        }
+
+    objects = render(*CREDENTIALS)
+    for name in (*STAGES, "coordinator"):
+        container = pod_spec(objects, "Deployment", f"tire-{name}")["containers"][0]
+        assert container["envFrom"] == [{"configMapRef": {"name": f"tire-{name}"}}]
+    before = checksums(objects)
+    assert len(set(before.values())) == len(before)
+    after = checksums(render(*CREDENTIALS, "--set", "refiner.settings.num_inference_steps=25"))
+    assert {name for name in before if before[name] != after[name]} == {"refiner"}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_coordinator_dials_every_stage_through_its_headless_service(scenario):
+    objects = render(scenario=scenario)
+    config = objects[("ConfigMap", "tire-coordinator")]["data"]
+    for stage in STAGES:
+        assert config[f"TIRE_COORDINATOR_{stage.upper()}"] == f"dns:///tire-{stage}:50051"
+        service = objects[("Service", f"tire-{stage}")]["spec"]
+        assert service["clusterIP"] == "None"
+        assert {"name": "grpc", "port": 50051}.items() <= service["ports"][0].items()
+        pod_labels = objects[("Deployment", f"tire-{stage}")]["spec"]["template"]["metadata"]["labels"]
+        assert service["selector"].items() <= pod_labels.items()
+    # Users reach the coordinator through an ordinary Service; only stages are headless.
+    assert objects[("Service", "tire-coordinator")]["spec"].get("clusterIP") != "None"
+
+
+def test_the_inpainter_scales_behind_an_hpa_and_a_disruption_budget():
+    objects = render(scenario="inpainter-scaled")
+    hpa = objects[("HorizontalPodAutoscaler", "tire-inpainter")]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tire-inpainter",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (4, 8)
+    # Under an HPA the Deployment leaves the count alone, so an upgrade does not reset it.
+    assert "replicas" not in objects[("Deployment", "tire-inpainter")]["spec"]
+    assert objects[("PodDisruptionBudget", "tire-inpainter")]["spec"]["maxUnavailable"] == 1
+    config = objects[("ConfigMap", "tire-inpainter")]["data"]
+    assert from_env(ServerSettings, "TIRE_INPAINTER_", config).max_connection_age_s == 60.0
+    pod = pod_spec(objects, "Deployment", "tire-inpainter")
+    assert pod["terminationGracePeriodSeconds"] > 120  # longer than the server's grace_s
+    assert not any(kind == "HorizontalPodAutoscaler" and name != "tire-inpainter" for kind, name in objects)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_pod_runs_non_root_on_a_read_only_root_filesystem(scenario):
+    objects = render(scenario=scenario)
+    found = workloads(objects)
+    assert {name for name, _ in found} >= {f"tire-{name}" for name in (*STAGES, "coordinator")}
+    for name, template in found:
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert spec["automountServiceAccountToken"] is False, name
+        tmp_volumes = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert any(
+                m["mountPath"] == "/tmp" and m["name"] in tmp_volumes for m in container["volumeMounts"]
+            )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_stage_probes_use_grpc_health_with_room_to_load_models(scenario):
+    objects = render(scenario=scenario)
+    for stage in (*STAGES, "coordinator"):
+        container = pod_spec(objects, "Deployment", f"tire-{stage}")["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": 50051}, (stage, probe)
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, stage
+    inpainter = pod_spec(objects, "Deployment", "tire-inpainter")["containers"][0]["startupProbe"]
+    assert inpainter["periodSeconds"] * inpainter["failureThreshold"] >= 600
+
+
+def test_gpus_are_requested_by_the_gpu_backends_by_default():
+    objects = render()
+    backends = {}
+    for stage in STAGES:
+        pod = pod_spec(objects, "Deployment", f"tire-{stage}")
+        resources = pod["containers"][0]["resources"]
+        backends[stage] = objects[("ConfigMap", f"tire-{stage}")]["data"][f"TIRE_{stage.upper()}_BACKEND"]
+        # The paper's tracker and refiner need weights the operator chooses; until then they run on the CPU.
+        if stage in ("tracker", "refiner"):
+            assert GPU not in resources.get("limits", {}) and "tolerations" not in pod
+            continue
+        assert resources["limits"][GPU] == 1 and resources["requests"][GPU] == 1, stage
+        assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert backends == {
+        "renderer": "gsplat",
+        "tracker": "geometric",
+        "inpainter": "sd-lora",
+        "refiner": "consensus",
+        "reconstructor": "gsplat-optimize",
+    }
+    assert "TIRE_COORDINATOR_DEFAULT_STRENGTH" not in objects[("ConfigMap", "tire-coordinator")]["data"]
+
+
+def test_the_paper_backends_get_their_gpu_and_weights():
+    objects = render(scenario="paper-backends")
+    for stage in STAGES:
+        assert (
+            pod_spec(objects, "Deployment", f"tire-{stage}")["containers"][0]["resources"]["limits"][GPU] == 1
+        )
+    tracker = objects[("ConfigMap", "tire-tracker")]["data"]
+    assert tracker["TIRE_TRACKER_BACKEND"] == "cotracker"
+    checkpoint = Path(tracker["TIRE_TRACKER_COTRACKER_CHECKPOINT"])
+    pod = pod_spec(objects, "Deployment", "tire-tracker")
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if checkpoint.is_relative_to(m["mountPath"])]
+    assert mount["readOnly"] is True
+    assert {"name": mount["name"], "persistentVolumeClaim": {"claimName": "tire-models"}} in pod["volumes"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    refiner = from_env(RefinerSettings, "TIRE_REFINER_", objects[("ConfigMap", "tire-refiner")]["data"])
+    assert (refiner.backend, refiner.model, refiner.trust_remote_code) == (
+        "mv-diffusion",
+        "s3://tire-models/mvdream-sd2.1-diffusers",
+        True,
+    )
+
+
+def test_cpu_only_mode_requests_no_gpu_and_runs_the_cpu_backends():
+    objects = render(scenario="cpu-only")
+    for name, template in workloads(objects):
+        for container in template["spec"]["containers"]:
+            for section in ("limits", "requests"):
+                assert GPU not in container["resources"].get(section, {}), name
+        assert "tolerations" not in template["spec"] and "nodeSelector" not in template["spec"], name
+    backends = {
+        stage: objects[("ConfigMap", f"tire-{stage}")]["data"][f"TIRE_{stage.upper()}_BACKEND"]
+        for stage in STAGES
+    }
+    assert backends == {
+        "renderer": "cpu",
+        "tracker": "geometric",
+        "inpainter": "colour",
+        "refiner": "consensus",
+        "reconstructor": "colour-solve",
+    }
+    # The colour inpainter's strength is a linear blend: the coordinator defaults it to 1.0.
+    config = objects[("ConfigMap", "tire-coordinator")]["data"]
+    assert from_env(CoordinatorSettings, "TIRE_COORDINATOR_", config).default_strength == 1.0
+
+
+def test_one_stage_without_a_gpu_falls_back_to_its_cpu_backend_alone():
+    objects = render("--set", "inpainter.gpu=0")
+    config = objects[("ConfigMap", "tire-inpainter")]["data"]
+    assert config["TIRE_INPAINTER_BACKEND"] == "colour" and "TIRE_INPAINTER_MODEL" not in config
+    assert (
+        GPU not in pod_spec(objects, "Deployment", "tire-inpainter")["containers"][0]["resources"]["limits"]
+    )
+    assert pod_spec(objects, "Deployment", "tire-renderer")["containers"][0]["resources"]["limits"][GPU] == 1
+    coordinator = objects[("ConfigMap", "tire-coordinator")]["data"]
+    assert coordinator["TIRE_COORDINATOR_DEFAULT_STRENGTH"] == "1.0"
+    explicit = render("--set", "inpainter.gpu=0", "--set", "coordinator.defaultStrength=0.6")
+    assert explicit[("ConfigMap", "tire-coordinator")]["data"]["TIRE_COORDINATOR_DEFAULT_STRENGTH"] == "0.6"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_variable_the_chart_sets_is_one_the_service_reads(scenario):
+    objects = render(scenario=scenario)
+    server_fields = {f.name.upper() for f in dataclasses.fields(ServerSettings)}
+    for service, settings_type in SETTINGS.items():
+        data = objects[("ConfigMap", f"tire-{service}")]["data"]
+        prefix = f"TIRE_{service.upper()}_"
+        fields = {f.name.upper() for f in dataclasses.fields(settings_type)}
+        own = {key.removeprefix(prefix) for key in data if key.startswith(prefix)}
+        assert own <= fields | server_fields, (service, own - fields - server_fields)
+        assert {key for key in data if not key.startswith(prefix)} <= {
+            "TIRE_S3_ENDPOINT",
+            "TIRE_S3_BUCKET",
+            "TIRE_S3_SECURE",
+            "TIRE_S3_REGION",
+        }
+        # The values parse as the service parses them at start (numbers stay numbers, not 1.07e+09).
+        from_env(settings_type, prefix, data)
+        server = from_env(ServerSettings, prefix, data)
+        assert (server.port, server.metrics_port) == (50051, 9090)
+        store = StoreSettings.from_env({**data, "TIRE_S3_ACCESS_KEY": "a", "TIRE_S3_SECRET_KEY": "b"})
+        assert store.endpoint == (
+            "objects.example.com:443" if scenario == "external-s3" else "tire-minio:9000"
+        )
+
+
+def test_large_settings_from_a_values_file_render_as_integers():
+    config = render(scenario="inpainter-scaled")[("ConfigMap", "tire-inpainter")]["data"]
+    assert config["TIRE_INPAINTER_MAX_SUBJECT_BYTES"] == "1073741824"
+    assert from_env(InpainterSettings, "TIRE_INPAINTER_", config).max_subject_bytes == 2**30
+
+
+def test_stages_accept_grpc_only_from_the_coordinator():
+    objects = render()
+    coordinator_labels = objects[("Deployment", "tire-coordinator")]["spec"]["template"]["metadata"]["labels"]
+    for stage in STAGES:
+        policy = objects[("NetworkPolicy", f"tire-{stage}")]["spec"]
+        assert policy["policyTypes"] == ["Ingress"]
+        grpc_rule, metrics_rule = policy["ingress"]
+        assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+        (peer,) = grpc_rule["from"]
+        assert peer["podSelector"]["matchLabels"].items() <= coordinator_labels.items()
+        assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "coordinator"
+        assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    minio = objects[("NetworkPolicy", "tire-minio")]["spec"]["ingress"][0]["from"][0]["podSelector"][
+        "matchLabels"
+    ]
+    assert minio == {"app.kubernetes.io/name": "tire", "app.kubernetes.io/instance": "tire"}
+    assert not any(kind == "NetworkPolicy" for kind, _ in render(scenario="cpu-only"))
+
+
+def test_the_coordinator_keeps_its_job_state_on_a_claim_with_one_replica():
+    objects = render()
+    deployment = objects[("Deployment", "tire-coordinator")]["spec"]
+    assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
+    config = objects[("ConfigMap", "tire-coordinator")]["data"]
+    state_dir = str(Path(config["TIRE_COORDINATOR_STATE_PATH"]).parent)
+    pod = deployment["template"]["spec"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == state_dir]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == "tire-coordinator"
+    assert ("PersistentVolumeClaim", "tire-coordinator") in objects
+
+
+def test_store_credentials_come_from_the_charts_secret_or_yours():
+    objects = render(*CREDENTIALS)
+    secret = objects[("Secret", "tire-s3")]["data"]
+    assert {key: base64.b64decode(value).decode() for key, value in secret.items()} == {
+        "accessKey": "tire-test",
+        "secretKey": "tire-test-secret",
+    }
+    generated = render()[("Secret", "tire-s3")]["data"]
+    assert len(base64.b64decode(generated["secretKey"])) == 40
+
+    external = render(scenario="external-s3")
+    assert ("Secret", "tire-s3") not in external and ("StatefulSet", "tire-minio") not in external
+    for name, template in workloads(external):
+        env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        assert env["TIRE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "tire-store-credentials",
+            "key": "AWS_SECRET_ACCESS_KEY",
+        }, name
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--set", "tracker.gpu=1"), "tracker.cotrackerCheckpoint"),
+        (("--set", "minio.enabled=false"), "s3.endpoint"),
+        (("--set", "inpainter.model="), "inpainter.model"),
+        (("--set", "refiner.gpu=1"), "refiner.model"),
+        (("--set", "inpainter.gpu=-1"), "/inpainter/gpu"),
+        (("--set", "renderer.setings.max_views=4"), "setings"),
+    ],
+)
+def test_a_bad_value_stops_the_render_naming_it(args, named):
+    with pytest.raises(RenderError, match=named):
+        render(*args)
