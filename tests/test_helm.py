@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.common.clients import service_config
 from services.common.config import ServerSettings, from_env
 from services.common.store import StoreSettings
 from services.coordinator.server import CoordinatorSettings
@@ -141,6 +142,9 @@ def test_the_coordinator_dials_every_stage_through_its_headless_service(scenario
         assert service["selector"].items() <= pod_labels.items()
     # Users reach the coordinator through an ordinary Service; only stages are headless.
     assert objects[("Service", "tire-coordinator")]["spec"].get("clusterIP") != "None"
+    # The coordinator dials each target with the one client factory, whose service config balances
+    # round-robin over every address the dns:/// name resolves to (one per ready pod).
+    assert service_config(retries=4, timeout_s=None)["loadBalancingConfig"] == [{"round_robin": {}}]
 
 
 def test_the_inpainter_scales_behind_an_hpa_and_a_disruption_budget():
