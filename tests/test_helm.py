@@ -147,6 +147,15 @@ def test_the_coordinator_dials_every_stage_through_its_headless_service(scenario
     assert service_config(retries=4, timeout_s=None)["loadBalancingConfig"] == [{"round_robin": {}}]
 
 
+def test_only_the_coordinator_presigns_for_the_public_store_endpoint():
+    objects = render(*CREDENTIALS, "--set", "s3.publicEndpoint=https://s3.example.com")
+    configs = {name: doc["data"] for (kind, name), doc in objects.items() if kind == "ConfigMap"}
+    assert configs["tire-coordinator"]["TIRE_S3_PUBLIC_ENDPOINT"] == "https://s3.example.com"
+    others = [data for name, data in configs.items() if name != "tire-coordinator"]
+    assert others and all("TIRE_S3_PUBLIC_ENDPOINT" not in data for data in others)
+    assert "TIRE_S3_PUBLIC_ENDPOINT" not in render(*CREDENTIALS)[("ConfigMap", "tire-coordinator")]["data"]
+
+
 def test_the_inpainter_scales_behind_an_hpa_and_a_disruption_budget():
     objects = render(scenario="inpainter-scaled")
     hpa = objects[("HorizontalPodAutoscaler", "tire-inpainter")]

@@ -76,6 +76,9 @@ class StoreSettings:
         secure: use HTTPS.
         region: signing region; set explicitly so the client never asks the store for it.
         max_object_bytes: default limit on one object read or written.
+        public_endpoint: where clients outside reach the same store, ``host:port`` or
+            ``http(s)://host:port`` (a scheme sets its own HTTPS, else ``secure`` applies); presigned URLs
+            name it, since the signature covers the host. Empty: ``endpoint``.
     """
 
     endpoint: str
@@ -85,6 +88,7 @@ class StoreSettings:
     secure: bool = False
     region: str = "us-east-1"
     max_object_bytes: int = 2 * GiB
+    public_endpoint: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -98,6 +102,11 @@ class StoreSettings:
             (bool(self.bucket), "bucket", "must not be empty"),
             (bool(self.region), "region", "must not be empty"),
             (self.max_object_bytes >= 1, "max_object_bytes", "must be at least 1"),
+            (
+                re.fullmatch(r"((https?)://)?[^/:\s]+(:\d+)?/?", self.public_endpoint or "x") is not None,
+                "public_endpoint",
+                "must be host:port or http(s)://host:port, no path",
+            ),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -107,7 +116,7 @@ class StoreSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> StoreSettings:
         """Read ``TIRE_S3_ENDPOINT``, ``_ACCESS_KEY``, ``_SECRET_KEY``, ``_BUCKET`` (required) and
-        ``TIRE_S3_SECURE``, ``_REGION``, ``_MAX_OBJECT_BYTES`` (optional).
+        ``TIRE_S3_SECURE``, ``_REGION``, ``_MAX_OBJECT_BYTES``, ``_PUBLIC_ENDPOINT`` (optional).
 
         ``TIRE_S3_ENDPOINT`` may be ``host:port`` or ``http(s)://host:port``; a scheme sets ``secure``
         and must agree with ``TIRE_S3_SECURE`` when both are given.
@@ -201,6 +210,18 @@ class ObjectStore:
             region=settings.region,
             http_client=_http_client(),
         )
+        # Presigning is a local computation (the region is set, so nothing is asked of the store); a
+        # client for the public name signs URLs that outside clients can use.
+        self._presigner = self._client
+        if settings.public_endpoint:
+            scheme, sep, host = settings.public_endpoint.rstrip("/").rpartition("://")
+            self._presigner = Minio(
+                host,
+                access_key=settings.access_key,
+                secret_key=settings.secret_key,
+                secure=scheme == "https" if sep else settings.secure,
+                region=settings.region,
+            )
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.endpoint_url}, bucket={self.settings.bucket!r})"
@@ -297,13 +318,13 @@ class ObjectStore:
         """
         key = content_key(sha256, suffix)
         with self._errors(self.uri_for(key)):
-            return self._client.presigned_put_object(self.settings.bucket, key, expires=expires)
+            return self._presigner.presigned_put_object(self.settings.bucket, key, expires=expires)
 
     def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str:
         """An HTTP URL that lets anyone GET the object at ``uri`` until ``expires`` from now."""
         bucket, key = parse_uri(uri)
         with self._errors(uri):
-            return self._client.presigned_get_object(bucket, key, expires=expires)
+            return self._presigner.presigned_get_object(bucket, key, expires=expires)
 
     def upload_folder(self, folder: str | os.PathLike, prefix_uri: str) -> list[str]:
         """Copy every file under ``folder`` to ``<prefix_uri>/<relative path>`` (model weights, which are

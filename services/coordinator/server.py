@@ -21,6 +21,7 @@ Configuration (environment, read once at start):
     TIRE_COORDINATOR_SOURCE_WEIGHT       the source view's weight in reconstruction (default 10)
     TIRE_COORDINATOR_PORT, TIRE_COORDINATOR_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
+    TIRE_S3_PUBLIC_ENDPOINT              the store as clients outside reach it: presigned URLs name it
 """
 
 from __future__ import annotations

@@ -260,6 +260,27 @@ def test_presigned_put_then_get(store):
         assert reply.read() == data
 
 
+def test_presigned_urls_name_the_public_endpoint(s3, store):
+    port = s3.settings.endpoint.rsplit(":", 1)[1]
+    # localhost reaches the same server under another name: URLs signed for it work from outside.
+    public = ObjectStore(dataclasses.replace(s3.settings, public_endpoint=f"http://localhost:{port}/"))
+    uri = store.put_bytes(b"for a client outside").uri
+    url = public.presigned_get(uri, expires=timedelta(minutes=5))
+    assert url.startswith(f"http://localhost:{port}/")
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        assert reply.read() == b"for a client outside"
+    # Signed for one name, refused under another: the signature covers the host.
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url.replace("localhost", "127.0.0.1"), timeout=5)
+    assert info.value.code == 403
+    info.value.close()
+    tls = ObjectStore(dataclasses.replace(s3.settings, public_endpoint="https://s3.example.com"))
+    assert tls.presigned_put("0" * 64, expires=timedelta(minutes=5)).startswith("https://s3.example.com/")
+    for bad in ("s3.example.com/path", "ftp://s3.example.com", "http://"):
+        with pytest.raises(ConfigError, match="public_endpoint"):
+            dataclasses.replace(s3.settings, public_endpoint=bad)
+
+
 def test_tampered_or_unsigned_url_is_refused(store):
     uri = store.put_bytes(os.urandom(32)).uri
     url = store.presigned_get(uri, expires=timedelta(minutes=5))
