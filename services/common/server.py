@@ -31,7 +31,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -305,6 +305,14 @@ class _CallInterceptor(grpc.ServerInterceptor):
         self._requests = Counter(
             "tire_grpc_requests", "gRPC calls handled.", ["service", "method", "code"], registry=registry
         )
+        # Calls being handled now: the signal to scale a GPU stage on (through a Prometheus adapter and
+        # the HPA), since a busy GPU pod's CPU use says little.
+        self._in_flight = Gauge(
+            "tire_grpc_requests_in_flight",
+            "gRPC calls being handled.",
+            ["service", "method"],
+            registry=registry,
+        )
         self._seconds = Histogram(
             "tire_grpc_request_seconds",
             "Time to handle a gRPC call, to the end of its response stream.",
@@ -341,6 +349,7 @@ class _CallInterceptor(grpc.ServerInterceptor):
     def _wrap_unary(self, behavior: Callable, service: str, method: str) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             tracked, start = _TrackedContext(context), time.perf_counter()
+            self._in_flight.labels(service, method).inc()
             try:
                 return behavior(request, tracked)
             except Exception as exc:
@@ -353,6 +362,7 @@ class _CallInterceptor(grpc.ServerInterceptor):
     def _wrap_stream(self, behavior: Callable, service: str, method: str) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             tracked, start = _TrackedContext(context), time.perf_counter()
+            self._in_flight.labels(service, method).inc()
             try:
                 yield from behavior(request, tracked)
             except Exception as exc:
@@ -364,6 +374,7 @@ class _CallInterceptor(grpc.ServerInterceptor):
 
     def _record(self, service: str, method: str, context: _TrackedContext, start: float) -> None:
         """Count and log a finished call."""
+        self._in_flight.labels(service, method).dec()
         seconds = time.perf_counter() - start
         code = _final_code(context)
         self._requests.labels(service, method, code.name).inc()

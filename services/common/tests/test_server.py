@@ -157,6 +157,29 @@ def test_metrics_count_calls_by_method_and_code(server: RunningServer, channel: 
     assert any(name == "process_resident_memory_bytes" for name, _ in samples)
 
 
+def test_metrics_gauge_the_calls_in_flight(
+    server: RunningServer, servicer: EchoServicer, channel: grpc.Channel
+) -> None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def in_flight() -> float:
+        text = opener.open(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "tire_grpc_requests_in_flight" and s.labels["method"] == "Echo"
+        )
+
+    slow = threading.Thread(target=echo, args=(channel, b"slow"))
+    slow.start()
+    assert servicer.started.wait(5)
+    assert in_flight() == 1
+    slow.join()
+    rpc_error(echo, channel, b"invalid")
+    assert in_flight() == 0
+
+
 def test_metrics_can_be_disabled(servicer: EchoServicer) -> None:
     running = start_server(echo_spec(servicer), ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
     try:
