@@ -190,13 +190,14 @@ class SdLoraBackend:
             optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-2)
             try:
                 self.unet.train()
-                # 3. The training loop.
+                # 3. The training loop; the prompt is fixed and the text encoder frozen: encode it once.
+                context = self._encode_prompt([config.prompt])
                 for step in range(1, config.steps + 1):
                     batch = [
                         _augment(*references[int(rng.integers(len(references)))], config, rng)
                         for _ in range(self.fit_batch_size)
                     ]
-                    loss = self._training_loss(batch, config.prompt, generator)
+                    loss = self._training_loss(batch, context, generator)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -243,18 +244,18 @@ class SdLoraBackend:
                     self.unet.disable_adapters()
             else:
                 self._activate(subject, metadata)
-            prompt = FitConfig().prompt if metadata is None else metadata["prompt"]
+            context = self._encode_prompt([FitConfig().prompt if metadata is None else metadata["prompt"]])
             losses = [
-                float(self._training_loss([references[i % len(references)]], prompt, generator))
+                float(self._training_loss([references[i % len(references)]], context, generator))
                 for i in range(samples)
             ]
         return float(np.mean(losses))
 
     def _training_loss(
-        self, batch: list[tuple[np.ndarray, np.ndarray]], prompt: str, generator
+        self, batch: list[tuple[np.ndarray, np.ndarray]], context: torch.Tensor, generator
     ) -> torch.Tensor:
         """The masked denoising loss of one batch of augmented references ``(rgb [S, S, 3] uint8,
-        foreground [S, S] float32)``."""
+        foreground [S, S] float32)``, prompted with ``context`` ``[1, 77, D]`` (the encoded prompt)."""
         dev, dtype = self._device, self._dtype
         images = torch.from_numpy(np.stack([rgb for rgb, _ in batch])).permute(0, 3, 1, 2).float() / 127.5 - 1
         foreground = torch.from_numpy(np.stack([fg for _, fg in batch]))[:, None]
@@ -271,10 +272,11 @@ class SdLoraBackend:
             0, self.scheduler.config.num_train_timesteps, (len(batch),), generator=generator
         ).to(dev)
         noisy = self.scheduler.add_noise(latents, noise, t)
-        context = self._encode_prompt([prompt] * len(batch))
         with self._autocast():
             prediction = self.unet(
-                torch.cat([noisy, mask_latents, masked_latents], dim=1), t, encoder_hidden_states=context
+                torch.cat([noisy, mask_latents, masked_latents], dim=1),
+                t,
+                encoder_hidden_states=context.expand(len(batch), -1, -1),
             ).sample
         if self.scheduler.config.prediction_type == "v_prediction":
             target = self.scheduler.get_velocity(latents, noise, t)
