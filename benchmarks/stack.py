@@ -40,6 +40,7 @@ from benchmarks.rasterizer import cpu_name
 from services.cli import STACK, coordinator_stub, local_stack, upload
 from services.common.s3server import free_port
 from services.common.store import MemoryStore
+from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
@@ -137,7 +138,8 @@ class Embedded:
         with JobStore(":memory:") as jobs:
             cpu = cpu_seconds(os.getpid())
             start = time.perf_counter()
-            job, _ = jobs.create(resolve_spec(job_spec(self.frames, self.references, seed, quick)))
+            spec = frame_job(resolve_spec(job_spec(self.frames, self.references, seed, quick)), self.store)
+            job, _ = jobs.create(spec)
             job = JobRunner(jobs, self.stages, self.store).run(job.id)
             seconds = time.perf_counter() - start
             cpu = cpu_seconds(os.getpid()) - cpu

@@ -79,6 +79,21 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--orbit-step", type=float, default=0.0, help="degrees between views (default 20)")
     parser.add_argument("--elevation", type=float, default=0.0, help="orbit elevation, degrees")
     parser.add_argument(
+        "--center",
+        type=float,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="the point the orbit circles, world units (default: fitted to the asset)",
+    )
+    parser.add_argument(
+        "--radius", type=float, default=0.0, help="orbit radius, world units (default: fitted to the asset)"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="repair an asset that fails the framing checks (flat, outside the orbit), with a warning",
+    )
+    parser.add_argument(
         "--rings", choices=("fixed", "adaptive", "source-only"), default="fixed", help="ring schedule"
     )
     parser.add_argument("--limits", type=float, nargs="+", help="fixed ring limits, degrees (20 90 180)")
@@ -100,7 +115,12 @@ def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordi
         strength=args.strength or 0.0,
         refine_strength=args.refine_strength or 0.0,
         seed=args.seed,
+        force=args.force,
     )
+    if args.center is not None:
+        spec.framing.center.extend(args.center)
+    if args.radius:
+        spec.framing.radius = args.radius
     if args.fit_steps is not None:
         spec.fit.steps = args.fit_steps
     if args.rings == "adaptive":
@@ -118,6 +138,7 @@ def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordi
 
 
 def run_embedded(args: argparse.Namespace) -> int:
+    from services.coordinator.framing_check import frame_job
     from services.coordinator.jobstore import JobStore
     from services.coordinator.pipeline import JobRunner
     from services.coordinator.spec import resolve_spec
@@ -131,7 +152,7 @@ def run_embedded(args: argparse.Namespace) -> int:
     args.strength = args.strength or profile.strength
     args.refine_strength = args.refine_strength or profile.refine_strength
     try:
-        spec = resolve_spec(job_spec(args, frames, references))
+        spec = frame_job(resolve_spec(job_spec(args, frames, references)), store)
         stages = embedded_stages(store, args.profile)
     except TireError as exc:
         raise SystemExit(f"tire: {exc}") from None
@@ -139,6 +160,8 @@ def run_embedded(args: argparse.Namespace) -> int:
     jobs = JobStore(":memory:")
     job, _ = jobs.create(spec)
     print(f"Repairing {', '.join(map(str, plys))} with {args.profile} backends ({len(plys)} time step(s))")
+    center = ", ".join(f"{c:.3g}" for c in spec.framing.center)
+    print(f"Orbit around ({center}) at radius {spec.framing.radius:.3g}")
     start = time.perf_counter()
     runner = threading.Thread(target=JobRunner(jobs, stages, store).run, args=(job.id,), daemon=True)
     runner.start()
@@ -197,6 +220,8 @@ def follow(fetch) -> coordinator_pb2.JobEvent:
                         f"      ring {ring.ring}: {ring.targets_done}/{ring.targets_total} targets, "
                         f"mean unobserved fraction {ring.unobserved_fraction:.2f}"
                     )
+            elif kind == "warning":
+                print(("\n" if tty and done else "") + f"warning: {event.warning.message}", flush=True)
             elif kind == "finished":
                 if tty:
                     print()
@@ -219,6 +244,7 @@ def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[
     for t, ref in enumerate(frames):
         save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri)
     save("contact_sheet.png", outputs.contact_sheet.uri)
+    save("change_map.png", outputs.change_map.uri)
     save("turntable.gif", outputs.turntable.uri)
     save("report.json", outputs.report.uri)
     for ring in outputs.rings:

@@ -25,6 +25,7 @@ from services.cli import STACK, upload
 from services.common.clients import dial
 from services.common.s3server import free_port
 from services.common.store import MemoryStore
+from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
@@ -109,7 +110,7 @@ def embedded_sha256() -> str:
     frames = [store.put_bytes(MONKEY.read_bytes(), suffix=".ply", media_type="application/x-ply")]
     references = [store.put_bytes(REFERENCE.read_bytes(), suffix=".png", media_type="image/png")]
     with JobStore(":memory:") as jobs:
-        job, _ = jobs.create(resolve_spec(small_spec(frames, references)))
+        job, _ = jobs.create(frame_job(resolve_spec(small_spec(frames, references)), store))
         job = JobRunner(jobs, embedded_stages(store), store).run(job.id)
     assert job.state == JOB.JOB_STATE_SUCCEEDED, job.error
     return sha256(store.get_bytes(job.outputs.repaired.frames[0].uri))

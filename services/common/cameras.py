@@ -1,7 +1,8 @@
 """Cameras: the one place that states the project's camera conventions.
 
 Orbit parameters follow LGM (kiui.cam.orbit_camera):
-- the target is the origin, y is up, the object's front faces +z;
+- the target is the origin (or a given centre: the orbit is then LGM's, translated), y is up, the
+  object's front faces +z;
 - azimuth 0 puts the camera on +z looking toward -z; azimuth 90 puts it on +x;
 - elevation is in degrees with LGM's sign: negative is above the object (camera y = -r sin(elevation));
 - defaults: radius 1.5, vertical field of view 49.1 degrees.
@@ -58,16 +59,22 @@ class Cameras:
 
 
 def orbit_camera_to_world(
-    azimuth_deg: float, elevation_deg: float = 0.0, radius: float = DEFAULT_RADIUS
+    azimuth_deg: float, elevation_deg: float = 0.0, radius: float = DEFAULT_RADIUS, center=None
 ) -> np.ndarray:
     """The LGM camera-to-world matrix (OpenGL axes: x right, y up, z backward).
+
+    Args:
+        center: ``[3]`` the target point, world units; None is the origin. The camera sits at
+            ``center + radius * direction(azimuth, elevation)`` and looks at it, axes as at the origin.
 
     Returns:
         ``[4, 4]`` float64.
     """
     az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
-    campos = radius * np.array([np.cos(el) * np.sin(az), -np.sin(el), np.cos(el) * np.cos(az)])
-    backward = campos / np.linalg.norm(campos)
+    offset = radius * np.array([np.cos(el) * np.sin(az), -np.sin(el), np.cos(el) * np.cos(az)])
+    target = np.zeros(3) if center is None else np.asarray(center, dtype=np.float64).reshape(3)
+    campos = target + offset
+    backward = offset / np.linalg.norm(offset)
     right = np.cross([0.0, 1.0, 0.0], backward)
     norm = np.linalg.norm(right)
     # Straight above or below, "up" is undefined; take world +x as right, as a limit of small azimuths.
@@ -98,11 +105,13 @@ def orbit_cameras(
     elevation_deg: float = 0.0,
     radius: float = DEFAULT_RADIUS,
     fovy_deg: float = DEFAULT_FOVY_DEG,
+    center=None,
 ) -> Cameras:
-    """Cameras on a circle around the origin, one per azimuth (degrees, LGM convention)."""
+    """Cameras on a circle around ``center`` (``[3]`` world units; None is the origin), one per
+    azimuth (degrees, LGM convention), each looking at ``center``."""
     gl_to_cv = np.diag([1.0, -1.0, -1.0, 1.0])  # flip y and z: OpenGL camera axes -> OpenCV
     viewmats = [
-        np.linalg.inv(orbit_camera_to_world(az, elevation_deg, radius) @ gl_to_cv)
+        np.linalg.inv(orbit_camera_to_world(az, elevation_deg, radius, center) @ gl_to_cv)
         for az in np.atleast_1d(np.asarray(azimuths_deg, dtype=np.float64))
     ]
     K = intrinsics(width, height, fovy_deg)
@@ -195,7 +204,8 @@ def cameras_to_proto(cameras: Cameras):
 
 
 def cameras_from_orbit(message, field: str = "orbit") -> Cameras:
-    """Validate a ``tire.v1.Orbit`` and expand it (0 radius / field of view mean the defaults)."""
+    """Validate a ``tire.v1.Orbit`` and expand it (0 radius / field of view mean the defaults, an
+    empty ``center`` the origin)."""
     _check_side(message.resolution, f"{field}.resolution")
     azimuths = np.asarray(message.azimuths_deg, dtype=np.float64)
     if azimuths.size == 0:
@@ -212,9 +222,26 @@ def cameras_from_orbit(message, field: str = "orbit") -> Cameras:
     fovy = message.fovy_deg or DEFAULT_FOVY_DEG
     if not (np.isfinite(fovy) and 1.0 <= fovy <= 170.0):
         raise InvalidArgument(f"{field}.fovy_deg", message.fovy_deg, "must be within [1, 170] degrees")
+    center = orbit_center(message.center, f"{field}.center")
     return orbit_cameras(
-        azimuths, message.resolution, message.resolution, message.elevation_deg, radius, fovy
+        azimuths, message.resolution, message.resolution, message.elevation_deg, radius, fovy, center
     )
+
+
+def orbit_center(values, field: str = "orbit.center") -> np.ndarray:
+    """An orbit's target point from a repeated float field: ``[3]`` float64, the origin when empty.
+
+    Raises:
+        InvalidArgument: not 0 or 3 values, or a value that is not finite.
+    """
+    center = np.asarray(list(values), dtype=np.float64)
+    if center.size == 0:
+        return np.zeros(3)
+    if center.size != 3:
+        raise InvalidArgument(field, center.tolist(), "must hold 3 values (x, y, z), or none for the origin")
+    if not np.isfinite(center).all():
+        raise InvalidArgument(field, center.tolist(), "must be finite")
+    return center
 
 
 def _check_side(value: int, field: str) -> None:

@@ -52,7 +52,11 @@ def contact_sheet(images: np.ndarray, columns: int) -> np.ndarray:
 
 
 def before_after_sheet(
-    before: np.ndarray, after: np.ndarray, azimuths_deg: Sequence[float], max_columns: int = MAX_COLUMNS
+    before: np.ndarray,
+    after: np.ndarray,
+    azimuths_deg: Sequence[float],
+    max_columns: int = MAX_COLUMNS,
+    row_names: tuple[str, str] = ("before", "after"),
 ) -> np.ndarray:
     """The same views before and after a repair, one column per azimuth, "before" above "after".
 
@@ -75,6 +79,7 @@ def before_after_sheet(
         after: ``[V, H, W, 3]`` uint8, the same views of the repaired asset.
         azimuths_deg: V azimuths, degrees, for the labels (shown rounded to 0.1°).
         max_columns: most views per block, >= 1.
+        row_names: the two rows' labels (for example "after" and "change" for a change map).
 
     Returns:
         The sheet, ``[height, width, 3]`` uint8 as above.
@@ -107,8 +112,8 @@ def before_after_sheet(
         labels.append((x + w // 2, b * block_height + LABEL_HEIGHT // 2, w + GUTTER, _degrees(azimuths[i])))
     for b in range(blocks):
         y_before = b * block_height + LABEL_HEIGHT
-        labels.append((SIDE_LABEL_WIDTH // 2, y_before + h // 2, SIDE_LABEL_WIDTH, "before"))
-        labels.append((SIDE_LABEL_WIDTH // 2, y_before + h + GUTTER + h // 2, SIDE_LABEL_WIDTH, "after"))
+        labels.append((SIDE_LABEL_WIDTH // 2, y_before + h // 2, SIDE_LABEL_WIDTH, row_names[0]))
+        labels.append((SIDE_LABEL_WIDTH // 2, y_before + h + GUTTER + h // 2, SIDE_LABEL_WIDTH, row_names[1]))
 
     picture = Image.fromarray(sheet)
     draw = ImageDraw.Draw(picture)

@@ -4,6 +4,8 @@
 - ``textured_blob``: a closed textured object with a face, the ground truth of a repair;
   ``deform`` moves it non-rigidly over time (a 4D asset); ``corrupt_unseen`` makes the "generator
   output" whose back and sides drifted, as LGM's do.
+- ``banded_body``, ``zebra``, ``spotted``, ``head``: more ground truths, each in parts of distinct
+  colours (``OBJECTS`` names all five), on the same surface of flat opaque discs as the blob.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ _DARK_BROWN = np.array([0.20, 0.11, 0.05])
 _CREAM = np.array([0.95, 0.87, 0.72])
 _EYE = np.array([0.05, 0.04, 0.04])
 _NOSE = np.array([0.55, 0.25, 0.25])
+_GREEN = np.array([0.20, 0.55, 0.18])
+_YELLOW = np.array([0.96, 0.80, 0.16])
+_CHARCOAL = np.array([0.16, 0.13, 0.12])
+_WHITE = np.array([0.95, 0.94, 0.90])
+_BLACK = np.array([0.07, 0.06, 0.06])
+_RED = np.array([0.80, 0.12, 0.09])
+_SKIN = np.array([0.93, 0.75, 0.61])
+_HAIR = np.array([0.30, 0.17, 0.08])
+_LIPS = np.array([0.72, 0.26, 0.26])
 
 
 def textured_blob(n: int = 20_000, seed: int = 0, radius: float = 0.35) -> Gaussians:
@@ -66,9 +77,9 @@ def textured_blob(n: int = 20_000, seed: int = 0, radius: float = 0.35) -> Gauss
     The surface is an ellipsoid of semi-axes ``(0.85, 1.0, 0.8) * radius`` (x, y, z) with smooth random
     bumps of a few percent. Each Gaussian is a flat disc lying in the surface (tangent standard
     deviation about 0.7 of the spacing between neighbours, normal one a fifth of that), opacity about
-    0.97, so the surface renders solid. The texture makes colour identity matter: brown fur-like streaks,
-    dark stripes slanting around the sides and the back, and on the front (+z) a cream face patch with
-    two dark eyes and a pink nose.
+    0.97, so the surface renders solid (``_surface``). The texture makes colour identity matter: brown
+    fur-like streaks, dark stripes slanting around the sides and the back, and on the front (+z) a cream
+    face patch with two dark eyes and a pink nose.
 
     Args:
         n: number of Gaussians, >= 100; 10-20k render solid at 256-512 pixels with the default orbit.
@@ -78,56 +89,138 @@ def textured_blob(n: int = 20_000, seed: int = 0, radius: float = 0.35) -> Gauss
     Returns:
         N Gaussians, SH degree 0, float32 arrays.
     """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 100:
-        raise ValueError(f"n must be an int >= 100, got {n!r}")
-    if not (np.isfinite(radius) and radius > 0):
-        raise ValueError(f"radius must be positive, got {radius!r}")
+    _check_object_arguments(n, radius)
     rng = np.random.default_rng(seed)
+    surface = _surface(n, rng, radius, axes=(0.85, 1.0, 0.8))
+    return surface.gaussians(_blob_texture(surface.means / radius, surface.directions, rng))
 
-    # 1. Directions: a Fibonacci sphere (even coverage), turned by a random angle.
-    i = np.arange(n) + 0.5
-    y = 1.0 - 2.0 * i / n
-    phi = i * np.pi * (3.0 - np.sqrt(5.0)) + rng.uniform(0.0, 2.0 * np.pi)
-    ring = np.sqrt(np.maximum(0.0, 1.0 - y * y))
-    directions = np.stack([ring * np.cos(phi), y, ring * np.sin(phi)], axis=1)
 
-    # 2. The surface point along each direction, and its normal (gradient of the implicit function).
-    axes = np.array([0.85, 1.0, 0.8]) * radius
-    bump_waves = _random_waves(rng, count=4, frequency=(1.5, 3.0))
-    bump_amplitudes = rng.uniform(0.015, 0.03, size=4)
+def banded_body(n: int = 12_000, seed: int = 0, radius: float = 0.35) -> Gaussians:
+    """A body in three coloured parts: green above, a yellow belly band around the middle, a dark base.
 
-    def implicit(points: np.ndarray) -> np.ndarray:
-        unit = points / np.linalg.norm(points, axis=1, keepdims=True)
-        bumps = 1.0 + _wave_sum(unit, bump_waves, bump_amplitudes)
-        return np.linalg.norm(points / axes, axis=1) - bumps
+    The surface is ``_surface`` on an egg-like ellipsoid of semi-axes ``(0.8, 1.0, 0.8) * radius``. With
+    ``d`` the unit direction from the centre (y up) and ``a = atan2(x, z)`` the angle around the vertical,
+    the band covers ``|d_y + 0.05 + 0.06 sin(2 a + phase)| < 0.2`` (a slightly wavy belt, all the way
+    round) and the base ``d_y < -0.72``; the rest is the green body. Every part has a mottled shading of
+    a few percent. Colours are far from ``corrupt_unseen``'s steel blue-grey drift, so a drifted part is
+    plainly wrong. The front view shows all three parts, as a reference picture of such a subject would.
 
-    bumps = 1.0 + _wave_sum(directions, bump_waves, bump_amplitudes)
-    means = directions * (bumps / np.linalg.norm(directions / axes, axis=1))[:, None]
-    eps = 1e-5 * radius
-    gradient = np.stack([implicit(means + eps * e) - implicit(means - eps * e) for e in np.eye(3)], axis=1)
-    normals = gradient / np.linalg.norm(gradient, axis=1, keepdims=True)
+    Args, returns: as ``textured_blob``.
+    """
+    _check_object_arguments(n, radius)
+    rng = np.random.default_rng(seed)
+    surface = _surface(n, rng, radius, axes=(0.8, 1.0, 0.8))
+    x, y, z = surface.directions.T
+    around = np.arctan2(x, z)
+    colours = _mottled(_GREEN, surface.means / radius, rng)
+    belt = y + 0.05 + 0.06 * np.sin(2.0 * around + rng.uniform(0.0, 2.0 * np.pi))
+    band = _smoothstep(0.22, 0.18, np.abs(belt))
+    colours = colours + band[:, None] * (_mottled(_YELLOW, surface.means / radius, rng) - colours)
+    base = _smoothstep(-0.70, -0.74, y)
+    colours = colours + base[:, None] * (_CHARCOAL - colours)
+    return surface.gaussians(np.clip(colours, 0.0, 1.0))
 
-    # 3. Flat discs in the tangent plane: local z along the normal, a random turn about it.
-    spacing = np.sqrt(4.0 * np.pi * (axes.mean() ** 2) / n)
-    tangent = 0.7 * spacing * np.exp(rng.normal(0.0, 0.1, size=n))
-    log_scales = np.log(np.stack([tangent, tangent * rng.uniform(0.8, 1.0, size=n), 0.2 * tangent], axis=1))
-    helper = np.where(np.abs(normals[:, 1:2]) < 0.9, [[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]])
-    t1 = np.cross(helper, normals)
-    t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
-    t2 = np.cross(normals, t1)
-    turn = rng.uniform(0.0, 2.0 * np.pi, size=(n, 1))
-    t1, t2 = np.cos(turn) * t1 + np.sin(turn) * t2, -np.sin(turn) * t1 + np.cos(turn) * t2
-    quats = _matrix_to_quat(np.stack([t1, t2, normals], axis=2))
-    opacity = rng.uniform(0.95, 0.99, size=n)
 
-    colours = _blob_texture(means / radius, directions, rng)
-    return Gaussians(
-        means=means.astype(np.float32),
-        log_scales=log_scales.astype(np.float32),
-        quats=quats.astype(np.float32),
-        opacity_logits=np.log(opacity / (1.0 - opacity)).astype(np.float32),
-        sh=((colours - 0.5) / SH_C0)[:, None, :].astype(np.float32),
-    )
+def zebra(n: int = 12_000, seed: int = 0, radius: float = 0.35) -> Gaussians:
+    """A ball striped black and white all round: diagonal stripes winding about the vertical axis.
+
+    The surface is ``_surface`` on semi-axes ``(0.85, 1.0, 0.85) * radius``. With ``d`` the unit
+    direction from the centre and ``a = atan2(d_x, d_z)``, the stripes are the sign of
+    ``cos(5 a + 6 d_y + phase)`` (phase from ``seed``) with soft edges: five black and five white
+    stripes around the body, each slanting as it winds. Both colours show on every side, the front
+    included; being odd in number, the stripes make the back view the front view's negative (white
+    where the front is black), so a back copied from the front is wrong everywhere.
+
+    Args, returns: as ``textured_blob``.
+    """
+    _check_object_arguments(n, radius)
+    rng = np.random.default_rng(seed)
+    surface = _surface(n, rng, radius, axes=(0.85, 1.0, 0.85))
+    x, y, z = surface.directions.T
+    phase = 5.0 * np.arctan2(x, z) + 6.0 * y + rng.uniform(0.0, 2.0 * np.pi)
+    black = _smoothstep(0.25, -0.25, np.cos(phase))
+    white = _mottled(_WHITE, surface.means / radius, rng, amount=0.03)
+    colours = white + black[:, None] * (_BLACK - white)
+    return surface.gaussians(np.clip(colours, 0.0, 1.0))
+
+
+def spotted(n: int = 12_000, seed: int = 0, radius: float = 0.35, spots: int = 16) -> Gaussians:
+    """A red ball with large black spots on every side, like a ladybird.
+
+    The surface is ``_surface`` on semi-axes ``(0.9, 0.85, 0.9) * radius``. The spot centres are a
+    Fibonacci sphere of ``spots`` directions (even cover: every side has spots, the front several),
+    turned at random and jittered; spot ``i`` covers the directions within an angle of about 0.3 rad
+    (times 0.8-1.2 at random) of its centre, with a soft edge.
+
+    Args:
+        spots: how many spots, >= 1.
+        n, seed, radius: as ``textured_blob``.
+
+    Returns:
+        As ``textured_blob``.
+    """
+    _check_object_arguments(n, radius)
+    if isinstance(spots, bool) or not isinstance(spots, int | np.integer) or spots < 1:
+        raise ValueError(f"spots must be an int >= 1, got {spots!r}")
+    rng = np.random.default_rng(seed)
+    surface = _surface(n, rng, radius, axes=(0.9, 0.85, 0.9))
+    centres = _fibonacci_directions(spots, rng.uniform(0.0, 2.0 * np.pi))
+    centres = centres @ _random_rotation(rng).T + rng.normal(0.0, 0.08, size=centres.shape)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    sizes = 0.3 * rng.uniform(0.8, 1.2, size=spots)
+    angle = np.arccos(np.clip(surface.directions @ centres.T, -1.0, 1.0))  # [N, spots]
+    spot = _smoothstep(1.0, 0.85, angle / sizes).max(axis=1)
+    red = _mottled(_RED, surface.means / radius, rng)
+    colours = red + spot[:, None] * (_BLACK - red)
+    return surface.gaussians(np.clip(colours, 0.0, 1.0))
+
+
+def head(n: int = 12_000, seed: int = 0, radius: float = 0.35) -> Gaussians:
+    """A head: a skin-coloured face with eyes, brows and a mouth on the front, dark brown hair elsewhere.
+
+    The surface is ``_surface`` on semi-axes ``(0.82, 1.0, 0.88) * radius``. With ``d`` the unit
+    direction from the centre, the face is the oval ``(d_x / 0.68)² + ((d_y + 0.12) / 0.72)² < 1`` on the
+    front (``d_z > 0``); below ``d_y = -0.55`` (chin and neck) the skin goes all the way round; the rest
+    (top, sides and back) is hair: strands of brown that run mostly up and down. Seen from the front, the
+    hair frames the face on the top and both sides, so a reference picture shows both parts. On the face:
+    two eyes (white with a dark iris), two brows in the hair's colour and a red mouth.
+
+    Args, returns: as ``textured_blob``.
+    """
+    _check_object_arguments(n, radius)
+    rng = np.random.default_rng(seed)
+    surface = _surface(n, rng, radius, axes=(0.82, 1.0, 0.88))
+    points = surface.means / radius
+    x, y, z = surface.directions.T
+    face = _smoothstep(1.05, 0.9, (x / 0.68) ** 2 + ((y + 0.12) / 0.72) ** 2) * _smoothstep(0.0, 0.15, z)
+    skin = np.maximum(face, _smoothstep(-0.5, -0.6, y))
+    waves = _random_waves(rng, count=24, frequency=(8.0, 16.0))
+    waves[:, 1] *= 0.2  # strands: waves that vary mostly around, little up and down
+    strands = _wave_sum(points, waves, np.full(24, 1.0 / np.sqrt(24.0)))
+    hair = _HAIR[None] * (1.0 + 0.35 * strands[:, None] + rng.normal(0.0, 0.05, size=(n, 1)))
+    colours = hair + skin[:, None] * (_mottled(_SKIN, points, rng, amount=0.03) - hair)
+    for cx in (-0.24, 0.24):
+        sclera = _smoothstep(1.0, 0.75, np.hypot((x - cx) / 0.13, (y - 0.1) / 0.08)) * (z > 0)
+        colours = colours + sclera[:, None] * (_WHITE - colours)
+        iris = _smoothstep(0.05, 0.035, np.hypot(x - cx, y - 0.1)) * (z > 0)
+        colours = colours + iris[:, None] * (_EYE - colours)
+        brow = _smoothstep(1.0, 0.8, np.hypot((x - cx) / 0.13, (y - 0.25 - 0.03 * cx) / 0.025)) * (z > 0)
+        colours = colours + brow[:, None] * (_HAIR - colours)
+    mouth = _smoothstep(1.0, 0.8, np.hypot(x / 0.17, (y + 0.38) / 0.045)) * (z > 0)
+    colours = colours + mouth[:, None] * (_LIPS - colours)
+    return surface.gaussians(np.clip(colours, 0.0, 1.0))
+
+
+OBJECTS = {
+    "blob": textured_blob,
+    "banded": banded_body,
+    "zebra": zebra,
+    "spotted": spotted,
+    "head": head,
+}
+"""The ground-truth objects by name: each ``f(n, seed, radius)`` gives N flat opaque Gaussians of SH
+degree 0 on a closed surface about the origin, front toward +z, in parts of distinct colours that the
+front view shows at least in part (as a subject's reference picture would)."""
 
 
 def deform(gaussians: Gaussians, t: float) -> Gaussians:
@@ -257,6 +350,113 @@ def corrupt_unseen(
     drifted = drifted * (1.0 + blotches)[:, None]
     result = (1.0 - weight[:, None]) * colours + weight[:, None] * drifted
     return recolour(gaussians, result, which=which)
+
+
+def _check_object_arguments(n: int, radius: float) -> None:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 100:
+        raise ValueError(f"n must be an int >= 100, got {n!r}")
+    if not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius must be positive, got {radius!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Surface:
+    """Flat opaque discs covering a closed surface: every array but the colour of N Gaussians.
+
+    Attributes:
+        means: ``[N, 3]`` float64 points on the surface, world units.
+        directions: ``[N, 3]`` float64 unit directions from the origin that the points were cast along.
+        log_scales: ``[N, 3]`` float64.
+        quats: ``[N, 4]`` float64 (w, x, y, z).
+        opacity: ``[N]`` float64 in (0, 1).
+    """
+
+    means: np.ndarray
+    directions: np.ndarray
+    log_scales: np.ndarray
+    quats: np.ndarray
+    opacity: np.ndarray
+
+    def gaussians(self, colours: np.ndarray) -> Gaussians:
+        """These discs with ``[N, 3]`` RGB colours in [0, 1], as SH degree 0 Gaussians, float32."""
+        return Gaussians(
+            means=self.means.astype(np.float32),
+            log_scales=self.log_scales.astype(np.float32),
+            quats=self.quats.astype(np.float32),
+            opacity_logits=np.log(self.opacity / (1.0 - self.opacity)).astype(np.float32),
+            sh=((colours - 0.5) / SH_C0)[:, None, :].astype(np.float32),
+        )
+
+
+def _surface(n: int, rng: np.random.Generator, radius: float, axes: tuple[float, float, float]) -> _Surface:
+    """N flat discs covering a bumpy ellipsoid of semi-axes ``axes * radius`` (x, y, z) about the origin.
+
+    1. Directions: a Fibonacci sphere (even coverage), turned about y by a random angle.
+    2. The surface point along each direction: the ellipsoid with 4 smooth random bumps of 1.5-3% of its
+       size; the normal is the gradient of the implicit function.
+    3. Flat discs in the tangent plane: local z along the normal, a random turn about it, tangent
+       standard deviation about 0.7 of the spacing between neighbours (so the surface renders solid),
+       normal one a fifth of that; opacity 0.95-0.99.
+
+    The draws from ``rng`` come in a fixed order, so a caller that draws its texture afterwards gets the
+    same arrays for the same seed.
+    """
+    # 1. Directions.
+    directions = _fibonacci_directions(n, rng.uniform(0.0, 2.0 * np.pi))
+
+    # 2. The surface point along each direction, and its normal (gradient of the implicit function).
+    semi_axes = np.array(axes) * radius
+    bump_waves = _random_waves(rng, count=4, frequency=(1.5, 3.0))
+    bump_amplitudes = rng.uniform(0.015, 0.03, size=4)
+
+    def implicit(points: np.ndarray) -> np.ndarray:
+        unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+        bumps = 1.0 + _wave_sum(unit, bump_waves, bump_amplitudes)
+        return np.linalg.norm(points / semi_axes, axis=1) - bumps
+
+    bumps = 1.0 + _wave_sum(directions, bump_waves, bump_amplitudes)
+    means = directions * (bumps / np.linalg.norm(directions / semi_axes, axis=1))[:, None]
+    eps = 1e-5 * radius
+    gradient = np.stack([implicit(means + eps * e) - implicit(means - eps * e) for e in np.eye(3)], axis=1)
+    normals = gradient / np.linalg.norm(gradient, axis=1, keepdims=True)
+
+    # 3. Flat discs in the tangent plane.
+    spacing = np.sqrt(4.0 * np.pi * (semi_axes.mean() ** 2) / n)
+    tangent = 0.7 * spacing * np.exp(rng.normal(0.0, 0.1, size=n))
+    log_scales = np.log(np.stack([tangent, tangent * rng.uniform(0.8, 1.0, size=n), 0.2 * tangent], axis=1))
+    helper = np.where(np.abs(normals[:, 1:2]) < 0.9, [[0.0, 1.0, 0.0]], [[1.0, 0.0, 0.0]])
+    t1 = np.cross(helper, normals)
+    t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
+    t2 = np.cross(normals, t1)
+    turn = rng.uniform(0.0, 2.0 * np.pi, size=(n, 1))
+    t1, t2 = np.cos(turn) * t1 + np.sin(turn) * t2, -np.sin(turn) * t1 + np.cos(turn) * t2
+    quats = _matrix_to_quat(np.stack([t1, t2, normals], axis=2))
+    opacity = rng.uniform(0.95, 0.99, size=n)
+    return _Surface(means, directions, log_scales, quats, opacity)
+
+
+def _fibonacci_directions(n: int, turn: float) -> np.ndarray:
+    """``[n, 3]`` unit directions spread evenly over the sphere (a Fibonacci spiral), turned by ``turn``."""
+    i = np.arange(n) + 0.5
+    y = 1.0 - 2.0 * i / n
+    phi = i * np.pi * (3.0 - np.sqrt(5.0)) + turn
+    ring = np.sqrt(np.maximum(0.0, 1.0 - y * y))
+    return np.stack([ring * np.cos(phi), y, ring * np.sin(phi)], axis=1)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """``[3, 3]`` a uniformly random rotation matrix."""
+    q = rng.normal(size=4)
+    return _quat_to_matrix(q[None])[0]
+
+
+def _mottled(
+    colour: np.ndarray, points: np.ndarray, rng: np.random.Generator, amount: float = 0.06
+) -> np.ndarray:
+    """``[N, 3]``: ``colour`` with a smooth mottled brightness of about +-``amount`` at ``[N, 3]`` points."""
+    waves = _random_waves(rng, count=6, frequency=(1.0, 3.0))
+    shade = _wave_sum(points, waves, np.full(6, amount / np.sqrt(3.0)))
+    return np.clip(colour[None] * (1.0 + shade[:, None]), 0.0, 1.0)
 
 
 def _random_waves(rng: np.random.Generator, count: int, frequency: tuple[float, float]) -> np.ndarray:

@@ -5,7 +5,9 @@
 
 One subject fit, shared by every time step, runs while the time steps (in parallel for 4D) render:
 
-1. ``render``: the orbit views (rgb, alpha, depth) of the asset as generated.
+0. A ``Warning`` event per ``spec.framing.warnings`` (framing checks the job was forced past).
+1. ``render``: the orbit views (rgb, alpha, depth) of the asset as generated, on the orbit that
+   ``spec.framing`` fixes (fitted to the asset at submit; unset: LGM's, around the origin).
 2. Rings, in order (adaptive mode chooses each ring from a ``probe`` of the remaining views):
    a. ``ringK/locate/+`` and ``ringK/locate/-``: on each side, the tracker carries each target's
       pixels back to the anchors (over the orbit as this ring sees it: earlier rings' targets already
@@ -47,11 +49,14 @@ from tire.v1 import (
     tracker_pb2,
 )
 
+from services.common.cameras import DEFAULT_RADIUS
 from services.common.errors import FailedPrecondition, TireError
+from services.common.gaussians import read_ply
 from services.common.pictures import before_after_sheet, mask_overlay, turntable_gif
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, png_bytes, put_tensor, read_png
-from services.coordinator import schedule
+from services.coordinator import report, schedule
+from services.coordinator.appearance import carry_repairs
 from services.coordinator.jobstore import JobStore
 from services.coordinator.stages import RetryPolicy, Stages, call_with_retry, status_code, status_details
 
@@ -60,6 +65,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
 BACKGROUND = (1.0, 1.0, 1.0)  # views are composited on white; stages estimate it from empty pixels
 PNG = "image/png"
+REFINE_MARGIN = np.ones((7, 7), np.uint8)  # the refiner may also move 3 pixels around what was repainted
 
 JOB = coordinator_pb2
 
@@ -80,7 +86,9 @@ class FrameResult:
     after: common_pb2.ViewSet
     repaired: common_pb2.ObjectRef
     rings: list[coordinator_pb2.RingOutput] = field(default_factory=list)
-    rms_error: float = 0.0
+    reconstruction: reconstructor_pb2.ReconstructResponse = field(
+        default_factory=reconstructor_pb2.ReconstructResponse
+    )
 
 
 class JobRunner:
@@ -162,6 +170,7 @@ class _Run:
     # ----- the job ---------------------------------------------------------------------------
 
     def execute(self) -> coordinator_pb2.JobOutputs:
+        self._warn()  # 0. What the job was forced past (framing checks), first and once.
         with ThreadPoolExecutor(1, thread_name_prefix="fit-subject") as fitting:
             # 1. Fit the subject once, on every reference frame, while the time steps render.
             fit = fitting.submit(self.step, "fit_subject", inpainter_pb2.SubjectModel, self._fit_subject)
@@ -184,8 +193,10 @@ class _Run:
         for ring in self._rings(state, t):
             rings.append(self._run_ring(ring, state, subject, t))
 
-        # Refine every view together; the source (index 0) is fixed.
-        mask = np.ones(alpha.shape, np.float32)
+        # Refine every view together, where the rings repainted (a little beyond, to blend the edge):
+        # the source view (index 0) and what anchors saw are fixed, so what was right stays right.
+        mask = np.stack([cv2.dilate(m.astype(np.uint8), REFINE_MARGIN) for m in state.unobserved])
+        mask = mask.astype(np.float32)
         mask[0] = 0.0
         views = state.viewset(put_tensor(self.store, state.rgb))
         refined = self.step(
@@ -218,6 +229,7 @@ class _Run:
                     initial=self.spec.asset,
                     time_step=t,
                     view_weights=[self.runner.source_weight] + [1.0] * (len(state.rgb) - 1),
+                    locked_views=[0],
                 ),
             ),
             t,
@@ -228,7 +240,7 @@ class _Run:
             lambda: self._render(common_pb2.AssetRef(frames=[rebuilt.ply]), 0),
             t,
         ).views
-        return FrameResult(before, after, rebuilt.ply, rings, rebuilt.rms_error)
+        return FrameResult(before, after, rebuilt.ply, rings, rebuilt)
 
     # ----- rings ----------------------------------------------------------------------------
 
@@ -285,12 +297,23 @@ class _Run:
             ),
             [("+" if self.plan.signed(sweep.targets[0]) > 0 else "-", sweep) for sweep in ring.sweeps],
         )
+        #    Observed pixels take the change their anchor went through (``carry_repairs``): a pixel
+        #    whose anchor needed no repair keeps its own colour, unblurred.
         per_target: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
         for sweep, response in zip(ring.sweeps, located, strict=True):
             unobserved = get_tensor(self.store, response.unobserved, field="locate.unobserved")
-            transferred = get_tensor(self.store, response.transferred_rgb, field="locate.transferred_rgb")
+            anchor_index = get_tensor(self.store, response.anchor_index, field="locate.anchor_index")
+            anchor_xy = get_tensor(self.store, response.anchor_xy, field="locate.anchor_xy")
+            video = list(sweep.video)
             for j, target in enumerate(sweep.targets):
-                per_target[target] = (transferred[j], unobserved[j], response.unobserved_fraction[j])
+                image = carry_repairs(
+                    state.rendered_rgb[target],
+                    anchor_index[j],
+                    anchor_xy[j],
+                    [state.rgb[view] for view in video],
+                    [state.rendered_rgb[view] for view in video],
+                )
+                per_target[target] = (image, unobserved[j], response.unobserved_fraction[j])
 
         # b. Inpaint each target's unobserved pixels, all targets of the ring in parallel.
         done = []
@@ -331,6 +354,7 @@ class _Run:
         images = self._fan_out(inpaint, ring.targets)
         for target, image in zip(ring.targets, images, strict=True):
             state.rgb[target] = image
+            state.unobserved[target] |= per_target[target][1].astype(bool)
 
         masks = np.stack([per_target[target][1] for target in ring.targets])
         overlays = mask_overlay(np.stack([per_target[target][0] for target in ring.targets]), masks)
@@ -380,6 +404,8 @@ class _Run:
             azimuths_deg=list(self.plan.azimuths),
             elevation_deg=spec.elevation_deg,
             resolution=spec.resolution,
+            center=list(spec.framing.center),  # the framing SubmitJob fitted (unset: origin, 1.5)
+            radius=spec.framing.radius,
         )
         request = renderer_pb2.RenderRequest(
             asset=asset, time_step=t, orbit=orbit, background_rgb=BACKGROUND, write_previews=True
@@ -433,6 +459,17 @@ class _Run:
             raise StepFailed(f"{name}: {code.name if code else 'error'}: {status_details(exc)}") from exc
 
     # ----- steps, records, events -----------------------------------------------------------
+
+    def _warn(self) -> None:
+        """A Warning event per ``spec.framing.warnings``, unless an earlier run of the job sent them."""
+        warnings = list(self.spec.framing.warnings)
+        if not warnings:
+            return
+        first = self.jobs.events(self.job_id, 0, limit=len(warnings))  # they are the job's first events
+        sent = {event.warning.message for event in first if event.HasField("warning")}
+        for message in warnings:
+            if message not in sent:
+                self.jobs.append_event(self.job_id, JOB.JobEvent(warning=JOB.Warning(message=message)))
 
     def step(self, name: str, result_type: type[M], run: Callable[[], M], time_step: int = 0) -> M:
         """Run ``run`` as the step ``name`` unless it already finished (then return its record)."""
@@ -491,15 +528,19 @@ class _Run:
         after = get_tensor(store, first.after.rgb, field="after.rgb")
         alpha = get_tensor(store, first.before.alpha, field="render.alpha")
         sheet = before_after_sheet(before, after, self.plan.azimuths)
+        changes = before_after_sheet(
+            after, report.change_map(before, after, alpha), self.plan.azimuths, row_names=("after", "change")
+        )
         frames = after if len(results) == 1 else self._time_turntable(results)
-        report = self._report(results, alpha)
+        figures = self._report(results)
         return JOB.JobOutputs(
             repaired=common_pb2.AssetRef(frames=[r.repaired for r in results]),
             rings=[ring for r in results for ring in r.rings],
             contact_sheet=store.put_bytes(png_bytes(sheet), suffix=".png", media_type=PNG),
+            change_map=store.put_bytes(png_bytes(changes), suffix=".png", media_type=PNG),
             turntable=store.put_bytes(turntable_gif(frames), suffix=".gif", media_type="image/gif"),
             report=store.put_bytes(
-                json.dumps(report, indent=2, sort_keys=True).encode(),
+                json.dumps(figures, indent=2, sort_keys=True).encode(),
                 suffix=".json",
                 media_type="application/json",
             ),
@@ -511,18 +552,21 @@ class _Run:
         count = len(self.plan.azimuths)
         return np.stack([views[i % len(views)][i % count] for i in range(max(count, len(views)))])
 
-    def _report(self, results: list[FrameResult], alpha: np.ndarray) -> dict:
+    def _report(self, results: list[FrameResult]) -> dict:
+        """report.json: timings, rings, and what changed where (``services.coordinator.report``)."""
         timings = {step: round(seconds, 3) for step, seconds in self.jobs.step_seconds(self.job_id).items()}
-        references = [
-            read_png(self.store.get_object(ref), field=f"spec.references[{i}]", mode="RGBA")
-            for i, ref in enumerate(self.spec.references)
-        ]
+        azimuth_index = {round(a, 3): i for i, a in enumerate(self.plan.azimuths)}
         frames = []
         for t, result in enumerate(results):
             before = get_tensor(self.store, result.before.rgb, field="render.rgb")
             after = get_tensor(self.store, result.after.rgb, field="after.rgb")
-            frame_alpha = get_tensor(self.store, result.before.alpha, field="render.alpha")
-            reference = references[min(t, len(references) - 1)]
+            alpha = get_tensor(self.store, result.before.alpha, field="render.alpha")
+            unobserved = np.zeros(alpha.shape, dtype=bool)
+            for ring in result.rings:
+                masks = get_tensor(self.store, ring.unobserved, field="ring.unobserved").astype(bool)
+                for azimuth, mask in zip(ring.target_azimuths_deg, masks, strict=True):
+                    unobserved[azimuth_index[round(azimuth, 3)]] |= mask
+            rebuilt = result.reconstruction
             frames.append(
                 {
                     "time_step": t,
@@ -535,22 +579,37 @@ class _Run:
                         }
                         for ring in result.rings
                     ],
-                    "identity_distance_before": _identity_distances(before, frame_alpha, reference),
-                    "identity_distance_after": _identity_distances(after, frame_alpha, reference),
-                    "source_view_psnr_db": round(_psnr(before[0], after[0]), 2),
-                    "reconstruction_rms_error": round(result.rms_error, 5),
+                    **report.frame_metrics(before, after, alpha, unobserved),
+                    "gaussians": {
+                        "locked": rebuilt.gaussians_locked,
+                        "kept": rebuilt.gaussians_kept,
+                        "resolved": rebuilt.gaussians_resolved,
+                        "higher_sh_kept": rebuilt.higher_sh_kept,
+                    },
+                    "reconstruction_rms_error": round(rebuilt.rms_error, 5),
                 }
             )
-        return {
+        framing = self.spec.framing
+        figures = {
             "job_id": self.job_id,
             "azimuths_deg": list(self.plan.azimuths),
+            "framing": {
+                "center": [round(float(c), 5) for c in framing.center] or [0.0, 0.0, 0.0],
+                "radius": round(float(framing.radius or DEFAULT_RADIUS), 5),
+                "warnings": list(framing.warnings),
+            },
             "step_seconds": timings,
             "frames": frames,
-            "metrics": {
-                "identity_distance": "CIELab distance between a view's mean foreground colour and the "
-                "reference's, per azimuth (lower is closer to the subject)",
-            },
+            "metrics": report.__doc__,
         }
+        if len(results) > 1:
+            inputs = [read_ply(self.store.get_object(ref)) for ref in self.spec.asset.frames]
+            outputs = [read_ply(self.store.get_object(r.repaired)) for r in results]
+            figures["cross_time_delta_e"] = {
+                "input": report.cross_time_delta_e(inputs),
+                "output": report.cross_time_delta_e(outputs),
+            }
+        return figures
 
 
 @dataclass
@@ -563,7 +622,9 @@ class _Orbit:
     depth: np.ndarray  # [V, H, W] float32
 
     def __post_init__(self) -> None:
+        self.rendered_rgb = self.rgb  # [V, H, W, 3] uint8, as rendered; never changed
         self.rgb = self.rgb.copy()
+        self.unobserved = np.zeros(self.alpha.shape, dtype=bool)  # [V, H, W]: what the rings repainted
 
     def viewset(self, rgb: common_pb2.TensorRef) -> common_pb2.ViewSet:
         """Every view, with ``rgb`` in place of the rendered colours."""
@@ -602,26 +663,3 @@ def _artifacts(result: Message) -> list[coordinator_pb2.Artifact]:
                         JOB.Artifact(name=f"{descriptor.name}.{part}", tensor=getattr(value, part))
                     )
     return artifacts
-
-
-def _identity_distances(views: np.ndarray, alpha: np.ndarray, reference: np.ndarray) -> list[float]:
-    """Per view: CIELab distance between the view's mean foreground colour and the reference's.
-
-    Args:
-        views: ``[V, H, W, 3]`` uint8; alpha: ``[V, H, W]`` float32; reference: ``[h, w, 4]`` uint8 RGBA.
-    """
-    target = _lab_mean(reference[..., :3], reference[..., 3] > 127)
-    return [
-        round(float(np.linalg.norm(_lab_mean(v, a > 0.9) - target)), 2)
-        for v, a in zip(views, alpha, strict=True)
-    ]
-
-
-def _lab_mean(rgb: np.ndarray, foreground: np.ndarray) -> np.ndarray:
-    lab = cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    return lab[foreground].mean(axis=0) if foreground.any() else np.zeros(3, np.float32)
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
-    return 99.0 if mse == 0 else 10.0 * np.log10(255.0**2 / mse)

@@ -1,8 +1,10 @@
 """The coordinator service: ``tire.v1.CoordinatorService``, the public API of TIRE.
 
-Validates job specs, keeps jobs in a ``JobStore`` (SQLite), runs them on worker threads through a
-``JobRunner`` over the stage services, and streams their events. At start it resumes every job that
-was queued or running when it last stopped; finished steps are not run again.
+Validates job specs, frames each job's orbit on its asset (``framing_check.frame_job``: an asset the
+orbit cannot see is refused with FAILED_PRECONDITION), keeps jobs in a ``JobStore`` (SQLite), runs
+them on worker threads through a ``JobRunner`` over the stage services, and streams their events. At
+start it resumes every job that was queued or running when it last stopped; finished steps are not
+run again.
 
 Configuration (environment, read once at start):
     TIRE_COORDINATOR_RENDERER, _TRACKER, _INPAINTER, _REFINER, _RECONSTRUCTOR
@@ -40,6 +42,7 @@ from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, ObjectStore, content_key
+from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
@@ -203,6 +206,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             default_strength=self.settings.default_strength,
             default_refine_strength=self.settings.default_refine_strength,
         )
+        spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
         job, created = self.jobs.create(spec, request.request_id)
         if created:
             self.queue.put(job.id)
@@ -239,7 +243,7 @@ def _job_uris(job: coordinator_pb2.Job) -> set[str]:
     uris = {ref.uri for ref in job.spec.asset.frames} | {ref.uri for ref in job.spec.references}
     outputs = job.outputs
     uris |= {ref.uri for ref in outputs.repaired.frames}
-    uris |= {outputs.contact_sheet.uri, outputs.turntable.uri, outputs.report.uri}
+    uris |= {outputs.contact_sheet.uri, outputs.turntable.uri, outputs.report.uri, outputs.change_map.uri}
     for ring in outputs.rings:
         for tensor in (ring.unobserved, ring.inpainted):
             uris |= {tensor.uri, *tensor.preview_uris}

@@ -11,6 +11,7 @@ float32 it arrives as (7.1999998...), with the schedule's tolerances.
 
 from __future__ import annotations
 
+import math
 import re
 
 from tire.v1 import coordinator_pb2
@@ -56,7 +57,9 @@ def resolve_spec(
     Checks: the asset has 1 to 64 frames, each an ``s3://`` URI (with a 64-hex-digit sha256 when one is
     given); one reference image per frame, each an ``s3://`` URI; resolution a multiple of 8 in
     64..1024; orbit_step_deg finite, in [5, 90], and 360 a multiple of it; elevation_deg finite in
-    [-80, 80]; fixed limits strictly increasing, each in (0, 180], the last 180; adaptive
+    [-80, 80]; framing: a centre of 0 or 3 finite values and a finite radius >= 0 (an empty centre
+    and a radius of 0 are fitted to the asset later, by ``framing_check.frame_job``, which needs the
+    store); fixed limits strictly increasing, each in (0, 180], the last 180; adaptive
     max_unobserved_fraction in (0, 1], min_ring_width_deg finite, at least the orbit step and at most
     180; strength and refine_strength finite in [0, 1]; at most 16 labels, keys of 1 to 63 characters
     of [a-z0-9_.-], values of at most 256 characters.
@@ -108,6 +111,7 @@ def resolve_spec(
     validation.in_range(
         resolved.elevation_deg, f"{field}.elevation_deg", -MAX_ELEVATION_DEG, MAX_ELEVATION_DEG
     )
+    _check_framing(resolved.framing, f"{field}.framing")
 
     # 3. The ring schedule.
     _resolve_rings(resolved.rings, resolved.orbit_step_deg, f"{field}.rings")
@@ -151,6 +155,25 @@ def _check_object(ref, field: str) -> None:
         f"{field}.sha256",
         ref.sha256,
         "must be 64 lower-case hex digits, or empty",
+    )
+
+
+def _check_framing(framing: coordinator_pb2.Framing, field: str) -> None:
+    """A pinned framing's values: a centre of none or 3 finite values, a finite radius >= 0 (0: fit)."""
+    center = list(framing.center)
+    require(
+        len(center) in (0, 3),
+        f"{field}.center",
+        center,
+        "must hold 3 values (x, y, z), or none to fit the centre to the asset",
+    )
+    require(all(math.isfinite(v) for v in center), f"{field}.center", center, "must be finite")
+    validation.finite(framing.radius, f"{field}.radius")
+    require(
+        framing.radius >= 0,
+        f"{field}.radius",
+        framing.radius,
+        "must be a positive distance, or 0 to fit the radius to the asset",
     )
 
 

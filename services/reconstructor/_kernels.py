@@ -8,7 +8,9 @@ rasterizer's layout:
 - ``scatter`` applies A^T: ``CHUNKS`` fixed blocks of pixels each scatter into their own ``[M, 3]``
   buffer, summed in block order after;
 - ``gram`` builds ``G = A^T A`` once as a CSR matrix (from a Gaussian-major index of A made by a
-  counting sort, ``transpose``), and ``spmv`` applies it in the solver's iterations.
+  counting sort, ``transpose``), and ``spmv`` applies it in the solver's iterations;
+- ``restrict_columns`` keeps only the columns of the unknowns (the Gaussians that are re-solved) and
+  the rows that still hold one.
 
 Why an explicit G rather than ``A^T (A x)`` in every iteration: G is far smaller than A. At the
 benchmark size (14 views of 256 x 256, K = 8) A has 7.3M entries for 50k random Gaussians and G 0.46M
@@ -368,3 +370,57 @@ def compact_columns(ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
                 break
             columns[p, k] = column[g]
     return columns, gaussians
+
+
+@njit(cache=True)
+def restrict_columns(
+    ids: np.ndarray, weights: np.ndarray, unknown: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A with only the columns in ``unknown``, renumbered, and only the rows that keep an entry.
+
+    Args:
+        ids: ``[P, K]`` int32 columns in [0, M), -1 after a pixel's last contributor.
+        weights: ``[P, K]`` float32.
+        unknown: ``[M]`` bool, the columns to keep.
+
+    Returns:
+        rows: ``[P']`` int64 the rows kept (those with at least one entry of a kept column), increasing.
+        ids: ``[P', K]`` int32 their entries of kept columns, in their order, renumbered 0..M'-1 in
+            increasing order of the old number; -1 after the last.
+        weights: ``[P', K]`` float32 the entries' weights (0 where unused).
+    """
+    n_pixels, k_top = ids.shape
+    m = unknown.shape[0]
+    column = np.full(m, -1, dtype=np.int64)
+    count = 0
+    for c in range(m):
+        if unknown[c]:
+            column[c] = count
+            count += 1
+    n_rows = 0
+    for p in range(n_pixels):
+        for k in range(k_top):
+            g = ids[p, k]
+            if g < 0:
+                break
+            if unknown[g]:
+                n_rows += 1
+                break
+    rows = np.empty(n_rows, dtype=np.int64)
+    out_ids = np.full((n_rows, k_top), -1, dtype=np.int32)
+    out_weights = np.zeros((n_rows, k_top), dtype=np.float32)
+    r = 0
+    for p in range(n_pixels):
+        j = 0
+        for k in range(k_top):
+            g = ids[p, k]
+            if g < 0:
+                break
+            if unknown[g]:
+                out_ids[r, j] = column[g]
+                out_weights[r, j] = weights[p, k]
+                j += 1
+        if j > 0:
+            rows[r] = p
+            r += 1
+    return rows, out_ids, out_weights

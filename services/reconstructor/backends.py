@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -54,6 +54,15 @@ from services.reconstructor import _kernels
 
 BACKENDS = ("colour-solve", "gsplat-optimize")
 MAX_CONTRIBUTORS = 64
+LOCK_WEIGHT = 0.05
+"""A Gaussian with a compositing weight of at least this in a pixel of a locked view is locked."""
+LOCK_CONTRIBUTORS = math.ceil(1.0 / LOCK_WEIGHT)
+"""Contributors per pixel the lock test renders: a pixel's weights sum to its alpha (< 1), so fewer
+than this many reach ``LOCK_WEIGHT``, and the test sees every one that does."""
+CHANGE_TOLERANCE = 3.0 / 255.0
+"""A view's pixel is changed where some channel differs from the initial asset's render by more."""
+CHANGED_SHARE = 0.05
+"""A Gaussian is re-solved only if more than this share of its weight falls on changed pixels."""
 
 
 @dataclass(frozen=True)
@@ -91,11 +100,20 @@ class Reconstruction:
         rms_error: RMS colour error of re-renders against the views, 0..1 scale, over every pixel
             and channel.
         iterations: solver iterations run.
+        locked: Gaussians locked by the locked views (every parameter kept bit for bit).
+        kept: Gaussians neither locked nor re-fitted (every parameter kept bit for bit).
+        resolved: Gaussians re-fitted; ``locked + kept + resolved`` is the asset's N.
+        higher_sh_kept: every Gaussian kept its SH bands above degree 0 (``keep_higher_sh``, an
+            SH-degree-0 asset, or nothing re-fitted); False when the re-fitted ones' were zeroed.
     """
 
     gaussians: Gaussians
     rms_error: float
     iterations: int
+    locked: int = 0
+    kept: int = 0
+    resolved: int = 0
+    higher_sh_kept: bool = True
 
 
 class ReconstructBackend(Protocol):
@@ -114,6 +132,7 @@ class ReconstructBackend(Protocol):
         initial: Gaussians,
         options: SolveOptions,
         view_weights: np.ndarray | None = None,
+        locked_views: Sequence[int] = (),
     ) -> Reconstruction:
         """Fit ``initial`` to ``views``.
 
@@ -122,6 +141,8 @@ class ReconstructBackend(Protocol):
             initial: N Gaussians, the asset the views were rendered from.
             options: solver options.
             view_weights: ``[V]`` float, each view's weight in the fit (>= 0, not all 0); None: equal.
+            locked_views: distinct indices < V of the views whose Gaussians (``locked_gaussians``)
+                keep every parameter bit for bit.
         """
         ...
 
@@ -186,9 +207,11 @@ class ColourSolveBackend:
         initial: Gaussians,
         options: SolveOptions,
         view_weights: np.ndarray | None = None,
+        locked_views: Sequence[int] = (),
     ) -> Reconstruction:
         if views.rgb is None or views.alpha is None:
             raise ValueError("views must carry rgb and alpha")
+        locked_views = check_locked_views(locked_views, len(views))
         with self._lock, _numba_threads(self.threads):
             # 1. Background, from the views' empty pixels.
             background = estimate_background(views.rgb, views.alpha)
@@ -205,9 +228,21 @@ class ColourSolveBackend:
                 len(initial),
                 self.renormalise,
             )
+            initial_rgb = render.rgb
             del render  # the contributors are in the model now; free them before the solve
 
-            # 3. Linear model; the higher bands' view-dependent colour is known and moves to the right.
+            # 3. The unknowns: the Gaussians seen, less those locked and those whose pixels the views
+            #    do not change.
+            locked = locked_gaussians(initial, views.cameras[locked_views])
+            counted = np.ones(len(views), bool) if view_weights is None else np.asarray(view_weights) > 0
+            share = changed_share(model, changed_pixels(initial_rgb, views.rgb), counted)
+            unknown = ~locked[model.gaussians] & (share > CHANGED_SHARE)
+
+            # 4. Linear model of the unknowns: the constants' colour as rendered (higher SH included)
+            #    and, with keep_higher_sh, the unknowns' view-dependent colour move to the right.
+            targets = model.targets - constant_term(model, initial, views.cameras, ~unknown)
+            rows, ids, weights = _kernels.restrict_columns(model.ids, model.weights, unknown)
+            model = PixelModel(model.pixels[rows], ids, weights, targets[rows], model.gaussians[unknown])
             targets = model.targets
             if options.keep_higher_sh and initial.sh_degree > 0:
                 targets = targets - view_dependent_term(model, initial, views.cameras)
@@ -219,34 +254,133 @@ class ColourSolveBackend:
                 model = replace(model, weights=(model.weights * row_scale[:, None]).astype(np.float32))
                 targets = targets * row_scale[:, None]
 
-            # 4. Regularised least squares by preconditioned conjugate gradients; then clip.
-            solve = solve_colours(
-                model.ids,
-                model.weights,
-                targets,
-                initial_colours[model.gaussians],
-                prior_weight=options.prior_weight,
-                max_iterations=options.max_iterations,
-                tolerance=options.tolerance,
-                start=back_projection(model.ids, model.weights, targets),
-            )
-            colours = initial_colours.copy()
-            colours[model.gaussians] = np.clip(solve.colours, 0.0, 1.0)
+            # 5. Regularised least squares by preconditioned conjugate gradients; then clip.
+            colours, iterations = initial_colours.copy(), 0
+            if len(model.gaussians):
+                solve = solve_colours(
+                    model.ids,
+                    model.weights,
+                    targets,
+                    initial_colours[model.gaussians],
+                    prior_weight=options.prior_weight,
+                    max_iterations=options.max_iterations,
+                    tolerance=options.tolerance,
+                    start=back_projection(model.ids, model.weights, targets),
+                )
+                colours[model.gaussians] = np.clip(solve.colours, 0.0, 1.0)
+                iterations = solve.iterations
 
-            # 5. The new asset: colours of the Gaussians seen; geometry untouched.
-            seen = np.zeros(len(initial), dtype=bool)
-            seen[model.gaussians] = True
-            gaussians = recolour(initial, colours, which=seen, keep_higher_sh=options.keep_higher_sh)
-            if not options.keep_higher_sh and initial.sh_degree > 0:
-                sh = gaussians.sh.copy()
-                sh[:, 1:] = 0.0  # the unseen ones too: the asset becomes view-independent throughout
-                gaussians = replace(gaussians, sh=sh)
+            # 6. The new asset: the unknowns recoloured; every other Gaussian keeps every coefficient.
+            resolved = np.zeros(len(initial), dtype=bool)
+            resolved[model.gaussians] = True
+            gaussians = recolour(initial, colours, which=resolved, keep_higher_sh=options.keep_higher_sh)
 
-            # 6. The error of re-renders against the views.
-            rerender = rasterize(gaussians, views.cameras, background)
+            # 7. The error of re-renders against the views (nothing re-solved: the initial render).
+            rerender = rasterize(gaussians, views.cameras, background).rgb if resolved.any() else initial_rgb
+        n_locked, n_resolved = int(locked.sum()), int(resolved.sum())
         return Reconstruction(
-            gaussians=gaussians, rms_error=rms_error(rerender.rgb, views.rgb), iterations=solve.iterations
+            gaussians=gaussians,
+            rms_error=rms_error(rerender, views.rgb),
+            iterations=iterations,
+            locked=n_locked,
+            kept=len(initial) - n_locked - n_resolved,
+            resolved=n_resolved,
+            higher_sh_kept=options.keep_higher_sh or initial.sh_degree == 0 or n_resolved == 0,
         )
+
+
+def check_locked_views(locked_views: Sequence[int], num_views: int) -> np.ndarray:
+    """``[L]`` int64 the locked views' indices, checked: distinct, each in [0, V).
+
+    Raises:
+        ValueError: an index out of range or repeated; the message names it.
+    """
+    indices = np.asarray(locked_views, dtype=np.int64).reshape(-1)
+    for i, index in enumerate(indices.tolist()):
+        if not 0 <= index < num_views:
+            raise ValueError(f"locked_views[{i}] must be a view index below {num_views}, got {index}")
+        if index in indices[:i]:
+            raise ValueError(f"locked_views[{i}] repeats view {index}")
+    return indices
+
+
+def locked_gaussians(gaussians: Gaussians, cameras: Cameras) -> np.ndarray:
+    """``[N]`` bool: the Gaussians with a compositing weight >= ``LOCK_WEIGHT`` in a pixel of a camera.
+
+    A Gaussian hidden behind others in every one of these views has a weight below it everywhere (it
+    is not seen) and is not locked. Every such weight is found: each view is rendered with
+    ``LOCK_CONTRIBUTORS`` per pixel (weights do not depend on the background).
+
+    Args:
+        gaussians: N Gaussians.
+        cameras: the locked views' cameras (none: nothing is locked).
+    """
+    locked = np.zeros(len(gaussians), dtype=bool)
+    for view in range(len(cameras)):
+        render = rasterize(gaussians, cameras[view], contributors=LOCK_CONTRIBUTORS)
+        locked[render.ids[render.weights >= LOCK_WEIGHT]] = True
+    return locked
+
+
+def changed_pixels(rendered: np.ndarray, rgb: np.ndarray, tolerance: float = CHANGE_TOLERANCE) -> np.ndarray:
+    """``[V, H, W]`` bool: where the views differ from the render by more than ``tolerance``.
+
+    The render is clipped to [0, 1] first, as the views were (SH colours have no upper bound).
+
+    Args:
+        rendered: ``[V, H, W, 3]`` float, the initial asset's render over the background.
+        rgb: ``[V, H, W, 3]`` uint8 the views.
+        tolerance: largest channel difference still "unchanged", 0..1 scale.
+    """
+    clipped = np.clip(rendered.astype(np.float32), 0.0, 1.0)
+    difference = np.abs(clipped - rgb.astype(np.float32) / np.float32(255.0))
+    return difference.max(axis=-1) > tolerance
+
+
+def changed_share(model: PixelModel, changed: np.ndarray, counted: np.ndarray) -> np.ndarray:
+    """``[M]`` float64 each column's weighted share of changed pixels, over the views counted.
+
+    ``s_g = sum_p w_pg [p changed] / sum_p w_pg`` over the model's pixels in views that count (those
+    of weight > 0); 0 for a Gaussian no counted view sees.
+
+    Args:
+        model: the pixel model.
+        changed: ``[V, H, W]`` bool (``changed_pixels``).
+        counted: ``[V]`` bool the views that count.
+    """
+    m = len(model.gaussians)
+    pixels_per_view = changed[0].size if len(changed) else 1
+    in_counted = np.asarray(counted, bool)[model.pixels // pixels_per_view]
+    values = np.zeros((len(model.pixels), 3))
+    values[:, 0] = in_counted & changed.reshape(-1)[model.pixels]
+    values[:, 1] = in_counted
+    sums = np.empty((m, 3))
+    _kernels.scatter(model.ids, model.weights, values, np.empty((_kernels.CHUNKS, m, 3)), sums)
+    return np.divide(sums[:, 0], sums[:, 1], out=np.zeros(m), where=sums[:, 1] > 0.0)
+
+
+def constant_term(
+    model: PixelModel, gaussians: Gaussians, cameras: Cameras, constant: np.ndarray
+) -> np.ndarray:
+    """``[P, 3]`` float64 ``sum_k w_pk col_{g_pk, v(p)}`` over the constant columns of each model pixel.
+
+    ``col_gv = max(0, c_g + h_gv)`` is the colour the rasterizer gives Gaussian g in view v, every SH
+    band included.
+
+    Args:
+        model: the pixel model.
+        gaussians: the N Gaussians its columns index (through ``model.gaussians``).
+        cameras: the V cameras of its views.
+        constant: ``[M]`` bool the constant columns.
+    """
+    starts = np.searchsorted(model.pixels, np.arange(len(cameras) + 1) * (cameras.width * cameras.height))
+    base = base_colours(gaussians)[model.gaussians]
+    out = np.empty((len(model.pixels), 3))
+    for v, h in enumerate(_view_dependent_per_view(gaussians, cameras, model.gaussians)):
+        colours = np.where(constant[:, None], np.maximum(base + h, 0.0), 0.0)
+        a, b = starts[v], starts[v + 1]
+        _kernels.gather(model.ids[a:b], model.weights[a:b], colours, out[a:b])
+    return out
 
 
 def pixel_model(

@@ -11,7 +11,10 @@ frames of a 4D asset stay in correspondence).
 1. Targets: the views' rgb (0..1) and alpha, and the background they were composited over
    (``estimate_background``); renders are composited over the same background.
 2. Parameters: the initial asset's stored values (log-scales, logits, raw SH). Without
-   ``keep_higher_sh`` the SH bands above degree 0 are zeroed first and stay zero.
+   ``keep_higher_sh`` the SH bands above degree 0 are zeroed first and stay zero. The Gaussians of the
+   ``locked_views`` (``backends.locked_gaussians``: a compositing weight >= 0.05 in a pixel of one)
+   are frozen: their gradients are masked to 0, so Adam never moves them, they keep their SH bands
+   and render with them throughout, and the result holds their initial rows bit for bit.
 3. Adam, one learning rate per parameter, in 3DGS's proportions (gsplat's ``simple_trainer``), each
    times ``learning_rate_scale`` (default 3, see below):
 
@@ -64,7 +67,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -75,7 +78,13 @@ from services.common.cameras import Cameras
 from services.common.config import ConfigError
 from services.common.gaussians import Gaussians
 from services.common.views import Views, estimate_background
-from services.reconstructor.backends import Reconstruction, SolveOptions, rms_error
+from services.reconstructor.backends import (
+    Reconstruction,
+    SolveOptions,
+    check_locked_views,
+    locked_gaussians,
+    rms_error,
+)
 
 SSIM_LAMBDA = 0.2  # weight of (1 - SSIM) against L1, 3DGS's
 SSIM_WINDOW = 11
@@ -177,12 +186,14 @@ class GsplatOptimizeBackend:
         initial: Gaussians,
         options: SolveOptions,
         view_weights: np.ndarray | None = None,
+        locked_views: Sequence[int] = (),
     ) -> Reconstruction:
         if views.rgb is None or views.alpha is None:
             raise ValueError("views must carry rgb and alpha")
         weights = np.ones(len(views)) if view_weights is None else np.asarray(view_weights, np.float64)
         if weights.shape != (len(views),) or not (weights >= 0.0).all() or not weights.any():
             raise ValueError(f"view_weights must be [{len(views)}] values >= 0, not all 0, got {weights!r}")
+        locked = locked_gaussians(initial, views.cameras[check_locked_views(locked_views, len(views))])
         with self._lock:
             dev = self._device
 
@@ -203,12 +214,18 @@ class GsplatOptimizeBackend:
                 "sh_dc": _tensor(initial.sh[:, :1], dev),
             }
             sh_rest = _tensor(initial.sh[:, 1:], dev)  # [N, K - 1, 3]
+            free = torch.from_numpy(~locked).to(dev)  # [N] the Gaussians the steps may move
             if fit_rest:
                 params["sh_rest"] = sh_rest
             else:
-                sh_rest.zero_()
+                sh_rest[free] = 0.0  # the locked keep their bands, and render with them
             for value in params.values():
                 value.requires_grad_(True)
+                if locked.any():
+                    # A locked Gaussian's gradient is 0 from the first step, so Adam's moments stay 0
+                    # and its step is exactly 0.
+                    mask = free.to(value.dtype).reshape(-1, *([1] * (value.dim() - 1)))
+                    value.register_hook(lambda grad, mask=mask: grad * mask)
 
             # 3. Adam with 3DGS's per-parameter rates.
             rates = {key: LEARNING_RATES[key] * self.learning_rate_scale for key in params}
@@ -273,26 +290,36 @@ class GsplatOptimizeBackend:
                         break
                     previous_window, window_loss = current, torch.zeros((), device=dev)
 
-            # 6. The new asset, and the error of re-renders of every view.
+            # 6. The new asset (the locked Gaussians' rows are the initial's own, bit for bit: not
+            #    even their quaternions are normalised), and the error of re-renders of every view.
             with torch.no_grad():
                 quats = F.normalize(params["quats"], dim=-1)
                 sh = torch.cat([params["sh_dc"], params.get("sh_rest", sh_rest)], dim=1)
-                gaussians = replace(
-                    initial,
-                    means=_array(params["means"]),
-                    log_scales=_array(params["log_scales"]),
-                    quats=_array(quats),
-                    opacity_logits=_array(params["opacity_logits"]),
-                    sh=_array(sh),
-                )
+                arrays = {
+                    "means": _array(params["means"]),
+                    "log_scales": _array(params["log_scales"]),
+                    "quats": _array(quats),
+                    "opacity_logits": _array(params["opacity_logits"]),
+                    "sh": _array(sh),
+                }
+                for name, array in arrays.items():
+                    array[locked] = getattr(initial, name)[locked]
+                gaussians = replace(initial, **arrays)
                 rerender = np.concatenate(
                     [
                         _array(render(torch.arange(start, min(start + per_step, len(views)), device=dev))[0])
                         for start in range(0, len(views), per_step)
                     ]
                 )
+        n_locked = int(locked.sum())
         return Reconstruction(
-            gaussians=gaussians, rms_error=rms_error(np.clip(rerender, 0.0, 1.0), views.rgb), iterations=steps
+            gaussians=gaussians,
+            rms_error=rms_error(np.clip(rerender, 0.0, 1.0), views.rgb),
+            iterations=steps,
+            locked=n_locked,
+            kept=0,
+            resolved=len(initial) - n_locked,
+            higher_sh_kept=fit_rest or initial.sh_degree == 0 or n_locked == len(initial),
         )
 
 

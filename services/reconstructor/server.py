@@ -92,12 +92,29 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
             max_gaussians=self.settings.max_gaussians,
         )
         view_weights = self._view_weights(request.view_weights, len(views))
-        result = self.backend.reconstruct(views, initial, options, view_weights)
+        locked_views = self._locked_views(request.locked_views, len(views))
+        result = self.backend.reconstruct(views, initial, options, view_weights, locked_views)
         return reconstructor_pb2.ReconstructResponse(
             ply=store_frame(self.store, result.gaussians),
             rms_error=result.rms_error,
             iterations=result.iterations,
+            gaussians_locked=result.locked,
+            gaussians_kept=result.kept,
+            gaussians_resolved=result.resolved,
+            higher_sh_kept=result.higher_sh_kept,
         )
+
+    @staticmethod
+    def _locked_views(values, num_views: int) -> list[int]:
+        """The locked views' indices: each below the number of views, none repeated."""
+        seen: dict[int, int] = {}
+        for i, index in enumerate(values):
+            if index >= num_views:
+                raise InvalidArgument(f"locked_views[{i}]", index, f"must be a view index below {num_views}")
+            if index in seen:
+                raise InvalidArgument(f"locked_views[{i}]", index, f"repeats locked_views[{seen[index]}]")
+            seen[index] = i
+        return list(values)
 
     @staticmethod
     def _view_weights(values, num_views: int) -> np.ndarray | None:

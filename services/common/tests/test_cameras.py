@@ -10,6 +10,7 @@ from services.common.cameras import (
     cameras_to_proto,
     intrinsics,
     orbit_cameras,
+    orbit_center,
     project_points,
 )
 from services.common.errors import InvalidArgument
@@ -75,6 +76,30 @@ def test_viewmats_are_rigid_and_positions_on_the_orbit():
     assert np.allclose(np.linalg.norm(cams.positions, axis=1), 2.0, atol=1e-5)
 
 
+def test_a_centred_orbit_is_the_origin_orbit_translated():
+    center = np.array([0.4, -0.2, 1.1])
+    at_origin = orbit_cameras([0, 37, 90, 200], W, H, elevation_deg=-20.0, radius=0.8)
+    moved = orbit_cameras([0, 37, 90, 200], W, H, elevation_deg=-20.0, radius=0.8, center=center)
+    assert moved.positions == pytest.approx(at_origin.positions + center, abs=1e-5)
+    np.testing.assert_allclose(moved.viewmats[:, :3, :3], at_origin.viewmats[:, :3, :3], atol=1e-6)
+    # The centre lands on the image centre at the orbit radius, as the origin does without one.
+    pixels, depth = project_points(moved, center[None])
+    assert pixels[:, 0] == pytest.approx(np.tile([W / 2, H / 2], (4, 1)), abs=1e-3)
+    assert depth[:, 0] == pytest.approx(0.8, abs=1e-5)
+    # A point beside the centre lands where the same offset from the origin does.
+    offset = np.array([[0.05, 0.1, -0.02]])
+    np.testing.assert_allclose(
+        project_points(moved, center + offset)[0], project_points(at_origin, offset)[0], atol=1e-3
+    )
+
+
+def test_orbit_message_centre():
+    orbit = common_pb2.Orbit(azimuths_deg=[0, 90], resolution=64, radius=0.5, center=[1.0, 2.0, 3.0])
+    cams = cameras_from_orbit(orbit)
+    np.testing.assert_allclose(cams.positions, [[1.0, 2.0, 3.5], [1.5, 2.0, 3.0]], atol=1e-5)
+    assert orbit_center([]) == pytest.approx([0.0, 0.0, 0.0])  # empty: the origin
+
+
 def test_proto_round_trip_and_selection():
     cams = orbit_cameras([0, 90, 200], W, H, elevation_deg=-10.0)
     back = cameras_from_proto(cameras_to_proto(cams))
@@ -125,6 +150,8 @@ def test_bad_camera_sets_name_the_field(mutate, field):
         (common_pb2.Orbit(azimuths_deg=[0], resolution=64, elevation_deg=95), "orbit.elevation_deg"),
         (common_pb2.Orbit(azimuths_deg=[0], resolution=64, radius=-1), "orbit.radius"),
         (common_pb2.Orbit(azimuths_deg=[0], resolution=64, fovy_deg=180), "orbit.fovy_deg"),
+        (common_pb2.Orbit(azimuths_deg=[0], resolution=64, center=[0.0, 1.0]), "orbit.center"),
+        (common_pb2.Orbit(azimuths_deg=[0], resolution=64, center=[0, float("nan"), 0]), "orbit.center"),
     ],
 )
 def test_bad_orbits_name_the_field(orbit, field):

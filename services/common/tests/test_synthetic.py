@@ -6,7 +6,22 @@ import pytest
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
-from services.common.synthetic import _matrix_to_quat, _quat_to_matrix, corrupt_unseen, deform, textured_blob
+from services.common.synthetic import (
+    _BLACK,
+    _CHARCOAL,
+    _GREEN,
+    _HAIR,
+    _RED,
+    _SKIN,
+    _WHITE,
+    _YELLOW,
+    OBJECTS,
+    _matrix_to_quat,
+    _quat_to_matrix,
+    corrupt_unseen,
+    deform,
+    textured_blob,
+)
 
 N = 6_000
 
@@ -207,3 +222,119 @@ def _concat(a: Gaussians, b: Gaussians) -> Gaussians:
             for n in ("means", "log_scales", "quats", "opacity_logits", "sh")
         )
     )
+
+
+# ----- the other ground-truth objects ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def objects() -> dict[str, Gaussians]:
+    return {name: make(N, seed=0) for name, make in OBJECTS.items()}
+
+
+ABOVE, BELOW = -80.0, 80.0
+"""Elevations (degrees, LGM sign: negative is above) of views from nearly straight above and below."""
+
+
+def _render_from(g: Gaussians, elevation: float, side: int = 96):
+    return rasterize(g, orbit_cameras([0.0], side, side, elevation_deg=elevation), background=(1.0, 1.0, 1.0))
+
+
+def _share(render, view: int, colour: np.ndarray, tolerance: float) -> float:
+    """The fraction of view ``view``'s interior pixels within ``tolerance`` (RGB distance) of ``colour``."""
+    interior = _interior(render.alpha)[view]
+    pixels = render.rgb[view][interior]
+    return float((np.linalg.norm(pixels - colour, axis=1) < tolerance).mean())
+
+
+def test_objects_name_the_blob_and_four_more() -> None:
+    assert OBJECTS["blob"] is textured_blob
+    assert list(OBJECTS) == ["blob", "banded", "zebra", "spotted", "head"]
+
+
+@pytest.mark.parametrize("name", list(OBJECTS))
+def test_objects_are_deterministic_for_a_seed(name: str, objects: dict[str, Gaussians]) -> None:
+    again, other = OBJECTS[name](N, seed=0), OBJECTS[name](N, seed=1)
+    for field in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(objects[name], field))
+    assert not np.array_equal(other.sh, objects[name].sh)
+    assert not np.array_equal(other.means, objects[name].means)
+
+
+@pytest.mark.parametrize("name", list(OBJECTS))
+def test_objects_are_closed_surfaces_of_flat_opaque_discs_about_the_origin(
+    name: str, objects: dict[str, Gaussians]
+) -> None:
+    g = objects[name]
+    g.validate()
+    assert len(g) == N and g.sh_degree == 0
+    assert np.abs(g.means.mean(axis=0)).max() < 0.02, "centred at the origin"
+    assert 0.3 < np.abs(g.means).max() < 0.4, "the blob's size: radius about 0.35"
+    assert g.opacities.min() > 0.9
+    scales = np.sort(g.scales, axis=1)
+    assert (scales[:, 0] < 0.3 * scales[:, 1]).all(), "discs are flat"
+    render = _render(g, [0.0, 90.0, 180.0, 270.0])
+    assert (render.alpha > 0.5).mean(axis=(1, 2)).min() > 0.15
+    assert render.alpha[_interior(render.alpha)].min() > 0.95, "solid from every side"
+    colours = _colours(g)
+    assert colours.min() >= 0.0 and colours.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", list(OBJECTS))
+def test_objects_reject_bad_arguments(name: str) -> None:
+    with pytest.raises(ValueError, match="n must be an int >= 100, got 10"):
+        OBJECTS[name](10)
+    with pytest.raises(ValueError, match="radius must be positive, got 0"):
+        OBJECTS[name](1000, radius=0.0)
+
+
+def test_banded_body_shows_its_three_parts_from_the_front_and_around(objects: dict[str, Gaussians]) -> None:
+    render = _render(objects["banded"], [0.0, 90.0, 180.0, 270.0])
+    for view in range(4):
+        assert _share(render, view, _GREEN, 0.15) > 0.4, f"view {view}: the green body"
+        assert _share(render, view, _YELLOW, 0.15) > 0.1, f"view {view}: the yellow belt"
+    # The dark base is at the bottom: the front view sees its rim, a view from below sees it whole.
+    assert _share(render, 0, _CHARCOAL, 0.1) > 0.02
+    assert _share(_render_from(objects["banded"], BELOW), 0, _CHARCOAL, 0.1) > 0.5
+
+
+def test_zebra_is_black_and_white_on_every_side(objects: dict[str, Gaussians]) -> None:
+    render = _render(objects["zebra"], [0.0, 90.0, 180.0, 270.0])
+    for view in range(4):
+        black, white = _share(render, view, _BLACK, 0.15), _share(render, view, _WHITE, 0.15)
+        assert black > 0.25 and white > 0.25 and black + white > 0.65, f"view {view}: {black}, {white}"
+    # An odd number of stripes wind round: the back view is the front view's negative, so a back copied
+    # from the front is wrong everywhere.
+    front, back = (render.rgb[v].mean(axis=2) for v in (0, 2))
+    inside = _interior(render.alpha)[0] & _interior(render.alpha)[2]
+    assert np.corrcoef(front[inside], back[inside])[0, 1] < -0.5
+
+
+def test_spotted_has_black_spots_on_red_on_every_side(objects: dict[str, Gaussians]) -> None:
+    sides = _render(objects["spotted"], [0.0, 90.0, 180.0, 270.0])
+    ends = _render_from(objects["spotted"], ABOVE), _render_from(objects["spotted"], BELOW)
+    for render, view, where in [(sides, v, f"azimuth {90 * v}") for v in range(4)] + [
+        (ends[0], 0, "above"),
+        (ends[1], 0, "below"),
+    ]:
+        black, red = _share(render, view, _BLACK, 0.15), _share(render, view, _RED, 0.2)
+        assert 0.08 < black < 0.5 and red > 0.4, f"{where}: black {black}, red {red}"
+
+
+def test_head_shows_face_and_hair_from_the_front_and_hair_behind(objects: dict[str, Gaussians]) -> None:
+    render = _render(objects["head"], [0.0, 180.0])
+    assert _share(render, 0, _SKIN, 0.12) > 0.3, "the face"
+    assert _share(render, 0, _HAIR, 0.15) > 0.1, "hair around the face"
+    eyes = _render(objects["head"], [0.0], side=192)
+    whites = np.linalg.norm(eyes.rgb[0][_interior(eyes.alpha)[0]] - _WHITE, axis=1) < 0.2
+    assert whites.sum() >= 20, "the whites of the eyes"
+    assert _share(render, 1, _HAIR, 0.15) > 0.6 and _share(render, 1, _SKIN, 0.12) < 0.3, "hair behind"
+    # In the front view the hair frames the face: the silhouette's left, right and top edges are hair.
+    rgb, inside = render.rgb[0], _interior(render.alpha)[0]
+    rows, columns = np.nonzero(inside)
+    middle = rows == (rows.min() + rows.max()) // 2
+    hair_like = lambda p: np.linalg.norm(p - _HAIR) < 0.15
+    assert hair_like(rgb[rows[middle][0], columns[middle].min()]), "the left edge"
+    assert hair_like(rgb[rows[middle][0], columns[middle].max()]), "the right edge"
+    centre = columns == (columns.min() + columns.max()) // 2
+    assert hair_like(rgb[rows[centre].min(), columns[centre][0]]), "the top"

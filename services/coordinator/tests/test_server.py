@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tire.v1 import common_pb2, coordinator_pb2
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.gaussians import Gaussians, write_ply
 from services.common.store import MemoryStore
 from services.coordinator.jobstore import JobStore
-from services.coordinator.pipeline import JobRunner
+from services.coordinator.pipeline import JobRunner, _Run
 from services.coordinator.server import CoordinatorServicer, CoordinatorSettings, JobQueue
 from services.coordinator.stages import RetryPolicy
 from services.embedded import embedded_stages
@@ -62,6 +65,71 @@ def test_submitted_jobs_run_and_watch_streams_to_the_end(servicer, store):
     assert [j.id for j in listed] == [job.id]
 
 
+def card_spec(store, **fields) -> coordinator_pb2.JobSpec:
+    """A job on a flat card (a label, not an object) facing the front view."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    means = np.stack([rng.uniform(-0.3, 0.3, n), rng.uniform(-0.2, 0.2, n), rng.normal(0, 0.003, n)], 1)
+    card = Gaussians(
+        means=means.astype(np.float32),
+        log_scales=np.full((n, 3), np.log(0.01), np.float32),
+        quats=np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1)),
+        opacity_logits=np.full(n, 4.0, np.float32),
+        sh=np.full((n, 1, 3), 0.5, np.float32),
+    )
+    job = spec(store, **fields)
+    job.asset.frames[0].CopyFrom(store.put_bytes(write_ply(card), suffix=".ply"))
+    return job
+
+
+def test_the_orbit_is_fitted_to_the_asset_and_recorded(servicer, store):
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+    framing = job.spec.framing
+    assert len(framing.center) == 3 and max(abs(c) for c in framing.center) < 0.1
+    assert framing.radius == pytest.approx(1.5, abs=0.15)  # LGM's monkey: about LGM's orbit
+    assert 0.5 < framing.extent < 0.8 and list(framing.warnings) == []
+    got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), None).job
+    assert got.spec.framing == framing
+    # A pinned framing is kept as given.
+    pinned = spec(store, framing=coordinator_pb2.Framing(center=[0.0, 0.1, 0.0], radius=1.8))
+    kept = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=pinned), None).job.spec.framing
+    assert list(kept.center) == pytest.approx([0.0, 0.1, 0.0]) and kept.radius == pytest.approx(1.8)
+
+
+def test_a_flat_card_is_refused_at_submit_with_the_reason(servicer, store):
+    with pytest.raises(FailedPrecondition, match=r"flat or thin \(a card or a stick.*ratio 0\.0\d+.*`force`"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store)), None)
+    assert servicer.ListJobs(coordinator_pb2.ListJobsRequest(), None).jobs == []
+
+
+def test_a_pinned_orbit_inside_the_asset_is_refused_at_submit(servicer, store):
+    inside = spec(store, framing=coordinator_pb2.Framing(radius=0.2))
+    with pytest.raises(FailedPrecondition, match=r"inside the asset or past it"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=inside), None)
+
+
+def test_a_forced_card_runs_with_a_warning_event_and_report_entry(servicer, store):
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store, force=True)), None).job
+    (warning,) = job.spec.framing.warnings
+    assert "flat or thin" in warning
+    servicer.queue.start([])
+    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None)]
+    assert events[0].warning.message == warning  # the job's first event
+    assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    report = json.loads(store.get_bytes(events[-1].finished.outputs.report.uri))
+    assert report["framing"]["warnings"] == [warning]
+    assert report["framing"]["radius"] == pytest.approx(job.spec.framing.radius, rel=1e-5)
+    assert report["framing"]["center"] == pytest.approx(list(job.spec.framing.center), abs=1e-5)
+
+
+def test_warnings_are_sent_once_though_a_resumed_job_starts_again(servicer, store):
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store, force=True)), None).job
+    for _ in range(2):  # the first run, then a resume after a crash
+        _Run(servicer.queue.runner, servicer.jobs.get(job.id))._warn()
+    events = servicer.jobs.events(job.id)
+    assert [event.warning.message for event in events] == list(job.spec.framing.warnings)
+
+
 def test_submit_is_idempotent_for_a_request_id(servicer, store):
     request = coordinator_pb2.SubmitJobRequest(spec=spec(store), request_id="client-42")
     first = servicer.SubmitJob(request, None).job
@@ -76,6 +144,7 @@ def test_submit_is_idempotent_for_a_request_id(servicer, store):
         ({"resolution": 7}, "spec.resolution"),
         ({"orbit_step_deg": 7}, "spec.orbit_step_deg"),
         ({"strength": 1.5}, "spec.strength"),
+        ({"framing": coordinator_pb2.Framing(center=[1.0, 2.0])}, "spec.framing.center"),
         (
             {"rings": coordinator_pb2.RingSchedule(fixed=coordinator_pb2.FixedRings(limits_deg=[20, 90]))},
             "spec.rings.fixed.limits_deg",

@@ -173,6 +173,13 @@ def setter(path: str, value):
     return change
 
 
+def framing_center(*values):
+    def change(spec):
+        spec.framing.center[:] = values
+
+    return change
+
+
 def limits(*values):
     def change(spec):
         spec.rings.fixed.limits_deg[:] = values
@@ -215,6 +222,10 @@ BAD = [
     (setter("elevation_deg", 85.0), "spec.elevation_deg", "85.0", "between -80.0 and 80.0"),
     (setter("elevation_deg", -90.0), "spec.elevation_deg", "-90.0", "between -80.0 and 80.0"),
     (setter("elevation_deg", math.nan), "spec.elevation_deg", "nan", "finite"),
+    (framing_center(0.0, 1.0), "spec.framing.center", "[0.0, 1.0]", "3 values (x, y, z), or none"),
+    (framing_center(0.0, math.inf, 1.0), "spec.framing.center", "[0.0, inf, 1.0]", "finite"),
+    (setter("framing.radius", -1.0), "spec.framing.radius", "-1.0", "positive distance, or 0 to fit"),
+    (setter("framing.radius", math.nan), "spec.framing.radius", "nan", "finite"),
     (limits(20.0, 90.0), "spec.rings.fixed.limits_deg[1]", "90.0", "must be 180"),
     (
         limits(90.0, 20.0, 180.0),

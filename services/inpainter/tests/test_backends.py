@@ -105,7 +105,8 @@ def test_deterministic_for_a_seed_and_close_across_seeds(brown):
     again = ColourBackend(threads=2).inpaint(images, masks, None, subject, 1.0, seed=7)
     other = ColourBackend(threads=1).inpaint(images, masks, None, subject, 1.0, seed=8)
     np.testing.assert_array_equal(one, again)
-    assert (one != other).any()
+    # The seed only draws the whole-palette fallback's samples; with trusted pixels around the mask
+    # (as here) the local transfer does not use it at all.
     difference = np.abs(rgb_to_lab(one[masks]) - rgb_to_lab(other[masks]))
     assert difference.mean() < 1.5 and np.percentile(difference, 99) < 6
 

@@ -10,16 +10,20 @@ from services.common.cameras import Cameras, orbit_cameras
 from services.common.config import ConfigError
 from services.common.gaussians import SH_C0, Gaussians, read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
-from services.common.synthetic import random_gaussians
+from services.common.synthetic import random_gaussians, textured_blob
 from services.common.views import Views
 from services.reconstructor import _kernels
 from services.reconstructor.backends import (
+    LOCK_WEIGHT,
     ColourSolveBackend,
     SolveOptions,
     base_colours,
+    check_locked_views,
     evaluate_sh,
+    locked_gaussians,
     make_backend,
     pixel_model,
+    rms_error,
     sh_basis,
     solve_colours,
     view_dependent_colours,
@@ -124,7 +128,9 @@ def test_unseen_gaussians_keep_their_colour_exactly(reconstructed):
 
 def test_extra_properties_are_kept(scene, cameras):
     truth, _, views = scene
-    flagged = dataclasses.replace(truth, extra={"segment": np.arange(len(truth), dtype=np.float32)})
+    flagged = dataclasses.replace(
+        perturbed(truth), extra={"segment": np.arange(len(truth), dtype=np.float32)}
+    )
     result = ColourSolveBackend().reconstruct(views, flagged, SolveOptions(max_iterations=2))
     assert result.gaussians.extra["segment"] is flagged.extra["segment"]
     assert result.iterations == 2
@@ -157,17 +163,22 @@ def sh_scene(cameras):
     return truth, clean, Views(to_uint8(clean.rgb), clean.alpha, None, cameras), perturbed(truth)
 
 
-def test_higher_sh_bands_are_zeroed_by_default(sh_scene):
+def test_higher_sh_bands_are_zeroed_by_default_on_the_resolved_gaussians_only(sh_scene):
     _, _, views, initial = sh_scene
     result = ColourSolveBackend().reconstruct(views, initial, SolveOptions())
     assert result.gaussians.sh.shape == (2000, 16, 3)
-    assert not result.gaussians.sh[:, 1:].any()
+    zeroed = ~result.gaussians.sh[:, 1:].any(axis=(1, 2))  # every initial band is non-zero
+    assert zeroed.sum() == result.resolved > 1900 and not result.higher_sh_kept
+    # The others (no view changes their pixels, or none sees them) keep every coefficient.
+    assert result.gaussians.sh[~zeroed].tobytes() == initial.sh[~zeroed].tobytes()
+    assert result.locked == 0 and result.kept == 2000 - result.resolved
 
 
 def test_higher_sh_bands_are_kept_and_fitted_around(sh_scene, cameras):
     _, clean, views, initial = sh_scene
     kept = ColourSolveBackend().reconstruct(views, initial, SolveOptions(keep_higher_sh=True))
     np.testing.assert_array_equal(kept.gaussians.sh[:, 1:], initial.sh[:, 1:])
+    assert kept.higher_sh_kept and kept.resolved > 1900
     assert psnr(rasterize(kept.gaussians, cameras).rgb, clean.rgb) > 35
     # Zeroing the bands instead loses the view-dependent colour.
     dropped = ColourSolveBackend().reconstruct(views, initial, SolveOptions())
@@ -208,6 +219,125 @@ def test_pixel_model_shapes_and_renormalised_weights(scene, cameras):
     # Targets: the view's colour minus the background's share.
     rgb = views.rgb.reshape(-1, 3)[model.pixels] / 255.0
     np.testing.assert_allclose(model.targets, rgb - (1.0 - alpha[:, None]) * WHITE, atol=1e-6)
+
+
+# --- What is kept: the locked views' Gaussians, the Gaussians the views do not change, SH bands. ---
+
+
+def with_higher_sh(gaussians: Gaussians, scale: float = 0.1, seed: int = 0) -> Gaussians:
+    """``gaussians`` at SH degree 3: the same base colour, random higher bands (as a service reads it)."""
+    rng = np.random.default_rng(seed)
+    sh = np.zeros((len(gaussians), 16, 3), np.float32)
+    sh[:, :1] = gaussians.sh[:, :1]
+    sh[:, 1:] = rng.normal(scale=scale, size=(len(gaussians), 15, 3))
+    return read_ply(write_ply(dataclasses.replace(gaussians, sh=sh)))
+
+
+@pytest.fixture(scope="module")
+def blob():
+    """A closed textured surface (3,000 opaque discs, front toward +z) of SH degree 3."""
+    return with_higher_sh(textured_blob(3000))
+
+
+def test_a_gaussian_hidden_in_the_locked_view_is_not_locked():
+    # On the axis of the camera at azimuth 0 (at +z): a large opaque Gaussian in front of a small one;
+    # a third beside both. From the front the small one shows only faintly around the large one.
+    g = Gaussians(
+        means=np.array([[0.0, 0.0, 0.3], [0.0, 0.0, -0.3], [0.45, 0.0, 0.0]], np.float32),
+        log_scales=np.log(np.array([[0.2] * 3, [0.05] * 3, [0.08] * 3], np.float32)),
+        quats=np.tile(np.float32([1, 0, 0, 0]), (3, 1)),
+        opacity_logits=np.full(3, 8.0, np.float32),
+        sh=np.zeros((3, 1, 3), np.float32),
+    )
+    cams = orbit_cameras([0.0, 180.0], 32, 32)
+    front = rasterize(g, cams[0], contributors=4)
+    faint = front.weights[front.ids == 1].max()
+    assert 1.0 / 255.0 < faint < LOCK_WEIGHT
+    assert locked_gaussians(g, cams[[0]]).tolist() == [True, False, True]
+    assert locked_gaussians(g, cams[[1]]).tolist() == [True, True, True]  # from behind all are seen
+    assert not locked_gaussians(g, cams[[]]).any()
+
+
+@pytest.mark.parametrize("locked_views", [(), (0,)])
+@pytest.mark.parametrize("asset", ["random cloud", "textured blob"])
+def test_views_equal_to_the_initial_render_return_the_asset_bit_identical(asset, locked_views, blob, cameras):
+    initial = blob if asset == "textured blob" else read_ply(write_ply(random_gaussians(1500, 3, seed=6)))
+    render = rasterize(initial, cameras, WHITE)
+    views = Views(to_uint8(render.rgb), render.alpha, None, cameras)
+    result = ColourSolveBackend().reconstruct(views, initial, SolveOptions(), None, locked_views)
+    assert write_ply(result.gaussians) == write_ply(initial)
+    for name in (*GEOMETRY, "sh"):
+        assert getattr(result.gaussians, name).tobytes() == getattr(initial, name).tobytes(), name
+    assert (result.resolved, result.iterations) == (0, 0) and result.higher_sh_kept
+    assert result.locked + result.kept == len(initial) and (result.locked > 0) == bool(locked_views)
+    assert result.rms_error == rms_error(render.rgb, views.rgb)  # the initial render's
+
+
+def test_locked_gaussians_keep_every_parameter_whatever_the_views_say(blob, cameras):
+    # The views, the locked one included, show other colours than the asset has: every base colour is
+    # random in the asset.
+    truth, initial = blob, perturbed(blob)
+    render = rasterize(truth, cameras, WHITE)
+    views = Views(to_uint8(render.rgb), render.alpha, None, cameras)
+    weights = np.array([10.0] + [1.0] * (len(cameras) - 1))
+    result = ColourSolveBackend().reconstruct(views, initial, SolveOptions(), weights, [0])
+    locked = locked_gaussians(initial, cameras[[0]])
+    assert result.locked == locked.sum() > 0.3 * len(blob)
+    for name in (*GEOMETRY, "sh"):
+        assert getattr(result.gaussians, name)[locked].tobytes() == getattr(initial, name)[locked].tobytes()
+    # What the locked view does not show is re-solved toward the views, higher bands zeroed.
+    resolved = np.any(result.gaussians.sh != initial.sh, axis=(1, 2))
+    assert resolved.sum() == result.resolved > 0.3 * len(blob) and not (resolved & locked).any()
+    assert not result.gaussians.sh[resolved, 1:].any() and not result.higher_sh_kept
+    error = np.abs(base_colours(result.gaussians) - base_colours(truth))[resolved].mean()
+    assert error < 0.5 * np.abs(base_colours(initial) - base_colours(truth))[resolved].mean()
+
+
+@pytest.mark.parametrize("keep_higher_sh", [False, True])
+def test_a_changed_region_changes_only_the_gaussians_under_it(keep_higher_sh, blob, cameras):
+    # The right side (+x) of the asset drifted: its base colours turned; the views show the drift.
+    region = blob.means[:, 0] > 0.12
+    target = recolour(blob, base_colours(blob)[:, [2, 0, 1]], which=region, keep_higher_sh=True)
+    render = rasterize(target, cameras, WHITE)
+    views = Views(to_uint8(render.rgb), render.alpha, None, cameras)
+    options = SolveOptions(keep_higher_sh=keep_higher_sh)
+    result = ColourSolveBackend().reconstruct(views, blob, options)
+    moved = np.any(result.gaussians.sh != blob.sh, axis=(1, 2))
+    assert moved.sum() == result.resolved and result.kept == len(blob) - result.resolved
+    assert moved[region].mean() > 0.9  # what drifted is re-solved...
+    assert not moved[blob.means[:, 0] < 0.0].any()  # ...what is away from it is not touched
+    # The Gaussians not re-solved keep every SH band, whatever keep_higher_sh says.
+    assert result.gaussians.sh[~moved].tobytes() == blob.sh[~moved].tobytes()
+    assert result.higher_sh_kept == keep_higher_sh
+    if keep_higher_sh:
+        np.testing.assert_array_equal(result.gaussians.sh[:, 1:], blob.sh[:, 1:])
+        assert psnr(rasterize(result.gaussians, cameras, WHITE).rgb, render.rgb) > 35
+    else:
+        assert not result.gaussians.sh[moved, 1:].any()
+
+
+@pytest.mark.parametrize(
+    ("locked_views", "match"),
+    [
+        ([24], r"locked_views\[0\] must be a view index below 24, got 24"),
+        ([3, 5, 3], r"locked_views\[2\] repeats"),
+    ],
+)
+def test_bad_locked_views_are_refused(locked_views, match, scene):
+    truth, _, views = scene
+    with pytest.raises(ValueError, match=match):
+        ColourSolveBackend().reconstruct(views, truth, SolveOptions(), None, locked_views)
+    assert check_locked_views([2, 0], 3).tolist() == [2, 0]
+
+
+def test_restricting_the_operator_to_some_columns_matches_the_dense_matrix():
+    ids, weights = random_operator(seed=6)
+    unknown = np.random.default_rng(7).uniform(size=40) < 0.3
+    rows, restricted, kept_weights = _kernels.restrict_columns(ids, weights, unknown)
+    full = dense(ids, weights, 40)[:, unknown]
+    np.testing.assert_array_equal(rows, np.flatnonzero(full.any(axis=1)))
+    np.testing.assert_array_equal(dense(restricted, kept_weights, unknown.sum()), full[rows])
+    assert ((restricted[:, 1:] < 0) | (restricted[:, :-1] >= 0)).all()  # entries first, then -1
 
 
 # --- The solver and its operators, against dense linear algebra. ---

@@ -13,7 +13,7 @@ from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
 from services.common.synthetic import random_gaussians
 from services.common.views import Views
-from services.reconstructor.backends import SolveOptions, make_backend, rms_error
+from services.reconstructor.backends import SolveOptions, locked_gaussians, make_backend, rms_error
 from services.reconstructor.optimize import (
     GsplatOptimizeBackend,
     photometric_loss,
@@ -215,6 +215,24 @@ def test_higher_sh_bands_are_zeroed_and_left_out_unless_kept(views, perturbed):
     assert result.gaussians.sh.shape == perturbed.sh.shape
     assert not result.gaussians.sh[:, 1:].any()
     assert not np.array_equal(result.gaussians.sh[:, 0], perturbed.sh[:, 0])
+
+
+@pytest.mark.parametrize("keep_higher_sh", [False, True])
+def test_the_locked_views_gaussians_are_frozen_bit_for_bit(views, perturbed, keep_higher_sh):
+    options = SolveOptions(keep_higher_sh=keep_higher_sh, max_iterations=6, tolerance=1e-9)
+    result = dense_backend().reconstruct(views, perturbed, options, None, [0])
+    locked = locked_gaussians(perturbed, CAMERAS[[0]])
+    assert result.locked == locked.sum() > 0.2 * len(perturbed)
+    assert (result.kept, result.resolved) == (0, len(perturbed) - result.locked)
+    assert result.higher_sh_kept == keep_higher_sh
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        before, after = getattr(perturbed, name), getattr(result.gaussians, name)
+        assert after[locked].tobytes() == before[locked].tobytes(), name  # SH bands included
+        assert not np.array_equal(after[~locked], before[~locked]), name  # the others move
+    if not keep_higher_sh:
+        assert not result.gaussians.sh[~locked, 1:].any()
+    with pytest.raises(ValueError, match=r"locked_views\[1\] repeats"):
+        dense_backend().reconstruct(views, perturbed, options, None, [0, 0])
 
 
 def test_a_loose_tolerance_stops_after_two_windows(views, perturbed):

@@ -12,7 +12,7 @@ from services.common.rasterizer import rasterize
 from services.common.store import MemoryStore
 from services.common.synthetic import random_gaussians
 from services.common.views import Views, write_views
-from services.reconstructor.backends import ColourSolveBackend, SolveOptions
+from services.reconstructor.backends import ColourSolveBackend, SolveOptions, locked_gaussians
 from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
 
 AZIMUTHS = (0, 60, 120, 180, 240, 300)
@@ -72,12 +72,29 @@ def test_options_are_passed_on(servicer, store, scene):
     reply = servicer.Reconstruct(request_for(store, scene, options=options), None)
     fitted = read_ply(store.get_bytes(reply.ply.uri))
     np.testing.assert_array_equal(fitted.sh[:, 1:], initial.sh[:, 1:])
-    assert reply.iterations == 2
+    assert reply.iterations == 2 and reply.higher_sh_kept
     # A prior of 0 is allowed (pure least squares).
     reply = servicer.Reconstruct(
         request_for(store, scene, options=reconstructor_pb2.ReconstructOptions(prior_weight=0.0)), None
     )
     assert reply.rms_error < 0.03
+
+
+def test_locked_views_are_passed_on_and_the_gaussians_counted(servicer, store, scene):
+    truth, views, initial = scene
+    reply = servicer.Reconstruct(request_for(store, scene, locked_views=[0, 3]), None)
+    fitted = read_ply(store.get_bytes(reply.ply.uri))
+    locked = locked_gaussians(initial, views.cameras[[0, 3]])
+    assert reply.gaussians_locked == locked.sum() > 0
+    assert fitted.sh[locked].tobytes() == initial.sh[locked].tobytes()  # higher bands included
+    resolved = np.any(fitted.sh != initial.sh, axis=(1, 2))
+    assert reply.gaussians_resolved == resolved.sum() > 0 and not (resolved & locked).any()
+    assert reply.gaussians_locked + reply.gaussians_kept + reply.gaussians_resolved == len(truth)
+    assert not reply.higher_sh_kept  # the re-solved ones lost theirs (keep_higher_sh is false)
+    local = ColourSolveBackend().reconstruct(views, initial, SolveOptions(), None, [0, 3])
+    assert store.get_bytes(reply.ply.uri) == write_ply(local.gaussians)
+    # Nothing locked by default.
+    assert servicer.Reconstruct(request_for(store, scene), None).gaussians_locked == 0
 
 
 def test_the_time_step_picks_the_frame(servicer, store, scene):
@@ -140,6 +157,8 @@ def set_field(**values):
         (lambda r: r.view_weights.extend([0.0] * len(AZIMUTHS)), "view_weights"),
         (lambda r: r.view_weights.extend([1.0, -1.0] + [1.0] * (len(AZIMUTHS) - 2)), "view_weights[1]"),
         (lambda r: r.view_weights.extend([float("nan")] * len(AZIMUTHS)), "view_weights[0]"),
+        (lambda r: r.locked_views.extend([0, len(AZIMUTHS)]), "locked_views[1]"),
+        (lambda r: r.locked_views.extend([2, 0, 2]), "locked_views[2]"),
     ],
 )
 def test_bad_requests_name_the_field(servicer, store, scene, edit, field):

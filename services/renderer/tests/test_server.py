@@ -1,5 +1,6 @@
 """The renderer servicer in-process, over the in-memory store: values, shapes and request validation."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +34,10 @@ def monkey_ref(store):
     return store.put_bytes(MONKEY.read_bytes(), suffix=".ply", media_type="application/x-ply")
 
 
-def orbit_request(*frames, azimuths=(0, 90, 180), resolution=64, **kwargs):
+def orbit_request(*frames, azimuths=(0, 90, 180), resolution=64, center=(), **kwargs):
     return renderer_pb2.RenderRequest(
         asset=common_pb2.AssetRef(frames=list(frames)),
-        orbit=common_pb2.Orbit(azimuths_deg=list(azimuths), resolution=resolution),
+        orbit=common_pb2.Orbit(azimuths_deg=list(azimuths), resolution=resolution, center=list(center)),
         **kwargs,
     )
 
@@ -80,6 +81,23 @@ def test_render_matches_the_backend_and_background(servicer, store, monkey_ref):
     assert rgb[0, 0, 0].tolist() == [255, 255, 255]
 
 
+def test_an_orbit_centre_moves_the_view_with_it(servicer, store, monkey_ref):
+    monkey = read_ply(MONKEY)
+    shift = np.array([0.6, -0.3, 0.9], np.float32)
+    moved = dataclasses.replace(monkey, means=monkey.means + shift)
+    moved_ref = store.put_bytes(write_ply(moved), suffix=".ply")
+
+    def alpha(ref, **orbit):
+        request = orbit_request(ref, azimuths=(0, 120), **orbit)
+        return get_tensor(store, servicer.Render(request, None).views.alpha)
+
+    at_origin = alpha(monkey_ref)
+    # The moved monkey seen from an orbit around the point it moved to looks as the monkey at the origin.
+    np.testing.assert_allclose(alpha(moved_ref, center=shift.tolist()), at_origin, atol=2e-3)
+    # Around the origin it has moved off-centre: part of it has left the frame.
+    assert np.abs(alpha(moved_ref) - at_origin).mean() > 0.1
+
+
 def test_render_picks_the_time_step_of_a_4d_asset(servicer, store):
     frames = [store.put_bytes(write_ply(random_gaussians(n, seed=n)), suffix=".ply") for n in (100, 200, 300)]
     reply = servicer.Render(orbit_request(*frames, time_step=2), None)
@@ -104,6 +122,7 @@ def test_describe_names_backend_and_limits(servicer):
         (lambda ref: orbit_request(ref, background_rgb=[0, 2, 0]), "background_rgb"),
         (lambda ref: orbit_request(ref, background_rgb=[0, float("nan"), 0]), "background_rgb"),
         (lambda ref: orbit_request(ref, resolution=0), "orbit.resolution"),
+        (lambda ref: orbit_request(ref, center=(1.0, 2.0)), "orbit.center"),
         (lambda ref: orbit_request(ref, azimuths=range(9)), "orbit"),
         (lambda ref: orbit_request(common_pb2.ObjectRef()), "asset.frames[0].uri"),
     ],

@@ -87,18 +87,20 @@ class CameraSet(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., cameras: _Optional[_Iterable[_Union[Camera, _Mapping]]] = ...) -> None: ...
 
 class Orbit(_message.Message):
-    __slots__ = ("azimuths_deg", "elevation_deg", "radius", "fovy_deg", "resolution")
+    __slots__ = ("azimuths_deg", "elevation_deg", "radius", "fovy_deg", "resolution", "center")
     AZIMUTHS_DEG_FIELD_NUMBER: _ClassVar[int]
     ELEVATION_DEG_FIELD_NUMBER: _ClassVar[int]
     RADIUS_FIELD_NUMBER: _ClassVar[int]
     FOVY_DEG_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FIELD_NUMBER: _ClassVar[int]
     azimuths_deg: _containers.RepeatedScalarFieldContainer[float]
     elevation_deg: float
     radius: float
     fovy_deg: float
     resolution: int
-    def __init__(self, azimuths_deg: _Optional[_Iterable[float]] = ..., elevation_deg: _Optional[float] = ..., radius: _Optional[float] = ..., fovy_deg: _Optional[float] = ..., resolution: _Optional[int] = ...) -> None: ...
+    center: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, azimuths_deg: _Optional[_Iterable[float]] = ..., elevation_deg: _Optional[float] = ..., radius: _Optional[float] = ..., fovy_deg: _Optional[float] = ..., resolution: _Optional[int] = ..., center: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ViewSet(_message.Message):
     __slots__ = ("rgb", "alpha", "depth", "cameras")

@@ -118,7 +118,7 @@ class SourceOnly(_message.Message):
     def __init__(self) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("asset", "references", "resolution", "orbit_step_deg", "elevation_deg", "rings", "strength", "refine_strength", "fit", "seed", "labels")
+    __slots__ = ("asset", "references", "resolution", "orbit_step_deg", "elevation_deg", "rings", "strength", "refine_strength", "fit", "seed", "labels", "framing", "force")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,8 @@ class JobSpec(_message.Message):
     FIT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    FRAMING_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     asset: _common_pb2.AssetRef
     references: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
     resolution: int
@@ -148,7 +150,27 @@ class JobSpec(_message.Message):
     fit: _inpainter_pb2.FitSettings
     seed: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_inpainter_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    framing: Framing
+    force: bool
+    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_inpainter_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class Framing(_message.Message):
+    __slots__ = ("center", "radius", "warnings", "extent")
+    CENTER_FIELD_NUMBER: _ClassVar[int]
+    RADIUS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    EXTENT_FIELD_NUMBER: _ClassVar[int]
+    center: _containers.RepeatedScalarFieldContainer[float]
+    radius: float
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    extent: float
+    def __init__(self, center: _Optional[_Iterable[float]] = ..., radius: _Optional[float] = ..., warnings: _Optional[_Iterable[str]] = ..., extent: _Optional[float] = ...) -> None: ...
+
+class Warning(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
 
 class RingOutput(_message.Message):
     __slots__ = ("ring", "time_step", "target_azimuths_deg", "anchor_azimuths_deg", "unobserved", "inpainted", "unobserved_fraction")
@@ -169,18 +191,20 @@ class RingOutput(_message.Message):
     def __init__(self, ring: _Optional[int] = ..., time_step: _Optional[int] = ..., target_azimuths_deg: _Optional[_Iterable[float]] = ..., anchor_azimuths_deg: _Optional[_Iterable[float]] = ..., unobserved: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., inpainted: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., unobserved_fraction: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class JobOutputs(_message.Message):
-    __slots__ = ("repaired", "rings", "contact_sheet", "turntable", "report")
+    __slots__ = ("repaired", "rings", "contact_sheet", "turntable", "report", "change_map")
     REPAIRED_FIELD_NUMBER: _ClassVar[int]
     RINGS_FIELD_NUMBER: _ClassVar[int]
     CONTACT_SHEET_FIELD_NUMBER: _ClassVar[int]
     TURNTABLE_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_MAP_FIELD_NUMBER: _ClassVar[int]
     repaired: _common_pb2.AssetRef
     rings: _containers.RepeatedCompositeFieldContainer[RingOutput]
     contact_sheet: _common_pb2.ObjectRef
     turntable: _common_pb2.ObjectRef
     report: _common_pb2.ObjectRef
-    def __init__(self, repaired: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., rings: _Optional[_Iterable[_Union[RingOutput, _Mapping]]] = ..., contact_sheet: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., turntable: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
+    change_map: _common_pb2.ObjectRef
+    def __init__(self, repaired: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., rings: _Optional[_Iterable[_Union[RingOutput, _Mapping]]] = ..., contact_sheet: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., turntable: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., change_map: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class JobProgress(_message.Message):
     __slots__ = ("steps_done", "steps_total", "ring", "rings_total", "current_step")
@@ -279,7 +303,7 @@ class JobFinished(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "time", "step_started", "step_finished", "ring_progress", "fit", "finished")
+    __slots__ = ("job_id", "sequence", "time", "step_started", "step_finished", "ring_progress", "fit", "finished", "warning")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +312,7 @@ class JobEvent(_message.Message):
     RING_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     FIT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    WARNING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     time: _timestamp_pb2.Timestamp
@@ -296,7 +321,8 @@ class JobEvent(_message.Message):
     ring_progress: RingProgress
     fit: FitEvent
     finished: JobFinished
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ...) -> None: ...
+    warning: Warning
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")

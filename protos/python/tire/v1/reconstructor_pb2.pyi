@@ -20,25 +20,35 @@ class ReconstructOptions(_message.Message):
     def __init__(self, keep_higher_sh: _Optional[bool] = ..., prior_weight: _Optional[float] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("views", "initial", "time_step", "options", "view_weights")
+    __slots__ = ("views", "initial", "time_step", "options", "view_weights", "locked_views")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     INITIAL_FIELD_NUMBER: _ClassVar[int]
     TIME_STEP_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     VIEW_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LOCKED_VIEWS_FIELD_NUMBER: _ClassVar[int]
     views: _common_pb2.ViewSet
     initial: _common_pb2.AssetRef
     time_step: int
     options: ReconstructOptions
     view_weights: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ..., view_weights: _Optional[_Iterable[float]] = ...) -> None: ...
+    locked_views: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ..., view_weights: _Optional[_Iterable[float]] = ..., locked_views: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
-    __slots__ = ("ply", "rms_error", "iterations")
+    __slots__ = ("ply", "rms_error", "iterations", "gaussians_locked", "gaussians_kept", "gaussians_resolved", "higher_sh_kept")
     PLY_FIELD_NUMBER: _ClassVar[int]
     RMS_ERROR_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    GAUSSIANS_LOCKED_FIELD_NUMBER: _ClassVar[int]
+    GAUSSIANS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    GAUSSIANS_RESOLVED_FIELD_NUMBER: _ClassVar[int]
+    HIGHER_SH_KEPT_FIELD_NUMBER: _ClassVar[int]
     ply: _common_pb2.ObjectRef
     rms_error: float
     iterations: int
-    def __init__(self, ply: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., rms_error: _Optional[float] = ..., iterations: _Optional[int] = ...) -> None: ...
+    gaussians_locked: int
+    gaussians_kept: int
+    gaussians_resolved: int
+    higher_sh_kept: bool
+    def __init__(self, ply: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., rms_error: _Optional[float] = ..., iterations: _Optional[int] = ..., gaussians_locked: _Optional[int] = ..., gaussians_kept: _Optional[int] = ..., gaussians_resolved: _Optional[int] = ..., higher_sh_kept: _Optional[bool] = ...) -> None: ...

@@ -30,7 +30,8 @@ class ReconstructorServiceStub:
     """Turns views of an asset back into an asset.
 
     Backends: "colour-solve" (per-Gaussian colours by regularised least squares over all views, geometry
-    kept; no weights) and "gsplat-optimize" (gsplat optimisation of all parameters, GPU).
+    kept; only the Gaussians the views change are re-solved; no weights) and "gsplat-optimize" (gsplat
+    optimisation of all parameters, GPU). Both keep the Gaussians of the locked views bit for bit.
     """
 
     def __init__(self, channel):
@@ -55,7 +56,8 @@ class ReconstructorServiceServicer:
     """Turns views of an asset back into an asset.
 
     Backends: "colour-solve" (per-Gaussian colours by regularised least squares over all views, geometry
-    kept; no weights) and "gsplat-optimize" (gsplat optimisation of all parameters, GPU).
+    kept; only the Gaussians the views change are re-solved; no weights) and "gsplat-optimize" (gsplat
+    optimisation of all parameters, GPU). Both keep the Gaussians of the locked views bit for bit.
     """
 
     def Describe(self, request, context):
@@ -97,7 +99,8 @@ class ReconstructorService:
     """Turns views of an asset back into an asset.
 
     Backends: "colour-solve" (per-Gaussian colours by regularised least squares over all views, geometry
-    kept; no weights) and "gsplat-optimize" (gsplat optimisation of all parameters, GPU).
+    kept; only the Gaussians the views change are re-solved; no weights) and "gsplat-optimize" (gsplat
+    optimisation of all parameters, GPU). Both keep the Gaussians of the locked views bit for bit.
     """
 
     @staticmethod
