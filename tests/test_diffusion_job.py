@@ -36,7 +36,7 @@ def test_a_job_with_the_diffusion_profile(tmp_path, monkeypatch, capsys):
     # The tiny models have random weights: the repair is noise, but only where the tracker found the
     # subject unobserved; the source view is fixed, so its re-render stays close to the original.
     (frame,) = report["frames"]
-    assert frame["source_view_psnr_db"] > 20
+    assert frame["source_view"]["foreground_psnr_db"] > 20
     assert [ring["targets_deg"] for ring in frame["rings"]] == [[90, 270], [180]]
     sheet = np.asarray(Image.open(out / "contact_sheet.png"))
     assert sheet.ndim == 3 and sheet.shape[0] > 64

@@ -11,15 +11,15 @@ the structure of the region it repaints.
      every cluster of the model. A region whose colours already fit a part of the subject (a clean
      back, the hamburger's lettuce) stays exactly as it is;
   3. local colour transfer in Lab (Reinhard et al. 2001, made local): each drifted pixel keeps its
-     offset from the mean of the drifted surface around it, rescaled to the spread of the trusted
-     surface around it (observed pixels, and masked ones that did not drift), and added to that
-     surface's mean (``local_statistics``, windows of the size of a part, widened where no trusted
+     offset from the mean of the drifted surface around it, rescaled to the spread of the observed
+     surface around it (the unmasked foreground: what the anchors showed), and added to that
+     surface's mean (``local_statistics``, windows of the size of a part, widened where no observed
      pixel is near). Texture and shading survive (the map is affine with a positive slope), colour
      continues across the mask's edge (no seam), and a part of the subject absent from the
      surroundings is never painted in. LGM-like drift is itself close to an affine map of the true
      colours (desaturate, tint), which is why an affine map undoes most of it;
-  4. move ``strength`` times the drift weight of the way; back to sRGB; pixels outside the mask
-     are copied. A view with no trusted pixel at all falls back to the whole palette
+  4. move ``strength`` times the drift weight of the way; back to sRGB; only the pixels that move
+     go through Lab and back. A view with no observed pixel falls back to the whole palette
      (``global_transfer``: optimal transport between Gaussian mixtures, then sliced optimal
      transport onto samples of the model).
 
@@ -50,8 +50,9 @@ COLOUR_SPACE = "CIELab D65"
 # Added to the diagonal of every cluster's covariance (Lab units squared): keeps one-colour clusters
 # sampleable (positive definite) and is far below what the eye tells apart (about 1 Lab unit).
 COVARIANCE_REGULARISATION = 1.0
-INTERIOR_KERNEL = np.ones((5, 5), dtype=np.uint8)
-MIN_INTERIOR_SHARE = 0.25
+INTERIOR_KERNEL = np.ones((5, 5), dtype=np.uint8)  # the interior: mask > 0.99, eroded by 2 pixels
+MIN_INTERIOR_SHARE = 0.25  # with less interior than this share of the foreground, no cluster is dropped
+EDGE_CLUSTER_INTERIOR_SHARE = 0.35  # a cluster with less interior than this is made of edge blends
 
 # Part-aware inpainting (``inpaint_view``); chosen on the ground-truth benchmark (benchmarks.quality).
 MISFIT_FLOOR_LAB = 2.0
@@ -66,13 +67,13 @@ DRIFT_SHARE = (0.15, 0.45)
 left exactly as it is) and at which it moves all the way."""
 PART_SCALE = 0.12
 """The size of a part of the subject, as a fraction of the foreground's side: the window of the local
-statistics (doubled up to three times where it holds no trusted pixel)."""
+statistics (doubled up to three times where it holds no observed pixel)."""
 MAX_CONTRAST = 3.0
 """The local contrast of a drifted region is rescaled by at most this factor (or its inverse): drift
 flattens contrast (LGM's back is about 0.4 times as contrasted), noise must not be blown up."""
 MIN_TRUSTED_PIXELS = 16
-"""With fewer trusted pixels (observed, or masked but not drifted) in a view, it falls back to the
-subject's whole palette (``global_transfer``)."""
+"""With fewer observed foreground pixels in a view, it falls back to the subject's whole palette
+(``global_transfer``)."""
 
 Progress = Callable[[int, int, float], None]
 
@@ -288,9 +289,10 @@ def fit_colour_model(
 
     Args:
         images: ``[R, H, W, 3]`` uint8 sRGB references.
-        masks: ``[R, H, W]`` float32 in [0, 1]; the foreground is where it is above 0.5, and the model
-            is fitted on its interior (mask above 0.99, eroded by 2 pixels) unless that holds under
-            ``MIN_INTERIOR_SHARE`` of it.
+        masks: ``[R, H, W]`` float32 in [0, 1]; the foreground is where it is above 0.5. Clusters
+            with under ``EDGE_CLUSTER_INTERIOR_SHARE`` of their pixels in its interior (mask above
+            0.99, eroded by 2 pixels) are blends with the background and are dropped (unless the
+            interior holds under ``MIN_INTERIOR_SHARE`` of the foreground).
         clusters: K, clusters of the mixture (clusters left empty are dropped).
         iterations: Lloyd iterations.
         seed: seeds the subsampling and the k-means++ seeding; the same inputs and seed give the
@@ -305,20 +307,24 @@ def fit_colour_model(
     foreground = masks > 0.5
     if not foreground.any():
         raise ValueError("the masks mark no foreground pixel (none above 0.5)")
-    # The interior only: edge pixels blend the subject with the background, and a cluster of those
-    # blends (pale, neutral) would make drifted pale blue-grey look like a part of the subject.
+    # Edge pixels blend the subject with the background: a cluster made mostly of them (pale,
+    # neutral) would make drifted pale blue-grey look like a part of the subject, so such clusters
+    # are dropped. Thin parts (an ear's rim, a tail's tip) share their cluster with interior pixels
+    # of the same colour and stay.
     interior = np.stack([cv2.erode((m > 0.99).astype(np.uint8), INTERIOR_KERNEL) > 0 for m in masks])
-    pixels = (
-        images[interior]
-        if np.count_nonzero(interior) >= MIN_INTERIOR_SHARE * np.count_nonzero(foreground)
-        else images[foreground]
-    )
+    pixels, inner = images[foreground], interior[foreground]
     rng = np.random.default_rng(seed)
-    chosen = pixels
+    chosen = np.arange(len(pixels))
     if len(pixels) > max_samples:
-        chosen = pixels[np.sort(rng.choice(len(pixels), max_samples, replace=False))]
-    lab = rgb_to_lab(chosen).astype(np.float64)
+        chosen = np.sort(rng.choice(len(pixels), max_samples, replace=False))
+    lab = rgb_to_lab(pixels[chosen]).astype(np.float64)
+    inner = inner[chosen]
     _, labels, _ = kmeans(lab, clusters, iterations, rng, progress)
+    if np.count_nonzero(inner) >= MIN_INTERIOR_SHARE * len(inner):
+        counts = np.maximum(np.bincount(labels, minlength=clusters), 1)
+        interior_share = np.bincount(labels, weights=inner, minlength=clusters) / counts
+        keep = interior_share[labels] >= EDGE_CLUSTER_INTERIOR_SHARE
+        lab, labels = lab[keep], labels[keep]
     weights, means, covariances = mixture_statistics(lab, labels, clusters)
     return ColourModel(
         weights=weights.astype(np.float32),
@@ -899,7 +905,7 @@ def inpaint_view(
             counts as foreground).
         model: the subject's colours.
         strength: in [0, 1], the fraction of the way to the transferred colours; 0 returns a copy.
-        rng: draws the global fallback's samples (used only when the view holds no trusted pixel).
+        rng: draws the global fallback's samples (used only when the view holds no observed pixel).
         iterations, samples, clusters, grid: the global fallback's transport (``global_transfer``).
         sigma: smoothing of the global fallback's displacement, pixels.
         fill_radius: Telea radius for holes, pixels.
@@ -921,26 +927,28 @@ def inpaint_view(
     drifted[mask] = misfit(lab[mask], model) > MISFIT_THRESHOLD
     drift = locate_drift(drifted, mask, scale)
     if not drift.any():
-        return image.copy()
+        return work.copy()  # holes filled, nothing else moved
 
     # 3. The colours each drifted pixel should take: its offset from the drifted surface around it,
-    #    rescaled to the spread of the trusted surface around it (observed, or masked and not drifted)
-    #    and added to that surface's mean. Texture and shading survive; colour continues across the
-    #    mask's edge. A view with no trusted pixel falls back to the subject's whole palette.
-    trusted = (foreground & ~drifted) * (1.0 - drift)
+    #    rescaled to the spread of the observed surface around it and added to that surface's mean.
+    #    Texture and shading survive; colour continues across the mask's edge. Masked pixels that fit
+    #    are kept but are no model for their neighbours (dark drift fits a subject's black parts).
+    #    A view with no observed pixel falls back to the subject's whole palette.
+    trusted = (foreground & ~mask).astype(np.float32)
     if np.count_nonzero(trusted > 0.5) < MIN_TRUSTED_PIXELS:
         target = global_transfer(lab, mask, model, rng, iterations, samples, clusters, grid, sigma)
     else:
         sigmas = [scale * 2.0**level for level in range(4)]
-        source_mean, source_std = local_statistics(lab, drift, sigmas)
+        # Any drifted weight at all makes a window: a small drifted speck is its own surface.
+        source_mean, source_std = local_statistics(lab, drift, sigmas, min_weight=1e-4)
         trusted_mean, trusted_std = local_statistics(lab, trusted, sigmas)
         ratio = np.clip((trusted_std + 1.0) / (source_std + 1.0), 1.0 / MAX_CONTRAST, MAX_CONTRAST)
         target = trusted_mean + (lab - source_mean) * ratio
 
     # 4. Move `strength * drift` of the way; back to sRGB; pixels outside the mask are copied.
-    new_lab = lab + (strength * drift)[..., None] * (target - lab)
-    out = image.copy()
-    out[mask] = lab_to_rgb(new_lab[mask])
+    moves = drift > 0  # only these go through Lab and back (the round trip is not exact in sRGB)
+    out = work.copy()
+    out[moves] = lab_to_rgb(lab[moves] + (strength * drift[moves])[:, None] * (target[moves] - lab[moves]))
     return out
 
 
@@ -958,7 +966,7 @@ def global_transfer(
     """The masked colours moved onto the subject's whole palette: mixture transport cluster by cluster,
     then sliced optimal transport onto samples of the model, the displacement smoothed in the mask.
 
-    The fallback for a view that shows no trusted surface to continue from.
+    The fallback for a view that shows no observed surface to continue from.
 
     Args:
         lab: ``[H, W, 3]`` float32 Lab.

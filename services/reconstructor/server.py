@@ -23,7 +23,8 @@ when the loss improves by less than that fraction, and ``prior_weight`` is unuse
 
 Memory: a colour-solve call peaks at about ``V x H x W x (20 K + 60)`` bytes (contributors, pixel model
 and its index; K = 8: 1.8 GB at the default pixel limit, 32 views of 512 x 512), plus a few hundred
-bytes per Gaussian. A gsplat-optimize call keeps the views on the GPU (16 bytes a pixel: 134 MB at the
+bytes per Gaussian, plus 160 bytes a pixel of one locked view at a time (its 20 contributors a pixel:
+42 MB at 512 x 512). A gsplat-optimize call keeps the views on the GPU (16 bytes a pixel: 134 MB at the
 default limit), the parameters with their gradients and Adam's moments (about 225 bytes a Gaussian
 of SH degree 0, 950 of degree 3), and gsplat's buffers for ``views_per_step`` views.
 """

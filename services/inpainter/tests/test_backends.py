@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from services.common.cameras import orbit_cameras
+from services.common.cameras import Cameras, orbit_cameras, project_points
 from services.common.config import ConfigError
 from services.common.gaussians import read_ply
-from services.common.rasterizer import rasterize
+from services.common.rasterizer import RenderResult, rasterize
 from services.inpainter.backends import ColourBackend, FitConfig, InvalidSubject, make_backend
 from services.inpainter.colour import (
+    MISFIT_FLOOR_LAB,
+    MISFIT_THRESHOLD,
     ColourModel,
     apply_mixture_transport,
     apply_mixture_transport_reference,
@@ -22,8 +24,12 @@ from services.inpainter.colour import (
     fill_holes,
     fit_mixture_transport,
     fit_transport,
+    global_transfer,
+    inpaint_view,
     kmeans,
     lab_to_rgb,
+    local_statistics,
+    misfit,
     read_safetensors_metadata,
     rgb_to_lab,
     sinkhorn,
@@ -70,6 +76,71 @@ def brown():
 
 def region_lab(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rgb_to_lab(image[mask]).astype(np.float64)
+
+
+BROWN, CREAM = np.array([42.0, 12, 24]), np.array([85.0, 3, 15])
+
+
+def box(top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """``[SIZE, SIZE]`` bool, True on rows [top, bottom) and columns [left, right)."""
+    out = np.zeros((SIZE, SIZE), bool)
+    out[top:bottom, left:right] = True
+    return out
+
+
+def lgm_drift(lab: np.ndarray) -> np.ndarray:
+    """``[..., 3]`` Lab drifted as LGM drifts an unseen back: paler, half the lightness contrast, a
+    quarter of the saturation, tinted blue-grey."""
+    drifted = [0.5 * lab[..., 0] + 35, 0.25 * lab[..., 1] - 3, 0.25 * lab[..., 2] - 12]
+    return np.stack(drifted, axis=-1).astype(np.float32)
+
+
+def fit(reference: np.ndarray) -> bytes:
+    """The subject model of one reference whose every pixel is foreground."""
+    masks = np.ones((1, *reference.shape[:2]), np.float32)
+    return ColourBackend(threads=1).fit_subject(reference[None], masks, FitConfig(seed=3), lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def parts():
+    """A subject of two parts, brown fur (columns < 48) and a cream face (the rest), both textured: its
+    Lab ``[SIZE, SIZE, 3]``, its sRGB and its model."""
+    face = (np.arange(SIZE) >= 48)[None].repeat(SIZE, axis=0)
+    noise = np.stack([np.where(face, 3, 8) * texture(0), 1.5 * texture(1), 2 * texture(2)], axis=-1)
+    reference = lab_to_rgb((np.where(face[..., None], CREAM, BROWN) + noise).astype(np.float32))
+    return rgb_to_lab(reference), reference, fit(reference)
+
+
+def seen_from(result: RenderResult, cameras: Cameras, source: int, view: int, tolerance: float = 0.05):
+    """``[H, W]`` bool: the foreground pixels of ``view`` whose surface camera ``source`` sees (back-
+    projected with their depth and projected into ``source``, they land on its depth within
+    ``tolerance`` world units)."""
+    foreground = result.alpha[view] >= 0.5
+    rows, cols = np.nonzero(foreground)
+    pixels = np.stack([cols + 0.5, rows + 0.5, np.ones(len(rows))])
+    camera = np.linalg.inv(cameras.Ks[view].astype(np.float64)) @ pixels * result.depth[view][foreground]
+    world = np.linalg.inv(cameras.viewmats[view].astype(np.float64)) @ np.vstack([camera, np.ones(len(rows))])
+    projected, depth = project_points(cameras, world[:3].T)
+    x, y = np.clip(projected[source].astype(int), 0, [cameras.width - 1, cameras.height - 1]).T
+    hit = (result.alpha[source][y, x] >= 0.5) & (
+        np.abs(depth[source] - result.depth[source][y, x]) < tolerance
+    )
+    seen = np.zeros_like(foreground)
+    seen[rows[hit], cols[hit]] = True
+    return seen
+
+
+@pytest.fixture(scope="module")
+def monkey(backend):
+    """The LGM monkey from the front (the reference: brown fur, a cream face and belly) and from the side
+    (azimuth 90: the front half observed, the back drifted blue), 96 x 96: sRGB ``[2, 96, 96, 3]``,
+    alpha ``[2, 96, 96]``, the side view's foreground that the front camera does not see, the model."""
+    cameras = orbit_cameras([0, 90], 96, 96)
+    result = rasterize(read_ply(MONKEY), cameras)
+    rgb = np.clip(np.rint(result.rgb * 255), 0, 255).astype(np.uint8)
+    unobserved = (result.alpha[1] >= 0.5) & ~seen_from(result, cameras, source=0, view=1)
+    subject = backend.fit_subject(rgb[:1], result.alpha[:1], FitConfig(), lambda *_: None)
+    return rgb, result.alpha, unobserved, subject
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -159,26 +230,30 @@ def test_palette_proportions_follow_the_reference():
     assert nearest_brown.reshape(SIZE, SIZE)[blue].mean() > 0.95
 
 
-def test_tiny_regions_move_to_the_middle_of_the_palette_not_to_a_random_sample(backend, brown):
+def test_the_fallback_moves_tiny_regions_to_the_middle_of_the_palette_not_to_a_random_sample(backend, brown):
+    # A view whose whole foreground is two drifted pixels, both masked: no trusted pixel, so the
+    # whole-palette fallback, whose samples are random, moves them.
     reference, drifted, subject = brown
     mask = np.zeros((SIZE, SIZE), bool)
     mask[40, 40] = mask[10, 70] = True
+    alpha = mask.astype(np.float32)
     brown_mean = region_lab(reference, np.ones((SIZE, SIZE), bool)).mean(0)
     for seed in range(3):
-        out = backend.inpaint(drifted[None], mask[None], None, subject, 1.0, seed=seed)[0]
+        out = backend.inpaint(drifted[None], mask[None], alpha[None], subject, 1.0, seed=seed)[0]
         assert np.linalg.norm(region_lab(out, mask) - brown_mean, axis=1).max() < 10
 
 
 def test_structure_is_kept(backend, brown):
-    _, _, subject = brown
+    # A finely textured blue-grey region drifted inside the observed brown fur.
+    reference, _, subject = brown
     fine = texture(11, sigma=0.8)
-    target = lab_image(60 + 12 * fine, -4, -15)
-    mask = disc(34)
+    mask = disc(25)
+    target = np.where(mask[..., None], lab_image(60 + 12 * fine, -4, -15), reference)
     out = backend.inpaint(target[None], mask[None], None, subject, 1.0, seed=0)[0]
 
     def high_pass(image):
         lightness = rgb_to_lab(image)[..., 0]
-        return (lightness - cv2.GaussianBlur(lightness, (0, 0), 3.0))[disc(30)]
+        return (lightness - cv2.GaussianBlur(lightness, (0, 0), 3.0))[disc(21)]
 
     assert np.corrcoef(high_pass(target), high_pass(out))[0, 1] > 0.9
     # ... while the colour did change: the b* channel went from blue toward the reference's yellow.
@@ -206,24 +281,209 @@ def test_holes_are_filled_from_the_foreground_around_them(backend, brown):
     assert np.linalg.norm(region_lab(only, holes & (np.arange(SIZE) >= 60)).mean(0) - foreground) < 8
 
 
-def test_the_monkeys_blue_back_turns_to_the_brown_of_its_front(backend):
-    result = rasterize(read_ply(MONKEY), orbit_cameras([0, 180], 96, 96))
-    rgb = np.clip(np.rint(result.rgb * 255), 0, 255).astype(np.uint8)
-    front, back = result.alpha[0] > 0.5, result.alpha[1] > 0.5
-    subject = backend.fit_subject(rgb[:1], result.alpha[:1], FitConfig(), lambda *_: None)
-    front_lab = region_lab(rgb[0], front).mean(0)
-    before = region_lab(rgb[1], back).mean(0)
-    assert before[2] < 0 < front_lab[2]  # b*: the back is blue, the front's fur yellow-brown
+def test_the_monkeys_blue_back_turns_to_the_brown_of_the_fur_around_it(backend, monkey):
+    # The side view as a ring sees it: what the front camera sees is observed, the rest is the mask.
+    rgb, alpha, back, subject = monkey
+    observed = (alpha[1] >= 0.5) & ~back
+    assert back.sum() > 1000 and observed.sum() > 800
+    # The fur next to the back (not the whole observed side, whose cream face is no part of the back).
+    beside = observed & (cv2.dilate(back.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0)
+    fur = region_lab(rgb[1], beside).mean(0)
+    before = region_lab(rgb[1], back)
+    assert before.mean(0)[2] < 0 < fur[2]  # b*: the back is blue, the observed fur yellow-brown
 
     after = {}
     for strength in (0.3, 1.0):
-        out = backend.inpaint(rgb[1:], back[None], result.alpha[1:], subject, strength, seed=0)[0]
+        out = backend.inpaint(rgb[1:], back[None], alpha[1:], subject, strength, seed=0)[0]
         np.testing.assert_array_equal(out[~back], rgb[1][~back])
-        after[strength] = region_lab(out, back).mean(0)
-    gap = np.linalg.norm(before - front_lab)
-    assert np.linalg.norm(after[0.3] - front_lab) < 0.8 * gap
-    assert np.linalg.norm(after[1.0] - front_lab) < 0.2 * gap
-    assert after[1.0][2] > 0.8 * front_lab[2]
+        after[strength] = region_lab(out, back)
+    gap = np.linalg.norm(before.mean(0) - fur)
+    assert np.linalg.norm(after[0.3].mean(0) - fur) < 0.9 * gap
+    assert np.linalg.norm(after[1.0].mean(0) - fur) < 0.5 * gap
+    assert after[1.0].mean(0)[2] > 0.4 * fur[2]
+    # Per pixel: most of the back now lies in the reference's palette; under half did before.
+    model = ColourModel.from_bytes(subject)
+    assert (misfit(before, model) < MISFIT_THRESHOLD).mean() < 0.5
+    assert (misfit(after[1.0], model) < MISFIT_THRESHOLD).mean() > 0.7
+
+
+# ----------------------------------------------------------------------------------------------------
+# Part-aware transfer: what moves, where to, what it keeps
+
+
+def test_a_masked_region_whose_colours_fit_the_subject_comes_back_bit_identical(backend, parts):
+    # Do no harm: a mask over a view of the subject itself, across both parts and the edge between them.
+    _, reference, subject = parts
+    out = backend.inpaint(reference[None], box(10, 70, 20, 70)[None], None, subject, 1.0, seed=0)[0]
+    np.testing.assert_array_equal(out, reference)
+
+
+def test_the_monkeys_own_front_keeps_its_face_and_fur(backend, monkey):
+    # Do no harm on a real asset: every foreground pixel of the view the subject was fitted on, masked.
+    # Only the pale blue-grey that LGM's drift shows at the crown's edge, even from the front, moves.
+    rgb, alpha, _, subject = monkey
+    front = alpha[:1] >= 0.5
+    out = backend.inpaint(rgb[:1], front, alpha[:1], subject, 1.0, seed=0)
+    changed = (out != rgb[:1]).any(axis=-1)
+    assert changed.sum() < 0.05 * front.sum()
+    assert region_lab(rgb[0], changed[0])[:, 2].mean() < region_lab(rgb[0], front[0])[:, 2].mean() - 8
+
+
+def test_a_fitting_region_stays_bit_identical_beside_a_drifted_one(backend, parts):
+    truth, reference, _ = parts
+    # Lettuce: saturated green with its red channel near 0, where sRGB -> Lab -> sRGB is not exact.
+    lettuce = box(5, 22, 52, 76)
+    rng = np.random.default_rng(4)
+    n = int(lettuce.sum())
+    subject_rgb = reference.copy()
+    subject_rgb[lettuce] = np.stack(
+        [rng.integers(5, 20, n), rng.integers(150, 200, n), rng.integers(80, 130, n)], axis=-1
+    )
+    assert (lab_to_rgb(rgb_to_lab(subject_rgb[lettuce])) != subject_rgb[lettuce]).any()
+    fur = box(30, 50, 12, 30)
+    view = subject_rgb.copy()
+    view[fur] = lab_to_rgb(lgm_drift(truth))[fur]
+    out = backend.inpaint(view[None], (fur | lettuce)[None], None, fit(subject_rgb), 1.0, seed=0)[0]
+    assert np.linalg.norm(region_lab(out, fur).mean(0) - BROWN) < 6  # the drifted fur did move
+    np.testing.assert_array_equal(out[lettuce], view[lettuce])
+
+
+def test_a_drifted_region_takes_the_colour_of_the_part_around_it_not_the_whole_palette(backend, parts):
+    # Regions drifted pale blue-grey, one in the brown fur, one in the cream face; each alone in a view
+    # (the whole palette would paint it part brown, part cream), then both in one.
+    truth, reference, subject = parts
+    in_fur, in_face = box(30, 50, 12, 30), box(30, 50, 56, 72)
+    for mask in (in_fur, in_face, in_fur | in_face):
+        view = np.where(mask[..., None], lab_to_rgb(lgm_drift(truth)), reference)
+        out = backend.inpaint(view[None], mask[None], None, subject, 1.0, seed=0)[0]
+        np.testing.assert_array_equal(out[~mask], view[~mask])
+        for region, own, other in ((in_fur & mask, BROWN, CREAM), (in_face & mask, CREAM, BROWN)):
+            if not region.any():
+                continue
+            before, after = region_lab(view, region), region_lab(out, region)
+            assert np.linalg.norm(before.mean(0) - own) > 20
+            assert np.linalg.norm(after.mean(0) - own) < 6
+            assert np.linalg.norm(after - truth[region], axis=1).mean() < 7  # Delta E per pixel
+            assert np.linalg.norm(after - other, axis=1).mean() > 30
+
+
+def test_stripes_keep_their_pattern_and_regain_their_contrast(backend):
+    stripes = np.sin(2 * np.pi * np.arange(SIZE) / 8)[None].repeat(SIZE, axis=0)
+    reference = lab_image(42 + 12 * stripes, 12, 24)
+    truth = rgb_to_lab(reference)
+    region = box(24, 56, 24, 56)
+    view = np.where(region[..., None], lab_to_rgb(lgm_drift(truth)), reference)  # half the contrast
+    out = backend.inpaint(view[None], region[None], None, fit(reference), 1.0, seed=0)[0]
+    original, before, after = (rgb_to_lab(image)[..., 0][region] for image in (reference, view, out))
+    assert np.corrcoef(after, original)[0, 1] > 0.95
+    assert before.std() < 0.6 * original.std()
+    assert 0.8 * original.std() < after.std() < 1.2 * original.std()
+    assert np.linalg.norm(region_lab(out, region) - truth[region], axis=1).mean() < 4
+
+
+def test_no_seam_at_the_edge_of_the_mask(backend, parts):
+    # A region of the brown fur drifted pale blue-grey (the cream face 14 pixels to its right).
+    truth, reference, subject = parts
+    region = box(20, 60, 6, 34)
+    view = np.where(region[..., None], lab_to_rgb(lgm_drift(truth)), reference)
+    out = backend.inpaint(view[None], region[None], None, subject, 1.0, seed=0)[0]
+
+    def across_the_edge(image):
+        """Mean Delta E between the mask's edge pixels and the pixels 2 outside them."""
+        lab = rgb_to_lab(image).astype(np.float64)
+        rows, cols = slice(20, 60), slice(6, 34)
+        inside = np.concatenate([lab[20, cols], lab[59, cols], lab[rows, 6], lab[rows, 33]])
+        outside = np.concatenate([lab[18, cols], lab[61, cols], lab[rows, 4], lab[rows, 35]])
+        return np.linalg.norm(inside - outside, axis=1).mean()
+
+    assert across_the_edge(view) > 30
+    # What is left is the texture's own change over 2 pixels.
+    assert across_the_edge(out) < across_the_edge(reference) + 1.5
+
+
+def test_a_small_drifted_speck_takes_the_colour_around_it_whatever_else_drifted(backend, brown):
+    reference, drifted, subject = brown
+    truth = rgb_to_lab(reference)
+    speck, large = box(60, 63, 60, 63), box(8, 40, 8, 40)
+    view = reference.copy()
+    view[large] = drifted[large]  # pale blue-grey
+    view[speck] = lab_image(65, 18, -10)[speck]  # lavender: drifted another way
+    for mask in (speck, speck | large):
+        out = backend.inpaint(view[None], mask[None], None, subject, 1.0, seed=0)[0]
+        assert np.linalg.norm(region_lab(out, speck) - truth[speck], axis=1).mean() < 8
+
+
+def test_a_view_with_no_trusted_pixel_falls_back_to_the_whole_palette(brown):
+    # The whole foreground masked, every pixel drifted: nothing observed to continue from.
+    _, drifted, subject = brown
+    model = ColourModel.from_bytes(subject)
+    mask = disc(30)
+    assert misfit(rgb_to_lab(drifted[mask]), model).min() > MISFIT_THRESHOLD
+    out = inpaint_view(
+        drifted, mask, mask.astype(np.float32), model, strength=1.0, rng=np.random.default_rng(0)
+    )
+    fallback = global_transfer(rgb_to_lab(drifted), mask, model, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[mask], lab_to_rgb(fallback[mask]))
+    np.testing.assert_array_equal(out[~mask], drifted[~mask])
+    subject_mean = model.weights @ model.means
+    assert np.linalg.norm(region_lab(drifted, mask).mean(0) - subject_mean) > 25
+    assert np.linalg.norm(region_lab(out, mask).mean(0) - subject_mean) < 2.5
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drift and local statistics
+
+
+def test_misfit_is_zero_at_a_cluster_mean_and_grows_with_distance():
+    model = ColourModel(
+        weights=np.array([0.6, 0.4], np.float32),
+        means=np.array([BROWN, CREAM], np.float32),
+        covariances=np.stack([np.diag([16.0, 4.0, 4.0]), np.eye(3)]).astype(np.float32),
+        pixels=100,
+    )
+    np.testing.assert_allclose(misfit(model.means, model), 0.0, atol=1e-6)
+    distances = np.array([0.0, 1, 2, 4, 8, 16, 32])
+    toward_blue = misfit(BROWN - distances[:, None] * [0, 0, 1], model)
+    assert (np.diff(toward_blue) > 0).all()
+    # Mahalanobis to the nearest cluster, its spread floored: b* std sqrt(4 + 2^2) for brown ...
+    np.testing.assert_allclose(toward_blue, distances / np.sqrt(4.0 + MISFIT_FLOOR_LAB**2), rtol=1e-6)
+    # ... and a tight cluster's own shading is not drift: L* std sqrt(1 + 2^2) for cream.
+    shaded = (CREAM + np.array([4.0, 0, 0]))[None]
+    assert misfit(shaded, model)[0] == pytest.approx(4 / np.sqrt(1 + MISFIT_FLOOR_LAB**2))
+    assert misfit(np.array([[60.0, -3, -14]]), model)[0] > MISFIT_THRESHOLD  # pale blue-grey
+
+
+def test_local_statistics_are_the_exact_mean_and_std_of_a_constant_weight_region():
+    rng = np.random.default_rng(0)
+    region = box(20, 60, 20, 60)
+    checker = np.where((np.arange(SIZE)[:, None] + np.arange(SIZE)[None]) % 2 == 0, 10.0, 30.0)
+    values = np.where(region, checker, rng.uniform(0, 100, (SIZE, SIZE)))[..., None].astype(np.float32)
+    weight = region.astype(np.float32)
+    # No window holds enough weight: every pixel takes the whole region's statistics, exactly.
+    mean, std = local_statistics(values, weight, [4.0], min_weight=1.1)
+    assert mean.shape == std.shape == (SIZE, SIZE, 1) and mean.dtype == np.float32
+    np.testing.assert_allclose(mean, 20.0, atol=1e-4)
+    np.testing.assert_allclose(std, 10.0, atol=1e-3)
+    # Windows: inside the region and around it, the region's statistics; the unweighted values around
+    # it count for nothing.
+    mean, std = local_statistics(values, weight, [4.0, 8.0, 16.0])
+    near = box(14, 66, 14, 66)
+    np.testing.assert_allclose(mean[near], 20.0, atol=0.3)
+    np.testing.assert_allclose(std[region], 10.0, atol=0.05)
+
+
+def test_local_statistics_fall_back_to_the_nearest_weighted_surface():
+    rng = np.random.default_rng(0)
+    left, right = box(0, SIZE, 0, 16), box(0, SIZE, 64, SIZE)
+    values = np.where(left, 10.0, np.where(right, 90.0, rng.uniform(0, 100, (SIZE, SIZE))))
+    weight = (left | right).astype(np.float32)
+    mean, std = local_statistics(values[..., None].astype(np.float32), weight, [4.0, 8.0, 16.0, 32.0])
+    np.testing.assert_allclose(mean[:, :16, 0], 10.0, atol=1e-3)
+    np.testing.assert_allclose(mean[:, 64:, 0], 90.0, atol=1e-3)
+    # Outside both, a few pixels from one surface: that surface's statistics, not the gap's values.
+    np.testing.assert_allclose(mean[:, 16:22, 0], 10.0, atol=0.1)
+    np.testing.assert_allclose(mean[:, 58:64, 0], 90.0, atol=0.1)
+    assert std[:, 16:22].max() < 0.5 and std[:, 58:64].max() < 0.5
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,13 +504,14 @@ def test_fit_reports_progress_and_the_artifact_round_trips(backend, brown):
     assert steps == list(range(1, 51)) and {e[1] for e in events} == {50}  # capped at 50 iterations
     assert (np.diff(losses) <= 1e-9 * losses[:-1]).all() and losses[-1] < losses[0]
 
+    # No cluster is made of edge blends here (the square is one texture to its edge): all are kept.
+    foreground = masks > 0.5
     model = ColourModel.from_bytes(artifact)
     assert 1 <= len(model) <= 5 and model.pixels == 2 * 60 * 60
     assert model.weights.sum() == pytest.approx(1.0, abs=1e-6)
     assert model.means.shape == (len(model), 3) and model.covariances.shape == (len(model), 3, 3)
     assert np.all(np.linalg.eigvalsh(model.covariances.astype(np.float64)) >= 0.99)  # + 1 regularised
-    fg = region_lab(reference, masks[0] > 0.5).mean(0)
-    np.testing.assert_allclose(model.weights @ model.means, fg, atol=0.5)
+    np.testing.assert_allclose(model.weights @ model.means, region_lab(images, foreground).mean(0), atol=0.5)
     metadata = read_safetensors_metadata(artifact)
     assert metadata["backend"] == "colour" and metadata["format"] == "1"
     assert metadata["colour_space"] == "CIELab D65" and metadata["pixels"] == str(2 * 60 * 60)
@@ -261,6 +522,23 @@ def test_fit_reports_progress_and_the_artifact_round_trips(backend, brown):
     assert ColourModel.from_bytes(again).to_bytes(**_extra(metadata)) == artifact
     other = backend.fit_subject(images, masks, FitConfig(clusters=5, seed=12), lambda *_: None)
     assert other != artifact
+
+
+def test_the_fit_leaves_out_soft_edges_unless_the_mask_has_no_interior(backend):
+    # A brown square whose 3-pixel rim (mask 0.6) blends into a pale blue-grey background: the rim's
+    # cluster lies outside the interior (mask above 0.99, eroded by 2 pixels) and is dropped.
+    image = np.where(box(13, 67, 13, 67)[..., None], lab_image(42, 12, 24), lab_image(65, -3, -10))
+    masks = np.where(box(13, 67, 13, 67), 1.0, np.where(box(10, 70, 10, 70), 0.6, 0.0))[None]
+    artifact = backend.fit_subject(image[None], masks.astype(np.float32), FitConfig(), lambda *_: None)
+    model = ColourModel.from_bytes(artifact)
+    assert model.pixels == 60 * 60  # the foreground the fit read
+    assert misfit(rgb_to_lab(image[11:12, 11:12].reshape(1, 3)), model)[0] > MISFIT_THRESHOLD
+    assert misfit(rgb_to_lab(image[40:41, 40:41].reshape(1, 3)), model)[0] < 1
+    # Thin masks (4 pixels wide): no interior, so the whole foreground.
+    thin = np.zeros((1, SIZE, SIZE), np.float32)
+    thin[0, :, 30:34] = 1.0
+    model = ColourModel.from_bytes(backend.fit_subject(image[None], thin, FitConfig(), lambda *_: None))
+    assert model.pixels == SIZE * 4
 
 
 def _extra(metadata: dict[str, str]) -> dict[str, str]:
