@@ -66,7 +66,6 @@ M = TypeVar("M", bound=Message)
 BACKGROUND = (1.0, 1.0, 1.0)  # views are composited on white; stages estimate it from empty pixels
 PNG = "image/png"
 REFINE_MARGIN = np.ones((7, 7), np.uint8)  # the refiner may also move 3 pixels around what was repainted
-TIME_TOLERANCE = 8  # 0..255: a 4D view keeps its own pixel where it is this close to its predecessor's
 
 JOB = coordinator_pb2
 
@@ -165,9 +164,8 @@ class _Run:
         self._progress_lock = threading.Lock()
         self._steps_done = 0
         frames = len(self.spec.asset.frames)
-        first = 4 + sum(len(r.sweeps) + len(r.targets) for r in self.plan.rings)
-        later = 4 + len(self.plan.azimuths)  # one locate, an inpaint per view but the source
-        self._steps_total = 2 + first + (frames - 1) * later
+        per_frame = 4 + sum(len(r.sweeps) + len(r.targets) for r in self.plan.rings)
+        self._steps_total = 2 + frames * per_frame
 
     # ----- the job ---------------------------------------------------------------------------
 
@@ -176,38 +174,22 @@ class _Run:
         with ThreadPoolExecutor(1, thread_name_prefix="fit-subject") as fitting:
             # 1. Fit the subject once, on every reference frame, while the time steps render.
             fit = fitting.submit(self.step, "fit_subject", inpainter_pb2.SubjectModel, self._fit_subject)
-            # 2. Render every time step (in parallel for 4D), then repair them in time order: the
-            #    first through the rings, each later one anchored on its predecessor's repair, so a
-            #    surface point keeps its colour over time. Inpainting waits for the subject.
+            # 2. Repair every time step (in parallel for 4D); inpainting waits for the subject.
             frames = range(len(self.spec.asset.frames))
-            renders = self._fan_out(self._render_frame, frames)
-            results: list[FrameResult] = []
-            for t in frames:
-                results.append(self._repair_frame(t, renders[t], fit.result, results[-1] if t else None))
+            results = self._fan_out(lambda t: self._repair_frame(t, fit.result), frames)
         # 3. The pictures and the report.
         return self.step("outputs", JOB.JobOutputs, lambda: self._outputs(results))
 
-    def _render_frame(self, t: int) -> common_pb2.ViewSet:
-        return self.step(
+    def _repair_frame(self, t: int, subject: Callable[[], inpainter_pb2.SubjectModel]) -> FrameResult:
+        before = self.step(
             "render", renderer_pb2.RenderResponse, lambda: self._render(self.spec.asset, t), t
         ).views
-
-    def _repair_frame(
-        self,
-        t: int,
-        before: common_pb2.ViewSet,
-        subject: Callable[[], inpainter_pb2.SubjectModel],
-        previous: FrameResult | None,
-    ) -> FrameResult:
         rgb = get_tensor(self.store, before.rgb, field="render.rgb")
         alpha = get_tensor(self.store, before.alpha, field="render.alpha")
         depth = get_tensor(self.store, before.depth, field="render.depth")
         state = _Orbit(before, rgb, alpha, depth)
 
-        if previous is None:
-            rings = [self._run_ring(ring, state, subject, t) for ring in self._rings(state, t)]
-        else:
-            rings = [self._run_time_ring(previous, state, subject, t)]
+        rings = [self._run_ring(ring, state, subject, t) for ring in self._rings(state, t)]
 
         # Refine every view together, where the rings repainted (a little beyond, to blend the edge):
         # the source view (index 0) and what anchors saw are fixed, so what was right stays right.
@@ -334,56 +316,6 @@ class _Run:
         # b. Inpaint each target's unobserved pixels, all targets of the ring in parallel.
         anchors = [self.plan.azimuths[i] for i in ring.anchors]
         return self._inpaint_targets(f"ring{k}", k, ring.targets, anchors, per_target, state, subject, t)
-
-    def _run_time_ring(
-        self,
-        previous: FrameResult,
-        state: _Orbit,
-        subject: Callable[[], inpainter_pb2.SubjectModel],
-        t: int,
-    ) -> coordinator_pb2.RingOutput:
-        """Time step ``t`` >= 1, "ring 0": every view but the source anchored on time step t - 1's
-        repaired views at the same azimuths (the tracker follows the surface from one time step to
-        the next; the orbit is the same). A pixel the predecessor shows takes its repaired colour
-        where its own render differs from it by more than ``TIME_TOLERANCE`` (elsewhere it keeps its
-        own, unblurred); what the predecessor does not show is inpainted, as in a ring."""
-        count = len(self.plan.azimuths)
-        earlier = previous.after
-        cameras = state.rendered.cameras
-        views = common_pb2.ViewSet(
-            rgb=put_tensor(self.store, np.concatenate([self._tensor(earlier.rgb, "after.rgb"), state.rgb])),
-            alpha=put_tensor(
-                self.store, np.concatenate([self._tensor(earlier.alpha, "after.alpha"), state.alpha])
-            ),
-            depth=put_tensor(
-                self.store, np.concatenate([self._tensor(earlier.depth, "after.depth"), state.depth])
-            ),
-            cameras=common_pb2.CameraSet(
-                width=cameras.width, height=cameras.height, cameras=[*cameras.cameras, *cameras.cameras]
-            ),
-        )
-        targets = list(range(1, count))
-        request = tracker_pb2.LocateUnobservedRequest(
-            views=views, target_indices=[count + i for i in targets], anchor_indices=list(range(count))
-        )
-        located = self.step(
-            "time/locate",
-            tracker_pb2.LocateUnobservedResponse,
-            lambda: self._call("time/locate", self.stages.tracker.LocateUnobserved, request),
-            t,
-        )
-        unobserved = self._tensor(located.unobserved, "locate.unobserved")
-        transferred = self._tensor(located.transferred_rgb, "locate.transferred_rgb")
-        per_target = {}
-        for j, target in enumerate(targets):
-            own = state.rendered_rgb[target]
-            differs = np.abs(transferred[j].astype(np.int16) - own).max(axis=-1) > TIME_TOLERANCE
-            image = np.where(differs[..., None], transferred[j], own)
-            per_target[target] = (image, unobserved[j], located.unobserved_fraction[j])
-        return self._inpaint_targets("time", 0, targets, self.plan.azimuths, per_target, state, subject, t)
-
-    def _tensor(self, ref: common_pb2.TensorRef, name: str) -> np.ndarray:
-        return get_tensor(self.store, ref, field=name)
 
     def _inpaint_targets(
         self,
