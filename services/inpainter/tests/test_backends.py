@@ -301,9 +301,10 @@ def test_the_monkeys_blue_back_turns_to_the_brown_of_the_fur_around_it(backend, 
     assert np.linalg.norm(after[0.3].mean(0) - fur) < 0.9 * gap
     assert np.linalg.norm(after[1.0].mean(0) - fur) < 0.5 * gap
     assert after[1.0].mean(0)[2] > 0.4 * fur[2]
-    # Per pixel: most of the back now lies in the reference's palette; under half did before.
+    # Per pixel: most of the back now lies in the reference's palette; not much more than half did
+    # before (its dark shading fits the subject's dark parts, and stays).
     model = ColourModel.from_bytes(subject)
-    assert (misfit(before, model) < MISFIT_THRESHOLD).mean() < 0.5
+    assert (misfit(before, model) < MISFIT_THRESHOLD).mean() < 0.6
     assert (misfit(after[1.0], model) < MISFIT_THRESHOLD).mean() > 0.7
 
 
@@ -445,11 +446,12 @@ def test_misfit_is_zero_at_a_cluster_mean_and_grows_with_distance():
     distances = np.array([0.0, 1, 2, 4, 8, 16, 32])
     toward_blue = misfit(BROWN - distances[:, None] * [0, 0, 1], model)
     assert (np.diff(toward_blue) > 0).all()
-    # Mahalanobis to the nearest cluster, its spread floored: b* std sqrt(4 + 2^2) for brown ...
-    np.testing.assert_allclose(toward_blue, distances / np.sqrt(4.0 + MISFIT_FLOOR_LAB**2), rtol=1e-6)
-    # ... and a tight cluster's own shading is not drift: L* std sqrt(1 + 2^2) for cream.
+    # Mahalanobis to the nearest cluster, its spread floored: b* std sqrt(4 + floor_b^2) for brown ...
+    floor_l, _, floor_b = MISFIT_FLOOR_LAB
+    np.testing.assert_allclose(toward_blue, distances / np.sqrt(4.0 + floor_b**2), rtol=1e-6)
+    # ... and a tight cluster's own shading is not drift: L* std sqrt(1 + floor_l^2) for cream.
     shaded = (CREAM + np.array([4.0, 0, 0]))[None]
-    assert misfit(shaded, model)[0] == pytest.approx(4 / np.sqrt(1 + MISFIT_FLOOR_LAB**2))
+    assert misfit(shaded, model)[0] == pytest.approx(4 / np.sqrt(1 + floor_l**2))
     assert misfit(np.array([[60.0, -3, -14]]), model)[0] > MISFIT_THRESHOLD  # pale blue-grey
 
 
