@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 
 
@@ -33,8 +32,7 @@ def carry_repairs(
         anchor_index: ``[H, W]`` int32, the index (into ``anchors_now``) of the anchor observing each
             pixel, -1 where none does (those pixels are returned as they are).
         anchor_xy: ``[H, W, 2]`` float32, (x, y) of the pixel in that anchor, pixel centres at +0.5.
-        anchors_now: per anchor index, ``[H, W, 3]`` uint8 its current (repaired) colours; None for an
-            index no pixel uses.
+        anchors_now: per anchor index, ``[H, W, 3]`` uint8 its current (repaired) colours.
         anchors_rendered: per anchor index, ``[H, W, 3]`` uint8 its colours as rendered.
 
     Returns:
@@ -46,13 +44,28 @@ def carry_repairs(
         change = anchors_now[a].astype(np.float32) - anchors_rendered[a].astype(np.float32)
         if not change.any():
             continue
-        xy = anchor_xy[where] - 0.5  # cv2.remap's pixel centres are at integers
-        sampled = cv2.remap(
-            change,
-            np.ascontiguousarray(xy[:, :1]),
-            np.ascontiguousarray(xy[:, 1:]),
-            cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        out[where] += sampled.reshape(-1, 3)
+        sampled = bilinear(change, anchor_xy[where])
+        out[where] += sampled
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def bilinear(image: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Bilinear samples of ``image`` at pixel positions, edges clamped.
+
+    Args:
+        image: ``[H, W, C]`` float32.
+        xy: ``[P, 2]`` float (x, y), pixel centres at +0.5 (the top-left pixel's centre is (0.5, 0.5)).
+
+    Returns:
+        ``[P, C]`` float32.
+    """
+    h, w = image.shape[:2]
+    x = np.clip(xy[:, 0].astype(np.float64) - 0.5, 0.0, w - 1.0)
+    y = np.clip(xy[:, 1].astype(np.float64) - 0.5, 0.0, h - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), w - 2) if w > 1 else np.zeros(len(x), np.int64)
+    y0 = np.minimum(np.floor(y).astype(np.int64), h - 2) if h > 1 else np.zeros(len(y), np.int64)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
+    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
