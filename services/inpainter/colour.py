@@ -71,7 +71,10 @@ DRIFT_SHARE = (0.15, 0.45)
 left exactly as it is) and at which it moves all the way."""
 PART_SCALE = 0.12
 """The size of a part of the subject, as a fraction of the foreground's side: the window of the local
-statistics (doubled up to three times where it holds no observed pixel)."""
+statistics (doubled up to three times where it holds no observed pixel). On the benchmark's four
+textured objects 0.25 did a little better on average (held-out foreground PSNR 19.12 against 18.87
+dB) but worse on spots (17.91 against 18.43) and mixed neighbouring parts of smaller subjects (a
+brown region beside a cream one took a blend); 0.5 brought the whole palette back (17.94 dB)."""
 MAX_CONTRAST = 3.0
 """The local contrast of a drifted region is rescaled by at most this factor (or its inverse): drift
 flattens contrast (LGM's back is about 0.4 times as contrasted), noise must not be blown up."""
