@@ -67,6 +67,12 @@ class StoreAuthError(FailedPrecondition):
     """The object store rejected this service's credentials (a deployment problem, not the caller's)."""
 
 
+class Unimplemented(TireError):
+    """This service's backend cannot do what the request asks (another backend can)."""
+
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class ResourceExhausted(TireError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

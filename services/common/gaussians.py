@@ -21,6 +21,7 @@ Files:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import re
@@ -137,6 +138,40 @@ def recolour(
     if not keep_higher_sh:
         sh[which, 1:, :] = 0.0
     return dataclasses.replace(gaussians, sh=sh)
+
+
+CORRESPONDENCE_RATIO = 0.25
+"""Frames correspond when index-matched Gaussians lie, at the median, closer than this fraction of
+the median distance between Gaussians paired at random (about 1 for unrelated frames)."""
+
+
+def frames_correspond(frames: Sequence[Gaussians], samples: int = 65_536) -> bool:
+    """Whether Gaussian i is one surface point in every frame of a 4D asset (a deformed canonical set).
+
+    True when every frame holds the same N Gaussians and, between each pair of consecutive frames,
+    the median distance from Gaussian i to Gaussian i is below ``CORRESPONDENCE_RATIO`` times the
+    median distance from Gaussian i to a Gaussian paired at random: frames generated one by one (with
+    N each, say) are not. One frame corresponds with itself.
+
+    Args:
+        frames: the T frames.
+        samples: Gaussians compared per pair of frames, at most (a fixed random choice).
+    """
+    if len({len(f) for f in frames}) > 1:
+        return False
+    n = len(frames[0]) if frames else 0
+    if len(frames) < 2 or n < 2:
+        return True
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(n, size=min(n, samples), replace=False)
+    partner = rng.permutation(chosen)
+    for a, b in itertools.pairwise(frames):
+        first, second = a.means.astype(np.float64), b.means.astype(np.float64)
+        matched = np.median(np.linalg.norm(second[chosen] - first[chosen], axis=1))
+        paired = np.median(np.linalg.norm(second[partner] - first[chosen], axis=1))
+        if not matched < CORRESPONDENCE_RATIO * paired:
+            return False
+    return True
 
 
 MAX_HEADER_BYTES = 64 * 1024

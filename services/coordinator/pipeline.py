@@ -15,7 +15,9 @@ One subject fit, shared by every time step, runs while the time steps (in parall
    b. ``ringK/inpaint/AZ``: one inpainter call per target (the inpainter scales out; round-robin
       spreads these calls over its replicas), all of a ring's targets in parallel.
 3. ``refine``: every view together, the source view fixed (update mask 0).
-4. ``reconstruct``: the refined views back into the Gaussians; ``after``: the repaired asset's orbit.
+4. ``reconstruct``: the refined views back into the Gaussians (the time steps of a 4D asset whose
+   Gaussians correspond in one call, so that a surface point keeps one colour: step
+   ``reconstruct/joint``); ``after``: the repaired asset's orbit.
 5. ``outputs``: contact sheet, turntable, ring masks, report.json.
 
 Every step's result (a protobuf message of references) is recorded in the ``JobStore`` when it
@@ -51,7 +53,7 @@ from tire.v1 import (
 
 from services.common.cameras import DEFAULT_RADIUS
 from services.common.errors import FailedPrecondition, TireError
-from services.common.gaussians import read_ply
+from services.common.gaussians import frames_correspond, read_ply
 from services.common.pictures import before_after_sheet, mask_overlay, turntable_gif
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, png_bytes, put_tensor, read_png
@@ -89,6 +91,23 @@ class FrameResult:
     reconstruction: reconstructor_pb2.ReconstructResponse = field(
         default_factory=reconstructor_pb2.ReconstructResponse
     )
+
+
+@dataclass
+class _Repainted:
+    """One time step, repainted and refined: its render, the views to reconstruct, its rings."""
+
+    before: common_pb2.ViewSet
+    views: common_pb2.ViewSet
+    rings: list[coordinator_pb2.RingOutput]
+
+
+@dataclass
+class _Rebuilt:
+    """One time step back in Gaussians: its .ply and the reconstruction (shared by a joint solve's)."""
+
+    ply: common_pb2.ObjectRef
+    response: reconstructor_pb2.ReconstructResponse
 
 
 class JobRunner:
@@ -171,16 +190,20 @@ class _Run:
 
     def execute(self) -> coordinator_pb2.JobOutputs:
         self._warn()  # 0. What the job was forced past (framing checks), first and once.
+        frames = range(len(self.spec.asset.frames))
         with ThreadPoolExecutor(1, thread_name_prefix="fit-subject") as fitting:
             # 1. Fit the subject once, on every reference frame, while the time steps render.
             fit = fitting.submit(self.step, "fit_subject", inpainter_pb2.SubjectModel, self._fit_subject)
-            # 2. Repair every time step (in parallel for 4D); inpainting waits for the subject.
-            frames = range(len(self.spec.asset.frames))
-            results = self._fan_out(lambda t: self._repair_frame(t, fit.result), frames)
-        # 3. The pictures and the report.
+            # 2-3. Repaint every time step (in parallel for 4D); inpainting waits for the subject.
+            repainted = self._fan_out(lambda t: self._repaint_frame(t, fit.result), frames)
+        # 4. Back into Gaussians (a 4D asset's time steps in one solve), and the repaired orbits.
+        rebuilt = self._reconstruct(repainted)
+        results = self._fan_out(lambda t: self._after(repainted[t], rebuilt[t], t), frames)
+        # 5. The pictures and the report.
         return self.step("outputs", JOB.JobOutputs, lambda: self._outputs(results))
 
-    def _repair_frame(self, t: int, subject: Callable[[], inpainter_pb2.SubjectModel]) -> FrameResult:
+    def _repaint_frame(self, t: int, subject: Callable[[], inpainter_pb2.SubjectModel]) -> _Repainted:
+        """Render time step ``t``, repaint it ring by ring, and refine every view together."""
         before = self.step(
             "render", renderer_pb2.RenderResponse, lambda: self._render(self.spec.asset, t), t
         ).views
@@ -216,29 +239,93 @@ class _Run:
             t,
         )
         views.rgb.CopyFrom(refined.rgb)
-        rebuilt = self.step(
-            "reconstruct",
-            reconstructor_pb2.ReconstructResponse,
-            lambda: self._call(
+        return _Repainted(before, views, rings)
+
+    def _reconstruct(self, repainted: list[_Repainted]) -> list[_Rebuilt]:
+        """The refined views back into Gaussians, one ``_Rebuilt`` per time step.
+
+        The time steps of a 4D asset whose Gaussians correspond (``frames_correspond``) go into one
+        solve, where a Gaussian has one colour in every time step: solved apart, each time step's
+        inpainting and the non-uniqueness of a least-squares fit of overlapping Gaussians gave one
+        surface point a different colour in each. A reconstructor that cannot (gsplat-optimize:
+        UNIMPLEMENTED; too many pixels for one call: RESOURCE_EXHAUSTED) fits them one by one, with a
+        warning.
+        """
+        frames = len(repainted)
+
+        def request(**fields) -> reconstructor_pb2.ReconstructRequest:
+            return reconstructor_pb2.ReconstructRequest(
+                initial=self.spec.asset,
+                view_weights=[self.runner.source_weight] + [1.0] * (len(self.plan.azimuths) - 1),
+                locked_views=[0],
+                **fields,
+            )
+
+        if frames > 1 and self._frames_correspond():
+            try:
+                joint = self.step(
+                    "reconstruct",
+                    reconstructor_pb2.ReconstructResponse,
+                    lambda: self._call(
+                        "reconstruct",
+                        self.stages.reconstructor.Reconstruct,
+                        request(
+                            views=self._joint_views([r.views for r in repainted]),
+                            joint_time_steps=range(1, frames),
+                        ),
+                    ),
+                    key="reconstruct/joint",
+                )
+                with self._progress_lock:
+                    self._steps_total -= frames - 1  # one reconstruct step, not one per time step
+                return [_Rebuilt(ply, joint) for ply in [joint.ply, *joint.joint_plys]]
+            except StepFailed as exc:
+                code = status_code(exc.__cause__) if exc.__cause__ is not None else None
+                if code not in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                    raise
+                self._warning(
+                    f"time steps reconstructed one by one, so colours may differ across time: {exc}"
+                )
+
+        def one(t: int) -> _Rebuilt:
+            response = self.step(
                 "reconstruct",
-                self.stages.reconstructor.Reconstruct,
-                reconstructor_pb2.ReconstructRequest(
-                    views=views,
-                    initial=self.spec.asset,
-                    time_step=t,
-                    view_weights=[self.runner.source_weight] + [1.0] * (len(state.rgb) - 1),
-                    locked_views=[0],
+                reconstructor_pb2.ReconstructResponse,
+                lambda: self._call(
+                    "reconstruct",
+                    self.stages.reconstructor.Reconstruct,
+                    request(views=repainted[t].views, time_step=t),
                 ),
-            ),
-            t,
-        )
+                t,
+            )
+            return _Rebuilt(response.ply, response)
+
+        return self._fan_out(one, range(frames))
+
+    def _after(self, repainted: _Repainted, rebuilt: _Rebuilt, t: int) -> FrameResult:
+        """Render the repaired time step ``t`` on the orbit."""
         after = self.step(
             "after",
             renderer_pb2.RenderResponse,
             lambda: self._render(common_pb2.AssetRef(frames=[rebuilt.ply]), 0),
             t,
         ).views
-        return FrameResult(before, after, rebuilt.ply, rings, rebuilt)
+        return FrameResult(repainted.before, after, rebuilt.ply, repainted.rings, rebuilt.response)
+
+    def _frames_correspond(self) -> bool:
+        frames = [read_ply(self.store.get_object(ref)) for ref in self.spec.asset.frames]
+        return frames_correspond(frames)
+
+    def _joint_views(self, views: Sequence[common_pb2.ViewSet]) -> common_pb2.ViewSet:
+        """The time steps' views one after another (rgb and alpha: the reconstructor needs no depth)."""
+        rgb = np.concatenate([get_tensor(self.store, v.rgb, field="refine.rgb") for v in views])
+        alpha = np.concatenate([get_tensor(self.store, v.alpha, field="render.alpha") for v in views])
+        cameras = common_pb2.CameraSet(width=views[0].cameras.width, height=views[0].cameras.height)
+        for v in views:
+            cameras.cameras.extend(v.cameras.cameras)
+        return common_pb2.ViewSet(
+            rgb=put_tensor(self.store, rgb), alpha=put_tensor(self.store, alpha), cameras=cameras
+        )
 
     # ----- rings ----------------------------------------------------------------------------
 
@@ -483,13 +570,26 @@ class _Run:
         sent = {event.warning.message for event in first if event.HasField("warning")}
         for message in warnings:
             if message not in sent:
-                self.jobs.append_event(self.job_id, JOB.JobEvent(warning=JOB.Warning(message=message)))
+                self._warning(message)
 
-    def step(self, name: str, result_type: type[M], run: Callable[[], M], time_step: int = 0) -> M:
-        """Run ``run`` as the step ``name`` unless it already finished (then return its record)."""
+    def _warning(self, message: str) -> None:
+        self.jobs.append_event(self.job_id, JOB.JobEvent(warning=JOB.Warning(message=message)))
+
+    def step(
+        self,
+        name: str,
+        result_type: type[M],
+        run: Callable[[], M],
+        time_step: int = 0,
+        key: str | None = None,
+    ) -> M:
+        """Run ``run`` as the step ``name`` unless it already finished (then return its record).
+
+        The record's ``key`` is ``tT/name`` in a 4D job, ``name`` in a 3D one, unless given."""
         if self.jobs.cancel_requested(self.job_id):
             raise JobCancelled
-        key = f"t{time_step}/{name}" if len(self.spec.asset.frames) > 1 else name
+        if key is None:
+            key = f"t{time_step}/{name}" if len(self.spec.asset.frames) > 1 else name
         recorded = self.jobs.step_result(self.job_id, key)
         if recorded is not None:
             result = result_type.FromString(recorded)

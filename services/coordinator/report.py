@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from services.common.gaussians import SH_C0, Gaussians
+from services.common.gaussians import SH_C0, Gaussians, frames_correspond
 
 FOREGROUND_ALPHA = 0.9
 """A pixel is foreground where the input's alpha is at least this (edges blend with the background)."""
@@ -90,10 +90,10 @@ def cross_time_delta_e(frames: Sequence[Gaussians]) -> float | None:
         frames: the T >= 2 time steps of one 4D asset.
 
     Returns:
-        The mean over consecutive pairs, or None when the frames hold different numbers of Gaussians
-        (no index correspondence) or there is one frame.
+        The mean over consecutive pairs, or None when Gaussian i is not one surface point in every
+        frame (``frames_correspond``) or there is one frame.
     """
-    if len(frames) < 2 or len({len(f) for f in frames}) > 1:
+    if len(frames) < 2 or not frames_correspond(frames):
         return None
     colours = [
         np.rint(np.clip(0.5 + SH_C0 * f.sh[:, 0].astype(np.float64), 0, 1) * 255).astype(np.uint8)

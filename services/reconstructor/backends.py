@@ -45,6 +45,15 @@ The colour solve, as ``ColourSolveBackend.reconstruct`` runs it:
    bands included, and the geometry arrays are the initial asset's own: bit-identical.
 7. Error: re-render the new asset and compare with the views (nothing re-solved: the initial render).
 
+Frames of a 4D asset (``reconstruct_together``): when Gaussian i is one surface point in every
+frame, the frames go into one solve with one colour per Gaussian: each frame's pixel model is built
+from its own render (steps 1-2), the unknowns are the Gaussians changed in some frame and locked in
+none (step 3), each frame's rows with their own constants stack into one A (step 4), and the solution
+recolours every frame (step 6). Solved apart, a point's colour came from each time step's own
+inpainting and the solve's free directions: samples/blob4d's cross-time change was 3.87 ΔE against
+the drifted input's 2.41; solved together it is 0.31, and the held-out views against the truth are
+better too (21.36 dB against 21.09, mean over the time steps; ``benchmarks.quality``).
+
 Why lock and keep instead of re-solving everything (steps 3-4): a re-solve is never exact (the
 top-K model, the prior, the SH bands it drops), so a Gaussian re-solved from views that agree with
 it still moves. Re-solving every Gaussian any view sees cost a clean asset the sharpness of its
@@ -89,7 +98,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -196,6 +205,30 @@ class ReconstructBackend(Protocol):
         """
         ...
 
+    def reconstruct_together(
+        self,
+        frames: Sequence[tuple[Views, Gaussians]],
+        options: SolveOptions,
+        view_weights: np.ndarray | None = None,
+        locked_views: Sequence[int] = (),
+    ) -> list[Reconstruction]:
+        """Fit the frames of a 4D asset in one solve, each Gaussian one colour in every frame.
+
+        Args:
+            frames: F pairs of views (V each, as in ``reconstruct``) and the frame they were rendered
+                from; every frame holds N Gaussians, Gaussian i of each being one surface point.
+            options, view_weights, locked_views: as in ``reconstruct``, for each frame's V views; a
+                Gaussian locked in one frame is locked in all.
+
+        Returns:
+            F reconstructions, in order; their counts are alike (one Gaussian is treated alike in every
+            frame), their ``rms_error`` each frame's own.
+
+        Raises:
+            Unimplemented: a backend that fits one frame at a time, given more than one.
+        """
+        ...
+
 
 @dataclass(frozen=True, eq=False)
 class PixelModel:
@@ -259,85 +292,144 @@ class ColourSolveBackend:
         view_weights: np.ndarray | None = None,
         locked_views: Sequence[int] = (),
     ) -> Reconstruction:
-        if views.rgb is None or views.alpha is None:
-            raise ValueError("views must carry rgb and alpha")
-        locked_views = check_locked_views(locked_views, len(views))
+        return self.reconstruct_together([(views, initial)], options, view_weights, locked_views)[0]
+
+    def reconstruct_together(
+        self,
+        frames: Sequence[tuple[Views, Gaussians]],
+        options: SolveOptions,
+        view_weights: np.ndarray | None = None,
+        locked_views: Sequence[int] = (),
+    ) -> list[Reconstruction]:
+        if not frames:
+            raise ValueError("frames must hold at least one (views, initial) pair")
+        n = len(frames[0][1])
+        for f, (views, initial) in enumerate(frames):
+            if views.rgb is None or views.alpha is None:
+                raise ValueError(f"frame {f}: views must carry rgb and alpha")
+            if len(initial) != n:
+                raise ValueError(f"frame {f} holds {len(initial)} Gaussians, frame 0 holds {n}")
+            if len(views) != len(frames[0][0]):
+                raise ValueError(f"frame {f} has {len(views)} views, frame 0 has {len(frames[0][0])}")
+        locked_views = check_locked_views(locked_views, len(frames[0][0]))
+        counted = np.ones(len(frames[0][0]), bool) if view_weights is None else np.asarray(view_weights) > 0
         with self._lock, _numba_threads(self.threads):
-            # 1. Background, from the views' empty pixels.
-            background = estimate_background(views.rgb, views.alpha)
-            pixels_per_view = views.cameras.width * views.cameras.height
+            # 1-2. Each frame's background and pixel model.
+            fits = [self._frame_fit(views, initial) for views, initial in frames]
 
-            # 2. Contributors: the top-K compositing weights of the initial geometry in every view.
-            render = rasterize(initial, views.cameras, background, contributors=self.contributors)
-            model = pixel_model(
-                render.ids,
-                render.weights,
-                render.alpha,
-                views.rgb,
-                background,
-                len(initial),
-                self.renormalise,
-            )
-            initial_rgb = render.rgb
-            del render  # the contributors are in the model now; free them before the solve
+            # 3. The unknowns: seen and changed in some frame, locked in none. A Gaussian has one colour
+            #    in every frame, so one locked anywhere stays the input's everywhere.
+            locked = np.zeros(n, dtype=bool)
+            changed = np.zeros(n, dtype=bool)
+            for (views, initial), fit in zip(frames, fits, strict=True):
+                locked |= locked_gaussians(initial, views.cameras[locked_views])
+                share = changed_share(fit.model, changed_pixels(fit.initial_rgb, views.rgb), counted)
+                changed[fit.model.gaussians[share > CHANGED_SHARE]] = True
+            unknown = changed & ~locked
+            gaussians = np.flatnonzero(unknown)
+            column = np.full(n, -1, dtype=np.int32)
+            column[gaussians] = np.arange(len(gaussians), dtype=np.int32)
 
-            # 3. The unknowns: the Gaussians seen, less those locked and those whose pixels the views
-            #    do not change.
-            locked = locked_gaussians(initial, views.cameras[locked_views])
-            counted = np.ones(len(views), bool) if view_weights is None else np.asarray(view_weights) > 0
-            share = changed_share(model, changed_pixels(initial_rgb, views.rgb), counted)
-            unknown = ~locked[model.gaussians] & (share > CHANGED_SHARE)
-
-            # 4. Linear model of the unknowns: the constants' colour as rendered (higher SH included)
-            #    and, with keep_higher_sh, the unknowns' view-dependent colour move to the right.
-            targets = model.targets - constant_term(model, initial, views.cameras, ~unknown)
-            rows, ids, weights = _kernels.restrict_columns(model.ids, model.weights, unknown)
-            model = PixelModel(model.pixels[rows], ids, weights, targets[rows], model.gaussians[unknown])
-            targets = model.targets
-            if options.keep_higher_sh and initial.sh_degree > 0:
-                targets = targets - view_dependent_term(model, initial, views.cameras)
-            initial_colours = base_colours(initial)
-            if view_weights is not None:
-                # Weighted least squares: scaling a pixel's row and target by sqrt(w) weighs its
-                # squared residual by w.
-                row_scale = np.sqrt(np.asarray(view_weights, np.float64))[model.pixels // pixels_per_view]
-                model = replace(model, weights=(model.weights * row_scale[:, None]).astype(np.float32))
-                targets = targets * row_scale[:, None]
+            # 4. Each frame's rows of the linear model, over the common columns of the unknowns.
+            ids, weights, targets = [], [], []
+            for (views, initial), fit in zip(frames, fits, strict=True):
+                rows = self._frame_rows(fit, views, initial, unknown, column, options, view_weights)
+                ids.append(rows[0])
+                weights.append(rows[1])
+                targets.append(rows[2])
 
             # 5. Regularised least squares by preconditioned conjugate gradients; then clip.
-            colours, iterations = initial_colours.copy(), 0
-            if len(model.gaussians):
-                projected = back_projection(model.ids, model.weights, targets)
+            solved, iterations = np.empty((0, 3)), 0
+            if len(gaussians):
+                ids_all, weights_all = np.concatenate(ids), np.concatenate(weights)
+                targets_all = np.concatenate(targets)
+                projected = back_projection(ids_all, weights_all, targets_all)
                 solve = solve_colours(
-                    model.ids,
-                    model.weights,
-                    targets,
+                    ids_all,
+                    weights_all,
+                    targets_all,
                     projected,
                     prior_weight=options.prior_weight,
                     max_iterations=options.max_iterations,
                     tolerance=options.tolerance,
                     start=projected,
                 )
-                colours[model.gaussians] = np.clip(solve.colours, 0.0, 1.0)
-                iterations = solve.iterations
+                solved, iterations = np.clip(solve.colours, 0.0, 1.0), solve.iterations
 
-            # 6. The new asset: the unknowns recoloured; every other Gaussian keeps every coefficient.
-            resolved = np.zeros(len(initial), dtype=bool)
-            resolved[model.gaussians] = True
-            gaussians = recolour(initial, colours, which=resolved, keep_higher_sh=options.keep_higher_sh)
-
+            # 6. The new frames: the unknowns recoloured; every other Gaussian keeps every coefficient.
             # 7. The error of re-renders against the views (nothing re-solved: the initial render).
-            rerender = rasterize(gaussians, views.cameras, background).rgb if resolved.any() else initial_rgb
-        n_locked, n_resolved = int(locked.sum()), int(resolved.sum())
-        return Reconstruction(
-            gaussians=gaussians,
-            rms_error=rms_error(rerender, views.rgb),
-            iterations=iterations,
-            locked=n_locked,
-            kept=len(initial) - n_locked - n_resolved,
-            resolved=n_resolved,
-            higher_sh_kept=options.keep_higher_sh or initial.sh_degree == 0 or n_resolved == 0,
+            results = []
+            for (views, initial), fit in zip(frames, fits, strict=True):
+                colours = base_colours(initial)
+                colours[gaussians] = solved
+                rebuilt = recolour(initial, colours, which=unknown, keep_higher_sh=options.keep_higher_sh)
+                rerender = (
+                    rasterize(rebuilt, views.cameras, fit.background).rgb
+                    if len(gaussians)
+                    else fit.initial_rgb
+                )
+                results.append(
+                    Reconstruction(
+                        gaussians=rebuilt,
+                        rms_error=rms_error(rerender, views.rgb),
+                        iterations=iterations,
+                        locked=int(locked.sum()),
+                        kept=n - int(locked.sum()) - len(gaussians),
+                        resolved=len(gaussians),
+                        higher_sh_kept=options.keep_higher_sh or initial.sh_degree == 0 or not len(gaussians),
+                    )
+                )
+        return results
+
+    def _frame_fit(self, views: Views, initial: Gaussians) -> _FrameFit:
+        """Steps 1-2 for one frame: its background, its pixel model and its initial render."""
+        background = estimate_background(views.rgb, views.alpha)
+        render = rasterize(initial, views.cameras, background, contributors=self.contributors)
+        model = pixel_model(
+            render.ids, render.weights, render.alpha, views.rgb, background, len(initial), self.renormalise
         )
+        return _FrameFit(background, model, render.rgb)
+
+    @staticmethod
+    def _frame_rows(
+        fit: _FrameFit,
+        views: Views,
+        initial: Gaussians,
+        unknown: np.ndarray,
+        column: np.ndarray,
+        options: SolveOptions,
+        view_weights: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Step 4 for one frame: ``(ids [P', K] int32, weights [P', K] float32, targets [P', 3]
+        float64)``, the rows of its pixels that hold an unknown, ids numbered by ``column`` (``[N]``
+        int32, each unknown Gaussian's column in the common solve)."""
+        model = fit.model
+        frame_unknown = unknown[model.gaussians]
+        targets = model.targets - constant_term(model, initial, views.cameras, ~frame_unknown)
+        rows, ids, weights = _kernels.restrict_columns(model.ids, model.weights, frame_unknown)
+        model = PixelModel(model.pixels[rows], ids, weights, targets[rows], model.gaussians[frame_unknown])
+        targets = model.targets
+        if options.keep_higher_sh and initial.sh_degree > 0:
+            targets = targets - view_dependent_term(model, initial, views.cameras)
+        if view_weights is not None:
+            # Weighted least squares: scaling a pixel's row and target by sqrt(w) weighs its squared
+            # residual by w.
+            pixels_per_view = views.cameras.width * views.cameras.height
+            row_scale = np.sqrt(np.asarray(view_weights, np.float64))[model.pixels // pixels_per_view]
+            weights = (weights * row_scale[:, None]).astype(np.float32)
+            targets = targets * row_scale[:, None]
+        # The frame's columns (indices into model.gaussians) become the common solve's.
+        ids = np.where(ids >= 0, column[model.gaussians][np.maximum(ids, 0)], -1).astype(np.int32)
+        return ids, weights, targets
+
+
+@dataclass(frozen=True, eq=False)
+class _FrameFit:
+    """One frame's background ``[3]`` float64, pixel model, and initial render ``[V, H, W, 3]`` float."""
+
+    background: np.ndarray
+    model: PixelModel
+    initial_rgb: np.ndarray
 
 
 def check_locked_views(locked_views: Sequence[int], num_views: int) -> np.ndarray:

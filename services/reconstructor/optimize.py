@@ -76,6 +76,7 @@ import torch.nn.functional as F
 
 from services.common.cameras import Cameras
 from services.common.config import ConfigError
+from services.common.errors import Unimplemented
 from services.common.gaussians import Gaussians
 from services.common.views import Views, estimate_background
 from services.reconstructor.backends import (
@@ -321,6 +322,23 @@ class GsplatOptimizeBackend:
             resolved=len(initial) - n_locked,
             higher_sh_kept=fit_rest or initial.sh_degree == 0 or n_locked == len(initial),
         )
+
+    def reconstruct_together(
+        self,
+        frames: Sequence[tuple[Views, Gaussians]],
+        options: SolveOptions,
+        view_weights: np.ndarray | None = None,
+        locked_views: Sequence[int] = (),
+    ) -> list[Reconstruction]:
+        """One frame: ``reconstruct``. Several: ``Unimplemented`` (this backend fits every parameter of
+        one frame; sharing colours across frames is the colour solve's)."""
+        if len(frames) != 1:
+            raise Unimplemented(
+                f"the gsplat-optimize reconstructor fits one frame per call, not {len(frames)}: "
+                "joint_time_steps needs the colour-solve backend"
+            )
+        views, initial = frames[0]
+        return [self.reconstruct(views, initial, options, view_weights, locked_views)]
 
 
 def scene_scale(gaussians: Gaussians, cameras: Cameras) -> float:

@@ -77,6 +77,7 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
 
     def Reconstruct(self, request, context):
         options = self._options(request)
+        time_steps = self._time_steps(request)
         views = read_views(
             self.store,
             request.views,
@@ -85,25 +86,58 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
             max_views=self.settings.max_views,
             max_pixels=self.settings.max_pixels,
         )
-        initial = load_frame(
-            self.store,
-            request.initial,
-            request.time_step,
-            field="initial",
-            max_gaussians=self.settings.max_gaussians,
-        )
-        view_weights = self._view_weights(request.view_weights, len(views))
-        locked_views = self._locked_views(request.locked_views, len(views))
-        result = self.backend.reconstruct(views, initial, options, view_weights, locked_views)
+        if len(views) % len(time_steps):
+            raise InvalidArgument(
+                "views",
+                f"{len(views)} views",
+                f"must hold the same number of views for each of the {len(time_steps)} frames",
+            )
+        per_frame = len(views) // len(time_steps)
+        frames = []
+        for i, t in enumerate(time_steps):
+            initial = load_frame(
+                self.store, request.initial, t, field="initial", max_gaussians=self.settings.max_gaussians
+            )
+            if frames and len(initial) != len(frames[0][1]):
+                raise InvalidArgument(
+                    f"initial.frames[{t}]",
+                    f"{len(initial)} Gaussians",
+                    f"must hold as many Gaussians as frame {time_steps[0]} ({len(frames[0][1])}) to be "
+                    "fitted jointly",
+                )
+            frames.append((views.select(range(i * per_frame, (i + 1) * per_frame)), initial))
+        view_weights = self._view_weights(request.view_weights, per_frame)
+        locked_views = self._locked_views(request.locked_views, per_frame)
+        results = self.backend.reconstruct_together(frames, options, view_weights, locked_views)
+        first = results[0]
         return reconstructor_pb2.ReconstructResponse(
-            ply=store_frame(self.store, result.gaussians),
-            rms_error=result.rms_error,
-            iterations=result.iterations,
-            gaussians_locked=result.locked,
-            gaussians_kept=result.kept,
-            gaussians_resolved=result.resolved,
-            higher_sh_kept=result.higher_sh_kept,
+            ply=store_frame(self.store, first.gaussians),
+            rms_error=float(np.sqrt(np.mean([r.rms_error**2 for r in results]))),
+            iterations=first.iterations,
+            gaussians_locked=first.locked,
+            gaussians_kept=first.kept,
+            gaussians_resolved=first.resolved,
+            higher_sh_kept=all(r.higher_sh_kept for r in results),
+            joint_plys=[store_frame(self.store, r.gaussians) for r in results[1:]],
         )
+
+    @staticmethod
+    def _time_steps(request) -> list[int]:
+        """``time_step`` (its range is checked on loading) then ``joint_time_steps``, none repeated."""
+        time_steps = [request.time_step]
+        for i, t in enumerate(request.joint_time_steps):
+            if t >= len(request.initial.frames):
+                raise InvalidArgument(
+                    f"joint_time_steps[{i}]",
+                    t,
+                    f"must be below the asset's {len(request.initial.frames)} time steps",
+                )
+            if t in time_steps:
+                raise InvalidArgument(
+                    f"joint_time_steps[{i}]", t, "repeats time_step or an earlier joint time step"
+                )
+            time_steps.append(t)
+        return time_steps
 
     @staticmethod
     def _locked_views(values, num_views: int) -> list[int]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.common.errors import AssetError, NotFound
-from services.common.gaussians import Gaussians, read_ply, read_ply_sequence, write_ply
+from services.common.gaussians import Gaussians, frames_correspond, read_ply, read_ply_sequence, write_ply
 from services.common.synthetic import random_gaussians
 
 REPO = Path(__file__).resolve().parents[3]
@@ -454,3 +454,16 @@ def test_recolour_sets_the_base_colour_and_keeps_the_geometry() -> None:
     np.testing.assert_array_equal(kept.sh[:, 1:], g.sh[:, 1:])
     with pytest.raises(ValueError, match="colours"):
         recolour(g, colours[:3])
+
+
+def test_frames_correspond_when_each_gaussian_moves_a_little():
+    frame = random_gaussians(2000, seed=1)
+    step = replace(frame, means=frame.means + np.float32([0.05, 0.0, -0.02]))
+    wobble = replace(
+        step, means=step.means + np.random.default_rng(2).normal(0, 0.01, step.means.shape).astype(np.float32)
+    )
+    assert frames_correspond([frame, step, wobble]) and frames_correspond([frame])
+    # Generated one by one: the same count, but Gaussian i is anywhere in the next frame.
+    shuffled = replace(step, means=step.means[np.random.default_rng(3).permutation(len(step))])
+    assert not frames_correspond([frame, step, shuffled])
+    assert not frames_correspond([frame, random_gaussians(1999, seed=1)])

@@ -17,6 +17,8 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
 from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
 from services.embedded import embedded_servicers
+from services.reconstructor.backends import ColourSolveBackend
+from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
 
 ROOT = Path(__file__).parents[3]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -112,8 +114,28 @@ def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicer
     assert len(job.outputs.repaired.frames) == 2
     assert inpainter[0].calls.count("FitSubject") == 1
     assert {ring.time_step for ring in job.outputs.rings} == {0, 1}
+    report = json.loads(store.get_bytes(job.outputs.report.uri))
+    # The blob's time steps are one set of Gaussians moving: one solve gives a point one colour.
+    assert {"t0/render", "t1/render", "reconstruct/joint", "t1/after"} <= set(report["step_seconds"])
+    assert "t1/reconstruct" not in report["step_seconds"]
+    assert report["cross_time_delta_e"]["output"] <= report["cross_time_delta_e"]["input"]
+    assert job.progress.steps_done == job.progress.steps_total
+
+
+def test_a_reconstructor_that_cannot_solve_time_steps_together_solves_them_one_by_one(store, servicers):
+    # Two time steps' views together are over this reconstructor's pixel limit; one time step's are not.
+    settings = ReconstructorSettings(max_pixels=9 * 64 * 64)
+    servicers = {**servicers, "reconstructor": ReconstructorServicer(ColourSolveBackend(), store, settings)}
+    jobs = JobStore(":memory:")
+    plys, pngs = sorted(BLOB.glob("*.ply"))[:2], sorted(BLOB.glob("*.png"))[:2]
+    job_id = submit(jobs, store, plys, pngs, orbit_step_deg=45)
+    job = JobRunner(jobs, stages_of(servicers), store, FAST).run(job_id)
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
     steps = json.loads(store.get_bytes(job.outputs.report.uri))["step_seconds"]
-    assert {"t0/render", "t1/render", "t1/reconstruct"} <= set(steps)
+    assert {"t0/reconstruct", "t1/reconstruct"} <= set(steps) and "reconstruct/joint" not in steps
+    warnings = [e.warning.message for e in jobs.events(job_id, limit=10_000) if e.HasField("warning")]
+    assert len(warnings) == 1 and "one by one" in warnings[0] and "RESOURCE_EXHAUSTED" in warnings[0]
+    assert job.progress.steps_done == job.progress.steps_total
 
 
 def test_a_restarted_job_resumes_without_redoing_finished_steps(store, servicers):

@@ -535,3 +535,64 @@ def test_view_weights_decide_between_views_that_disagree():
     assert error_against(source_first, 0) < 0.5 * error_against(plain, 0)
     equal = backend.reconstruct(views, truth, options, np.array([1.0, 1.0]))
     assert equal.gaussians.sh.tobytes() == plain.gaussians.sh.tobytes()
+
+
+def moved(gaussians: Gaussians, offset) -> Gaussians:
+    """The same Gaussians, moved by ``offset`` (world units): the next frame of a 4D asset."""
+    return dataclasses.replace(gaussians, means=(gaussians.means + np.float32(offset)).astype(np.float32))
+
+
+def test_reconstructing_one_frame_together_is_reconstructing_it(blob, cameras):
+    target = recolour(blob, base_colours(blob)[:, [2, 0, 1]], which=blob.means[:, 2] < 0.0)
+    render = rasterize(target, cameras, WHITE)
+    views = Views(to_uint8(render.rgb), render.alpha, None, cameras)
+    alone = ColourSolveBackend().reconstruct(views, blob, SolveOptions(), None, [0])
+    (together,) = ColourSolveBackend().reconstruct_together([(views, blob)], SolveOptions(), None, [0])
+    assert write_ply(together.gaussians) == write_ply(alone.gaussians)
+    assert (together.iterations, together.resolved, together.locked) == (
+        alone.iterations,
+        alone.resolved,
+        alone.locked,
+    )
+
+
+def test_frames_solved_together_give_each_gaussian_one_colour(blob, cameras):
+    # Two frames of a moving asset whose back was repainted differently in each frame's views (as two
+    # time steps inpainted apart are): solved together, a surface point takes one colour, between the
+    # two; the front, locked, keeps each frame's own parameters.
+    frames = [blob, moved(blob, (0.04, -0.02, 0.0))]
+    back = blob.means[:, 2] < -0.1
+    views = []
+    for frame, tint in zip(frames, ([0.9, 0.2, 0.2], [0.5, 0.2, 0.9]), strict=True):
+        painted = recolour(frame, np.tile(tint, (len(frame), 1)), which=back, keep_higher_sh=True)
+        render = rasterize(painted, cameras, WHITE)
+        views.append(Views(to_uint8(render.rgb), render.alpha, None, cameras))
+    frames[1] = recolour(frames[1], base_colours(blob) * 0.9, keep_higher_sh=True)  # its own colours
+    results = ColourSolveBackend().reconstruct_together(
+        list(zip(views, frames, strict=True)), SolveOptions(), None, [0]
+    )
+    first, second = (r.gaussians for r in results)
+    resolved = np.any(first.sh != frames[0].sh, axis=(1, 2))
+    assert resolved[back].mean() > 0.9 and results[0].resolved == results[1].resolved == resolved.sum()
+    np.testing.assert_array_equal(first.sh[resolved], second.sh[resolved])
+    solved = base_colours(first)[back & resolved].mean(axis=0)
+    np.testing.assert_allclose(solved, [0.7, 0.2, 0.55], atol=0.05)  # the mean of the red and the violet
+    # Neither solved nor changed in either frame: each frame keeps its own Gaussians, bit for bit.
+    for result, frame in zip(results, frames, strict=True):
+        assert result.gaussians.sh[~resolved].tobytes() == frame.sh[~resolved].tobytes()
+        assert result.gaussians.means.tobytes() == frame.means.tobytes()
+    locked = locked_gaussians(frames[0], cameras[[0]]) | locked_gaussians(frames[1], cameras[[0]])
+    assert results[0].locked == results[1].locked == locked.sum() > 0 and not (resolved & locked).any()
+
+
+def test_frames_that_do_not_match_are_refused(blob, cameras):
+    render = rasterize(blob, cameras, WHITE)
+    views = Views(to_uint8(render.rgb), render.alpha, None, cameras)
+    with pytest.raises(ValueError, match="frame 1 holds 10 Gaussians, frame 0 holds 3000"):
+        ColourSolveBackend().reconstruct_together(
+            [(views, blob), (views, random_gaussians(10))], SolveOptions()
+        )
+    with pytest.raises(ValueError, match="frame 1 has 2 views, frame 0 has 24"):
+        ColourSolveBackend().reconstruct_together(
+            [(views, blob), (views.select([0, 1]), blob)], SolveOptions()
+        )

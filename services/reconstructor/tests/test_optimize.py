@@ -9,6 +9,7 @@ import torch
 
 from services.common.cameras import orbit_cameras
 from services.common.config import ConfigError
+from services.common.errors import Unimplemented
 from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
 from services.common.synthetic import random_gaussians
@@ -345,3 +346,15 @@ def test_gsplat_optimisation_moves_the_asset_toward_the_views(views, perturbed, 
     assert psnr(result.gaussians, views.rgb) > psnr(perturbed, views.rgb) + 8.0
     rerender = rasterize(result.gaussians, CAMERAS, GREY).rgb
     assert result.rms_error == pytest.approx(rms_error(rerender, views.rgb), abs=2e-3)
+
+
+def test_frames_are_fitted_together_only_one_at_a_time(views, perturbed):
+    options = SolveOptions(max_iterations=2)
+    (one,) = dense_backend(seed=5).reconstruct_together([(views, perturbed)], options)
+    assert write_ply(one.gaussians) == write_ply(
+        dense_backend(seed=5).reconstruct(views, perturbed, options).gaussians
+    )
+    with pytest.raises(
+        Unimplemented, match="one frame per call, not 2: joint_time_steps needs the colour-solve"
+    ):
+        dense_backend().reconstruct_together([(views, perturbed)] * 2, options)

@@ -202,3 +202,69 @@ def test_limits_are_resource_exhausted(store, scene):
     )
     with pytest.raises(InvalidArgument, match=r"`initial.frames\[0\]`.*1500 vertices"):
         few_gaussians.Reconstruct(request_for(store, scene), None)
+
+
+def joint_request(store, scene, frames):
+    """Time steps 0 and 1 of a two-frame asset (``frames``: its two .ply frames), views one after the
+    other: both frames' views are the scene's."""
+    _, views, _ = scene
+    both = Views(
+        np.concatenate([views.rgb] * 2),
+        np.concatenate([views.alpha] * 2),
+        None,
+        views.cameras[list(range(len(views))) * 2],
+    )
+    return reconstructor_pb2.ReconstructRequest(
+        views=write_views(store, both),
+        initial=common_pb2.AssetRef(frames=[store_frame(store, f) for f in frames]),
+        joint_time_steps=[1],
+    )
+
+
+def test_time_steps_reconstructed_together_share_each_gaussians_colour(store, scene):
+    _, _, initial = scene
+    wide = ReconstructorSettings(max_views=12, max_pixels=12 * 48 * 48)
+    servicer = ReconstructorServicer(ColourSolveBackend(), store, wide)
+    other = recolour(initial, np.random.default_rng(1).uniform(size=(len(initial), 3)), keep_higher_sh=True)
+    reply = servicer.Reconstruct(joint_request(store, scene, [initial, other]), None)
+    assert len(reply.joint_plys) == 1
+    first = read_ply(store.get_bytes(reply.ply.uri, sha256=reply.ply.sha256))
+    second = read_ply(store.get_bytes(reply.joint_plys[0].uri, sha256=reply.joint_plys[0].sha256))
+    assert reply.gaussians_resolved > 1000
+    # Each re-solved Gaussian has one colour in both frames; the rest keep each frame's own.
+    assert (first.sh == second.sh).all(axis=(1, 2)).sum() == reply.gaussians_resolved
+    assert 0 < reply.rms_error < 0.03
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda r: r.joint_time_steps.append(1), "joint_time_steps[1]"),
+        (lambda r: r.joint_time_steps.__setitem__(0, 0), "joint_time_steps[0]"),
+        (lambda r: r.joint_time_steps.__setitem__(0, 2), "joint_time_steps[0]"),
+        (  # 12 views are not the same number for each of 5 time steps
+            lambda r: (
+                r.joint_time_steps.extend([2, 3, 4]) or r.initial.frames.extend([r.initial.frames[0]] * 3)
+            ),
+            "views",
+        ),
+    ],
+)
+def test_bad_joint_requests_name_the_field(store, scene, edit, field):
+    _, _, initial = scene
+    servicer = ReconstructorServicer(ColourSolveBackend(), store, ReconstructorSettings(max_views=12))
+    request = joint_request(store, scene, [initial, initial])
+    edit(request)
+    with pytest.raises(InvalidArgument) as info:
+        servicer.Reconstruct(request, None)
+    assert info.value.field == field
+
+
+def test_frames_of_different_sizes_are_not_reconstructed_together(store, scene):
+    _, _, initial = scene
+    servicer = ReconstructorServicer(ColourSolveBackend(), store, ReconstructorSettings(max_views=12))
+    request = joint_request(store, scene, [initial, random_gaussians(100)])
+    with pytest.raises(
+        InvalidArgument, match=r"`initial.frames\[1\]` must hold as many Gaussians as frame 0"
+    ):
+        servicer.Reconstruct(request, None)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tire.v1 import common_pb2 as tire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btire/v1/reconstructor.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xc6\x01\n\x12ReconstructOptions\x12\x1b\n\x0ekeep_higher_sh\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x0cprior_weight\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emax_iterations\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x16\n\ttolerance\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x11\n\x0f_keep_higher_shB\x0f\n\r_prior_weightB\x11\n\x0f_max_iterationsB\x0c\n\n_tolerance\"\xc6\x01\n\x12ReconstructRequest\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\"\n\x07initial\x18\x02 \x01(\x0b\x32\x11.tire.v1.AssetRef\x12\x11\n\ttime_step\x18\x03 \x01(\r\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.tire.v1.ReconstructOptions\x12\x14\n\x0cview_weights\x18\x05 \x03(\x02\x12\x14\n\x0clocked_views\x18\x06 \x03(\r\"\xc3\x01\n\x13ReconstructResponse\x12\x1f\n\x03ply\x18\x01 \x01(\x0b\x32\x12.tire.v1.ObjectRef\x12\x11\n\trms_error\x18\x02 \x01(\x02\x12\x12\n\niterations\x18\x03 \x01(\r\x12\x18\n\x10gaussians_locked\x18\x04 \x01(\r\x12\x16\n\x0egaussians_kept\x18\x05 \x01(\r\x12\x1a\n\x12gaussians_resolved\x18\x06 \x01(\r\x12\x16\n\x0ehigher_sh_kept\x18\x07 \x01(\x08\x32\xa1\x01\n\x14ReconstructorService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12H\n\x0bReconstruct\x12\x1b.tire.v1.ReconstructRequest\x1a\x1c.tire.v1.ReconstructResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btire/v1/reconstructor.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xc6\x01\n\x12ReconstructOptions\x12\x1b\n\x0ekeep_higher_sh\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x0cprior_weight\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1b\n\x0emax_iterations\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x16\n\ttolerance\x18\x04 \x01(\x02H\x03\x88\x01\x01\x42\x11\n\x0f_keep_higher_shB\x0f\n\r_prior_weightB\x11\n\x0f_max_iterationsB\x0c\n\n_tolerance\"\xe0\x01\n\x12ReconstructRequest\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\"\n\x07initial\x18\x02 \x01(\x0b\x32\x11.tire.v1.AssetRef\x12\x11\n\ttime_step\x18\x03 \x01(\r\x12,\n\x07options\x18\x04 \x01(\x0b\x32\x1b.tire.v1.ReconstructOptions\x12\x14\n\x0cview_weights\x18\x05 \x03(\x02\x12\x14\n\x0clocked_views\x18\x06 \x03(\r\x12\x18\n\x10joint_time_steps\x18\x07 \x03(\r\"\xeb\x01\n\x13ReconstructResponse\x12\x1f\n\x03ply\x18\x01 \x01(\x0b\x32\x12.tire.v1.ObjectRef\x12\x11\n\trms_error\x18\x02 \x01(\x02\x12\x12\n\niterations\x18\x03 \x01(\r\x12\x18\n\x10gaussians_locked\x18\x04 \x01(\r\x12\x16\n\x0egaussians_kept\x18\x05 \x01(\r\x12\x1a\n\x12gaussians_resolved\x18\x06 \x01(\r\x12\x16\n\x0ehigher_sh_kept\x18\x07 \x01(\x08\x12&\n\njoint_plys\x18\x08 \x03(\x0b\x32\x12.tire.v1.ObjectRef2\xa1\x01\n\x14ReconstructorService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12H\n\x0bReconstruct\x12\x1b.tire.v1.ReconstructRequest\x1a\x1c.tire.v1.ReconstructResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECONSTRUCTOPTIONS']._serialized_start=63
   _globals['_RECONSTRUCTOPTIONS']._serialized_end=261
   _globals['_RECONSTRUCTREQUEST']._serialized_start=264
-  _globals['_RECONSTRUCTREQUEST']._serialized_end=462
-  _globals['_RECONSTRUCTRESPONSE']._serialized_start=465
-  _globals['_RECONSTRUCTRESPONSE']._serialized_end=660
-  _globals['_RECONSTRUCTORSERVICE']._serialized_start=663
-  _globals['_RECONSTRUCTORSERVICE']._serialized_end=824
+  _globals['_RECONSTRUCTREQUEST']._serialized_end=488
+  _globals['_RECONSTRUCTRESPONSE']._serialized_start=491
+  _globals['_RECONSTRUCTRESPONSE']._serialized_end=726
+  _globals['_RECONSTRUCTORSERVICE']._serialized_start=729
+  _globals['_RECONSTRUCTORSERVICE']._serialized_end=890
 # @@protoc_insertion_point(module_scope)

@@ -20,23 +20,25 @@ class ReconstructOptions(_message.Message):
     def __init__(self, keep_higher_sh: _Optional[bool] = ..., prior_weight: _Optional[float] = ..., max_iterations: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class ReconstructRequest(_message.Message):
-    __slots__ = ("views", "initial", "time_step", "options", "view_weights", "locked_views")
+    __slots__ = ("views", "initial", "time_step", "options", "view_weights", "locked_views", "joint_time_steps")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     INITIAL_FIELD_NUMBER: _ClassVar[int]
     TIME_STEP_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     VIEW_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     LOCKED_VIEWS_FIELD_NUMBER: _ClassVar[int]
+    JOINT_TIME_STEPS_FIELD_NUMBER: _ClassVar[int]
     views: _common_pb2.ViewSet
     initial: _common_pb2.AssetRef
     time_step: int
     options: ReconstructOptions
     view_weights: _containers.RepeatedScalarFieldContainer[float]
     locked_views: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ..., view_weights: _Optional[_Iterable[float]] = ..., locked_views: _Optional[_Iterable[int]] = ...) -> None: ...
+    joint_time_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., initial: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., options: _Optional[_Union[ReconstructOptions, _Mapping]] = ..., view_weights: _Optional[_Iterable[float]] = ..., locked_views: _Optional[_Iterable[int]] = ..., joint_time_steps: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReconstructResponse(_message.Message):
-    __slots__ = ("ply", "rms_error", "iterations", "gaussians_locked", "gaussians_kept", "gaussians_resolved", "higher_sh_kept")
+    __slots__ = ("ply", "rms_error", "iterations", "gaussians_locked", "gaussians_kept", "gaussians_resolved", "higher_sh_kept", "joint_plys")
     PLY_FIELD_NUMBER: _ClassVar[int]
     RMS_ERROR_FIELD_NUMBER: _ClassVar[int]
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +46,7 @@ class ReconstructResponse(_message.Message):
     GAUSSIANS_KEPT_FIELD_NUMBER: _ClassVar[int]
     GAUSSIANS_RESOLVED_FIELD_NUMBER: _ClassVar[int]
     HIGHER_SH_KEPT_FIELD_NUMBER: _ClassVar[int]
+    JOINT_PLYS_FIELD_NUMBER: _ClassVar[int]
     ply: _common_pb2.ObjectRef
     rms_error: float
     iterations: int
@@ -51,4 +54,5 @@ class ReconstructResponse(_message.Message):
     gaussians_kept: int
     gaussians_resolved: int
     higher_sh_kept: bool
-    def __init__(self, ply: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., rms_error: _Optional[float] = ..., iterations: _Optional[int] = ..., gaussians_locked: _Optional[int] = ..., gaussians_kept: _Optional[int] = ..., gaussians_resolved: _Optional[int] = ..., higher_sh_kept: _Optional[bool] = ...) -> None: ...
+    joint_plys: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
+    def __init__(self, ply: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., rms_error: _Optional[float] = ..., iterations: _Optional[int] = ..., gaussians_locked: _Optional[int] = ..., gaussians_kept: _Optional[int] = ..., gaussians_resolved: _Optional[int] = ..., higher_sh_kept: _Optional[bool] = ..., joint_plys: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ...) -> None: ...
