@@ -217,10 +217,10 @@ class ColourBackend:
         num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     ) -> np.ndarray:
-        """Fill holes, then move each drifted region onto the statistics of the nearest observed part
-        of the subject (``colour.inpaint_view``; the global sliced-OT transfer where too little is
-        observed), per view, with ``np.random.default_rng([seed, view])``. ``num_inference_steps``
-        and ``guidance_scale`` are ignored (no diffusion here)."""
+        """Fill holes, then move each drifted region onto the palette of the observed surface near it
+        (``colour.inpaint_view``; the subject's whole palette where too little is observed), per
+        view, with ``np.random.default_rng([seed, view])``. ``num_inference_steps`` and
+        ``guidance_scale`` are ignored (no diffusion here)."""
         model = ColourModel.from_bytes(subject)
         check_inpaint_inputs(images, masks, alpha, strength)
         if strength == 0:
