@@ -531,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TireError, ConfigError) as exc:
         print(f"tire: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader stopped early (`tire list | head -1`): no traceback, and nothing more to flush at
+        # exit; the status a process killed by SIGPIPE would have.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     raise AssertionError(f"unhandled command {args.command}")
 
 

@@ -1,6 +1,9 @@
 """The `tire` command in-process: `tire run` on the bundled samples, `tire describe`, bad input."""
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +57,21 @@ def test_describe_lists_the_embedded_stages(capsys):
         ["refiner", "consensus"],
         ["reconstructor", "colour-solve"],
     ]
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    # `tire describe | head -c 0`: the pipe is closed before the first line is written.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "describe"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()
+    with process.stderr:
+        stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
 
 
 def test_the_profile_names_are_the_embedded_profiles():

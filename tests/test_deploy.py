@@ -311,7 +311,9 @@ class ComposeLoader(yaml.SafeLoader):
 
 ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
 
-_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+# An innermost ${...}: its default or message holds no other (Compose nests them: ${A:-x${B:-y}}).
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^${}]*))?\}")
+_NAME = re.compile(r"\$\{(\w+)")
 
 
 def variables(document: object) -> set[str]:
@@ -320,7 +322,7 @@ def variables(document: object) -> set[str]:
         return set().union(*(variables(v) for v in document.values()))
     if isinstance(document, list):
         return set().union(*(variables(v) for v in document))
-    return {m.group(1) for m in _VARIABLE.finditer(document)} if isinstance(document, str) else set()
+    return set(_NAME.findall(document)) if isinstance(document, str) else set()
 
 
 def interpolate(value: object, environ: dict[str, str]) -> object:
@@ -347,7 +349,10 @@ def interpolate(value: object, environ: dict[str, str]) -> object:
             return argument
         return current or ""
 
-    return _VARIABLE.sub(replace, value)
+    while True:  # innermost first
+        value, count = _VARIABLE.subn(replace, value)
+        if not count:
+            return value
 
 
 def merge(base: object, override: object) -> object:
@@ -456,6 +461,32 @@ def test_store_settings_and_state_volume() -> None:
         (mount,) = GPU["services"][stage]["volumes"]
         assert mount.endswith(":/models:ro"), "models are mounted read-only"
         assert CPU["services"][stage].get("volumes", []) == [], "the CPU backends mount no models"
+
+
+def test_presigned_urls_name_the_published_store_port() -> None:
+    coordinator = lambda environ: interpolate(load_compose("compose.yaml"), {**SECRETS, **environ})[
+        "services"
+    ]["coordinator"]["environment"]["TIRE_S3_PUBLIC_ENDPOINT"]
+    assert coordinator({}) == "localhost:9000"
+    assert coordinator({"MINIO_HOST_PORT": "19000"}) == "localhost:19000"
+    assert coordinator({"TIRE_S3_PUBLIC_ENDPOINT": "gpu-host.example:9000"}) == "gpu-host.example:9000"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_services_run_read_only_and_start_in_order_of_readiness(layout: str) -> None:
+    services = LAYOUTS[layout]["services"]
+    for name in SERVICES:
+        service = services[name]
+        assert service["read_only"] is True and service["tmpfs"] == ["/tmp"], name
+        check = service["healthcheck"]["test"]
+        assert check[:4] == ["CMD", "python", "-m", "services.common.healthcheck"], name
+        port = DOCKERFILES[name].env({"VARIANT": layout})[f"TIRE_{name.upper()}_PORT"]
+        assert check[4] == f"localhost:{port}", name
+    # The coordinator starts once every stage is warm (healthy), so the first job runs at full speed.
+    depends = services["coordinator"]["depends_on"]
+    assert {stage: depends[stage]["condition"] for stage in STAGES} == dict.fromkeys(
+        STAGES, "service_healthy"
+    )
 
 
 def test_no_literal_secrets_and_every_variable_documented() -> None:

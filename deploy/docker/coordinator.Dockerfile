@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The coordinator service (CPU only). Build from the repository root:
 #   docker build -f deploy/docker/coordinator.Dockerfile -t tire-coordinator .
 # The job state (SQLite) lives under /var/lib/tire: mount a persistent volume there.

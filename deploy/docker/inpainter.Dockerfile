@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The inpainter service. Build from the repository root (deploy/README.md explains the choices):
 #   GPU, backend sd-lora:
 #     docker build -f deploy/docker/inpainter.Dockerfile -t tire-inpainter .

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The reconstructor service. Build from the repository root (deploy/README.md explains the choices):
 #   GPU, backend gsplat-optimize:
 #     docker build -f deploy/docker/reconstructor.Dockerfile -t tire-reconstructor .

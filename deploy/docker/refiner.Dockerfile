@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The refiner service. Build from the repository root (deploy/README.md explains the choices):
 #   GPU, backend mv-diffusion:
 #     docker build -f deploy/docker/refiner.Dockerfile -t tire-refiner .

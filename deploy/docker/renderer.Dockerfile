@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The renderer service. Build from the repository root (deploy/README.md explains the choices):
 #   GPU, backend gsplat:
 #     docker build -f deploy/docker/renderer.Dockerfile -t tire-renderer .

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The tracker service. Build from the repository root (deploy/README.md explains the choices):
 #   GPU, backend cotracker:
 #     docker build -f deploy/docker/tracker.Dockerfile -t tire-tracker .

@@ -129,6 +129,19 @@ def test_health_is_not_serving_until_ready(server: RunningServer, channel: grpc.
     assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_the_container_healthcheck_passes_only_while_serving(server: RunningServer) -> None:
+    # As compose runs it: a process of its own, exit status 0 (healthy) or 1.
+    def healthcheck() -> int:
+        command = [sys.executable, "-m", "services.common.healthcheck", f"127.0.0.1:{server.port}"]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, timeout=60).returncode
+
+    assert healthcheck() == 1  # warming up
+    server.set_serving()
+    assert healthcheck() == 0
+    server.stop(0)
+    assert healthcheck() == 1  # gone
+
+
 def test_reflection_lists_services(channel: grpc.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
