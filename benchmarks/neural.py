@@ -39,7 +39,8 @@ from services.inpainter.backends import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
 from services.refiner.mv_denoiser import save_mv_refiner
 from services.refiner.mv_diffusion import MvDiffusionBackend
-from services.tracker.backends import LocateOptions, make_backend
+from services.tracker.backends import make_backend
+from services.tracker.contract import LocateOptions
 
 MONKEY = Path(__file__).parents[1] / "samples" / "monkey_lgm.ply"
 GOAL_S = 90.0

@@ -37,8 +37,8 @@ from services.inpainter.backends import make_backend as make_inpainter
 from services.reconstructor.backends import SolveOptions
 from services.reconstructor.backends import make_backend as make_reconstructor
 from services.refiner.backends import make_backend as make_refiner
-from services.tracker.backends import LocateOptions
 from services.tracker.backends import make_backend as make_tracker
+from services.tracker.contract import LocateOptions
 
 MONKEY = Path(__file__).parents[1] / "samples" / "monkey_lgm.ply"
 VIEWS = 14

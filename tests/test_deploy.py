@@ -24,7 +24,7 @@ from services.inpainter.backends import BACKENDS as INPAINTER_BACKENDS
 from services.reconstructor.backends import BACKENDS as RECONSTRUCTOR_BACKENDS
 from services.refiner.backends import BACKENDS as REFINER_BACKENDS
 from services.renderer.backends import BACKENDS as RENDERER_BACKENDS
-from services.tracker.backends import BACKENDS as TRACKER_BACKENDS
+from services.tracker.contract import BACKENDS as TRACKER_BACKENDS
 from services.tracker.cotracker import INSTALL_COMMAND as COTRACKER_INSTALL_COMMAND
 
 ROOT = Path(__file__).resolve().parents[1]

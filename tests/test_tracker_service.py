@@ -9,7 +9,8 @@ from tire.v1 import common_pb2, tracker_pb2, tracker_pb2_grpc
 from services.common.clients import dial
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import write_views
-from services.tracker.backends import GeometricBackend, LocateOptions
+from services.tracker.backends import GeometricBackend
+from services.tracker.contract import LocateOptions
 from services.tracker.tests.scenes import orbit_views, sphere_gaussians
 
 

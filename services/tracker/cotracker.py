@@ -44,7 +44,7 @@ from services.common.cameras import Cameras
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.models import describe_device, torch_device
 from services.common.views import Views
-from services.tracker.backends import (
+from services.tracker.contract import (
     Footprint,
     Located,
     LocateOptions,

@@ -33,7 +33,8 @@ from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, read_views
-from services.tracker.backends import BACKENDS, LocateOptions, TrackerBackend, make_backend
+from services.tracker.backends import make_backend
+from services.tracker.contract import BACKENDS, LocateOptions, TrackerBackend
 
 SERVICE_NAME = "tire.v1.TrackerService"
 MAX_MIN_REGION_PIXELS = 4096

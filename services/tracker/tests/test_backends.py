@@ -7,17 +7,8 @@ import pytest
 from services.common.cameras import orbit_cameras, project_points
 from services.common.config import ConfigError
 from services.common.views import Views
-from services.tracker.backends import (
-    Footprint,
-    GeometricBackend,
-    Located,
-    LocateOptions,
-    footprint,
-    make_backend,
-    project,
-    sample_depth,
-    unproject,
-)
+from services.tracker.backends import GeometricBackend, make_backend, project, unproject
+from services.tracker.contract import Footprint, Located, LocateOptions, footprint, sample_depth
 from services.tracker.tests.scenes import (
     merge,
     orbit_views,

@@ -18,7 +18,8 @@ from services.common.config import ConfigError, from_env  # noqa: E402
 from services.common.errors import FailedPrecondition, InvalidArgument  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
 from services.common.synthetic import textured_blob  # noqa: E402
-from services.tracker.backends import GeometricBackend, LocateOptions, make_backend  # noqa: E402
+from services.tracker.backends import GeometricBackend, make_backend  # noqa: E402
+from services.tracker.contract import LocateOptions  # noqa: E402
 from services.tracker.cotracker import (  # noqa: E402
     CHECKPOINT_SETTING,
     INSTALL_COMMAND,

@@ -9,7 +9,8 @@ from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExha
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, write_views
-from services.tracker.backends import GeometricBackend, LocateOptions
+from services.tracker.backends import GeometricBackend
+from services.tracker.contract import LocateOptions
 from services.tracker.server import TrackerServicer, TrackerSettings, build_servicer, warm_up
 from services.tracker.tests.scenes import orbit_views, sphere_gaussians
 
