@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What every service's gRPC server needs (read with prefix ``TIRE_<SERVICE>_SERVER_``).
+    """What every service's gRPC server needs, read with the service's own prefix ``TIRE_<SERVICE>_``
+    (``TIRE_RENDERER_PORT``, ``TIRE_RENDERER_GRACE_S``).
 
     Attributes:
         port: gRPC port; 0 binds any free port.
