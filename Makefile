@@ -17,7 +17,7 @@ RENDERED := out/helm
 KUBERNETES_VERSION := 1.33.0
 STUBS := protos/python
 
-.PHONY: install protos check-protos lint helm-check test bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
+.PHONY: install protos check-protos lint helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -75,6 +75,10 @@ helm-check: $(INSTALLED) $(HELM)
 ## test: helm-check, then the whole test suite (no GPU, no network)
 test: $(INSTALLED) helm-check
 	$(VENV)/bin/pytest
+
+## test-fast: the suite without the chart check and the tests that start the local stack's processes
+test-fast: $(INSTALLED)
+	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)
 bench: $(INSTALLED)

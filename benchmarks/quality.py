@@ -90,7 +90,7 @@ from samples.make_samples import BLOB_DIR, SAMPLES, blob_frames, front_reference
 from services.common.errors import TireError
 from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.store import MemoryStore
-from services.common.synthetic import OBJECTS, corrupt_unseen, textured_blob
+from services.common.synthetic import OBJECTS, SHARED_ASSETS, corrupt_unseen, textured_blob
 from services.common.tensors import png_bytes, read_png
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
@@ -99,7 +99,6 @@ from services.coordinator.spec import MAX_RESOLUTION, MIN_RESOLUTION, resolve_sp
 from services.embedded import PROFILES, embedded_stages
 
 PROFILE = "cpu"
-ASSETS = Path("/work/shared/data/assets")
 CONTROLS = {
     "hamburger": "hamburger_lgm.ply",
     "monkey": "monkey_lgm.ply",
@@ -647,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", action="store_true", help="also adaptive and source-only rings")
     parser.add_argument("--resolution", type=int, default=256, help="job and metric view size, pixels")
     parser.add_argument("--gaussians", type=int, default=12_000, help="Gaussians per object")
-    parser.add_argument("--assets", type=Path, default=ASSETS, help="folder of the control .ply files")
+    parser.add_argument("--assets", type=Path, default=SHARED_ASSETS, help="folder of the control .ply files")
     parser.add_argument("--out", type=Path, default=Path("out/bench/quality"), help="pictures go here")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 64x64, 3000 Gaussians, blob and head"

@@ -6,15 +6,25 @@
   output" whose back and sides drifted, as LGM's do.
 - ``banded_body``, ``zebra``, ``spotted``, ``head``: more ground truths, each in parts of distinct
   colours (``OBJECTS`` names all five), on the same surface of flat opaque discs as the blob.
+- ``SHARED_ASSETS``: where the real generator outputs (hamburger, monkey, donut, fruit_drops) are, for
+  the tests and benchmarks that use them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import numpy as np
 
 from services.common.gaussians import SH_C0, Gaussians, recolour
+
+SHARED_ASSETS = (
+    Path(os.environ.get("TIRE_SHARED_DATA", Path(__file__).parents[3] / "shared" / "data")) / "assets"
+)
+"""The real generator outputs: ``$TIRE_SHARED_DATA/assets``, by default ``../shared/data/assets`` beside
+the repository. Absent on most machines: their tests skip."""
 
 
 def random_gaussians(

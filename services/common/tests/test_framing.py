@@ -11,13 +11,14 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.framing import FILL, fit_framing, view_coverage, visible_points, weighted_quantile
 from services.common.gaussians import Gaussians, read_ply
 from services.common.rasterizer import rasterize
-from services.common.synthetic import textured_blob
+from services.common.synthetic import SHARED_ASSETS, textured_blob
 
 ROOT = Path(__file__).parents[3]
-ASSETS = Path("/work/shared/data/assets")  # the real assets of issue 11; absent elsewhere
 SIDE = 64
 AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
-needs_assets = pytest.mark.skipif(not ASSETS.is_dir(), reason="the shared real assets are not here")
+needs_assets = pytest.mark.skipif(
+    not SHARED_ASSETS.is_dir(), reason=f"the real assets are not in {SHARED_ASSETS} (set TIRE_SHARED_DATA)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,7 @@ def test_weighted_quantile():
 
 
 def real(name: str) -> Gaussians:
-    path = ROOT / "samples" / name if (ROOT / "samples" / name).exists() else ASSETS / name
+    path = ROOT / "samples" / name if (ROOT / "samples" / name).exists() else SHARED_ASSETS / name
     return read_ply(path.read_bytes())
 
 

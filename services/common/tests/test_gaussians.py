@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import pytest
 
 from services.common.errors import AssetError, NotFound
 from services.common.gaussians import Gaussians, frames_correspond, read_ply, read_ply_sequence, write_ply
-from services.common.synthetic import random_gaussians
+from services.common.synthetic import SHARED_ASSETS, random_gaussians
 
 REPO = Path(__file__).resolve().parents[3]
-ASSETS = Path(os.environ.get("TIRE_SHARED_DATA", REPO.parent / "shared" / "data")) / "assets"
 
 LGM = ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"]
 LGM += ["scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -73,7 +71,7 @@ def assert_owned(g: Gaussians) -> None:
 
 
 def asset(name: str) -> Path:
-    path = ASSETS / name
+    path = SHARED_ASSETS / name
     if not path.is_file():
         pytest.skip(f"shared asset {path} is missing (set TIRE_SHARED_DATA to the shared data folder)")
     return path
