@@ -34,8 +34,8 @@ from services.common.synthetic import random_gaussians
 from services.common.views import Views
 from services.inpainter.backends import FitConfig
 from services.inpainter.backends import make_backend as make_inpainter
-from services.reconstructor.backends import SolveOptions
 from services.reconstructor.backends import make_backend as make_reconstructor
+from services.reconstructor.contract import SolveOptions
 from services.refiner.backends import make_backend as make_refiner
 from services.tracker.backends import make_backend as make_tracker
 from services.tracker.contract import LocateOptions

@@ -14,7 +14,8 @@ from services.common.gaussians import read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
 from services.common.synthetic import random_gaussians
 from services.common.views import Views, write_views
-from services.reconstructor.backends import ColourSolveBackend, SolveOptions
+from services.reconstructor.backends import ColourSolveBackend
+from services.reconstructor.contract import SolveOptions
 
 GEOMETRY = ("means", "log_scales", "quats", "opacity_logits")
 

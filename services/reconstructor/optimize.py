@@ -79,7 +79,7 @@ from services.common.config import ConfigError
 from services.common.errors import Unimplemented
 from services.common.gaussians import Gaussians
 from services.common.views import Views, estimate_background
-from services.reconstructor.backends import (
+from services.reconstructor.contract import (
     Reconstruction,
     SolveOptions,
     check_locked_views,

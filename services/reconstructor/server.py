@@ -42,7 +42,8 @@ from services.common.errors import InvalidArgument
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.views import read_views
-from services.reconstructor.backends import BACKENDS, ReconstructBackend, SolveOptions, make_backend
+from services.reconstructor.backends import make_backend
+from services.reconstructor.contract import BACKENDS, ReconstructBackend, SolveOptions
 
 SERVICE_NAME = "tire.v1.ReconstructorService"
 MAX_ITERATIONS = 10_000

@@ -14,20 +14,22 @@ from services.common.synthetic import random_gaussians, textured_blob
 from services.common.views import Views
 from services.reconstructor import _kernels
 from services.reconstructor.backends import (
-    LOCK_WEIGHT,
     ColourSolveBackend,
-    SolveOptions,
     back_projection,
     base_colours,
-    check_locked_views,
     evaluate_sh,
-    locked_gaussians,
     make_backend,
     pixel_model,
-    rms_error,
     sh_basis,
     solve_colours,
     view_dependent_colours,
+)
+from services.reconstructor.contract import (
+    LOCK_WEIGHT,
+    SolveOptions,
+    check_locked_views,
+    locked_gaussians,
+    rms_error,
 )
 
 GEOMETRY = ("means", "log_scales", "quats", "opacity_logits")

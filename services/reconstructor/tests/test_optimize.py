@@ -14,7 +14,8 @@ from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
 from services.common.synthetic import random_gaussians
 from services.common.views import Views
-from services.reconstructor.backends import SolveOptions, locked_gaussians, make_backend, rms_error
+from services.reconstructor.backends import make_backend
+from services.reconstructor.contract import SolveOptions, locked_gaussians, rms_error
 from services.reconstructor.optimize import (
     GsplatOptimizeBackend,
     photometric_loss,

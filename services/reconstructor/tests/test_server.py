@@ -12,7 +12,8 @@ from services.common.rasterizer import rasterize
 from services.common.store import MemoryStore
 from services.common.synthetic import random_gaussians
 from services.common.views import Views, write_views
-from services.reconstructor.backends import ColourSolveBackend, SolveOptions, locked_gaussians
+from services.reconstructor.backends import ColourSolveBackend
+from services.reconstructor.contract import SolveOptions, locked_gaussians
 from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
 
 AZIMUTHS = (0, 60, 120, 180, 240, 300)
