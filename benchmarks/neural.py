@@ -35,7 +35,7 @@ from services.common.gaussians import read_ply
 from services.common.random_models import save_sd_inpainting
 from services.common.rasterizer import rasterize
 from services.common.views import Views
-from services.inpainter.backends import FitConfig
+from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
 from services.refiner.mv_denoiser import save_mv_refiner
 from services.refiner.mv_diffusion import MvDiffusionBackend

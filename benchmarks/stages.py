@@ -32,8 +32,8 @@ from services.common.gaussians import Gaussians, read_ply, recolour
 from services.common.rasterizer import rasterize
 from services.common.synthetic import random_gaussians
 from services.common.views import Views
-from services.inpainter.backends import FitConfig
 from services.inpainter.backends import make_backend as make_inpainter
+from services.inpainter.contract import FitConfig
 from services.reconstructor.backends import make_backend as make_reconstructor
 from services.reconstructor.contract import SolveOptions
 from services.refiner.backends import make_backend as make_refiner

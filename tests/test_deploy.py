@@ -20,7 +20,7 @@ import yaml
 
 from services.coordinator.stages import STAGES
 from services.embedded import PROFILES
-from services.inpainter.backends import BACKENDS as INPAINTER_BACKENDS
+from services.inpainter.contract import BACKENDS as INPAINTER_BACKENDS
 from services.reconstructor.contract import BACKENDS as RECONSTRUCTOR_BACKENDS
 from services.refiner.backends import BACKENDS as REFINER_BACKENDS
 from services.renderer.backends import BACKENDS as RENDERER_BACKENDS

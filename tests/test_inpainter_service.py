@@ -8,7 +8,8 @@ from tire.v1 import common_pb2, inpainter_pb2, inpainter_pb2_grpc
 
 from services.common.clients import dial
 from services.common.tensors import get_tensor, put_tensor
-from services.inpainter.backends import ColourBackend, FitConfig
+from services.inpainter.backends import ColourBackend
+from services.inpainter.contract import FitConfig
 
 SIZE = 64
 

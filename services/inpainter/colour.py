@@ -41,6 +41,7 @@ import safetensors.numpy
 from numba import njit
 
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata
+from services.inpainter.contract import InvalidSubject
 
 BACKEND = "colour"
 ARTIFACT_FORMAT = "1"
@@ -88,10 +89,6 @@ MIN_TRUSTED_PIXELS = 16
 (``palette_transfer``)."""
 
 Progress = Callable[[int, int, float], None]
-
-
-class InvalidSubject(ValueError):
-    """A subject-model artifact that cannot be read, or that another backend made."""
 
 
 # ----------------------------------------------------------------------------------------------------

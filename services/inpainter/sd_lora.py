@@ -43,7 +43,7 @@ from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
 from services.common.models import describe_device, resolve_model, torch_device, torch_dtype
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata
-from services.inpainter.backends import (
+from services.inpainter.contract import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_INFERENCE_STEPS,
     FitConfig,

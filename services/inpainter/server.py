@@ -58,14 +58,14 @@ from services.common.fit_settings import float32_decimal, resolve_fit_settings
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
-from services.inpainter.backends import (
+from services.inpainter.backends import make_backend
+from services.inpainter.contract import (
     BACKENDS,
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_INFERENCE_STEPS,
     FitConfig,
     InpaintBackend,
     InvalidSubject,
-    make_backend,
 )
 
 SERVICE_NAME = "tire.v1.InpainterService"

@@ -12,7 +12,7 @@ frames of a 4D asset stay in correspondence).
    (``estimate_background``); renders are composited over the same background.
 2. Parameters: the initial asset's stored values (log-scales, logits, raw SH). Without
    ``keep_higher_sh`` the SH bands above degree 0 are zeroed first and stay zero. The Gaussians of the
-   ``locked_views`` (``backends.locked_gaussians``: a compositing weight >= 0.05 in a pixel of one)
+   ``locked_views`` (``contract.locked_gaussians``: a compositing weight >= 0.05 in a pixel of one)
    are frozen: their gradients are masked to 0, so Adam never moves them, they keep their SH bands
    and render with them throughout, and the result holds their initial rows bit for bit.
 3. Adam, one learning rate per parameter, in 3DGS's proportions (gsplat's ``simple_trainer``), each

@@ -11,7 +11,7 @@ from services.common.cameras import Cameras, orbit_cameras, project_points
 from services.common.config import ConfigError
 from services.common.gaussians import read_ply
 from services.common.rasterizer import RenderResult, rasterize
-from services.inpainter.backends import ColourBackend, FitConfig, InvalidSubject, make_backend
+from services.inpainter.backends import ColourBackend, make_backend
 from services.inpainter.colour import (
     MISFIT_FLOOR_LAB,
     MISFIT_THRESHOLD,
@@ -35,6 +35,7 @@ from services.inpainter.colour import (
     rgb_to_lab,
     sinkhorn,
 )
+from services.inpainter.contract import FitConfig, InvalidSubject
 
 MONKEY = Path(__file__).parents[3] / "samples" / "monkey_lgm.ply"
 SIZE = 80

@@ -17,7 +17,7 @@ from services.common.random_models import save_sd_inpainting  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
 from services.common.tensors import get_tensor, put_tensor  # noqa: E402
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata  # noqa: E402
-from services.inpainter.backends import FitConfig, InvalidSubject  # noqa: E402
+from services.inpainter.contract import FitConfig, InvalidSubject  # noqa: E402
 from services.inpainter.sd_lora import SdLoraBackend  # noqa: E402
 from services.inpainter.server import InpainterSettings, build_servicer, warm_up  # noqa: E402
 

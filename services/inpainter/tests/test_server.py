@@ -12,8 +12,9 @@ from tire.v1 import common_pb2, inpainter_pb2
 from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
-from services.inpainter.backends import ColourBackend, FitConfig
+from services.inpainter.backends import ColourBackend
 from services.inpainter.colour import canonical_safetensors
+from services.inpainter.contract import FitConfig
 from services.inpainter.server import (
     InpainterServicer,
     InpainterSettings,
