@@ -219,8 +219,13 @@ def warm_up(servicer: ReconstructorServicer) -> None:
     gaussians, cameras = random_gaussians(64, sh_degree=1), orbit_cameras([0.0, 120.0, 240.0], 32, 32)
     render = rasterize(gaussians, cameras)
     rgb = np.clip(np.rint(render.rgb * 255.0), 0, 255).astype(np.uint8)
-    views = Views(rgb, render.alpha, None, cameras)
-    servicer.backend.reconstruct(views, gaussians, SolveOptions(keep_higher_sh=True, max_iterations=2))
+    # Views that differ from the asset's render, one of them locked, weighed as a job weighs them: a
+    # render of the asset itself changes nothing, so the solve (and its kernels) would never run.
+    views = Views(255 - rgb, render.alpha, None, cameras)
+    weights = np.array([10.0, 1.0, 1.0])
+    for keep_higher_sh in (True, False):
+        options = SolveOptions(keep_higher_sh=keep_higher_sh, max_iterations=2)
+        servicer.backend.reconstruct(views, gaussians, options, weights, locked_views=(0,))
 
 
 def main() -> None:

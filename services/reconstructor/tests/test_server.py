@@ -14,7 +14,7 @@ from services.common.synthetic import random_gaussians
 from services.common.views import Views, write_views
 from services.reconstructor.backends import ColourSolveBackend
 from services.reconstructor.contract import SolveOptions, locked_gaussians
-from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
+from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings, warm_up
 
 AZIMUTHS = (0, 60, 120, 180, 240, 300)
 
@@ -269,3 +269,14 @@ def test_frames_of_different_sizes_are_not_reconstructed_together(store, scene):
         InvalidArgument, match=r"`initial.frames\[1\]` must hold as many Gaussians as frame 0"
     ):
         servicer.Reconstruct(request, None)
+
+
+def test_warm_up_runs_the_solve_and_the_lock_a_job_runs(servicer):
+    # A warm-up whose views change nothing solves nothing, and leaves the kernels' compilation to the
+    # first job.
+    results = []
+    reconstruct = servicer.backend.reconstruct
+    servicer.backend.reconstruct = lambda *args, **kwargs: results.append(reconstruct(*args, **kwargs))
+    warm_up(servicer)
+    assert results and all(r.resolved > 0 and r.locked > 0 for r in results)
+    assert {r.higher_sh_kept for r in results} == {True, False}
