@@ -32,13 +32,12 @@ import torch
 from benchmarks.rasterizer import cpu_name
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import read_ply
-from services.common.random_models import save_sd_inpainting
 from services.common.rasterizer import rasterize
 from services.common.views import Views
 from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
-from services.refiner.mv_denoiser import save_mv_refiner
 from services.refiner.mv_diffusion import MvDiffusionBackend
+from services.testing.random_models import save_mv_refiner, save_sd_inpainting
 from services.tracker.backends import make_backend
 from services.tracker.contract import LocateOptions
 

@@ -6,7 +6,7 @@
 
 Method (the measures are in ``benchmarks.quality_metrics``):
 
-1. Ground truth. Five procedural objects of ``services.common.synthetic.OBJECTS`` (``textured_blob``: fur,
+1. Ground truth. Five procedural objects of ``services.testing.synthetic.OBJECTS`` (``textured_blob``: fur,
    stripes and a face; ``banded_body``: green, a yellow belt, a dark base; ``zebra``: black and white
    stripes winding all round; ``spotted``: black spots on red on every side; ``head``: a face in front,
    hair on the top, sides and back), each ``--gaussians`` flat opaque Gaussians of SH degree 0 on a
@@ -90,13 +90,13 @@ from samples.make_samples import BLOB_DIR, SAMPLES, blob_frames, front_reference
 from services.common.errors import TireError
 from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.store import MemoryStore
-from services.common.synthetic import OBJECTS, SHARED_ASSETS, corrupt_unseen, textured_blob
 from services.common.tensors import png_bytes, read_png
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import MAX_RESOLUTION, MIN_RESOLUTION, resolve_spec
 from services.embedded import PROFILES, embedded_stages
+from services.testing.synthetic import OBJECTS, SHARED_ASSETS, corrupt_unseen, textured_blob
 
 PROFILE = "cpu"
 CONTROLS = {

@@ -17,10 +17,9 @@ from pathlib import Path
 import numba
 
 from services.common.cameras import orbit_cameras
-from services.common.gaussians import Gaussians, read_ply
+from services.common.gaussians import Gaussians, random_gaussians, read_ply
 from services.common.rasterizer import rasterize
 from services.common.rasterizer.reference import rasterize_reference
-from services.common.synthetic import random_gaussians
 
 MONKEY = Path(__file__).parents[1] / "samples" / "monkey_lgm.ply"
 

@@ -17,8 +17,7 @@ import numpy as np
 
 from benchmarks.rasterizer import cpu_name, median_ms
 from services.common.cameras import orbit_cameras
-from services.common.gaussians import Gaussians, read_ply
-from services.common.synthetic import random_gaussians
+from services.common.gaussians import Gaussians, random_gaussians, read_ply
 from services.renderer.backends import cuda_available, make_backend
 
 MONKEY = Path(__file__).parents[1] / "samples" / "monkey_lgm.ply"

@@ -28,9 +28,8 @@ import numpy as np
 
 from benchmarks.rasterizer import cpu_name, median_ms
 from services.common.cameras import orbit_cameras
-from services.common.gaussians import Gaussians, read_ply, recolour
+from services.common.gaussians import Gaussians, random_gaussians, read_ply, recolour
 from services.common.rasterizer import rasterize
-from services.common.synthetic import random_gaussians
 from services.common.views import Views
 from services.inpainter.backends import make_backend as make_inpainter
 from services.inpainter.contract import FitConfig

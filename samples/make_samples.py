@@ -5,7 +5,7 @@
 Writes, deterministically (the same bytes on every run on one machine):
 - ``monkey_front.png``: the reference image of ``monkey_lgm.ply``, its front render.
 - ``blob4d/frame_00.ply`` ... ``frame_03.ply``: a 4D "generator output", LGM layout: the textured blob
-  of ``services.common.synthetic`` moving (``deform`` at t = 0, 1/3, 2/3, 1), its back and sides
+  of ``services.testing.synthetic`` moving (``deform`` at t = 0, 1/3, 2/3, 1), its back and sides
   drifted (``corrupt_unseen``, a different seed per time step, as independent generator runs differ).
 - ``blob4d/reference_00.png`` ... ``reference_03.png``: the ground truth (the blob without the drift)
   at each time step, rendered from the front.
@@ -25,8 +25,8 @@ from services.common.cameras import orbit_cameras
 from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.pictures import straight_rgba
 from services.common.rasterizer import rasterize
-from services.common.synthetic import corrupt_unseen, deform, textured_blob
 from services.common.tensors import png_bytes
+from services.testing.synthetic import corrupt_unseen, deform, textured_blob
 
 SAMPLES = Path(__file__).resolve().parent
 MONKEY = "monkey_lgm.ply"

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from services.cli import main
-from services.common.random_models import save_sd_inpainting
-from services.refiner.mv_denoiser import save_mv_refiner
+from services.testing.random_models import save_mv_refiner, save_sd_inpainting
 
 ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"

@@ -10,9 +10,8 @@ from tire.v1 import common_pb2, reconstructor_pb2, reconstructor_pb2_grpc
 from services.common.assets import store_frame
 from services.common.cameras import orbit_cameras
 from services.common.clients import dial
-from services.common.gaussians import read_ply, recolour, write_ply
+from services.common.gaussians import random_gaussians, read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
-from services.common.synthetic import random_gaussians
 from services.common.views import Views, write_views
 from services.reconstructor.backends import ColourSolveBackend
 from services.reconstructor.contract import SolveOptions

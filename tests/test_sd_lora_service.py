@@ -7,8 +7,8 @@ import pytest
 from tire.v1 import common_pb2, inpainter_pb2, inpainter_pb2_grpc
 
 from services.common.clients import dial
-from services.common.random_models import save_sd_inpainting
 from services.common.tensors import get_tensor, put_tensor
+from services.testing.random_models import save_sd_inpainting
 
 SIZE = 64
 

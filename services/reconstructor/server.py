@@ -39,6 +39,7 @@ from tire.v1 import reconstructor_pb2, reconstructor_pb2_grpc
 
 from services.common.assets import load_frame, store_frame
 from services.common.errors import InvalidArgument
+from services.common.gaussians import random_gaussians
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.views import read_views
@@ -213,7 +214,6 @@ def warm_up(servicer: ReconstructorServicer) -> None:
 
     from services.common.cameras import orbit_cameras
     from services.common.rasterizer import rasterize
-    from services.common.synthetic import random_gaussians
     from services.common.views import Views
 
     gaussians, cameras = random_gaussians(64, sh_degree=1), orbit_cameras([0.0, 120.0, 240.0], 32, 32)

@@ -10,25 +10,18 @@ It is called like MVDream's ``MultiViewUNetModel``::
 
 with the F views of each of B objects consecutive in the batch.
 
-``save_mv_refiner`` writes a complete model folder with random weights (the tokenizer, text encoder, VAE and
-DDIM scheduler of ``services.common.random_models``, and this denoiser) in the layout of the MVDream diffusers
-port: tests use "tiny" ones, GPU benchmarks "mvdream" ones (the SD2.1-base UNet of MVDream at 256 x 256).
+``services.testing.random_models.save_mv_refiner`` writes a model folder with random weights around this
+denoiser, in the layout of the MVDream diffusers port.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import torch
 from diffusers import ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from services.common import random_models
-
 CAMERA_DIM = 16  # a flattened 4 x 4 camera-to-world matrix
-SIZES = ("tiny", "mvdream")
 # What the model folder's model_index.json says the denoiser is: [module, class], as diffusers records
 # components. The loader compares unet/config.json's class name with DENOISER_CLASS.
 DENOISER_MODULE = "services.refiner.mv_denoiser"
@@ -130,43 +123,3 @@ class MultiViewDenoiser(ModelMixin, ConfigMixin):
             class_labels=camera.to(x.dtype),
             cross_attention_kwargs={"num_frames": num_frames},
         ).sample
-
-
-def save_mv_refiner(folder: str | Path, size: str = "tiny", *, seed: int = 0) -> Path:
-    """A multi-view refiner model with random weights, saved in ``folder``.
-
-    The folder has ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (DDIM) and ``unet/`` (a
-    ``MultiViewDenoiser``), and a ``model_index.json`` naming each component's library and class, as
-    the MVDream diffusers port has.
-
-    Args:
-        folder: created if missing.
-        size: "tiny" (tests: 32-wide text encoder, 2-level UNet) or "mvdream" (the SD2.1-base architecture
-            of MVDream: OpenCLIP-H text encoder, SD VAE, 320/640/1280/1280 UNet, for 256 x 256 views).
-        seed: weights are a function of it.
-
-    Returns:
-        ``folder`` as a Path.
-    """
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-    base = "sd2" if size == "mvdream" else "tiny"
-    folder = Path(folder)
-    parts = random_models.components(base, seed=seed)
-    unet_config = dict(random_models.UNET[base])
-    if size == "mvdream":
-        unet_config["sample_size"] = 32  # 256 x 256 views, 8x smaller latents
-    torch.manual_seed(seed + 1)
-    parts["unet"] = MultiViewDenoiser(unet_config)
-    for name, part in parts.items():
-        part.save_pretrained(folder / name)
-    index = {
-        "_class_name": "MultiViewRefiner",
-        "scheduler": ["diffusers", type(parts["scheduler"]).__name__],
-        "text_encoder": ["transformers", type(parts["text_encoder"]).__name__],
-        "tokenizer": ["transformers", type(parts["tokenizer"]).__name__],
-        "unet": [DENOISER_MODULE, DENOISER_CLASS],
-        "vae": ["diffusers", type(parts["vae"]).__name__],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return folder

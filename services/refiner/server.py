@@ -45,6 +45,7 @@ from tire.v1 import refiner_pb2, refiner_pb2_grpc
 from services.common.assets import load_frame
 from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
+from services.common.gaussians import random_gaussians
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
@@ -197,7 +198,6 @@ def warm_up(servicer: RefinerServicer) -> None:
     denoising step on its device, before health says SERVING."""
     from services.common.cameras import orbit_cameras
     from services.common.rasterizer import rasterize
-    from services.common.synthetic import random_gaussians
 
     backend, side, strength = servicer.backend, 32, 1.0
     if backend.name == "mv-diffusion":

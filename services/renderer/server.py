@@ -24,7 +24,7 @@ from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 from services.common.assets import load_frame
 from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
 from services.common.errors import InvalidArgument, ResourceExhausted
-from services.common.gaussians import Gaussians
+from services.common.gaussians import Gaussians, random_gaussians
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import put_tensor
@@ -117,7 +117,6 @@ def build_servicer(settings: RendererSettings, store: BlobStore) -> RendererServ
 def warm_up(servicer: RendererServicer) -> None:
     """Render one tiny scene so JIT compilation or CUDA start-up happens before health says SERVING."""
     from services.common.cameras import orbit_cameras
-    from services.common.synthetic import random_gaussians
 
     servicer.backend.render(random_gaussians(64), orbit_cameras([0.0], 32, 32), np.zeros(3, np.float32))
 

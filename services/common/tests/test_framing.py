@@ -11,7 +11,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.framing import FILL, fit_framing, view_coverage, visible_points, weighted_quantile
 from services.common.gaussians import Gaussians, read_ply
 from services.common.rasterizer import rasterize
-from services.common.synthetic import SHARED_ASSETS, textured_blob
+from services.testing.synthetic import SHARED_ASSETS, textured_blob
 
 ROOT = Path(__file__).parents[3]
 SIDE = 64

@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from services.common.errors import AssetError, NotFound
-from services.common.gaussians import Gaussians, frames_correspond, read_ply, read_ply_sequence, write_ply
-from services.common.synthetic import SHARED_ASSETS, random_gaussians
+from services.common.gaussians import (
+    Gaussians,
+    frames_correspond,
+    random_gaussians,
+    read_ply,
+    read_ply_sequence,
+    write_ply,
+)
+from services.testing.synthetic import SHARED_ASSETS
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from services.common.cameras import Cameras, orbit_cameras
-from services.common.gaussians import SH_C0, Gaussians
+from services.common.gaussians import SH_C0, Gaussians, random_gaussians
 from services.common.rasterizer import RenderResult, rasterize
 from services.common.rasterizer.reference import rasterize_reference
-from services.common.synthetic import random_gaussians
 
 ATOL = 1e-3  # rgb, alpha, depth: fast path vs reference
 WEIGHT_ATOL = 1e-4

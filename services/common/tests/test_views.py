@@ -11,11 +11,10 @@ from tire.v1 import common_pb2
 from services.common.assets import load_frame, store_frame
 from services.common.cameras import cameras_to_proto, orbit_cameras
 from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
-from services.common.gaussians import read_ply
+from services.common.gaussians import random_gaussians, read_ply
 from services.common.rasterizer import rasterize
 from services.common.server import describe
 from services.common.store import MemoryStore
-from services.common.synthetic import random_gaussians
 from services.common.tensors import put_tensor
 from services.common.views import Views, estimate_background, read_views, write_views
 

@@ -231,8 +231,8 @@ def test_an_asset_that_needs_no_repair_comes_back_unchanged(store, servicers, tm
     """Do no harm: the clean truth, with its own front view as the reference, is kept bit for bit."""
     from samples.make_samples import front_reference
     from services.common.gaussians import write_ply
-    from services.common.synthetic import textured_blob
     from services.common.tensors import png_bytes
+    from services.testing.synthetic import textured_blob
 
     truth = textured_blob(12_000, seed=3)  # 128-pixel views: at 64, its stripes blur past the subject's
     ply, png = tmp_path / "truth.ply", tmp_path / "front.png"

@@ -13,13 +13,13 @@ from tire.v1 import inpainter_pb2  # noqa: E402
 
 from services.common.config import ConfigError  # noqa: E402
 from services.common.errors import InvalidArgument  # noqa: E402
-from services.common.random_models import save_sd_inpainting  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
 from services.common.tensors import get_tensor, put_tensor  # noqa: E402
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata  # noqa: E402
 from services.inpainter.contract import FitConfig, InvalidSubject  # noqa: E402
 from services.inpainter.sd_lora import SdLoraBackend  # noqa: E402
 from services.inpainter.server import InpainterSettings, build_servicer, warm_up  # noqa: E402
+from services.testing.random_models import save_sd_inpainting  # noqa: E402
 
 SIZE = 64  # the tiny model's native resolution (UNet sample size 8 x VAE factor 8)
 # One fixed image, no augmentation: 30 steps of a tiny random-weight model lower its loss by about 10%.
@@ -176,7 +176,7 @@ def test_a_training_resolution_off_the_grid_names_the_setting(backend):
 def test_bad_models_and_settings_are_config_errors(tmp_path, model_dir):
     from diffusers import UNet2DConditionModel
 
-    from services.common.random_models import UNET
+    from services.testing.random_models import UNET
 
     folder = save_sd_inpainting(tmp_path / "text2img", "tiny")
     UNet2DConditionModel(in_channels=4, out_channels=4, **UNET["tiny"]).save_pretrained(folder / "unet")

@@ -8,9 +8,8 @@ import pytest
 
 from services.common.cameras import Cameras, orbit_cameras
 from services.common.config import ConfigError
-from services.common.gaussians import SH_C0, Gaussians, read_ply, recolour, write_ply
+from services.common.gaussians import SH_C0, Gaussians, random_gaussians, read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
-from services.common.synthetic import random_gaussians, textured_blob
 from services.common.views import Views
 from services.reconstructor import _kernels
 from services.reconstructor.backends import (
@@ -31,6 +30,7 @@ from services.reconstructor.contract import (
     locked_gaussians,
     rms_error,
 )
+from services.testing.synthetic import textured_blob
 
 GEOMETRY = ("means", "log_scales", "quats", "opacity_logits")
 WHITE = np.ones(3, dtype=np.float32)

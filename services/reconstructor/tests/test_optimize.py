@@ -10,9 +10,8 @@ import torch
 from services.common.cameras import orbit_cameras
 from services.common.config import ConfigError
 from services.common.errors import Unimplemented
-from services.common.gaussians import Gaussians, read_ply, write_ply
+from services.common.gaussians import Gaussians, random_gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
-from services.common.synthetic import random_gaussians
 from services.common.views import Views
 from services.reconstructor.backends import make_backend
 from services.reconstructor.contract import SolveOptions, locked_gaussians, rms_error

@@ -7,10 +7,9 @@ from tire.v1 import common_pb2, reconstructor_pb2
 from services.common.assets import store_frame
 from services.common.cameras import orbit_cameras
 from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
-from services.common.gaussians import read_ply, recolour, write_ply
+from services.common.gaussians import random_gaussians, read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
 from services.common.store import MemoryStore
-from services.common.synthetic import random_gaussians
 from services.common.views import Views, write_views
 from services.reconstructor.backends import ColourSolveBackend
 from services.reconstructor.contract import SolveOptions, locked_gaussians

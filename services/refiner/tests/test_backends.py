@@ -6,8 +6,7 @@ import pytest
 
 from services.common.cameras import orbit_cameras
 from services.common.config import ConfigError
-from services.common.gaussians import SH_C0
-from services.common.synthetic import random_gaussians
+from services.common.gaussians import SH_C0, random_gaussians
 from services.common.views import Views
 from services.refiner.backends import (
     ConsensusBackend,

@@ -19,7 +19,7 @@ from services.common.errors import InvalidArgument
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, write_views
-from services.refiner.mv_denoiser import MultiViewDenoiser, save_mv_refiner
+from services.refiner.mv_denoiser import MultiViewDenoiser
 from services.refiner.mv_diffusion import (
     MvDiffusionBackend,
     encode_latents,
@@ -30,6 +30,7 @@ from services.refiner.mv_diffusion import (
 )
 from services.refiner.server import RefinerSettings, build_servicer, warm_up
 from services.refiner.tests.scenes import card, orbit_views
+from services.testing.random_models import save_mv_refiner
 
 SIZE, STEPS, SEED = 32, 10, 1
 LOAD = dict(device="cpu", resolution=0, num_inference_steps=STEPS)  # tiny model, views at their own size

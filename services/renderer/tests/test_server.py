@@ -9,9 +9,8 @@ from tire.v1 import common_pb2, renderer_pb2
 
 from services.common.cameras import cameras_from_proto, cameras_to_proto, orbit_cameras
 from services.common.errors import IntegrityError, InvalidArgument, ObjectNotFound, ResourceExhausted
-from services.common.gaussians import read_ply, write_ply
+from services.common.gaussians import random_gaussians, read_ply, write_ply
 from services.common.store import MemoryStore
-from services.common.synthetic import random_gaussians
 from services.common.tensors import get_tensor
 from services.renderer.backends import CpuBackend
 from services.renderer.server import RendererServicer, RendererSettings

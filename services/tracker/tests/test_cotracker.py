@@ -17,7 +17,7 @@ from services.common.cameras import orbit_cameras  # noqa: E402
 from services.common.config import ConfigError, from_env  # noqa: E402
 from services.common.errors import FailedPrecondition, InvalidArgument  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
-from services.common.synthetic import textured_blob  # noqa: E402
+from services.testing.synthetic import textured_blob  # noqa: E402
 from services.tracker.backends import GeometricBackend, make_backend  # noqa: E402
 from services.tracker.contract import LocateOptions  # noqa: E402
 from services.tracker.cotracker import (  # noqa: E402

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 SIZES = ("tiny", "sd2")
+MV_SIZES = ("tiny", "mvdream")  # save_mv_refiner's: "mvdream" is the SD2.1-base UNet of MVDream
 
 # Text encoder, VAE and UNet configurations per size. "sd2" follows stabilityai/stable-diffusion-2 and its
 # inpainting variant: the OpenCLIP ViT-H text tower (1024 wide, 23 layers), the SD VAE, and the SD2 UNet
@@ -167,3 +168,47 @@ def save_sd_inpainting(folder: str | Path, size: str = "tiny", *, seed: int = 0)
     )
     pipeline.save_pretrained(folder)
     return Path(folder)
+
+
+def save_mv_refiner(folder: str | Path, size: str = "tiny", *, seed: int = 0) -> Path:
+    """A multi-view refiner model with random weights, saved in ``folder``.
+
+    The folder has ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` (DDIM) and ``unet/`` (a
+    ``MultiViewDenoiser``), and a ``model_index.json`` naming each component's library and class, as
+    the MVDream diffusers port has.
+
+    Args:
+        folder: created if missing.
+        size: "tiny" (tests: 32-wide text encoder, 2-level UNet) or "mvdream" (the SD2.1-base architecture
+            of MVDream: OpenCLIP-H text encoder, SD VAE, 320/640/1280/1280 UNet, for 256 x 256 views).
+        seed: weights are a function of it.
+
+    Returns:
+        ``folder`` as a Path.
+    """
+    import torch
+
+    from services.refiner.mv_denoiser import DENOISER_CLASS, DENOISER_MODULE, MultiViewDenoiser
+
+    if size not in MV_SIZES:
+        raise ValueError(f"size must be one of {', '.join(MV_SIZES)}, got {size!r}")
+    base = "sd2" if size == "mvdream" else "tiny"
+    folder = Path(folder)
+    parts = components(base, seed=seed)
+    unet_config = dict(UNET[base])
+    if size == "mvdream":
+        unet_config["sample_size"] = 32  # 256 x 256 views, 8x smaller latents
+    torch.manual_seed(seed + 1)
+    parts["unet"] = MultiViewDenoiser(unet_config)
+    for name, part in parts.items():
+        part.save_pretrained(folder / name)
+    index = {
+        "_class_name": "MultiViewRefiner",
+        "scheduler": ["diffusers", type(parts["scheduler"]).__name__],
+        "text_encoder": ["transformers", type(parts["text_encoder"]).__name__],
+        "tokenizer": ["transformers", type(parts["tokenizer"]).__name__],
+        "unet": [DENOISER_MODULE, DENOISER_CLASS],
+        "vae": ["diffusers", type(parts["vae"]).__name__],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return folder

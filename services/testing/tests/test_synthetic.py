@@ -6,7 +6,7 @@ import pytest
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
-from services.common.synthetic import (
+from services.testing.synthetic import (
     _BLACK,
     _CHARCOAL,
     _GREEN,

@@ -1,0 +1,6 @@
+"""Code for tests, samples and benchmarks only: no service imports it, and no image ships it.
+
+- ``synthetic``: Gaussian objects with a known ground truth, and their drifted "generator outputs".
+- ``random_models``: Stable Diffusion and MVDream model folders with random weights, in the real
+  architectures, built offline.
+"""
