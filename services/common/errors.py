@@ -10,7 +10,9 @@
     ├── ResourceExhausted          a limit or a queue is full      RESOURCE_EXHAUSTED
     │   └── ObjectTooLarge         an object is over its size cap  RESOURCE_EXHAUSTED
     ├── IntegrityError             bytes do not match their sha256 DATA_LOSS
-    └── StoreUnavailable           the store cannot be reached     UNAVAILABLE
+    ├── StoreUnavailable           the store cannot be reached     UNAVAILABLE
+    ├── JobCancelled               CancelJob stopped a job         CANCELLED
+    └── StepFailed                 a job's step failed for good    the stage's code
 
 Lower-level exceptions (minio, OSError, numpy) are converted to the most specific class here with
 ``raise ... from exc``, so a servicer only ever sees this tree. ``grpc_code`` is read by the server
@@ -91,6 +93,24 @@ class StoreUnavailable(TireError):
     """The object store could not be reached; retrying may help."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class JobCancelled(TireError):
+    """CancelJob was called: the job stops before its next step."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
+class StepFailed(TireError):
+    """A job's step failed for good (retries spent, or an error no retry helps).
+
+    ``str(err)`` names the step, the stage's status and its reason: "ring1/inpaint/45: INVALID_ARGUMENT:
+    ...". ``grpc_code`` is the stage's status (UNKNOWN when the step failed without one).
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.grpc_code = code or grpc.StatusCode.UNKNOWN
 
 
 def _quote(value: Any, limit: int = 160) -> str:

@@ -5,6 +5,9 @@ A ``Stages`` holds one stub per stage. In production each is a generated gRPC st
 around the stage's own servicer (built by ``services.embedded``). Either way the pipeline calls
 ``stages.renderer.Render(request, timeout=...)``: one code path.
 
+``stage_method`` finds the stage and method that take a request message: the pipeline sends a request
+and records the response without naming either.
+
 ``call_with_retry`` retries a stage call on UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff
 (a stage restarting, a replica going away); stage calls are idempotent (same inputs, same
 content-addressed outputs), so a retry cannot duplicate work.
@@ -16,14 +19,22 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import Message
 from tire.v1 import (
+    inpainter_pb2,
     inpainter_pb2_grpc,
+    reconstructor_pb2,
     reconstructor_pb2_grpc,
+    refiner_pb2,
     refiner_pb2_grpc,
+    renderer_pb2,
     renderer_pb2_grpc,
+    tracker_pb2,
     tracker_pb2_grpc,
 )
 
@@ -33,6 +44,13 @@ from services.common.errors import TireError
 log = logging.getLogger(__name__)
 
 STAGES = ("renderer", "tracker", "inpainter", "refiner", "reconstructor")
+_PROTOS = {  # each stage's service definition: its messages, and its generated stub
+    "renderer": (renderer_pb2, renderer_pb2_grpc.RendererServiceStub),
+    "tracker": (tracker_pb2, tracker_pb2_grpc.TrackerServiceStub),
+    "inpainter": (inpainter_pb2, inpainter_pb2_grpc.InpainterServiceStub),
+    "refiner": (refiner_pb2, refiner_pb2_grpc.RefinerServiceStub),
+    "reconstructor": (reconstructor_pb2, reconstructor_pb2_grpc.ReconstructorServiceStub),
+}
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 R = TypeVar("R")
 
@@ -70,19 +88,44 @@ class InProcessStub:
 def dial_stages(targets: Mapping[str, str], *, max_message_bytes: int = 16 * 2**20) -> Stages:
     """gRPC stubs for every stage; ``targets`` maps each name in ``STAGES`` to ``host:port`` or
     ``dns:///name:port`` (round-robin over every address, for a scaled inpainter)."""
-    stubs = {
-        "renderer": renderer_pb2_grpc.RendererServiceStub,
-        "tracker": tracker_pb2_grpc.TrackerServiceStub,
-        "inpainter": inpainter_pb2_grpc.InpainterServiceStub,
-        "refiner": refiner_pb2_grpc.RefinerServiceStub,
-        "reconstructor": reconstructor_pb2_grpc.ReconstructorServiceStub,
-    }
     return Stages(
         **{
             name: stub(dial(targets[name], max_message_bytes=max_message_bytes))
-            for name, stub in stubs.items()
+            for name, (_, stub) in _PROTOS.items()
         }
     )
+
+
+@dataclass(frozen=True)
+class StageMethod:
+    """The RPC that takes a request type: ``getattr(getattr(stages, stage), name)(request)``."""
+
+    stage: str  # a field of ``Stages``
+    name: str  # the method, for example "Render"
+    response_type: type[Message]
+    streaming: bool  # the response is a stream
+
+
+def stage_method(request: Message) -> StageMethod:
+    """The stage method whose request type is ``request``'s (every request type has one)."""
+    return _methods()[request.DESCRIPTOR.full_name]
+
+
+@cache
+def _methods() -> dict[str, StageMethod]:
+    methods = {}
+    for stage, (module, _) in _PROTOS.items():
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                if method.input_type.full_name == "tire.v1.DescribeRequest":
+                    continue  # every service answers Describe: it is asked of a stage by name
+                methods[method.input_type.full_name] = StageMethod(
+                    stage,
+                    method.name,
+                    message_factory.GetMessageClass(method.output_type),
+                    method.server_streaming,
+                )
+    return methods
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.gaussians import Gaussians, write_ply
 from services.common.store import MemoryStore
 from services.coordinator.jobstore import JobStore
-from services.coordinator.pipeline import JobRunner, _Run
+from services.coordinator.pipeline import JobRunner
 from services.coordinator.server import CoordinatorServicer, CoordinatorSettings, JobQueue
 from services.coordinator.stages import RetryPolicy
+from services.coordinator.steps import StepLog
 from services.embedded import embedded_stages
 
 ROOT = Path(__file__).parents[3]
@@ -125,7 +126,9 @@ def test_a_forced_card_runs_with_a_warning_event_and_report_entry(servicer, stor
 def test_warnings_are_sent_once_though_a_resumed_job_starts_again(servicer, store):
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store, force=True)), None).job
     for _ in range(2):  # the first run, then a resume after a crash
-        _Run(servicer.queue.runner, servicer.jobs.get(job.id))._warn()
+        StepLog(servicer.jobs, job.id, four_d=False, steps_total=1, rings_total=0).warn_once(
+            job.spec.framing.warnings
+        )
     events = servicer.jobs.events(job.id)
     assert [event.warning.message for event in events] == list(job.spec.framing.warnings)
 
