@@ -184,6 +184,16 @@ def test_image_runs_its_service_as_non_root(service: str, build_args: dict[str, 
     assert env["HOME"] == "/tmp" and env["NUMBA_CACHE_DIR"].startswith("/tmp/")
 
 
+@pytest.mark.parametrize(("service", "build_args"), IMAGES, ids=IMAGE_IDS)
+def test_image_keeps_only_its_own_console_script(service: str, build_args: dict[str, str]) -> None:
+    # The package declares every console script; the others would fail with ModuleNotFoundError here.
+    runs = DOCKERFILES[service].instructions(build_args, "RUN")
+    deletions = [run for run in runs if "-delete" in run and "sysconfig.get_path" in run]
+    assert len(deletions) == 1, f"{service}.Dockerfile does not delete the other services' console scripts"
+    assert f"-name 'tire*' ! -name 'tire-{service}' -delete" in deletions[0]
+    assert f"tire-{service}" in PYPROJECT["project"]["scripts"]
+
+
 @pytest.mark.parametrize("service", SERVICES)
 def test_image_copies_only_its_own_service(service: str) -> None:
     dockerfile = DOCKERFILES[service]

@@ -18,6 +18,10 @@ COPY services/coordinator services/coordinator
 RUN pip install --no-cache-dir -c constraints.txt . && rm -rf build *.egg-info \
     && mkdir -p /var/lib/tire && chown 65532:65532 /var/lib/tire
 
+# The package declares every service's console script; this image has one service's code.
+RUN find "$(python -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+        -name 'tire*' ! -name 'tire-coordinator' -delete
+
 ENV HOME=/tmp \
     NUMBA_CACHE_DIR=/tmp/numba \
     TIRE_COORDINATOR_STATE_PATH=/var/lib/tire/coordinator.sqlite \

@@ -33,6 +33,9 @@ ENV TIRE_REFINER_BACKEND=mv-diffusion \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM runtime-${VARIANT}
+# The package declares every service's console script; this image has one service's code.
+RUN find "$(python -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+        -name 'tire*' ! -name 'tire-refiner' -delete
 # The root filesystem is read-only in the cluster: caches (numba's compiled kernels, Hugging Face's
 # modules) go to /tmp.
 ENV HOME=/tmp \

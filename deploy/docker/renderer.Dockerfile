@@ -55,6 +55,9 @@ ENV TIRE_RENDERER_BACKEND=gsplat \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM runtime-${VARIANT}
+# The package declares every service's console script; this image has one service's code.
+RUN find "$(python -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+        -name 'tire*' ! -name 'tire-renderer' -delete
 # The root filesystem is read-only in the cluster: caches (numba's compiled kernels) go to /tmp.
 ENV HOME=/tmp \
     NUMBA_CACHE_DIR=/tmp/numba \

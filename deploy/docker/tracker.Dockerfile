@@ -45,6 +45,9 @@ ENV TIRE_TRACKER_BACKEND=cotracker \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM runtime-${VARIANT}
+# The package declares every service's console script; this image has one service's code.
+RUN find "$(python -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
+        -name 'tire*' ! -name 'tire-tracker' -delete
 # The root filesystem is read-only in the cluster: anything cached goes to /tmp.
 ENV HOME=/tmp \
     NUMBA_CACHE_DIR=/tmp/numba \
