@@ -25,32 +25,15 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
-from tire.v1 import (
-    inpainter_pb2,
-    inpainter_pb2_grpc,
-    reconstructor_pb2,
-    reconstructor_pb2_grpc,
-    refiner_pb2,
-    refiner_pb2_grpc,
-    renderer_pb2,
-    renderer_pb2_grpc,
-    tracker_pb2,
-    tracker_pb2_grpc,
-)
 
 from services.common.clients import dial
 from services.common.errors import TireError
+from services.common.registry import STAGE_NAMES
+from services.common.registry import STAGES as REGISTRY
 
 log = logging.getLogger(__name__)
 
-STAGES = ("renderer", "tracker", "inpainter", "refiner", "reconstructor")
-_PROTOS = {  # each stage's service definition: its messages, and its generated stub
-    "renderer": (renderer_pb2, renderer_pb2_grpc.RendererServiceStub),
-    "tracker": (tracker_pb2, tracker_pb2_grpc.TrackerServiceStub),
-    "inpainter": (inpainter_pb2, inpainter_pb2_grpc.InpainterServiceStub),
-    "refiner": (refiner_pb2, refiner_pb2_grpc.RefinerServiceStub),
-    "reconstructor": (reconstructor_pb2, reconstructor_pb2_grpc.ReconstructorServiceStub),
-}
+STAGES = STAGE_NAMES
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 R = TypeVar("R")
 
@@ -90,8 +73,8 @@ def dial_stages(targets: Mapping[str, str], *, max_message_bytes: int = 16 * 2**
     ``dns:///name:port`` (round-robin over every address, for a scaled inpainter)."""
     return Stages(
         **{
-            name: stub(dial(targets[name], max_message_bytes=max_message_bytes))
-            for name, (_, stub) in _PROTOS.items()
+            stage.name: stage.stub(dial(targets[stage.name], max_message_bytes=max_message_bytes))
+            for stage in REGISTRY
         }
     )
 
@@ -114,13 +97,13 @@ def stage_method(request: Message) -> StageMethod:
 @cache
 def _methods() -> dict[str, StageMethod]:
     methods = {}
-    for stage, (module, _) in _PROTOS.items():
-        for service in module.DESCRIPTOR.services_by_name.values():
+    for stage in REGISTRY:
+        for service in stage.messages.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if method.input_type.full_name == "tire.v1.DescribeRequest":
                     continue  # every service answers Describe: it is asked of a stage by name
                 methods[method.input_type.full_name] = StageMethod(
-                    stage,
+                    stage.name,
                     method.name,
                     message_factory.GetMessageClass(method.output_type),
                     method.server_streaming,
