@@ -55,6 +55,31 @@ class Views:
         return Views(pick(self.rgb), pick(self.alpha), pick(self.depth), self.cameras[index])
 
 
+def check_view_limits(
+    field: str, views: int, height: int, width: int, *, max_views: int, max_pixels: int, what: str = "views"
+) -> None:
+    """Refuse a request of more than ``max_views`` views or ``max_pixels`` pixels (views x height x
+    width) before anything is read or computed.
+
+    Args:
+        field: the request field that holds or asks for the views, for the message.
+        views, height, width: the request's V, H and W.
+        max_views, max_pixels: this service's limits.
+        what: what the views are called in the message ("views", "reference images").
+
+    Raises:
+        ResourceExhausted: over a limit; the message names the field, the count and the limit.
+    """
+    if views > max_views:
+        raise ResourceExhausted(f"`{field}` holds {views} {what}, over this service's limit of {max_views}.")
+    pixels = views * height * width
+    if pixels > max_pixels:
+        raise ResourceExhausted(
+            f"`{field}` holds {pixels} pixels ({views} {what} of {width}x{height}), over this service's "
+            f"limit of {max_pixels}; split the request."
+        )
+
+
 def read_views(
     store: BlobStore,
     message: common_pb2.ViewSet,
@@ -86,13 +111,7 @@ def read_views(
         raise InvalidArgument(f"{field}.cameras", None, "must be set: the views' cameras fix V, H and W")
     cameras = cameras_from_proto(message.cameras, field=f"{field}.cameras")
     v, h, w = len(cameras), cameras.height, cameras.width
-    if v > max_views:
-        raise ResourceExhausted(f"`{field}` holds {v} views, over this service's limit of {max_views}.")
-    if v * h * w > max_pixels:
-        raise ResourceExhausted(
-            f"`{field}` holds {v * h * w} pixels ({v} views of {w}x{h}), over this service's limit of "
-            f"{max_pixels}; split the request."
-        )
+    check_view_limits(field, v, h, w, max_views=max_views, max_pixels=max_pixels)
     expected = {
         "rgb": (np.uint8, (v, h, w, 3)),
         "alpha": (np.float32, (v, h, w)),

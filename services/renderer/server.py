@@ -23,11 +23,12 @@ from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
 from services.common.assets import load_frame
 from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument
 from services.common.gaussians import Gaussians, random_gaussians
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import put_tensor
+from services.common.views import check_view_limits
 from services.renderer.backends import BACKENDS, RenderBackend, make_backend
 
 SERVICE_NAME = "tire.v1.RendererService"
@@ -81,17 +82,14 @@ class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):
         cameras = (
             cameras_from_proto(request.cameras) if which == "cameras" else cameras_from_orbit(request.orbit)
         )
-        if len(cameras) > self.settings.max_views:
-            raise InvalidArgument(
-                which, f"{len(cameras)} views", f"must hold at most {self.settings.max_views} views"
-            )
-        pixels = len(cameras) * cameras.width * cameras.height
-        if pixels > self.settings.max_pixels:
-            raise ResourceExhausted(
-                f"`{which}` asks for {pixels} pixels ({len(cameras)} views of "
-                f"{cameras.width}x{cameras.height}), over this renderer's limit of "
-                f"{self.settings.max_pixels}; split the request."
-            )
+        check_view_limits(
+            which,
+            len(cameras),
+            cameras.height,
+            cameras.width,
+            max_views=self.settings.max_views,
+            max_pixels=self.settings.max_pixels,
+        )
         return cameras
 
     @staticmethod

@@ -122,7 +122,6 @@ def test_describe_names_backend_and_limits(servicer):
         (lambda ref: orbit_request(ref, background_rgb=[0, float("nan"), 0]), "background_rgb"),
         (lambda ref: orbit_request(ref, resolution=0), "orbit.resolution"),
         (lambda ref: orbit_request(ref, center=(1.0, 2.0)), "orbit.center"),
-        (lambda ref: orbit_request(ref, azimuths=range(9)), "orbit"),
         (lambda ref: orbit_request(common_pb2.ObjectRef()), "asset.frames[0].uri"),
     ],
 )
@@ -155,6 +154,8 @@ def test_missing_and_tampered_objects(servicer, monkey_ref):
         servicer.Render(orbit_request(wrong_hash), None)
 
 
-def test_requests_over_the_pixel_budget_are_resource_exhausted(servicer, monkey_ref):
+def test_requests_over_the_view_or_pixel_limits_are_resource_exhausted(servicer, monkey_ref):
     with pytest.raises(ResourceExhausted, match="pixels"):
         servicer.Render(orbit_request(monkey_ref, azimuths=(0, 90), resolution=200), None)
+    with pytest.raises(ResourceExhausted, match=r"`orbit` holds 9 views, over this service's limit of 8"):
+        servicer.Render(orbit_request(monkey_ref, azimuths=range(9)), None)
