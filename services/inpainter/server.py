@@ -53,11 +53,12 @@ from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
 
 from services.common import validation
 from services.common.config import ConfigError
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument
 from services.common.fit_settings import float32_decimal, resolve_fit_settings
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
+from services.common.views import check_view_limits
 from services.inpainter.backends import make_backend
 from services.inpainter.contract import (
     BACKENDS,
@@ -227,16 +228,10 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         ref = getattr(request, field)
         shape = list(ref.shape)
         if len(shape) == 4 and shape[3] == 3:
-            if shape[0] > max_items:
-                raise ResourceExhausted(
-                    f"`{field}` holds {shape[0]} {what}, over this service's limit of {max_items}."
-                )
-            pixels = shape[0] * shape[1] * shape[2]
-            if pixels > self.settings.max_pixels:
-                raise ResourceExhausted(
-                    f"`{field}` holds {pixels} pixels ({shape[0]} {what} of {shape[2]}x{shape[1]}), "
-                    f"over this service's limit of {self.settings.max_pixels}; split the request."
-                )
+            n, h, w = shape[:3]
+            check_view_limits(
+                field, n, h, w, max_views=max_items, max_pixels=self.settings.max_pixels, what=what
+            )
         images = get_tensor(self.store, ref, field=field, dtype=np.uint8, shape=(None, None, None, 3))
         if 0 in images.shape:
             raise InvalidArgument(
