@@ -12,6 +12,7 @@
     ├── IntegrityError             bytes do not match their sha256 DATA_LOSS
     ├── StoreUnavailable           the store cannot be reached     UNAVAILABLE
     ├── JobCancelled               CancelJob stopped a job         CANCELLED
+    ├── CallerGone                 a streaming caller went away    CANCELLED
     └── StepFailed                 a job's step failed for good    the stage's code
 
 Lower-level exceptions (minio, OSError, numpy) are converted to the most specific class here with
@@ -97,6 +98,12 @@ class StoreUnavailable(TireError):
 
 class JobCancelled(TireError):
     """CancelJob was called: the job stops before its next step."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
+class CallerGone(TireError):
+    """The caller of a streaming call went away: the work it asked for stops."""
 
     grpc_code = grpc.StatusCode.CANCELLED
 

@@ -12,11 +12,15 @@ What every server gets here, so servicers contain only their own logic:
 - one JSON log line per call (method, code, duration_ms);
 - graceful shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused and in-flight
   calls get ``grace_s`` to finish.
+
+``stream_progress`` runs long work in a thread and yields what it reports, for server-streaming calls
+(the inpainter's FitSubject).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -25,7 +29,7 @@ from concurrent import futures
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from types import FrameType
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -39,12 +43,14 @@ from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
 from services.common.config import ServerSettings, from_env
-from services.common.errors import TireError
+from services.common.errors import CallerGone, TireError
 from services.common.logs import configure_logging
 from services.common.store import ObjectStore, StoreSettings
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+P = TypeVar("P")
+R = TypeVar("R")
 
 # Inference calls take seconds to minutes, well past prometheus_client's default top bucket (10 s).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -233,6 +239,50 @@ def run_service(
         server_settings,
         ready=lambda: warm_up(servicer),
     )
+
+
+@dataclass(frozen=True)
+class Finished(Generic[R]):
+    """The last item of ``stream_progress``: what the work returned."""
+
+    result: R
+
+
+def stream_progress(work: Callable[[Callable[[P], None]], R]) -> Iterator[P | Finished[R]]:
+    """Run ``work(report)`` in a worker thread; yield each value it passes to ``report`` as it comes,
+    then ``Finished(result)``.
+
+    An exception of ``work`` is raised here, in the caller's thread. When the caller stops iterating
+    (the client went away and gRPC closed the stream), the next ``report`` raises ``CallerGone`` in the
+    worker, which ends the work at its next report.
+    """
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def report(value: P) -> None:
+        if stop.is_set():
+            raise CallerGone("the caller went away")
+        events.put(("progress", value))
+
+    def run() -> None:
+        try:
+            events.put(("done", work(report)))
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            events.put(("failed", exc))
+
+    threading.Thread(target=run, name="stream-progress", daemon=True).start()
+    try:
+        while True:
+            kind, value = events.get()
+            if kind == "progress":
+                yield value
+            elif kind == "done":
+                yield Finished(value)
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
 
 
 class _Shutdown(BaseException):

@@ -41,11 +41,10 @@ Configuration (environment, read once at start):
 from __future__ import annotations
 
 import contextlib
-import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,7 +54,7 @@ from services.common import validation
 from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
 from services.common.fit_settings import float32_decimal, resolve_fit_settings
-from services.common.server import describe, run_service
+from services.common.server import Finished, describe, run_service, stream_progress
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import check_view_limits
@@ -144,11 +143,23 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
             )
 
         artifact = b""
-        fit = lambda progress: self.backend.fit_subject(images, masks, config, progress)
-        with contextlib.closing(_run_with_progress(fit)) as events:
+        start = time.monotonic()
+
+        def fit(report: Callable[[inpainter_pb2.FitProgress], None]) -> bytes:
+            def progress(step: int, total: int, loss: float) -> None:
+                elapsed = time.monotonic() - start
+                report(
+                    inpainter_pb2.FitProgress(
+                        step=step, total_steps=total, loss=loss, elapsed_seconds=elapsed
+                    )
+                )
+
+            return self.backend.fit_subject(images, masks, config, progress)
+
+        with contextlib.closing(stream_progress(fit)) as events:
             for event in events:
-                if isinstance(event, bytes):
-                    artifact = event
+                if isinstance(event, Finished):
+                    artifact = event.result
                 else:
                     yield inpainter_pb2.FitSubjectResponse(progress=event)
         ref = self.store.put_bytes(artifact, suffix=".safetensors", media_type=ARTIFACT_MEDIA_TYPE)
@@ -281,50 +292,6 @@ def _strength(value: float) -> float:
     """The request's strength: 0 means the default, 0.3; otherwise in (0, 1]."""
     validation.in_range(value, "strength", 0.0, 1.0)
     return DEFAULT_STRENGTH if value == 0 else float(value)
-
-
-class _FitCancelled(Exception):
-    """Raised in the fitting thread when the caller has gone."""
-
-
-def _run_with_progress(fit) -> Iterator[inpainter_pb2.FitProgress | bytes]:
-    """Run ``fit(progress)`` in a worker thread; yield a ``FitProgress`` for each report, then its result.
-
-    An exception of ``fit`` is raised here. When the caller stops iterating (the client went away),
-    the next progress report ends the fit.
-    """
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    start = time.monotonic()
-
-    def progress(step: int, total: int, loss: float) -> None:
-        if stop.is_set():
-            raise _FitCancelled
-        events.put(
-            inpainter_pb2.FitProgress(
-                step=step, total_steps=total, loss=loss, elapsed_seconds=time.monotonic() - start
-            )
-        )
-
-    def work() -> None:
-        try:
-            events.put(("done", fit(progress)))
-        except BaseException as exc:  # handed to the caller's thread, which raises it
-            events.put(("failed", exc))
-
-    threading.Thread(target=work, name="fit-subject", daemon=True).start()
-    try:
-        while True:
-            event = events.get()
-            if isinstance(event, inpainter_pb2.FitProgress):
-                yield event
-            elif event[0] == "done":
-                yield event[1]
-                return
-            else:
-                raise event[1]
-    finally:
-        stop.set()
 
 
 def build_servicer(settings: InpainterSettings, store: BlobStore) -> InpainterServicer:

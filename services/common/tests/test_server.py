@@ -29,9 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.common import validation
 from services.common.clients import dial, service_config, wait_ready
 from services.common.config import ConfigError, ServerSettings, from_env
-from services.common.errors import InvalidArgument, ObjectNotFound, StoreUnavailable
+from services.common.errors import CallerGone, InvalidArgument, ObjectNotFound, StoreUnavailable
 from services.common.logs import configure_logging
-from services.common.server import RunningServer, ServiceSpec, start_server
+from services.common.server import Finished, RunningServer, ServiceSpec, start_server, stream_progress
 
 SERVICE = "test.Echo"
 ROOT = Path(__file__).resolve().parents[3]
@@ -447,3 +447,43 @@ def test_validation_rejects_bad_values(check, message: str) -> None:
     with pytest.raises(InvalidArgument) as info:
         check()
     assert str(info.value).startswith(message)
+
+
+def test_stream_progress_yields_reports_before_the_work_ends_and_raises_its_errors():
+    release = threading.Event()
+
+    def work(report):
+        report(1)
+        assert release.wait(10)
+        report(2)
+        return "model"
+
+    events = stream_progress(work)
+    assert next(events) == 1  # arrives while the work is still blocked
+    release.set()
+    assert list(events) == [2, Finished("model")]
+
+    def broken(report):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        list(stream_progress(broken))
+
+
+def test_a_caller_that_leaves_stops_the_streamed_work():
+    stopped = threading.Event()
+
+    def endless(report):
+        try:
+            for step in range(1, 10_000):
+                report(step)
+                time.sleep(0.001)
+        except CallerGone:
+            stopped.set()
+            raise
+        return None
+
+    events = stream_progress(endless)
+    next(events)
+    events.close()
+    assert stopped.wait(5)

@@ -1,8 +1,6 @@
 """The inpainter servicer in-process, over the in-memory store: streaming, values and request validation."""
 
 import itertools
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from services.inpainter.contract import FitConfig
 from services.inpainter.server import (
     InpainterServicer,
     InpainterSettings,
-    _run_with_progress,
     build_servicer,
     fit_config,
     warm_up,
@@ -306,51 +303,6 @@ def test_a_missing_model_is_not_found(servicer, store, refs, subject):
     request.images.uri = refs["references"].uri.replace("sha256/", "sha256/00")
     with pytest.raises(ObjectNotFound):
         list(servicer.FitSubject(request, None))
-
-
-# ----------------------------------------------------------------------------------------------------
-# The progress pump
-
-
-def test_progress_streams_before_the_fit_ends_and_errors_pass_through():
-    release = threading.Event()
-
-    def fit(progress):
-        progress(1, 2, 5.0)
-        assert release.wait(10)
-        progress(2, 2, 4.0)
-        return b"model"
-
-    events = _run_with_progress(fit)
-    first = next(events)  # arrives while the fit is still blocked
-    assert (first.step, first.total_steps, first.loss) == (1, 2, 5.0)
-    release.set()
-    assert [e if isinstance(e, bytes) else e.step for e in events] == [2, b"model"]
-
-    def broken(progress):
-        raise ValueError("boom")
-
-    with pytest.raises(ValueError, match="boom"):
-        list(_run_with_progress(broken))
-
-
-def test_a_caller_that_leaves_stops_the_fit():
-    stopped = threading.Event()
-
-    def endless(progress):
-        try:
-            for step in range(1, 10_000):
-                progress(step, 10_000, 1.0)
-                time.sleep(0.001)
-        except Exception:
-            stopped.set()
-            raise
-        return b""
-
-    events = _run_with_progress(endless)
-    next(events)
-    events.close()
-    assert stopped.wait(5)
 
 
 def test_a_subject_model_is_read_once_for_many_calls(servicer, store, refs, subject, monkeypatch):
