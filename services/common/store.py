@@ -39,6 +39,7 @@ from services.common.errors import (
     StoreAuthError,
     StoreUnavailable,
     TireError,
+    Unimplemented,
 )
 
 GiB = 1024**3
@@ -158,6 +159,14 @@ class BlobStore(Protocol):
     def exists(self, uri: str) -> bool: ...
 
     def uri_for(self, key: str) -> str: ...
+
+    def ensure_bucket(self) -> None: ...
+
+    def presigned_put(
+        self, sha256: str, *, suffix: str = "", expires: timedelta = timedelta(hours=1)
+    ) -> str: ...
+
+    def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str: ...
 
 
 def content_key(sha256: str, suffix: str = "") -> str:
@@ -472,6 +481,17 @@ class MemoryStore:
         parse_uri(uri)
         with self._lock:
             return uri in self._objects
+
+    def ensure_bucket(self) -> None:
+        """Nothing to create: the bucket is a name."""
+
+    def presigned_put(self, sha256: str, *, suffix: str = "", expires: timedelta = timedelta(hours=1)) -> str:
+        """Raises ``Unimplemented``: nothing outside this process can reach the objects."""
+        raise Unimplemented("the in-memory object store signs no URLs: run the services with an S3 store.")
+
+    def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str:
+        """Raises ``Unimplemented``: nothing outside this process can reach the objects."""
+        raise Unimplemented("the in-memory object store signs no URLs: run the services with an S3 store.")
 
     def upload_folder(self, folder: str | os.PathLike, prefix_uri: str) -> list[str]:
         """As ``ObjectStore.upload_folder``."""

@@ -29,9 +29,7 @@ Configuration (environment, read once at start):
 from __future__ import annotations
 
 import logging
-import queue
 import re
-import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -41,8 +39,9 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
 from services.common.server import describe, run_service
-from services.common.store import BlobStore, ObjectStore, content_key
+from services.common.store import BlobStore, content_key
 from services.coordinator.framing_check import frame_job
+from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
@@ -89,35 +88,6 @@ class CoordinatorSettings:
                 raise ConfigError(f"CoordinatorSettings.{name} is out of range, got {getattr(self, name)!r}.")
 
 
-class JobQueue:
-    """Worker threads that run queued jobs, one job per worker at a time."""
-
-    def __init__(self, runner: JobRunner, workers: int):
-        self.runner = runner
-        self._queue: queue.Queue[str] = queue.Queue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True) for i in range(workers)
-        ]
-
-    def start(self, resume: list[str]) -> None:
-        """Start the workers; queue ``resume`` (unfinished jobs from the last run) first."""
-        for job_id in resume:
-            self._queue.put(job_id)
-        for thread in self._threads:
-            thread.start()
-
-    def put(self, job_id: str) -> None:
-        self._queue.put(job_id)
-
-    def _work(self) -> None:
-        while True:
-            job_id = self._queue.get()
-            try:
-                self.runner.run(job_id)
-            except Exception:  # the runner records failures; this is a last resort
-                log.exception("running job %s failed", job_id, extra={"job_id": job_id})
-
-
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     def __init__(
         self,
@@ -144,8 +114,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return answer
 
     def CreateUpload(self, request, context):
-        if not isinstance(self.store, ObjectStore):
-            raise InvalidArgument("files", len(request.files), "cannot be uploaded: this store signs no URLs")
         if not 1 <= len(request.files) <= MAX_UPLOAD_FILES:
             raise InvalidArgument("files", len(request.files), f"must hold 1 to {MAX_UPLOAD_FILES} files")
         expires = timedelta(seconds=self.settings.url_expiry_s)
@@ -180,8 +148,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.CreateUploadResponse(uploads=uploads)
 
     def CreateDownload(self, request, context):
-        if not isinstance(self.store, ObjectStore):
-            raise InvalidArgument("uris", len(request.uris), "cannot be downloaded: this store signs no URLs")
         job = self.jobs.get(request.job_id)
         owned = _job_uris(job) | {
             uri for event in self.jobs.events(job.id, limit=100_000) for uri in _event_uris(event)
@@ -269,8 +235,7 @@ def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> Coordinat
 
 def warm_up(servicer: CoordinatorServicer) -> None:
     """Check the store, then start the workers, resuming the jobs the last run left unfinished."""
-    if isinstance(servicer.store, ObjectStore):
-        servicer.store.ensure_bucket()
+    servicer.store.ensure_bucket()
     unfinished = servicer.jobs.unfinished()
     if unfinished:
         log.info("resuming %d unfinished jobs", len(unfinished), extra={"jobs": unfinished})

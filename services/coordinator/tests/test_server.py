@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from tire.v1 import common_pb2, coordinator_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from services.common.gaussians import Gaussians, write_ply
 from services.common.store import MemoryStore
+from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
-from services.coordinator.server import CoordinatorServicer, CoordinatorSettings, JobQueue
+from services.coordinator.server import CoordinatorServicer, CoordinatorSettings
 from services.coordinator.stages import RetryPolicy
 from services.coordinator.steps import StepLog
 from services.embedded import embedded_stages
@@ -193,7 +194,7 @@ def test_describe_reports_every_stage(servicer):
     )
 
 
-def test_uploads_need_a_store_that_signs_urls(servicer):
+def test_uploads_and_downloads_need_a_store_that_signs_urls(servicer, store):
     request = coordinator_pb2.CreateUploadRequest(
         files=[
             coordinator_pb2.UploadFile(
@@ -201,8 +202,12 @@ def test_uploads_need_a_store_that_signs_urls(servicer):
             )
         ]
     )
-    with pytest.raises(InvalidArgument, match="`files`"):
+    with pytest.raises(Unimplemented, match="signs no URLs"):
         servicer.CreateUpload(request, None)
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+    download = coordinator_pb2.CreateDownloadRequest(job_id=job.id, uris=[job.spec.asset.frames[0].uri])
+    with pytest.raises(Unimplemented, match="signs no URLs"):
+        servicer.CreateDownload(download, None)
 
 
 def test_the_deployment_sets_what_unset_strengths_become(store):
