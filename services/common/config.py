@@ -17,14 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from services.common.errors import ConfigError
+
 T = TypeVar("T")
 
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
-
-
-class ConfigError(ValueError):
-    """A setting is missing or cannot be parsed; the server must not start."""
 
 
 @dataclass(frozen=True)

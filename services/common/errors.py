@@ -6,7 +6,8 @@
     ├── NotFound                   something named does not exist NOT_FOUND
     │   └── ObjectNotFound         no such object in the store     NOT_FOUND
     ├── FailedPrecondition         not ready: model not loaded...  FAILED_PRECONDITION
-    │   └── StoreAuthError         the store rejected our keys     FAILED_PRECONDITION
+    │   ├── StoreAuthError         the store rejected our keys     FAILED_PRECONDITION
+    │   └── ConfigError            a setting is wrong: no start    FAILED_PRECONDITION
     ├── ResourceExhausted          a limit or a queue is full      RESOURCE_EXHAUSTED
     │   └── ObjectTooLarge         an object is over its size cap  RESOURCE_EXHAUSTED
     ├── IntegrityError             bytes do not match their sha256 DATA_LOSS
@@ -14,6 +15,8 @@
     ├── JobCancelled               CancelJob stopped a job         CANCELLED
     ├── CallerGone                 a streaming caller went away    CANCELLED
     └── StepFailed                 a job's step failed for good    the stage's code
+
+A stage's own errors subclass these in its contract module (the inpainter's ``InvalidSubject``).
 
 Lower-level exceptions (minio, OSError, numpy) are converted to the most specific class here with
 ``raise ... from exc``, so a servicer only ever sees this tree. ``grpc_code`` is read by the server
@@ -68,6 +71,14 @@ class FailedPrecondition(TireError):
 
 class StoreAuthError(FailedPrecondition):
     """The object store rejected this service's credentials (a deployment problem, not the caller's)."""
+
+
+class ConfigError(FailedPrecondition, ValueError):
+    """A setting is missing, cannot be parsed or is out of range: the service must not start.
+
+    Raised at start-up (``services.common.config``, backend construction); a ``ValueError`` too, as a
+    bad value is.
+    """
 
 
 class Unimplemented(TireError):

@@ -16,9 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 import numpy as np
 
 from services.common import fit_settings
+from services.common.errors import TireError
 
 BACKENDS = ("colour", "sd-lora")
 
@@ -26,8 +28,11 @@ DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_GUIDANCE_SCALE = 7.5
 
 
-class InvalidSubject(ValueError):
-    """A subject-model artifact that cannot be read, or that another backend made."""
+class InvalidSubject(TireError):
+    """A subject-model artifact that cannot be read, or that another backend made (the server names
+    the request field that referred to it)."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 @dataclass(frozen=True)
