@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Sized
+from collections.abc import Collection, Sequence, Sized
 from typing import Any, TypeVar
+
+import numpy as np
 
 from services.common.errors import InvalidArgument
 
@@ -70,3 +72,15 @@ def s3_uri(value: str, field: str) -> str:
         "must be an object URI like s3://bucket/key",
     )
     return value
+
+
+def colour(values: Sequence[float], field: str) -> np.ndarray:
+    """An RGB colour: 3 finite numbers in [0, 1]; returned as ``[3]`` float32."""
+    rgb = np.asarray(values, dtype=np.float32)
+    require(
+        rgb.shape == (3,) and bool(np.isfinite(rgb).all()) and bool(((rgb >= 0) & (rgb <= 1)).all()),
+        field,
+        [float(v) for v in values],
+        "must be 3 finite floats in [0, 1]",
+    )
+    return rgb

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import common_pb2
 
+from services.common import validation
 from services.common.cameras import Cameras, cameras_from_proto, cameras_to_proto
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.store import BlobStore
@@ -30,12 +31,22 @@ class Views:
         alpha: ``[V, H, W]`` float32 coverage in [0, 1], or None.
         depth: ``[V, H, W]`` float32 expected camera-space depth (world units, >= 0, 0 where empty), or None.
         cameras: V OpenCV world-to-camera cameras of W x H pixels.
+        background: ``[3]`` float32 in [0, 1], the colour the views were composited over; when not
+            given, ``estimate_background`` of rgb and alpha (black without them).
     """
 
     rgb: np.ndarray | None
     alpha: np.ndarray | None
     depth: np.ndarray | None
     cameras: Cameras
+    background: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        background = self.background
+        if background is None:
+            known = self.rgb is not None and self.alpha is not None
+            background = estimate_background(self.rgb, self.alpha) if known else np.zeros(3, np.float32)
+        object.__setattr__(self, "background", np.asarray(background, dtype=np.float32))
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -52,7 +63,7 @@ class Views:
         def pick(a):
             return None if a is None else a[index]
 
-        return Views(pick(self.rgb), pick(self.alpha), pick(self.depth), self.cameras[index])
+        return Views(pick(self.rgb), pick(self.alpha), pick(self.depth), self.cameras[index], self.background)
 
 
 def check_view_limits(
@@ -134,12 +145,17 @@ def read_views(
         )
     if depth is not None and depth.min(initial=0.0) < 0.0:
         raise InvalidArgument(f"{field}.depth", f"minimum {depth.min()}", "must be non-negative")
-    return Views(arrays["rgb"], alpha, depth, cameras)
+    background = None
+    if message.background_rgb:
+        background = validation.colour(message.background_rgb, f"{field}.background_rgb")
+    return Views(arrays["rgb"], alpha, depth, cameras, background)
 
 
 def write_views(store: BlobStore, views: Views, *, previews: bool = False) -> common_pb2.ViewSet:
     """Store the present components of ``views`` and return the ``ViewSet`` that references them."""
-    message = common_pb2.ViewSet(cameras=cameras_to_proto(views.cameras))
+    message = common_pb2.ViewSet(
+        cameras=cameras_to_proto(views.cameras), background_rgb=views.background.tolist()
+    )
     for name in COMPONENTS:
         array = getattr(views, name)
         if array is not None:
@@ -151,7 +167,7 @@ def estimate_background(rgb: np.ndarray, alpha: np.ndarray, empty_below: float =
     """The colour the views were composited over, from their empty pixels.
 
     Renders carry ``rgb = sum_i w_i c_i + (1 - alpha) * background``; stages that un-composite need the
-    background, which a ``ViewSet`` does not name.
+    background, which a ``ViewSet`` names unless its maker did not say (``Views`` falls back to this).
 
     Args:
         rgb: ``[V, H, W, 3]`` uint8.

@@ -69,7 +69,7 @@ from services.coordinator.steps import StepLog
 
 log = logging.getLogger(__name__)
 
-BACKGROUND = (1.0, 1.0, 1.0)  # views are composited on white; stages estimate it from empty pixels
+BACKGROUND = (1.0, 1.0, 1.0)  # views are composited on white; every ViewSet of the job says so
 REFINE_MARGIN = np.ones((7, 7), np.uint8)  # the refiner may also move 3 pixels around what was repainted
 JOB = coordinator_pb2
 
@@ -468,7 +468,10 @@ class _Run:
         for v in views:
             cameras.cameras.extend(v.cameras.cameras)
         return common_pb2.ViewSet(
-            rgb=put_tensor(self.store, rgb), alpha=put_tensor(self.store, alpha), cameras=cameras
+            rgb=put_tensor(self.store, rgb),
+            alpha=put_tensor(self.store, alpha),
+            cameras=cameras,
+            background_rgb=views[0].background_rgb,
         )
 
     def _fan_out(self, work: Callable, items: Sequence) -> list:
@@ -559,8 +562,13 @@ class _Orbit:
 
     def viewset(self, rgb: common_pb2.TensorRef) -> common_pb2.ViewSet:
         """Every view, with ``rgb`` in place of the rendered colours."""
+        rendered = self.rendered
         return common_pb2.ViewSet(
-            rgb=rgb, alpha=self.rendered.alpha, depth=self.rendered.depth, cameras=self.rendered.cameras
+            rgb=rgb,
+            alpha=rendered.alpha,
+            depth=rendered.depth,
+            cameras=rendered.cameras,
+            background_rgb=rendered.background_rgb,
         )
 
     def subset(self, store: BlobStore, order: Sequence[int]) -> common_pb2.ViewSet:
@@ -576,4 +584,5 @@ class _Orbit:
             alpha=put_tensor(store, self.alpha[index]),
             depth=put_tensor(store, self.depth[index]),
             cameras=cameras,
+            background_rgb=self.rendered.background_rgb,
         )

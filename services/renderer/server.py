@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import common_pb2, renderer_pb2, renderer_pb2_grpc
 
+from services.common import validation
 from services.common.assets import load_frame
 from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
 from services.common.errors import InvalidArgument
@@ -69,6 +70,7 @@ class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):
                 alpha=put_tensor(self.store, result.alpha.astype(np.float32), previews=previews),
                 depth=put_tensor(self.store, result.depth.astype(np.float32)),
                 cameras=cameras_to_proto(cameras),
+                background_rgb=background.tolist(),
             ),
             backend=self.backend.name,
             num_gaussians=len(gaussians),
@@ -94,12 +96,9 @@ class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):
 
     @staticmethod
     def _background(request) -> np.ndarray:
-        bg = np.asarray(request.background_rgb, dtype=np.float32)
-        if bg.size == 0:
+        if not request.background_rgb:
             return np.zeros(3, dtype=np.float32)
-        if bg.size != 3 or not np.isfinite(bg).all() or (bg < 0).any() or (bg > 1).any():
-            raise InvalidArgument("background_rgb", bg.tolist(), "must be 3 finite floats in [0, 1]")
-        return bg
+        return validation.colour(request.background_rgb, "background_rgb")
 
     def _load_frame(self, request) -> Gaussians:
         return load_frame(

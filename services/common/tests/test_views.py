@@ -45,6 +45,26 @@ def test_views_round_trip_through_the_store(store, views):
     assert len(message.rgb.preview_uris) == 3 and not message.depth.preview_uris
 
 
+def test_the_background_travels_with_the_views_and_is_estimated_only_when_unnamed(store, views):
+    # The fixture's views were rendered over white and do not name it: it is estimated from empty pixels.
+    np.testing.assert_array_equal(views.background, [1.0, 1.0, 1.0])
+    grey = Views(views.rgb, views.alpha, views.depth, views.cameras, np.float32([0.5, 0.5, 0.5]))
+    message = write_views(store, grey)
+    assert list(message.background_rgb) == [0.5, 0.5, 0.5]
+    np.testing.assert_array_equal(read_views(store, message).background, [0.5, 0.5, 0.5])
+    np.testing.assert_array_equal(grey.select([1]).background, [0.5, 0.5, 0.5])
+    del message.background_rgb[:]  # an older caller's ViewSet
+    np.testing.assert_array_equal(read_views(store, message).background, [1.0, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("background", [[0.5, 0.5], [0.0, 2.0, 0.0], [0.0, float("nan"), 0.0]])
+def test_a_bad_background_is_refused_naming_the_field(store, views, background):
+    message = write_views(store, views)
+    message.background_rgb[:] = background
+    with pytest.raises(InvalidArgument, match=r"`views\.background_rgb` must be 3 finite floats in \[0, 1\]"):
+        read_views(store, message)
+
+
 def test_select_picks_views_in_order(views):
     picked = views.select([2, 0])
     np.testing.assert_array_equal(picked.rgb, views.rgb[[2, 0]])

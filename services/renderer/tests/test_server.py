@@ -78,6 +78,7 @@ def test_render_matches_the_backend_and_background(servicer, store, monkey_ref):
     np.testing.assert_array_equal(rgb, np.clip(np.rint(expected.rgb * 255), 0, 255).astype(np.uint8))
     np.testing.assert_array_equal(get_tensor(store, reply.views.alpha), expected.alpha)
     assert rgb[0, 0, 0].tolist() == [255, 255, 255]
+    assert list(reply.views.background_rgb) == [1.0, 1.0, 1.0]  # the views name it for the next stages
 
 
 def test_an_orbit_centre_moves_the_view_with_it(servicer, store, monkey_ref):

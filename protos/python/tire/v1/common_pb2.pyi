@@ -103,16 +103,18 @@ class Orbit(_message.Message):
     def __init__(self, azimuths_deg: _Optional[_Iterable[float]] = ..., elevation_deg: _Optional[float] = ..., radius: _Optional[float] = ..., fovy_deg: _Optional[float] = ..., resolution: _Optional[int] = ..., center: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ViewSet(_message.Message):
-    __slots__ = ("rgb", "alpha", "depth", "cameras")
+    __slots__ = ("rgb", "alpha", "depth", "cameras", "background_rgb")
     RGB_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
     CAMERAS_FIELD_NUMBER: _ClassVar[int]
+    BACKGROUND_RGB_FIELD_NUMBER: _ClassVar[int]
     rgb: TensorRef
     alpha: TensorRef
     depth: TensorRef
     cameras: CameraSet
-    def __init__(self, rgb: _Optional[_Union[TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[TensorRef, _Mapping]] = ..., depth: _Optional[_Union[TensorRef, _Mapping]] = ..., cameras: _Optional[_Union[CameraSet, _Mapping]] = ...) -> None: ...
+    background_rgb: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, rgb: _Optional[_Union[TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[TensorRef, _Mapping]] = ..., depth: _Optional[_Union[TensorRef, _Mapping]] = ..., cameras: _Optional[_Union[CameraSet, _Mapping]] = ..., background_rgb: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()
