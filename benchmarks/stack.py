@@ -37,7 +37,7 @@ import numba
 from tire.v1 import common_pb2, coordinator_pb2
 
 from benchmarks.rasterizer import cpu_name
-from services.cli import STACK, coordinator_stub, local_stack, upload
+from services.client import coordinator_stub, upload
 from services.common.s3server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.framing_check import frame_job
@@ -45,6 +45,7 @@ from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
 from services.embedded import PROFILES, embedded_stages
+from services.stack import SERVICES, local_stack
 
 SAMPLES = Path(__file__).parents[1] / "samples"
 MONKEY = SAMPLES / "monkey_lgm.ply"
@@ -153,9 +154,9 @@ class Embedded:
 
 @contextmanager
 def stack_processes(folder: Path) -> Iterator[tuple[str, dict[str, int]]]:
-    """The local stack as ``tire up`` starts it (``services.cli.local_stack``), on free ports, without
+    """The local stack as ``tire up`` starts it (``services.stack.local_stack``), on free ports, without
     metrics; yields the coordinator's target and each process's id by name (rclone's too)."""
-    ports = {name: free_port() for name, *_ in STACK}
+    ports = {service.name: free_port() for service in SERVICES}
     with local_stack(folder, ports, timeout_s=START_TIMEOUT_S, metrics=False) as (_, processes):
         pids = {name: process.pid for name, process in processes.items()}
         rclone = set(children(os.getpid())) - set(pids.values())  # the S3 server: the other child

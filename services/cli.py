@@ -14,28 +14,24 @@ PNG of the subject seen from the front, or a folder of them, one per time step.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from tire.v1 import common_pb2, coordinator_pb2
 
-from services.common.clients import dial, wait_serving
+from services.client import coordinator_stub, download, remote_events, save_outputs, upload
 from services.common.config import ConfigError
 from services.common.errors import TireError
-from services.common.s3server import LocalS3
-from services.common.store import BlobStore, MemoryStore
+from services.common.registry import BASE_PORT, COORDINATOR
+from services.common.store import MemoryStore
+from services.stack import local_ports, local_stack
 
-DEFAULT_COORDINATOR = "localhost:50051"
+DEFAULT_COORDINATOR = COORDINATOR.local_target
 # The names of services.embedded.PROFILES, without importing every stage to parse arguments.
 PROFILE_NAMES = ("cpu", "paper", "diffusion")
 STATES = {
@@ -45,16 +41,6 @@ STATES = {
     coordinator_pb2.JOB_STATE_FAILED: "failed",
     coordinator_pb2.JOB_STATE_CANCELLED: "cancelled",
 }
-# `tire up`: each service's module, environment prefix, and gRPC port as an offset from the base port
-# (the coordinator's, 50051 by default); metrics on the gRPC port + 1000.
-STACK = (
-    ("renderer", "services.renderer.server", "TIRE_RENDERER_", 1),
-    ("tracker", "services.tracker.server", "TIRE_TRACKER_", 2),
-    ("inpainter", "services.inpainter.server", "TIRE_INPAINTER_", 3),
-    ("refiner", "services.refiner.server", "TIRE_REFINER_", 4),
-    ("reconstructor", "services.reconstructor.server", "TIRE_RECONSTRUCTOR_", 5),
-    ("coordinator", "services.coordinator.server", "TIRE_COORDINATOR_", 0),
-)
 
 
 # ----- job specs from the command line ----------------------------------------------------------
@@ -228,78 +214,7 @@ def follow(fetch) -> coordinator_pb2.JobEvent:
                 return event
 
 
-def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[Path]:
-    """Write a finished job's outputs under ``out``; return the paths written."""
-    out.mkdir(parents=True, exist_ok=True)
-    outputs = job.outputs
-    written = []
-
-    def save(name: str, uri: str) -> None:
-        path = out / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(store.get_bytes(uri))
-        written.append(path)
-
-    frames = outputs.repaired.frames
-    for t, ref in enumerate(frames):
-        save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri)
-    save("contact_sheet.png", outputs.contact_sheet.uri)
-    save("change_map.png", outputs.change_map.uri)
-    save("turntable.gif", outputs.turntable.uri)
-    save("report.json", outputs.report.uri)
-    for ring in outputs.rings:
-        prefix = f"rings/t{ring.time_step}_ring{ring.ring}" if len(frames) > 1 else f"rings/ring{ring.ring}"
-        for azimuth, overlay, inpainted in zip(
-            ring.target_azimuths_deg, ring.unobserved.preview_uris, ring.inpainted.preview_uris, strict=True
-        ):
-            save(f"{prefix}_az{round(azimuth):03d}_mask.png", overlay)
-            save(f"{prefix}_az{round(azimuth):03d}_inpainted.png", inpainted)
-    return written
-
-
 # ----- against a running coordinator ------------------------------------------------------------
-
-
-def coordinator_stub(target: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-    return coordinator_pb2_grpc.CoordinatorServiceStub(dial(target, max_message_bytes=64 * 2**20))
-
-
-def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRef]:
-    """Upload files through the coordinator's presigned URLs; return their references."""
-    files = []
-    for path in paths:
-        data = path.read_bytes()
-        files.append(
-            coordinator_pb2.UploadFile(
-                name=path.name,
-                size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                media_type=media_type,
-            )
-        )
-    answer = stub.CreateUpload(coordinator_pb2.CreateUploadRequest(files=files), timeout=30)
-    for path, item in zip(paths, answer.uploads, strict=True):
-        if item.needs_upload:
-            request = urllib.request.Request(item.put_url, data=path.read_bytes(), method="PUT")
-            with urllib.request.urlopen(request, timeout=300) as response:
-                response.read()
-    return [item.object for item in answer.uploads]
-
-
-def remote_events(stub, job_id: str) -> Iterator[list[coordinator_pb2.JobEvent]]:
-    """WatchJob, reconnecting with ``after_sequence`` when the stream breaks."""
-    after = 0
-    while True:
-        try:
-            for response in stub.WatchJob(
-                coordinator_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
-            ):
-                after = response.event.sequence
-                yield [response.event]
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            time.sleep(1.0)
 
 
 def watch(stub, job_id: str) -> int:
@@ -309,19 +224,6 @@ def watch(stub, job_id: str) -> int:
     if event.finished.error:
         print(f"error: {event.finished.error}", file=sys.stderr)
     return 0 if event.finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED else 1
-
-
-def download(stub, job: coordinator_pb2.Job, out: Path) -> list[Path]:
-    """Fetch a finished job's outputs through presigned URLs into ``out``."""
-
-    class Presigned:
-        def get_bytes(self, uri: str, **_) -> bytes:
-            request = coordinator_pb2.CreateDownloadRequest(job_id=job.id, uris=[uri])
-            (item,) = stub.CreateDownload(request, timeout=30).downloads
-            with urllib.request.urlopen(item.get_url, timeout=300) as response:
-                return response.read()
-
-    return save_outputs(job, Presigned(), out)  # type: ignore[arg-type]
 
 
 def job_summary(job: coordinator_pb2.Job) -> str:
@@ -336,70 +238,10 @@ def job_summary(job: coordinator_pb2.Job) -> str:
 # ----- tire up: the local stack ------------------------------------------------------------------
 
 
-@contextmanager
-def local_stack(
-    state: Path, ports: Mapping[str, int], *, timeout_s: float = 300.0, metrics: bool = True
-) -> Iterator[tuple[LocalS3, dict[str, subprocess.Popen]]]:
-    """The S3 server, the five stages and the coordinator as processes, each SERVING; stopped on exit.
-
-    Args:
-        state: folder for the store, the coordinator's job state and each service's log.
-        ports: each name in ``STACK`` to its gRPC port; metrics go on the port + 1000.
-        timeout_s: how long every service has to report SERVING.
-        metrics: serve Prometheus metrics (False: none, so no metrics ports are taken).
-
-    Yields:
-        The S3 server and each service's process by name.
-
-    Raises:
-        SystemExit: a service did not start (naming its log).
-    """
-    from services.embedded import PROFILES
-
-    state.mkdir(parents=True, exist_ok=True)
-    targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    processes: dict[str, subprocess.Popen] = {}
-    with LocalS3(state / "s3") as s3:
-        try:
-            for name, module, prefix, _ in STACK:
-                env = {
-                    **os.environ,
-                    **s3.env,
-                    f"{prefix}PORT": str(ports[name]),
-                    f"{prefix}HOST": "127.0.0.1",
-                    f"{prefix}METRICS_PORT": str(ports[name] + 1000 if metrics else 0),
-                }
-                if name == "coordinator":
-                    env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
-                    # The stack runs the CPU backends: the colour inpainter's strength is linear.
-                    env.setdefault("TIRE_COORDINATOR_DEFAULT_STRENGTH", str(PROFILES["cpu"].strength))
-                    env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
-                with (state / f"{name}.log").open("a") as log:
-                    processes[name] = subprocess.Popen(
-                        [sys.executable, "-m", module], env=env, stdout=log, stderr=log
-                    )
-            deadline = time.monotonic() + timeout_s
-            for name, process in processes.items():
-                left = max(deadline - time.monotonic(), 0.0)
-                if not wait_serving(targets[name], left, alive=lambda p=process: p.poll() is None):
-                    raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
-            yield s3, processes
-        finally:
-            for process in reversed(processes.values()):
-                if process.poll() is None:
-                    process.terminate()
-            for process in processes.values():
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-
-
 def stack_up(args: argparse.Namespace) -> int:
     """``tire up``: the local stack until Ctrl-C."""
     state = Path(args.state)
-    ports = {name: args.port + offset for name, _, _, offset in STACK}
+    ports = local_ports(args.port)
     try:
         with local_stack(state, ports, timeout_s=args.timeout) as (s3, processes):
             print("The local stack is up:")
@@ -466,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument("--state", default="out/stack", help="folder for the store, job state and logs")
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
-    up.add_argument("--port", type=int, default=50051, help="the coordinator's port; stages use the next 5")
+    up.add_argument(
+        "--port", type=int, default=BASE_PORT, help="the coordinator's port; stages use the next 5"
+    )
 
     submit = commands.add_parser("submit", help="submit a job to a coordinator")
     add_spec_arguments(submit)

@@ -1,7 +1,8 @@
 """Embedded mode: the five stages in this process, behind the same stub interface as remote services.
 
-This module is the one place that imports every stage (the services themselves never import each
-other): ``tire run`` and the tests compose a whole TIRE system from it without any network.
+This module is the one place that imports every stage (each server module named in
+``services.common.registry``; the services themselves never import each other): ``tire run`` and the
+tests compose a whole TIRE system from it without any network.
 
 A profile names each stage's backend: ``cpu`` (the defaults: any CPU, no weights), ``paper`` (the
 GPU backends of the paper) or ``diffusion`` (the paper's inpainter and refiner with the CPU geometry
@@ -13,17 +14,14 @@ come from its ``TIRE_<STAGE>_*`` variables, as they would for the service.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass
 
 from services.common.config import ConfigError, from_env
 from services.common.errors import TireError
+from services.common.registry import STAGES
 from services.common.store import BlobStore
 from services.coordinator.stages import InProcessStub, Stages
-from services.inpainter import server as inpainter
-from services.reconstructor import server as reconstructor
-from services.refiner import server as refiner
-from services.renderer import server as renderer
-from services.tracker import server as tracker
 
 
 @dataclass(frozen=True)
@@ -76,14 +74,6 @@ PROFILES = {
     ),
 }
 
-_SERVERS = {
-    "renderer": (renderer, renderer.RendererSettings, "TIRE_RENDERER_"),
-    "tracker": (tracker, tracker.TrackerSettings, "TIRE_TRACKER_"),
-    "inpainter": (inpainter, inpainter.InpainterSettings, "TIRE_INPAINTER_"),
-    "refiner": (refiner, refiner.RefinerSettings, "TIRE_REFINER_"),
-    "reconstructor": (reconstructor, reconstructor.ReconstructorSettings, "TIRE_RECONSTRUCTOR_"),
-}
-
 
 def embedded_servicers(store: BlobStore, profile: str = "cpu") -> dict[str, object]:
     """Each stage's servicer, built as its server builds it, with the profile's backend.
@@ -94,12 +84,15 @@ def embedded_servicers(store: BlobStore, profile: str = "cpu") -> dict[str, obje
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     servicers = {}
-    for name, (module, settings_type, prefix) in _SERVERS.items():
+    for stage in STAGES:
+        name = stage.name
+        server = importlib.import_module(stage.server)
         settings = dataclasses.replace(
-            from_env(settings_type, prefix), backend=PROFILES[profile].backends[name]
+            from_env(getattr(server, stage.settings), stage.env_prefix),
+            backend=PROFILES[profile].backends[name],
         )
         try:
-            servicers[name] = module.build_servicer(settings, store)
+            servicers[name] = server.build_servicer(settings, store)
         except (ValueError, RuntimeError, ImportError, TireError) as exc:
             raise ConfigError(f"the {profile} profile cannot build the {name}: {exc}") from exc
     return servicers

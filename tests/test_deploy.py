@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.coordinator.stages import STAGES
+from services.common.registry import STAGE_NAMES as STAGES
 from services.embedded import PROFILES
 from services.inpainter.contract import BACKENDS as INPAINTER_BACKENDS
 from services.reconstructor.contract import BACKENDS as RECONSTRUCTOR_BACKENDS

@@ -22,6 +22,7 @@ import yaml
 
 from services.common.clients import service_config
 from services.common.config import ServerSettings, from_env
+from services.common.registry import STAGE_NAMES as STAGES
 from services.common.store import StoreSettings
 from services.coordinator.server import CoordinatorSettings
 from services.inpainter.server import InpainterSettings
@@ -39,7 +40,6 @@ HELM = next(
 )
 pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: run `make helm-check` to install it")
 
-STAGES = ("renderer", "tracker", "inpainter", "refiner", "reconstructor")
 SETTINGS = {
     "renderer": RendererSettings,
     "tracker": TrackerSettings,

@@ -21,16 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from conftest import ServiceProcess
-from services.cli import STACK, upload
+from services.client import upload
 from services.common.clients import dial
+from services.common.registry import STAGE_NAMES
 from services.common.s3server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
-from services.coordinator.stages import STAGES
 from services.embedded import embedded_stages
+from services.stack import SERVICES as STACK_SERVICES
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ SAMPLES = Path(__file__).parents[1] / "samples"
 MONKEY = SAMPLES / "monkey_lgm.ply"
 REFERENCE = SAMPLES / "monkey_front.png"
 # Each service's module and environment prefix, as `tire up` starts them.
-SERVICES = {name: (module, prefix) for name, module, prefix, _ in STACK}
+SERVICES = {service.name: (service.server, service.env_prefix) for service in STACK_SERVICES}
 WATCH_TIMEOUT_S = 180.0
 JOB = coordinator_pb2
 
@@ -66,7 +67,7 @@ def sha256(data: bytes) -> str:
 @pytest.fixture(scope="module")
 def stages(launch_service) -> dict[str, ServiceProcess]:
     """The five stage services with their default (CPU) backends."""
-    return {name: launch_service(*SERVICES[name]) for name in STAGES}
+    return {name: launch_service(*SERVICES[name]) for name in STAGE_NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def start_coordinator(launch_service) -> Callable[..., ServiceProcess]:
 
     def start(stages: dict[str, ServiceProcess], state_path: Path, **env: str) -> ServiceProcess:
         module, prefix = SERVICES["coordinator"]
-        environ = {f"{prefix}{name.upper()}": stages[name].target for name in STAGES}
+        environ = {f"{prefix}{name.upper()}": stages[name].target for name in STAGE_NAMES}
         environ[f"{prefix}STATE_PATH"] = str(state_path)
         return launch_service(module, prefix, {**environ, **env})
 

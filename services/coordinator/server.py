@@ -9,7 +9,7 @@ run again.
 Configuration (environment, read once at start):
     TIRE_COORDINATOR_RENDERER, _TRACKER, _INPAINTER, _REFINER, _RECONSTRUCTOR
         gRPC targets of the stages, e.g. dns:///tire-inpainter:50051 (round-robin over replicas)
-        (defaults localhost:50052 ... localhost:50056, the ports `tire up` uses)
+        (default: where `tire up` runs them, localhost:50052 ... localhost:50056)
     TIRE_COORDINATOR_STATE_PATH          the SQLite file of the job state (default coordinator.sqlite)
     TIRE_COORDINATOR_WORKERS             jobs run at once (default 2)
     TIRE_COORDINATOR_MAX_PARALLEL_CALLS  stage calls in flight per fan-out of a job (default 4)
@@ -38,6 +38,7 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common.config import ConfigError
 from services.common.errors import InvalidArgument
+from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key
 from services.coordinator.framing_check import frame_job
@@ -45,7 +46,7 @@ from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
-from services.coordinator.stages import STAGES, RetryPolicy, Stages, dial_stages
+from services.coordinator.stages import RetryPolicy, Stages, dial_stages
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,11 @@ _SUFFIXES = {"application/x-ply": ".ply", "image/png": ".png", "application/json
 
 @dataclass(frozen=True)
 class CoordinatorSettings:
-    renderer: str = "localhost:50052"
-    tracker: str = "localhost:50053"
-    inpainter: str = "localhost:50054"
-    refiner: str = "localhost:50055"
-    reconstructor: str = "localhost:50056"
+    renderer: str = stage("renderer").local_target
+    tracker: str = stage("tracker").local_target
+    inpainter: str = stage("inpainter").local_target
+    refiner: str = stage("refiner").local_target
+    reconstructor: str = stage("reconstructor").local_target
     state_path: str = "coordinator.sqlite"
     workers: int = 2
     max_parallel_calls: int = 4
@@ -105,7 +106,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def Describe(self, request, context):
         answer = describe(SERVICE_NAME, "ring-schedule", "cpu", ("ring-schedule",), self.settings)
-        for name in STAGES if self.stages is not None else ():
+        for name in STAGE_NAMES if self.stages is not None else ():
             try:
                 info = getattr(self.stages, name).Describe(common_pb2.DescribeRequest(), timeout=5)
                 answer.settings[f"stage.{name}"] = f"{info.backend} on {info.device} ({info.version})"
@@ -226,7 +227,7 @@ def _event_uris(event: coordinator_pb2.JobEvent) -> set[str]:
 
 def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> CoordinatorServicer:
     """The servicer, its job state and its workers (not started: ``warm_up`` starts them)."""
-    stages = dial_stages({name: getattr(settings, name) for name in STAGES})
+    stages = dial_stages({name: getattr(settings, name) for name in STAGE_NAMES})
     jobs = JobStore(settings.state_path)
     retry = RetryPolicy(attempts=settings.retry_attempts, timeout_s=settings.call_timeout_s)
     runner = JobRunner(jobs, stages, store, retry, settings.max_parallel_calls, settings.source_weight)

@@ -28,12 +28,10 @@ from google.protobuf.message import Message
 
 from services.common.clients import dial
 from services.common.errors import TireError
-from services.common.registry import STAGE_NAMES
-from services.common.registry import STAGES as REGISTRY
+from services.common.registry import STAGES
 
 log = logging.getLogger(__name__)
 
-STAGES = STAGE_NAMES
 RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 R = TypeVar("R")
 
@@ -69,12 +67,12 @@ class InProcessStub:
 
 
 def dial_stages(targets: Mapping[str, str], *, max_message_bytes: int = 16 * 2**20) -> Stages:
-    """gRPC stubs for every stage; ``targets`` maps each name in ``STAGES`` to ``host:port`` or
+    """gRPC stubs for every stage; ``targets`` maps each stage's name to ``host:port`` or
     ``dns:///name:port`` (round-robin over every address, for a scaled inpainter)."""
     return Stages(
         **{
             stage.name: stage.stub(dial(targets[stage.name], max_message_bytes=max_message_bytes))
-            for stage in REGISTRY
+            for stage in STAGES
         }
     )
 
@@ -97,7 +95,7 @@ def stage_method(request: Message) -> StageMethod:
 @cache
 def _methods() -> dict[str, StageMethod]:
     methods = {}
-    for stage in REGISTRY:
+    for stage in STAGES:
         for service in stage.messages.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 if method.input_type.full_name == "tire.v1.DescribeRequest":

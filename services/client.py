@@ -1,0 +1,109 @@
+"""A Python client of the coordinator: what ``tire submit``, ``tire watch`` and ``tire get`` do.
+
+    stub = coordinator_stub("localhost:50051")
+    asset = upload(stub, [Path("monkey.ply")], "application/x-ply")        # CreateUpload + HTTP PUT
+    references = upload(stub, [Path("front.png")], "image/png")
+    job = stub.SubmitJob(SubmitJobRequest(spec=JobSpec(asset=AssetRef(frames=asset), ...))).job
+    for events in remote_events(stub, job.id): ...                          # WatchJob, reconnecting
+    download(stub, finished_job, Path("out"))                               # presigned GETs
+
+Clients never hold store credentials: files go up and come down through URLs the coordinator signs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+from services.common.clients import dial
+from services.common.store import BlobStore
+
+
+def coordinator_stub(target: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    return coordinator_pb2_grpc.CoordinatorServiceStub(dial(target, max_message_bytes=64 * 2**20))
+
+
+def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRef]:
+    """Upload files through the coordinator's presigned URLs; return their references."""
+    files = []
+    for path in paths:
+        data = path.read_bytes()
+        files.append(
+            coordinator_pb2.UploadFile(
+                name=path.name,
+                size_bytes=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                media_type=media_type,
+            )
+        )
+    answer = stub.CreateUpload(coordinator_pb2.CreateUploadRequest(files=files), timeout=30)
+    for path, item in zip(paths, answer.uploads, strict=True):
+        if item.needs_upload:
+            request = urllib.request.Request(item.put_url, data=path.read_bytes(), method="PUT")
+            with urllib.request.urlopen(request, timeout=300) as response:
+                response.read()
+    return [item.object for item in answer.uploads]
+
+
+def remote_events(stub, job_id: str) -> Iterator[list[coordinator_pb2.JobEvent]]:
+    """WatchJob, reconnecting with ``after_sequence`` when the stream breaks."""
+    after = 0
+    while True:
+        try:
+            for response in stub.WatchJob(
+                coordinator_pb2.WatchJobRequest(job_id=job_id, after_sequence=after)
+            ):
+                after = response.event.sequence
+                yield [response.event]
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(1.0)
+
+
+def download(stub, job: coordinator_pb2.Job, out: Path) -> list[Path]:
+    """Fetch a finished job's outputs through presigned URLs into ``out``."""
+
+    class Presigned:
+        def get_bytes(self, uri: str, **_) -> bytes:
+            request = coordinator_pb2.CreateDownloadRequest(job_id=job.id, uris=[uri])
+            (item,) = stub.CreateDownload(request, timeout=30).downloads
+            with urllib.request.urlopen(item.get_url, timeout=300) as response:
+                return response.read()
+
+    return save_outputs(job, Presigned(), out)  # type: ignore[arg-type]
+
+
+def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[Path]:
+    """Write a finished job's outputs under ``out``; return the paths written."""
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = job.outputs
+    written = []
+
+    def save(name: str, uri: str) -> None:
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(store.get_bytes(uri))
+        written.append(path)
+
+    frames = outputs.repaired.frames
+    for t, ref in enumerate(frames):
+        save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri)
+    save("contact_sheet.png", outputs.contact_sheet.uri)
+    save("change_map.png", outputs.change_map.uri)
+    save("turntable.gif", outputs.turntable.uri)
+    save("report.json", outputs.report.uri)
+    for ring in outputs.rings:
+        prefix = f"rings/t{ring.time_step}_ring{ring.ring}" if len(frames) > 1 else f"rings/ring{ring.ring}"
+        for azimuth, overlay, inpainted in zip(
+            ring.target_azimuths_deg, ring.unobserved.preview_uris, ring.inpainted.preview_uris, strict=True
+        ):
+            save(f"{prefix}_az{round(azimuth):03d}_mask.png", overlay)
+            save(f"{prefix}_az{round(azimuth):03d}_inpainted.png", inpainted)
+    return written
