@@ -15,9 +15,9 @@ Method (the measures are in ``benchmarks.quality_metrics``):
    blurred, desaturated, tinted pale steel blue-grey and blotchy; what the front camera sees is kept
    bit for bit. The reference image is the truth's front view (``samples.make_samples.front_reference``).
 3. Runs per object, each a whole job (``Bench.run_job``: the spec resolved and framed by
-   ``frame_job`` as SubmitJob does, then run) in this process with the CPU profile's backends and
-   strengths (``services.embedded.PROFILES["cpu"]``) and the spec's other defaults (fixed rings [20, 90,
-   180], orbit step 20, resolution ``--resolution``, seed 0):
+   ``frame_job`` as SubmitJob does, then run) in this process with the CPU profile's backends
+   (``services.embedded.PROFILES["cpu"]``, each at its default strength) and the spec's other defaults
+   (fixed rings [20, 90, 180], orbit step 20, resolution ``--resolution``, seed 0):
    - "do nothing": the drifted asset itself, no job;
    - "repair": the drifted asset through a job;
    - "clean": the truth itself through a job (do no harm: it should come back unchanged);
@@ -95,7 +95,7 @@ from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import MAX_RESOLUTION, MIN_RESOLUTION, resolve_spec
-from services.embedded import PROFILES, embedded_stages
+from services.embedded import embedded_stages
 from services.testing.synthetic import OBJECTS, SHARED_ASSETS, corrupt_unseen, textured_blob
 
 PROFILE = "cpu"
@@ -144,12 +144,20 @@ class JobResult:
     refused: str = ""
 
 
+def default_strengths(profile: str) -> dict[str, str]:
+    """The inpainter's and the refiner's default strength in ``profile``, as their Describe reports it."""
+    stages = embedded_stages(MemoryStore(), profile)
+    return {
+        name: getattr(stages, name).Describe(common_pb2.DescribeRequest()).settings["default_strength"]
+        for name in ("inpainter", "refiner")
+    }
+
+
 class Bench:
     """Jobs run in this process as ``tire run`` runs them: embedded stages, an in-memory store and job
-    store, the profile's strengths as the spec's defaults."""
+    store, the profile's backends (each with its default strength)."""
 
     def __init__(self, profile: str = PROFILE):
-        self.profile = PROFILES[profile]
         self.store = MemoryStore()
         self.jobs = JobStore(":memory:")
         self.stages = embedded_stages(self.store, profile)
@@ -178,11 +186,7 @@ class Bench:
             **spec_fields,
         )
         try:
-            spec = resolve_spec(
-                spec,
-                default_strength=self.profile.strength,
-                default_refine_strength=self.profile.refine_strength,
-            )
+            spec = resolve_spec(spec)
             spec = frame_job(spec, self.store)  # fit the orbit to the asset, or refuse it
         except TireError as exc:
             return JobResult(refused=str(exc))
@@ -674,11 +678,13 @@ def main(argv: list[str] | None = None) -> None:
         controls = [n for n in controls if n not in missing]
     args.out.mkdir(parents=True, exist_ok=True)
 
-    side, profile = args.resolution, PROFILES[PROFILE]
+    side = args.resolution
     print(f"Quality against ground truth: {len(objects)} object(s), {side}x{side}")
+    strengths = default_strengths(PROFILE)
     print(
-        f"jobs: embedded, {PROFILE} profile (strength {profile.strength:g}, refine strength "
-        f"{profile.refine_strength:g}), fixed rings [20, 90, 180], orbit step 20, seed 0, framed by frame_job"
+        f"jobs: embedded, {PROFILE} profile (strength {strengths['inpainter']}, refine strength "
+        f"{strengths['refiner']}: the backends' defaults), fixed rings [20, 90, 180], orbit step 20, seed 0, "
+        "framed by frame_job"
     )
     print(
         f"objects: {', '.join(objects) or 'none'} ({args.gaussians:,} Gaussians, seed 0); "

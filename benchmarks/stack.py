@@ -44,7 +44,7 @@ from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
-from services.embedded import PROFILES, embedded_stages
+from services.embedded import embedded_stages
 from services.stack import SERVICES, local_stack
 
 SAMPLES = Path(__file__).parents[1] / "samples"
@@ -84,15 +84,8 @@ def children(pid: int) -> list[int]:
 def job_spec(
     frames: list[common_pb2.ObjectRef], references: list[common_pb2.ObjectRef], seed: int, quick: bool
 ) -> coordinator_pb2.JobSpec:
-    """The benchmark job: defaults (resolution 256, orbit step 20, fixed rings), the CPU strengths."""
-    profile = PROFILES["cpu"]
-    spec = coordinator_pb2.JobSpec(
-        asset=common_pb2.AssetRef(frames=frames),
-        references=references,
-        strength=profile.strength,
-        refine_strength=profile.refine_strength,
-        seed=seed,
-    )
+    """The benchmark job: defaults (resolution 256, orbit step 20, fixed rings, the backends' strengths)."""
+    spec = coordinator_pb2.JobSpec(asset=common_pb2.AssetRef(frames=frames), references=references, seed=seed)
     if quick:
         spec.resolution, spec.orbit_step_deg = 64, 45.0
     return spec

@@ -84,8 +84,15 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limits", type=float, nargs="+", help="fixed ring limits, degrees (20 90 180)")
     parser.add_argument("--max-unobserved", type=float, help="adaptive: largest unobserved fraction")
-    parser.add_argument("--strength", type=float, default=None, help="inpainting strength in (0, 1]")
-    parser.add_argument("--refine-strength", type=float, default=None, help="refinement strength in (0, 1]")
+    parser.add_argument(
+        "--strength", type=float, default=0.0, help="inpainting strength in (0, 1] (default: the backend's)"
+    )
+    parser.add_argument(
+        "--refine-strength",
+        type=float,
+        default=0.0,
+        help="refinement strength in (0, 1] (default: the backend's)",
+    )
     parser.add_argument("--fit-steps", type=int, help="subject-fit steps (LoRA steps; default 400)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -98,8 +105,8 @@ def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordi
         resolution=args.resolution,
         orbit_step_deg=args.orbit_step,
         elevation_deg=args.elevation,
-        strength=args.strength or 0.0,
-        refine_strength=args.refine_strength or 0.0,
+        strength=args.strength,
+        refine_strength=args.refine_strength,
         seed=args.seed,
         force=args.force,
     )
@@ -128,15 +135,12 @@ def run_embedded(args: argparse.Namespace) -> int:
     from services.coordinator.jobstore import JobStore
     from services.coordinator.pipeline import JobRunner
     from services.coordinator.spec import resolve_spec
-    from services.embedded import PROFILES, embedded_stages
+    from services.embedded import embedded_stages
 
     plys, pngs = input_files(args.asset, args.reference)
     store = MemoryStore()
     frames = [store.put_bytes(p.read_bytes(), suffix=".ply", media_type="application/x-ply") for p in plys]
     references = [store.put_bytes(p.read_bytes(), suffix=".png", media_type="image/png") for p in pngs]
-    profile = PROFILES[args.profile]
-    args.strength = args.strength or profile.strength
-    args.refine_strength = args.refine_strength or profile.refine_strength
     try:
         spec = frame_job(resolve_spec(job_spec(args, frames, references)), store)
         stages = embedded_stages(store, args.profile)

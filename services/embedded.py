@@ -26,16 +26,9 @@ from services.coordinator.stages import InProcessStub, Stages
 
 @dataclass(frozen=True)
 class Profile:
-    """Backends of the five stages, and the strengths a job uses unless it names its own.
-
-    The paper's strength 0.3 is a point on a diffusion noise schedule: 30% of the schedule already
-    re-draws appearance. The colour inpainter's strength is linear (the fraction of the way to the
-    subject's colours), so the CPU profile moves unobserved pixels all the way (1.0).
-    """
+    """The backend of each of the five stages (each backend has its own default strength)."""
 
     backends: dict[str, str]
-    strength: float
-    refine_strength: float
 
 
 PROFILES = {
@@ -47,8 +40,6 @@ PROFILES = {
             "refiner": "consensus",
             "reconstructor": "colour-solve",
         },
-        strength=1.0,
-        refine_strength=0.3,
     ),
     "paper": Profile(
         backends={
@@ -58,8 +49,6 @@ PROFILES = {
             "refiner": "mv-diffusion",
             "reconstructor": "gsplat-optimize",
         },
-        strength=0.3,
-        refine_strength=0.3,
     ),
     "diffusion": Profile(
         backends={
@@ -69,8 +58,6 @@ PROFILES = {
             "refiner": "mv-diffusion",
             "reconstructor": "colour-solve",
         },
-        strength=0.3,
-        refine_strength=0.3,
     ),
 }
 

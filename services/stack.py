@@ -48,8 +48,6 @@ def local_stack(
     Raises:
         SystemExit: a service did not start (naming its log).
     """
-    from services.embedded import PROFILES
-
     state.mkdir(parents=True, exist_ok=True)
     targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     processes: dict[str, subprocess.Popen] = {}
@@ -66,8 +64,6 @@ def local_stack(
                 }
                 if name == "coordinator":
                     env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
-                    # The stack runs the CPU backends: the colour inpainter's strength is linear.
-                    env.setdefault("TIRE_COORDINATOR_DEFAULT_STRENGTH", str(PROFILES["cpu"].strength))
                     env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
                 with (state / f"{name}.log").open("a") as log:
                     processes[name] = subprocess.Popen(

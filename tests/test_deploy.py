@@ -442,8 +442,6 @@ def test_backends_are_the_profiles_and_exist(layout: str) -> None:
     for stage in STAGES:
         backend = compose["services"][stage]["environment"][f"TIRE_{stage.upper()}_BACKEND"]
         assert backend == profile.backends[stage]
-    strength = compose["services"]["coordinator"]["environment"]["TIRE_COORDINATOR_DEFAULT_STRENGTH"]
-    assert float(strength) == profile.strength
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

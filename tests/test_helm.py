@@ -230,7 +230,6 @@ def test_gpus_are_requested_by_the_gpu_backends_by_default():
         "refiner": "consensus",
         "reconstructor": "gsplat-optimize",
     }
-    assert "TIRE_COORDINATOR_DEFAULT_STRENGTH" not in objects[("ConfigMap", "tire-coordinator")]["data"]
 
 
 def test_the_paper_backends_get_their_gpu_and_weights():
@@ -273,9 +272,6 @@ def test_cpu_only_mode_requests_no_gpu_and_runs_the_cpu_backends():
         "refiner": "consensus",
         "reconstructor": "colour-solve",
     }
-    # The colour inpainter's strength is a linear blend: the coordinator defaults it to 1.0.
-    config = objects[("ConfigMap", "tire-coordinator")]["data"]
-    assert from_env(CoordinatorSettings, "TIRE_COORDINATOR_", config).default_strength == 1.0
 
 
 def test_one_stage_without_a_gpu_falls_back_to_its_cpu_backend_alone():
@@ -286,10 +282,6 @@ def test_one_stage_without_a_gpu_falls_back_to_its_cpu_backend_alone():
         GPU not in pod_spec(objects, "Deployment", "tire-inpainter")["containers"][0]["resources"]["limits"]
     )
     assert pod_spec(objects, "Deployment", "tire-renderer")["containers"][0]["resources"]["limits"][GPU] == 1
-    coordinator = objects[("ConfigMap", "tire-coordinator")]["data"]
-    assert coordinator["TIRE_COORDINATOR_DEFAULT_STRENGTH"] == "1.0"
-    explicit = render("--set", "inpainter.gpu=0", "--set", "coordinator.defaultStrength=0.6")
-    assert explicit[("ConfigMap", "tire-coordinator")]["data"]["TIRE_COORDINATOR_DEFAULT_STRENGTH"] == "0.6"
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)

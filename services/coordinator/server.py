@@ -17,9 +17,6 @@ Configuration (environment, read once at start):
     TIRE_COORDINATOR_RETRY_ATTEMPTS      tries of a stage call failing with UNAVAILABLE or
                                          DEADLINE_EXCEEDED (default 6, backoff 0.5 s doubling to 15 s)
     TIRE_COORDINATOR_URL_EXPIRY_S        lifetime of presigned upload and download URLs (default 3600)
-    TIRE_COORDINATOR_DEFAULT_STRENGTH, TIRE_COORDINATOR_DEFAULT_REFINE_STRENGTH
-                                         what a job's unset strengths become (default 0.3, the paper's;
-                                         1.0 for a stack whose inpainter is the CPU `colour` backend)
     TIRE_COORDINATOR_SOURCE_WEIGHT       the source view's weight in reconstruction (default 10)
     TIRE_COORDINATOR_PORT, TIRE_COORDINATOR_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
@@ -70,8 +67,6 @@ class CoordinatorSettings:
     call_timeout_s: float = 900.0
     retry_attempts: int = 6
     url_expiry_s: int = 3600
-    default_strength: float = 0.3
-    default_refine_strength: float = 0.3
     source_weight: float = 10.0
 
     def __post_init__(self) -> None:
@@ -81,8 +76,6 @@ class CoordinatorSettings:
             ("call_timeout_s", self.call_timeout_s > 0),
             ("retry_attempts", self.retry_attempts >= 1),
             ("url_expiry_s", 60 <= self.url_expiry_s <= 7 * 24 * 3600),
-            ("default_strength", 0 < self.default_strength <= 1),
-            ("default_refine_strength", 0 < self.default_refine_strength <= 1),
             ("source_weight", 0 < self.source_weight < 1e6),
         ):
             if not ok:
@@ -168,11 +161,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.CreateDownloadResponse(downloads=downloads)
 
     def SubmitJob(self, request, context):
-        spec = resolve_spec(
-            request.spec,
-            default_strength=self.settings.default_strength,
-            default_refine_strength=self.settings.default_refine_strength,
-        )
+        spec = resolve_spec(request.spec)
         spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
         job, created = self.jobs.create(spec, request.request_id)
         if created:

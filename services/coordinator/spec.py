@@ -26,8 +26,6 @@ MIN_RESOLUTION, MAX_RESOLUTION = 64, 1024
 DEFAULT_ORBIT_STEP_DEG = 20.0
 MIN_ORBIT_STEP_DEG, MAX_ORBIT_STEP_DEG = 5.0, 90.0
 MAX_ELEVATION_DEG = 80.0
-DEFAULT_STRENGTH = 0.3
-DEFAULT_REFINE_STRENGTH = 0.3
 DEFAULT_LIMITS = (20.0, 90.0, 180.0)
 DEFAULT_MAX_UNOBSERVED_FRACTION = 0.35
 MAX_TIME_STEPS = 64
@@ -38,21 +36,15 @@ _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def resolve_spec(
-    spec: coordinator_pb2.JobSpec,
-    field: str = "spec",
-    *,
-    default_strength: float = DEFAULT_STRENGTH,
-    default_refine_strength: float = DEFAULT_REFINE_STRENGTH,
-) -> coordinator_pb2.JobSpec:
+def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordinator_pb2.JobSpec:
     """A checked copy of ``spec`` with every default filled in; ``spec`` itself is not changed.
 
-    Defaults: resolution 256; orbit_step_deg 20; strength and refine_strength 0.3 (the paper's; a
-    deployment whose inpainter reads strength differently passes its own defaults); rings: fixed with
+    Defaults: resolution 256; orbit_step_deg 20; rings: fixed with
     limits [20, 90, 180] when unset or when ``fixed.limits_deg`` is empty; adaptive:
     max_unobserved_fraction 0.35 and min_ring_width_deg the orbit step when unset; fit: every field set
-    (``services.common.fit_settings.resolve_fit_settings``). Resolving a resolved spec returns an equal
-    spec.
+    (``services.common.fit_settings.resolve_fit_settings``). A strength of 0 stays 0: the stage's
+    backend applies its own default (``default_strength``, in its Describe). Resolving a resolved spec
+    returns an equal spec.
 
     Checks: the asset has 1 to 64 frames, each an ``s3://`` URI (with a 64-hex-digit sha256 when one is
     given); one reference image per frame, each an ``s3://`` URI; resolution a multiple of 8 in
@@ -67,7 +59,6 @@ def resolve_spec(
     Args:
         spec: the spec as the client sent it.
         field: its path in the request, the prefix of every field named in errors.
-        default_strength, default_refine_strength: what a strength of 0 (unset) becomes.
 
     Raises:
         InvalidArgument: the first bad field, named by its full path, for example
@@ -117,10 +108,9 @@ def resolve_spec(
     _resolve_rings(resolved.rings, resolved.orbit_step_deg, f"{field}.rings")
 
     # 4. Strengths and the subject fit.
-    resolved.strength = _strength(resolved.strength, default_strength, f"{field}.strength")
-    resolved.refine_strength = _strength(
-        resolved.refine_strength, default_refine_strength, f"{field}.refine_strength"
-    )
+    for name in ("strength", "refine_strength"):
+        validation.finite(getattr(resolved, name), f"{field}.{name}")
+        validation.in_range(getattr(resolved, name), f"{field}.{name}", 0.0, 1.0)
     resolved.fit.CopyFrom(resolve_fit_settings(resolved.fit, f"{field}.fit"))
 
     # 5. Labels.
@@ -231,10 +221,3 @@ def _resolve_rings(rings: coordinator_pb2.RingSchedule, step_deg: float, field: 
             f"must be between the orbit step ({step_deg:g}) and 180 degrees",
         )
     # source_only has no fields.
-
-
-def _strength(value: float, default: float, field: str) -> float:
-    """A strength: 0 means ``default``; otherwise finite in (0, 1]."""
-    validation.finite(value, field)
-    validation.in_range(value, field, 0.0, 1.0)
-    return default if value == 0 else value

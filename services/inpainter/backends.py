@@ -49,6 +49,9 @@ class ColourBackend:
 
     name = "colour"
     base_model = ""
+    default_strength = 1.0
+    """Strength is linear here, the fraction of the way to the subject's colours: drifted pixels move
+    all the way by default (only the pixels that fit no part of the subject move at all)."""
 
     def __init__(
         self,

@@ -66,6 +66,7 @@ class InpaintBackend(Protocol):
 
     name: str
     base_model: str  # the base model subject models are fitted on; "" for backends without one
+    default_strength: float  # what a request's strength 0 (unset) means for this backend
 
     @property
     def device(self) -> str:

@@ -81,6 +81,9 @@ class SdLoraBackend:
     """
 
     name = BACKEND
+    default_strength = 0.3
+    """The paper's point on the noise schedule: the last 30% of the steps re-draw appearance while the
+    view's layout survives."""
 
     def __init__(
         self,

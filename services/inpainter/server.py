@@ -3,7 +3,8 @@
 ``FitSubject`` validates the reference images and masks, fits a subject model with the configured
 backend (streaming its progress), and stores the model as an artifact any replica can use.
 ``Inpaint`` validates views, masks, optional alpha and the subject model, and writes the inpainted views
-back as a tensor reference (with PNG previews). Inpaint's ``strength`` 0 means the proto's default, 0.3.
+back as a tensor reference (with PNG previews). Inpaint's ``strength`` 0 means the backend's
+``default_strength`` (colour 1.0, sd-lora 0.3), which Describe reports.
 
 The sd-lora backend (``services.inpainter.sd_lora``) loads its model at start, fits LoRA adapters and
 inpaints with them; a second replica with the same model uses the first one's adapters. The colour
@@ -70,7 +71,6 @@ from services.inpainter.contract import (
 
 SERVICE_NAME = "tire.v1.InpainterService"
 ARTIFACT_MEDIA_TYPE = "application/vnd.safetensors"
-DEFAULT_STRENGTH = 0.3
 GiB = 1024**3
 
 
@@ -119,7 +119,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         self._subjects_lock = threading.Lock()
 
     def Describe(self, request, context):
-        return describe(
+        answer = describe(
             SERVICE_NAME,
             self.backend.name,
             self.backend.device,
@@ -127,6 +127,8 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
             self.settings,
             self.backend.base_model,
         )
+        answer.settings["default_strength"] = str(self.backend.default_strength)
+        return answer
 
     def FitSubject(self, request, context) -> Iterator[inpainter_pb2.FitSubjectResponse]:
         config = fit_config(request.settings)
@@ -170,7 +172,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         )
 
     def Inpaint(self, request, context):
-        strength = _strength(request.strength)
+        strength = self._strength(request.strength)
         steps = DEFAULT_NUM_INFERENCE_STEPS
         if request.HasField("num_inference_steps"):
             steps = validation.positive_int(request.num_inference_steps, "num_inference_steps", maximum=1000)
@@ -212,6 +214,11 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                 "subject.artifact", artifact.uri, f"is not a {self.backend.name!r} subject model: it {exc}"
             ) from exc
         return inpainter_pb2.InpaintResponse(images=put_tensor(self.store, out, previews=True))
+
+    def _strength(self, value: float) -> float:
+        """The request's strength: 0 means the backend's default; otherwise in (0, 1]."""
+        validation.in_range(value, "strength", 0.0, 1.0)
+        return self.backend.default_strength if value == 0 else float(value)
 
     def _subject_bytes(self, artifact) -> bytes:
         """The subject model's bytes; models named by sha256 are kept for the next calls (a job sends
@@ -288,12 +295,6 @@ def fit_config(settings: inpainter_pb2.FitSettings) -> FitConfig:
     )
 
 
-def _strength(value: float) -> float:
-    """The request's strength: 0 means the default, 0.3; otherwise in (0, 1]."""
-    validation.in_range(value, "strength", 0.0, 1.0)
-    return DEFAULT_STRENGTH if value == 0 else float(value)
-
-
 def build_servicer(settings: InpainterSettings, store: BlobStore) -> InpainterServicer:
     """The servicer with its backend, as the server and in-process callers build it."""
     if settings.backend == "sd-lora":
@@ -333,7 +334,9 @@ def warm_up(servicer: InpainterServicer) -> None:
     subject = servicer.backend.fit_subject(images, masks, config, lambda *_: None)
     alpha = np.ones((1, 16, 16), dtype=np.float32)
     alpha[0, 6:9, 6:9] = 0.0
-    servicer.backend.inpaint(images, masks > 0.5, alpha, subject, DEFAULT_STRENGTH, 0, num_inference_steps=2)
+    servicer.backend.inpaint(
+        images, masks > 0.5, alpha, subject, servicer.backend.default_strength, 0, num_inference_steps=2
+    )
 
 
 def main() -> None:

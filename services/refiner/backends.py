@@ -49,6 +49,7 @@ class RefineBackend(Protocol):
     """Makes V views of one asset agree with each other."""
 
     name: str
+    default_strength: float  # what a request's strength 0 (unset) means for this backend
 
     @property
     def device(self) -> str:
@@ -94,6 +95,8 @@ class ConsensusBackend:
     """
 
     name = "consensus"
+    default_strength = 0.3
+    """The paper's refinement strength, read here as a blend 30% of the way to the consensus render."""
 
     def __init__(
         self,

@@ -378,6 +378,8 @@ class MvDiffusionBackend:
     """
 
     name = "mv-diffusion"
+    default_strength = 0.3
+    """The paper's point on the noise schedule: the last 30% of the steps."""
 
     def __init__(
         self,

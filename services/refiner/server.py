@@ -53,7 +53,6 @@ from services.common.views import Views, read_views
 from services.refiner.backends import BACKENDS, RefineBackend, make_backend
 
 SERVICE_NAME = "tire.v1.RefinerService"
-DEFAULT_STRENGTH = 0.3  # the paper's; a request's 0 means this
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,11 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
 
     def Describe(self, request, context):
         model = getattr(self.backend, "model", "")  # the URI of a neural backend's weights
-        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings, model)
+        answer = describe(
+            SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings, model
+        )
+        answer.settings["default_strength"] = str(self.backend.default_strength)
+        return answer
 
     def Refine(self, request, context):
         strength = self._strength(request)
@@ -138,13 +141,17 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         rgb = self.backend.refine(views, update_mask, gaussians, request.source_index, strength, request.seed)
         return refiner_pb2.RefineResponse(rgb=put_tensor(self.store, rgb, previews=True))
 
-    @staticmethod
-    def _strength(request) -> float:
+    def _strength(self, request) -> float:
+        """The request's strength: 0 means the backend's default; otherwise in (0, 1]."""
         strength = float(request.strength)
         if strength == 0.0:
-            return DEFAULT_STRENGTH
+            return self.backend.default_strength
         if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
-            raise InvalidArgument("strength", strength, "must be in (0, 1], or 0 for the default 0.3")
+            raise InvalidArgument(
+                "strength",
+                strength,
+                f"must be in (0, 1], or 0 for the backend's default ({self.backend.default_strength})",
+            )
         return strength
 
     def _update_mask(self, request, views: Views) -> np.ndarray:

@@ -50,7 +50,7 @@ def spec(store, **fields) -> coordinator_pb2.JobSpec:
 def test_submitted_jobs_run_and_watch_streams_to_the_end(servicer, store):
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
     assert job.state == coordinator_pb2.JOB_STATE_QUEUED
-    assert job.spec.refine_strength == pytest.approx(0.3)  # defaults filled in
+    assert list(job.spec.rings.fixed.limits_deg) == [20, 90, 180]  # defaults filled in
     servicer.queue.start([])
     events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None)]
     assert events[0].HasField("step_started") and events[-1].HasField("finished")
@@ -210,13 +210,12 @@ def test_uploads_and_downloads_need_a_store_that_signs_urls(servicer, store):
         servicer.CreateDownload(download, None)
 
 
-def test_the_deployment_sets_what_unset_strengths_become(store):
+def test_unset_strengths_are_left_to_the_stage_backends(store):
     jobs = JobStore(":memory:")
-    settings = CoordinatorSettings(default_strength=1.0, default_refine_strength=0.5)
-    servicer = CoordinatorServicer(jobs, None, store, settings)  # type: ignore[arg-type]
+    servicer = CoordinatorServicer(jobs, None, store)  # type: ignore[arg-type]
     servicer.queue = type("NoQueue", (), {"put": lambda self, job_id: None})()
     unset = spec(store, strength=0.0)
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), None).job
-    assert (job.spec.strength, job.spec.refine_strength) == (1.0, 0.5)
+    assert (job.spec.strength, job.spec.refine_strength) == (0.0, 0.0)
     given = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store, strength=0.25)), None).job
     assert given.spec.strength == pytest.approx(0.25)

@@ -15,7 +15,6 @@ from services.coordinator.spec import (
     DEFAULT_LIMITS,
     DEFAULT_ORBIT_STEP_DEG,
     DEFAULT_RESOLUTION,
-    DEFAULT_STRENGTH,
     resolve_spec,
 )
 
@@ -47,7 +46,7 @@ def test_defaults_are_filled_in():
     resolved = resolve_spec(spec)
     assert resolved.resolution == DEFAULT_RESOLUTION == 256
     assert resolved.orbit_step_deg == DEFAULT_ORBIT_STEP_DEG == 20.0
-    assert resolved.strength == f32(DEFAULT_STRENGTH) and resolved.refine_strength == f32(0.3)
+    assert resolved.strength == resolved.refine_strength == 0.0  # unset: each stage backend's default
     assert resolved.elevation_deg == 0.0 and resolved.seed == 0
     assert resolved.rings.WhichOneof("mode") == "fixed"
     assert list(resolved.rings.fixed.limits_deg) == list(DEFAULT_LIMITS) == [20.0, 90.0, 180.0]

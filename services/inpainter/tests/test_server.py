@@ -126,16 +126,16 @@ def test_inpaint_matches_the_backend_and_keeps_unmasked_pixels(servicer, store, 
     out = get_tensor(store, reply.images, dtype=np.uint8, shape=(3, SIZE, SIZE, 3))
     _, blue, masks, alpha = refs["arrays"]
     expected = ColourBackend().inpaint(
-        blue, masks.astype(bool), alpha, store.get_object(subject.artifact), 0.3, 3
+        blue, masks.astype(bool), alpha, store.get_object(subject.artifact), 1.0, 3
     )
-    np.testing.assert_array_equal(out, expected)  # strength 0 means the default, 0.3
+    np.testing.assert_array_equal(out, expected)  # strength 0 means the colour backend's default, 1.0
     np.testing.assert_array_equal(out[masks == 0], blue[masks == 0])
     assert len(reply.images.preview_uris) == 3
     # The hole (alpha 0 inside the mask) was filled: no black left inside the disc.
     assert out[masks == 1].max(axis=-1).min() > 30
 
-    stronger = servicer.Inpaint(inpaint_request(refs, subject, seed=3, strength=1.0), None)
-    assert stronger.images.uri != reply.images.uri
+    weaker = servicer.Inpaint(inpaint_request(refs, subject, seed=3, strength=0.3), None)
+    assert weaker.images.uri != reply.images.uri
     unchanged = servicer.Inpaint(
         inpaint_request(refs, subject, seed=3, num_inference_steps=10, guidance_scale=1.0), None
     )
@@ -154,6 +154,7 @@ def test_describe_names_backend_and_settings(servicer):
     assert (info.backend, info.model, info.device) == ("colour", "", "cpu (1 threads)")
     assert list(info.available_backends) == ["colour", "sd-lora"]
     assert info.settings["max_views"] == "4" and info.settings["transport_iterations"] == "30"
+    assert info.settings["default_strength"] == "1.0"  # what a request's strength 0 means here
 
 
 def test_build_servicer_and_warm_up(store):

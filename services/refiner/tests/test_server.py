@@ -63,7 +63,7 @@ def test_refine_writes_what_the_backend_computes(servicer, store, scene, valid_r
     assert servicer.Refine(valid_request, None).rgb.uri == reply.rgb.uri
 
 
-def test_strength_zero_means_the_default(servicer, store, scene, valid_request):
+def test_strength_zero_means_the_backends_default(servicer, store, scene, valid_request):
     gaussians, views = scene
     rgb = get_tensor(store, servicer.Refine(valid_request, None).rgb)
     mask = get_tensor(store, valid_request.update_mask)
@@ -76,6 +76,7 @@ def test_describe_names_backend_and_settings(servicer):
     assert info.backend == "consensus" and info.device.startswith("cpu")
     assert list(info.available_backends) == ["consensus", "mv-diffusion"]
     assert info.settings["max_views"] == "4" and info.settings["source_weight"] == "10.0"
+    assert info.settings["default_strength"] == "0.3"  # what a request's strength 0 means here
 
 
 def test_settings_from_the_environment(store):
