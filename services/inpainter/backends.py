@@ -49,6 +49,7 @@ class ColourBackend:
 
     name = "colour"
     base_model = ""
+    subject_cache_size = 64  # a colour model is a few kB
     default_strength = 1.0
     """Strength is linear here, the fraction of the way to the subject's colours: drifted pixels move
     all the way by default (only the pixels that fit no part of the subject move at all)."""

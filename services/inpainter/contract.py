@@ -67,6 +67,7 @@ class InpaintBackend(Protocol):
     name: str
     base_model: str  # the base model subject models are fitted on; "" for backends without one
     default_strength: float  # what a request's strength 0 (unset) means for this backend
+    subject_cache_size: int  # subject models the server keeps in memory for the next calls (their size)
 
     @property
     def device(self) -> str:

@@ -81,6 +81,7 @@ class SdLoraBackend:
     """
 
     name = BACKEND
+    subject_cache_size = 8  # an SD2 LoRA of rank 16 is 16 MB
     default_strength = 0.3
     """The paper's point on the noise schedule: the last 30% of the steps re-draw appearance while the
     view's layout survives."""

@@ -74,9 +74,6 @@ ARTIFACT_MEDIA_TYPE = "application/vnd.safetensors"
 GiB = 1024**3
 
 
-SUBJECT_CACHE_SIZE = 8  # subject models kept in memory (a colour model is kB, an SD2 LoRA of rank 16 MB)
-
-
 @dataclass(frozen=True)
 class InpainterSettings:
     backend: str = "colour"
@@ -235,7 +232,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         )
         with self._subjects_lock:
             self._subjects[key] = data
-            while len(self._subjects) > SUBJECT_CACHE_SIZE:
+            while len(self._subjects) > self.backend.subject_cache_size:
                 self._subjects.popitem(last=False)
         return data
 

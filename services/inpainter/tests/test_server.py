@@ -314,3 +314,15 @@ def test_a_subject_model_is_read_once_for_many_calls(servicer, store, refs, subj
     again = servicer.Inpaint(inpaint_request(refs, subject, seed=3), None)
     assert first.images.uri == again.images.uri
     assert reads.count(subject.artifact.uri) == 1
+
+
+def test_the_backend_sizes_the_subject_cache(servicer, store, refs, subject, monkeypatch):
+    *_, last = servicer.FitSubject(fit_request(refs, seed=2), None)
+    other = last.model
+    monkeypatch.setattr(servicer.backend, "subject_cache_size", 1)
+    reads = []
+    get_bytes = store.get_bytes
+    monkeypatch.setattr(store, "get_bytes", lambda uri, **kw: reads.append(uri) or get_bytes(uri, **kw))
+    for model in (subject, other, subject):  # one model kept: the second call evicts the first
+        servicer.Inpaint(inpaint_request(refs, model, seed=3), None)
+    assert reads.count(subject.artifact.uri) == 2 and reads.count(other.artifact.uri) == 1
