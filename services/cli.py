@@ -25,8 +25,7 @@ import grpc
 from tire.v1 import common_pb2, coordinator_pb2
 
 from services.client import coordinator_stub, download, remote_events, save_outputs, upload
-from services.common.config import ConfigError
-from services.common.errors import TireError
+from services.common.errors import ConfigError, TireError
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
 from services.stack import local_ports, local_stack

@@ -17,8 +17,8 @@ import dataclasses
 import importlib
 from dataclasses import dataclass
 
-from services.common.config import ConfigError, from_env
-from services.common.errors import TireError
+from services.common.config import from_env
+from services.common.errors import ConfigError, TireError
 from services.common.registry import STAGES
 from services.common.store import BlobStore
 from services.coordinator.stages import InProcessStub, Stages

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch

@@ -33,6 +33,7 @@ from tire.v1 import common_pb2
 
 from services.common import config, validation
 from services.common.errors import (
+    ConfigError,
     IntegrityError,
     ObjectNotFound,
     ObjectTooLarge,
@@ -112,7 +113,7 @@ class StoreSettings:
         for ok, name, problem in checks:
             if not ok:
                 shown = "<hidden>" if name == "secret_key" else repr(getattr(self, name))
-                raise config.ConfigError(f"StoreSettings.{name} {problem}, got {shown}.")
+                raise ConfigError(f"StoreSettings.{name} {problem}, got {shown}.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> StoreSettings:
@@ -123,23 +124,21 @@ class StoreSettings:
         and must agree with ``TIRE_S3_SECURE`` when both are given.
 
         Raises:
-            config.ConfigError (a ValueError): a variable is missing or malformed; the message names it.
+            ConfigError: a variable is missing or malformed; the message names it.
         """
         endpoint = environ.get("TIRE_S3_ENDPOINT", "")
         scheme, sep, rest = endpoint.partition("://")
         if not sep:
             return config.from_env(cls, "TIRE_S3_", environ)
         if scheme.lower() not in ("http", "https"):
-            raise config.ConfigError(
-                f"TIRE_S3_ENDPOINT must start with http:// or https://, got {endpoint!r}."
-            )
+            raise ConfigError(f"TIRE_S3_ENDPOINT must start with http:// or https://, got {endpoint!r}.")
         implied = scheme.lower() == "https"
         overrides = {"TIRE_S3_ENDPOINT": rest.rstrip("/")}
         if "TIRE_S3_SECURE" not in environ:
             overrides["TIRE_S3_SECURE"] = str(implied)
         settings = config.from_env(cls, "TIRE_S3_", {**environ, **overrides})
         if settings.secure != implied:
-            raise config.ConfigError(
+            raise ConfigError(
                 f"TIRE_S3_ENDPOINT {endpoint!r} and TIRE_S3_SECURE={environ['TIRE_S3_SECURE']!r} disagree."
             )
         return settings

@@ -33,8 +33,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-from services.common.config import ConfigError
-from services.common.errors import InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key

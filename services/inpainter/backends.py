@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.inpainter.colour import ColourModel, fit_colour_model, inpaint_view
 from services.inpainter.contract import (
     BACKENDS,

@@ -39,8 +39,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from services.common.config import ConfigError
-from services.common.errors import InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument
 from services.common.models import describe_device, resolve_model, torch_device, torch_dtype
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata
 from services.inpainter.contract import (

@@ -52,8 +52,7 @@ import numpy as np
 from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
 
 from services.common import validation
-from services.common.config import ConfigError
-from services.common.errors import InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument
 from services.common.fit_settings import float32_decimal, resolve_fit_settings
 from services.common.server import Finished, describe, run_service, stream_progress
 from services.common.store import BlobStore

@@ -104,7 +104,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.cameras import Cameras
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians, recolour
 from services.common.rasterizer import rasterize
 from services.common.views import Views, estimate_background

@@ -75,8 +75,7 @@ import torch
 import torch.nn.functional as F
 
 from services.common.cameras import Cameras
-from services.common.config import ConfigError
-from services.common.errors import Unimplemented
+from services.common.errors import ConfigError, Unimplemented
 from services.common.gaussians import Gaussians
 from services.common.views import Views, estimate_background
 from services.reconstructor.contract import (

@@ -37,7 +37,7 @@ from typing import Protocol
 import numba
 import numpy as np
 
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
 from services.common.views import Views, estimate_background

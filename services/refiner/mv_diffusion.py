@@ -55,8 +55,7 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from services.common.cameras import Cameras
-from services.common.config import ConfigError
-from services.common.errors import InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument
 from services.common.gaussians import Gaussians
 from services.common.models import describe_device, resolve_model, torch_device, torch_dtype
 from services.common.views import Views

@@ -43,8 +43,7 @@ import numpy as np
 from tire.v1 import refiner_pb2, refiner_pb2_grpc
 
 from services.common.assets import load_frame
-from services.common.config import ConfigError
-from services.common.errors import InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument
 from services.common.gaussians import random_gaussians
 from services.common.server import describe, run_service
 from services.common.store import BlobStore

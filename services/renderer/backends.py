@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.cameras import Cameras
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import Gaussians
 from services.common.rasterizer import RenderResult, rasterize
 

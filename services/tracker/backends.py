@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.views import Views
 from services.tracker.contract import (
     BACKENDS,

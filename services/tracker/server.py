@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import tracker_pb2, tracker_pb2_grpc
 
-from services.common.config import ConfigError
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import ConfigError, InvalidArgument, ResourceExhausted
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor

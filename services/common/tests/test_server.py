@@ -28,8 +28,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.common import validation
 from services.common.clients import dial, service_config, wait_ready
-from services.common.config import ConfigError, ServerSettings, from_env
-from services.common.errors import CallerGone, InvalidArgument, ObjectNotFound, StoreUnavailable
+from services.common.config import ServerSettings, from_env
+from services.common.errors import CallerGone, ConfigError, InvalidArgument, ObjectNotFound, StoreUnavailable
 from services.common.logs import configure_logging
 from services.common.server import Finished, RunningServer, ServiceSpec, start_server, stream_progress
 

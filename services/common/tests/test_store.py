@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from minio.error import InvalidResponseError, ServerError
 
-from services.common.config import ConfigError
 from services.common.errors import (
+    ConfigError,
     IntegrityError,
     InvalidArgument,
     ObjectNotFound,

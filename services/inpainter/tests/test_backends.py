@@ -8,7 +8,7 @@ import pytest
 import safetensors.numpy
 
 from services.common.cameras import Cameras, orbit_cameras, project_points
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import read_ply
 from services.common.rasterizer import RenderResult, rasterize
 from services.inpainter.backends import ColourBackend, make_backend

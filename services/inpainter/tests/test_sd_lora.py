@@ -11,8 +11,7 @@ pytest.importorskip("peft")
 
 from tire.v1 import inpainter_pb2  # noqa: E402
 
-from services.common.config import ConfigError  # noqa: E402
-from services.common.errors import InvalidArgument  # noqa: E402
+from services.common.errors import ConfigError, InvalidArgument  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
 from services.common.tensors import get_tensor, put_tensor  # noqa: E402
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata  # noqa: E402

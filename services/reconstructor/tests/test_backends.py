@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.common.cameras import Cameras, orbit_cameras
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians, random_gaussians, read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
 from services.common.views import Views

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from services.common.cameras import orbit_cameras
-from services.common.config import ConfigError
-from services.common.errors import Unimplemented
+from services.common.errors import ConfigError, Unimplemented
 from services.common.gaussians import Gaussians, random_gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
 from services.common.views import Views

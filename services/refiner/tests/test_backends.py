@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from services.common.cameras import orbit_cameras
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, random_gaussians
 from services.common.views import Views
 from services.refiner.backends import (

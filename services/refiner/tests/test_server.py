@@ -5,8 +5,8 @@ import pytest
 from tire.v1 import common_pb2, refiner_pb2
 
 from services.common.assets import store_frame
-from services.common.config import ConfigError, from_env
-from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
+from services.common.config import from_env
+from services.common.errors import ConfigError, InvalidArgument, ObjectNotFound, ResourceExhausted
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import write_views

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.common.cameras import orbit_cameras
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.gaussians import read_ply
 from services.renderer.backends import CpuBackend, cuda_available, make_backend
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from services.common.cameras import orbit_cameras, project_points
-from services.common.config import ConfigError
+from services.common.errors import ConfigError
 from services.common.views import Views
 from services.tracker.backends import GeometricBackend, make_backend, project, unproject
 from services.tracker.contract import Footprint, Located, LocateOptions, footprint, sample_depth

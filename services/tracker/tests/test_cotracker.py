@@ -14,8 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from services.common.cameras import orbit_cameras  # noqa: E402
-from services.common.config import ConfigError, from_env  # noqa: E402
-from services.common.errors import FailedPrecondition, InvalidArgument  # noqa: E402
+from services.common.config import from_env  # noqa: E402
+from services.common.errors import (  # noqa: E402
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+)
 from services.common.store import MemoryStore  # noqa: E402
 from services.testing.synthetic import textured_blob  # noqa: E402
 from services.tracker.backends import GeometricBackend, make_backend  # noqa: E402

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from tire.v1 import common_pb2, tracker_pb2
 
-from services.common.config import ConfigError, from_env
-from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
+from services.common.config import from_env
+from services.common.errors import ConfigError, InvalidArgument, ObjectNotFound, ResourceExhausted
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, write_views
