@@ -59,8 +59,8 @@ drifted (``corrupt_unseen``; 8 views of 32 x 32, CPU), 200 steps took the views'
 smallest of those scales that gets there. Not yet measured on real assets on a GPU.
 
 The renderer is a component: ``gsplat.rasterization`` on CUDA by default (classic mode, eps2d 0.3,
-near plane 0.01, unpacked, RGB), or any function of the same call signature, such as ``render_dense``,
-the plain-PyTorch twin that tests run on CPU.
+near plane 0.01, unpacked, RGB), or any function of the same call signature, such as the plain-PyTorch
+twin that tests run on CPU (``services.common.rasterizer.reference.rasterization_dense``).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from services.common.cameras import Cameras
 from services.common.errors import ConfigError, Unimplemented
 from services.common.gaussians import Gaussians
+from services.common.rasterizer import EPS2D, FAR_PLANE, NEAR_PLANE
 from services.common.views import Views, estimate_background
 from services.reconstructor.contract import (
     Reconstruction,
@@ -105,10 +106,6 @@ LEARNING_RATES = {
 }
 # gsplat's compositing rules: alpha is capped at 0.999, skipped below 1/255, and a pixel stops once its
 # transmittance would fall to 1e-4 (that Gaussian excluded).
-ALPHA_MAX = 0.999
-ALPHA_MIN = 1.0 / 255.0
-T_MIN = 1e-4
-SIGMA_MAX = 20.0  # exp(-20) is still a normal float32, and far below ALPHA_MIN
 
 Renderer = Callable[..., tuple[torch.Tensor, torch.Tensor, dict]]
 
@@ -249,9 +246,9 @@ class GsplatOptimizeBackend:
                     Ks=ks[index],
                     width=views.cameras.width,
                     height=views.cameras.height,
-                    near_plane=0.01,
-                    far_plane=1e10,
-                    eps2d=0.3,
+                    near_plane=NEAR_PLANE,
+                    far_plane=FAR_PLANE,
+                    eps2d=EPS2D,
                     sh_degree=initial.sh_degree,
                     packed=False,
                     backgrounds=backgrounds[index],
@@ -401,110 +398,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     numerator = (2.0 * mu_x * mu_y + SSIM_C1) * (2.0 * cov + SSIM_C2)
     denominator = (mu_x**2 + mu_y**2 + SSIM_C1) * (var_x + var_y + SSIM_C2)
     return (numerator / denominator).permute(0, 2, 3, 1)
-
-
-def render_dense(
-    means: torch.Tensor,
-    quats: torch.Tensor,
-    scales: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    sh_degree: int | None = None,
-    packed: bool = True,
-    backgrounds: torch.Tensor | None = None,
-    render_mode: str = "RGB",
-    rasterize_mode: str = "classic",
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``gsplat.rasterization``'s CPU reference twin: differentiable, dense, slow; for tests.
-
-    The same call and results for the subset this backend uses: pinhole cameras, classic mode, no batch
-    dimensions, SH colours, "RGB" or "RGB+ED". Projection and SH come from gsplat's pure-PyTorch port
-    (``gsplat.cuda._torch_impl``); every pixel composites every projected Gaussian front to back with
-    gsplat's rules, in the inputs' dtype. Memory and time are O(V x H x W x N). ``packed`` only
-    changes gsplat's internal layout and is ignored. The box test uses the 3.33-sigma box (gsplat's
-    kernel a tighter, opacity-aware one; outside it alpha < 1/255 anyway).
-
-    Args:
-        means: ``[N, 3]`` world positions.
-        quats: ``[N, 4]`` rotations (w, x, y, z), any length (normalised here).
-        scales: ``[N, 3]`` standard deviations, world units.
-        opacities: ``[N]`` in (0, 1).
-        colors: ``[N, K, 3]`` SH coefficients.
-        viewmats: ``[C, 4, 4]`` world-to-camera, OpenCV convention.
-        Ks: ``[C, 3, 3]`` intrinsics in pixels.
-        width, height: image size in pixels.
-        near_plane, far_plane, eps2d: as gsplat's.
-        sh_degree: SH degree to evaluate, (degree + 1) ** 2 <= K.
-        backgrounds: ``[C, 3]`` colour behind the splats; None for black.
-        render_mode: "RGB", or "RGB+ED" for expected depth in a fourth channel.
-        rasterize_mode: "classic".
-
-    Returns:
-        colours ``[C, H, W, 3 or 4]``, alphas ``[C, H, W, 1]``, and an empty dict (gsplat's meta).
-    """
-    from gsplat.cuda._torch_impl import (
-        _fully_fused_projection,
-        _quat_scale_to_covar_preci,
-        _spherical_harmonics,
-    )
-
-    if sh_degree is None or rasterize_mode != "classic" or render_mode not in ("RGB", "RGB+ED"):
-        raise ValueError(
-            "render_dense supports SH colours, rasterize_mode 'classic' and render_mode 'RGB' or 'RGB+ED', "
-            f"got sh_degree={sh_degree!r}, rasterize_mode={rasterize_mode!r}, render_mode={render_mode!r}"
-        )
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)  # [N, 3, 3]
-    radii, means2d, depths, conics, _ = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane
-    )  # radii [C, N, 2] int, means2d [C, N, 2], depths [C, N], conics [C, N, 3]
-    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
-    rows, cols = torch.meshgrid(
-        torch.arange(height, dtype=means.dtype, device=means.device),
-        torch.arange(width, dtype=means.dtype, device=means.device),
-        indexing="ij",
-    )
-    pixels = torch.stack([cols.flatten() + 0.5, rows.flatten() + 0.5], dim=-1)  # [H * W, 2]
-    if backgrounds is None:
-        backgrounds = means.new_zeros(len(viewmats), 3)
-
-    images, coverages = [], []
-    for view in range(len(viewmats)):
-        shown = torch.nonzero((radii[view] > 0).all(dim=-1)).flatten()
-        shown = shown[torch.sort(depths[view, shown], stable=True).indices]  # front to back
-        rgb = torch.clamp_min(
-            _spherical_harmonics(sh_degree, means[shown] - campos[view], colors[shown]) + 0.5, 0.0
-        )  # [M, 3]
-        offset = means2d[view, shown][None] - pixels[:, None]  # [P, M, 2] centre minus pixel
-        dx, dy = offset.unbind(-1)
-        a, b, c = conics[view, shown].unbind(-1)
-        sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-        # Far from a Gaussian exp(-sigma) and the running transmittance sink into subnormal floats,
-        # which make CPU arithmetic 10 to 100 times slower. Both are clamped where the value no longer
-        # matters: alpha < 1/255 (skipped) beyond sigma = ln 255, and a transmittance below T_MIN ends
-        # the pixel.
-        alpha = torch.clamp_max(opacities[shown] * torch.exp(-sigma.clamp_max(SIGMA_MAX)), ALPHA_MAX)
-        in_box = (offset.abs() <= radii[view, shown].to(means.dtype)).all(dim=-1)
-        alpha = torch.where(in_box & (sigma >= 0.0) & (alpha >= ALPHA_MIN), alpha, 0.0)
-        # Transmittance after each Gaussian; it only falls, so the ones kept are those before it drops
-        # to T_MIN, and the transmittance left is 1 minus their summed weights.
-        log_after = torch.cumsum(torch.log1p(-alpha), dim=1).clamp_min(math.log(T_MIN) - 1.0)
-        after = torch.exp(log_after)
-        before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=1)
-        weights = torch.where(after > T_MIN, alpha * before, 0.0)  # [P, M]
-        coverage = weights.sum(dim=1)  # [P]
-        channels = [weights @ rgb + (1.0 - coverage)[:, None] * backgrounds[view]]
-        if render_mode == "RGB+ED":
-            channels.append((weights @ depths[view, shown] / coverage.clamp_min(1e-10))[:, None])
-        images.append(torch.cat(channels, dim=-1).reshape(height, width, -1))
-        coverages.append(coverage.reshape(height, width, 1))
-    return torch.stack(images), torch.stack(coverages), {}
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -8,7 +8,7 @@
 against.
 """
 
-from services.common.rasterizer._common import RenderResult
+from services.common.rasterizer._common import EPS2D, FAR_PLANE, NEAR_PLANE, RenderResult
 from services.common.rasterizer._cpu import rasterize
 
-__all__ = ["RenderResult", "rasterize"]
+__all__ = ["EPS2D", "FAR_PLANE", "NEAR_PLANE", "RenderResult", "rasterize"]

@@ -20,14 +20,10 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from services.common.rasterizer._common import ALPHA_MAX, ALPHA_MIN, EPS2D, FAR_PLANE, NEAR_PLANE, T_MIN
+
 TILE_SHIFT = 4
 TILE_SIZE = 1 << TILE_SHIFT  # 16; a power of two (tile indices are shifts, lane masks need it)
-NEAR_PLANE = 0.01
-FAR_PLANE = 1e10
-EPS2D = 0.3  # low-pass filter added to the 2D covariance's diagonal, pixels^2
-ALPHA_MIN = 1.0 / 255.0  # gsplat's ALPHA_THRESHOLD: fainter contributions are skipped
-ALPHA_MAX = 0.999
-T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring its transmittance to this or below
 EXTEND_MAX = 3.33  # gsplat's bounding box half-size in standard deviations, before the opacity bound
 
 # Fields of a projected Gaussian's record, ``[N_FIELDS]`` float64.

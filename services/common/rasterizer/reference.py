@@ -1,8 +1,13 @@
-"""Dense reference rasterizer: the specification the fast CPU path is tested against.
+"""The dense twin of gsplat's rasterizer: the specification the fast paths are tested against.
 
-Projection, covariances and SH come from gsplat's own pure-PyTorch port (``gsplat.cuda._torch_impl``),
-run in float64. Compositing is dense: every pixel looks at every projected Gaussian, front to back,
-with gsplat's rules. It is slow (O(pixels x Gaussians)) and meant for tests only; it needs torch.
+Projection, covariances and SH come from gsplat's own pure-PyTorch port (``gsplat.cuda._torch_impl``).
+Compositing is dense: every pixel looks at every projected Gaussian, front to back, with gsplat's rules
+(``splat_weights``, differentiable). It is slow (O(pixels x Gaussians)) and meant for tests; it needs
+torch. Two entry points:
+
+- ``rasterize_reference``: ``services.common.rasterizer.rasterize``'s call, in float64, for the numba path;
+- ``rasterization_dense``: ``gsplat.rasterization``'s call, differentiable in the inputs' dtype, for the
+  reconstructor's optimiser on a machine without CUDA.
 
 Bounding box: this reference uses the 3.33-sigma per-axis box of ``_fully_fused_projection``, while
 gsplat's CUDA kernel (and the fast path) use the tighter opacity-aware box
@@ -11,6 +16,8 @@ alpha < 1/255 for every pixel, so the alpha threshold skips the Gaussian anyway.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -22,18 +29,23 @@ from gsplat.cuda._torch_impl import (
 
 from services.common.cameras import Cameras
 from services.common.gaussians import Gaussians
-from services.common.rasterizer._common import RenderResult, check_arguments
-from services.common.rasterizer._numba import (
+from services.common.rasterizer._common import (
     ALPHA_MAX,
     ALPHA_MIN,
     EPS2D,
     FAR_PLANE,
     NEAR_PLANE,
     T_MIN,
+    RenderResult,
+    check_arguments,
 )
 
 # Pixel x Gaussian pairs per chunk: each [pixels, Gaussians] float64 temporary is then 16 MiB.
 _CHUNK_PAIRS = 1 << 21
+SIGMA_CLAMP = 20.0
+"""Far from a Gaussian, exp(-sigma) and the running transmittance sink into subnormal floats, which make
+CPU arithmetic 10 to 100 times slower. Both are clamped where the value no longer matters: exp(-20) is a
+normal float32 far below ``ALPHA_MIN`` (skipped), and a transmittance below ``T_MIN`` ends the pixel."""
 
 
 def rasterize_reference(
@@ -129,17 +141,7 @@ def rasterize_reference(
 def _composite(
     pixels: torch.Tensor, splat: dict[str, torch.Tensor], background: torch.Tensor, k_top: int
 ) -> tuple[torch.Tensor, ...]:
-    """Composite the depth-sorted Gaussians over P pixel centres.
-
-    Per pixel, gsplat's loop is, front to back::
-
-        if pixel centre outside the box, or sigma < 0, or alpha < 1/255: skip
-        next_T = T * (1 - alpha); if next_T <= 1e-4: stop (this Gaussian excluded)
-        w = alpha * T; accumulate; T = next_T
-
-    Here all at once: with alpha set to 0 for skipped pairs (a factor of exactly 1), next_T is the
-    running product of (1 - alpha); it only decreases, so the Gaussians before the stop are exactly
-    those with next_T > 1e-4, and each one's T is the product before it.
+    """Composite the depth-sorted Gaussians over P pixel centres (``splat_weights``).
 
     Args:
         pixels: ``[P, 2]`` pixel centres (x, y).
@@ -151,26 +153,9 @@ def _composite(
     Returns:
         rgb ``[P, 3]``, alpha ``[P]``, depth ``[P]``, ids ``[P, K]`` int64, weights ``[P, K]``.
     """
-    dx = splat["xy"][None, :, 0] - pixels[:, None, 0]  # [P, M], Gaussian centre minus pixel centre
-    dy = splat["xy"][None, :, 1] - pixels[:, None, 1]
-    a, b, c = splat["conic"].unbind(-1)
-    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
-    alpha = torch.clamp_max(splat["opacity"] * torch.exp(-sigma), ALPHA_MAX)
-    in_box = (dx.abs() <= splat["radii"][:, 0]) & (dy.abs() <= splat["radii"][:, 1])
-    alpha = torch.where(in_box & (sigma >= 0.0) & (alpha >= ALPHA_MIN), alpha, 0.0)
-
-    next_t = torch.cumprod(1.0 - alpha, dim=1)  # [P, M]
-    trans = torch.cat([torch.ones_like(next_t[:, :1]), next_t[:, :-1]], dim=1)  # T before each one
-    included = (alpha > 0.0) & (next_t > T_MIN)
-    weights = torch.where(included, alpha * trans, 0.0)  # [P, M]
-    t_final = (
-        torch.where(included, next_t, 1.0).min(dim=1).values
-        if alpha.shape[1]
-        else alpha.new_ones(len(pixels))
-    )
-
-    acc = 1.0 - t_final
-    rgb = weights @ splat["colour"] + t_final[:, None] * background
+    weights = splat_weights(pixels, splat["xy"], splat["radii"], splat["conic"], splat["opacity"])  # [P, M]
+    acc = weights.sum(dim=1)
+    rgb = weights @ splat["colour"] + (1.0 - acc)[:, None] * background
     depth_sum = weights @ splat["depth"]
     depth = torch.where(acc > 0.0, depth_sum / torch.where(acc > 0.0, acc, 1.0), 0.0)
 
@@ -184,3 +169,128 @@ def _composite(
     top_w = torch.nn.functional.pad(top_w, (0, pad), value=0.0)
     top_ids = torch.nn.functional.pad(top_ids, (0, pad), value=-1)
     return rgb, acc, depth, top_ids, top_w
+
+
+def splat_weights(
+    pixels: torch.Tensor, xy: torch.Tensor, radii: torch.Tensor, conic: torch.Tensor, opacity: torch.Tensor
+) -> torch.Tensor:
+    """Each pixel's compositing weight of each Gaussian, by gsplat's rules; differentiable.
+
+    Per pixel, gsplat's loop is, front to back::
+
+        if pixel centre outside the box, or sigma < 0, or alpha < 1/255: skip
+        next_T = T * (1 - alpha); if next_T <= 1e-4: stop (this Gaussian excluded)
+        w = alpha * T; accumulate; T = next_T
+
+    Here all at once: with alpha set to 0 for skipped pairs (a factor of exactly 1), next_T is the
+    running product of (1 - alpha), summed in log space; it only decreases, so the Gaussians before the
+    stop are exactly those with next_T > ``T_MIN``, and each one's T is the product before it. The
+    transmittance left behind a pixel is ``1 - weights.sum(1)``.
+
+    Args:
+        pixels: ``[P, 2]`` pixel centres (x, y), pixels.
+        xy: ``[M, 2]`` projected centres of M Gaussians sorted front to back, pixels.
+        radii: ``[M, 2]`` half-sizes of their boxes, pixels.
+        conic: ``[M, 3]`` inverse 2D covariances (a, b, c), 1 / pixels^2.
+        opacity: ``[M]`` in (0, 1).
+
+    Returns:
+        ``[P, M]`` weights ``alpha * T``, 0 for every Gaussian a pixel skips or never reaches; the
+        inputs' dtype.
+    """
+    offset = xy[None] - pixels[:, None]  # [P, M, 2], Gaussian centre minus pixel centre
+    dx, dy = offset.unbind(-1)
+    a, b, c = conic.unbind(-1)
+    sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+    alpha = torch.clamp_max(opacity * torch.exp(-sigma.clamp_max(SIGMA_CLAMP)), ALPHA_MAX)
+    in_box = (offset.abs() <= radii.to(xy.dtype)).all(dim=-1)
+    alpha = torch.where(in_box & (sigma >= 0.0) & (alpha >= ALPHA_MIN), alpha, 0.0)
+    log_after = torch.cumsum(torch.log1p(-alpha), dim=1).clamp_min(math.log(T_MIN) - 1.0)
+    after = torch.exp(log_after)  # T after each Gaussian
+    before = torch.cat([torch.ones_like(after[:, :1]), after[:, :-1]], dim=1)
+    return torch.where(after > T_MIN, alpha * before, 0.0)
+
+
+def rasterization_dense(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    colors: torch.Tensor,
+    viewmats: torch.Tensor,
+    Ks: torch.Tensor,
+    width: int,
+    height: int,
+    near_plane: float = NEAR_PLANE,
+    far_plane: float = FAR_PLANE,
+    eps2d: float = EPS2D,
+    sh_degree: int | None = None,
+    packed: bool = True,
+    backgrounds: torch.Tensor | None = None,
+    render_mode: str = "RGB",
+    rasterize_mode: str = "classic",
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``gsplat.rasterization``'s CPU reference twin: differentiable, dense, slow; for tests.
+
+    The same call and results for the subset the reconstructor uses: pinhole cameras, classic mode, no batch
+    dimensions, SH colours, "RGB" or "RGB+ED". Projection and SH come from gsplat's pure-PyTorch port
+    (``gsplat.cuda._torch_impl``); every pixel composites every projected Gaussian front to back with
+    gsplat's rules, in the inputs' dtype. Memory and time are O(V x H x W x N). ``packed`` only
+    changes gsplat's internal layout and is ignored. The box test uses the 3.33-sigma box (gsplat's
+    kernel a tighter, opacity-aware one; outside it alpha < 1/255 anyway).
+
+    Args:
+        means: ``[N, 3]`` world positions.
+        quats: ``[N, 4]`` rotations (w, x, y, z), any length (normalised here).
+        scales: ``[N, 3]`` standard deviations, world units.
+        opacities: ``[N]`` in (0, 1).
+        colors: ``[N, K, 3]`` SH coefficients.
+        viewmats: ``[C, 4, 4]`` world-to-camera, OpenCV convention.
+        Ks: ``[C, 3, 3]`` intrinsics in pixels.
+        width, height: image size in pixels.
+        near_plane, far_plane, eps2d: as gsplat's.
+        sh_degree: SH degree to evaluate, (degree + 1) ** 2 <= K.
+        backgrounds: ``[C, 3]`` colour behind the splats; None for black.
+        render_mode: "RGB", or "RGB+ED" for expected depth in a fourth channel.
+        rasterize_mode: "classic".
+
+    Returns:
+        colours ``[C, H, W, 3 or 4]``, alphas ``[C, H, W, 1]``, and an empty dict (gsplat's meta).
+    """
+    if sh_degree is None or rasterize_mode != "classic" or render_mode not in ("RGB", "RGB+ED"):
+        raise ValueError(
+            "rasterization_dense supports SH colours, rasterize_mode 'classic' and render_mode 'RGB' or "
+            f"'RGB+ED', got sh_degree={sh_degree!r}, rasterize_mode={rasterize_mode!r}, "
+            f"render_mode={render_mode!r}"
+        )
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)  # [N, 3, 3]
+    radii, means2d, depths, conics, _ = _fully_fused_projection(
+        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near_plane, far_plane=far_plane
+    )  # radii [C, N, 2] int, means2d [C, N, 2], depths [C, N], conics [C, N, 3]
+    campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
+    rows, cols = torch.meshgrid(
+        torch.arange(height, dtype=means.dtype, device=means.device),
+        torch.arange(width, dtype=means.dtype, device=means.device),
+        indexing="ij",
+    )
+    pixels = torch.stack([cols.flatten() + 0.5, rows.flatten() + 0.5], dim=-1)  # [H * W, 2]
+    if backgrounds is None:
+        backgrounds = means.new_zeros(len(viewmats), 3)
+
+    images, coverages = [], []
+    for view in range(len(viewmats)):
+        shown = torch.nonzero((radii[view] > 0).all(dim=-1)).flatten()
+        shown = shown[torch.sort(depths[view, shown], stable=True).indices]  # front to back
+        rgb = torch.clamp_min(
+            _spherical_harmonics(sh_degree, means[shown] - campos[view], colors[shown]) + 0.5, 0.0
+        )  # [M, 3]
+        weights = splat_weights(
+            pixels, means2d[view, shown], radii[view, shown], conics[view, shown], opacities[shown]
+        )  # [P, M]
+        coverage = weights.sum(dim=1)  # [P]
+        channels = [weights @ rgb + (1.0 - coverage)[:, None] * backgrounds[view]]
+        if render_mode == "RGB+ED":
+            channels.append((weights @ depths[view, shown] / coverage.clamp_min(1e-10))[:, None])
+        images.append(torch.cat(channels, dim=-1).reshape(height, width, -1))
+        coverages.append(coverage.reshape(height, width, 1))
+    return torch.stack(images), torch.stack(coverages), {}

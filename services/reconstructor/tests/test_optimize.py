@@ -11,15 +11,11 @@ from services.common.cameras import orbit_cameras
 from services.common.errors import ConfigError, Unimplemented
 from services.common.gaussians import Gaussians, random_gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
+from services.common.rasterizer.reference import rasterization_dense
 from services.common.views import Views
 from services.reconstructor.backends import make_backend
 from services.reconstructor.contract import SolveOptions, locked_gaussians, rms_error
-from services.reconstructor.optimize import (
-    GsplatOptimizeBackend,
-    photometric_loss,
-    render_dense,
-    ssim,
-)
+from services.reconstructor.optimize import GsplatOptimizeBackend, photometric_loss, ssim
 
 GREY = np.full(3, 0.5, dtype=np.float32)
 CAMERAS = orbit_cameras([0.0, 90.0, 180.0, 270.0], 32, 32, elevation_deg=-15.0)
@@ -86,7 +82,7 @@ def perturbed(truth):
 
 
 def dense_backend(**kwargs) -> GsplatOptimizeBackend:
-    return GsplatOptimizeBackend(device="cpu", renderer=render_dense, **kwargs)
+    return GsplatOptimizeBackend(device="cpu", renderer=rasterization_dense, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +98,13 @@ def optimized(views, perturbed):
 def test_dense_renderer_matches_the_cpu_rasterizer(sh_degree):
     gaussians = random_gaussians(150, sh_degree=sh_degree, seed=7, scale_range=(0.01, 0.1))
     expected = rasterize(gaussians, CAMERAS, GREY)
-    colours, alphas, _ = render_dense(**dense_inputs(gaussians), render_mode="RGB+ED")
+    colours, alphas, _ = rasterization_dense(**dense_inputs(gaussians), render_mode="RGB+ED")
     assert colours.shape == (4, 32, 32, 4) and alphas.shape == (4, 32, 32, 1)
     np.testing.assert_allclose(colours[..., :3].numpy(), expected.rgb, rtol=0, atol=1e-4)
     np.testing.assert_allclose(alphas[..., 0].numpy(), expected.alpha, rtol=0, atol=1e-4)
     covered = expected.alpha > 0.01
     np.testing.assert_allclose(colours[..., 3].numpy()[covered], expected.depth[covered], rtol=1e-4)
-    rgb_only, _, _ = render_dense(**dense_inputs(gaussians, torch.float32))
+    rgb_only, _, _ = rasterization_dense(**dense_inputs(gaussians, torch.float32))
     assert rgb_only.shape == (4, 32, 32, 3) and rgb_only.dtype == torch.float32
     np.testing.assert_allclose(rgb_only.numpy(), expected.rgb, rtol=0, atol=1e-4)
 
@@ -122,7 +118,7 @@ def test_dense_renderer_gradients_match_finite_differences(name):
     direction = torch.randn(inputs[name].shape, generator=generator, dtype=torch.float64)
 
     def loss(step: float) -> torch.Tensor:
-        return (render_dense(**{**inputs, name: inputs[name] + step * direction})[0] ** 2).sum()
+        return (rasterization_dense(**{**inputs, name: inputs[name] + step * direction})[0] ** 2).sum()
 
     inputs[name].requires_grad_(True)
     loss(0.0).backward()
@@ -135,9 +131,9 @@ def test_dense_renderer_gradients_match_finite_differences(name):
 
 def test_dense_renderer_refuses_what_it_does_not_implement(truth):
     with pytest.raises(ValueError, match="rasterize_mode"):
-        render_dense(**dense_inputs(truth), rasterize_mode="antialiased")
+        rasterization_dense(**dense_inputs(truth), rasterize_mode="antialiased")
     with pytest.raises(ValueError, match="render_mode"):
-        render_dense(**dense_inputs(truth), render_mode="D")
+        rasterization_dense(**dense_inputs(truth), render_mode="D")
 
 
 # --- Loss pieces. ---
@@ -186,7 +182,7 @@ def test_optimisation_moves_the_asset_toward_the_views(views, perturbed, optimiz
 
     def loss(gaussians):
         inputs = dense_inputs(gaussians, torch.float32)
-        rgb, alpha, _ = render_dense(**inputs)
+        rgb, alpha, _ = rasterization_dense(**inputs)
         target = torch.tensor(views.rgb, dtype=torch.float32) / 255.0
         return float(photometric_loss(rgb, alpha[..., 0], target, torch.tensor(views.alpha)).mean())
 
@@ -298,7 +294,7 @@ def test_without_cuda_the_backend_is_a_config_error(monkeypatch, tmp_path):
 )
 def test_bad_settings_are_config_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        GsplatOptimizeBackend(renderer=render_dense, **kwargs)
+        GsplatOptimizeBackend(renderer=rasterization_dense, **kwargs)
 
 
 def test_an_injected_renderer_runs_where_torch_does():
@@ -317,14 +313,14 @@ def test_gsplat_and_the_dense_renderer_agree_on_images_and_gradients(truth, tmp_
 
     names = ("means", "quats", "scales", "opacities", "colors")
     gradients = []
-    for render in (render_dense, rasterization):
+    for render in (rasterization_dense, rasterization):
         inputs = dense_inputs(truth, torch.float32, "cuda")
         for name in names:
             inputs[name].requires_grad_(True)
         colours, alphas, _ = render(**inputs, render_mode="RGB", rasterize_mode="classic", eps2d=0.3)
         (colours.square().sum() + alphas.sum()).backward()
         gradients.append({name: inputs[name].grad for name in names})
-        if render is render_dense:
+        if render is rasterization_dense:
             expected, expected_alpha = colours.detach(), alphas.detach()
     torch.testing.assert_close(colours, expected, rtol=0, atol=2e-3)
     torch.testing.assert_close(alphas, expected_alpha, rtol=0, atol=2e-3)
