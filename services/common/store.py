@@ -53,7 +53,6 @@ _RETRIES = 2
 # Connections kept per host; services call the store from every gRPC worker thread.
 _POOL_SIZE = 16
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _SUFFIX = re.compile(r"(\.[A-Za-z0-9_-]+)*")
 # minio-py only parses error bodies served as application/xml; rclone serves them as text/xml.
 _ERROR_CODE = re.compile(r"<Code>([^<]+)</Code>")
@@ -175,7 +174,7 @@ def content_key(sha256: str, suffix: str = "") -> str:
         InvalidArgument: ``sha256`` is not 64 lower-case hex digits.
         ValueError: ``suffix`` is not empty or dot-separated words like ``.ply`` or ``.tar.gz``.
     """
-    _check_sha256(sha256)
+    validation.sha256(sha256, "sha256")
     if not _SUFFIX.fullmatch(suffix):
         raise ValueError(f"suffix must look like '.ply' or '.tar.gz', got {suffix!r}")
     return f"sha256/{sha256[:2]}/{sha256}{suffix}"
@@ -291,7 +290,7 @@ class ObjectStore:
         """
         bucket, key = parse_uri(uri)
         if sha256 is not None:
-            _check_sha256(sha256)
+            validation.sha256(sha256, "sha256")
         limit = self.settings.max_object_bytes if max_bytes is None else max_bytes
         with self._errors(uri):
             response = self._client.get_object(bucket, key)
@@ -461,7 +460,7 @@ class MemoryStore:
         """As ``ObjectStore.get_bytes``."""
         parse_uri(uri)
         if sha256 is not None:
-            _check_sha256(sha256)
+            validation.sha256(sha256, "sha256")
         with self._lock:
             data = self._objects.get(uri)
         if data is None:
@@ -541,15 +540,6 @@ def _http_client() -> urllib3.PoolManager:
         retries=urllib3.Retry(
             total=_RETRIES, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504), raise_on_status=False
         ),
-    )
-
-
-def _check_sha256(sha256: str) -> None:
-    validation.require(
-        isinstance(sha256, str) and _SHA256.fullmatch(sha256) is not None,
-        "sha256",
-        sha256,
-        "must be 64 lower-case hex digits",
     )
 
 

@@ -21,6 +21,7 @@ S = TypeVar("S", bound=Sized)
 
 # S3 bucket naming rules (3-63 chars: lower-case letters, digits, dots, hyphens), then a non-empty key.
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def require(condition: bool, field: str, value: Any, problem: str) -> None:
@@ -84,3 +85,14 @@ def colour(values: Sequence[float], field: str) -> np.ndarray:
         "must be 3 finite floats in [0, 1]",
     )
     return rgb
+
+
+def sha256(value: str, field: str) -> str:
+    """A SHA-256 digest written as 64 lower-case hex digits."""
+    require(
+        isinstance(value, str) and _SHA256.fullmatch(value) is not None,
+        field,
+        value,
+        "must be 64 lower-case hex digits",
+    )
+    return value

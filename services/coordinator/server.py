@@ -26,13 +26,13 @@ Configuration (environment, read once at start):
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
+from services.common import validation
 from services.common.errors import ConfigError, InvalidArgument
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "tire.v1.CoordinatorService"
 MAX_UPLOAD_FILES = 64
 MAX_UPLOAD_BYTES = 8 * 2**30
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _SUFFIXES = {"application/x-ply": ".ply", "image/png": ".png", "application/json": ".json"}
 
 
@@ -119,8 +118,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 raise InvalidArgument(
                     f"{field}.size_bytes", file.size_bytes, f"must be 1 to {MAX_UPLOAD_BYTES}"
                 )
-            if not _SHA256.fullmatch(file.sha256):
-                raise InvalidArgument(f"{field}.sha256", file.sha256, "must be 64 lower-case hex digits")
+            validation.sha256(file.sha256, f"{field}.sha256")
             suffix = _SUFFIXES.get(file.media_type)
             if suffix is None:
                 raise InvalidArgument(

@@ -33,7 +33,6 @@ MAX_LABELS = 16
 MAX_LABEL_VALUE_CHARS = 256
 
 _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordinator_pb2.JobSpec:
@@ -140,12 +139,8 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
 def _check_object(ref, field: str) -> None:
     """An ``ObjectRef`` the job will read: an ``s3://`` URI, and a well-formed sha256 if one is given."""
     validation.s3_uri(ref.uri, f"{field}.uri")
-    require(
-        ref.sha256 == "" or _SHA256.fullmatch(ref.sha256) is not None,
-        f"{field}.sha256",
-        ref.sha256,
-        "must be 64 lower-case hex digits, or empty",
-    )
+    if ref.sha256:
+        validation.sha256(ref.sha256, f"{field}.sha256")
 
 
 def _check_framing(framing: coordinator_pb2.Framing, field: str) -> None:
