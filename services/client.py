@@ -12,7 +12,6 @@ Clients never hold store credentials: files go up and come down through URLs the
 
 from __future__ import annotations
 
-import hashlib
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common.clients import dial
-from services.common.store import BlobStore
+from services.common.store import BlobStore, content_sha256
 
 
 def coordinator_stub(target: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
@@ -38,7 +37,7 @@ def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRe
             coordinator_pb2.UploadFile(
                 name=path.name,
                 size_bytes=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
+                sha256=content_sha256(data),
                 media_type=media_type,
             )
         )

@@ -123,22 +123,64 @@ def orbit_cameras(
     )
 
 
+def project(
+    viewmat: np.ndarray, K: np.ndarray, points: np.ndarray, near: float = -np.inf
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel positions and camera depths of world points in one pinhole camera (no skew).
+
+    Args:
+        viewmat: ``[4, 4]`` OpenCV world-to-camera matrix.
+        K: ``[3, 3]`` intrinsics, pixels.
+        points: ``[P, 3]`` world points.
+        near: camera depth at or below which a point has no pixel position (NaN); the default keeps
+            every point, behind the camera included (mirrored through the centre of projection).
+
+    Returns:
+        xy ``[P, 2]`` float64 (x, y) in pixel units, the top-left pixel's centre at (0.5, 0.5);
+        z ``[P]`` float64 camera-space depth, positive in front of the camera.
+    """
+    viewmat = np.asarray(viewmat, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    cam = np.asarray(points, dtype=np.float64) @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = cam[:, 2]
+    front = z > near
+    safe_z = np.where(front, z, 1.0)
+    xy = np.stack([K[0, 0] * cam[:, 0] / safe_z + K[0, 2], K[1, 1] * cam[:, 1] / safe_z + K[1, 2]], axis=1)
+    xy[~front] = np.nan
+    return xy, z
+
+
+def unproject(viewmat: np.ndarray, K: np.ndarray, xy: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """The world points seen at pixel positions ``xy`` at camera depth ``depth``: ``project``'s inverse.
+
+    Args:
+        viewmat: ``[4, 4]`` OpenCV world-to-camera matrix.
+        K: ``[3, 3]`` intrinsics, pixels.
+        xy: ``[P, 2]`` pixel positions (x, y), the top-left pixel's centre at (0.5, 0.5).
+        depth: ``[P]`` camera z (not the distance along the ray), world units.
+
+    Returns:
+        ``[P, 3]`` float64 world points.
+    """
+    K = np.asarray(K, dtype=np.float64)
+    z = np.asarray(depth, dtype=np.float64)
+    cam = np.stack([(xy[:, 0] - K[0, 2]) / K[0, 0] * z, (xy[:, 1] - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    camera_to_world = np.linalg.inv(np.asarray(viewmat, dtype=np.float64))
+    return cam @ camera_to_world[:3, :3].T + camera_to_world[:3, 3]
+
+
 def project_points(cameras: Cameras, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Project world points into every camera.
+    """``project`` into every camera, every point kept.
 
     Args:
         points: ``[P, 3]`` world coordinates.
 
     Returns:
-        pixels: ``[V, P, 2]`` float64 (x, y) in pixel units (top-left pixel centre is (0.5, 0.5)).
+        pixels: ``[V, P, 2]`` float64 (x, y) in pixel units.
         depth: ``[V, P]`` float64 camera-space z (positive in front of the camera).
     """
-    pts = np.asarray(points, dtype=np.float64)
-    cam = np.einsum("vij,pj->vpi", cameras.viewmats[:, :3, :3].astype(np.float64), pts)
-    cam += cameras.viewmats[:, None, :3, 3]
-    depth = cam[..., 2]
-    uvw = np.einsum("vij,vpj->vpi", cameras.Ks.astype(np.float64), cam)
-    return uvw[..., :2] / uvw[..., 2:3], depth
+    projected = [project(viewmat, K, points) for viewmat, K in zip(cameras.viewmats, cameras.Ks, strict=True)]
+    return np.stack([xy for xy, _ in projected]), np.stack([z for _, z in projected])
 
 
 def cameras_from_proto(message, field: str = "cameras") -> Cameras:

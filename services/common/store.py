@@ -167,6 +167,11 @@ class BlobStore(Protocol):
     def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str: ...
 
 
+def content_sha256(data: bytes) -> str:
+    """The content address of ``data``: its SHA-256, 64 lower-case hex digits (``content_key``'s input)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def content_key(sha256: str, suffix: str = "") -> str:
     """The key of the object whose bytes hash to ``sha256``: ``sha256/ab/ab12...<suffix>``.
 
@@ -263,7 +268,7 @@ class ObjectStore:
             ObjectTooLarge, StoreAuthError, StoreUnavailable.
         """
         _check_size(f"the object to write ({media_type})", len(data), self.settings.max_object_bytes)
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = content_sha256(data)
         key = content_key(sha256, suffix)
         uri = self.uri_for(key)
         # Same key, same bytes: a large object already there is not sent again (a different size means
@@ -450,7 +455,7 @@ class MemoryStore:
     ) -> common_pb2.ObjectRef:
         """As ``ObjectStore.put_bytes``."""
         _check_size(f"the object to write ({media_type})", len(data), self.max_object_bytes)
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = content_sha256(data)
         uri = self.uri_for(content_key(sha256, suffix))
         with self._lock:
             self._objects[uri] = bytes(data)
@@ -549,7 +554,9 @@ def _check_size(what: str, size: int, limit: int) -> None:
 
 
 def _verify(uri: str, data: bytes, expected: str) -> None:
-    actual = hashlib.sha256(data).hexdigest()
+    """The one integrity check: raise IntegrityError unless ``data`` (read from ``uri``) hashes to
+    ``expected``, a well-formed digest."""
+    actual = content_sha256(data)
     if actual != expected:
         raise IntegrityError(
             f"the bytes at {uri} have sha256 {actual}, expected {expected}: the object is corrupt or "

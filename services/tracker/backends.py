@@ -7,9 +7,9 @@
 - ``cotracker``: the paper's CoTracker3 (offline) over the orbit video, in ``services.tracker.cotracker``
   (imported only when chosen: it needs torch, the ``cotracker`` package and a checkpoint).
 
-The geometry lives in small pure functions with their shapes (``unproject``, ``project`` here;
-``footprint``, ``sample_depth``, ``sample_image`` in the contract, shared with cotracker);
-``GeometricBackend`` only loops over views.
+The geometry lives in small pure functions with their shapes (``project``, ``unproject`` in
+``services.common.cameras``; ``footprint``, ``sample_depth``, ``sample_image`` in the contract, shared
+with cotracker); ``GeometricBackend`` only loops over views.
 
 Sub-pixel sampling. A projected point rarely falls on a pixel centre, and sampling the other view's
 depth at the nearest pixel is fragile at silhouettes and occlusion edges: half a pixel of rounding puts
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from services.common.cameras import project, unproject
 from services.common.errors import ConfigError
 from services.common.views import Views
 from services.tracker.contract import (
@@ -45,52 +46,6 @@ from services.tracker.contract import (
     sample_depth,
     sample_image,
 )
-
-# -- geometry -------------------------------------------------------------------------------------------
-
-
-def unproject(viewmat: np.ndarray, K: np.ndarray, xy: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """World points seen at pixel positions ``xy`` at camera depth ``depth``.
-
-    Args:
-        viewmat: ``[4, 4]`` OpenCV world-to-camera matrix.
-        K: ``[3, 3]`` intrinsics, pixels.
-        xy: ``[P, 2]`` pixel positions (x, y), top-left pixel centre (0.5, 0.5).
-        depth: ``[P]`` camera z (not the distance along the ray), world units.
-
-    Returns:
-        ``[P, 3]`` float64 world points.
-    """
-    K = np.asarray(K, dtype=np.float64)
-    z = np.asarray(depth, dtype=np.float64)
-    cam = np.stack([(xy[:, 0] - K[0, 2]) / K[0, 0] * z, (xy[:, 1] - K[1, 2]) / K[1, 1] * z, z], axis=1)
-    camera_to_world = np.linalg.inv(np.asarray(viewmat, dtype=np.float64))
-    return cam @ camera_to_world[:3, :3].T + camera_to_world[:3, 3]
-
-
-def project(viewmat: np.ndarray, K: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel positions and camera depths of world points in one camera (``cameras.project_points`` for
-    one view).
-
-    Args:
-        viewmat: ``[4, 4]`` OpenCV world-to-camera matrix.
-        K: ``[3, 3]`` intrinsics, pixels.
-        points: ``[P, 3]`` world points.
-
-    Returns:
-        xy ``[P, 2]`` float64 (x, y), NaN where the point is closer than ``NEAR`` or behind the camera;
-        z ``[P]`` float64 camera depth.
-    """
-    viewmat = np.asarray(viewmat, dtype=np.float64)
-    K = np.asarray(K, dtype=np.float64)
-    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
-    z = cam[:, 2]
-    front = z > NEAR
-    safe_z = np.where(front, z, 1.0)
-    xy = np.stack([K[0, 0] * cam[:, 0] / safe_z + K[0, 2], K[1, 1] * cam[:, 1] / safe_z + K[1, 2]], axis=1)
-    xy[~front] = np.nan
-    return xy, z
-
 
 # -- the backend ----------------------------------------------------------------------------------------
 
@@ -147,7 +102,7 @@ class GeometricBackend:
             wanted = located & (t_of != t) & (backward | (t_of < t))
             if not wanted.any():
                 continue
-            p_xy, p_z = project(frames.cameras.viewmats[t], frames.cameras.Ks[t], world[wanted])
+            p_xy, p_z = project(frames.cameras.viewmats[t], frames.cameras.Ks[t], world[wanted], NEAR)
             fp = footprint(frames.alpha[t], frames.depth[t], p_xy, p_z, thr, tol)
             tracks[t, wanted] = p_xy
             visibility[t, wanted] = fp.visible
@@ -197,7 +152,7 @@ class GeometricBackend:
             for a in anchor_order(cams, t, anchors):
                 if remaining.size == 0:
                     break
-                p_xy, p_z = project(cams.viewmats[a], cams.Ks[a], world[remaining])
+                p_xy, p_z = project(cams.viewmats[a], cams.Ks[a], world[remaining], NEAR)
                 fp = footprint(views.alpha[a], views.depth[a], p_xy, p_z, thr, tol)
                 seen = fp.visible
                 claimed = remaining[seen]

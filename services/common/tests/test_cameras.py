@@ -11,7 +11,9 @@ from services.common.cameras import (
     intrinsics,
     orbit_cameras,
     orbit_center,
+    project,
     project_points,
+    unproject,
 )
 from services.common.errors import InvalidArgument
 
@@ -157,3 +159,26 @@ def test_bad_camera_sets_name_the_field(mutate, field):
 def test_bad_orbits_name_the_field(orbit, field):
     with pytest.raises(InvalidArgument, match=rf"`{field}`"):
         cameras_from_orbit(orbit)
+
+
+def test_project_is_the_pinhole_model_and_unproject_inverts_it():
+    cams = orbit_cameras([0.0, 75.0, 200.0], 64, 48, elevation_deg=-20.0)
+    points = np.random.default_rng(0).uniform(-0.5, 0.5, size=(100, 3))
+    pixels, depth = project_points(cams, points)
+    for v in range(len(cams)):
+        camera = points @ cams.viewmats[v, :3, :3].T.astype(np.float64) + cams.viewmats[v, :3, 3]
+        uvw = camera @ cams.Ks[v].T.astype(np.float64)  # homogeneous pixel coordinates
+        np.testing.assert_allclose(pixels[v], uvw[:, :2] / uvw[:, 2:], atol=1e-9)
+        np.testing.assert_allclose(depth[v], camera[:, 2], atol=1e-12)
+        xy, z = project(cams.viewmats[v], cams.Ks[v], points)
+        np.testing.assert_array_equal(xy, pixels[v])
+        np.testing.assert_allclose(unproject(cams.viewmats[v], cams.Ks[v], xy, z), points, atol=1e-6)
+
+
+def test_project_gives_no_position_to_points_at_or_behind_the_near_plane():
+    cams = orbit_cameras([0.0], 32, 32)  # at z = 1.5, looking at the origin
+    points = np.array([[0.0, 0.0, 3.0], [0.0, 0.0, 1.495], [0.0, 0.0, 0.0]])
+    xy, z = project(cams.viewmats[0], cams.Ks[0], points, near=0.01)
+    assert np.isnan(xy[:2]).all() and z[0] < 0 < z[1] <= 0.01
+    np.testing.assert_allclose(xy[2], [16.0, 16.0])  # the origin, at the image centre
+    assert np.isfinite(project(cams.viewmats[0], cams.Ks[0], points)[0]).all()  # no near plane: all kept

@@ -4,10 +4,10 @@ tracks of a static point, the mask's post-processing, and the geometry helpers."
 import numpy as np
 import pytest
 
-from services.common.cameras import orbit_cameras, project_points
+from services.common.cameras import project_points
 from services.common.errors import ConfigError
 from services.common.views import Views
-from services.tracker.backends import GeometricBackend, make_backend, project, unproject
+from services.tracker.backends import GeometricBackend, make_backend
 from services.tracker.contract import Footprint, Located, LocateOptions, footprint, sample_depth
 from services.tracker.tests.scenes import (
     merge,
@@ -390,24 +390,6 @@ def test_track_agrees_with_locate(backend, sphere):
 
 
 # -- geometry helpers -------------------------------------------------------------------------------------
-
-
-def test_unproject_inverts_project():
-    cams = orbit_cameras([0.0, 75.0, 200.0], 64, 48, elevation_deg=-20.0)
-    rng = np.random.default_rng(0)
-    points = rng.uniform(-0.5, 0.5, size=(100, 3))
-    expected_xy, expected_z = project_points(cams, points)
-    for v in range(len(cams)):
-        xy, z = project(cams.viewmats[v], cams.Ks[v], points)
-        np.testing.assert_allclose(xy, expected_xy[v], atol=1e-9)
-        np.testing.assert_allclose(z, expected_z[v], atol=1e-12)
-        np.testing.assert_allclose(unproject(cams.viewmats[v], cams.Ks[v], xy, z), points, atol=1e-6)
-
-
-def test_project_marks_points_behind_the_camera():
-    cams = orbit_cameras([0.0], 32, 32)
-    xy, z = project(cams.viewmats[0], cams.Ks[0], np.array([[0.0, 0.0, 3.0], [0.0, 0.0, 0.0]]))
-    assert np.isnan(xy[0]).all() and z[0] < 0 and np.isfinite(xy[1]).all()
 
 
 def test_footprint_tests_coverage_depth_and_bounds():
