@@ -41,6 +41,7 @@ from safetensors.torch import load as load_safetensors
 
 from services.common.errors import ConfigError, InvalidArgument
 from services.common.models import describe_device, resolve_model, torch_device, torch_dtype
+from services.common.serial import one_call_at_a_time
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata
 from services.inpainter.contract import (
     DEFAULT_GUIDANCE_SCALE,
@@ -138,7 +139,6 @@ class SdLoraBackend:
         self.fit_batch_size = fit_batch_size
         self.adapter_cache_size = adapter_cache_size
         self._adapters: OrderedDict[str, dict[str, str]] = OrderedDict()  # sha256 -> metadata, LRU
-        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -146,6 +146,7 @@ class SdLoraBackend:
 
     # -- fitting ----------------------------------------------------------------------------------------
 
+    @one_call_at_a_time
     def fit_subject(
         self,
         images: np.ndarray,
@@ -174,44 +175,41 @@ class SdLoraBackend:
         generator = torch.Generator("cpu").manual_seed(config.seed)
         references = [_letterbox(image, mask, size) for image, mask in zip(images, masks, strict=True)]
 
-        with self._lock:
-            # 2. Add a fresh adapter; only its weights train, in float32.
-            name = f"fit_{config.seed}_{threading.get_ident()}"
-            torch.manual_seed(config.seed)  # LoRA's A matrices start random
+        # 2. Add a fresh adapter; only its weights train, in float32.
+        name = f"fit_{config.seed}_{threading.get_ident()}"
+        torch.manual_seed(config.seed)  # LoRA's A matrices start random
+        with _several_adapters():
+            self.unet.add_adapter(
+                LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(UNET_TARGETS)),
+                adapter_name=name,
+            )
+        self.unet.set_adapter(name)
+        trainable = [p for key, p in self.unet.named_parameters() if "lora_" in key and f".{name}." in key]
+        for param in trainable:
+            param.data = param.data.float()
+            param.requires_grad_(True)
+        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-2)
+        try:
+            self.unet.train()
+            # 3. The training loop; the prompt is fixed and the text encoder frozen: encode it once.
+            context = self._encode_prompt([config.prompt])
+            for step in range(1, config.steps + 1):
+                batch = [
+                    _augment(*references[int(rng.integers(len(references)))], config, rng)
+                    for _ in range(self.fit_batch_size)
+                ]
+                loss = self._training_loss(batch, context, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                progress(step, config.steps, float(loss.detach()))
+            # 4. The adapter's weights, as float32 numpy arrays.
+            state = get_peft_model_state_dict(self.unet, adapter_name=name)
+            tensors = {key: value.detach().float().cpu().numpy() for key, value in state.items()}
+        finally:
+            self.unet.eval()
             with _several_adapters():
-                self.unet.add_adapter(
-                    LoraConfig(r=config.rank, lora_alpha=config.rank, target_modules=list(UNET_TARGETS)),
-                    adapter_name=name,
-                )
-            self.unet.set_adapter(name)
-            trainable = [
-                p for key, p in self.unet.named_parameters() if "lora_" in key and f".{name}." in key
-            ]
-            for param in trainable:
-                param.data = param.data.float()
-                param.requires_grad_(True)
-            optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=1e-2)
-            try:
-                self.unet.train()
-                # 3. The training loop; the prompt is fixed and the text encoder frozen: encode it once.
-                context = self._encode_prompt([config.prompt])
-                for step in range(1, config.steps + 1):
-                    batch = [
-                        _augment(*references[int(rng.integers(len(references)))], config, rng)
-                        for _ in range(self.fit_batch_size)
-                    ]
-                    loss = self._training_loss(batch, context, generator)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    progress(step, config.steps, float(loss.detach()))
-                # 4. The adapter's weights, as float32 numpy arrays.
-                state = get_peft_model_state_dict(self.unet, adapter_name=name)
-                tensors = {key: value.detach().float().cpu().numpy() for key, value in state.items()}
-            finally:
-                self.unet.eval()
-                with _several_adapters():
-                    self.unet.delete_adapters(name)
+                self.unet.delete_adapters(name)
         metadata = {
             "backend": BACKEND,
             "format": ARTIFACT_FORMAT,
@@ -224,6 +222,7 @@ class SdLoraBackend:
         }
         return canonical_safetensors(tensors, metadata)
 
+    @one_call_at_a_time
     def subject_loss(
         self, images: np.ndarray, masks: np.ndarray, subject: bytes | None, *, samples: int = 8, seed: int = 0
     ) -> float:
@@ -241,7 +240,7 @@ class SdLoraBackend:
         metadata = None if subject is None else _read_metadata(subject)
         references = [_letterbox(im, mask, self.resolution) for im, mask in zip(images, masks, strict=True)]
         generator = torch.Generator("cpu").manual_seed(seed)
-        with self._lock, torch.no_grad():
+        with torch.no_grad():
             if metadata is None:
                 if getattr(self.unet, "peft_config", None):
                     self.unet.disable_adapters()
@@ -290,6 +289,7 @@ class SdLoraBackend:
 
     # -- inpainting -------------------------------------------------------------------------------------
 
+    @one_call_at_a_time
     def inpaint(
         self,
         images: np.ndarray,
@@ -337,7 +337,7 @@ class SdLoraBackend:
                 f"was fitted on base model {metadata['base_model']!r}, "
                 f"and this inpainter runs {self.base_model!r}"
             )
-        with self._lock, torch.no_grad():
+        with torch.no_grad():
             # 2. Activate the subject's adapter and encode its prompt.
             self._activate(subject, metadata)
             context = self._encode_prompt([metadata["prompt"]])

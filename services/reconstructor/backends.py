@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +106,7 @@ from services.common.cameras import Cameras
 from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians, recolour
 from services.common.rasterizer import rasterize
+from services.common.serial import one_call_at_a_time
 from services.common.views import Views, estimate_background
 from services.reconstructor import _kernels
 from services.reconstructor.contract import (
@@ -170,9 +170,6 @@ class ColourSolveBackend:
         self.contributors = contributors
         self.threads = threads or None
         self.renormalise = renormalise
-        # One call at a time: each already uses every core, and numba's workqueue threading layer is
-        # not safe for concurrent parallel calls.
-        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -190,6 +187,7 @@ class ColourSolveBackend:
     ) -> Reconstruction:
         return self.reconstruct_together([(views, initial)], options, view_weights, locked_views)[0]
 
+    @one_call_at_a_time
     def reconstruct_together(
         self,
         frames: Sequence[tuple[Views, Gaussians]],
@@ -209,7 +207,7 @@ class ColourSolveBackend:
                 raise ValueError(f"frame {f} has {len(views)} views, frame 0 has {len(frames[0][0])}")
         locked_views = check_locked_views(locked_views, len(frames[0][0]))
         counted = np.ones(len(frames[0][0]), bool) if view_weights is None else np.asarray(view_weights) > 0
-        with self._lock, _numba_threads(self.threads):
+        with _numba_threads(self.threads):
             # 1-2. Each frame's background and pixel model.
             fits = [self._frame_fit(views, initial) for views, initial in frames]
 

@@ -66,7 +66,6 @@ twin that tests run on CPU (``services.common.rasterizer.reference.rasterization
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -78,6 +77,7 @@ from services.common.cameras import Cameras
 from services.common.errors import ConfigError, Unimplemented
 from services.common.gaussians import Gaussians
 from services.common.rasterizer import EPS2D, FAR_PLANE, NEAR_PLANE
+from services.common.serial import one_call_at_a_time
 from services.common.views import Views, estimate_background
 from services.reconstructor.contract import (
     Reconstruction,
@@ -167,8 +167,6 @@ class GsplatOptimizeBackend:
         self.alpha_weight = alpha_weight
         self.seed = seed
         self.renderer = renderer
-        # One optimisation at a time: each already fills the GPU.
-        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -177,6 +175,7 @@ class GsplatOptimizeBackend:
             return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
         return str(self._device)
 
+    @one_call_at_a_time
     def reconstruct(
         self,
         views: Views,
@@ -191,123 +190,120 @@ class GsplatOptimizeBackend:
         if weights.shape != (len(views),) or not (weights >= 0.0).all() or not weights.any():
             raise ValueError(f"view_weights must be [{len(views)}] values >= 0, not all 0, got {weights!r}")
         locked = locked_gaussians(initial, views.cameras[check_locked_views(locked_views, len(views))])
-        with self._lock:
-            dev = self._device
+        dev = self._device
 
-            # 1. Targets, and the background the views were composited over.
-            background = estimate_background(views.rgb, views.alpha)
-            target_rgb = torch.tensor(views.rgb, dtype=torch.float32, device=dev) / 255.0  # [V, H, W, 3]
-            target_alpha = _tensor(views.alpha, dev)  # [V, H, W]
-            viewmats, ks = _tensor(views.cameras.viewmats, dev), _tensor(views.cameras.Ks, dev)
-            backgrounds = _tensor(np.tile(background, (len(views), 1)), dev)  # [V, 3]
+        # 1. Targets, and the background the views were composited over.
+        background = estimate_background(views.rgb, views.alpha)
+        target_rgb = torch.tensor(views.rgb, dtype=torch.float32, device=dev) / 255.0  # [V, H, W, 3]
+        target_alpha = _tensor(views.alpha, dev)  # [V, H, W]
+        viewmats, ks = _tensor(views.cameras.viewmats, dev), _tensor(views.cameras.Ks, dev)
+        backgrounds = _tensor(np.tile(background, (len(views), 1)), dev)  # [V, 3]
 
-            # 2. Parameters, from the initial asset's stored values.
-            fit_rest = options.keep_higher_sh and initial.sh_degree > 0
-            params = {
-                "means": _tensor(initial.means, dev),
-                "log_scales": _tensor(initial.log_scales, dev),
-                "quats": _tensor(initial.quats, dev),
-                "opacity_logits": _tensor(initial.opacity_logits, dev),
-                "sh_dc": _tensor(initial.sh[:, :1], dev),
-            }
-            sh_rest = _tensor(initial.sh[:, 1:], dev)  # [N, K - 1, 3]
-            free = torch.from_numpy(~locked).to(dev)  # [N] the Gaussians the steps may move
-            if fit_rest:
-                params["sh_rest"] = sh_rest
-            else:
-                sh_rest[free] = 0.0  # the locked keep their bands, and render with them
-            for value in params.values():
-                value.requires_grad_(True)
-                if locked.any():
-                    # A locked Gaussian's gradient is 0 from the first step, so Adam's moments stay 0
-                    # and its step is exactly 0.
-                    mask = free.to(value.dtype).reshape(-1, *([1] * (value.dim() - 1)))
-                    value.register_hook(lambda grad, mask=mask: grad * mask)
+        # 2. Parameters, from the initial asset's stored values.
+        fit_rest = options.keep_higher_sh and initial.sh_degree > 0
+        params = {
+            "means": _tensor(initial.means, dev),
+            "log_scales": _tensor(initial.log_scales, dev),
+            "quats": _tensor(initial.quats, dev),
+            "opacity_logits": _tensor(initial.opacity_logits, dev),
+            "sh_dc": _tensor(initial.sh[:, :1], dev),
+        }
+        sh_rest = _tensor(initial.sh[:, 1:], dev)  # [N, K - 1, 3]
+        free = torch.from_numpy(~locked).to(dev)  # [N] the Gaussians the steps may move
+        if fit_rest:
+            params["sh_rest"] = sh_rest
+        else:
+            sh_rest[free] = 0.0  # the locked keep their bands, and render with them
+        for value in params.values():
+            value.requires_grad_(True)
+            if locked.any():
+                # A locked Gaussian's gradient is 0 from the first step, so Adam's moments stay 0
+                # and its step is exactly 0.
+                mask = free.to(value.dtype).reshape(-1, *([1] * (value.dim() - 1)))
+                value.register_hook(lambda grad, mask=mask: grad * mask)
 
-            # 3. Adam with 3DGS's per-parameter rates.
-            rates = {key: LEARNING_RATES[key] * self.learning_rate_scale for key in params}
-            rates["means"] *= scene_scale(initial, views.cameras)
-            optimizer = torch.optim.Adam(
-                [{"params": [value], "lr": rates[key], "name": key} for key, value in params.items()],
-                eps=1e-15,
+        # 3. Adam with 3DGS's per-parameter rates.
+        rates = {key: LEARNING_RATES[key] * self.learning_rate_scale for key in params}
+        rates["means"] *= scene_scale(initial, views.cameras)
+        optimizer = torch.optim.Adam(
+            [{"params": [value], "lr": rates[key], "name": key} for key, value in params.items()],
+            eps=1e-15,
+        )
+        means_group = next(g for g in optimizer.param_groups if g["name"] == "means")
+
+        def render(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """rgb ``[B, H, W, 3]`` and alpha ``[B, H, W]`` of the views at ``index``."""
+            rest = params.get("sh_rest", sh_rest)
+            colours, alphas, _ = self.renderer(
+                means=params["means"],
+                quats=params["quats"],
+                scales=torch.exp(params["log_scales"]),
+                opacities=torch.sigmoid(params["opacity_logits"]),
+                colors=torch.cat([params["sh_dc"], rest], dim=1),
+                viewmats=viewmats[index],
+                Ks=ks[index],
+                width=views.cameras.width,
+                height=views.cameras.height,
+                near_plane=NEAR_PLANE,
+                far_plane=FAR_PLANE,
+                eps2d=EPS2D,
+                sh_degree=initial.sh_degree,
+                packed=False,
+                backgrounds=backgrounds[index],
+                render_mode="RGB",
+                rasterize_mode="classic",
             )
-            means_group = next(g for g in optimizer.param_groups if g["name"] == "means")
+            return colours, alphas[..., 0]
 
-            def render(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                """rgb ``[B, H, W, 3]`` and alpha ``[B, H, W]`` of the views at ``index``."""
-                rest = params.get("sh_rest", sh_rest)
-                colours, alphas, _ = self.renderer(
-                    means=params["means"],
-                    quats=params["quats"],
-                    scales=torch.exp(params["log_scales"]),
-                    opacities=torch.sigmoid(params["opacity_logits"]),
-                    colors=torch.cat([params["sh_dc"], rest], dim=1),
-                    viewmats=viewmats[index],
-                    Ks=ks[index],
-                    width=views.cameras.width,
-                    height=views.cameras.height,
-                    near_plane=NEAR_PLANE,
-                    far_plane=FAR_PLANE,
-                    eps2d=EPS2D,
-                    sh_degree=initial.sh_degree,
-                    packed=False,
-                    backgrounds=backgrounds[index],
-                    render_mode="RGB",
-                    rasterize_mode="classic",
-                )
-                return colours, alphas[..., 0]
+        # 4. Steps over mini-batches of views; 5. stop at the cap or when a window stops improving.
+        eligible = np.flatnonzero(weights > 0.0)
+        per_step = min(self.views_per_step, len(eligible))
+        steps_per_epoch = math.ceil(len(eligible) / per_step)
+        epochs_per_window = math.ceil(WINDOW_STEPS / steps_per_epoch)
+        view_weight = _tensor(weights / weights[eligible].mean(), dev)  # mean 1 over eligible views
+        rng = np.random.default_rng(self.seed)
+        previous_window, window_loss, steps = math.inf, torch.zeros((), device=dev), 0
+        while steps < options.max_iterations:
+            position = steps % steps_per_epoch
+            if position == 0:
+                order = rng.permutation(eligible)
+            index = torch.from_numpy(order[position * per_step : (position + 1) * per_step]).to(dev)
+            means_group["lr"] = rates["means"] * MEANS_DECAY ** (steps / options.max_iterations)
+            rgb, alpha = render(index)
+            per_view = photometric_loss(rgb, alpha, target_rgb[index], target_alpha[index], self.alpha_weight)
+            weighted = (view_weight[index] * per_view).sum()
+            optimizer.zero_grad(set_to_none=True)
+            (weighted / per_step).backward()
+            optimizer.step()
+            steps += 1
+            window_loss += weighted.detach()
+            if steps % (steps_per_epoch * epochs_per_window) == 0:
+                current = float(window_loss) / (epochs_per_window * len(eligible))
+                if previous_window - current < options.tolerance * previous_window:
+                    break
+                previous_window, window_loss = current, torch.zeros((), device=dev)
 
-            # 4. Steps over mini-batches of views; 5. stop at the cap or when a window stops improving.
-            eligible = np.flatnonzero(weights > 0.0)
-            per_step = min(self.views_per_step, len(eligible))
-            steps_per_epoch = math.ceil(len(eligible) / per_step)
-            epochs_per_window = math.ceil(WINDOW_STEPS / steps_per_epoch)
-            view_weight = _tensor(weights / weights[eligible].mean(), dev)  # mean 1 over eligible views
-            rng = np.random.default_rng(self.seed)
-            previous_window, window_loss, steps = math.inf, torch.zeros((), device=dev), 0
-            while steps < options.max_iterations:
-                position = steps % steps_per_epoch
-                if position == 0:
-                    order = rng.permutation(eligible)
-                index = torch.from_numpy(order[position * per_step : (position + 1) * per_step]).to(dev)
-                means_group["lr"] = rates["means"] * MEANS_DECAY ** (steps / options.max_iterations)
-                rgb, alpha = render(index)
-                per_view = photometric_loss(
-                    rgb, alpha, target_rgb[index], target_alpha[index], self.alpha_weight
-                )
-                weighted = (view_weight[index] * per_view).sum()
-                optimizer.zero_grad(set_to_none=True)
-                (weighted / per_step).backward()
-                optimizer.step()
-                steps += 1
-                window_loss += weighted.detach()
-                if steps % (steps_per_epoch * epochs_per_window) == 0:
-                    current = float(window_loss) / (epochs_per_window * len(eligible))
-                    if previous_window - current < options.tolerance * previous_window:
-                        break
-                    previous_window, window_loss = current, torch.zeros((), device=dev)
-
-            # 6. The new asset (the locked Gaussians' rows are the initial's own, bit for bit: not
-            #    even their quaternions are normalised), and the error of re-renders of every view.
-            with torch.no_grad():
-                quats = F.normalize(params["quats"], dim=-1)
-                sh = torch.cat([params["sh_dc"], params.get("sh_rest", sh_rest)], dim=1)
-                arrays = {
-                    "means": _array(params["means"]),
-                    "log_scales": _array(params["log_scales"]),
-                    "quats": _array(quats),
-                    "opacity_logits": _array(params["opacity_logits"]),
-                    "sh": _array(sh),
-                }
-                for name, array in arrays.items():
-                    array[locked] = getattr(initial, name)[locked]
-                gaussians = replace(initial, **arrays)
-                rerender = np.concatenate(
-                    [
-                        _array(render(torch.arange(start, min(start + per_step, len(views)), device=dev))[0])
-                        for start in range(0, len(views), per_step)
-                    ]
-                )
+        # 6. The new asset (the locked Gaussians' rows are the initial's own, bit for bit: not
+        #    even their quaternions are normalised), and the error of re-renders of every view.
+        with torch.no_grad():
+            quats = F.normalize(params["quats"], dim=-1)
+            sh = torch.cat([params["sh_dc"], params.get("sh_rest", sh_rest)], dim=1)
+            arrays = {
+                "means": _array(params["means"]),
+                "log_scales": _array(params["log_scales"]),
+                "quats": _array(quats),
+                "opacity_logits": _array(params["opacity_logits"]),
+                "sh": _array(sh),
+            }
+            for name, array in arrays.items():
+                array[locked] = getattr(initial, name)[locked]
+            gaussians = replace(initial, **arrays)
+            rerender = np.concatenate(
+                [
+                    _array(render(torch.arange(start, min(start + per_step, len(views)), device=dev))[0])
+                    for start in range(0, len(views), per_step)
+                ]
+            )
         n_locked = int(locked.sum())
         return Reconstruction(
             gaussians=gaussians,

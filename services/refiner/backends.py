@@ -31,7 +31,6 @@ no-op up to the uint8 rounding of their pixels.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Protocol
 
 import numba
@@ -40,6 +39,7 @@ import numpy as np
 from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
+from services.common.serial import one_call_at_a_time
 from services.common.views import Views, estimate_background
 
 BACKENDS = ("consensus", "mv-diffusion")
@@ -117,14 +117,12 @@ class ConsensusBackend:
         self.source_weight = source_weight
         self.min_coverage = min_coverage
         self.min_weight = min_weight
-        # One call at a time: each render already uses every core, and numba's fallback threading
-        # layer (workqueue, where OpenMP is missing) is not safe for concurrent parallel calls.
-        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
         return f"cpu ({self.threads or numba.config.NUMBA_NUM_THREADS} threads)"
 
+    @one_call_at_a_time
     def refine(
         self,
         views: Views,
@@ -142,33 +140,32 @@ class ConsensusBackend:
         if strength <= 0.0 or changing.size == 0:
             return rgb.copy()
 
-        with self._lock:
-            # 1. The background the views were composited over (the ViewSet does not say).
-            background = estimate_background(rgb, alpha)
+        # 1. The background the views were composited over (the ViewSet does not say).
+        background = estimate_background(rgb, alpha)
 
-            # 2. Each pixel's top-K contributors, and the colours the asset renders as it is.
-            before = rasterize(
-                gaussians, views.cameras, background, contributors=self.contributors, num_threads=self.threads
-            )
+        # 2. Each pixel's top-K contributors, and the colours the asset renders as it is.
+        before = rasterize(
+            gaussians, views.cameras, background, contributors=self.contributors, num_threads=self.threads
+        )
 
-            # 3. Back-project: each covered pixel votes for (its colour - the asset's) on its contributors.
-            residual, voting = pixel_residuals(
-                rgb, alpha, before.rgb, before.alpha, background, self.min_coverage
-            )
-            view_weights = np.ones(v, dtype=np.float64)
-            view_weights[source_index] = self.source_weight
-            votes, weight = splat_votes(
-                before.ids, before.weights, residual, voting, view_weights, len(gaussians)
-            )
+        # 3. Back-project: each covered pixel votes for (its colour - the asset's) on its contributors.
+        residual, voting = pixel_residuals(
+            rgb, alpha, before.rgb, before.alpha, background, self.min_coverage
+        )
+        view_weights = np.ones(v, dtype=np.float64)
+        view_weights[source_index] = self.source_weight
+        votes, weight = splat_votes(
+            before.ids, before.weights, residual, voting, view_weights, len(gaussians)
+        )
 
-            # 4. Fuse: Gaussians with enough votes take the weighted mean correction.
-            seen = (weight > 0.0) & (weight >= self.min_weight)
-            correction = np.zeros_like(votes)
-            correction[seen] = votes[seen] / weight[seen, None]
-            fused = shift_base_colours(gaussians, correction, seen)
+        # 4. Fuse: Gaussians with enough votes take the weighted mean correction.
+        seen = (weight > 0.0) & (weight >= self.min_weight)
+        correction = np.zeros_like(votes)
+        correction[seen] = votes[seen] / weight[seen, None]
+        fused = shift_base_colours(gaussians, correction, seen)
 
-            # 5. Re-render the fused asset in the views that may change (same background).
-            after = rasterize(fused, views.cameras[changing], background, num_threads=self.threads)
+        # 5. Re-render the fused asset in the views that may change (same background).
+        after = rasterize(fused, views.cameras[changing], background, num_threads=self.threads)
 
         # 6. Blend each changing view toward its re-render where the mask allows.
         out = rgb.copy()

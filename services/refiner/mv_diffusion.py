@@ -58,6 +58,7 @@ from services.common.cameras import Cameras
 from services.common.errors import ConfigError, InvalidArgument
 from services.common.gaussians import Gaussians
 from services.common.models import describe_device, resolve_model, torch_device, torch_dtype
+from services.common.serial import one_call_at_a_time
 from services.common.views import Views
 from services.refiner.mv_denoiser import DENOISER_CLASS, MultiViewDenoiser
 
@@ -433,7 +434,6 @@ class MvDiffusionBackend:
         # The prompt is fixed for the service's life: encode it (and the empty one, for guidance) once.
         self._context = self._encode_prompt(prompt)
         self._uncond_context = self._encode_prompt("") if guidance_scale > 1.0 else None
-        self._lock = threading.Lock()  # one GPU, one model, and a scheduler with state: one call at a time
 
     @property
     def device(self) -> str:
@@ -452,6 +452,7 @@ class MvDiffusionBackend:
         ).input_ids
         return self.components.text_encoder(ids.to(self._device))[0]
 
+    @one_call_at_a_time
     def refine(
         self,
         views: Views,
@@ -494,7 +495,7 @@ class MvDiffusionBackend:
         mask = latent_mask(update_mask, source_index, size // self.components.vae_scale)
 
         decoded = np.zeros((v, height, width, 3), dtype=np.float32)
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():
             # 4. Timesteps: the last steps_to_run of the schedule, from the strength point on.
             scheduler = self.components.scheduler
             scheduler.set_timesteps(self.num_inference_steps, device=self._device)

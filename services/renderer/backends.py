@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import threading
 from typing import Protocol
 
 import numpy as np
@@ -16,6 +15,7 @@ from services.common.cameras import Cameras
 from services.common.errors import ConfigError
 from services.common.gaussians import Gaussians
 from services.common.rasterizer import RenderResult, rasterize
+from services.common.serial import one_call_at_a_time
 
 BACKENDS = ("cpu", "gsplat")
 
@@ -52,9 +52,6 @@ class CpuBackend:
 
     def __init__(self, threads: int = 0):
         self.threads = threads or None
-        # One render at a time: each already uses every core, and numba's fallback threading layer
-        # (workqueue, where OpenMP is missing) is not safe for concurrent parallel calls.
-        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -62,9 +59,9 @@ class CpuBackend:
 
         return f"cpu ({self.threads or numba.config.NUMBA_NUM_THREADS} threads)"
 
+    @one_call_at_a_time
     def render(self, gaussians: Gaussians, cameras: Cameras, background: np.ndarray) -> RenderResult:
-        with self._lock:
-            return rasterize(gaussians, cameras, background=background, num_threads=self.threads)
+        return rasterize(gaussians, cameras, background=background, num_threads=self.threads)
 
 
 class GsplatBackend:

@@ -33,7 +33,6 @@ query is never more than (s - 1) * sqrt(2) pixels away, and thin parts keep thei
 from __future__ import annotations
 
 import pickle
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +42,7 @@ import numpy as np
 from services.common.cameras import Cameras
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.models import describe_device, torch_device
+from services.common.serial import one_call_at_a_time
 from services.common.views import Views
 from services.tracker.contract import (
     Footprint,
@@ -242,8 +242,6 @@ class CoTrackerBackend:
         self._predictor = predictor
         self.query_stride = int(query_stride)
         self.points_per_call = int(points_per_call)
-        # One video at a time: a second would double the model's memory on the device for no gain.
-        self._lock = threading.Lock()
 
     @property
     def device(self) -> str:
@@ -345,6 +343,7 @@ class CoTrackerBackend:
         # z = 0 (off the foreground) is behind the near plane, so footprint keeps no pixel for it.
         return footprint(alpha, depth, xy, np.nan_to_num(z, nan=0.0), foreground_threshold, tolerance)
 
+    @one_call_at_a_time
     def _predict(
         self, rgb: np.ndarray, queries: np.ndarray, backward: bool, field: str
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +369,7 @@ class CoTrackerBackend:
         video = video.to(device=device, dtype=torch.float32)[None]
         converted = np.concatenate([queries[:, :1], to_cotracker_xy(queries[:, 1:3])], axis=1)
         tracks, visibility = [], []
-        with self._lock, torch.no_grad():
+        with torch.no_grad():
             for start in range(0, len(converted), self.points_per_call):
                 chunk = torch.from_numpy(converted[start : start + self.points_per_call].astype(np.float32))
                 chunk_tracks, chunk_visibility = self._predictor(

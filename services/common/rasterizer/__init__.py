@@ -8,7 +8,8 @@
 against.
 """
 
-from services.common.rasterizer._common import EPS2D, FAR_PLANE, NEAR_PLANE, RenderResult
+from services.common.rasterizer._common import RenderResult
 from services.common.rasterizer._cpu import rasterize
+from services.common.rasterizer._numba import EPS2D, FAR_PLANE, NEAR_PLANE
 
 __all__ = ["EPS2D", "FAR_PLANE", "NEAR_PLANE", "RenderResult", "rasterize"]

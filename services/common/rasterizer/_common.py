@@ -1,5 +1,4 @@
-"""What the fast rasterizer and the dense reference share: gsplat's constants, the result type and
-argument checks."""
+"""What the fast rasterizer and the dense reference share: the result type and argument checks."""
 
 from __future__ import annotations
 
@@ -9,14 +8,6 @@ import numpy as np
 
 from services.common.cameras import Cameras
 from services.common.gaussians import Gaussians
-
-# gsplat 1.5.3's rasterization() defaults and kernel constants (classic mode).
-NEAR_PLANE = 0.01
-FAR_PLANE = 1e10
-EPS2D = 0.3  # low-pass filter added to the 2D covariance's diagonal, pixels^2
-ALPHA_MIN = 1.0 / 255.0  # gsplat's ALPHA_THRESHOLD: fainter contributions are skipped
-ALPHA_MAX = 0.999
-T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring its transmittance to this or below
 
 
 @dataclass(frozen=True, eq=False)

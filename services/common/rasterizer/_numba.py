@@ -20,10 +20,16 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from services.common.rasterizer._common import ALPHA_MAX, ALPHA_MIN, EPS2D, FAR_PLANE, NEAR_PLANE, T_MIN
-
 TILE_SHIFT = 4
 TILE_SIZE = 1 << TILE_SHIFT  # 16; a power of two (tile indices are shifts, lane masks need it)
+# gsplat 1.5.3's rasterization() defaults and kernel constants (classic mode); the dense reference
+# (``reference.py``) and the reconstructor's optimiser read them from here.
+NEAR_PLANE = 0.01
+FAR_PLANE = 1e10
+EPS2D = 0.3  # low-pass filter added to the 2D covariance's diagonal, pixels^2
+ALPHA_MIN = 1.0 / 255.0  # gsplat's ALPHA_THRESHOLD: fainter contributions are skipped
+ALPHA_MAX = 0.999
+T_MIN = 1e-4  # a pixel stops before the Gaussian that would bring its transmittance to this or below
 EXTEND_MAX = 3.33  # gsplat's bounding box half-size in standard deviations, before the opacity bound
 
 # Fields of a projected Gaussian's record, ``[N_FIELDS]`` float64.
@@ -153,6 +159,10 @@ def project_view(
     boxes: np.ndarray,
 ) -> None:
     """Project every Gaussian into one view (gsplat's ``projection_ewa_3dgs_fused_fwd_kernel``).
+
+    Inlined twins it must agree with (a compiled kernel cannot call them; ``test_rasterizer`` checks
+    both): the centre (``U``, ``V``, ``DEPTH``) is ``services.common.cameras.project``, and the whole
+    record is gsplat's ``_fully_fused_projection`` and SH, which ``reference.rasterize_reference`` runs.
 
     Args:
         means: ``[N, 3]`` world units.

@@ -29,15 +29,14 @@ from gsplat.cuda._torch_impl import (
 
 from services.common.cameras import Cameras
 from services.common.gaussians import Gaussians
-from services.common.rasterizer._common import (
+from services.common.rasterizer._common import RenderResult, check_arguments
+from services.common.rasterizer._numba import (
     ALPHA_MAX,
     ALPHA_MIN,
     EPS2D,
     FAR_PLANE,
     NEAR_PLANE,
     T_MIN,
-    RenderResult,
-    check_arguments,
 )
 
 # Pixel x Gaussian pairs per chunk: each [pixels, Gaussians] float64 temporary is then 16 MiB.

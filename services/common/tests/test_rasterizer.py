@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.cameras import Cameras, orbit_cameras
+from services.common.cameras import Cameras, orbit_cameras, project
 from services.common.gaussians import SH_C0, Gaussians, random_gaussians
-from services.common.rasterizer import RenderResult, rasterize
+from services.common.rasterizer import RenderResult, _numba, rasterize
 from services.common.rasterizer.reference import rasterize_reference
 
 ATOL = 1e-3  # rgb, alpha, depth: fast path vs reference
@@ -110,6 +110,25 @@ def test_matches_reference(gaussians: Gaussians, cameras: Cameras, background) -
     for name in ("rgb", "alpha", "depth"):
         np.testing.assert_allclose(getattr(fast, name), getattr(ref, name), rtol=0, atol=ATOL, err_msg=name)
     _assert_same_contributors(fast, ref)
+
+
+def test_projection_kernel_places_centres_as_cameras_project() -> None:
+    """``project_view`` inlines ``cameras.project``: every Gaussian it keeps has the same centre and depth."""
+    gaussians = random_gaussians(300, sh_degree=1, seed=11)
+    cameras = orbit_cameras([0.0, 130.0], 48, 40, elevation_deg=-20.0)
+    n = len(gaussians)
+    inputs = [
+        np.ascontiguousarray(a, dtype=np.float32)
+        for a in (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.sh)
+    ]
+    records, boxes = np.empty((n, _numba.N_FIELDS)), np.empty((n, 4), dtype=np.int32)
+    for viewmat, K in zip(cameras.viewmats, cameras.Ks, strict=True):
+        _numba.project_view(*inputs, viewmat, K, cameras.width, cameras.height, records, boxes)
+        kept = boxes[:, 0] <= boxes[:, 1]
+        assert kept.sum() > n // 2
+        xy, z = project(viewmat, K, gaussians.means)
+        np.testing.assert_allclose(records[kept][:, [_numba.U, _numba.V]], xy[kept], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(records[kept, _numba.DEPTH], z[kept], rtol=1e-12)
 
 
 def test_contributor_weights_sum_to_alpha() -> None:
