@@ -107,7 +107,7 @@ from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians, recolour
 from services.common.rasterizer import rasterize
 from services.common.serial import one_call_at_a_time
-from services.common.views import Views, estimate_background
+from services.common.views import Views
 from services.reconstructor import _kernels
 from services.reconstructor.contract import (
     BACKENDS,
@@ -277,7 +277,7 @@ class ColourSolveBackend:
 
     def _frame_fit(self, views: Views, initial: Gaussians) -> _FrameFit:
         """Steps 1-2 for one frame: its background, its pixel model and its initial render."""
-        background = estimate_background(views.rgb, views.alpha)
+        background = views.background
         render = rasterize(initial, views.cameras, background, contributors=self.contributors)
         model = pixel_model(
             render.ids, render.weights, render.alpha, views.rgb, background, len(initial), self.renormalise

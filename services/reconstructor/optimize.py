@@ -9,7 +9,7 @@ frames of a 4D asset stay in correspondence).
 ``GsplatOptimizeBackend.reconstruct`` runs:
 
 1. Targets: the views' rgb (0..1) and alpha, and the background they were composited over
-   (``estimate_background``); renders are composited over the same background.
+   (``Views.background``); renders are composited over the same background.
 2. Parameters: the initial asset's stored values (log-scales, logits, raw SH). Without
    ``keep_higher_sh`` the SH bands above degree 0 are zeroed first and stay zero. The Gaussians of the
    ``locked_views`` (``contract.locked_gaussians``: a compositing weight >= 0.05 in a pixel of one)
@@ -78,7 +78,7 @@ from services.common.errors import ConfigError, Unimplemented
 from services.common.gaussians import Gaussians
 from services.common.rasterizer import EPS2D, FAR_PLANE, NEAR_PLANE
 from services.common.serial import one_call_at_a_time
-from services.common.views import Views, estimate_background
+from services.common.views import Views
 from services.reconstructor.contract import (
     Reconstruction,
     SolveOptions,
@@ -193,7 +193,7 @@ class GsplatOptimizeBackend:
         dev = self._device
 
         # 1. Targets, and the background the views were composited over.
-        background = estimate_background(views.rgb, views.alpha)
+        background = views.background
         target_rgb = torch.tensor(views.rgb, dtype=torch.float32, device=dev) / 255.0  # [V, H, W, 3]
         target_alpha = _tensor(views.alpha, dev)  # [V, H, W]
         viewmats, ks = _tensor(views.cameras.viewmats, dev), _tensor(views.cameras.Ks, dev)

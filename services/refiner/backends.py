@@ -40,7 +40,7 @@ from services.common.errors import ConfigError
 from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
 from services.common.serial import one_call_at_a_time
-from services.common.views import Views, estimate_background
+from services.common.views import Views
 
 BACKENDS = ("consensus", "mv-diffusion")
 
@@ -140,8 +140,8 @@ class ConsensusBackend:
         if strength <= 0.0 or changing.size == 0:
             return rgb.copy()
 
-        # 1. The background the views were composited over (the ViewSet does not say).
-        background = estimate_background(rgb, alpha)
+        # 1. The background the views were composited over.
+        background = views.background
 
         # 2. Each pixel's top-K contributors, and the colours the asset renders as it is.
         before = rasterize(

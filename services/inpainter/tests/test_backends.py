@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from services.common.cameras import Cameras, orbit_cameras, project_points
+from services.common.cameras import Cameras, orbit_cameras, project, unproject
 from services.common.errors import ConfigError
 from services.common.gaussians import read_ply
 from services.common.rasterizer import RenderResult, rasterize
@@ -119,14 +119,11 @@ def seen_from(result: RenderResult, cameras: Cameras, source: int, view: int, to
     ``tolerance`` world units)."""
     foreground = result.alpha[view] >= 0.5
     rows, cols = np.nonzero(foreground)
-    pixels = np.stack([cols + 0.5, rows + 0.5, np.ones(len(rows))])
-    camera = np.linalg.inv(cameras.Ks[view].astype(np.float64)) @ pixels * result.depth[view][foreground]
-    world = np.linalg.inv(cameras.viewmats[view].astype(np.float64)) @ np.vstack([camera, np.ones(len(rows))])
-    projected, depth = project_points(cameras, world[:3].T)
-    x, y = np.clip(projected[source].astype(int), 0, [cameras.width - 1, cameras.height - 1]).T
-    hit = (result.alpha[source][y, x] >= 0.5) & (
-        np.abs(depth[source] - result.depth[source][y, x]) < tolerance
-    )
+    xy = np.stack([cols + 0.5, rows + 0.5], axis=1)
+    world = unproject(cameras.viewmats[view], cameras.Ks[view], xy, result.depth[view][foreground])
+    projected, depth = project(cameras.viewmats[source], cameras.Ks[source], world)
+    x, y = np.clip(projected.astype(int), 0, [cameras.width - 1, cameras.height - 1]).T
+    hit = (result.alpha[source][y, x] >= 0.5) & (np.abs(depth - result.depth[source][y, x]) < tolerance)
     seen = np.zeros_like(foreground)
     seen[rows[hit], cols[hit]] = True
     return seen

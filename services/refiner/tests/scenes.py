@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.cameras import Cameras, orbit_cameras
+from services.common.cameras import Cameras, orbit_cameras, project, unproject
 from services.common.gaussians import SH_C0, Gaussians
 from services.common.rasterizer import rasterize
 from services.common.views import Views
@@ -64,17 +64,12 @@ def correspondences(views: Views, a: int, b: int, tolerance: float = 0.02) -> tu
     """
     cams = views.cameras
     rows, cols = np.nonzero(views.alpha[a] > 0.99)
-    z = views.depth[a, rows, cols].astype(np.float64)
-    k_inv = np.linalg.inv(cams.Ks[a].astype(np.float64))
-    camera = (k_inv @ np.stack([cols + 0.5, rows + 0.5, np.ones_like(z)])) * z
-    view = cams.viewmats[a].astype(np.float64)
-    world = view[:3, :3].T @ (camera - view[:3, 3:4])
-    other = cams.viewmats[b].astype(np.float64)
-    in_b = other[:3, :3] @ world + other[:3, 3:4]
-    uv = cams.Ks[b].astype(np.float64) @ in_b
-    col_b = np.floor(uv[0] / uv[2]).astype(int)
-    row_b = np.floor(uv[1] / uv[2]).astype(int)
+    world = unproject(
+        cams.viewmats[a], cams.Ks[a], np.stack([cols + 0.5, rows + 0.5], 1), views.depth[a, rows, cols]
+    )
+    xy_b, z_b = project(cams.viewmats[b], cams.Ks[b], world)
+    col_b, row_b = np.floor(xy_b).astype(int).T
     inside = (col_b >= 0) & (col_b < cams.width) & (row_b >= 0) & (row_b < cams.height)
-    rows, cols, row_b, col_b, zb = rows[inside], cols[inside], row_b[inside], col_b[inside], in_b[2][inside]
+    rows, cols, row_b, col_b, zb = rows[inside], cols[inside], row_b[inside], col_b[inside], z_b[inside]
     visible = (views.alpha[b, row_b, col_b] > 0.99) & (np.abs(views.depth[b, row_b, col_b] - zb) < tolerance)
     return np.stack([rows, cols], 1)[visible], np.stack([row_b, col_b], 1)[visible]
