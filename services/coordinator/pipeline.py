@@ -292,9 +292,8 @@ class _Run:
         previous: tuple[int, ...] = (0,)
         while len(done) < len(azimuths):
             remaining = tuple(i for i in range(len(azimuths)) if i not in done)
-            probe = self._locate(
-                f"ring{number}/probe", orbit, schedule.Sweep((*previous, *remaining), remaining, previous), t
-            )
+            probe_all = schedule.Sweep(video=(*previous, *remaining), targets=remaining, anchors=previous)
+            probe = self._locate(f"ring{number}/probe", orbit, probe_all, t)
             fractions = dict(zip(remaining, probe.unobserved_fraction, strict=True))
             ring = schedule.next_adaptive_ring(
                 azimuths,
