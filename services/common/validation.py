@@ -52,6 +52,17 @@ def finite(value: float, field: str) -> float:
     return value
 
 
+def strength(value: float, field: str, default: float) -> float:
+    """A stage request's strength in (0, 1]; 0 (unset) means ``default``, the stage backend's own."""
+    require(
+        math.isfinite(value) and 0.0 <= value <= 1.0,
+        field,
+        value,
+        f"must be in (0, 1], or 0 for the backend's default ({default})",
+    )
+    return default if value == 0 else float(value)
+
+
 def one_of(value: T, field: str, choices: Collection[T]) -> T:
     """``value`` is one of ``choices``."""
     require(value in choices, field, value, "must be one of " + ", ".join(map(repr, choices)))

@@ -1,7 +1,8 @@
 """A job's spec: every check and every default, applied once when the job is submitted.
 
 ``resolve_spec`` returns the spec with its defaults filled in (``Job.spec`` is "the spec as submitted,
-with defaults filled in"), so later steps read values, never "0 means the default". A bad spec fails
+with defaults filled in"), so later steps read values, never "0 means the default"; the one exception
+is a strength of 0, which is sent on as 0: the default belongs to the stage's backend. A bad spec fails
 ``SubmitJob`` with ``INVALID_ARGUMENT`` naming the field ("`spec.rings.fixed.limits_deg[2]` must be 180,
 the last limit, got 170.0."), instead of failing a step of the job later.
 
@@ -38,9 +39,9 @@ _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
 def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordinator_pb2.JobSpec:
     """A checked copy of ``spec`` with every default filled in; ``spec`` itself is not changed.
 
-    Defaults: resolution 256; orbit_step_deg 20; rings: fixed with
-    limits [20, 90, 180] when unset or when ``fixed.limits_deg`` is empty; adaptive:
-    max_unobserved_fraction 0.35 and min_ring_width_deg the orbit step when unset; fit: every field set
+    Defaults: resolution 256; orbit_step_deg 20; rings: fixed with limits [20, 90, 180] when unset or
+    when ``fixed.limits_deg`` is empty; adaptive: max_unobserved_fraction 0.35 and min_ring_width_deg
+    the orbit step when unset; fit: every field set
     (``services.common.fit_settings.resolve_fit_settings``). A strength of 0 stays 0: the stage's
     backend applies its own default (``default_strength``, in its Describe). Resolving a resolved spec
     returns an equal spec.

@@ -168,7 +168,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         )
 
     def Inpaint(self, request, context):
-        strength = self._strength(request.strength)
+        strength = validation.strength(request.strength, "strength", self.backend.default_strength)
         steps = DEFAULT_NUM_INFERENCE_STEPS
         if request.HasField("num_inference_steps"):
             steps = validation.positive_int(request.num_inference_steps, "num_inference_steps", maximum=1000)
@@ -210,11 +210,6 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                 "subject.artifact", artifact.uri, f"is not a {self.backend.name!r} subject model: it {exc}"
             ) from exc
         return inpainter_pb2.InpaintResponse(images=put_tensor(self.store, out, previews=True))
-
-    def _strength(self, value: float) -> float:
-        """The request's strength: 0 means the backend's default; otherwise in (0, 1]."""
-        validation.in_range(value, "strength", 0.0, 1.0)
-        return self.backend.default_strength if value == 0 else float(value)
 
     def _subject_bytes(self, artifact) -> bytes:
         """The subject model's bytes; models named by sha256 are kept for the next calls (a job sends

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import refiner_pb2, refiner_pb2_grpc
 
+from services.common import validation
 from services.common.assets import load_frame
 from services.common.errors import ConfigError, InvalidArgument
 from services.common.gaussians import random_gaussians
@@ -121,7 +122,7 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         return answer
 
     def Refine(self, request, context):
-        strength = self._strength(request)
+        strength = validation.strength(request.strength, "strength", self.backend.default_strength)
         views = read_views(
             self.store,
             request.views,
@@ -139,19 +140,6 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         )
         rgb = self.backend.refine(views, update_mask, gaussians, request.source_index, strength, request.seed)
         return refiner_pb2.RefineResponse(rgb=put_tensor(self.store, rgb, previews=True))
-
-    def _strength(self, request) -> float:
-        """The request's strength: 0 means the backend's default; otherwise in (0, 1]."""
-        strength = float(request.strength)
-        if strength == 0.0:
-            return self.backend.default_strength
-        if not (math.isfinite(strength) and 0.0 < strength <= 1.0):
-            raise InvalidArgument(
-                "strength",
-                strength,
-                f"must be in (0, 1], or 0 for the backend's default ({self.backend.default_strength})",
-            )
-        return strength
 
     def _update_mask(self, request, views: Views) -> np.ndarray:
         if not request.HasField("update_mask"):

@@ -31,14 +31,17 @@ class Crash(BaseException):
 
 
 class Scripted:
-    """Wraps a stub: counts calls per method and lets a test inject behaviour before a call."""
+    """Wraps a stub: records each call's method (``calls``) and requests by method (``requests``), and
+    lets a test inject behaviour before a call."""
 
     def __init__(self, stub, before=None):
         self.stub, self.before, self.calls = stub, before, []
+        self.requests: dict[str, list] = {}
 
     def __getattr__(self, method):
         def call(request, timeout=None):
             self.calls.append(method)
+            self.requests.setdefault(method, []).append(request)
             if self.before is not None:
                 self.before(method, len(self.calls))
             return getattr(self.stub, method)(request, timeout=timeout)
@@ -120,6 +123,24 @@ def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicer
     assert "t1/reconstruct" not in report["step_seconds"]
     assert report["cross_time_delta_e"]["output"] <= report["cross_time_delta_e"]["input"]
     assert job.progress.steps_done == job.progress.steps_total
+
+
+def test_unset_strengths_are_sent_as_0_and_repair_as_the_backends_defaults(store, servicers):
+    # The CPU backends' defaults: colour inpainter 1.0, consensus refiner 0.3.
+    jobs, wrapped = JobStore(":memory:"), {}
+    recorded = {
+        name: lambda stub, name=name: wrapped.setdefault(name, Scripted(stub))
+        for name in ("inpainter", "refiner")
+    }
+    unset_id = submit(jobs, store, strength=0.0)
+    unset = JobRunner(jobs, stages_of(servicers, **recorded), store, FAST).run(unset_id)
+    named_id = submit(jobs, store, strength=1.0, refine_strength=0.3)
+    named = JobRunner(jobs, stages_of(servicers), store, FAST).run(named_id)
+    assert unset.state == named.state == coordinator_pb2.JOB_STATE_SUCCEEDED, (unset.error, named.error)
+    assert (unset.spec.strength, unset.spec.refine_strength) == (0.0, 0.0)
+    assert {request.strength for request in wrapped["inpainter"].requests["Inpaint"]} == {0.0}
+    assert {request.strength for request in wrapped["refiner"].requests["Refine"]} == {0.0}
+    assert repaired_sha256(store, unset) == repaired_sha256(store, named)
 
 
 def test_a_reconstructor_that_cannot_solve_time_steps_together_solves_them_one_by_one(store, servicers):

@@ -142,6 +142,31 @@ def test_inpaint_matches_the_backend_and_keeps_unmasked_pixels(servicer, store, 
     assert unchanged.images.uri == reply.images.uri  # the colour backend ignores diffusion settings
 
 
+class RecordingBackend(ColourBackend):
+    """The colour backend with another default strength, recording the strength each call gets."""
+
+    default_strength = 0.55
+
+    def __init__(self):
+        super().__init__(threads=1)
+        self.strengths: list[float] = []
+
+    def inpaint(self, images, masks, alpha, subject, strength, seed, **diffusion):
+        self.strengths.append(strength)
+        return super().inpaint(images, masks, alpha, subject, strength, seed, **diffusion)
+
+
+def test_strength_zero_reaches_the_backend_as_its_default_strength(store, refs, subject):
+    backend = RecordingBackend()
+    servicer = InpainterServicer(backend, store, InpainterSettings())
+    assert servicer.Describe(common_pb2.DescribeRequest(), None).settings["default_strength"] == "0.55"
+    servicer.Inpaint(inpaint_request(refs, subject), None)
+    servicer.Inpaint(inpaint_request(refs, subject, strength=0.25), None)
+    assert backend.strengths == [0.55, 0.25]
+    with pytest.raises(InvalidArgument, match=r"or 0 for the backend's default \(0\.55\)"):
+        servicer.Inpaint(inpaint_request(refs, subject, strength=1.5), None)
+
+
 def test_inpaint_without_alpha_and_with_an_empty_mask(servicer, store, refs, subject):
     empty = put_tensor(store, np.zeros((3, SIZE, SIZE), np.uint8))
     reply = servicer.Inpaint(inpaint_request(refs, subject, alpha=None, masks=empty), None)

@@ -383,7 +383,7 @@ def test_the_servicer_refines_with_mv_diffusion(model_folder, scene, reference):
         seed=SEED,
     )
     rgb = get_tensor(store, servicer.Refine(request, None).rgb, dtype=np.uint8, shape=views.rgb.shape)
-    np.testing.assert_array_equal(rgb, reference)  # strength 0 means 0.3
+    np.testing.assert_array_equal(rgb, reference)  # strength 0: the backend's default, 0.3
 
 
 def test_mv_diffusion_settings_are_checked():

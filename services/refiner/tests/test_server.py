@@ -70,6 +70,33 @@ def test_strength_zero_means_the_backends_default(servicer, store, scene, valid_
     np.testing.assert_array_equal(rgb, ConsensusBackend().refine(views, mask, gaussians, 0, 0.3, 0))
 
 
+class RecordingBackend(ConsensusBackend):
+    """The consensus backend with another default strength, recording the strength each call gets."""
+
+    default_strength = 0.55
+
+    def __init__(self):
+        super().__init__()
+        self.strengths: list[float] = []
+
+    def refine(self, views, update_mask, gaussians, source_index, strength, seed):
+        self.strengths.append(strength)
+        return super().refine(views, update_mask, gaussians, source_index, strength, seed)
+
+
+def test_strength_zero_reaches_the_backend_as_its_default_strength(store, valid_request):
+    backend = RecordingBackend()
+    servicer = RefinerServicer(backend, store, RefinerSettings())
+    assert servicer.Describe(common_pb2.DescribeRequest(), None).settings["default_strength"] == "0.55"
+    servicer.Refine(valid_request, None)
+    valid_request.strength = 0.25
+    servicer.Refine(valid_request, None)
+    assert backend.strengths == [0.55, 0.25]
+    valid_request.strength = 1.5
+    with pytest.raises(InvalidArgument, match=r"or 0 for the backend's default \(0\.55\)"):
+        servicer.Refine(valid_request, None)
+
+
 def test_describe_names_backend_and_settings(servicer):
     info = servicer.Describe(common_pb2.DescribeRequest(), None)
     assert info.service == "tire.v1.RefinerService"
