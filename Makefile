@@ -16,8 +16,14 @@ CHART := helm/tire
 RENDERED := out/helm
 KUBERNETES_VERSION := 1.33.0
 STUBS := protos/python
+# Triton Inference Server from the nvidia-pytriton wheel (tritonserver 2.51 and its Python backend),
+# unpacked, not installed: the wheel requires numpy < 2. Its Python backend's stub reads tensors as
+# zeros with numpy 2, so the stub runs in $(TRITON)/env: numpy 1.26, then the project's packages.
+PYTRITON_VERSION := 0.7.0
+TRITON := .tools/triton
+TRITON_SERVER := $(TRITON)/pytriton/tritonserver/bin/tritonserver
 
-.PHONY: install protos check-protos lint helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
+.PHONY: install triton protos check-protos lint helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -26,7 +32,28 @@ $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# tritonclient[grpc] declares protobuf < 7, which the generated stubs need (>= 7.35); its gRPC client
+	# runs on protobuf 7, so it goes in without its declared dependencies, which are listed here.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt tritonclient ml_dtypes python-rapidjson
 	touch $@
+
+## triton: tritonserver and the environment of its Python backend, under $(TRITON)
+triton: $(TRITON_SERVER)
+
+$(TRITON_SERVER): | $(INSTALLED)
+	rm -rf $(TRITON) && mkdir -p $(TRITON)/wheel
+	$(PY) -m pip download --quiet --no-deps --dest $(TRITON)/wheel nvidia-pytriton==$(PYTRITON_VERSION)
+	$(PY) -m zipfile -e $(TRITON)/wheel/*.whl $(TRITON)
+	rm -rf $(TRITON)/wheel
+	$(eval PYVER := $(shell $(PY) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'))
+	cp $(TRITON)/pytriton/tritonserver/python_backend_stubs/$(PYVER)/triton_python_backend_stub \
+		$(TRITON)/pytriton/tritonserver/backends/python/
+	chmod +x $(TRITON)/pytriton/tritonserver/bin/* $(TRITON)/pytriton/tritonserver/backends/python/triton_python_backend_stub
+	$(PY) -m venv --without-pip $(TRITON)/env
+	$(PY) -m pip install --quiet --no-deps --target "$$($(TRITON)/env/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" numpy==1.26.4
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')')" \
+		> "$$($(TRITON)/env/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tire_project.pth"
+	$(TRITON)/env/bin/python -c 'import numpy, services; assert numpy.__version__ < "2", numpy.__version__'
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
@@ -73,11 +100,11 @@ helm-check: $(INSTALLED) $(HELM)
 	done
 
 ## test: helm-check, then the whole test suite (no GPU, no network)
-test: $(INSTALLED) helm-check
+test: $(INSTALLED) $(TRITON_SERVER) helm-check
 	$(VENV)/bin/pytest
 
 ## test-fast: the suite without the chart check and the tests that start the local stack's processes
-test-fast: $(INSTALLED)
+test-fast: $(INSTALLED) $(TRITON_SERVER)
 	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)

@@ -1,0 +1,189 @@
+"""A local Triton Inference Server for development and tests: ``tritonserver`` from ``make triton``.
+
+    with LocalTriton(repository) as triton:          # explicit model control: nothing loads by itself
+        triton.load("inpaint")                       # raises TritonLoadError with the server's reason
+        client = tritonclient.grpc.InferenceServerClient(triton.url)
+
+``make triton`` unpacks the ``nvidia-pytriton`` wheel (tritonserver 2.51 and its Python backend) under
+``.tools/triton`` and prepares the environment the Python backend's stub runs models in
+(``.tools/triton/env``: numpy 1.26, then this project's packages; with numpy 2 the stub reads every input
+tensor as zeros, without an error). The server process gets that environment's ``bin`` first on
+``PATH`` (the stub runs the first ``python3`` it finds) and this interpreter's ``libpython`` on
+``LD_LIBRARY_PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from services.common.errors import FailedPrecondition
+from services.common.s3server import free_port
+
+TRITON_HOME = Path(os.environ.get("TIRE_TRITON_HOME", Path(__file__).parents[2] / ".tools" / "triton"))
+"""Where ``make triton`` put the server: ``$TIRE_TRITON_HOME``, by default ``.tools/triton``."""
+_HOST = "127.0.0.1"
+_START_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 15.0
+
+
+class TritonLoadError(FailedPrecondition):
+    """A model version did not load; the message carries the server's reason."""
+
+
+def triton_binary(home: Path = TRITON_HOME) -> Path:
+    """The ``tritonserver`` executable under ``home``.
+
+    Raises:
+        FileNotFoundError: not there (run ``make triton``).
+    """
+    binary = home / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+    if not binary.is_file():
+        raise FileNotFoundError(f"no tritonserver at {binary}: run `make triton`")
+    return binary
+
+
+class LocalTriton:
+    """``tritonserver`` on free loopback ports over a model repository, explicit model control.
+
+    Args:
+        repository: the model repository (a folder of ``<model>/config.pbtxt`` and ``<model>/<version>/``).
+        home: where ``make triton`` unpacked the server.
+        log: where the server's output goes (default: a temporary file, whose tail errors quote).
+    """
+
+    def __init__(self, repository: str | os.PathLike, home: Path = TRITON_HOME, log: IO[str] | None = None):
+        self.repository = Path(repository)
+        self.home = home
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
+        self._log = log
+        self._own_log: IO[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The gRPC address for ``tritonclient.grpc``: ``127.0.0.1:<port>``."""
+        return f"{_HOST}:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def start(self) -> LocalTriton:
+        """Start the server and wait until it is live.
+
+        Raises:
+            FileNotFoundError: no server (run ``make triton``).
+            RuntimeError: already started, or the server exited or was not live in time (with its log's tail).
+        """
+        if self._process is not None:
+            raise RuntimeError("this LocalTriton is already started")
+        binary = triton_binary(self.home)
+        if self._log is None:
+            self._own_log = tempfile.TemporaryFile("w+", prefix="tritonserver-", suffix=".log")
+        self._process = subprocess.Popen(
+            [
+                str(binary),
+                f"--model-repository={self.repository}",
+                f"--backend-directory={self.home / 'pytriton' / 'tritonserver' / 'backends'}",
+                "--model-control-mode=explicit",
+                f"--grpc-address={_HOST}",
+                f"--grpc-port={self.grpc_port}",
+                f"--http-address={_HOST}",
+                f"--http-port={self.http_port}",
+                f"--metrics-port={self.metrics_port}",
+                "--exit-on-error=false",
+            ],
+            env=self._environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log or self._own_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_live()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def load(self, model: str) -> None:
+        """Load (or reload) ``model`` from the repository and wait until it is ready.
+
+        Raises:
+            TritonLoadError: the server refused it; the message has the server's reason.
+        """
+        import tritonclient.grpc as triton_grpc
+        from tritonclient.utils import InferenceServerException
+
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            try:
+                client.load_model(model)
+            except InferenceServerException as exc:
+                raise TritonLoadError(f"Triton did not load model {model!r}: {exc.message()}") from exc
+
+    def unload(self, model: str) -> None:
+        """Unload ``model``."""
+        import tritonclient.grpc as triton_grpc
+
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            client.unload_model(model)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL). Safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._own_log is not None:
+            self._own_log.close()
+            self._own_log = None
+
+    def tail(self, lines: int = 30) -> str:
+        """The last lines of the server's log (when it owns its log)."""
+        if self._own_log is None:
+            return ""
+        self._own_log.flush()
+        self._own_log.seek(0)
+        return "".join(self._own_log.readlines()[-lines:])
+
+    def __enter__(self) -> LocalTriton:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PATH"] = f"{self.home / 'env' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+        return env
+
+    def _wait_live(self) -> None:
+        import tritonclient.grpc as triton_grpc
+
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            while time.monotonic() < deadline:
+                if self._process is None or self._process.poll() is not None:
+                    raise RuntimeError(f"tritonserver exited at start:\n{self.tail()}")
+                try:
+                    if client.is_server_live():
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"tritonserver was not live after {_START_TIMEOUT_S:.0f} s:\n{self.tail()}")

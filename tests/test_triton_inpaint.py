@@ -1,0 +1,109 @@
+"""The sd-lora inpainting served by a real tritonserver (``make triton``), with a tiny Stable Diffusion
+inpainting model of the real architecture: the same bytes as the backend in this process; a version
+that cannot load is refused with its reason while the served one keeps answering; a subject it cannot
+use is INVALID_ARGUMENT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.common.triton import LocalTriton, TritonLoadError, triton_binary
+from services.inpainter.contract import FitConfig
+from services.inpainter.sd_lora import SdLoraBackend
+from services.inpainter.triton_model import write_inpaint_model
+from services.testing.random_models import save_sd_inpainting
+
+pytestmark = pytest.mark.slow
+SIZE = 64
+
+try:
+    triton_binary()
+except FileNotFoundError as exc:  # `make test` runs `make triton` first
+    pytest.skip(str(exc), allow_module_level=True)
+
+triton_grpc = pytest.importorskip("tritonclient.grpc")
+InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return str(save_sd_inpainting(tmp_path_factory.mktemp("model") / "tiny-inpaint", "tiny"))
+
+
+@pytest.fixture(scope="module")
+def backend(model) -> SdLoraBackend:
+    return SdLoraBackend(model, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def subject(backend) -> bytes:
+    reference = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    config = FitConfig(steps=2, rank=2, resolution=SIZE, seed=5)
+    return backend.fit_subject(reference, np.ones((1, SIZE, SIZE), np.float32), config, lambda *_: None)
+
+
+@pytest.fixture(scope="module")
+def triton(model, tmp_path_factory):
+    repository = tmp_path_factory.mktemp("repository")
+    write_inpaint_model(repository, "inpaint", 1, model)
+    with LocalTriton(repository) as server:
+        server.load("inpaint")
+        yield server
+
+
+def views(seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (2, SIZE, SIZE, 3), dtype=np.uint8)
+    masks = np.zeros((2, SIZE, SIZE), bool)
+    masks[:, 16:48, 16:48] = True
+    alpha = np.ones((2, SIZE, SIZE), np.float32)
+    alpha[:, 30:34, 30:34] = 0.0  # a hole, filled before denoising
+    return images, masks, alpha
+
+
+def infer(url: str, images, masks, alpha, subject: bytes, strength: float, seed: int, steps: int = 4):
+    def tensor(name: str, array: np.ndarray, datatype: str):
+        value = triton_grpc.InferInput(name, list(array.shape), datatype)
+        value.set_data_from_numpy(array)
+        return value
+
+    inputs = [
+        tensor("IMAGES", images, "UINT8"),
+        tensor("MASKS", masks, "BOOL"),
+        tensor("ALPHA", alpha, "FP32"),
+        tensor("SUBJECT", np.array([subject], dtype=object), "BYTES"),
+        tensor("STRENGTH", np.array([strength], np.float32), "FP32"),
+        tensor("SEED", np.array([seed], np.uint64), "UINT64"),
+        tensor("NUM_INFERENCE_STEPS", np.array([steps], np.int32), "INT32"),
+        tensor("GUIDANCE_SCALE", np.array([7.5], np.float32), "FP32"),
+    ]
+    with triton_grpc.InferenceServerClient(url) as client:
+        return client.infer("inpaint", inputs).as_numpy("INPAINTED")
+
+
+def test_triton_serves_the_same_bytes_as_the_backend_in_process(triton, backend, subject):
+    images, masks, alpha = views()
+    served = infer(triton.url, images, masks, alpha, subject, 0.5, 3)
+    expected = backend.inpaint(images, masks, alpha, subject, 0.5, 3, num_inference_steps=4)
+    assert served.shape == (2, SIZE, SIZE, 3) and served.dtype == np.uint8
+    np.testing.assert_array_equal(served, expected)
+    np.testing.assert_array_equal(served[~masks], images[~masks])  # unmasked pixels untouched
+    assert (served[masks] != images[masks]).any()
+
+
+def test_a_subject_the_model_cannot_use_is_an_invalid_argument(triton):
+    images, masks, alpha = views()
+    with pytest.raises(InferenceServerException, match="safetensors") as info:
+        infer(triton.url, images, masks, alpha, b"not an adapter", 0.5, 3)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_a_version_that_cannot_load_is_refused_and_the_served_one_keeps_answering(triton, subject):
+    write_inpaint_model(triton.repository, "inpaint", 2, str(triton.repository / "no-such-model"))
+    with pytest.raises(TritonLoadError, match="no-such-model"):
+        triton.load("inpaint")
+    with triton_grpc.InferenceServerClient(triton.url) as client:
+        assert client.is_model_ready("inpaint", "1")
+    images, masks, alpha = views()
+    assert infer(triton.url, images, masks, alpha, subject, 0.5, 3).shape == (2, SIZE, SIZE, 3)
