@@ -60,7 +60,7 @@ def test_health_serving(inpainter):
 def test_describe(stub):
     info = stub.Describe(common_pb2.DescribeRequest(), timeout=10)
     assert (info.service, info.backend, info.model) == ("tire.v1.InpainterService", "colour", "")
-    assert info.device.startswith("cpu") and list(info.available_backends) == ["colour", "sd-lora"]
+    assert info.device.startswith("cpu") and list(info.available_backends) == ["colour", "sd-lora", "triton"]
 
 
 def test_fit_and_inpaint_through_the_stub_match_in_process(stub, store):

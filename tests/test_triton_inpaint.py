@@ -1,7 +1,7 @@
-"""The sd-lora inpainting served by a real tritonserver (``make triton``), with a tiny Stable Diffusion
-inpainting model of the real architecture: the same bytes as the backend in this process; a version
-that cannot load is refused with its reason while the served one keeps answering; a subject it cannot
-use is INVALID_ARGUMENT."""
+"""The sd-lora inpainter served by a real tritonserver (``make triton``), with a tiny Stable Diffusion
+inpainting model of the real architecture: the same bytes as the backend in this process, through the
+models and through the inpainter service's ``triton`` backend; a version that cannot load is refused
+with its reason while the served one keeps answering; a subject it cannot use is INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from services.common.triton import LocalTriton, TritonLoadError, triton_binary
 from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
-from services.inpainter.triton_model import write_inpaint_model
+from services.inpainter.server import InpainterServicer, InpainterSettings, fit_config
+from services.inpainter.triton_backend import TritonInpaintBackend
+from services.inpainter.triton_model import FIT, INPAINT, write_sd_lora_models
 from services.testing.random_models import save_sd_inpainting
 
 pytestmark = pytest.mark.slow
@@ -46,9 +48,10 @@ def subject(backend) -> bytes:
 @pytest.fixture(scope="module")
 def triton(model, tmp_path_factory):
     repository = tmp_path_factory.mktemp("repository")
-    write_inpaint_model(repository, "inpaint", 1, model)
+    write_sd_lora_models(repository, 1, model)
     with LocalTriton(repository) as server:
-        server.load("inpaint")
+        server.load(INPAINT)
+        server.load(FIT)
         yield server
 
 
@@ -100,10 +103,49 @@ def test_a_subject_the_model_cannot_use_is_an_invalid_argument(triton):
 
 
 def test_a_version_that_cannot_load_is_refused_and_the_served_one_keeps_answering(triton, subject):
-    write_inpaint_model(triton.repository, "inpaint", 2, str(triton.repository / "no-such-model"))
+    write_sd_lora_models(triton.repository, 2, str(triton.repository / "no-such-model"))
     with pytest.raises(TritonLoadError, match="no-such-model"):
-        triton.load("inpaint")
+        triton.load(INPAINT)
     with triton_grpc.InferenceServerClient(triton.url) as client:
         assert client.is_model_ready("inpaint", "1")
     images, masks, alpha = views()
     assert infer(triton.url, images, masks, alpha, subject, 0.5, 3).shape == (2, SIZE, SIZE, 3)
+
+
+def test_the_inpainter_service_on_triton_fits_and_inpaints_as_the_backend_in_process(triton, backend):
+    from tire.v1 import inpainter_pb2
+
+    from services.common.store import MemoryStore
+    from services.common.tensors import get_tensor, put_tensor
+
+    store = MemoryStore()
+    servicer = InpainterServicer(TritonInpaintBackend(triton.url, "1"), store, InpainterSettings())
+    info = servicer.Describe(None, None)
+    assert (info.backend, info.model) == ("sd-lora", f"triton://{triton.url}/inpaint/1")
+
+    reference = np.random.default_rng(2).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    mask = np.ones((1, SIZE, SIZE), np.float32)
+    settings = inpainter_pb2.FitSettings(steps=3, rank=2, resolution=SIZE, seed=9)
+    request = inpainter_pb2.FitSubjectRequest(
+        images=put_tensor(store, reference), masks=put_tensor(store, mask), settings=settings
+    )
+    *progress, last = servicer.FitSubject(request, None)
+    assert [event.progress.step for event in progress] == [1, 2, 3]  # streamed from Triton, step by step
+    served_subject = store.get_object(last.model.artifact)
+    assert served_subject == backend.fit_subject(reference, mask, fit_config(settings), lambda *_: None)
+
+    images, masks, alpha = views(seed=4)
+    reply = servicer.Inpaint(
+        inpainter_pb2.InpaintRequest(
+            images=put_tensor(store, images),
+            masks=put_tensor(store, masks.astype(np.uint8)),
+            alpha=put_tensor(store, alpha),
+            subject=last.model,
+            strength=0.4,
+            seed=11,
+            num_inference_steps=4,
+        ),
+        None,
+    )
+    expected = backend.inpaint(images, masks, alpha, served_subject, 0.4, 11, num_inference_steps=4)
+    np.testing.assert_array_equal(get_tensor(store, reply.images), expected)

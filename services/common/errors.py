@@ -11,7 +11,8 @@
     ├── ResourceExhausted          a limit or a queue is full      RESOURCE_EXHAUSTED
     │   └── ObjectTooLarge         an object is over its size cap  RESOURCE_EXHAUSTED
     ├── IntegrityError             bytes do not match their sha256 DATA_LOSS
-    ├── StoreUnavailable           the store cannot be reached     UNAVAILABLE
+    ├── Unavailable                a server cannot be reached      UNAVAILABLE
+    │   └── StoreUnavailable       the store cannot be reached     UNAVAILABLE
     ├── JobCancelled               CancelJob stopped a job         CANCELLED
     ├── CallerGone                 a streaming caller went away    CANCELLED
     └── StepFailed                 a job's step failed for good    the stage's code
@@ -101,10 +102,14 @@ class IntegrityError(TireError):
     grpc_code = grpc.StatusCode.DATA_LOSS
 
 
-class StoreUnavailable(TireError):
-    """The object store could not be reached; retrying may help."""
+class Unavailable(TireError):
+    """A server this service needs (the object store, Triton) could not be reached; retrying may help."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class StoreUnavailable(Unavailable):
+    """The object store could not be reached; retrying may help."""
 
 
 class JobCancelled(TireError):

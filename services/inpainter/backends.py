@@ -157,8 +157,8 @@ class ColourBackend:
 
 
 def make_backend(name: str, **options) -> InpaintBackend:
-    """The backend called ``name`` ("colour" or "sd-lora"), built with ``options`` (its constructor's
-    keywords).
+    """The backend called ``name`` ("colour", "sd-lora" or "triton"), built with ``options`` (its
+    constructor's keywords).
 
     Raises:
         ConfigError: an unknown backend name, or an option out of range.
@@ -169,4 +169,8 @@ def make_backend(name: str, **options) -> InpaintBackend:
         from services.inpainter.sd_lora import SdLoraBackend
 
         return SdLoraBackend(**options)
+    if name == "triton":
+        from services.inpainter.triton_backend import TritonInpaintBackend
+
+        return TritonInpaintBackend(**options)
     raise ConfigError(f"unknown inpainter backend {name!r}; this build has {', '.join(BACKENDS)}")

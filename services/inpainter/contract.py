@@ -22,7 +22,7 @@ import numpy as np
 from services.common import fit_settings
 from services.common.errors import TireError
 
-BACKENDS = ("colour", "sd-lora")
+BACKENDS = ("colour", "sd-lora", "triton")
 
 DEFAULT_NUM_INFERENCE_STEPS = 50
 DEFAULT_GUIDANCE_SCALE = 7.5

@@ -13,7 +13,7 @@ resolution, flip, max_rotation_deg) and Inpaint's ``num_inference_steps`` and ``
 runs ``min(steps, MAX_FIT_ITERATIONS)`` k-means iterations as its fitting steps.
 
 Configuration (environment, read once at start):
-    TIRE_INPAINTER_BACKEND                colour or sd-lora (default colour)
+    TIRE_INPAINTER_BACKEND                colour, sd-lora or triton (default colour)
     TIRE_INPAINTER_THREADS                views inpainted in parallel, 0 = all cores (default 0)
     TIRE_INPAINTER_MAX_VIEWS              views per Inpaint request (default 256)
     TIRE_INPAINTER_MAX_PIXELS             views x height x width per request, Inpaint and FitSubject
@@ -35,6 +35,9 @@ Configuration (environment, read once at start):
     TIRE_INPAINTER_BATCH_SIZE             sd-lora: views per UNet call (default 4)
     TIRE_INPAINTER_FIT_BATCH_SIZE         sd-lora: references per training step (default 1)
     TIRE_INPAINTER_ADAPTER_CACHE_SIZE     sd-lora: adapters kept loaded in the UNet (default 4)
+    TIRE_INPAINTER_TRITON_URL             triton: Triton's gRPC address host:port, serving the sd-lora models
+                                          ``inpaint`` and ``fit_subject`` (services.inpainter.triton_model)
+    TIRE_INPAINTER_TRITON_VERSION         triton: the model version to call ("" = the latest Triton serves)
     TIRE_INPAINTER_PORT, TIRE_INPAINTER_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 """
@@ -52,7 +55,7 @@ import numpy as np
 from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
 
 from services.common import validation
-from services.common.errors import ConfigError, InvalidArgument
+from services.common.errors import ConfigError, FailedPrecondition, InvalidArgument
 from services.common.fit_settings import float32_decimal, resolve_fit_settings
 from services.common.server import Finished, describe, run_service, stream_progress
 from services.common.store import BlobStore
@@ -95,6 +98,8 @@ class InpainterSettings:
     batch_size: int = 4
     fit_batch_size: int = 1
     adapter_cache_size: int = 4
+    triton_url: str = ""
+    triton_version: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_views", "max_pixels", "max_reference_images", "max_subject_bytes"):
@@ -302,6 +307,10 @@ def build_servicer(settings: InpainterSettings, store: BlobStore) -> InpainterSe
             fit_batch_size=settings.fit_batch_size,
             adapter_cache_size=settings.adapter_cache_size,
         )
+    elif settings.backend == "triton":
+        if not settings.triton_url:
+            raise ConfigError("the triton backend needs Triton's address: set TIRE_INPAINTER_TRITON_URL.")
+        options = dict(url=settings.triton_url, version=settings.triton_version)
     else:
         options = dict(
             threads=settings.threads,
@@ -315,9 +324,17 @@ def build_servicer(settings: InpainterSettings, store: BlobStore) -> InpainterSe
     return InpainterServicer(make_backend(settings.backend, **options), store, settings)
 
 
-def warm_up(servicer: InpainterServicer) -> None:
+def warm_up(servicer: InpainterServicer, triton_wait_s: float = 600.0) -> None:
     """Fit and inpaint one tiny image before SERVING: the colour backend compiles its numba kernel, the
-    sd-lora backend runs one training and one denoising step through every component."""
+    sd-lora backend runs one training and one denoising step through every component, the triton
+    backend first waits (up to ``triton_wait_s``) for Triton to serve a ready version, then does the
+    same through it."""
+    ready = getattr(servicer.backend, "ready", None)
+    deadline = time.monotonic() + triton_wait_s
+    while ready is not None and not ready():
+        if time.monotonic() > deadline:
+            raise FailedPrecondition(f"Triton serves no ready version after {triton_wait_s:.0f} s.")
+        time.sleep(1.0)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
     masks = np.ones((1, 16, 16), dtype=np.float32)

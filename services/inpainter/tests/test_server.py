@@ -177,7 +177,7 @@ def test_describe_names_backend_and_settings(servicer):
     info = servicer.Describe(common_pb2.DescribeRequest(), None)
     assert info.service == "tire.v1.InpainterService"
     assert (info.backend, info.model, info.device) == ("colour", "", "cpu (1 threads)")
-    assert list(info.available_backends) == ["colour", "sd-lora"]
+    assert list(info.available_backends) == ["colour", "sd-lora", "triton"]
     assert info.settings["max_views"] == "4" and info.settings["transport_iterations"] == "30"
     assert info.settings["default_strength"] == "1.0"  # what a request's strength 0 means here
 
