@@ -209,7 +209,8 @@ def test_job_through_the_stack_matches_embedded_mode(stub, spec, finished_job, e
     started, finished = steps(events, "step_started"), steps(events, "step_finished")
     assert sorted(started) == sorted(finished)
     assert steps(events, "step_finished", resumed=True) == []
-    assert sorted(started[:2]) == ["fit_subject", "render"]  # they run side by side
+    assert started[0] == "models"  # the stages' models, pinned first
+    assert sorted(started[1:3]) == ["fit_subject", "render"]  # they run side by side
     assert finished[-4:] == ["refine", "reconstruct", "after", "outputs"]
     assert {"ring1/locate/+", "ring1/locate/-", "ring2/locate/+", "ring2/locate/-"} <= set(finished)
     inpainted = [step for step in finished if "/inpaint/" in step]

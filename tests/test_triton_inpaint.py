@@ -5,10 +5,20 @@ with its reason while the served one keeps answering; a subject it cannot use is
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
 
+from services.common.store import MemoryStore
 from services.common.triton import LocalTriton, TritonLoadError, triton_binary
+from services.coordinator.jobstore import JobStore
+from services.coordinator.pipeline import JobRunner
+from services.coordinator.spec import resolve_spec
+from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
+from services.embedded import embedded_servicers
 from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
 from services.inpainter.server import InpainterServicer, InpainterSettings, fit_config
@@ -18,6 +28,7 @@ from services.testing.random_models import save_sd_inpainting
 
 pytestmark = pytest.mark.slow
 SIZE = 64
+SAMPLES = Path(__file__).parents[1] / "samples"
 
 try:
     triton_binary()
@@ -113,9 +124,6 @@ def test_a_version_that_cannot_load_is_refused_and_the_served_one_keeps_answerin
 
 
 def test_the_inpainter_service_on_triton_fits_and_inpaints_as_the_backend_in_process(triton, backend):
-    from tire.v1 import inpainter_pb2
-
-    from services.common.store import MemoryStore
     from services.common.tensors import get_tensor, put_tensor
 
     store = MemoryStore()
@@ -149,3 +157,59 @@ def test_the_inpainter_service_on_triton_fits_and_inpaints_as_the_backend_in_pro
     )
     expected = backend.inpaint(images, masks, alpha, served_subject, 0.4, 11, num_inference_steps=4)
     np.testing.assert_array_equal(get_tensor(store, reply.images), expected)
+
+
+def test_a_job_keeps_the_model_version_it_started_with_while_a_new_one_is_published(triton, tmp_path):
+    store = MemoryStore()
+    stubs = {name: InProcessStub(s) for name, s in embedded_servicers(store, "cpu").items()}
+    inpainter = InProcessStub(InpainterServicer(TritonInpaintBackend(triton.url), store, InpainterSettings()))
+    versions_called: list[str] = []
+    pid = triton.pid
+    newer = str(save_sd_inpainting(tmp_path / "tiny-inpaint-v2", "tiny", seed=1))
+
+    class Publishing:
+        """The inpainter's stub; just before the first Inpaint of all, version 2 is published."""
+
+        def __getattr__(self, method):
+            def call(request, timeout=None):
+                if method == "Inpaint" and "published" not in versions_called:
+                    versions_called.append("published")
+                    write_sd_lora_models(triton.repository, 2, newer)
+                    triton.load(INPAINT)
+                    triton.load(FIT)
+                if method in ("Inpaint", "FitSubject"):
+                    versions_called.append(request.model_version)
+                return getattr(inpainter, method)(request, timeout=timeout)
+
+            return call
+
+    jobs = JobStore(":memory:")
+    runner = JobRunner(
+        jobs,
+        Stages(**{**stubs, "inpainter": Publishing()}),
+        store,
+        RetryPolicy(attempts=2, initial_backoff_s=0),
+    )
+
+    def run_job() -> dict[str, str]:
+        spec = coordinator_pb2.JobSpec(
+            asset=common_pb2.AssetRef(frames=[store.put_bytes((SAMPLES / "monkey_lgm.ply").read_bytes())]),
+            references=[store.put_bytes((SAMPLES / "monkey_front.png").read_bytes(), suffix=".png")],
+            resolution=SIZE,
+            orbit_step_deg=90,
+            fit=inpainter_pb2.FitSettings(steps=2, rank=2),
+        )
+        job, _ = jobs.create(resolve_spec(spec))
+        job = runner.run(job.id)
+        assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+        report = json.loads(store.get_bytes(job.outputs.report.uri))
+        return {m["stage"]: m["version"] for m in report["models"]}
+
+    first = run_job()
+    first_calls = versions_called[:]
+    second = run_job()
+    second_calls = versions_called[len(first_calls) :]
+    # Every call of the first job ran the version it began on, though version 2 arrived mid-job.
+    assert first["inpainter"] == "1" and set(first_calls) - {"published"} == {"1"}
+    assert second["inpainter"] == "2" and set(second_calls) == {"2"}  # the next job: the new version
+    assert first["renderer"] == "" and triton.pid == pid  # unversioned stages; the server never restarted

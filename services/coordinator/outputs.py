@@ -40,6 +40,7 @@ def job_outputs(
     azimuths: Sequence[float],
     results: Sequence[FrameResult],
     step_seconds: dict[str, float],
+    models: coordinator_pb2.StageModels,
 ) -> coordinator_pb2.JobOutputs:
     """Write the pictures and report.json of ``job``; ``results`` holds one entry per time step.
 
@@ -49,6 +50,7 @@ def job_outputs(
         azimuths: the orbit's azimuths, degrees, view 0 the source.
         results: each time step's views, repaired asset and rings.
         step_seconds: each finished step's duration, seconds, by record key.
+        models: each stage's backend, model and version, as the job pinned them.
     """
     first = results[0]
     before = get_tensor(store, first.before.rgb, field="render.rgb")
@@ -58,7 +60,7 @@ def job_outputs(
     change = report.change_map(before, after, alpha)
     changes = before_after_sheet(after, change, azimuths, row_names=("after", "change"))
     frames = after if len(results) == 1 else _time_turntable(store, results, len(azimuths))
-    figures = report_figures(store, job, azimuths, results, step_seconds)
+    figures = report_figures(store, job, azimuths, results, step_seconds, models)
     return coordinator_pb2.JobOutputs(
         repaired=common_pb2.AssetRef(frames=[r.repaired for r in results]),
         rings=[ring for r in results for ring in r.rings],
@@ -79,9 +81,10 @@ def report_figures(
     azimuths: Sequence[float],
     results: Sequence[FrameResult],
     step_seconds: dict[str, float],
+    models: coordinator_pb2.StageModels,
 ) -> dict:
-    """report.json's content: timings, framing, and per time step its rings, what changed where
-    (``report.frame_metrics``) and the reconstruction's counts; 4D: the cross-time ΔE."""
+    """report.json's content: the stages' models, timings, framing, and per time step its rings, what
+    changed where (``report.frame_metrics``) and the reconstruction's counts; 4D: the cross-time ΔE."""
     figures = {
         "job_id": job.id,
         "azimuths_deg": list(azimuths),
@@ -90,6 +93,10 @@ def report_figures(
             "radius": round(float(job.spec.framing.radius or DEFAULT_RADIUS), 5),
             "warnings": list(job.spec.framing.warnings),
         },
+        "models": [
+            {"stage": m.stage, "backend": m.backend, "model": m.model, "version": m.version}
+            for m in models.models
+        ],
         "step_seconds": {step: round(seconds, 3) for step, seconds in step_seconds.items()},
         "frames": [_frame_figures(store, t, result, azimuths) for t, result in enumerate(results)],
         "metrics": report.__doc__,

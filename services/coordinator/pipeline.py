@@ -5,7 +5,9 @@
 
 The plan (``_Run.execute``); each stage call is one step, recorded when it finishes:
 
-0. A ``Warning`` event per ``spec.framing.warnings`` (framing checks the job was forced past).
+0. A ``Warning`` event per ``spec.framing.warnings`` (framing checks the job was forced past);
+   ``models``: each stage's model and version (Describe), pinned: every call of the job names its
+   version, so a model published while the job runs serves the next jobs only.
 1. ``fit_subject``: one subject model from every reference image, shared by every time step; it
    fits while the time steps render.
 2. Per time step (in parallel for 4D):
@@ -51,6 +53,7 @@ from tire.v1 import (
 from services.common.errors import FailedPrecondition, JobCancelled, StepFailed, TireError
 from services.common.gaussians import frames_correspond, read_ply
 from services.common.pictures import mask_overlay
+from services.common.registry import STAGES
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, png_bytes, put_tensor, read_png
 from services.coordinator import schedule
@@ -147,7 +150,7 @@ class _Run:
             runner.jobs,
             job.id,
             four_d=frames > 1,
-            steps_total=2 + frames * per_frame,
+            steps_total=3 + frames * per_frame,
             rings_total=len(self.plan.rings),
         )
 
@@ -155,8 +158,10 @@ class _Run:
 
     def execute(self) -> coordinator_pb2.JobOutputs:
         frames = range(len(self.spec.asset.frames))
-        # 0. What the job was forced past (framing checks), first and once.
+        # 0. What the job was forced past (framing checks), first and once; the stages' models, pinned:
+        #    a model published while the job runs serves the next jobs, and a resumed job keeps its own.
         self.steps.warn_once(self.spec.framing.warnings)
+        self.models = self.steps.run("models", JOB.StageModels, self._describe_models)
         with ThreadPoolExecutor(1, thread_name_prefix="fit-subject") as fitting:
             # 1. Fit the subject once, on every reference image, while the time steps render.
             subject = fitting.submit(self._fit_subject)
@@ -177,7 +182,12 @@ class _Run:
             "outputs",
             JOB.JobOutputs,
             lambda: job_outputs(
-                self.store, self.job, self.plan.azimuths, results, self.runner.jobs.step_seconds(self.job.id)
+                self.store,
+                self.job,
+                self.plan.azimuths,
+                results,
+                self.runner.jobs.step_seconds(self.job.id),
+                self.models,
             ),
         )
 
@@ -231,6 +241,7 @@ class _Run:
                 masks=put_tensor(self.store, target.unobserved[None]),
                 alpha=put_tensor(self.store, orbit.alpha[view][None]),
                 subject=subject(),
+                model_version=self._version("inpainter"),
                 strength=self.spec.strength,
                 seed=self.spec.seed + view,
             )
@@ -381,6 +392,23 @@ class _Run:
             key,
         )
 
+    def _describe_models(self) -> coordinator_pb2.StageModels:
+        """Each stage's backend, model and the model version its calls will run (Describe)."""
+        models = JOB.StageModels()
+        timeout = self.runner.retry.timeout_s
+        for stage in STAGES:
+            describe = getattr(self.stages, stage.name).Describe
+            request = common_pb2.DescribeRequest()
+            info = self._retried(f"models/{stage.name}", lambda d=describe, r=request: d(r, timeout=timeout))
+            models.models.add(
+                stage=stage.name, backend=info.backend, model=info.model, version=info.model_version
+            )
+        return models
+
+    def _version(self, stage: str) -> str:
+        """The model version the job pinned for ``stage`` ("" when its models have none)."""
+        return next((m.version for m in self.models.models if m.stage == stage), "")
+
     def _fit_subject(self) -> inpainter_pb2.SubjectModel:
         """1. The step ``fit_subject``: FitSubject's stream, its progress sent as ``FitEvent``s."""
         return self.steps.run(
@@ -400,6 +428,7 @@ class _Run:
             images=put_tensor(self.store, np.stack(images)),
             masks=put_tensor(self.store, np.stack(masks)),
             settings=self.spec.fit,
+            model_version=self._version("inpainter"),
         )
         model = None
         for response in self.stages.inpainter.FitSubject(request, timeout=self.runner.retry.timeout_s):

@@ -129,10 +129,12 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
             self.backend.base_model,
         )
         answer.settings["default_strength"] = str(self.backend.default_strength)
+        answer.model_version = getattr(self.backend, "model_version", "")
         return answer
 
     def FitSubject(self, request, context) -> Iterator[inpainter_pb2.FitSubjectResponse]:
         config = fit_config(request.settings)
+        backend = self._backend_at(request.model_version)
         images = self._image_stack(request, "images", self.settings.max_reference_images, "reference images")
         r, h, w = images.shape[:3]
         masks = get_tensor(
@@ -157,7 +159,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                     )
                 )
 
-            return self.backend.fit_subject(images, masks, config, progress)
+            return backend.fit_subject(images, masks, config, progress)
 
         with contextlib.closing(stream_progress(fit)) as events:
             for event in events:
@@ -181,6 +183,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         if request.HasField("guidance_scale"):
             guidance = validation.in_range(request.guidance_scale, "guidance_scale", 0.0, 100.0)
         self._check_subject_message(request.subject)
+        backend = self._backend_at(request.model_version)
 
         images = self._image_stack(request, "images", self.settings.max_views, "views")
         v, h, w = images.shape[:3]
@@ -200,7 +203,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         subject = self._subject_bytes(artifact)
 
         try:
-            out = self.backend.inpaint(
+            out = backend.inpaint(
                 images,
                 masks.astype(bool),
                 alpha,
@@ -215,6 +218,17 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                 "subject.artifact", artifact.uri, f"is not a {self.backend.name!r} subject model: it {exc}"
             ) from exc
         return inpainter_pb2.InpaintResponse(images=put_tensor(self.store, out, previews=True))
+
+    def _backend_at(self, version: str) -> InpaintBackend:
+        """The backend held to model ``version`` ("": as configured)."""
+        if not version:
+            return self.backend
+        pinned = getattr(self.backend, "pinned", None)
+        if pinned is None:
+            raise InvalidArgument(
+                "model_version", version, f"names a version, but {self.backend.name!r} models have none"
+            )
+        return pinned(version)
 
     def _subject_bytes(self, artifact) -> bytes:
         """The subject model's bytes; models named by sha256 are kept for the next calls (a job sends

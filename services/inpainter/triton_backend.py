@@ -6,7 +6,9 @@ device. ``fit_subject`` streams the ``fit_subject`` model's progress (decoupled)
 adapters are ``sd-lora`` adapters: this backend's name is ``sd-lora``, so the subjects it fits serve an
 in-process sd-lora replica of the same weights too, and the other way round.
 
-Which version answers: ``version`` pinned, or "" for the one Triton serves (its latest ready).
+Which version answers: ``version`` pinned, or "" for the one Triton serves (its latest ready one).
+``pinned(version)`` is the same backend held to one version: a job runs every call on the version it
+started with (``model_version`` in the requests), while a newly published one serves the next jobs.
 """
 
 from __future__ import annotations
@@ -62,6 +64,27 @@ class TritonInpaintBackend:
     @property
     def device(self) -> str:
         return f"triton at {self.url} ({INPAINT} and {FIT}, version {self.version or 'latest'})"
+
+    @property
+    def model_version(self) -> str:
+        """The version a call runs: the pinned one, else the latest version of ``inpaint`` Triton has
+        ready ("" when it has none)."""
+        if self.version:
+            return self.version
+        import tritonclient.grpc as triton_grpc
+
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            index = client.get_model_repository_index().models
+        ready = [
+            int(m.version) for m in index if m.name == INPAINT and m.state == "READY" and m.version.isdigit()
+        ]
+        return str(max(ready)) if ready else ""
+
+    def pinned(self, version: str) -> TritonInpaintBackend:
+        """This backend held to ``version`` (digits)."""
+        if not version.isdigit():
+            raise InvalidArgument("model_version", version, "must be a Triton model version (digits)")
+        return TritonInpaintBackend(self.url, version)
 
     def ready(self) -> bool:
         """Whether Triton serves a ready version of both models."""

@@ -86,7 +86,8 @@ def write_sd_lora_models(
 
     A model's tensors are in ``<name>/config.pbtxt`` (shared by its versions); what a version serves is
     in ``<name>/<version>/``: ``model.py`` and ``backend.json`` (the weights' URI and the backend's
-    settings), so a new version brings new weights while the old one keeps serving.
+    settings), so a new version brings new weights while the old one keeps serving: Triton keeps the
+    newest two loaded, and a job pinned to the older one finishes on it.
 
     Args:
         repository: the repository folder.
@@ -119,6 +120,8 @@ def write_sd_lora_models(
         (folder / "config.pbtxt").write_text(
             f'name: "{name}"\nbackend: "python"\nmax_batch_size: 0\n{policy}'
             f"input [\n{declared}\n]\noutput [\n{produced}\n]\ninstance_group [ {{ count: 1 }} ]\n"
+            # The newest two versions stay loaded: jobs that started on the older one finish on it.
+            "version_policy: { latest: { num_versions: 2 } }\n"
         )
         (folder / str(version) / _SETTINGS).write_text(json.dumps(settings, indent=2) + "\n")
         entry = f"from services.inpainter.triton_model import {_CLASSES[name]} as TritonPythonModel"

@@ -121,7 +121,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("service", "backend", "model", "version", "device", "available_backends", "settings")
+    __slots__ = ("service", "backend", "model", "version", "device", "available_backends", "settings", "model_version")
     class SettingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class DescribeResponse(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_BACKENDS_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     service: str
     backend: str
     model: str
@@ -143,4 +144,5 @@ class DescribeResponse(_message.Message):
     device: str
     available_backends: _containers.RepeatedScalarFieldContainer[str]
     settings: _containers.ScalarMap[str, str]
-    def __init__(self, service: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., available_backends: _Optional[_Iterable[str]] = ..., settings: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, service: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., available_backends: _Optional[_Iterable[str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., model_version: _Optional[str] = ...) -> None: ...

@@ -258,6 +258,24 @@ class StepStarted(_message.Message):
     time_step: int
     def __init__(self, step: _Optional[str] = ..., time_step: _Optional[int] = ...) -> None: ...
 
+class StageModel(_message.Message):
+    __slots__ = ("stage", "backend", "model", "version")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    backend: str
+    model: str
+    version: str
+    def __init__(self, stage: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+
+class StageModels(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[StageModel]
+    def __init__(self, models: _Optional[_Iterable[_Union[StageModel, _Mapping]]] = ...) -> None: ...
+
 class StepFinished(_message.Message):
     __slots__ = ("step", "time_step", "seconds", "artifacts", "resumed")
     STEP_FIELD_NUMBER: _ClassVar[int]

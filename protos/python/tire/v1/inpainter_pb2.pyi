@@ -29,14 +29,16 @@ class FitSettings(_message.Message):
     def __init__(self, steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., rank: _Optional[int] = ..., prompt: _Optional[str] = ..., resolution: _Optional[int] = ..., flip: _Optional[bool] = ..., max_rotation_deg: _Optional[float] = ..., clusters: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class FitSubjectRequest(_message.Message):
-    __slots__ = ("images", "masks", "settings")
+    __slots__ = ("images", "masks", "settings", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MASKS_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: _common_pb2.TensorRef
     masks: _common_pb2.TensorRef
     settings: FitSettings
-    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., settings: _Optional[_Union[FitSettings, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., settings: _Optional[_Union[FitSettings, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SubjectModel(_message.Message):
     __slots__ = ("artifact", "backend", "base_model")
@@ -69,7 +71,7 @@ class FitSubjectResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[FitProgress, _Mapping]] = ..., model: _Optional[_Union[SubjectModel, _Mapping]] = ...) -> None: ...
 
 class InpaintRequest(_message.Message):
-    __slots__ = ("images", "masks", "alpha", "subject", "strength", "seed", "num_inference_steps", "guidance_scale")
+    __slots__ = ("images", "masks", "alpha", "subject", "strength", "seed", "num_inference_steps", "guidance_scale", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MASKS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +80,7 @@ class InpaintRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: _common_pb2.TensorRef
     masks: _common_pb2.TensorRef
     alpha: _common_pb2.TensorRef
@@ -86,7 +89,8 @@ class InpaintRequest(_message.Message):
     seed: int
     num_inference_steps: int
     guidance_scale: float
-    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., subject: _Optional[_Union[SubjectModel, _Mapping]] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ...) -> None: ...
+    model_version: str
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., subject: _Optional[_Union[SubjectModel, _Mapping]] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class InpaintResponse(_message.Message):
     __slots__ = ("images",)
