@@ -167,6 +167,18 @@ def test_strength_zero_reaches_the_backend_as_its_default_strength(store, refs, 
         servicer.Inpaint(inpaint_request(refs, subject, strength=1.5), None)
 
 
+def test_a_model_version_is_refused_by_a_backend_whose_models_have_none(servicer, refs, subject):
+    assert servicer.Describe(common_pb2.DescribeRequest(), None).model_version == ""
+    with pytest.raises(
+        InvalidArgument, match=r"`model_version` names a version, but 'colour' models have none"
+    ):
+        servicer.Inpaint(inpaint_request(refs, subject, model_version="3"), None)
+    fit = fit_request(refs, seed=1)
+    fit.model_version = "3"
+    with pytest.raises(InvalidArgument, match="model_version"):
+        list(servicer.FitSubject(fit, None))
+
+
 def test_inpaint_without_alpha_and_with_an_empty_mask(servicer, store, refs, subject):
     empty = put_tensor(store, np.zeros((3, SIZE, SIZE), np.uint8))
     reply = servicer.Inpaint(inpaint_request(refs, subject, alpha=None, masks=empty), None)
