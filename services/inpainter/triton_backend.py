@@ -74,7 +74,10 @@ class TritonInpaintBackend:
         import tritonclient.grpc as triton_grpc
 
         with triton_grpc.InferenceServerClient(self.url) as client:
-            index = client.get_model_repository_index().models
+            try:
+                index = client.get_model_repository_index().models
+            except Exception as exc:  # unreachable: UNAVAILABLE, which callers retry
+                raise _translate(exc, "model_version") from exc
         ready = [
             int(m.version) for m in index if m.name == INPAINT and m.state == "READY" and m.version.isdigit()
         ]
