@@ -6,6 +6,9 @@
     tire watch JOB | get JOB [-o OUT] | cancel JOB | list     (all take --coordinator)
     tire describe [--coordinator HOST:PORT]   each stage's backend, model, version and device
     tire models push FOLDER s3://BUCKET/PREFIX  put a model folder in the object store (TIRE_S3_*)
+    tire models publish inpainter WEIGHTS --repository s3://BUCKET/PREFIX --triton HOST:PORT
+                                               the next version of a stage's Triton models, loaded
+    tire models list --repository s3://BUCKET/PREFIX --triton HOST:PORT   versions and their state
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
 PNG of the subject seen from the front, or a folder of them, one per time step.
@@ -296,6 +299,39 @@ def push_model(folder: Path, prefix: str) -> int:
     return 0
 
 
+def publish_models(repository: str, weights: str, triton: str) -> int:
+    """``tire models publish inpainter``: the next version of the sd-lora models, written to the
+    repository in the store (``TIRE_S3_*``) and loaded by Triton; a version Triton refuses is reported
+    with its reason (exit 1) and never takes traffic."""
+    from services.common.store import ObjectStore, StoreSettings
+    from services.common.triton import TritonLoadError
+    from services.inpainter.triton_model import publish_sd_lora
+
+    try:
+        version = publish_sd_lora(ObjectStore(StoreSettings.from_env()), repository, weights, triton)
+    except TritonLoadError as exc:
+        print(
+            f"tire: the new version was not loaded, the one served before keeps serving: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"inpainter models version {version} ({weights}) published under {repository} and serving")
+    return 0
+
+
+def list_models(repository: str, triton: str) -> int:
+    """``tire models list``: the versions in the repository, and each one's state in Triton."""
+    from services.common.store import ObjectStore, StoreSettings
+    from services.common.triton import model_states
+    from services.inpainter.triton_model import published_versions
+
+    published = published_versions(ObjectStore(StoreSettings.from_env()), repository)
+    print(f"published under {repository}: versions {', '.join(map(str, published)) or 'none'}")
+    for name, version, state, reason in model_states(triton):
+        print(f"  {name:<12} version {version or '-':<4} {state:<12} {reason}")
+    return 0
+
+
 # ----- main --------------------------------------------------------------------------------------
 
 
@@ -327,12 +363,20 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--page-size", type=int, default=20)
     info = commands.add_parser("describe", help="each stage's backend, model, version and device")
     info.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="embedded stages")
-    models = commands.add_parser("models", help="model folders in the object store")
-    push = models.add_subparsers(dest="action", required=True).add_parser(
+    models = commands.add_parser("models", help="model folders in the object store, models on Triton")
+    actions = models.add_subparsers(dest="action", required=True)
+    push = actions.add_parser(
         "push", help="copy a save_pretrained folder to s3://BUCKET/PREFIX, for TIRE_<STAGE>_MODEL"
     )
     push.add_argument("folder", type=Path)
     push.add_argument("prefix", help="s3://BUCKET/PREFIX; use a new prefix for each new model")
+    publish = actions.add_parser("publish", help="the next version of a stage's models on Triton, loaded")
+    publish.add_argument("stage", choices=("inpainter",), help="the stage whose models Triton serves")
+    publish.add_argument("weights", help="the weights' URI: s3://BUCKET/PREFIX (tire models push), a folder")
+    listing_models = actions.add_parser("list", help="the versions in a Triton repository and their state")
+    for command in (publish, listing_models):
+        command.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
+        command.add_argument("--triton", required=True, help="Triton's gRPC address, HOST:PORT")
     for command in (submit, commands.choices["watch"], commands.choices["get"], commands.choices["cancel"]):
         command.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
     listing.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
@@ -347,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "describe":
             return describe(args)
         if args.command == "models":
+            if args.action == "publish":
+                return publish_models(args.repository, args.weights, args.triton)
+            if args.action == "list":
+                return list_models(args.repository, args.triton)
             return push_model(args.folder, args.prefix)
         stub = coordinator_stub(args.coordinator)
         if args.command == "submit":

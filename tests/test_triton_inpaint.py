@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
 
-from services.common.store import MemoryStore
-from services.common.triton import LocalTriton, TritonLoadError, triton_binary
+from services.cli import main
+from services.common.store import MemoryStore, ObjectStore
+from services.common.triton import (
+    LocalTriton,
+    TritonLoadError,
+    model_states,
+    triton_binary,
+    triton_repository,
+)
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
@@ -213,3 +220,48 @@ def test_a_job_keeps_the_model_version_it_started_with_while_a_new_one_is_publis
     assert first["inpainter"] == "1" and set(first_calls) - {"published"} == {"1"}
     assert second["inpainter"] == "2" and set(second_calls) == {"2"}  # the next job: the new version
     assert first["renderer"] == "" and triton.pid == pid  # unversioned stages; the server never restarted
+
+
+def test_models_publish_and_list_through_a_repository_in_the_store(s3, model, tmp_path, monkeypatch, capsys):
+    store = ObjectStore(s3.settings)
+    repository = f"s3://{s3.bucket}/triton-repository"
+    weights = f"s3://{s3.bucket}/models/tiny-inpaint"
+    store.upload_folder(model, weights)
+    write_sd_lora_models(tmp_path / "v1", 1, weights)  # the first version, before Triton starts on it
+    store.upload_folder(tmp_path / "v1", repository)
+    for name, value in s3.env.items():
+        monkeypatch.setenv(name, value)
+
+    with LocalTriton(triton_repository(s3.settings, repository), store=s3.settings) as server:
+        server.load(INPAINT)
+        server.load(FIT)
+        assert (
+            main(
+                [
+                    "models",
+                    "publish",
+                    "inpainter",
+                    weights,
+                    "--repository",
+                    repository,
+                    "--triton",
+                    server.url,
+                ]
+            )
+            == 0
+        )
+        assert "version 2" in capsys.readouterr().out
+        broken = f"s3://{s3.bucket}/models/missing"
+        assert (
+            main(
+                ["models", "publish", "inpainter", broken, "--repository", repository, "--triton", server.url]
+            )
+            == 1
+        )
+        assert "models/missing" in capsys.readouterr().err  # Triton's reason
+        ready = {(name, version) for name, version, state, _ in model_states(server.url) if state == "READY"}
+        assert {(INPAINT, "2"), (FIT, "2")} <= ready  # the broken version 3 never took traffic
+        assert TritonInpaintBackend(server.url).model_version == "2"
+        assert main(["models", "list", "--repository", repository, "--triton", server.url]) == 0
+        listing = capsys.readouterr().out
+        assert "versions 1, 2, 3" in listing and "READY" in listing

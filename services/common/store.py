@@ -356,6 +356,21 @@ class ObjectStore:
             written.append(f"s3://{bucket}/{key}")
         return written
 
+    def list_prefix(self, prefix_uri: str) -> list[str]:
+        """The keys under ``prefix_uri``, relative to it, sorted (empty when there are none).
+
+        Raises:
+            InvalidArgument (a malformed prefix), StoreAuthError, StoreUnavailable.
+        """
+        bucket, prefix = parse_uri(prefix_uri.rstrip("/"))
+        with self._errors(prefix_uri):
+            keys = [
+                item.object_name
+                for item in self._client.list_objects(bucket, prefix=f"{prefix}/", recursive=True)
+                if not item.is_dir
+            ]
+        return sorted(key[len(prefix) + 1 :] for key in keys)
+
     def download_prefix(self, prefix_uri: str, folder: str | os.PathLike) -> list[str]:
         """Copy every object under ``prefix_uri`` to ``folder``, keeping the key's path below the prefix.
 
@@ -366,20 +381,12 @@ class ObjectStore:
             StoreUnavailable.
         """
         bucket, prefix = parse_uri(prefix_uri.rstrip("/"))
-        with self._errors(prefix_uri):
-            keys = [
-                item.object_name
-                for item in self._client.list_objects(bucket, prefix=f"{prefix}/", recursive=True)
-                if not item.is_dir
-            ]
-        if not keys:
+        relative = self.list_prefix(prefix_uri)
+        if not relative:
             raise ObjectNotFound(f"no objects under {prefix_uri}.")
-        relative = []
-        for key in sorted(keys):
-            rel = key[len(prefix) + 1 :]
-            with self._errors(f"s3://{bucket}/{key}"):
-                self._client.fget_object(bucket, key, os.path.join(folder, rel))
-            relative.append(rel)
+        for rel in relative:
+            with self._errors(f"s3://{bucket}/{prefix}/{rel}"):
+                self._client.fget_object(bucket, f"{prefix}/{rel}", os.path.join(folder, rel))
         return relative
 
     def _size(self, uri: str) -> int | None:
@@ -508,6 +515,13 @@ class MemoryStore:
                 self._objects[uri] = data
             written.append(uri)
         return written
+
+    def list_prefix(self, prefix_uri: str) -> list[str]:
+        """As ``ObjectStore.list_prefix``."""
+        parse_uri(prefix_uri.rstrip("/"))
+        prefix = prefix_uri.rstrip("/") + "/"
+        with self._lock:
+            return sorted(uri[len(prefix) :] for uri in self._objects if uri.startswith(prefix))
 
     def download_prefix(self, prefix_uri: str, folder: str | os.PathLike) -> list[str]:
         """As ``ObjectStore.download_prefix``."""

@@ -25,6 +25,7 @@ from typing import IO
 
 from services.common.errors import FailedPrecondition
 from services.common.s3server import free_port
+from services.common.store import StoreSettings
 
 TRITON_HOME = Path(os.environ.get("TIRE_TRITON_HOME", Path(__file__).parents[2] / ".tools" / "triton"))
 """Where ``make triton`` put the server: ``$TIRE_TRITON_HOME``, by default ``.tools/triton``."""
@@ -35,6 +36,38 @@ _STOP_TIMEOUT_S = 15.0
 
 class TritonLoadError(FailedPrecondition):
     """A model version did not load; the message carries the server's reason."""
+
+
+def triton_repository(store: StoreSettings, repository: str) -> str:
+    """Triton's name for the repository ``s3://bucket/prefix`` of ``store``: ``s3://host:port/bucket/prefix``."""
+    return f"s3://{store.endpoint}/{repository.removeprefix('s3://')}"
+
+
+def load_model(url: str, model: str) -> None:
+    """Ask the Triton at ``url`` to load (or reload) ``model`` from its repository; returns once the
+    versions its policy names are ready.
+
+    Raises:
+        TritonLoadError: Triton refused it; the message has Triton's reason. The versions it served
+            before keep serving.
+    """
+    import tritonclient.grpc as triton_grpc
+    from tritonclient.utils import InferenceServerException
+
+    with triton_grpc.InferenceServerClient(url) as client:
+        try:
+            client.load_model(model)
+        except InferenceServerException as exc:
+            raise TritonLoadError(f"Triton did not load model {model!r}: {exc.message()}") from exc
+
+
+def model_states(url: str) -> list[tuple[str, str, str, str]]:
+    """Every model version the Triton at ``url`` knows: (name, version, state, reason), sorted."""
+    import tritonclient.grpc as triton_grpc
+
+    with triton_grpc.InferenceServerClient(url) as client:
+        index = client.get_model_repository_index().models
+    return sorted((m.name, m.version, m.state, m.reason) for m in index)
 
 
 def triton_binary(home: Path = TRITON_HOME) -> Path:
@@ -53,13 +86,23 @@ class LocalTriton:
     """``tritonserver`` on free loopback ports over a model repository, explicit model control.
 
     Args:
-        repository: the model repository (a folder of ``<model>/config.pbtxt`` and ``<model>/<version>/``).
+        repository: the model repository (a folder of ``<model>/config.pbtxt`` and ``<model>/<version>/``),
+            or Triton's S3 form ``s3://host:port/bucket/prefix`` (credentials: ``AWS_*`` variables).
         home: where ``make triton`` unpacked the server.
         log: where the server's output goes (default: a temporary file, whose tail errors quote).
+        store: the object store a repository or weights in ``s3://`` live in: Triton gets its keys as
+            ``AWS_*``, the models as ``TIRE_S3_*``.
     """
 
-    def __init__(self, repository: str | os.PathLike, home: Path = TRITON_HOME, log: IO[str] | None = None):
-        self.repository = Path(repository)
+    def __init__(
+        self,
+        repository: str | os.PathLike,
+        home: Path = TRITON_HOME,
+        log: IO[str] | None = None,
+        store: StoreSettings | None = None,
+    ):
+        self.repository = repository if str(repository).startswith("s3://") else Path(repository)
+        self.store = store
         self.home = home
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self._log = log
@@ -114,19 +157,8 @@ class LocalTriton:
         return self
 
     def load(self, model: str) -> None:
-        """Load (or reload) ``model`` from the repository and wait until it is ready.
-
-        Raises:
-            TritonLoadError: the server refused it; the message has the server's reason.
-        """
-        import tritonclient.grpc as triton_grpc
-        from tritonclient.utils import InferenceServerException
-
-        with triton_grpc.InferenceServerClient(self.url) as client:
-            try:
-                client.load_model(model)
-            except InferenceServerException as exc:
-                raise TritonLoadError(f"Triton did not load model {model!r}: {exc.message()}") from exc
+        """``load_model`` on this server."""
+        load_model(self.url, model)
 
     def unload(self, model: str) -> None:
         """Unload ``model``."""
@@ -170,6 +202,20 @@ class LocalTriton:
         env["PATH"] = f"{self.home / 'env' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH", "")) if p)
+        if self.store is not None:
+            store = self.store
+            scheme = "https" if store.secure else "http"
+            env.update(
+                AWS_ACCESS_KEY_ID=store.access_key,
+                AWS_SECRET_ACCESS_KEY=store.secret_key,
+                AWS_DEFAULT_REGION=store.region,
+                TIRE_S3_ENDPOINT=f"{scheme}://{store.endpoint}",
+                TIRE_S3_ACCESS_KEY=store.access_key,
+                TIRE_S3_SECRET_KEY=store.secret_key,
+                TIRE_S3_BUCKET=store.bucket,
+                TIRE_S3_SECURE=str(store.secure).lower(),
+                TIRE_S3_REGION=store.region,
+            )
         return env
 
     def _wait_live(self) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,45 @@ def write_sd_lora_models(
     return written
 
 
+def published_versions(store, repository: str) -> list[int]:
+    """The versions of the sd-lora models under ``repository`` (an ``s3://`` prefix of ``store``), sorted."""
+    versions = set()
+    for key in store.list_prefix(repository):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] in _TENSORS and parts[1].isdigit() and parts[2] == _SETTINGS:
+            versions.add(int(parts[1]))
+    return sorted(versions)
+
+
+def publish_sd_lora(store, repository: str, model: str, triton_url: str, **settings) -> int:
+    """Publish the next version of the sd-lora models: write it under ``repository`` (an ``s3://``
+    prefix of ``store``, the repository Triton reads) and ask the Triton at ``triton_url`` to load it.
+
+    Args:
+        store: the object store holding the repository.
+        repository: ``s3://bucket/prefix``.
+        model: the weights' URI, as ``write_sd_lora_models``'s.
+        triton_url: Triton's gRPC address.
+        settings: ``write_sd_lora_models``'s other keywords.
+
+    Returns:
+        The version published.
+
+    Raises:
+        TritonLoadError: Triton did not load it (the reason is in the message); the version it served
+            before keeps serving, and the new version never takes traffic.
+    """
+    from services.common.triton import load_model
+
+    version = max(published_versions(store, repository), default=0) + 1
+    with tempfile.TemporaryDirectory() as folder:
+        write_sd_lora_models(folder, version, model, **settings)
+        store.upload_folder(folder, repository)
+    for name in _TENSORS:
+        load_model(triton_url, name)
+    return version
+
+
 def _backend(args: dict[str, str]):
     """The ``SdLoraBackend`` of a Triton model instance: its version's settings, Triton's device."""
     from services.inpainter.sd_lora import SdLoraBackend
@@ -137,8 +177,14 @@ def _backend(args: dict[str, str]):
     settings = json.loads((Path(args["model_repository"]) / args["model_version"] / _SETTINGS).read_text())
     kind = args.get("model_instance_kind", "CPU")
     device = f"cuda:{args.get('model_instance_device_id', '0')}" if kind == "GPU" else "cpu"
+    store = None
+    if settings["model"].startswith("s3://"):  # weights in the object store: the server's TIRE_S3_* say where
+        from services.common.store import ObjectStore, StoreSettings
+
+        store = ObjectStore(StoreSettings.from_env())
     return SdLoraBackend(
         settings["model"],
+        store=store,
         model_cache_dir=settings["model_cache_dir"],
         device=device,
         resolution=settings["resolution"],
