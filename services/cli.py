@@ -9,6 +9,7 @@
     tire models publish inpainter WEIGHTS --repository s3://BUCKET/PREFIX --triton HOST:PORT
                                                the next version of a stage's Triton models, loaded
     tire models list --repository s3://BUCKET/PREFIX --triton HOST:PORT   versions and their state
+    tire models rollback inpainter VERSION --repository ... --triton ...  serve VERSION's weights again
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
 PNG of the subject seen from the front, or a folder of them, one per time step.
@@ -299,23 +300,29 @@ def push_model(folder: Path, prefix: str) -> int:
     return 0
 
 
-def publish_models(repository: str, weights: str, triton: str) -> int:
-    """``tire models publish inpainter``: the next version of the sd-lora models, written to the
-    repository in the store (``TIRE_S3_*``) and loaded by Triton; a version Triton refuses is reported
-    with its reason (exit 1) and never takes traffic."""
+def publish_models(repository: str, triton: str, weights: str = "", rollback_to: int = 0) -> int:
+    """``tire models publish inpainter WEIGHTS`` / ``rollback inpainter VERSION``: the next version of
+    the sd-lora models (new weights, or an earlier version's), written to the repository in the store
+    (``TIRE_S3_*``) and loaded by Triton; a version Triton refuses is reported with its reason (exit 1)
+    and never takes traffic."""
     from services.common.store import ObjectStore, StoreSettings
     from services.common.triton import TritonLoadError
-    from services.inpainter.triton_model import publish_sd_lora
+    from services.inpainter.triton_model import publish_sd_lora, rollback_sd_lora
 
+    store = ObjectStore(StoreSettings.from_env())
     try:
-        version = publish_sd_lora(ObjectStore(StoreSettings.from_env()), repository, weights, triton)
+        if rollback_to:
+            version = rollback_sd_lora(store, repository, rollback_to, triton)
+        else:
+            version = publish_sd_lora(store, repository, weights, triton)
     except TritonLoadError as exc:
         print(
-            f"tire: the new version was not loaded, the one served before keeps serving: {exc}",
+            f"tire: the new version was not loaded; the one served before keeps serving. {exc}",
             file=sys.stderr,
         )
         return 1
-    print(f"inpainter models version {version} ({weights}) published under {repository} and serving")
+    what = f"version {rollback_to}'s weights" if rollback_to else weights
+    print(f"inpainter models version {version} ({what}) published under {repository} and serving")
     return 0
 
 
@@ -374,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("stage", choices=("inpainter",), help="the stage whose models Triton serves")
     publish.add_argument("weights", help="the weights' URI: s3://BUCKET/PREFIX (tire models push), a folder")
     listing_models = actions.add_parser("list", help="the versions in a Triton repository and their state")
-    for command in (publish, listing_models):
+    rollback = actions.add_parser("rollback", help="publish an earlier version's weights as the next version")
+    rollback.add_argument("stage", choices=("inpainter",), help="the stage whose models Triton serves")
+    rollback.add_argument("version", type=int, help="the version whose weights to serve again")
+    for command in (publish, listing_models, rollback):
         command.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
         command.add_argument("--triton", required=True, help="Triton's gRPC address, HOST:PORT")
     for command in (submit, commands.choices["watch"], commands.choices["get"], commands.choices["cancel"]):
@@ -392,9 +402,11 @@ def main(argv: list[str] | None = None) -> int:
             return describe(args)
         if args.command == "models":
             if args.action == "publish":
-                return publish_models(args.repository, args.weights, args.triton)
+                return publish_models(args.repository, args.triton, weights=args.weights)
             if args.action == "list":
                 return list_models(args.repository, args.triton)
+            if args.action == "rollback":
+                return publish_models(args.repository, args.triton, rollback_to=args.version)
             return push_model(args.folder, args.prefix)
         stub = coordinator_stub(args.coordinator)
         if args.command == "submit":

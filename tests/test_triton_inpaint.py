@@ -30,7 +30,7 @@ from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
 from services.inpainter.server import InpainterServicer, InpainterSettings, fit_config
 from services.inpainter.triton_backend import TritonInpaintBackend
-from services.inpainter.triton_model import FIT, INPAINT, write_sd_lora_models
+from services.inpainter.triton_model import FIT, INPAINT, published_versions, write_sd_lora_models
 from services.testing.random_models import save_sd_inpainting
 
 pytestmark = pytest.mark.slow
@@ -222,7 +222,9 @@ def test_a_job_keeps_the_model_version_it_started_with_while_a_new_one_is_publis
     assert first["renderer"] == "" and triton.pid == pid  # unversioned stages; the server never restarted
 
 
-def test_models_publish_and_list_through_a_repository_in_the_store(s3, model, tmp_path, monkeypatch, capsys):
+def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
+    s3, model, tmp_path, monkeypatch, capsys
+):
     store = ObjectStore(s3.settings)
     repository = f"s3://{s3.bucket}/triton-repository"
     weights = f"s3://{s3.bucket}/models/tiny-inpaint"
@@ -261,7 +263,21 @@ def test_models_publish_and_list_through_a_repository_in_the_store(s3, model, tm
         assert "models/missing" in capsys.readouterr().err  # Triton's reason
         ready = {(name, version) for name, version, state, _ in model_states(server.url) if state == "READY"}
         assert {(INPAINT, "2"), (FIT, "2")} <= ready  # the broken version 3 never took traffic
+        assert published_versions(store, repository) == [1, 2]  # and left the repository
         assert TritonInpaintBackend(server.url).model_version == "2"
         assert main(["models", "list", "--repository", repository, "--triton", server.url]) == 0
         listing = capsys.readouterr().out
-        assert "versions 1, 2, 3" in listing and "READY" in listing
+        assert "versions 1, 2\n" in listing and "READY" in listing
+        rollback = [
+            "models",
+            "rollback",
+            "inpainter",
+            "1",
+            "--repository",
+            repository,
+            "--triton",
+            server.url,
+        ]
+        assert main(rollback) == 0 and "version 3" in capsys.readouterr().out
+        settings = [store.get_bytes(f"{repository}/{INPAINT}/{v}/backend.json") for v in (1, 3)]
+        assert settings[0] == settings[1] and TritonInpaintBackend(server.url).model_version == "3"

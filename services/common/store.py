@@ -356,6 +356,18 @@ class ObjectStore:
             written.append(f"s3://{bucket}/{key}")
         return written
 
+    def remove(self, uris: list[str]) -> None:
+        """Delete the objects at ``uris`` (those absent are skipped). Only for what a service wrote and
+        owns, such as a model version Triton refused; never for content-addressed job data.
+
+        Raises:
+            InvalidArgument (a malformed URI), StoreAuthError, StoreUnavailable.
+        """
+        for uri in uris:
+            bucket, key = parse_uri(uri)
+            with self._errors(uri):
+                self._client.remove_object(bucket, key)
+
     def list_prefix(self, prefix_uri: str) -> list[str]:
         """The keys under ``prefix_uri``, relative to it, sorted (empty when there are none).
 
@@ -515,6 +527,13 @@ class MemoryStore:
                 self._objects[uri] = data
             written.append(uri)
         return written
+
+    def remove(self, uris: list[str]) -> None:
+        """As ``ObjectStore.remove``."""
+        for uri in uris:
+            parse_uri(uri)
+            with self._lock:
+                self._objects.pop(uri, None)
 
     def list_prefix(self, prefix_uri: str) -> list[str]:
         """As ``ObjectStore.list_prefix``."""

@@ -156,18 +156,40 @@ def publish_sd_lora(store, repository: str, model: str, triton_url: str, **setti
         The version published.
 
     Raises:
-        TritonLoadError: Triton did not load it (the reason is in the message); the version it served
-            before keeps serving, and the new version never takes traffic.
+        TritonLoadError: Triton did not load it (the reason is in the message); the version is removed
+            from the repository, the one served before keeps serving, and the new one never takes traffic.
     """
-    from services.common.triton import load_model
+    from services.common.triton import TritonLoadError, load_model
 
     version = max(published_versions(store, repository), default=0) + 1
     with tempfile.TemporaryDirectory() as folder:
         write_sd_lora_models(folder, version, model, **settings)
-        store.upload_folder(folder, repository)
-    for name in _TENSORS:
-        load_model(triton_url, name)
+        written = store.upload_folder(folder, repository)
+    try:
+        for name in _TENSORS:
+            load_model(triton_url, name)
+    except TritonLoadError:
+        # Out of the repository, so that the newest versions Triton keeps loaded are all good ones.
+        store.remove([uri for uri in written if not uri.endswith("/config.pbtxt")])
+        for name in _TENSORS:
+            load_model(triton_url, name)
+        raise
     return version
+
+
+def rollback_sd_lora(store, repository: str, version: int, triton_url: str) -> int:
+    """Serve again what version ``version`` served: publish its weights and settings as the next
+    version (the repository only grows, so what served when stays on record).
+
+    Returns:
+        The version published.
+
+    Raises:
+        ObjectNotFound: no such version under ``repository``.
+        TritonLoadError: as ``publish_sd_lora``.
+    """
+    settings = json.loads(store.get_bytes(f"{repository.rstrip('/')}/{INPAINT}/{version}/{_SETTINGS}"))
+    return publish_sd_lora(store, repository, triton_url=triton_url, **settings)
 
 
 def _backend(args: dict[str, str]):

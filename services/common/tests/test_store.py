@@ -403,3 +403,15 @@ def test_tire_s3_command_prints_exports_and_stops_on_sigterm(tmp_path):
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_list_prefix_and_remove(any_store, tmp_path):
+    (tmp_path / "inpaint" / "1").mkdir(parents=True)
+    (tmp_path / "inpaint" / "1" / "backend.json").write_text("{}")
+    (tmp_path / "inpaint" / "config.pbtxt").write_text("name: 'inpaint'")
+    prefix = any_store.uri_for("repository")
+    written = any_store.upload_folder(tmp_path, prefix)
+    assert any_store.list_prefix(prefix) == ["inpaint/1/backend.json", "inpaint/config.pbtxt"]
+    assert any_store.list_prefix(any_store.uri_for("nothing-here")) == []
+    any_store.remove([uri for uri in written if uri.endswith("backend.json")] + [any_store.uri_for("absent")])
+    assert any_store.list_prefix(prefix) == ["inpaint/config.pbtxt"]
