@@ -167,13 +167,8 @@ class LocalS3:
     def stop(self) -> None:
         """Stop rclone (SIGTERM, then SIGKILL after a few seconds). Safe to call twice."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process, _STOP_TIMEOUT_S)
         if self._own_log is not None:
             self._own_log.close()
             self._own_log = None
@@ -247,6 +242,17 @@ class LocalS3:
             return ""
         self._own_log.seek(0)
         return ":\n" + "".join(self._own_log.readlines()[-lines:])
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
+    """Stop a local server process: SIGTERM, then SIGKILL after ``timeout_s`` seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port() -> int:

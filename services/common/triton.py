@@ -24,7 +24,7 @@ from types import TracebackType
 from typing import IO
 
 from services.common.errors import FailedPrecondition
-from services.common.s3server import free_port
+from services.common.s3server import free_port, stop_process
 from services.common.store import StoreSettings
 
 TRITON_HOME = Path(os.environ.get("TIRE_TRITON_HOME", Path(__file__).parents[2] / ".tools" / "triton"))
@@ -160,23 +160,11 @@ class LocalTriton:
         """``load_model`` on this server."""
         load_model(self.url, model)
 
-    def unload(self, model: str) -> None:
-        """Unload ``model``."""
-        import tritonclient.grpc as triton_grpc
-
-        with triton_grpc.InferenceServerClient(self.url) as client:
-            client.unload_model(model)
-
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL). Safe to call twice."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process, _STOP_TIMEOUT_S)
         if self._own_log is not None:
             self._own_log.close()
             self._own_log = None

@@ -443,7 +443,9 @@ class _Run:
     def _retried(self, name: str, call: Callable[[], Message]) -> Message:
         """``call()``, retried per the runner's policy; a failure for good becomes ``StepFailed``."""
         try:
-            return call_with_retry(call, self.runner.retry, what=name, should_stop=self._cancel_requested)
+            return call_with_retry(
+                call, self.runner.retry, what=name, should_stop=self.steps.cancel_requested
+            )
         except (JobCancelled, StepFailed):
             raise
         except (grpc.RpcError, TireError) as exc:
@@ -451,9 +453,6 @@ class _Run:
             raise StepFailed(
                 f"{name}: {code.name if code else 'error'}: {status_details(exc)}", code
             ) from exc
-
-    def _cancel_requested(self) -> bool:
-        return self.runner.jobs.cancel_requested(self.job.id)
 
     def _render_request(
         self, *frames: common_pb2.ObjectRef, time_step: int = 0

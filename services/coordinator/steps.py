@@ -62,7 +62,8 @@ class StepLog:
         Raises:
             JobCancelled: CancelJob was called.
         """
-        self.check_cancelled()
+        if self.cancel_requested():
+            raise JobCancelled("the job was cancelled")
         key = key or (f"t{time_step}/{name}" if self.four_d else name)
         recorded = self.jobs.step_result(self.job_id, key)
         if recorded is not None:
@@ -78,10 +79,9 @@ class StepLog:
         self._finished(name, time_step, seconds, result, resumed=False)
         return result
 
-    def check_cancelled(self) -> None:
-        """Raise ``JobCancelled`` when CancelJob was called."""
-        if self.jobs.cancel_requested(self.job_id):
-            raise JobCancelled("the job was cancelled")
+    def cancel_requested(self) -> bool:
+        """Whether CancelJob was called (``run`` then raises ``JobCancelled``; retries stop)."""
+        return self.jobs.cancel_requested(self.job_id)
 
     def expect_fewer(self, steps: int) -> None:
         """The plan merged ``steps`` steps into others (a joint reconstruction of 4D time steps)."""
