@@ -6,10 +6,10 @@
     tire watch JOB | get JOB [-o OUT] | cancel JOB | list     (all take --coordinator)
     tire describe [--coordinator HOST:PORT]   each stage's backend, model, version and device
     tire models push FOLDER s3://BUCKET/PREFIX  put a model folder in the object store (TIRE_S3_*)
-    tire models publish inpainter WEIGHTS --repository s3://BUCKET/PREFIX --triton HOST:PORT
+    tire models publish STAGE WEIGHTS --repository s3://BUCKET/PREFIX --triton HOST:PORT
                                                the next version of a stage's Triton models, loaded
     tire models list --repository s3://BUCKET/PREFIX --triton HOST:PORT   versions and their state
-    tire models rollback inpainter VERSION --repository ... --triton ...  serve VERSION's weights again
+    tire models rollback STAGE VERSION --repository ... --triton ...  serve VERSION's weights again
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
 PNG of the subject seen from the front, or a folder of them, one per time step.
@@ -18,6 +18,7 @@ PNG of the subject seen from the front, or a folder of them, one per time step.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -29,6 +30,7 @@ import grpc
 from tire.v1 import common_pb2, coordinator_pb2
 
 from services.client import coordinator_stub, download, remote_events, save_outputs, upload
+from services.common import registry
 from services.common.errors import ConfigError, TireError
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
@@ -300,21 +302,23 @@ def push_model(folder: Path, prefix: str) -> int:
     return 0
 
 
-def publish_models(repository: str, triton: str, weights: str = "", rollback_to: int = 0) -> int:
-    """``tire models publish inpainter WEIGHTS`` / ``rollback inpainter VERSION``: the next version of
-    the sd-lora models (new weights, or an earlier version's), written to the repository in the store
-    (``TIRE_S3_*``) and loaded by Triton; a version Triton refuses is reported with its reason (exit 1)
-    and never takes traffic."""
+def publish_models(stage: str, repository: str, triton: str, weights: str = "", rollback_to: int = 0) -> int:
+    """``tire models publish STAGE WEIGHTS`` / ``rollback STAGE VERSION``: the next version of the
+    stage's Triton models (new weights, or an earlier version's settings), written to the repository in
+    the store (``TIRE_S3_*``) and loaded by Triton; a version Triton refuses is reported with its reason
+    (exit 1) and never takes traffic."""
+    from services.common import model_repository
     from services.common.store import ObjectStore, StoreSettings
     from services.common.triton import TritonLoadError
-    from services.inpainter.triton_model import publish_sd_lora, rollback_sd_lora
 
+    declared = importlib.import_module(registry.stage(stage).triton_models)
     store = ObjectStore(StoreSettings.from_env())
     try:
         if rollback_to:
-            version = rollback_sd_lora(store, repository, rollback_to, triton)
+            version = model_repository.rollback(store, repository, declared.MODELS, rollback_to, triton)
         else:
-            version = publish_sd_lora(store, repository, weights, triton)
+            settings = declared.version_settings(weights)
+            version = model_repository.publish(store, repository, declared.MODELS, settings, triton)
     except TritonLoadError as exc:
         print(
             f"tire: the new version was not loaded; the one served before keeps serving. {exc}",
@@ -322,20 +326,24 @@ def publish_models(repository: str, triton: str, weights: str = "", rollback_to:
         )
         return 1
     what = f"version {rollback_to}'s weights" if rollback_to else weights
-    print(f"inpainter models version {version} ({what}) published under {repository} and serving")
+    print(f"{stage} models version {version} ({what}) published under {repository} and serving")
     return 0
 
 
 def list_models(repository: str, triton: str) -> int:
-    """``tire models list``: the versions in the repository, and each one's state in Triton."""
+    """``tire models list``: each stage's versions in the repository, and each model version's state in
+    Triton."""
+    from services.common.model_repository import published_versions
     from services.common.store import ObjectStore, StoreSettings
     from services.common.triton import model_states
-    from services.inpainter.triton_model import published_versions
 
-    published = published_versions(ObjectStore(StoreSettings.from_env()), repository)
-    print(f"published under {repository}: versions {', '.join(map(str, published)) or 'none'}")
+    store = ObjectStore(StoreSettings.from_env())
+    for stage in registry.TRITON_STAGES:
+        models = importlib.import_module(registry.stage(stage).triton_models).MODELS
+        published = published_versions(store, repository, models)
+        print(f"{stage} under {repository}: versions {', '.join(map(str, published)) or 'none'}")
     for name, version, state, reason in model_states(triton):
-        print(f"  {name:<12} version {version or '-':<4} {state:<12} {reason}")
+        print(f"  {name:<14} version {version or '-':<4} {state:<12} {reason}")
     return 0
 
 
@@ -378,11 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("folder", type=Path)
     push.add_argument("prefix", help="s3://BUCKET/PREFIX; use a new prefix for each new model")
     publish = actions.add_parser("publish", help="the next version of a stage's models on Triton, loaded")
-    publish.add_argument("stage", choices=("inpainter",), help="the stage whose models Triton serves")
+    publish.add_argument("stage", choices=registry.TRITON_STAGES, help="whose models Triton serves")
     publish.add_argument("weights", help="the weights' URI: s3://BUCKET/PREFIX (tire models push), a folder")
     listing_models = actions.add_parser("list", help="the versions in a Triton repository and their state")
     rollback = actions.add_parser("rollback", help="publish an earlier version's weights as the next version")
-    rollback.add_argument("stage", choices=("inpainter",), help="the stage whose models Triton serves")
+    rollback.add_argument("stage", choices=registry.TRITON_STAGES, help="whose models Triton serves")
     rollback.add_argument("version", type=int, help="the version whose weights to serve again")
     for command in (publish, listing_models, rollback):
         command.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
@@ -402,11 +410,11 @@ def main(argv: list[str] | None = None) -> int:
             return describe(args)
         if args.command == "models":
             if args.action == "publish":
-                return publish_models(args.repository, args.triton, weights=args.weights)
+                return publish_models(args.stage, args.repository, args.triton, weights=args.weights)
             if args.action == "list":
                 return list_models(args.repository, args.triton)
             if args.action == "rollback":
-                return publish_models(args.repository, args.triton, rollback_to=args.version)
+                return publish_models(args.stage, args.repository, args.triton, rollback_to=args.version)
             return push_model(args.folder, args.prefix)
         stub = coordinator_stub(args.coordinator)
         if args.command == "submit":

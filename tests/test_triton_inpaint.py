@@ -13,6 +13,7 @@ import pytest
 from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
 
 from services.cli import main
+from services.common.model_repository import published_versions, write_version
 from services.common.store import MemoryStore, ObjectStore
 from services.common.triton import (
     LocalTriton,
@@ -30,7 +31,7 @@ from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
 from services.inpainter.server import InpainterServicer, InpainterSettings, fit_config
 from services.inpainter.triton_backend import TritonInpaintBackend
-from services.inpainter.triton_model import FIT, INPAINT, published_versions, write_sd_lora_models
+from services.inpainter.triton_model import FIT, INPAINT, MODELS, version_settings
 from services.testing.random_models import save_sd_inpainting
 
 pytestmark = pytest.mark.slow
@@ -66,10 +67,10 @@ def subject(backend) -> bytes:
 @pytest.fixture(scope="module")
 def triton(model, tmp_path_factory):
     repository = tmp_path_factory.mktemp("repository")
-    write_sd_lora_models(repository, 1, model)
+    write_version(repository, MODELS, 1, version_settings(model))
     with LocalTriton(repository) as server:
-        server.load(INPAINT)
-        server.load(FIT)
+        server.load(INPAINT.name)
+        server.load(FIT.name)
         yield server
 
 
@@ -89,18 +90,18 @@ def infer(url: str, images, masks, alpha, subject: bytes, strength: float, seed:
         value.set_data_from_numpy(array)
         return value
 
-    inputs = [
-        tensor("IMAGES", images, "UINT8"),
-        tensor("MASKS", masks, "BOOL"),
-        tensor("ALPHA", alpha, "FP32"),
-        tensor("SUBJECT", np.array([subject], dtype=object), "BYTES"),
-        tensor("STRENGTH", np.array([strength], np.float32), "FP32"),
-        tensor("SEED", np.array([seed], np.uint64), "UINT64"),
-        tensor("NUM_INFERENCE_STEPS", np.array([steps], np.int32), "INT32"),
-        tensor("GUIDANCE_SCALE", np.array([7.5], np.float32), "FP32"),
+    inputs = [  # one call: a batch dimension of 1 (the model batches calls dynamically)
+        tensor("IMAGES", images[None], "UINT8"),
+        tensor("MASKS", masks[None], "BOOL"),
+        tensor("ALPHA", alpha[None], "FP32"),
+        tensor("SUBJECT", np.array([[subject]], dtype=object), "BYTES"),
+        tensor("STRENGTH", np.array([[strength]], np.float32), "FP32"),
+        tensor("SEED", np.array([[seed]], np.uint64), "UINT64"),
+        tensor("NUM_INFERENCE_STEPS", np.array([[steps]], np.int32), "INT32"),
+        tensor("GUIDANCE_SCALE", np.array([[7.5]], np.float32), "FP32"),
     ]
     with triton_grpc.InferenceServerClient(url) as client:
-        return client.infer("inpaint", inputs).as_numpy("INPAINTED")
+        return client.infer("inpaint", inputs).as_numpy("INPAINTED")[0]
 
 
 def test_triton_serves_the_same_bytes_as_the_backend_in_process(triton, backend, subject):
@@ -121,9 +122,9 @@ def test_a_subject_the_model_cannot_use_is_an_invalid_argument(triton):
 
 
 def test_a_version_that_cannot_load_is_refused_and_the_served_one_keeps_answering(triton, subject):
-    write_sd_lora_models(triton.repository, 2, str(triton.repository / "no-such-model"))
+    write_version(triton.repository, MODELS, 2, version_settings(str(triton.repository / "no-such-model")))
     with pytest.raises(TritonLoadError, match="no-such-model"):
-        triton.load(INPAINT)
+        triton.load(INPAINT.name)
     with triton_grpc.InferenceServerClient(triton.url) as client:
         assert client.is_model_ready("inpaint", "1")
     images, masks, alpha = views()
@@ -181,9 +182,9 @@ def test_a_job_keeps_the_model_version_it_started_with_while_a_new_one_is_publis
             def call(request, timeout=None):
                 if method == "Inpaint" and "published" not in versions_called:
                     versions_called.append("published")
-                    write_sd_lora_models(triton.repository, 2, newer)
-                    triton.load(INPAINT)
-                    triton.load(FIT)
+                    write_version(triton.repository, MODELS, 2, version_settings(newer))
+                    triton.load(INPAINT.name)
+                    triton.load(FIT.name)
                 if method in ("Inpaint", "FitSubject"):
                     versions_called.append(request.model_version)
                 return getattr(inpainter, method)(request, timeout=timeout)
@@ -229,14 +230,15 @@ def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
     repository = f"s3://{s3.bucket}/triton-repository"
     weights = f"s3://{s3.bucket}/models/tiny-inpaint"
     store.upload_folder(model, weights)
-    write_sd_lora_models(tmp_path / "v1", 1, weights)  # the first version, before Triton starts on it
+    # The first version, before Triton starts on it.
+    write_version(tmp_path / "v1", MODELS, 1, version_settings(weights))
     store.upload_folder(tmp_path / "v1", repository)
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
 
     with LocalTriton(triton_repository(s3.settings, repository), store=s3.settings) as server:
-        server.load(INPAINT)
-        server.load(FIT)
+        server.load(INPAINT.name)
+        server.load(FIT.name)
         assert (
             main(
                 [
@@ -262,8 +264,8 @@ def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
         )
         assert "models/missing" in capsys.readouterr().err  # Triton's reason
         ready = {(name, version) for name, version, state, _ in model_states(server.url) if state == "READY"}
-        assert {(INPAINT, "2"), (FIT, "2")} <= ready  # the broken version 3 never took traffic
-        assert published_versions(store, repository) == [1, 2]  # and left the repository
+        assert {(INPAINT.name, "2"), (FIT.name, "2")} <= ready  # the broken version 3 never took traffic
+        assert published_versions(store, repository, MODELS) == [1, 2]  # and left the repository
         assert TritonInpaintBackend(server.url).model_version == "2"
         assert main(["models", "list", "--repository", repository, "--triton", server.url]) == 0
         listing = capsys.readouterr().out
@@ -279,5 +281,5 @@ def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
             server.url,
         ]
         assert main(rollback) == 0 and "version 3" in capsys.readouterr().out
-        settings = [store.get_bytes(f"{repository}/{INPAINT}/{v}/backend.json") for v in (1, 3)]
+        settings = [store.get_bytes(f"{repository}/{INPAINT.name}/{v}/backend.json") for v in (1, 3)]
         assert settings[0] == settings[1] and TritonInpaintBackend(server.url).model_version == "3"

@@ -43,6 +43,8 @@ class Service:
         server: the module that serves it (``main``, ``build_servicer``), imported by name.
         settings: the name of its settings class in ``server``.
         port_offset: its gRPC port in a local stack is ``BASE_PORT + port_offset`` (metrics: + 1000).
+        triton_models: the module that declares its models on Triton (``MODELS``, ``version_settings``),
+            "" for a stage whose models Triton does not serve.
     """
 
     name: str
@@ -51,6 +53,7 @@ class Service:
     server: str
     settings: str
     port_offset: int
+    triton_models: str = ""
 
     @property
     def env_prefix(self) -> str:
@@ -87,6 +90,7 @@ STAGES = (
         "services.inpainter.server",
         "InpainterSettings",
         3,
+        "services.inpainter.triton_model",
     ),
     Service(
         "refiner",
@@ -117,6 +121,8 @@ COORDINATOR = Service(
 )
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
+TRITON_STAGES = tuple(stage.name for stage in STAGES if stage.triton_models)
+"""The stages whose models Triton can serve."""
 
 
 def stage(name: str) -> Service:

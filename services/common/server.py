@@ -43,7 +43,7 @@ from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
 from services.common.config import ServerSettings, from_env
-from services.common.errors import CallerGone, TireError
+from services.common.errors import CallerGone, FailedPrecondition, InvalidArgument, TireError
 from services.common.logs import configure_logging
 from services.common.store import ObjectStore, StoreSettings
 
@@ -86,10 +86,12 @@ class RunningServer:
         self.port = port
         self.metrics_port: int | None = None if metrics is None else metrics.server_port
 
-    def set_serving(self) -> None:
-        """Report SERVING for "" and every service (ignored once shutdown has started)."""
+    def set_serving(self, serving: bool = True) -> None:
+        """Report SERVING (or NOT_SERVING) for "" and every service (ignored once shutdown has started)."""
+        answer = health_pb2.HealthCheckResponse
+        status = answer.SERVING if serving else answer.NOT_SERVING
         for name in ("", *self._names):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(name, status)
 
     def stop(self, grace: float | None = None) -> None:
         """Stop gracefully and wait: NOT_SERVING first, refuse new calls, give in-flight calls ``grace``
@@ -182,6 +184,7 @@ def serve(
     settings: ServerSettings,
     *,
     ready: Callable[[], None] | None = None,
+    available: Callable[[], bool] | None = None,
 ) -> None:
     """Run a service until SIGTERM or SIGINT; call from the main thread (signal handlers live there).
 
@@ -189,6 +192,9 @@ def serve(
     models, compile kernels), then reports SERVING. A signal (during warm-up too) starts a graceful
     shutdown of ``settings.grace_s``; a second signal kills the process at once. If ``ready`` raises,
     the server is stopped and the exception propagates, so the process exits non-zero.
+
+    ``available``, when given, is asked every ``AVAILABILITY_CHECK_S`` after warm-up (a model served
+    elsewhere, by Triton, can go away and come back): health follows its answer.
     """
     specs = (specs,) if isinstance(specs, ServiceSpec) else tuple(specs)
     configure_logging(specs[0].name, settings.log_level)
@@ -200,11 +206,60 @@ def serve(
             ready()
         running.set_serving()
         log.info("ready")
+        if available is not None:
+            threading.Thread(target=_follow, args=(available, running), daemon=True).start()
         threading.Event().wait()  # until a signal handler raises _Shutdown
     except _Shutdown as exc:
         log.info("received %s", exc.signame, extra={"signal": exc.signame})
     finally:
         running.stop(settings.grace_s)
+
+
+AVAILABILITY_CHECK_S = 5.0
+"""How often a service whose models are served elsewhere asks whether they still are."""
+
+
+def _follow(available: Callable[[], bool], running: RunningServer) -> None:
+    """Health follows ``available()``, asked every ``AVAILABILITY_CHECK_S``; changes are logged."""
+    serving = True
+    while True:
+        time.sleep(AVAILABILITY_CHECK_S)
+        now = available()
+        if now != serving:
+            log.warning("models %s", "available again: SERVING" if now else "unavailable: NOT_SERVING")
+            running.set_serving(now)
+            serving = now
+
+
+def models_at(backend: Any, version: str) -> Any:
+    """``backend`` held to model ``version`` ("": as configured), for a request's ``model_version``.
+
+    Raises:
+        InvalidArgument: a version for a backend whose models have none (no ``pinned``), or not digits.
+    """
+    if not version:
+        return backend
+    pinned = getattr(backend, "pinned", None)
+    if pinned is None:
+        raise InvalidArgument(
+            "model_version", version, f"names a version, but {backend.name!r} models have none"
+        )
+    return pinned(version)
+
+
+def wait_for_models(backend: Any, wait_s: float = 600.0) -> None:
+    """Before warm-up: wait until a backend whose models are served elsewhere (it has ``ready()``:
+    Triton) has a ready version; return at once for any other backend.
+
+    Raises:
+        FailedPrecondition: none was ready within ``wait_s`` seconds.
+    """
+    ready = getattr(backend, "ready", None)
+    deadline = time.monotonic() + wait_s
+    while ready is not None and not ready():
+        if time.monotonic() > deadline:
+            raise FailedPrecondition(f"Triton serves no ready version after {wait_s:.0f} s.")
+        time.sleep(1.0)
 
 
 def run_service(
@@ -229,6 +284,9 @@ def run_service(
         build: makes the servicer (the same function in-process callers use).
         add_to_server: the generated ``add_<Service>Servicer_to_server``.
         warm_up: runs a tiny real call (JIT compilation, model load) before health says SERVING.
+
+    A servicer whose backend has ``ready()`` (models served by Triton) is NOT_SERVING whenever that says
+    no, after warm-up too.
     """
     settings = from_env(settings_type, prefix)
     server_settings = from_env(ServerSettings, prefix)
@@ -238,6 +296,7 @@ def run_service(
         ServiceSpec(name=name, register=lambda server: add_to_server(servicer, server)),
         server_settings,
         ready=lambda: warm_up(servicer),
+        available=getattr(getattr(servicer, "backend", None), "ready", None),
     )
 
 

@@ -15,21 +15,27 @@ tensor as zeros, without an error). The server process gets that environment's `
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sysconfig
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from services.common.errors import FailedPrecondition
+import numpy as np
+
+from services.common.errors import FailedPrecondition, InvalidArgument, TireError, Unavailable
 from services.common.s3server import free_port, stop_process
 from services.common.store import StoreSettings
 
 TRITON_HOME = Path(os.environ.get("TIRE_TRITON_HOME", Path(__file__).parents[2] / ".tools" / "triton"))
 """Where ``make triton`` put the server: ``$TIRE_TRITON_HOME``, by default ``.tools/triton``."""
 _HOST = "127.0.0.1"
+CALL_TIMEOUT_S = 3600.0
+"""How long a stage service waits for one Triton call (a subject fit is the longest)."""
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
 
@@ -221,3 +227,165 @@ class LocalTriton:
                     pass
                 time.sleep(0.2)
         raise RuntimeError(f"tritonserver was not live after {_START_TIMEOUT_S:.0f} s:\n{self.tail()}")
+
+
+# -- a stage service's side: calling its models ----------------------------------------------------------
+
+
+class TritonModels:
+    """The models of one stage on a Triton server, held to one version or following the newest ready one.
+
+    Args:
+        url: Triton's gRPC address, ``host:port``.
+        names: the stage's model names (its ``MODELS``); the first one's versions name the stage's.
+        version: the version every call runs ("" for the newest version Triton has ready).
+
+    Raises:
+        ImportError: ``tritonclient`` is not installed (at construction, not at the first call).
+    """
+
+    def __init__(self, url: str, names: Sequence[str], version: str = ""):
+        import tritonclient.grpc  # noqa: F401
+
+        self.url, self.names, self.version = url, tuple(names), version
+
+    def pinned(self, version: str) -> TritonModels:
+        """These models held to ``version`` (digits)."""
+        if not version.isdigit():
+            raise InvalidArgument("model_version", version, "must be a Triton model version (digits)")
+        return TritonModels(self.url, self.names, version)
+
+    @property
+    def uri(self) -> str:
+        """``triton://host:port/<first model>[/version]``, what ``Describe`` reports as the model."""
+        return f"triton://{self.url}/{self.names[0]}" + (f"/{self.version}" if self.version else "")
+
+    def describe(self) -> str:
+        """Where the models compute, for ``Describe``'s device."""
+        return f"triton at {self.url} ({', '.join(self.names)}, version {self.version or 'latest'})"
+
+    @property
+    def model_version(self) -> str:
+        """The version a call runs: the pinned one, else the newest version of the first model Triton has
+        ready ("" when it has none).
+
+        Raises:
+            Unavailable: Triton is unreachable.
+        """
+        if self.version:
+            return self.version
+        import tritonclient.grpc as triton_grpc
+
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            try:
+                index = client.get_model_repository_index().models
+            except Exception as exc:
+                raise call_error(exc, "model_version") from exc
+        ready = [
+            int(m.version)
+            for m in index
+            if m.name == self.names[0] and m.state == "READY" and m.version.isdigit()
+        ]
+        return str(max(ready)) if ready else ""
+
+    def ready(self) -> bool:
+        """Whether Triton serves a ready version (the pinned one, or any) of every model."""
+        import tritonclient.grpc as triton_grpc
+
+        try:
+            with triton_grpc.InferenceServerClient(self.url) as client:
+                return all(client.is_model_ready(name, self.version) for name in self.names)
+        except Exception:  # unreachable: not ready
+            return False
+
+    def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        invalid: Callable[[str], TireError],
+        timeout_s: float = CALL_TIMEOUT_S,
+    ) -> Mapping[str, np.ndarray]:
+        """One request to model ``name``: ``inputs`` by tensor name (numpy arrays; ``object`` arrays of
+        bytes for BYTES) in, every output by name out.
+
+        Raises:
+            TireError: ``invalid(Triton's sentence)`` for an input the model refused; ``Unavailable``
+                when Triton is unreachable; ``FailedPrecondition`` when it has no ready version.
+        """
+        import tritonclient.grpc as triton_grpc
+
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            try:
+                result = client.infer(
+                    name, infer_inputs(inputs), model_version=self.version, client_timeout=timeout_s
+                )
+            except Exception as exc:
+                raise call_error(exc, invalid) from exc
+        return {out.name: result.as_numpy(out.name) for out in result.get_response().outputs}
+
+    def stream(
+        self,
+        name: str,
+        inputs: Mapping[str, np.ndarray],
+        invalid: Callable[[str], TireError],
+        timeout_s: float = CALL_TIMEOUT_S,
+    ) -> Iterator[Mapping[str, np.ndarray]]:
+        """The responses of the decoupled model ``name`` to one request, as they come (errors: ``infer``)."""
+        import tritonclient.grpc as triton_grpc
+
+        answers: queue.Queue = queue.Queue()
+        with triton_grpc.InferenceServerClient(self.url) as client:
+            client.start_stream(callback=lambda result, error: answers.put((result, error)))
+            try:
+                client.async_stream_infer(
+                    name, infer_inputs(inputs), model_version=self.version, enable_empty_final_response=True
+                )
+                while True:
+                    result, error = answers.get(timeout=timeout_s)
+                    if error is not None:
+                        raise call_error(error, invalid)
+                    response = result.get_response()
+                    if response.outputs:
+                        yield {out.name: result.as_numpy(out.name) for out in response.outputs}
+                    if response.parameters["triton_final_response"].bool_param:
+                        return
+            finally:
+                client.stop_stream(cancel_requests=True)
+
+
+_DATATYPES = {
+    np.dtype(np.uint8): "UINT8",
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.int32): "INT32",
+    np.dtype(np.int64): "INT64",
+    np.dtype(np.uint64): "UINT64",
+    np.dtype(np.float32): "FP32",
+    np.dtype(object): "BYTES",
+}
+
+
+def infer_inputs(inputs: Mapping[str, np.ndarray]) -> list:
+    """``tritonclient.grpc.InferInput``s of numpy arrays, each typed by its dtype."""
+    import tritonclient.grpc as triton_grpc
+
+    made = []
+    for name, array in inputs.items():
+        value = triton_grpc.InferInput(name, list(array.shape), _DATATYPES[array.dtype])
+        value.set_data_from_numpy(np.ascontiguousarray(array))
+        made.append(value)
+    return made
+
+
+def call_error(error: Exception, invalid: Callable[[str], TireError] | str) -> TireError:
+    """Triton's error as this project's: a refused input is ``invalid(Triton's sentence)`` (or, given a
+    field name, INVALID_ARGUMENT naming it); an unreachable server UNAVAILABLE (callers retry it); a model
+    with no ready version FAILED_PRECONDITION."""
+    status = str(getattr(error, "status", lambda: "")() or "")
+    message = error.message() if hasattr(error, "message") else str(error)
+    if "INVALID_ARGUMENT" in status:
+        if isinstance(invalid, str):
+            return InvalidArgument(invalid, "the request", f"was refused by the model: {message}")
+        return invalid(message)
+    if "UNAVAILABLE" in status:
+        return Unavailable(f"Triton is unreachable: {message}")
+    return FailedPrecondition(f"Triton did not run the model: {message}")

@@ -241,7 +241,6 @@ class _Run:
                 masks=put_tensor(self.store, target.unobserved[None]),
                 alpha=put_tensor(self.store, orbit.alpha[view][None]),
                 subject=subject(),
-                model_version=self._version("inpainter"),
                 strength=self.spec.strength,
                 seed=self.spec.seed + view,
             )
@@ -379,9 +378,12 @@ class _Run:
     # ----- stage calls ----------------------------------------------------------------------
 
     def call(self, name: str, request: Message, time_step: int = 0, key: str = "") -> Message:
-        """The step ``name``: ``request`` sent to the stage method that takes it (retried), and its
-        response recorded; a step already recorded returns its record. See ``StepLog.run``."""
+        """The step ``name``: ``request`` sent to the stage method that takes it (retried), on the model
+        version the job pinned for that stage, and its response recorded; a step already recorded
+        returns its record. See ``StepLog.run``."""
         method = stage_method(request)
+        if "model_version" in request.DESCRIPTOR.fields_by_name:
+            request.model_version = self._version(method.stage)
         send = getattr(getattr(self.stages, method.stage), method.name)
         timeout = self.runner.retry.timeout_s
         return self.steps.run(

@@ -61,6 +61,20 @@ class FitConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class InpaintCall:
+    """The arguments of one ``InpaintBackend.inpaint`` call, for backends that run several together."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    alpha: np.ndarray | None
+    subject: bytes
+    strength: float
+    seed: int
+    num_inference_steps: int = DEFAULT_NUM_INFERENCE_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+
+
 class InpaintBackend(Protocol):
     """Fits subject models and inpaints with them. Implementations never see protobuf or the store."""
 

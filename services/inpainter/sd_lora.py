@@ -27,7 +27,7 @@ import math
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import cv2
 import diffusers
@@ -47,6 +47,7 @@ from services.inpainter.contract import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_INFERENCE_STEPS,
     FitConfig,
+    InpaintCall,
     InvalidSubject,
     check_fit_inputs,
     check_inpaint_inputs,
@@ -289,7 +290,6 @@ class SdLoraBackend:
 
     # -- inpainting -------------------------------------------------------------------------------------
 
-    @one_call_at_a_time
     def inpaint(
         self,
         images: np.ndarray,
@@ -324,42 +324,93 @@ class SdLoraBackend:
         Raises:
             InvalidSubject: ``subject`` is not an sd-lora adapter of this base model.
         """
-        # 1. Check inputs.
-        check_inpaint_inputs(images, masks, alpha, strength)
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        out = images.copy()
-        if strength == 0 or not masks.any():
-            return out
-        metadata = _read_metadata(subject)
+        call = InpaintCall(images, masks, alpha, subject, strength, seed, num_inference_steps, guidance_scale)
+        (result,) = self.inpaint_together([call], on_step)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @one_call_at_a_time
+    def inpaint_together(
+        self,
+        calls: Sequence[InpaintCall],
+        on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+    ) -> list[np.ndarray | InvalidSubject | ValueError]:
+        """Several ``inpaint`` calls at once: the views of calls with the same subject and schedule share
+        UNet batches (of ``batch_size`` views), so calls that arrive together (Triton's dynamic batching)
+        cost about as much as one call with all their views.
+
+        Returns:
+            Each call's result in its place: its ``[V, H, W, 3]`` uint8 views, as ``inpaint`` returns
+            them, or the error that call alone raises (the others still run).
+        """
+        # 1. Check each call; a call with nothing to inpaint returns its views as they are.
+        results: list = [None] * len(calls)
+        groups: dict[tuple, tuple[bytes, dict[str, str], list[tuple[int, int]]]] = {}
+        for i, call in enumerate(calls):
+            try:
+                metadata = self._check_call(call)
+            except (InvalidSubject, ValueError) as exc:
+                results[i] = exc
+                continue
+            results[i] = call.images.copy()
+            if metadata is None:
+                continue
+            key = (
+                hashlib.sha256(call.subject).digest(),
+                call.strength,
+                call.num_inference_steps,
+                call.guidance_scale,
+                call.images.shape[1:3],
+            )
+            group = groups.setdefault(key, (call.subject, metadata, []))
+            group[2].extend((i, v) for v in range(len(call.images)))
+        with torch.no_grad():
+            for subject, metadata, views in groups.values():
+                first = calls[views[0][0]]
+                # 2. Activate the subject's adapter and encode its prompt.
+                self._activate(subject, metadata)
+                context = self._encode_prompt([metadata["prompt"]])
+                if first.guidance_scale > 1:
+                    context = torch.cat([self._encode_prompt([""]), context])
+                # 3. The views of every call in the group, in batches; each runs the visible loop in _denoise.
+                for start in range(0, len(views), self.batch_size):
+                    batch = views[start : start + self.batch_size]
+                    decoded = self._denoise(
+                        np.stack([calls[i].images[v] for i, v in batch]),
+                        np.stack([calls[i].masks[v] for i, v in batch]),
+                        [calls[i].seed + v for i, v in batch],
+                        context,
+                        first.strength,
+                        first.num_inference_steps,
+                        first.guidance_scale,
+                        on_step,
+                    )
+                    # 4. Composite: only masked pixels take the decoded colour.
+                    for j, (i, v) in enumerate(batch):
+                        mask = calls[i].masks[v]
+                        results[i][v][mask] = decoded[j][mask]
+        return results
+
+    def _check_call(self, call: InpaintCall) -> dict[str, str] | None:
+        """The subject's metadata, or None when the call changes nothing (strength 0, an empty mask).
+
+        Raises:
+            ValueError: an input of the wrong shape or type, a setting out of range.
+            InvalidSubject: not an sd-lora adapter of this base model.
+        """
+        check_inpaint_inputs(call.images, call.masks, call.alpha, call.strength)
+        if call.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {call.num_inference_steps}")
+        if call.strength == 0 or not call.masks.any():
+            return None
+        metadata = _read_metadata(call.subject)
         if metadata["base_model"] != self.base_model:
             raise InvalidSubject(
                 f"was fitted on base model {metadata['base_model']!r}, "
                 f"and this inpainter runs {self.base_model!r}"
             )
-        with torch.no_grad():
-            # 2. Activate the subject's adapter and encode its prompt.
-            self._activate(subject, metadata)
-            context = self._encode_prompt([metadata["prompt"]])
-            if guidance_scale > 1:
-                context = torch.cat([self._encode_prompt([""]), context])
-            # 3. Views in batches; each batch runs the visible loop in _denoise.
-            for start in range(0, len(images), self.batch_size):
-                views = range(start, min(start + self.batch_size, len(images)))
-                decoded = self._denoise(
-                    images[views.start : views.stop],
-                    masks[views.start : views.stop],
-                    [seed + v for v in views],
-                    context,
-                    strength,
-                    num_inference_steps,
-                    guidance_scale,
-                    on_step,
-                )
-                # 4. Composite: only masked pixels take the decoded colour.
-                for i, v in enumerate(views):
-                    out[v][masks[v]] = decoded[i][masks[v]]
-        return out
+        return metadata
 
     def _denoise(
         self,

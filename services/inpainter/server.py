@@ -55,9 +55,16 @@ import numpy as np
 from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
 
 from services.common import validation
-from services.common.errors import ConfigError, FailedPrecondition, InvalidArgument
+from services.common.errors import ConfigError, InvalidArgument
 from services.common.fit_settings import float32_decimal, resolve_fit_settings
-from services.common.server import Finished, describe, run_service, stream_progress
+from services.common.server import (
+    Finished,
+    describe,
+    models_at,
+    run_service,
+    stream_progress,
+    wait_for_models,
+)
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import check_view_limits
@@ -134,7 +141,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
 
     def FitSubject(self, request, context) -> Iterator[inpainter_pb2.FitSubjectResponse]:
         config = fit_config(request.settings)
-        backend = self._backend_at(request.model_version)
+        backend = models_at(self.backend, request.model_version)
         images = self._image_stack(request, "images", self.settings.max_reference_images, "reference images")
         r, h, w = images.shape[:3]
         masks = get_tensor(
@@ -183,7 +190,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         if request.HasField("guidance_scale"):
             guidance = validation.in_range(request.guidance_scale, "guidance_scale", 0.0, 100.0)
         self._check_subject_message(request.subject)
-        backend = self._backend_at(request.model_version)
+        backend = models_at(self.backend, request.model_version)
 
         images = self._image_stack(request, "images", self.settings.max_views, "views")
         v, h, w = images.shape[:3]
@@ -218,17 +225,6 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
                 "subject.artifact", artifact.uri, f"is not a {self.backend.name!r} subject model: it {exc}"
             ) from exc
         return inpainter_pb2.InpaintResponse(images=put_tensor(self.store, out, previews=True))
-
-    def _backend_at(self, version: str) -> InpaintBackend:
-        """The backend held to model ``version`` ("": as configured)."""
-        if not version:
-            return self.backend
-        pinned = getattr(self.backend, "pinned", None)
-        if pinned is None:
-            raise InvalidArgument(
-                "model_version", version, f"names a version, but {self.backend.name!r} models have none"
-            )
-        return pinned(version)
 
     def _subject_bytes(self, artifact) -> bytes:
         """The subject model's bytes; models named by sha256 are kept for the next calls (a job sends
@@ -343,12 +339,7 @@ def warm_up(servicer: InpainterServicer, triton_wait_s: float = 600.0) -> None:
     sd-lora backend runs one training and one denoising step through every component, the triton
     backend first waits (up to ``triton_wait_s``) for Triton to serve a ready version, then does the
     same through it."""
-    ready = getattr(servicer.backend, "ready", None)
-    deadline = time.monotonic() + triton_wait_s
-    while ready is not None and not ready():
-        if time.monotonic() > deadline:
-            raise FailedPrecondition(f"Triton serves no ready version after {triton_wait_s:.0f} s.")
-        time.sleep(1.0)
+    wait_for_models(servicer.backend, triton_wait_s)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
     masks = np.ones((1, 16, 16), dtype=np.float32)

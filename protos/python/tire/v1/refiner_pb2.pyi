@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RefineRequest(_message.Message):
-    __slots__ = ("views", "update_mask", "asset", "time_step", "source_index", "strength", "seed")
+    __slots__ = ("views", "update_mask", "asset", "time_step", "source_index", "strength", "seed", "model_version")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     ASSET_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class RefineRequest(_message.Message):
     SOURCE_INDEX_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     views: _common_pb2.ViewSet
     update_mask: _common_pb2.TensorRef
     asset: _common_pb2.AssetRef
@@ -22,7 +23,8 @@ class RefineRequest(_message.Message):
     source_index: int
     strength: float
     seed: int
-    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., update_mask: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., source_index: _Optional[int] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    model_version: str
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., update_mask: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., time_step: _Optional[int] = ..., source_index: _Optional[int] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class RefineResponse(_message.Message):
     __slots__ = ("rgb",)

@@ -25,23 +25,23 @@ _sym_db = _symbol_database.Default()
 from tire.v1 import common_pb2 as tire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tire/v1/tracker.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"p\n\x0cTrackRequest\x12 \n\x06\x66rames\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12#\n\x07queries\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12\x19\n\x11\x62\x61\x63kward_tracking\x18\x03 \x01(\x08\"[\n\rTrackResponse\x12\"\n\x06tracks\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\nvisibility\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\"\x9f\x02\n\rLocateOptions\x12!\n\x14\x66oreground_threshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1c\n\x0f\x64\x65pth_tolerance\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1e\n\x11min_region_pixels\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1c\n\x0f\x64ilation_pixels\x18\x04 \x01(\rH\x03\x88\x01\x01\x12 \n\x13transfer_appearance\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x17\n\x15_foreground_thresholdB\x12\n\x10_depth_toleranceB\x14\n\x12_min_region_pixelsB\x12\n\x10_dilation_pixelsB\x16\n\x14_transfer_appearance\"\x93\x01\n\x17LocateUnobservedRequest\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\x16\n\x0etarget_indices\x18\x02 \x03(\r\x12\x16\n\x0e\x61nchor_indices\x18\x03 \x03(\r\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.tire.v1.LocateOptions\"\xdd\x01\n\x18LocateUnobservedResponse\x12&\n\nunobserved\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12(\n\x0c\x61nchor_index\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12%\n\tanchor_xy\x18\x03 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12+\n\x0ftransferred_rgb\x18\x04 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12\x1b\n\x13unobserved_fraction\x18\x05 \x03(\x02\x32\xe2\x01\n\x0eTrackerService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12\x36\n\x05Track\x12\x15.tire.v1.TrackRequest\x1a\x16.tire.v1.TrackResponse\x12W\n\x10LocateUnobserved\x12 .tire.v1.LocateUnobservedRequest\x1a!.tire.v1.LocateUnobservedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tire/v1/tracker.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\x87\x01\n\x0cTrackRequest\x12 \n\x06\x66rames\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12#\n\x07queries\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12\x19\n\x11\x62\x61\x63kward_tracking\x18\x03 \x01(\x08\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"[\n\rTrackResponse\x12\"\n\x06tracks\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\nvisibility\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\"\x9f\x02\n\rLocateOptions\x12!\n\x14\x66oreground_threshold\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x1c\n\x0f\x64\x65pth_tolerance\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x1e\n\x11min_region_pixels\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x1c\n\x0f\x64ilation_pixels\x18\x04 \x01(\rH\x03\x88\x01\x01\x12 \n\x13transfer_appearance\x18\x05 \x01(\x08H\x04\x88\x01\x01\x42\x17\n\x15_foreground_thresholdB\x12\n\x10_depth_toleranceB\x14\n\x12_min_region_pixelsB\x12\n\x10_dilation_pixelsB\x16\n\x14_transfer_appearance\"\xaa\x01\n\x17LocateUnobservedRequest\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\x16\n\x0etarget_indices\x18\x02 \x03(\r\x12\x16\n\x0e\x61nchor_indices\x18\x03 \x03(\r\x12\'\n\x07options\x18\x04 \x01(\x0b\x32\x16.tire.v1.LocateOptions\x12\x15\n\rmodel_version\x18\x05 \x01(\t\"\xdd\x01\n\x18LocateUnobservedResponse\x12&\n\nunobserved\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12(\n\x0c\x61nchor_index\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12%\n\tanchor_xy\x18\x03 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12+\n\x0ftransferred_rgb\x18\x04 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12\x1b\n\x13unobserved_fraction\x18\x05 \x03(\x02\x32\xe2\x01\n\x0eTrackerService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12\x36\n\x05Track\x12\x15.tire.v1.TrackRequest\x1a\x16.tire.v1.TrackResponse\x12W\n\x10LocateUnobserved\x12 .tire.v1.LocateUnobservedRequest\x1a!.tire.v1.LocateUnobservedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tire.v1.tracker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRACKREQUEST']._serialized_start=56
-  _globals['_TRACKREQUEST']._serialized_end=168
-  _globals['_TRACKRESPONSE']._serialized_start=170
-  _globals['_TRACKRESPONSE']._serialized_end=261
-  _globals['_LOCATEOPTIONS']._serialized_start=264
-  _globals['_LOCATEOPTIONS']._serialized_end=551
-  _globals['_LOCATEUNOBSERVEDREQUEST']._serialized_start=554
-  _globals['_LOCATEUNOBSERVEDREQUEST']._serialized_end=701
-  _globals['_LOCATEUNOBSERVEDRESPONSE']._serialized_start=704
-  _globals['_LOCATEUNOBSERVEDRESPONSE']._serialized_end=925
-  _globals['_TRACKERSERVICE']._serialized_start=928
-  _globals['_TRACKERSERVICE']._serialized_end=1154
+  _globals['_TRACKREQUEST']._serialized_start=57
+  _globals['_TRACKREQUEST']._serialized_end=192
+  _globals['_TRACKRESPONSE']._serialized_start=194
+  _globals['_TRACKRESPONSE']._serialized_end=285
+  _globals['_LOCATEOPTIONS']._serialized_start=288
+  _globals['_LOCATEOPTIONS']._serialized_end=575
+  _globals['_LOCATEUNOBSERVEDREQUEST']._serialized_start=578
+  _globals['_LOCATEUNOBSERVEDREQUEST']._serialized_end=748
+  _globals['_LOCATEUNOBSERVEDRESPONSE']._serialized_start=751
+  _globals['_LOCATEUNOBSERVEDRESPONSE']._serialized_end=972
+  _globals['_TRACKERSERVICE']._serialized_start=975
+  _globals['_TRACKERSERVICE']._serialized_end=1201
 # @@protoc_insertion_point(module_scope)

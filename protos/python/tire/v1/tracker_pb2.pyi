@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrackRequest(_message.Message):
-    __slots__ = ("frames", "queries", "backward_tracking")
+    __slots__ = ("frames", "queries", "backward_tracking", "model_version")
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     BACKWARD_TRACKING_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     frames: _common_pb2.ViewSet
     queries: _common_pb2.TensorRef
     backward_tracking: bool
-    def __init__(self, frames: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., queries: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., backward_tracking: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, frames: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., queries: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., backward_tracking: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class TrackResponse(_message.Message):
     __slots__ = ("tracks", "visibility")
@@ -40,16 +42,18 @@ class LocateOptions(_message.Message):
     def __init__(self, foreground_threshold: _Optional[float] = ..., depth_tolerance: _Optional[float] = ..., min_region_pixels: _Optional[int] = ..., dilation_pixels: _Optional[int] = ..., transfer_appearance: _Optional[bool] = ...) -> None: ...
 
 class LocateUnobservedRequest(_message.Message):
-    __slots__ = ("views", "target_indices", "anchor_indices", "options")
+    __slots__ = ("views", "target_indices", "anchor_indices", "options", "model_version")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     TARGET_INDICES_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_INDICES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     views: _common_pb2.ViewSet
     target_indices: _containers.RepeatedScalarFieldContainer[int]
     anchor_indices: _containers.RepeatedScalarFieldContainer[int]
     options: LocateOptions
-    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., target_indices: _Optional[_Iterable[int]] = ..., anchor_indices: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., target_indices: _Optional[_Iterable[int]] = ..., anchor_indices: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class LocateUnobservedResponse(_message.Message):
     __slots__ = ("unobserved", "anchor_index", "anchor_xy", "transferred_rgb", "unobserved_fraction")
