@@ -60,9 +60,11 @@ class TritonModel:
         entry: ``module:Class``, the class Triton runs (``initialize``/``execute``/``finalize``).
         inputs, outputs: its tensors.
         decoupled: whether it may answer a request with several responses (streamed progress).
-        max_batch_size: > 0 turns on dynamic batching: requests arriving within ``batch_delay_us`` of
-            each other reach one ``execute`` together, whatever their shapes (ragged: the Python backend
-            hands the model each request's tensors as they came, each with a leading batch dimension).
+        max_batch_size: > 0: each tensor has a leading batch dimension, and one ``execute`` may get up
+            to this many requests.
+        dynamic_batching: requests arriving within ``batch_delay_us`` of each other reach one ``execute``
+            together, whatever their shapes (ragged: the Python backend hands the model each request's
+            tensors as they came). Needs ``max_batch_size`` > 0.
         batch_delay_us: how long the first request of a batch waits for others, in microseconds.
     """
 
@@ -72,6 +74,7 @@ class TritonModel:
     outputs: tuple[Tensor, ...]
     decoupled: bool = False
     max_batch_size: int = 0
+    dynamic_batching: bool = False
     batch_delay_us: int = 0
 
     def config(self) -> str:
@@ -79,9 +82,9 @@ class TritonModel:
         lines = [f'name: "{self.name}"', 'backend: "python"', f"max_batch_size: {self.max_batch_size}"]
         if self.decoupled:
             lines.append("model_transaction_policy { decoupled: true }")
-        if self.max_batch_size > 0:
+        if self.dynamic_batching:
             lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {self.batch_delay_us} }}")
-        ragged = self.max_batch_size > 0
+        ragged = self.dynamic_batching
         lines += ["input [", ",\n".join(t.declaration(ragged) for t in self.inputs), "]"]
         lines += ["output [", ",\n".join(t.declaration() for t in self.outputs), "]"]
         lines.append("instance_group [ { count: 1 } ]")

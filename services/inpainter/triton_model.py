@@ -61,6 +61,7 @@ INPAINT = TritonModel(
     ),
     outputs=(Tensor("INPAINTED", "TYPE_UINT8", (-1, -1, -1, 3)),),
     max_batch_size=MAX_BATCH_REQUESTS,
+    dynamic_batching=True,
     batch_delay_us=BATCH_DELAY_US,
 )
 FIT = TritonModel(
