@@ -9,6 +9,7 @@
     tire models publish STAGE WEIGHTS --repository s3://BUCKET/PREFIX --triton HOST:PORT
                                                the next version of a stage's Triton models, loaded
     tire models list --repository s3://BUCKET/PREFIX --triton HOST:PORT   versions and their state
+    tire models init --repository s3://BUCKET/PREFIX  an empty prefix made a repository Triton starts on
     tire models rollback STAGE VERSION --repository ... --triton ...  serve VERSION's weights again
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
@@ -330,6 +331,16 @@ def publish_models(stage: str, repository: str, triton: str, weights: str = "", 
     return 0
 
 
+def init_models(repository: str) -> int:
+    """``tire models init``: an empty repository prefix made one Triton can start on."""
+    from services.common.model_repository import ensure_repository
+    from services.common.store import ObjectStore, StoreSettings
+
+    written = ensure_repository(ObjectStore(StoreSettings.from_env()), repository)
+    print(f"{repository}: {'ready for Triton' if written else 'already holds objects; left as it is'}")
+    return 0
+
+
 def list_models(repository: str, triton: str) -> int:
     """``tire models list``: each stage's versions in the repository, and each model version's state in
     Triton."""
@@ -389,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("stage", choices=registry.TRITON_STAGES, help="whose models Triton serves")
     publish.add_argument("weights", help="the weights' URI: s3://BUCKET/PREFIX (tire models push), a folder")
     listing_models = actions.add_parser("list", help="the versions in a Triton repository and their state")
+    init = actions.add_parser("init", help="make an empty s3://BUCKET/PREFIX a repository Triton starts on")
+    init.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
     rollback = actions.add_parser("rollback", help="publish an earlier version's weights as the next version")
     rollback.add_argument("stage", choices=registry.TRITON_STAGES, help="whose models Triton serves")
     rollback.add_argument("version", type=int, help="the version whose weights to serve again")
@@ -411,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             if args.action == "publish":
                 return publish_models(args.stage, args.repository, args.triton, weights=args.weights)
+            if args.action == "init":
+                return init_models(args.repository)
             if args.action == "list":
                 return list_models(args.repository, args.triton)
             if args.action == "rollback":

@@ -230,15 +230,17 @@ def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
     repository = f"s3://{s3.bucket}/triton-repository"
     weights = f"s3://{s3.bucket}/models/tiny-inpaint"
     store.upload_folder(model, weights)
-    # The first version, before Triton starts on it.
-    write_version(tmp_path / "v1", MODELS, 1, version_settings(weights))
-    store.upload_folder(tmp_path / "v1", repository)
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
+    # Triton refuses to start on an empty prefix: init makes it a repository.
+    assert main(["models", "init", "--repository", repository]) == 0
+    assert main(["models", "init", "--repository", repository]) == 0  # twice: left as it is
+    assert "left as it is" in capsys.readouterr().out
 
     with LocalTriton(triton_repository(s3.settings, repository), store=s3.settings) as server:
-        server.load(INPAINT.name)
-        server.load(FIT.name)
+        publish = ["models", "publish", "inpainter", weights, "--repository", repository]
+        assert main([*publish, "--triton", server.url]) == 0  # version 1
+        assert "version 1" in capsys.readouterr().out
         assert (
             main(
                 [

@@ -122,6 +122,24 @@ def write_version(
     return written
 
 
+def ensure_repository(store, repository: str) -> bool:
+    """Make ``repository`` (an ``s3://`` prefix of ``store``) a repository Triton can start on: Triton
+    refuses a prefix with no object under it, so an empty one gets a ``README.md`` saying what lives there.
+
+    Returns:
+        Whether the README was written (False: the prefix already held objects).
+    """
+    if store.list_prefix(repository):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "README.md").write_text(
+            "A Triton model repository of TIRE's stages: `<model>/config.pbtxt` and one folder per "
+            "version, written by `tire models publish`.\n"
+        )
+        store.upload_folder(folder, repository)
+    return True
+
+
 def published_versions(store, repository: str, models: Sequence[TritonModel]) -> list[int]:
     """The versions of ``models`` under ``repository`` (an ``s3://`` prefix of ``store``), sorted: those
     that every one of the models has."""
