@@ -6,6 +6,9 @@ with its reason while the served one keeps answering; a subject it cannot use is
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +122,38 @@ def test_a_subject_the_model_cannot_use_is_an_invalid_argument(triton):
     with pytest.raises(InferenceServerException, match="safetensors") as info:
         infer(triton.url, images, masks, alpha, b"not an adapter", 0.5, 3)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def batch_sizes(url: str) -> Counter:
+    """How many times Triton ran ``inpaint`` on each number of requests at once."""
+    with triton_grpc.InferenceServerClient(url) as client:
+        (stats,) = client.get_inference_statistics(INPAINT.name).model_stats[:1]
+    return Counter({s.batch_size: s.compute_infer.count for s in stats.batch_stats})
+
+
+def test_calls_that_arrive_together_run_as_one_batch_with_the_results_of_calls_alone(
+    triton, backend, subject
+):
+    callers = 4
+    arrive = threading.Barrier(callers)
+    before = batch_sizes(triton.url)
+
+    def call(seed: int) -> np.ndarray:
+        images, masks, alpha = views(seed)
+        arrive.wait()  # as a ring's targets, or several jobs' calls, arrive
+        return infer(triton.url, images, masks, alpha, subject, 0.5, seed)
+
+    with ThreadPoolExecutor(callers) as pool:
+        served = list(pool.map(call, range(callers)))
+    ran = batch_sizes(triton.url) - before
+    assert sum(size * count for size, count in ran.items()) == callers
+    assert max(ran) > 1, f"every call ran alone: {dict(ran)}"
+    for seed, result in enumerate(served):
+        images, masks, alpha = views(seed)
+        alone = backend.inpaint(images, masks, alpha, subject, 0.5, seed, num_inference_steps=4)
+        # Views share UNet batches with other calls' views; each view's noise is its own (seeded), so
+        # only the batch's arithmetic could differ: bitwise equal on this CPU, one level allowed.
+        np.testing.assert_allclose(result, alone, atol=1)
 
 
 def test_a_version_that_cannot_load_is_refused_and_the_served_one_keeps_answering(triton, subject):
