@@ -6,7 +6,10 @@ with its reason while the served one keeps answering; a subject it cannot use is
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +31,7 @@ from services.common.triton import (
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
-from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
+from services.coordinator.stages import InProcessStub, RetryPolicy, Stages, status_code, status_details
 from services.embedded import embedded_servicers
 from services.inpainter.contract import FitConfig
 from services.inpainter.sd_lora import SdLoraBackend
@@ -202,6 +205,23 @@ def test_the_inpainter_service_on_triton_fits_and_inpaints_as_the_backend_in_pro
     np.testing.assert_array_equal(get_tensor(store, reply.images), expected)
 
 
+def monkey_job(store, stages: Stages, retry: RetryPolicy) -> tuple[bytes, dict]:
+    """A small job on the monkey sample through ``stages``: its repaired asset and its report."""
+    jobs = JobStore(":memory:")
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[store.put_bytes((SAMPLES / "monkey_lgm.ply").read_bytes())]),
+        references=[store.put_bytes((SAMPLES / "monkey_front.png").read_bytes(), suffix=".png")],
+        resolution=SIZE,
+        orbit_step_deg=90,
+        fit=inpainter_pb2.FitSettings(steps=2, rank=2),
+    )
+    job, _ = jobs.create(resolve_spec(spec))
+    job = JobRunner(jobs, stages, store, retry).run(job.id)
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    report = json.loads(store.get_bytes(job.outputs.report.uri))
+    return store.get_object(job.outputs.repaired.frames[0]), report
+
+
 def test_a_job_keeps_the_model_version_it_started_with_while_a_new_one_is_published(triton, tmp_path):
     store = MemoryStore()
     stubs = {name: InProcessStub(s) for name, s in embedded_servicers(store, "cpu").items()}
@@ -226,26 +246,11 @@ def test_a_job_keeps_the_model_version_it_started_with_while_a_new_one_is_publis
 
             return call
 
-    jobs = JobStore(":memory:")
-    runner = JobRunner(
-        jobs,
-        Stages(**{**stubs, "inpainter": Publishing()}),
-        store,
-        RetryPolicy(attempts=2, initial_backoff_s=0),
-    )
+    stages = Stages(**{**stubs, "inpainter": Publishing()})
+    retry = RetryPolicy(attempts=2, initial_backoff_s=0)
 
     def run_job() -> dict[str, str]:
-        spec = coordinator_pb2.JobSpec(
-            asset=common_pb2.AssetRef(frames=[store.put_bytes((SAMPLES / "monkey_lgm.ply").read_bytes())]),
-            references=[store.put_bytes((SAMPLES / "monkey_front.png").read_bytes(), suffix=".png")],
-            resolution=SIZE,
-            orbit_step_deg=90,
-            fit=inpainter_pb2.FitSettings(steps=2, rank=2),
-        )
-        job, _ = jobs.create(resolve_spec(spec))
-        job = runner.run(job.id)
-        assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
-        report = json.loads(store.get_bytes(job.outputs.report.uri))
+        _, report = monkey_job(store, stages, retry)
         return {m["stage"]: m["version"] for m in report["models"]}
 
     first = run_job()
@@ -320,3 +325,52 @@ def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
         assert main(rollback) == 0 and "version 3" in capsys.readouterr().out
         settings = [store.get_bytes(f"{repository}/{INPAINT.name}/{v}/backend.json") for v in (1, 3)]
         assert settings[0] == settings[1] and TritonInpaintBackend(server.url).model_version == "3"
+
+
+def test_a_job_finishes_with_the_same_outputs_when_triton_dies_mid_job(model, tmp_path):
+    repository = tmp_path / "repository"
+    write_version(repository, MODELS, 1, version_settings(model))
+    store = MemoryStore()
+    stubs = {name: InProcessStub(s) for name, s in embedded_servicers(store, "cpu").items()}
+    retry = RetryPolicy(attempts=8, initial_backoff_s=0.5, max_backoff_s=4.0)
+    with LocalTriton(repository) as server:
+        for name in (INPAINT.name, FIT.name):
+            server.load(name)
+        inpainter = InProcessStub(
+            InpainterServicer(TritonInpaintBackend(server.url), store, InpainterSettings())
+        )
+        undisturbed, _ = monkey_job(store, Stages(**{**stubs, "inpainter": inpainter}), retry)
+
+        failures: list[str] = []
+        kill_once = threading.Lock()
+        restarted = threading.Event()
+
+        def kill_and_restart() -> None:
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its models' stub processes, at once
+            server.stop()
+            time.sleep(1.0)
+            server.start()  # the same ports, the same repository
+            for name in (INPAINT.name, FIT.name):
+                server.load(name)
+            restarted.set()
+
+        class Dying:
+            """The inpainter's stub; its first Inpaint call of the job kills Triton while it runs."""
+
+            def __getattr__(self, method):
+                def call(request, timeout=None):
+                    if method == "Inpaint" and kill_once.acquire(blocking=False):
+                        threading.Timer(0.05, kill_and_restart).start()
+                    try:
+                        return getattr(inpainter, method)(request, timeout=timeout)
+                    except Exception as exc:
+                        failures.append(f"{status_code(exc).name}: {status_details(exc)}")
+                        raise
+
+                return call
+
+        repaired, report = monkey_job(store, Stages(**{**stubs, "inpainter": Dying()}), retry)
+        assert restarted.wait(60) and failures, "Triton was not killed during a call"
+        assert all(f.startswith("UNAVAILABLE") for f in failures), failures  # retried, not failed
+        assert repaired == undisturbed
+        assert {m["stage"]: m["version"] for m in report["models"]}["inpainter"] == "1"
