@@ -82,6 +82,7 @@ STAGES = (
         "services.tracker.server",
         "TrackerSettings",
         2,
+        "services.tracker.triton_model",
     ),
     Service(
         "inpainter",

@@ -1,11 +1,13 @@
 """Tracker backends: the geometric implementation of ``services.tracker.contract.TrackerBackend``, and
-``make_backend``, which builds the configured one of the two.
+``make_backend``, which builds the configured one of the three.
 
 - ``geometric``: exact for splat assets. The renderer gives every view's expected depth and camera, so a
   pixel of one view is unprojected to the 3D point it shows, projected into the other views, and tested
   against their depth (occlusion) and alpha (coverage). No appearance matching, no weights, any CPU.
 - ``cotracker``: the paper's CoTracker3 (offline) over the orbit video, in ``services.tracker.cotracker``
   (imported only when chosen: it needs torch, the ``cotracker`` package and a checkpoint).
+- ``triton``: the same cotracker, its model served by a Triton Inference Server
+  (``services.tracker.triton_backend``; it needs ``tritonclient``, not torch). Its name is ``cotracker``.
 
 The geometry lives in small pure functions with their shapes (``project``, ``unproject`` in
 ``services.common.cameras``; ``footprint``, ``sample_depth``, ``sample_image`` in the contract, shared
@@ -193,18 +195,23 @@ def make_backend(
     device: str = "auto",
     query_stride: int = 1,
     points_per_call: int = 8192,
+    triton_url: str = "",
+    triton_version: str = "",
 ) -> TrackerBackend:
-    """The backend called ``name``, "geometric" or "cotracker".
+    """The backend called ``name``, "geometric", "cotracker" or "triton".
 
     Args:
         name: the backend's name.
         foreground_threshold, depth_tolerance: the geometric backend's visibility test for ``track``.
         cotracker_checkpoint, device, query_stride, points_per_call: the cotracker backend's
             (``CoTrackerBackend``'s ``checkpoint``, ``device``, ``query_stride``, ``points_per_call``).
+        triton_url, triton_version: the triton backend's (``TritonTrackBackend``'s ``url`` and
+            ``version``); it takes ``query_stride`` too.
 
     Raises:
-        ConfigError: an unknown name, or an unknown device for cotracker.
+        ConfigError: an unknown name, an unknown device for cotracker, triton without its address.
         FailedPrecondition: cotracker without its package or checkpoint.
+        ImportError: triton without ``tritonclient``.
     """
     if name == "geometric":
         return GeometricBackend(foreground_threshold, depth_tolerance)
@@ -214,4 +221,10 @@ def make_backend(
         return CoTrackerBackend(
             cotracker_checkpoint, device, query_stride=query_stride, points_per_call=points_per_call
         )
+    if name == "triton":
+        if not triton_url:
+            raise ConfigError("the triton backend needs Triton's address: set TIRE_TRACKER_TRITON_URL.")
+        from services.tracker.triton_backend import TritonTrackBackend
+
+        return TritonTrackBackend(triton_url, triton_version, query_stride=query_stride)
     raise ConfigError(f"unknown tracker backend {name!r}; choose one of {', '.join(BACKENDS)}")

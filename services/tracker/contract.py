@@ -27,7 +27,7 @@ import numpy as np
 from services.common.cameras import Cameras
 from services.common.views import Views
 
-BACKENDS = ("geometric", "cotracker")
+BACKENDS = ("geometric", "cotracker", "triton")
 
 NEAR = 0.01
 """Points closer to a camera than this (camera z, world units) are not projected; as the rasterizer's

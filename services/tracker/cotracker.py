@@ -16,6 +16,11 @@ would have nothing to track; so ``locate_unobserved`` calls the predictor with `
 The one difference: CoTracker tracks its 6 x 6 support grid jointly with the queries, from frame 0 of
 the video it is given: here from the target, there from the anchor, which moves the tracks slightly.
 
+Where the model runs. ``OrbitVideoTracker`` holds everything above and below the model (the orbit
+video, the queries, the masks) and calls ``predict`` for each video; ``CoTrackerBackend`` is it with
+CoTracker3 in this process, ``services.tracker.triton_backend.TritonTrackBackend`` with the same
+``CoTrackerBackend.predict`` served by Triton (``services.tracker.triton_model``).
+
 Pixel convention. CoTracker puts pixel centres at integers: it resizes frames with
 ``align_corners=True`` and scales positions by ``(model_size - 1) / (size - 1)``, so its top-left pixel
 centre is (0, 0). This project's is (0.5, 0.5) (``services.common.cameras``). ``to_cotracker_xy`` and
@@ -147,6 +152,34 @@ def grid_queries(foreground: np.ndarray, stride: int) -> tuple[np.ndarray, np.nd
     return queries, rank[np.searchsorted(cells, cell)]
 
 
+def check_video(rgb: np.ndarray, queries: np.ndarray, field: str) -> None:
+    """What ``predict`` can track: at least one frame of at least 2 x 2 pixels (CoTracker scales positions
+    by size - 1) and at least one query, each on one of the frames.
+
+    Args:
+        rgb: ``[T, H, W, 3]`` uint8 frames.
+        queries: ``[N, 3]`` (t, x, y).
+        field: the request field the frames came from, for errors.
+
+    Raises:
+        InvalidArgument: naming ``field`` (the frames) or ``queries``.
+    """
+    if rgb.ndim != 4 or rgb.shape[3] != 3 or rgb.shape[0] < 1:
+        raise InvalidArgument(field, f"shape {list(rgb.shape)}", "must be [T, H, W, 3] frames, T >= 1")
+    _, h, w, _ = rgb.shape
+    if h < 2 or w < 2:
+        raise InvalidArgument(field, f"{w} x {h} pixels", "must be at least 2 x 2 pixels for cotracker")
+    if queries.ndim != 2 or queries.shape[1] != 3 or len(queries) == 0:
+        raise InvalidArgument("queries", f"shape {list(queries.shape)}", "must be [N, 3] (t, x, y), N >= 1")
+    t = queries[:, 0]
+    bad = ~np.isfinite(queries).all(axis=1) | (t != np.floor(t)) | (t < 0) | (t >= len(rgb))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidArgument(
+            f"queries[{i}]", queries[i].tolist(), f"must be finite with an integer t in [0, {len(rgb)})"
+        )
+
+
 def import_predictor_type() -> type:
     """``cotracker.predictor.CoTrackerPredictor``.
 
@@ -203,49 +236,39 @@ def load_predictor(predictor_type: type, checkpoint: str, device: torch.device) 
     return predictor.to(device).eval()
 
 
-class CoTrackerBackend:
-    """CoTracker3 (offline) over the orbit video; see the module docstring.
+class OrbitVideoTracker:
+    """``track`` and ``locate_unobserved`` over the orbit video, with the video tracker behind ``predict``
+    (module docstring); subclasses say where the model runs.
 
     Args:
-        checkpoint: path of ``scaled_offline.pth`` (``TIRE_TRACKER_COTRACKER_CHECKPOINT``); unused with
-            ``predictor``.
-        device: "auto" (the first GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N".
         query_stride: ``locate_unobserved`` queries one pixel per ``query_stride`` x ``query_stride``
             cell of a target's foreground, >= 1.
-        points_per_call: queries per predictor call, >= 1; more are tracked in several calls, which
-            bounds the model's memory.
-        predictor: the ``Predictor`` to call instead of CoTracker3 (tests); by default the real one.
-
-    Raises:
-        FailedPrecondition: without ``predictor``, the package or the checkpoint is missing or unusable.
-        ConfigError: an unknown ``device``.
     """
 
     name = "cotracker"
 
-    def __init__(
-        self,
-        checkpoint: str = "",
-        device: str = "auto",
-        *,
-        query_stride: int = 1,
-        points_per_call: int = 8192,
-        predictor: Predictor | None = None,
-    ):
-        predictor_type = import_predictor_type() if predictor is None else None
-        import torch
-
-        self._torch = torch
-        self._device = torch_device(device)
-        if predictor is None:
-            predictor = load_predictor(predictor_type, checkpoint, self._device)
-        self._predictor = predictor
+    def __init__(self, query_stride: int = 1):
         self.query_stride = int(query_stride)
-        self.points_per_call = int(points_per_call)
 
-    @property
-    def device(self) -> str:
-        return describe_device(self._device, self._torch.float32)
+    def predict(
+        self, rgb: np.ndarray, queries: np.ndarray, backward: bool, field: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Track ``queries`` through one video with CoTracker3.
+
+        Args:
+            rgb: ``[T, H, W, 3]`` uint8 frames.
+            queries: ``[N, 3]`` (t, x, y), N >= 1, t a frame index, positions in this project's
+                convention; taken as float32.
+            backward: CoTracker's ``backward_tracking``.
+            field: the request field the frames came from, for errors.
+
+        Returns:
+            tracks ``[T, N, 2]`` float32 (x, y) in this project's convention, visibility ``[T, N]`` bool.
+
+        Raises:
+            InvalidArgument: frames or queries it cannot track (``check_video``).
+        """
+        raise NotImplementedError
 
     def track(self, frames: Views, queries: np.ndarray, backward: bool) -> tuple[np.ndarray, np.ndarray]:
         """See ``TrackerBackend.track``. Needs ``frames.rgb``.
@@ -256,7 +279,7 @@ class CoTrackerBackend:
         """
         if frames.rgb is None:
             raise ValueError("the cotracker tracker needs the frames' rgb")
-        tracks, visibility = self._predict(frames.rgb, queries, backward, field="frames")
+        tracks, visibility = self.predict(frames.rgb, queries, backward, field="frames")
         if not backward:
             before = np.arange(len(frames))[:, None] < queries[None, :, 0]
             tracks[before] = np.nan
@@ -302,7 +325,7 @@ class CoTrackerBackend:
             queries = np.concatenate([np.zeros((len(query_xy), 1)), query_xy], axis=1)
 
             # 2. Track; every foreground pixel takes its query's result, shifted by its offset.
-            tracks, visibility = self._predict(views.rgb[path], queries, False, field="views")
+            tracks, visibility = self.predict(views.rgb[path], queries, False, field="views")
             xy = pixel_centres(foreground)
             where = tracks[-1][query_of].astype(np.float64) + (xy - query_xy[query_of])
             landing = self._landing(views.alpha[a], views.depth[a], where, thr, tol)
@@ -343,35 +366,66 @@ class CoTrackerBackend:
         # z = 0 (off the foreground) is behind the near plane, so footprint keeps no pixel for it.
         return footprint(alpha, depth, xy, np.nan_to_num(z, nan=0.0), foreground_threshold, tolerance)
 
+
+class CoTrackerBackend(OrbitVideoTracker):
+    """CoTracker3 (offline) in this process; see the module docstring.
+
+    Args:
+        checkpoint: path of ``scaled_offline.pth`` (``TIRE_TRACKER_COTRACKER_CHECKPOINT``); unused with
+            ``predictor``.
+        device: "auto" (the first GPU when torch sees one, else the CPU), "cpu", "cuda" or "cuda:N".
+        query_stride: as ``OrbitVideoTracker``'s.
+        points_per_call: queries per predictor call, >= 1; more are tracked in several calls, which
+            bounds the model's memory.
+        predictor: the ``Predictor`` to call instead of CoTracker3 (tests); by default the real one.
+
+    Raises:
+        FailedPrecondition: without ``predictor``, the package or the checkpoint is missing or unusable.
+        ConfigError: an unknown ``device``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str = "",
+        device: str = "auto",
+        *,
+        query_stride: int = 1,
+        points_per_call: int = 8192,
+        predictor: Predictor | None = None,
+    ):
+        super().__init__(query_stride)
+        predictor_type = import_predictor_type() if predictor is None else None
+        import torch
+
+        self._torch = torch
+        self._device = torch_device(device)
+        if predictor is None:
+            predictor = load_predictor(predictor_type, checkpoint, self._device)
+        self._predictor = predictor
+        self.points_per_call = int(points_per_call)
+
+    @property
+    def device(self) -> str:
+        return describe_device(self._device, self._torch.float32)
+
     @one_call_at_a_time
-    def _predict(
+    def predict(
         self, rgb: np.ndarray, queries: np.ndarray, backward: bool, field: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Run the predictor on one video, ``points_per_call`` queries at a time.
-
-        Args:
-            rgb: ``[T, H, W, 3]`` uint8 frames.
-            queries: ``[N, 3]`` (t, x, y), N >= 1, positions in this project's convention.
-            backward: CoTracker's ``backward_tracking``.
-            field: the request field the frames came from, for errors.
-
-        Returns:
-            tracks ``[T, N, 2]`` float32 (x, y) in this project's convention, visibility ``[T, N]`` bool.
-
-        Raises:
-            InvalidArgument: frames under 2 x 2 pixels (CoTracker scales positions by size - 1).
-        """
+        """See ``OrbitVideoTracker.predict``: the predictor on the video, ``points_per_call`` queries at a
+        time."""
+        check_video(rgb, queries, field)
         torch, device = self._torch, self._device
-        _, h, w, _ = rgb.shape
-        if h < 2 or w < 2:
-            raise InvalidArgument(field, f"{w} x {h} pixels", "must be at least 2 x 2 pixels for cotracker")
         video = torch.from_numpy(np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))
         video = video.to(device=device, dtype=torch.float32)[None]
+        queries = queries.astype(np.float32)
         converted = np.concatenate([queries[:, :1], to_cotracker_xy(queries[:, 1:3])], axis=1)
         tracks, visibility = [], []
         with torch.no_grad():
             for start in range(0, len(converted), self.points_per_call):
-                chunk = torch.from_numpy(converted[start : start + self.points_per_call].astype(np.float32))
+                chunk = torch.from_numpy(
+                    np.ascontiguousarray(converted[start : start + self.points_per_call])
+                )
                 chunk_tracks, chunk_visibility = self._predictor(
                     video, queries=chunk[None].to(device), backward_tracking=backward
                 )

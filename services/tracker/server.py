@@ -1,10 +1,13 @@
 """The tracker service: ``tire.v1.TrackerService``.
 
 Validates ``Track`` and ``LocateUnobserved`` requests, reads the views from the store, runs the
-configured backend and writes its results back as tensor references.
+configured backend and writes its results back as tensor references. A request's ``model_version``
+holds a triton backend to that version of its model (a job tracks with the version it started with);
+Describe reports the version a request without one gets.
 
 Configuration (environment, read once at start):
-    TIRE_TRACKER_BACKEND      geometric (default: any CPU, no weights) or cotracker (CoTracker3, the paper's)
+    TIRE_TRACKER_BACKEND      geometric (default: any CPU, no weights), cotracker (CoTracker3, the paper's)
+                              or triton (the same CoTracker3, served by Triton)
     TIRE_TRACKER_MAX_VIEWS    views per request (default 256)
     TIRE_TRACKER_MAX_PIXELS   views x height x width per request (default 2**26)
     TIRE_TRACKER_MAX_QUERIES  query points per Track call (default 262,144)
@@ -13,9 +16,13 @@ Configuration (environment, read once at start):
     TIRE_TRACKER_COTRACKER_CHECKPOINT  cotracker: path of CoTracker3's scaled_offline.pth (required)
     TIRE_TRACKER_DEVICE                cotracker: auto (default: the first GPU torch sees, else the CPU),
                                        cpu, cuda or cuda:N
-    TIRE_TRACKER_QUERY_STRIDE          cotracker: LocateUnobserved queries one pixel per stride x stride
-                                       cell of a target's foreground (default 1: every pixel)
+    TIRE_TRACKER_QUERY_STRIDE          cotracker, triton: LocateUnobserved queries one pixel per
+                                       stride x stride cell of a target's foreground (default 1: every pixel)
     TIRE_TRACKER_POINTS_PER_CALL       cotracker: queries per model call, bounding its memory (8192)
+    TIRE_TRACKER_TRITON_URL            triton: Triton's gRPC address host:port, serving the model ``track``
+                                       (services.tracker.triton_model; its version sets the checkpoint and
+                                       points per call)
+    TIRE_TRACKER_TRITON_VERSION        triton: the model version to call ("" = the latest Triton serves)
     TIRE_TRACKER_PORT, TIRE_TRACKER_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
 """
@@ -28,7 +35,7 @@ import numpy as np
 from tire.v1 import tracker_pb2, tracker_pb2_grpc
 
 from services.common.errors import ConfigError, InvalidArgument, ResourceExhausted
-from services.common.server import describe, run_service
+from services.common.server import describe, models_at, run_service, wait_for_models
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, read_views
@@ -52,6 +59,8 @@ class TrackerSettings:
     device: str = "auto"
     query_stride: int = 1
     points_per_call: int = 8192
+    triton_url: str = ""
+    triton_version: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,12 +86,17 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         self.settings = settings
 
     def Describe(self, request, context):
-        return describe(SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings)
+        backend = self.backend
+        model = getattr(backend, "base_model", "")
+        answer = describe(SERVICE_NAME, backend.name, backend.device, BACKENDS, self.settings, model)
+        answer.model_version = getattr(backend, "model_version", "")
+        return answer
 
     def Track(self, request, context):
+        backend = models_at(self.backend, request.model_version)
         frames = self._views(request, "frames")
         queries = self._queries(request.queries, frames)
-        tracks, visibility = self.backend.track(frames, queries, request.backward_tracking)
+        tracks, visibility = backend.track(frames, queries, request.backward_tracking)
         return tracker_pb2.TrackResponse(
             tracks=put_tensor(self.store, tracks.astype(np.float32)),
             visibility=put_tensor(self.store, visibility.astype(np.uint8)),
@@ -96,7 +110,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             if a in targets:
                 raise InvalidArgument(f"anchor_indices[{j}]", a, "must not also be a target")
         options = self._options(request)
-        located = self.backend.locate_unobserved(views, targets, anchors, options)
+        backend = models_at(self.backend, request.model_version)
+        located = backend.locate_unobserved(views, targets, anchors, options)
         store = self.store
         return tracker_pb2.LocateUnobservedResponse(
             unobserved=put_tensor(store, located.unobserved.astype(np.uint8), previews=True),
@@ -201,7 +216,7 @@ def build_servicer(settings: TrackerSettings, store: BlobStore) -> TrackerServic
     """The servicer with its backend, as the server and in-process callers build it.
 
     Raises:
-        ConfigError: an unknown backend or device.
+        ConfigError: an unknown backend or device, triton without its address.
         FailedPrecondition: cotracker without its package or checkpoint (the message says how to get
             them); the server does not start.
     """
@@ -213,14 +228,20 @@ def build_servicer(settings: TrackerSettings, store: BlobStore) -> TrackerServic
         device=settings.device,
         query_stride=settings.query_stride,
         points_per_call=settings.points_per_call,
+        triton_url=settings.triton_url,
+        triton_version=settings.triton_version,
     )
     return TrackerServicer(backend, store, settings)
 
 
-def warm_up(servicer: TrackerServicer) -> None:
+def warm_up(servicer: TrackerServicer, triton_wait_s: float = 600.0) -> None:
     """Run both methods on two tiny views (a plane facing each camera) before health says SERVING: for
-    cotracker, a first model call on the device (a two-frame video of 16 x 16 pixels)."""
+    cotracker, a first model call on the device (a two-frame video of 16 x 16 pixels); the triton backend
+    first waits (up to ``triton_wait_s``) for Triton to serve a ready version, then does the same
+    through it."""
     from services.common.cameras import orbit_cameras
+
+    wait_for_models(servicer.backend, triton_wait_s)
 
     size = 16
     alpha = np.ones((2, size, size), np.float32)

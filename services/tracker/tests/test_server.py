@@ -118,7 +118,7 @@ def test_describe_names_backend_and_settings(servicer):
     info = servicer.Describe(common_pb2.DescribeRequest(), None)
     assert info.service == "tire.v1.TrackerService"
     assert (info.backend, info.device) == ("geometric", "cpu (numpy)")
-    assert list(info.available_backends) == ["geometric", "cotracker"]
+    assert list(info.available_backends) == ["geometric", "cotracker", "triton"]
     assert info.settings["max_queries"] == "1000" and info.settings["track_depth_tolerance"] == "0.03"
 
 
