@@ -160,7 +160,7 @@ IMAGE_IDS = [f"{service}-{args['VARIANT']}" if args else service for service, ar
 
 def test_each_service_has_one_dockerfile_under_deploy() -> None:
     assert sorted(p.name for p in (DEPLOY / "docker").glob("*.Dockerfile")) == sorted(
-        f"{service}.Dockerfile" for service in SERVICES
+        f"{image}.Dockerfile" for image in (*SERVICES, "triton")
     )
     assert not list((ROOT / "services").glob("*/Dockerfile")), "images are built from deploy/docker/ only"
 
@@ -403,7 +403,9 @@ def devices(service: dict) -> list[dict]:
 
 def test_compose_runs_minio_and_the_six_services_from_their_dockerfiles() -> None:
     for compose in LAYOUTS.values():
-        assert set(compose["services"]) == {"minio", *SERVICES}
+        default = {name for name, service in compose["services"].items() if not service.get("profiles")}
+        assert default == {"minio", *SERVICES}, "the default stack (no profile) is unchanged"
+        assert set(compose["services"]) - default == set(TRITON_SERVICES)
         for service in SERVICES:
             build = compose["services"][service]["build"]
             assert (DEPLOY / build["context"]).resolve() == ROOT
@@ -522,3 +524,144 @@ def test_no_literal_secrets_and_every_variable_documented() -> None:
         f"in .env.example, unused: {sorted(set(example) - used)}"
     )
     assert ".env" in (DEPLOY / ".gitignore").read_text().splitlines()
+
+
+# --- Triton ----------------------------------------------------------------------------------------------
+
+TRITON = parse_dockerfile(DEPLOY / "docker" / "triton.Dockerfile")
+# The stages whose models the Triton image serves: the services.<stage>.triton_model modules it copies.
+TRITON_IMAGE_STAGES = ("inpainter", "refiner", "tracker")
+TRITON_SERVICES = ("triton-init", "triton")
+
+
+def test_triton_image_runs_tritonserver_as_non_root_with_the_stub_environment() -> None:
+    user = TRITON.instructions({}, "USER")[-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
+    assert json.loads(TRITON.instructions({}, "ENTRYPOINT")[-1]) == ["tritonserver"]
+    assert TRITON.instructions({}, "EXPOSE")[-1].split() == ["8000", "8001", "8002"]
+    env = TRITON.env({})
+    assert (
+        env["HOME"] == "/tmp"
+        and env["HF_HOME"].startswith("/tmp/")
+        and env["NUMBA_CACHE_DIR"].startswith("/tmp/")
+    )
+    assert env["PATH"].startswith("/opt/triton/bin:")
+    # services.common.triton finds the server here (TIRE_TRITON_HOME), laid out as `make triton` lays it.
+    assert env["TIRE_TRITON_HOME"] == "/opt/triton"
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")
+    runs = " ".join(TRITON.instructions({}, "RUN"))
+    # The wrapper on PATH starts the wheel's server as LocalTriton does: the stub environment first on PATH
+    # (the stub runs the first python3), this interpreter's libpython, the wheel's backends.
+    assert 'export PATH="/opt/triton/env/bin:$PATH"' in runs and "LD_LIBRARY_PATH" in runs
+    assert "/opt/triton/pytriton/tritonserver/bin/tritonserver --backend-directory=" in runs
+    # The stub's environment: numpy < 2 (with numpy 2 the stub reads inputs as zeros), then the project.
+    assert "numpy==1.26.4" in runs and "tire_project.pth" in runs
+    assert 'import numpy, services; assert numpy.__version__ < "2"' in runs
+    # The image keeps the `tire` CLI (models init, publish) and no service's console script.
+    assert "-name 'tire*' ! -name 'tire' -delete" in runs
+
+
+def test_triton_image_unpacks_the_pinned_wheel_and_copies_the_stub_for_its_python() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    pinned = re.search(r"^PYTRITON_VERSION := (\S+)$", makefile, re.MULTILINE).group(1)
+    builder = TRITON.stage("tritonserver")
+    assert ("ARG", f"PYTRITON_VERSION={pinned}") in builder.instructions, "the Makefile's pin"
+    build = " ".join(args for keyword, args in builder.instructions if keyword == "RUN")
+    assert "nvidia-pytriton==${PYTRITON_VERSION}" in build and "--no-deps" in build
+    assert "python_backend_stubs/$version/triton_python_backend_stub" in build
+    assert "backends/python/" in build
+    copies = TRITON.instructions({}, "COPY")
+    assert "--from=tritonserver /opt/triton /opt/triton" in copies
+
+
+def test_triton_image_holds_the_stages_whose_models_it_serves() -> None:
+    from services.common.registry import TRITON_STAGES
+
+    assert set(TRITON_STAGES) <= set(TRITON_IMAGE_STAGES)
+    extras = _installed_extras(TRITON, {})
+    optional = PYPROJECT["project"]["optional-dependencies"]
+    for stage in TRITON_IMAGE_STAGES:
+        # What each stage's GPU image installs, so its triton_model runs the same backend inside Triton.
+        assert _installed_extras(DOCKERFILES[stage], {"VARIANT": "gpu"}) <= extras, stage
+    assert any("torch" in optional[name] for name in extras)
+    runs = " ".join(TRITON.instructions({}, "RUN"))
+    assert "from=cotracker-wheel" in runs and "--no-deps -c constraints.txt tritonclient" in runs
+    assert (
+        TRITON.stage("cotracker-wheel").instructions
+        == DOCKERFILES["tracker"].stage("cotracker-wheel").instructions
+    )
+
+    sources = TRITON.copy_sources()
+    assert not [source for source in sources if not (ROOT / source).exists()]
+    folders = {source.split("/")[1] for source in sources if source.startswith("services/")}
+    # The CLI and what it imports at start (services.cli imports services.client and services.stack).
+    assert folders == {"__init__.py", "cli.py", "client.py", "stack.py", "common", *TRITON_IMAGE_STAGES}
+    ignore = [
+        line
+        for line in (DEPLOY / "docker" / "triton.Dockerfile.dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert ignore[0] == "*"
+    assert sorted(line[1:] for line in ignore if line.startswith("!")) == sorted(set(sources))
+    for stage in TRITON.stages:
+        if TRITON.substitute(stage.base, {}) not in {s.name for s in TRITON.stages}:
+            image, _, tag = TRITON.substitute(stage.base, {}).rpartition(":")
+            assert image and tag and tag != "latest", stage.base
+    assert TRITON.base_image({}) == DOCKERFILES["coordinator"].base_image({}), "the same Python base"
+
+
+@pytest.mark.parametrize("variant", VARIANT_PROFILES)
+@pytest.mark.parametrize("stage", TRITON_IMAGE_STAGES)
+def test_stage_images_can_call_triton(stage: str, variant: str) -> None:
+    # Either variant runs the triton backend: the model runs in Triton, the service needs only tritonclient.
+    runs = " ".join(DOCKERFILES[stage].instructions({"VARIANT": variant}, "RUN"))
+    assert (
+        "pip install --no-cache-dir --no-deps -c constraints.txt tritonclient ml_dtypes python-rapidjson"
+        in runs
+    )
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compose_triton_profile_serves_the_stages_models(layout: str) -> None:
+    services = LAYOUTS[layout]["services"]
+    for name in TRITON_SERVICES:
+        assert services[name]["profiles"] == ["triton"], name
+        assert services[name]["build"]["dockerfile"] == "deploy/docker/triton.Dockerfile"
+        assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"], name
+    init, triton = services["triton-init"], services["triton"]
+    # A one-shot: it makes the repository Triton starts on, then exits; Triton waits for it.
+    assert "restart" not in init
+    script = " ".join(init["command"])
+    assert "ensure_bucket()" in script and "tire models init --repository" in script
+    assert triton["depends_on"]["triton-init"]["condition"] == "service_completed_successfully"
+    assert triton["depends_on"]["minio"]["condition"] == "service_healthy"
+    repository = next(arg for arg in triton["command"] if arg.startswith("--model-repository="))
+    assert repository == "--model-repository=s3://minio:9000/tire/triton"
+    assert script.endswith("--repository s3://tire/triton"), "init and server name the same prefix"
+    assert {"--model-control-mode=explicit", "--load-model=*"} <= set(triton["command"])
+    check = " ".join(triton["healthcheck"]["test"])
+    assert "http://localhost:8000/v2/health/ready" in check
+    assert triton["environment"]["AWS_SECRET_ACCESS_KEY"] == SECRETS["MINIO_ROOT_PASSWORD"]
+    assert triton["environment"]["TIRE_S3_ENDPOINT"] == "minio:9000"
+    assert triton["shm_size"] == "2gb"
+    gpus = devices(triton)
+    assert (len(gpus) == 1) if layout == "gpu" else gpus == []
+
+    for stage in TRITON_IMAGE_STAGES:
+        environment = services[stage]["environment"]
+        assert environment[f"TIRE_{stage.upper()}_TRITON_URL"] == "triton:8001"
+        # Waits for Triton only when the triton profile is on.
+        assert services[stage]["depends_on"]["triton"] == {"condition": "service_healthy", "required": False}
+        assert services[stage]["depends_on"]["minio"]["condition"] == "service_healthy"
+
+
+def test_compose_stage_backends_switch_to_triton_from_the_environment() -> None:
+    environ = {**SECRETS, "TIRE_INPAINTER_BACKEND": "triton", "TIRE_TRACKER_BACKEND": "triton"}
+    for names in (("compose.yaml",), ("compose.yaml", "compose.cpu.yaml")):
+        services = interpolate(load_compose(*names), environ)["services"]
+        assert services["inpainter"]["environment"]["TIRE_INPAINTER_BACKEND"] == "triton"
+        assert services["tracker"]["environment"]["TIRE_TRACKER_BACKEND"] == "triton"
+        assert "triton" in BACKENDS["inpainter"]
+        default = VARIANT_PROFILES["cpu" if len(names) == 2 else "gpu"].backends["refiner"]
+        assert services["refiner"]["environment"]["TIRE_REFINER_BACKEND"] == default

@@ -382,3 +382,227 @@ def test_store_credentials_come_from_the_charts_secret_or_yours():
 def test_a_bad_value_stops_the_render_naming_it(args, named):
     with pytest.raises(RenderError, match=named):
         render(*args)
+
+
+# --- Triton ----------------------------------------------------------------------------------------------
+
+TRITON = ("--values", str(CHART / "ci" / "triton.yaml"))
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+def _weights_args(stage: str) -> tuple[str, ...]:
+    value = {"tracker": "tracker.cotrackerCheckpoint"}.get(stage, f"{stage}.model")
+    return ("--set", f"{value}=s3://tire/models/{stage}-v1")
+
+
+def test_triton_disabled_renders_nothing_new():
+    objects = render(*CREDENTIALS)
+    assert not [key for key in objects if "triton" in key[1]]
+    for (kind, _), doc in objects.items():
+        if kind == "ConfigMap":
+            assert not any("TRITON" in key for key in doc["data"]), doc["metadata"]["name"]
+    # Enabling it with no stage on it changes no stage.
+    alone = render(*CREDENTIALS, "--set", "triton.enabled=true", "--set-json", "triton.stages=[]")
+    assert {key for key in alone if "triton" not in key[1]} == set(objects)
+    assert all(alone[key] == objects[key] for key in objects)
+    assert ("Job", "tire-triton-publish") not in alone
+
+
+def test_triton_enabled_renders_its_deployment_services_hpa_pdb_and_hook():
+    objects = render(*CREDENTIALS, *TRITON)
+    deployment = objects[("Deployment", "tire-triton")]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == TRITON_PORTS
+    assert container["args"][:3] == [
+        "--model-repository=s3://tire-minio:9000/tire/triton",
+        "--model-control-mode=explicit",
+        "--load-model=*",
+    ]
+    assert {f"--{name}-port={port}" for name, port in TRITON_PORTS.items()} <= set(container["args"])
+    # Probes on Triton's HTTP health: live for startup and liveness, ready for readiness.
+    assert container["startupProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1800
+    # Metrics scraped as the other services' are (Prometheus' pod annotations), on Triton's port.
+    annotations = pod["metadata"]["annotations"]
+    assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]) == ("true", "8002")
+    # A GPU by value, the GPU node pool's toleration; /dev/shm for the Python backend's tensors.
+    assert container["resources"]["limits"][GPU] == 1 and container["resources"]["requests"][GPU] == 1
+    assert {"key": GPU, "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    (shm,) = [v for v in pod["spec"]["volumes"] if v["name"] == "shm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    (init,) = pod["spec"]["initContainers"]
+    assert init["command"] == ["tire", "models", "init", "--repository", "s3://tire/triton"]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+
+    service = objects[("Service", "tire-triton")]["spec"]
+    assert {p["name"]: p["port"] for p in service["ports"]} == TRITON_PORTS
+    assert (
+        service.get("clusterIP") != "None"
+        and service["selector"].items() <= pod["metadata"]["labels"].items()
+    )
+    pods = objects[("Service", "tire-triton-pods")]["spec"]
+    assert pods["clusterIP"] == "None" and pods["selector"] == service["selector"]
+
+    hpa = objects[("HorizontalPodAutoscaler", "tire-triton")]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tire-triton"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 3)
+    assert "replicas" not in deployment["spec"]
+    assert objects[("PodDisruptionBudget", "tire-triton")]["spec"]["maxUnavailable"] == 1
+
+    job = objects[("Job", "tire-triton-publish")]
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    (publish,) = job["spec"]["template"]["spec"]["containers"]
+    assert publish["image"] == container["image"]
+    assert publish["args"] == [
+        "--repository",
+        "s3://tire/triton",
+        "--triton",
+        "tire-triton-pods:8001",
+        "inpainter=s3://tire/models/sd2-inpainting",
+    ]
+    script = objects[("ConfigMap", "tire-triton-publish")]["data"]["publish_models.py"]
+    assert script == (CHART / "files" / "publish_models.py").read_text()
+    (mount,) = [m for m in publish["volumeMounts"] if m["name"] == "scripts"]
+    assert publish["command"] == ["python", f"{mount['mountPath']}/publish_models.py"]
+
+
+def test_triton_stages_call_the_triton_service_without_a_gpu_of_their_own():
+    from services.common.registry import TRITON_STAGES
+
+    args = [*CREDENTIALS, *TRITON, "--set", f"triton.stages={{{','.join(TRITON_STAGES)}}}"]
+    for stage in TRITON_STAGES:
+        args += _weights_args(stage)
+    objects = render(*args)
+    service = objects[("Service", "tire-triton")]["spec"]
+    grpc_port = next(p["port"] for p in service["ports"] if p["name"] == "grpc")
+    for stage in STAGES:
+        data = objects[("ConfigMap", f"tire-{stage}")]["data"]
+        settings = from_env(SETTINGS[stage], f"TIRE_{stage.upper()}_", data)
+        pod = pod_spec(objects, "Deployment", f"tire-{stage}")
+        if stage not in TRITON_STAGES:
+            assert settings.backend != "triton" and f"TIRE_{stage.upper()}_TRITON_URL" not in data
+            continue
+        assert settings.backend == "triton"
+        assert settings.triton_url == f"tire-triton:{grpc_port}"
+        assert settings.triton_version == ""
+        assert GPU not in pod["containers"][0]["resources"].get("limits", {}), stage
+        assert "tolerations" not in pod, stage
+    job_args = pod_spec(objects, "Job", "tire-triton-publish")["containers"][0]["args"]
+    assert job_args[4:] == [f"{stage}=s3://tire/models/{stage}-v1" for stage in TRITON_STAGES]
+    # A version pin is a stage setting.
+    pinned = render(*CREDENTIALS, *TRITON, "--set", "inpainter.settings.triton_version=3")
+    assert pinned[("ConfigMap", "tire-inpainter")]["data"]["TIRE_INPAINTER_TRITON_VERSION"] == "3"
+
+
+def test_a_model_swap_on_triton_changes_only_the_hook_and_restarts_no_pod():
+    before = render(*CREDENTIALS, *TRITON)
+    after = render(*CREDENTIALS, *TRITON, "--set", "inpainter.model=s3://tire/models/sd2-inpainting-v2")
+    assert before.keys() == after.keys()
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {("Job", "tire-triton-publish")}
+    assert after[("Job", "tire-triton-publish")]["spec"]["template"]["spec"]["containers"][0]["args"][-1] == (
+        "inpainter=s3://tire/models/sd2-inpainting-v2"
+    )
+
+
+def test_triton_reads_the_store_credentials_from_the_secret_never_inlined():
+    objects = render(*CREDENTIALS, *TRITON)
+    for (kind, name), doc in objects.items():
+        if kind != "Secret":
+            assert "tire-test-secret" not in yaml.safe_dump(doc), (kind, name)
+    for kind, name in (("Deployment", "tire-triton"), ("Job", "tire-triton-publish")):
+        spec = pod_spec(objects, kind, name)
+        for container in spec["containers"] + spec.get("initContainers", []):
+            env = {e["name"]: e for e in container["env"]}
+            expected = {"TIRE_S3_ACCESS_KEY": "accessKey", "TIRE_S3_SECRET_KEY": "secretKey"}
+            if container["name"] == "triton":  # Triton's own S3 client reads the repository with AWS_*.
+                expected |= {"AWS_ACCESS_KEY_ID": "accessKey", "AWS_SECRET_ACCESS_KEY": "secretKey"}
+            for variable, key in expected.items():
+                assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": "tire-s3", "key": key}
+            assert container["envFrom"] == [{"configMapRef": {"name": "tire-triton"}}]
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == ["ALL"]
+        assert spec["automountServiceAccountToken"] is False
+    config = objects[("ConfigMap", "tire-triton")]["data"]
+    store = StoreSettings.from_env({**config, "TIRE_S3_ACCESS_KEY": "a", "TIRE_S3_SECRET_KEY": "b"})
+    assert store.endpoint == "tire-minio:9000" and config["AWS_DEFAULT_REGION"] == store.region
+
+    external = render(*TRITON, "--values", str(CHART / "ci" / "external-s3.yaml"))
+    args = pod_spec(external, "Deployment", "tire-triton")["containers"][0]["args"]
+    # Triton speaks HTTPS to an S3 endpoint only when its host is prefixed with https://.
+    assert args[0] == "--model-repository=s3://https://objects.example.com:443/tire-production/triton"
+    env = {e["name"]: e for e in pod_spec(external, "Deployment", "tire-triton")["containers"][0]["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "tire-store-credentials",
+        "key": "AWS_SECRET_ACCESS_KEY",
+    }
+
+
+def test_triton_accepts_calls_from_the_release_and_scrapes_from_metrics_from():
+    objects = render(*CREDENTIALS, *TRITON)
+    calls, metrics = objects[("NetworkPolicy", "tire-triton")]["spec"]["ingress"]
+    assert {p["port"] for p in calls["ports"]} == {"grpc", "http"}
+    (peer,) = calls["from"]
+    labels = peer["podSelector"]["matchLabels"]
+    for kind, name in (("Deployment", "tire-inpainter"), ("Job", "tire-triton-publish")):
+        assert labels.items() <= objects[(kind, name)]["spec"]["template"]["metadata"]["labels"].items()
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--set", "triton.stages={renderer}"), "stages"),
+        (("--set", "triton.stages={tracker}"), "tracker.cotrackerCheckpoint"),
+        (("--set", "inpainter.model="), "inpainter.model"),
+        (("--set", "triton.repository=/models/triton"), "repository"),
+    ],
+)
+def test_a_bad_triton_value_stops_the_render_naming_it(args, named):
+    with pytest.raises(RenderError, match=named):
+        render(*TRITON, *args)
+
+
+def test_the_publish_hook_publishes_only_weights_the_newest_version_does_not_serve(monkeypatch, tmp_path):
+    import importlib.util
+
+    from services.common import model_repository
+    from services.common.store import MemoryStore
+    from services.inpainter import triton_model
+
+    spec = importlib.util.spec_from_file_location("publish_models", CHART / "files" / "publish_models.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    store, repository = MemoryStore(), "s3://memory/triton"
+    published, loaded = [], []
+
+    def tire(command):  # `tire models publish`: write the next version (Triton's part is not here)
+        stage, weights, first = command[2], command[3], command[-1]
+        version = len(published) + 1
+        model_repository.write_version(
+            tmp_path / str(version), triton_model.MODELS, version, triton_model.version_settings(weights)
+        )
+        store.upload_folder(tmp_path / str(version), repository)
+        published.append((stage, weights, first))
+        return 0
+
+    monkeypatch.setattr(hook, "ObjectStore", lambda settings: store)
+    monkeypatch.setattr(hook.StoreSettings, "from_env", classmethod(lambda cls: None))
+    monkeypatch.setattr(hook, "ready_pods", lambda target: ["10.0.0.1:8001", "10.0.0.2:8001"])
+    monkeypatch.setattr(hook, "tire", tire)
+    monkeypatch.setattr(hook, "load_model", lambda address, name: loaded.append((address, name)))
+    run = ["--repository", repository, "--triton", "tire-triton-pods:8001"]
+
+    assert hook.main([*run, "inpainter=s3://tire/models/a"]) == 0  # install: version 1
+    assert hook.main([*run, "inpainter=s3://tire/models/a"]) == 0  # an upgrade that changes nothing
+    assert published == [("inpainter", "s3://tire/models/a", "10.0.0.1:8001")]
+    assert loaded == [("10.0.0.2:8001", model.name) for model in triton_model.MODELS]
+    assert hook.main([*run, "inpainter=s3://tire/models/b"]) == 0  # a model swap: version 2
+    assert [weights for _, weights, _ in published] == ["s3://tire/models/a", "s3://tire/models/b"]
+    assert model_repository.published_versions(store, repository, triton_model.MODELS) == [1, 2]

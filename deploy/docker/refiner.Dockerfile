@@ -33,6 +33,10 @@ ENV TIRE_REFINER_BACKEND=mv-diffusion \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 FROM runtime-${VARIANT}
+# The triton backend (either variant: the model runs in Triton) calls Triton with tritonclient, which
+# declares protobuf < 7 while the generated stubs need 7: installed without its declared dependencies,
+# listed here, as in the Makefile.
+RUN pip install --no-cache-dir --no-deps -c constraints.txt tritonclient ml_dtypes python-rapidjson
 # The package declares every service's console script; this image has one service's code.
 RUN find "$(python -c 'import sysconfig; print(sysconfig.get_path("scripts"))')" \
         -name 'tire*' ! -name 'tire-refiner' -delete

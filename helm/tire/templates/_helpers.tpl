@@ -65,14 +65,53 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* GPUs one stage's pods request: its `gpu` when GPUs are enabled, else 0. Takes a service context. */}}
-{{- define "tire.gpus" -}}
-{{- if .root.Values.gpu.enabled }}{{ int (.values.gpu | default 0) }}{{ else }}0{{ end }}
+{{/* "true" when Triton serves this stage's models (triton.enabled and the stage in triton.stages), else
+empty. Takes a service context. */}}
+{{- define "tire.usesTriton" -}}
+{{- if and .root.Values.triton.enabled (has .name .root.Values.triton.stages) }}true{{ end }}
 {{- end }}
 
-{{/* A stage's TIRE_<STAGE>_BACKEND: `backend` with a GPU, `cpuBackend` without. Takes a service context. */}}
+{{/* GPUs one service's pods request: its `gpu` when GPUs are enabled, else 0; none for a stage whose models
+Triton serves (Triton's pods hold the GPUs). Takes a service context. */}}
+{{- define "tire.gpus" -}}
+{{- if and .root.Values.gpu.enabled (not (include "tire.usesTriton" .)) }}{{ int (.values.gpu | default 0) }}
+{{- else }}0{{ end }}
+{{- end }}
+
+{{/* A stage's TIRE_<STAGE>_BACKEND: `triton` when Triton serves its models, else `backend` with a GPU and
+`cpuBackend` without. Takes a service context. */}}
 {{- define "tire.backend" -}}
-{{- if gt (include "tire.gpus" . | int) 0 }}{{ .values.backend }}{{ else }}{{ .values.cpuBackend }}{{ end }}
+{{- if include "tire.usesTriton" . }}triton
+{{- else if gt (include "tire.gpus" . | int) 0 }}{{ .values.backend }}
+{{- else }}{{ .values.cpuBackend }}{{ end }}
+{{- end }}
+
+{{/* Triton's model repository as the CLI names it: s3://BUCKET/PREFIX in the chart's store. */}}
+{{- define "tire.tritonRepository" -}}
+{{- .Values.triton.repository | default (printf "s3://%s/triton" .Values.s3.bucket) | trimSuffix "/" }}
+{{- end }}
+
+{{/* The same repository as tritonserver's --model-repository names it: s3://[https://]HOST:PORT/BUCKET/PREFIX
+(Triton speaks HTTP to an S3 endpoint unless the host is prefixed with https://). */}}
+{{- define "tire.tritonModelRepository" -}}
+{{- $scheme := ternary "https://" "" .Values.s3.secure }}
+{{- printf "s3://%s%s/%s" $scheme (include "tire.s3Endpoint" .) (include "tire.tritonRepository" . | trimPrefix "s3://") }}
+{{- end }}
+
+{{/* The gRPC address (host:port) of Triton's Service, what a Triton stage's TIRE_<STAGE>_TRITON_URL names.
+A ClusterIP Service is enough: tritonclient opens a connection per call, so calls spread over the pods. */}}
+{{- define "tire.tritonUrl" -}}
+{{- printf "%s:%v" (include "tire.componentName" (dict "root" . "name" "triton")) .Values.triton.ports.grpc }}
+{{- end }}
+
+{{/* The weights a Triton stage's versions serve: its model value (tracker: cotrackerCheckpoint). Takes a
+service context. */}}
+{{- define "tire.tritonWeights" -}}
+{{- if eq .name "tracker" }}
+{{- required "tracker.cotrackerCheckpoint is required when Triton serves the tracker: scaled_offline.pth as Triton sees it (s3://bucket/key, or a path on triton.modelVolume)." .values.cotrackerCheckpoint }}
+{{- else }}
+{{- required (printf "%s.model is required when Triton serves the %s: s3://bucket/prefix, a folder on triton.modelVolume or a hub id." .name .name) .values.model }}
+{{- end }}
 {{- end }}
 
 {{/* The gRPC target the coordinator dials for a stage: its headless Service through the dns resolver, so
