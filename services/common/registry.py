@@ -100,6 +100,7 @@ STAGES = (
         "services.refiner.server",
         "RefinerSettings",
         4,
+        "services.refiner.triton_model",
     ),
     Service(
         "reconstructor",

@@ -17,7 +17,9 @@ than the Gaussians, or fix geometry; it averages colours the views already hold,
 Gaussians no view-dependent colour of their own (the correction is added to the view-independent base
 colour). The ``mv-diffusion`` backend (``services.refiner.mv_diffusion``: a multi-view diffusion model with
 mask-aware latent updates, as in the paper) is the one that hallucinates; it needs the ``diffusion`` extra
-(torch, diffusers, transformers), weights and, in production, a GPU, and is imported only when chosen.
+(torch, diffusers, transformers), weights and, in production, a GPU, and is imported only when chosen. The
+``triton`` backend (``services.refiner.triton_backend``) is mv-diffusion served by a Triton Inference Server
+(``services.refiner.triton_model``): the same answers, with the model and its device in Triton.
 
 The votes are residuals, not raw colours: each pixel votes for ``x - r``, its un-composited colour
 minus the un-composited colour the asset renders there, and the correction is added to the
@@ -42,7 +44,7 @@ from services.common.rasterizer import rasterize
 from services.common.serial import one_call_at_a_time
 from services.common.views import Views
 
-BACKENDS = ("consensus", "mv-diffusion")
+BACKENDS = ("consensus", "mv-diffusion", "triton")
 
 
 class RefineBackend(Protocol):
@@ -301,12 +303,12 @@ def blend(rgb: np.ndarray, rendered: np.ndarray, mask: np.ndarray, strength: flo
 
 
 def make_backend(name: str, **options) -> RefineBackend:
-    """The backend called ``name`` ("consensus" or "mv-diffusion"), built with ``options`` (its
-    constructor's keywords).
+    """The backend called ``name`` ("consensus", "mv-diffusion", or "triton": mv-diffusion served by
+    Triton, ``services.refiner.triton_backend``), built with ``options`` (its constructor's keywords).
 
     Raises:
-        ConfigError: an unknown name, an option out of range, or (mv-diffusion) missing packages, no model
-            or one that does not load.
+        ConfigError: an unknown name, an option out of range, (mv-diffusion) missing packages, no model
+            or one that does not load, or (triton) no ``tritonclient``.
     """
     if name == "consensus":
         return ConsensusBackend(**options)
@@ -319,4 +321,13 @@ def make_backend(name: str, **options) -> RefineBackend:
                 f"pip install 'tire-services[diffusion]' ({exc})."
             ) from exc
         return MvDiffusionBackend(**options)
+    if name == "triton":
+        try:
+            from services.refiner.triton_backend import TritonRefineBackend
+
+            return TritonRefineBackend(**options)
+        except ImportError as exc:
+            raise ConfigError(
+                f"refiner backend 'triton' needs tritonclient: pip install 'tritonclient[grpc]' ({exc})."
+            ) from exc
     raise ConfigError(f"unknown refiner backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,10 +1,12 @@
 """The refiner service: ``tire.v1.RefinerService``.
 
 Validates a ``RefineRequest``, reads the views, the update mask and the asset's ``.ply`` from the store,
-refines with the configured backend and writes the refined views back as a tensor reference.
+refines with the configured backend and writes the refined views back as a tensor reference. A request's
+``model_version`` holds the call to that version of the models (the triton backend's; "" the one served
+now), which Describe's ``model_version`` reports.
 
 Configuration (environment, read once at start):
-    TIRE_REFINER_BACKEND              consensus (default) or mv-diffusion
+    TIRE_REFINER_BACKEND              consensus (default), mv-diffusion, or triton (mv-diffusion on Triton)
     TIRE_REFINER_THREADS              consensus: CPU rasterizer threads, 0 = all cores (default 0)
     TIRE_REFINER_CONTRIBUTORS         consensus: K, contributors per pixel that receive its vote (default 8)
     TIRE_REFINER_SOURCE_WEIGHT        consensus: how much more the source view's votes weigh (default 10)
@@ -27,6 +29,9 @@ Configuration (environment, read once at start):
     TIRE_REFINER_MAX_JOINT_VIEWS      mv-diffusion: views denoised together; more are split into groups that
                                       each hold the source view (default 32)
     TIRE_REFINER_MODEL_CACHE_DIR      mv-diffusion: where s3:// models are downloaded (default: a temp folder)
+    TIRE_REFINER_TRITON_URL           triton: Triton's gRPC address host:port, serving the mv-diffusion model
+                                      ``refine`` (services.refiner.triton_model)
+    TIRE_REFINER_TRITON_VERSION       triton: the model version to call ("" = the latest Triton serves)
     TIRE_REFINER_MAX_VIEWS            views per request (default 256)
     TIRE_REFINER_MAX_PIXELS           views x height x width per request (default 2**24)
     TIRE_REFINER_MAX_GAUSSIANS        Gaussians per frame (default 10,000,000)
@@ -46,7 +51,7 @@ from services.common import validation
 from services.common.assets import load_frame
 from services.common.errors import ConfigError, InvalidArgument
 from services.common.gaussians import random_gaussians
-from services.common.server import describe, run_service
+from services.common.server import describe, models_at, run_service, wait_for_models
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, read_views
@@ -77,6 +82,8 @@ class RefinerSettings:
     prompt: str = ""
     max_joint_views: int = 32
     model_cache_dir: str = ""
+    triton_url: str = ""
+    triton_version: str = ""
 
     def __post_init__(self) -> None:
         checks = [
@@ -119,10 +126,12 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
             SERVICE_NAME, self.backend.name, self.backend.device, BACKENDS, self.settings, model
         )
         answer.settings["default_strength"] = str(self.backend.default_strength)
+        answer.model_version = getattr(self.backend, "model_version", "")
         return answer
 
     def Refine(self, request, context):
         strength = validation.strength(request.strength, "strength", self.backend.default_strength)
+        backend = models_at(self.backend, request.model_version)
         views = read_views(
             self.store,
             request.views,
@@ -138,7 +147,7 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         gaussians = load_frame(
             self.store, request.asset, request.time_step, max_gaussians=self.settings.max_gaussians
         )
-        rgb = self.backend.refine(views, update_mask, gaussians, request.source_index, strength, request.seed)
+        rgb = backend.refine(views, update_mask, gaussians, request.source_index, strength, request.seed)
         return refiner_pb2.RefineResponse(rgb=put_tensor(self.store, rgb, previews=True))
 
     def _update_mask(self, request, views: Views) -> np.ndarray:
@@ -176,6 +185,10 @@ def build_servicer(settings: RefinerSettings, store: BlobStore) -> RefinerServic
             prompt=settings.prompt,
             max_joint_views=settings.max_joint_views,
         )
+    elif settings.backend == "triton":
+        if not settings.triton_url:
+            raise ConfigError("the triton backend needs Triton's address: set TIRE_REFINER_TRITON_URL.")
+        options = dict(url=settings.triton_url, version=settings.triton_version)
     else:
         options = dict(
             threads=settings.threads,
@@ -187,14 +200,20 @@ def build_servicer(settings: RefinerSettings, store: BlobStore) -> RefinerServic
     return RefinerServicer(make_backend(settings.backend, **options), store, settings)
 
 
-def warm_up(servicer: RefinerServicer) -> None:
+def warm_up(servicer: RefinerServicer, triton_wait_s: float = 600.0) -> None:
     """Refine two tiny views so numba compiles (or loads its cache), or the diffusion model runs one
-    denoising step on its device, before health says SERVING."""
+    denoising step on its device, before health says SERVING. The triton backend first waits (up to
+    ``triton_wait_s``) for Triton to serve a ready version, then refines two 64 x 64 views through it at
+    its default strength (it does not know the served version's schedule or resolution; 64 is a multiple
+    of what MVDream and the tiny test models need at resolution 0)."""
     from services.common.cameras import orbit_cameras
     from services.common.rasterizer import rasterize
 
     backend, side, strength = servicer.backend, 32, 1.0
-    if backend.name == "mv-diffusion":
+    wait_for_models(backend, triton_wait_s)
+    if hasattr(backend, "ready"):  # served by Triton
+        side, strength = 64, backend.default_strength
+    elif backend.name == "mv-diffusion":
         side = backend.resolution or backend.components.multiple  # resolution 0 runs at the views' size
         strength = min(1.0, 1.5 / backend.num_inference_steps)  # int(steps * strength) = 1 step
     gaussians, cameras = random_gaussians(64), orbit_cameras([0.0, 30.0], side, side)

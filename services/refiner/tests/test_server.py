@@ -101,7 +101,7 @@ def test_describe_names_backend_and_settings(servicer):
     info = servicer.Describe(common_pb2.DescribeRequest(), None)
     assert info.service == "tire.v1.RefinerService"
     assert info.backend == "consensus" and info.device.startswith("cpu")
-    assert list(info.available_backends) == ["consensus", "mv-diffusion"]
+    assert list(info.available_backends) == ["consensus", "mv-diffusion", "triton"]
     assert info.settings["max_views"] == "4" and info.settings["source_weight"] == "10.0"
     assert info.settings["default_strength"] == "0.3"  # what a request's strength 0 means here
 
