@@ -2,9 +2,12 @@
 processes started on loopback against it."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,3 +95,61 @@ def launch_service(
     yield launch
     for service in started:
         service.stop()
+
+
+def free_block(size: int) -> int:
+    """A base port with ``size`` consecutive free ports, and free ports 1000 above them (metrics)."""
+    for base in range(42_000, 48_000, 10):
+        try:
+            for port in [*range(base, base + size), *range(base + 1000, base + 1000 + size)]:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free block of ports")
+
+
+@pytest.fixture(scope="session")
+def tire_up() -> Callable:
+    """``tire_up(state, *options)``: a context running ``tire up`` as a user does, on free ports, until it
+    says it is up; yields the coordinator's target, the process and what it printed."""
+
+    @contextmanager
+    def run(
+        state: Path, *options: str, timeout_s: float = 240
+    ) -> Iterator[tuple[str, subprocess.Popen, str]]:
+        base = free_block(6)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "services.cli",
+                "up",
+                "--state",
+                str(state),
+                "--port",
+                str(base),
+                *options,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        lines = []
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not any("Ctrl-C stops everything" in line for line in lines):
+                line = process.stdout.readline()
+                if not line or time.monotonic() > deadline:
+                    pytest.fail("tire up did not come up:\n" + "".join(lines))
+                lines.append(line)
+            yield f"127.0.0.1:{base}", process, "".join(lines)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+
+    return run

@@ -150,8 +150,8 @@ def stack_processes(folder: Path) -> Iterator[tuple[str, dict[str, int]]]:
     """The local stack as ``tire up`` starts it (``services.stack.local_stack``), on free ports, without
     metrics; yields the coordinator's target and each process's id by name (rclone's too)."""
     ports = {service.name: free_port() for service in SERVICES}
-    with local_stack(folder, ports, timeout_s=START_TIMEOUT_S, metrics=False) as (_, processes):
-        pids = {name: process.pid for name, process in processes.items()}
+    with local_stack(folder, ports, timeout_s=START_TIMEOUT_S, metrics=False) as stack:
+        pids = {name: process.pid for name, process in stack.processes.items()}
         rclone = set(children(os.getpid())) - set(pids.values())  # the S3 server: the other child
         if len(rclone) == 1:
             pids["s3 (rclone)"] = rclone.pop()

@@ -1,7 +1,8 @@
 """The ``tire`` command.
 
     tire run ASSET REFERENCE -o OUT            repair in this process (embedded stages, in-memory store)
-    tire up                                    the local stack: S3 server, five stages, coordinator
+    tire up [--triton]                         the local stack: S3 server, five stages, coordinator
+                                               (and tritonserver, serving the neural stages' models)
     tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch]
     tire watch JOB | get JOB [-o OUT] | cancel JOB | list     (all take --coordinator)
     tire describe [--coordinator HOST:PORT]   each stage's backend, model, version and device
@@ -35,7 +36,7 @@ from services.common import registry
 from services.common.errors import ConfigError, TireError
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
-from services.stack import local_ports, local_stack
+from services.stack import TRITON_REPOSITORY, local_ports, local_stack
 
 DEFAULT_COORDINATOR = COORDINATOR.local_target
 # The names of services.embedded.PROFILES, without importing every stage to parse arguments.
@@ -253,14 +254,19 @@ def stack_up(args: argparse.Namespace) -> int:
     state = Path(args.state)
     ports = local_ports(args.port)
     try:
-        with local_stack(state, ports, timeout_s=args.timeout) as (s3, processes):
+        with local_stack(state, ports, timeout_s=args.timeout, triton=args.triton) as stack:
+            s3, processes = stack.s3, stack.processes
             print("The local stack is up:")
             for name, port in ports.items():
                 print(f"  {name:<14} 127.0.0.1:{port}   metrics http://127.0.0.1:{port + 1000}/metrics")
             print(f"  {'s3':<14} {s3.settings.endpoint}   (logs and state in {state}/)")
+            if stack.triton_url:
+                repository = f"s3://{s3.bucket}/{TRITON_REPOSITORY}"
+                print(f"  {'triton':<14} {stack.triton_url}   repository {repository}")
             print(
                 f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
             )
+            print(f"The store's TIRE_S3_* variables, for tire models: set -a; . {stack.store_env}")
             print("Ctrl-C stops everything.", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
             while all(p.poll() is None for p in processes.values()):
@@ -375,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
     up.add_argument(
         "--port", type=int, default=BASE_PORT, help="the coordinator's port; stages use the next 5"
+    )
+    up.add_argument(
+        "--triton",
+        action="store_true",
+        help="run tritonserver too (make triton), with the stages whose models it serves on it",
     )
 
     submit = commands.add_parser("submit", help="submit a job to a coordinator")

@@ -1,24 +1,33 @@
 """The local stack of ``tire up``: an S3 server, the five stages and the coordinator, as processes.
 
-    with local_stack(Path("out/stack"), local_ports()) as (s3, processes):
-        ...   # every service SERVING; the coordinator at 127.0.0.1:50051
+    with local_stack(Path("out/stack"), local_ports()) as stack:
+        ...   # every service SERVING; the coordinator at 127.0.0.1:50051; stack.processes by name
 
 Each service runs as ``python -m <its server module>`` with its ``TIRE_<SERVICE>_*`` variables; the
 services, their modules and their ports come from ``services.common.registry``.
+
+With ``triton=True`` (``tire up --triton``) a ``tritonserver`` (``make triton``) runs beside them on the
+repository ``s3://<bucket>/triton`` of the local store, and the stages whose models Triton serves call
+it (``TIRE_<STAGE>_BACKEND=triton``). On the first start, version 1 of each of those stages' models is
+published with tiny random weights of the real architectures (``services.testing.random_models``), so
+the stack runs anywhere; publish real weights with ``tire models publish``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.clients import wait_serving
-from services.common.registry import BASE_PORT, COORDINATOR, STAGES
+from services.common.registry import BASE_PORT, COORDINATOR, STAGES, TRITON_STAGES, stage
 from services.common.s3server import LocalS3
 
 SERVICES = (*STAGES, COORDINATOR)
@@ -30,10 +39,76 @@ def local_ports(base: int = BASE_PORT) -> dict[str, int]:
     return {service.name: base + service.port_offset for service in SERVICES}
 
 
+def _tiny_weights() -> dict[str, Callable[[Path], Path]]:
+    """Each Triton stage's tiny random weights of its real architecture, written into a folder."""
+    from services.testing import random_models
+
+    return {
+        "inpainter": lambda folder: random_models.save_sd_inpainting(folder, "tiny"),
+        "refiner": lambda folder: random_models.save_mv_refiner(folder, "tiny"),
+    }
+
+
+@dataclass
+class LocalStack:
+    """A running local stack: the S3 server, each service's process by name, Triton's gRPC address ("" for
+    none), and ``store_env``: the file of the store's ``TIRE_S3_*`` variables (readable by its owner
+    only; ``set -a; . FILE`` lets ``tire models ...`` use the stack's store)."""
+
+    s3: LocalS3
+    processes: dict[str, subprocess.Popen]
+    triton_url: str
+    store_env: Path
+
+
+TRITON_REPOSITORY = "triton"
+"""Where ``tire up --triton`` keeps Triton's repository: this key prefix of the local store's bucket."""
+
+
+@contextmanager
+def local_triton(state: Path, s3: LocalS3) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """``tritonserver`` on the local store's repository, each Triton stage's models loaded (version 1
+    published with tiny random weights when the repository has none); stopped on exit.
+
+    Yields:
+        Triton's gRPC address and the stages it serves.
+    """
+    from services.common import model_repository
+    from services.common.store import ObjectStore
+    from services.common.triton import LocalTriton, load_model, triton_repository
+
+    store = ObjectStore(s3.settings)
+    repository = f"s3://{s3.bucket}/{TRITON_REPOSITORY}"
+    model_repository.ensure_repository(store, repository)
+    makers = _tiny_weights()
+    served = tuple(name for name in TRITON_STAGES if name in makers)
+    with (
+        (state / "triton.log").open("a") as log,
+        LocalTriton(triton_repository(s3.settings, repository), log=log, store=s3.settings) as triton,
+    ):
+        for name in served:
+            declared = importlib.import_module(stage(name).triton_models)
+            if model_repository.published_versions(store, repository, declared.MODELS):
+                for model in declared.MODELS:
+                    load_model(triton.url, model.name)
+                continue
+            weights = f"s3://{s3.bucket}/models/tiny-{name}"
+            with tempfile.TemporaryDirectory() as folder:
+                store.upload_folder(makers[name](Path(folder) / name), weights)
+            settings = declared.version_settings(weights)
+            model_repository.publish(store, repository, declared.MODELS, settings, triton.url)
+        yield triton.url, served
+
+
 @contextmanager
 def local_stack(
-    state: Path, ports: Mapping[str, int], *, timeout_s: float = 300.0, metrics: bool = True
-) -> Iterator[tuple[LocalS3, dict[str, subprocess.Popen]]]:
+    state: Path,
+    ports: Mapping[str, int],
+    *,
+    timeout_s: float = 300.0,
+    metrics: bool = True,
+    triton: bool = False,
+) -> Iterator[LocalStack]:
     """The S3 server, the five stages and the coordinator as processes, each SERVING; stopped on exit.
 
     Args:
@@ -41,9 +116,10 @@ def local_stack(
         ports: each service's name (``SERVICES``) to its gRPC port; metrics go on the port + 1000.
         timeout_s: how long every service has to report SERVING.
         metrics: serve Prometheus metrics (False: none, so no metrics ports are taken).
+        triton: run ``tritonserver`` too (``local_triton``), and the stages it serves on it.
 
     Yields:
-        The S3 server and each service's process by name.
+        The running stack.
 
     Raises:
         SystemExit: a service did not start (naming its log).
@@ -51,7 +127,10 @@ def local_stack(
     state.mkdir(parents=True, exist_ok=True)
     targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     processes: dict[str, subprocess.Popen] = {}
-    with LocalS3(state / "s3") as s3:
+    with (
+        LocalS3(state / "s3") as s3,
+        local_triton(state, s3) if triton else nullcontext(("", ())) as (triton_url, on_triton),
+    ):
         try:
             for service in SERVICES:
                 name, prefix = service.name, service.env_prefix
@@ -62,6 +141,8 @@ def local_stack(
                     f"{prefix}HOST": "127.0.0.1",
                     f"{prefix}METRICS_PORT": str(ports[name] + 1000 if metrics else 0),
                 }
+                if name in on_triton:
+                    env.update({f"{prefix}BACKEND": "triton", f"{prefix}TRITON_URL": triton_url})
                 if name == "coordinator":
                     env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
                     env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
@@ -74,7 +155,10 @@ def local_stack(
                 left = max(deadline - time.monotonic(), 0.0)
                 if not wait_serving(targets[name], left, alive=lambda p=process: p.poll() is None):
                     raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
-            yield s3, processes
+            store_env = state / "store.env"
+            store_env.touch(mode=0o600)
+            store_env.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
+            yield LocalStack(s3, processes, triton_url, store_env)
         finally:
             for process in reversed(processes.values()):
                 if process.poll() is None:

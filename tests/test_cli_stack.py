@@ -1,12 +1,7 @@
 """`tire up` as a user runs it, and the remote commands against it: submit, watch, get, list, cancel,
 describe; then Ctrl-C stops everything cleanly."""
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,46 +12,11 @@ ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
 
 
-def free_block(size: int) -> int:
-    """A base port with ``size`` consecutive free ports, and free ports 1000 above them (metrics)."""
-    for base in range(42_000, 48_000, 10):
-        try:
-            for port in [*range(base, base + size), *range(base + 1000, base + 1000 + size)]:
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free block of ports")
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """`tire up` on free ports; yields the coordinator's target and the process."""
-    base = free_block(6)
-    state = tmp_path_factory.mktemp("stack")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--state", str(state), "--port", str(base)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines = []
-    deadline = time.monotonic() + 240
-    while not any("Ctrl-C stops everything" in line for line in lines):
-        line = process.stdout.readline()
-        if not line or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            process.stdout.close()
-            pytest.fail("tire up did not come up:\n" + "".join(lines))
-        lines.append(line)
-    yield f"127.0.0.1:{base}", process, "".join(lines)
-    if process.poll() is None:
-        process.kill()
-        process.wait()
-    process.stdout.close()
+def stack(tmp_path_factory, tire_up):
+    """`tire up` on free ports; yields the coordinator's target, the process and what it printed."""
+    with tire_up(tmp_path_factory.mktemp("stack")) as running:
+        yield running
 
 
 @pytest.mark.slow
