@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -309,7 +310,29 @@ def push_model(folder: Path, prefix: str) -> int:
     return 0
 
 
-def publish_models(stage: str, repository: str, triton: str, weights: str = "", rollback_to: int = 0) -> int:
+def version_options(pairs: list[str]) -> dict:
+    """``--set KEY=VALUE`` options as keywords: a value that parses as JSON is that (``true``, ``256``),
+    any other is the string."""
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def publish_models(
+    stage: str,
+    repository: str,
+    triton: str,
+    weights: str = "",
+    rollback_to: int = 0,
+    options: dict | None = None,
+) -> int:
     """``tire models publish STAGE WEIGHTS`` / ``rollback STAGE VERSION``: the next version of the
     stage's Triton models (new weights, or an earlier version's settings), written to the repository in
     the store (``TIRE_S3_*``) and loaded by Triton; a version Triton refuses is reported with its reason
@@ -324,7 +347,10 @@ def publish_models(stage: str, repository: str, triton: str, weights: str = "", 
         if rollback_to:
             version = model_repository.rollback(store, repository, declared.MODELS, rollback_to, triton)
         else:
-            settings = declared.version_settings(weights)
+            try:
+                settings = declared.version_settings(weights, **(options or {}))
+            except TypeError as exc:
+                raise ConfigError(f"--set: {exc}; see {declared.__name__}.version_settings") from exc
             version = model_repository.publish(store, repository, declared.MODELS, settings, triton)
     except TritonLoadError as exc:
         print(
@@ -410,6 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     publish = actions.add_parser("publish", help="the next version of a stage's models on Triton, loaded")
     publish.add_argument("stage", choices=registry.TRITON_STAGES, help="whose models Triton serves")
     publish.add_argument("weights", help="the weights' URI: s3://BUCKET/PREFIX (tire models push), a folder")
+    publish.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the version, for example trust_remote_code=true (the stage's version_settings)",
+    )
     listing_models = actions.add_parser("list", help="the versions in a Triton repository and their state")
     init = actions.add_parser("init", help="make an empty s3://BUCKET/PREFIX a repository Triton starts on")
     init.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
@@ -434,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             return describe(args)
         if args.command == "models":
             if args.action == "publish":
-                return publish_models(args.stage, args.repository, args.triton, weights=args.weights)
+                options = version_options(args.set)
+                return publish_models(args.stage, args.repository, args.triton, args.weights, options=options)
             if args.action == "init":
                 return init_models(args.repository)
             if args.action == "list":

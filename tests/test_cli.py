@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import main
+from services.common.errors import ConfigError
 
 ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -101,3 +102,15 @@ def test_models_push_puts_a_model_folder_where_a_backend_finds_it(tmp_path, s3, 
 
     assert main(["models", "push", str(tmp_path / "missing"), prefix]) == 2
     assert "folder" in capsys.readouterr().err
+
+
+def test_publish_options_are_json_values_or_strings():
+    from services.cli import version_options
+
+    assert version_options(["trust_remote_code=true", "resolution=256", "prompt=a photo of sks"]) == {
+        "trust_remote_code": True,
+        "resolution": 256,
+        "prompt": "a photo of sks",
+    }
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        version_options(["trust_remote_code"])
