@@ -382,8 +382,9 @@ class _Run:
         version the job pinned for that stage, and its response recorded; a step already recorded
         returns its record. See ``StepLog.run``."""
         method = stage_method(request)
+        model = self._model(method.stage)
         if "model_version" in request.DESCRIPTOR.fields_by_name:
-            request.model_version = self._version(method.stage)
+            request.model_version = model.version
         send = getattr(getattr(self.stages, method.stage), method.name)
         timeout = self.runner.retry.timeout_s
         return self.steps.run(
@@ -392,6 +393,7 @@ class _Run:
             lambda: self._retried(name, lambda: send(request, timeout=timeout)),
             time_step,
             key,
+            model,
         )
 
     def _describe_models(self) -> coordinator_pb2.StageModels:
@@ -407,14 +409,17 @@ class _Run:
             )
         return models
 
-    def _version(self, stage: str) -> str:
-        """The model version the job pinned for ``stage`` ("" when its models have none)."""
-        return next((m.version for m in self.models.models if m.stage == stage), "")
+    def _model(self, stage: str) -> coordinator_pb2.StageModel:
+        """The stage's model as the job pinned it (its ``version`` "" when its models have none)."""
+        return next((m for m in self.models.models if m.stage == stage), JOB.StageModel(stage=stage))
 
     def _fit_subject(self) -> inpainter_pb2.SubjectModel:
         """1. The step ``fit_subject``: FitSubject's stream, its progress sent as ``FitEvent``s."""
         return self.steps.run(
-            "fit_subject", inpainter_pb2.SubjectModel, lambda: self._retried("fit_subject", self._fit)
+            "fit_subject",
+            inpainter_pb2.SubjectModel,
+            lambda: self._retried("fit_subject", self._fit),
+            model=self._model("inpainter"),
         )
 
     def _fit(self) -> inpainter_pb2.SubjectModel:
@@ -430,7 +435,7 @@ class _Run:
             images=put_tensor(self.store, np.stack(images)),
             masks=put_tensor(self.store, np.stack(masks)),
             settings=self.spec.fit,
-            model_version=self._version("inpainter"),
+            model_version=self._model("inpainter").version,
         )
         model = None
         for response in self.stages.inpainter.FitSubject(request, timeout=self.runner.retry.timeout_s):

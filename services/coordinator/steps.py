@@ -48,7 +48,13 @@ class StepLog:
         self._steps_total = steps_total
 
     def run(
-        self, name: str, result_type: type[M], work: Callable[[], M], time_step: int = 0, key: str = ""
+        self,
+        name: str,
+        result_type: type[M],
+        work: Callable[[], M],
+        time_step: int = 0,
+        key: str = "",
+        model: coordinator_pb2.StageModel | None = None,
     ) -> M:
         """``work()`` as the step ``name`` of time step ``time_step``, unless it already finished.
 
@@ -58,6 +64,7 @@ class StepLog:
             work: runs the step; its result is recorded.
             time_step: the time step the step belongs to.
             key: the record's key; default ``tT/name`` (4D) or ``name`` (3D).
+            model: the stage model the step's call runs, for its ``StepStarted`` event.
 
         Raises:
             JobCancelled: CancelJob was called.
@@ -70,7 +77,7 @@ class StepLog:
             result = result_type.FromString(recorded)
             self._finished(name, time_step, 0.0, result, resumed=True)
             return result
-        self._event(step_started=JOB.StepStarted(step=name, time_step=time_step))
+        self._event(step_started=JOB.StepStarted(step=name, time_step=time_step, model=model))
         self._set_progress(current=name)
         start = time.perf_counter()
         result = work()

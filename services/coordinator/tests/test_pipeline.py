@@ -105,6 +105,17 @@ def test_a_job_repairs_the_monkey_and_reports_it(store, servicers):
     assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
     assert any(e.HasField("fit") for e in events) and any(e.HasField("ring_progress") for e in events)
     assert job.progress.steps_done == job.progress.steps_total
+    # Each step's start names the stage it calls and the model it runs, as the job pinned them.
+    started = {e.step_started.step: e.step_started for e in events if e.HasField("step_started")}
+    pinned = {m["stage"]: m for m in report["models"]}
+    for step, stage in (
+        ("render", "renderer"),
+        ("ring2/inpaint/180", "inpainter"),
+        ("fit_subject", "inpainter"),
+    ):
+        model = started[step].model
+        assert (model.stage, model.backend, model.version) == (stage, pinned[stage]["backend"], "")
+    assert not started["models"].HasField("model")
 
 
 def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicers):

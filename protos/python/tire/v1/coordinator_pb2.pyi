@@ -251,12 +251,14 @@ class Artifact(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., object: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
 
 class StepStarted(_message.Message):
-    __slots__ = ("step", "time_step")
+    __slots__ = ("step", "time_step", "model")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TIME_STEP_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     step: str
     time_step: int
-    def __init__(self, step: _Optional[str] = ..., time_step: _Optional[int] = ...) -> None: ...
+    model: StageModel
+    def __init__(self, step: _Optional[str] = ..., time_step: _Optional[int] = ..., model: _Optional[_Union[StageModel, _Mapping]] = ...) -> None: ...
 
 class StageModel(_message.Message):
     __slots__ = ("stage", "backend", "model", "version")
