@@ -58,6 +58,7 @@ def test_jobs_run_on_triton_and_a_published_version_reaches_the_next_job(
         first = job()
         assert first["inpainter"]["backend"] == "sd-lora" and first["inpainter"]["version"] == "1"
         assert first["inpainter"]["model"] == f"triton://{triton_url}/inpaint"
+        assert (first["refiner"]["backend"], first["refiner"]["version"]) == ("mv-diffusion", "1")
         processes = descendants(process.pid)
 
         bucket = repository.removeprefix("s3://").split("/")[0]
@@ -68,6 +69,7 @@ def test_jobs_run_on_triton_and_a_published_version_reaches_the_next_job(
 
         second = job()
         assert second["inpainter"]["version"] == "2"  # the next job runs the new version
+        assert second["refiner"]["version"] == "1"  # and the other stage's stays
         # Nothing restarted: every process is still there, and the only new ones are Triton's stubs of the
         # new version (version 1's stay loaded for jobs pinned to it).
         (triton,) = (
