@@ -207,7 +207,7 @@ def serve(
         running.set_serving()
         log.info("ready")
         if available is not None:
-            threading.Thread(target=_follow, args=(available, running), daemon=True).start()
+            threading.Thread(target=follow_availability, args=(available, running), daemon=True).start()
         threading.Event().wait()  # until a signal handler raises _Shutdown
     except _Shutdown as exc:
         log.info("received %s", exc.signame, extra={"signal": exc.signame})
@@ -219,11 +219,14 @@ AVAILABILITY_CHECK_S = 5.0
 """How often a service whose models are served elsewhere asks whether they still are."""
 
 
-def _follow(available: Callable[[], bool], running: RunningServer) -> None:
-    """Health follows ``available()``, asked every ``AVAILABILITY_CHECK_S``; changes are logged."""
+def follow_availability(
+    available: Callable[[], bool], running: RunningServer, every_s: float = AVAILABILITY_CHECK_S
+) -> None:
+    """Health follows ``available()``, asked every ``every_s`` seconds, forever (run it in a daemon
+    thread after warm-up); changes are logged."""
     serving = True
     while True:
-        time.sleep(AVAILABILITY_CHECK_S)
+        time.sleep(every_s)
         now = available()
         if now != serving:
             log.warning("models %s", "available again: SERVING" if now else "unavailable: NOT_SERVING")

@@ -31,7 +31,14 @@ from services.common.clients import dial, service_config, wait_ready
 from services.common.config import ServerSettings, from_env
 from services.common.errors import CallerGone, ConfigError, InvalidArgument, ObjectNotFound, StoreUnavailable
 from services.common.logs import configure_logging
-from services.common.server import Finished, RunningServer, ServiceSpec, start_server, stream_progress
+from services.common.server import (
+    Finished,
+    RunningServer,
+    ServiceSpec,
+    follow_availability,
+    start_server,
+    stream_progress,
+)
 
 SERVICE = "test.Echo"
 ROOT = Path(__file__).resolve().parents[3]
@@ -127,6 +134,28 @@ def test_health_is_not_serving_until_ready(server: RunningServer, channel: grpc.
     assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
     server.set_serving()
     assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_health_follows_models_served_elsewhere_after_warm_up(
+    server: RunningServer, channel: grpc.Channel
+) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    status = lambda: stub.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status
+    ready = threading.Event()
+    ready.set()
+    server.set_serving()
+    threading.Thread(target=follow_availability, args=(ready.is_set, server, 0.02), daemon=True).start()
+
+    def becomes(expected: int) -> bool:
+        deadline = time.monotonic() + 5
+        while status() != expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return status() == expected
+
+    ready.clear()  # Triton lost its models
+    assert becomes(health_pb2.HealthCheckResponse.NOT_SERVING)
+    ready.set()  # and has them again
+    assert becomes(health_pb2.HealthCheckResponse.SERVING)
 
 
 def test_the_container_healthcheck_passes_only_while_serving(server: RunningServer) -> None:
