@@ -11,6 +11,7 @@
                                                the next version of a stage's Triton models, loaded
     tire models list --repository s3://BUCKET/PREFIX --triton HOST:PORT   versions and their state
     tire models init --repository s3://BUCKET/PREFIX  an empty prefix made a repository Triton starts on
+    tire models sync STAGE=WEIGHTS... --repository ... --triton ...  publish what is not served yet
     tire models rollback STAGE VERSION --repository ... --triton ...  serve VERSION's weights again
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
@@ -363,6 +364,37 @@ def publish_models(
     return 0
 
 
+def sync_models(repository: str, triton: str, pairs: list[str]) -> int:
+    """``tire models sync STAGE=WEIGHTS...``: publish each stage's weights unless the newest version
+    already serves them (so running it again changes nothing), then load a new version on every ready
+    Triton behind ``triton`` (a headless Service resolves to each pod). Deployments run it after every
+    install and upgrade."""
+    from services.common.model_repository import newest_settings
+    from services.common.store import ObjectStore, StoreSettings
+    from services.common.triton import load_model, ready_servers
+
+    store = ObjectStore(StoreSettings.from_env())
+    for pair in pairs:
+        stage, _, weights = pair.partition("=")
+        if stage not in registry.TRITON_STAGES or not weights:
+            raise ConfigError(
+                f"{pair!r}: expected STAGE=WEIGHTS, STAGE one of {', '.join(registry.TRITON_STAGES)}"
+            )
+        declared = importlib.import_module(registry.stage(stage).triton_models)
+        version, serving = newest_settings(store, repository, declared.MODELS)
+        if serving == declared.version_settings(weights):
+            print(f"{stage}: version {version} already serves {weights}; nothing to publish")
+            continue
+        first, *others = ready_servers(triton)
+        if publish_models(stage, repository, first, weights) != 0:
+            return 1
+        for address in others:
+            for model in declared.MODELS:
+                load_model(address, model.name)
+            print(f"{stage}: loaded on {address}")
+    return 0
+
+
 def init_models(repository: str) -> int:
     """``tire models init``: an empty repository prefix made one Triton can start on."""
     from services.common.model_repository import ensure_repository
@@ -445,11 +477,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     listing_models = actions.add_parser("list", help="the versions in a Triton repository and their state")
     init = actions.add_parser("init", help="make an empty s3://BUCKET/PREFIX a repository Triton starts on")
+    sync = actions.add_parser(
+        "sync", help="publish each STAGE=WEIGHTS unless its newest version serves them; load on every pod"
+    )
+    sync.add_argument("stages", nargs="+", metavar="STAGE=WEIGHTS")
     init.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
     rollback = actions.add_parser("rollback", help="publish an earlier version's weights as the next version")
     rollback.add_argument("stage", choices=registry.TRITON_STAGES, help="whose models Triton serves")
     rollback.add_argument("version", type=int, help="the version whose weights to serve again")
-    for command in (publish, listing_models, rollback):
+    for command in (publish, listing_models, rollback, sync):
         command.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
         command.add_argument("--triton", required=True, help="Triton's gRPC address, HOST:PORT")
     for command in (submit, commands.choices["watch"], commands.choices["get"], commands.choices["cancel"]):
@@ -469,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "publish":
                 options = version_options(args.set)
                 return publish_models(args.stage, args.repository, args.triton, args.weights, options=options)
+            if args.action == "sync":
+                return sync_models(args.repository, args.triton, args.stages)
             if args.action == "init":
                 return init_models(args.repository)
             if args.action == "list":

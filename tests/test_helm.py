@@ -466,10 +466,7 @@ def test_triton_enabled_renders_its_deployment_services_hpa_pdb_and_hook():
         "tire-triton-pods:8001",
         "inpainter=s3://tire/models/sd2-inpainting",
     ]
-    script = objects[("ConfigMap", "tire-triton-publish")]["data"]["publish_models.py"]
-    assert script == (CHART / "files" / "publish_models.py").read_text()
-    (mount,) = [m for m in publish["volumeMounts"] if m["name"] == "scripts"]
-    assert publish["command"] == ["python", f"{mount['mountPath']}/publish_models.py"]
+    assert publish["command"] == ["tire", "models", "sync"]  # tests/test_triton_inpaint.py runs it
 
 
 def test_triton_stages_call_the_triton_service_without_a_gpu_of_their_own():
@@ -567,42 +564,3 @@ def test_triton_accepts_calls_from_the_release_and_scrapes_from_metrics_from():
 def test_a_bad_triton_value_stops_the_render_naming_it(args, named):
     with pytest.raises(RenderError, match=named):
         render(*TRITON, *args)
-
-
-def test_the_publish_hook_publishes_only_weights_the_newest_version_does_not_serve(monkeypatch, tmp_path):
-    import importlib.util
-
-    from services.common import model_repository
-    from services.common.store import MemoryStore
-    from services.inpainter import triton_model
-
-    spec = importlib.util.spec_from_file_location("publish_models", CHART / "files" / "publish_models.py")
-    hook = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hook)
-    store, repository = MemoryStore(), "s3://memory/triton"
-    published, loaded = [], []
-
-    def tire(command):  # `tire models publish`: write the next version (Triton's part is not here)
-        stage, weights, first = command[2], command[3], command[-1]
-        version = len(published) + 1
-        model_repository.write_version(
-            tmp_path / str(version), triton_model.MODELS, version, triton_model.version_settings(weights)
-        )
-        store.upload_folder(tmp_path / str(version), repository)
-        published.append((stage, weights, first))
-        return 0
-
-    monkeypatch.setattr(hook, "ObjectStore", lambda settings: store)
-    monkeypatch.setattr(hook.StoreSettings, "from_env", classmethod(lambda cls: None))
-    monkeypatch.setattr(hook, "ready_pods", lambda target: ["10.0.0.1:8001", "10.0.0.2:8001"])
-    monkeypatch.setattr(hook, "tire", tire)
-    monkeypatch.setattr(hook, "load_model", lambda address, name: loaded.append((address, name)))
-    run = ["--repository", repository, "--triton", "tire-triton-pods:8001"]
-
-    assert hook.main([*run, "inpainter=s3://tire/models/a"]) == 0  # install: version 1
-    assert hook.main([*run, "inpainter=s3://tire/models/a"]) == 0  # an upgrade that changes nothing
-    assert published == [("inpainter", "s3://tire/models/a", "10.0.0.1:8001")]
-    assert loaded == [("10.0.0.2:8001", model.name) for model in triton_model.MODELS]
-    assert hook.main([*run, "inpainter=s3://tire/models/b"]) == 0  # a model swap: version 2
-    assert [weights for _, weights, _ in published] == ["s3://tire/models/a", "s3://tire/models/b"]
-    assert model_repository.published_versions(store, repository, triton_model.MODELS) == [1, 2]

@@ -326,6 +326,17 @@ def test_models_publish_list_and_rollback_through_a_repository_in_the_store(
         settings = [store.get_bytes(f"{repository}/{INPAINT.name}/{v}/backend.json") for v in (1, 3)]
         assert settings[0] == settings[1] and TritonInpaintBackend(server.url).model_version == "3"
 
+        # What a deployment runs after every install and upgrade: weights served already change nothing.
+        sync = ["models", "sync", "--repository", repository, "--triton", server.url]
+        assert main([*sync, f"inpainter={weights}"]) == 0
+        assert "already serves" in capsys.readouterr().out
+        swapped = f"s3://{s3.bucket}/models/tiny-inpaint-retrained"
+        store.upload_folder(model, swapped)
+        assert main([*sync, f"inpainter={swapped}"]) == 0
+        assert "version 4" in capsys.readouterr().out
+        assert published_versions(store, repository, MODELS) == [1, 2, 3, 4]
+        assert TritonInpaintBackend(server.url).model_version == "4"
+
 
 def test_a_job_finishes_with_the_same_outputs_when_triton_dies_mid_job(model, tmp_path):
     repository = tmp_path / "repository"

@@ -151,6 +151,15 @@ def published_versions(store, repository: str, models: Sequence[TritonModel]) ->
     return sorted(set.intersection(*found.values())) if found else []
 
 
+def newest_settings(store, repository: str, models: Sequence[TritonModel]) -> tuple[int, dict | None]:
+    """The newest version of ``models`` under ``repository`` and the settings it serves ((0, None): none)."""
+    versions = published_versions(store, repository, models)
+    if not versions:
+        return 0, None
+    key = f"{repository.rstrip('/')}/{models[0].name}/{versions[-1]}/{SETTINGS_FILE}"
+    return versions[-1], json.loads(store.get_bytes(key))
+
+
 def publish(store, repository: str, models: Sequence[TritonModel], settings: Mapping, triton_url: str) -> int:
     """Publish the next version of ``models``: write it under ``repository`` (an ``s3://`` prefix of
     ``store``, the repository Triton reads) and ask the Triton at ``triton_url`` to load it.
@@ -192,8 +201,8 @@ def rollback(store, repository: str, models: Sequence[TritonModel], version: int
         ObjectNotFound: no such version under ``repository``.
         TritonLoadError: as ``publish``.
     """
-    folder = f"{repository.rstrip('/')}/{models[0].name}/{version}"
-    settings = json.loads(store.get_bytes(f"{folder}/{SETTINGS_FILE}"))
+    key = f"{repository.rstrip('/')}/{models[0].name}/{version}/{SETTINGS_FILE}"
+    settings = json.loads(store.get_bytes(key))
     return publish(store, repository, models, settings, triton_url)
 
 

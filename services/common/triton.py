@@ -67,6 +67,40 @@ def load_model(url: str, model: str) -> None:
             raise TritonLoadError(f"Triton did not load model {model!r}: {exc.message()}") from exc
 
 
+def ready_servers(target: str, wait_s: float = 600.0, poll_s: float = 5.0) -> list[str]:
+    """The ready Triton servers at ``target`` (``host:port``; a Kubernetes headless Service's name
+    resolves to one address per ready pod), as ``ip:port``; waits up to ``wait_s`` for one.
+
+    Raises:
+        Unavailable: none was ready in time.
+    """
+    import socket
+
+    import tritonclient.grpc as triton_grpc
+
+    host, _, port = target.rpartition(":")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            found = {info[4][0] for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)}
+        except socket.gaierror:
+            found = set()
+        ready = []
+        for ip in sorted(found):
+            address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            try:
+                with triton_grpc.InferenceServerClient(address) as client:
+                    if client.is_server_ready():
+                        ready.append(address)
+            except Exception:  # starting or going away: not ready
+                pass
+        if ready:
+            return ready
+        if time.monotonic() > deadline:
+            raise Unavailable(f"no ready Triton at {target} after {wait_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def model_states(url: str) -> list[tuple[str, str, str, str]]:
     """Every model version the Triton at ``url`` knows: (name, version, state, reason), sorted."""
     import tritonclient.grpc as triton_grpc
