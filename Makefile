@@ -108,12 +108,13 @@ test-fast: $(INSTALLED) $(TRITON_SERVER)
 	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)
-bench: $(INSTALLED)
+bench: $(INSTALLED) $(TRITON_SERVER)
 	$(PY) -m benchmarks.rasterizer
 	$(PY) -m benchmarks.renderers
 	$(PY) -m benchmarks.stages
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.stack
+	$(PY) -m benchmarks.triton
 
 ## bench-gpu: the GPU backends at real sizes (random weights): gsplat against the CPU renderer, and the
 ## diffusion backends at job size (see docs/benchmarks.md); needs CUDA
