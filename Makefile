@@ -105,7 +105,7 @@ test: $(INSTALLED) $(TRITON_SERVER) helm-check
 
 ## test-fast: the suite without the chart check and the tests that start the local stack's processes
 test-fast: $(INSTALLED) $(TRITON_SERVER)
-	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py
+	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py --ignore=tests/test_triton_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)
 bench: $(INSTALLED) $(TRITON_SERVER)

@@ -14,6 +14,7 @@ tensor as zeros, without an error). The server process gets that environment's `
 
 from __future__ import annotations
 
+import copy
 import os
 import queue
 import subprocess
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 import numpy as np
 
@@ -34,6 +35,39 @@ from services.common.store import StoreSettings
 TRITON_HOME = Path(os.environ.get("TIRE_TRITON_HOME", Path(__file__).parents[2] / ".tools" / "triton"))
 """Where ``make triton`` put the server: ``$TIRE_TRITON_HOME``, by default ``.tools/triton``."""
 _HOST = "127.0.0.1"
+
+
+class ServedByTriton:
+    """What every stage backend whose models Triton serves has: ``models``, a ``TritonModels``, and from it
+    what ``Describe``, the health check and a request's ``model_version`` ask of a backend."""
+
+    models: TritonModels
+
+    @property
+    def base_model(self) -> str:
+        """The models it calls, as ``triton://host:port/<model>[/version]``."""
+        return self.models.uri
+
+    @property
+    def device(self) -> str:
+        return self.models.describe()
+
+    @property
+    def model_version(self) -> str:
+        """See ``TritonModels.model_version``."""
+        return self.models.model_version
+
+    def pinned(self, version: str) -> Self:
+        """This backend held to ``version`` (digits); see ``services.common.server.models_at``."""
+        held = copy.copy(self)
+        held.models = self.models.pinned(version)
+        return held
+
+    def ready(self) -> bool:
+        """Whether Triton serves a ready version of every one of its models."""
+        return self.models.ready()
+
+
 CALL_TIMEOUT_S = 3600.0
 """How long a stage service waits for one Triton call (a subject fit is the longest)."""
 _START_TIMEOUT_S = 60.0

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.common.triton import TritonModels
+from services.common.triton import ServedByTriton, TritonModels
 from services.inpainter.contract import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_INFERENCE_STEPS,
@@ -32,7 +32,7 @@ from services.inpainter.contract import (
 from services.inpainter.triton_model import FIT, INPAINT, MODELS
 
 
-class TritonInpaintBackend:
+class TritonInpaintBackend(ServedByTriton):
     """``InpaintBackend`` over Triton's gRPC API.
 
     Args:
@@ -50,28 +50,6 @@ class TritonInpaintBackend:
 
     def __init__(self, url: str, version: str = ""):
         self.models = TritonModels(url, [model.name for model in MODELS], version)
-
-    @property
-    def base_model(self) -> str:
-        """The models it calls, as ``triton://host:port/inpaint[/version]``."""
-        return self.models.uri
-
-    @property
-    def device(self) -> str:
-        return self.models.describe()
-
-    @property
-    def model_version(self) -> str:
-        """See ``TritonModels.model_version``."""
-        return self.models.model_version
-
-    def pinned(self, version: str) -> TritonInpaintBackend:
-        """This backend held to ``version`` (digits)."""
-        return TritonInpaintBackend(self.models.url, self.models.pinned(version).version)
-
-    def ready(self) -> bool:
-        """Whether Triton serves a ready version of both models."""
-        return self.models.ready()
 
     def fit_subject(
         self,

@@ -18,12 +18,12 @@ import numpy as np
 
 from services.common.errors import InvalidArgument
 from services.common.gaussians import Gaussians
-from services.common.triton import TritonModels
+from services.common.triton import ServedByTriton, TritonModels
 from services.common.views import Views
 from services.refiner.triton_model import MODELS, REFINE
 
 
-class TritonRefineBackend:
+class TritonRefineBackend(ServedByTriton):
     """``RefineBackend`` over Triton's gRPC API.
 
     Args:
@@ -42,29 +42,9 @@ class TritonRefineBackend:
         self.models = TritonModels(url, [model.name for model in MODELS], version)
 
     @property
-    def base_model(self) -> str:
-        """The model it calls, as ``triton://host:port/refine[/version]``."""
-        return self.models.uri
-
-    model = base_model
-    """What the refiner's ``Describe`` reports as the model (as ``MvDiffusionBackend.model``)."""
-
-    @property
-    def device(self) -> str:
-        return self.models.describe()
-
-    @property
-    def model_version(self) -> str:
-        """See ``TritonModels.model_version``."""
-        return self.models.model_version
-
-    def pinned(self, version: str) -> TritonRefineBackend:
-        """This backend held to ``version`` (digits)."""
-        return TritonRefineBackend(self.models.url, self.models.pinned(version).version)
-
-    def ready(self) -> bool:
-        """Whether Triton serves a ready version of the ``refine`` model."""
-        return self.models.ready()
+    def model(self) -> str:
+        """What the refiner's ``Describe`` reports as the model (as ``MvDiffusionBackend.model``)."""
+        return self.base_model
 
     def refine(
         self,

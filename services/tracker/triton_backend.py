@@ -16,12 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.errors import InvalidArgument
-from services.common.triton import TritonModels
+from services.common.triton import ServedByTriton, TritonModels
 from services.tracker.cotracker import OrbitVideoTracker, check_video
 from services.tracker.triton_model import MODELS, TRACK
 
 
-class TritonTrackBackend(OrbitVideoTracker):
+class TritonTrackBackend(ServedByTriton, OrbitVideoTracker):
     """``TrackerBackend`` over Triton's gRPC API.
 
     Args:
@@ -36,29 +36,6 @@ class TritonTrackBackend(OrbitVideoTracker):
     def __init__(self, url: str, version: str = "", *, query_stride: int = 1):
         super().__init__(query_stride)
         self.models = TritonModels(url, [model.name for model in MODELS], version)
-
-    @property
-    def base_model(self) -> str:
-        """The model it calls, as ``triton://host:port/track[/version]``."""
-        return self.models.uri
-
-    @property
-    def device(self) -> str:
-        return self.models.describe()
-
-    @property
-    def model_version(self) -> str:
-        """See ``TritonModels.model_version``."""
-        return self.models.model_version
-
-    def pinned(self, version: str) -> TritonTrackBackend:
-        """This backend held to ``version`` (digits)."""
-        version = self.models.pinned(version).version
-        return TritonTrackBackend(self.models.url, version, query_stride=self.query_stride)
-
-    def ready(self) -> bool:
-        """Whether Triton serves a ready version of the ``track`` model."""
-        return self.models.ready()
 
     def predict(
         self, rgb: np.ndarray, queries: np.ndarray, backward: bool, field: str
