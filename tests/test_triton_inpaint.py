@@ -5,6 +5,7 @@ with its reason while the served one keeps answering; a subject it cannot use is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -90,22 +91,37 @@ def views(seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return images, masks, alpha
 
 
-def infer(url: str, images, masks, alpha, subject: bytes, strength: float, seed: int, steps: int = 4):
+def infer(
+    url: str,
+    images,
+    masks,
+    alpha,
+    subject: bytes | None,
+    strength: float,
+    seed: int,
+    steps: int = 4,
+    sha256: str = "",
+):
+    """One ``inpaint`` request; ``subject`` None sends only its ``sha256`` (by reference)."""
+
     def tensor(name: str, array: np.ndarray, datatype: str):
         value = triton_grpc.InferInput(name, list(array.shape), datatype)
         value.set_data_from_numpy(array)
         return value
 
+    sha256 = sha256 or hashlib.sha256(subject).hexdigest()
     inputs = [  # one call: a batch dimension of 1 (the model batches calls dynamically)
         tensor("IMAGES", images[None], "UINT8"),
         tensor("MASKS", masks[None], "BOOL"),
         tensor("ALPHA", alpha[None], "FP32"),
-        tensor("SUBJECT", np.array([[subject]], dtype=object), "BYTES"),
+        tensor("SUBJECT_SHA256", np.array([[sha256.encode()]], dtype=object), "BYTES"),
         tensor("STRENGTH", np.array([[strength]], np.float32), "FP32"),
         tensor("SEED", np.array([[seed]], np.uint64), "UINT64"),
         tensor("NUM_INFERENCE_STEPS", np.array([[steps]], np.int32), "INT32"),
         tensor("GUIDANCE_SCALE", np.array([[7.5]], np.float32), "FP32"),
     ]
+    if subject is not None:
+        inputs.append(tensor("SUBJECT", np.array([[subject]], dtype=object), "BYTES"))
     with triton_grpc.InferenceServerClient(url) as client:
         return client.infer("inpaint", inputs).as_numpy("INPAINTED")[0]
 
@@ -118,6 +134,24 @@ def test_triton_serves_the_same_bytes_as_the_backend_in_process(triton, backend,
     np.testing.assert_array_equal(served, expected)
     np.testing.assert_array_equal(served[~masks], images[~masks])  # unmasked pixels untouched
     assert (served[masks] != images[masks]).any()
+
+
+def test_a_subject_travels_once_then_by_its_sha256(triton, backend, subject):
+    images, masks, alpha = views(seed=5)
+    other = hashlib.sha256(b"an adapter never sent").hexdigest()
+    with pytest.raises(InferenceServerException, match=other) as info:
+        infer(triton.url, images, masks, alpha, None, 0.5, 3, sha256=other)
+    assert info.value.status() == "StatusCode.NOT_FOUND"  # the caller then sends the bytes
+    with pytest.raises(InferenceServerException, match="does not hash") as info:
+        infer(triton.url, images, masks, alpha, subject, 0.5, 3, sha256=other)
+    assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+    infer(triton.url, images, masks, alpha, subject, 0.5, 3)  # held from now on
+    by_reference = infer(
+        triton.url, images, masks, alpha, None, 0.5, 3, sha256=hashlib.sha256(subject).hexdigest()
+    )
+    expected = backend.inpaint(images, masks, alpha, subject, 0.5, 3, num_inference_steps=4)
+    np.testing.assert_array_equal(by_reference, expected)
 
 
 def test_a_subject_the_model_cannot_use_is_an_invalid_argument(triton):

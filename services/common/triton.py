@@ -28,7 +28,7 @@ from typing import IO, Self
 
 import numpy as np
 
-from services.common.errors import FailedPrecondition, InvalidArgument, TireError, Unavailable
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, TireError, Unavailable
 from services.common.s3server import free_port, stop_process
 from services.common.store import StoreSettings
 
@@ -446,8 +446,9 @@ def infer_inputs(inputs: Mapping[str, np.ndarray]) -> list:
 
 def call_error(error: Exception, invalid: Callable[[str], TireError] | str) -> TireError:
     """Triton's error as this project's: a refused input is ``invalid(Triton's sentence)`` (or, given a
-    field name, INVALID_ARGUMENT naming it); an unreachable server UNAVAILABLE (callers retry it); a model
-    with no ready version FAILED_PRECONDITION."""
+    field name, INVALID_ARGUMENT naming it); an unreachable server UNAVAILABLE (callers retry it); what a
+    model says it does not hold (a reference it has no cached copy of) NOT_FOUND; a model with no ready
+    version FAILED_PRECONDITION."""
     status = str(getattr(error, "status", lambda: "")() or "")
     message = error.message() if hasattr(error, "message") else str(error)
     if "INVALID_ARGUMENT" in status:
@@ -456,4 +457,6 @@ def call_error(error: Exception, invalid: Callable[[str], TireError] | str) -> T
         return invalid(message)
     if "UNAVAILABLE" in status:
         return Unavailable(f"Triton is unreachable: {message}")
+    if "NOT_FOUND" in status:
+        return NotFound(f"the model does not hold it: {message}")
     return FailedPrecondition(f"Triton did not run the model: {message}")

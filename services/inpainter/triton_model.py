@@ -4,8 +4,13 @@
 
 Triton runs each class below in its Python backend's stub process: ``initialize`` builds the backend
 from its version's settings (the weights' URI, resolution, batch size; ``services.common.model_repository``)
-on the device Triton gives the instance, ``execute`` runs requests, ``finalize`` lets it go. Subject
-adapters come with each request and stay loaded by sha256, as in the service. No maths lives here.
+on the device Triton gives the instance, ``execute`` runs requests, ``finalize`` lets it go. No maths
+lives here.
+
+Subject adapters travel by reference: a request names its adapter by sha256 and carries its bytes only
+the first time (an SD2 adapter is 13 MB); the model keeps the last ``SUBJECTS_KEPT`` by sha256 and answers
+NOT_FOUND for one it does not hold (a restarted server, another replica), and the caller sends the bytes
+again. Triton never reads the object store on a caller's behalf.
 
 ``inpaint`` batches dynamically: requests that arrive within ``BATCH_DELAY_US`` of each other (the
 targets of a ring, other jobs' calls) reach one ``execute``, and those with the same subject and
@@ -15,7 +20,8 @@ pixels, each with a leading batch dimension of 1 per request:
     IMAGES               UINT8 [1, V, H, W, 3]
     MASKS                BOOL  [1, V, H, W]     True where pixels may change
     ALPHA                FP32  [1, V, H, W]     optional: coverage
-    SUBJECT              BYTES [1, 1]           the subject adapter's safetensors bytes
+    SUBJECT_SHA256       BYTES [1, 1]           the subject adapter's sha256, hex
+    SUBJECT              BYTES [1, 1]           optional: its safetensors bytes (needed once per server)
     STRENGTH             FP32  [1, 1]           in (0, 1]
     SEED                 UINT64 [1, 1]
     NUM_INFERENCE_STEPS  INT32 [1, 1]
@@ -44,6 +50,8 @@ MAX_BATCH_REQUESTS = 8
 """The most ``inpaint`` requests Triton hands one ``execute``."""
 BATCH_DELAY_US = 20_000
 """How long the first ``inpaint`` request waits for others to join its batch (a call takes seconds)."""
+SUBJECTS_KEPT = 16
+"""Subject adapters an ``inpaint`` instance keeps by sha256 (SD2 rank-16 adapters: 13 MB each)."""
 
 _IMAGES = Tensor("IMAGES", "TYPE_UINT8", (-1, -1, -1, 3))
 INPAINT = TritonModel(
@@ -53,7 +61,8 @@ INPAINT = TritonModel(
         _IMAGES,
         Tensor("MASKS", "TYPE_BOOL", (-1, -1, -1)),
         Tensor("ALPHA", "TYPE_FP32", (-1, -1, -1), optional=True),
-        Tensor("SUBJECT", "TYPE_STRING", (1,)),
+        Tensor("SUBJECT_SHA256", "TYPE_STRING", (1,)),
+        Tensor("SUBJECT", "TYPE_STRING", (1,), optional=True),
         Tensor("STRENGTH", "TYPE_FP32", (1,)),
         Tensor("SEED", "TYPE_UINT64", (1,)),
         Tensor("NUM_INFERENCE_STEPS", "TYPE_INT32", (1,)),
@@ -122,14 +131,36 @@ class InpaintModel:
     """``inpaint``: Triton's Python-backend lifecycle around ``SdLoraBackend.inpaint_together``."""
 
     def initialize(self, args: dict[str, str]) -> None:
+        from collections import OrderedDict
+
         self.backend = _backend(args)
+        self.subjects: OrderedDict[str, bytes] = OrderedDict()  # sha256 hex -> adapter, least recent first
+
+    def subject(self, sha256: str, sent: np.ndarray | None) -> bytes:
+        """The adapter ``sha256`` names: ``sent`` (checked against it, then kept) or the one kept.
+
+        Raises:
+            ValueError: ``sent`` does not hash to ``sha256``.
+            KeyError: nothing sent and none kept.
+        """
+        import hashlib
+
+        if sent is not None:
+            data = bytes(sent[0])
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise ValueError(f"SUBJECT does not hash to SUBJECT_SHA256 {sha256}")
+            self.subjects[sha256] = data
+            while len(self.subjects) > SUBJECTS_KEPT:
+                self.subjects.popitem(last=False)
+        self.subjects.move_to_end(sha256)  # KeyError when neither sent nor kept
+        return self.subjects[sha256]
 
     def execute(self, requests: list) -> list:
         import triton_python_backend_utils as pb_utils
 
         from services.inpainter.contract import InpaintCall
 
-        def call(request) -> InpaintCall | ValueError:
+        def call(request) -> InpaintCall | Exception:
             def tensor(name: str) -> np.ndarray | None:
                 found = pb_utils.get_input_tensor_by_name(request, name)
                 if found is None:
@@ -140,11 +171,16 @@ class InpaintModel:
                 return array[0]
 
             try:
+                sha256 = bytes(tensor("SUBJECT_SHA256")[0]).decode("ascii", "replace")
+                try:
+                    subject = self.subject(sha256, tensor("SUBJECT"))
+                except KeyError:
+                    return LookupError(f"subject {sha256} is not held here: send SUBJECT")
                 return InpaintCall(
                     tensor("IMAGES"),
                     tensor("MASKS"),
                     tensor("ALPHA"),
-                    bytes(tensor("SUBJECT")[0]),
+                    subject,
                     float(tensor("STRENGTH")[0]),
                     int(tensor("SEED")[0]),
                     int(tensor("NUM_INFERENCE_STEPS")[0]),
@@ -158,7 +194,10 @@ class InpaintModel:
         results = iter(self.backend.inpaint_together(runnable))
         responses = []
         for result in (next(results) if isinstance(c, InpaintCall) else c for c in calls):
-            if isinstance(result, Exception):  # a subject it cannot use, a bad input
+            if isinstance(result, LookupError):  # a subject not held: the caller sends its bytes
+                error = pb_utils.TritonError(str(result), pb_utils.TritonError.NOT_FOUND)
+                responses.append(pb_utils.InferenceResponse(error=error))
+            elif isinstance(result, Exception):  # a subject it cannot use, a bad input
                 error = pb_utils.TritonError(str(result), pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
             else:
