@@ -25,7 +25,8 @@ default) of a 50-step schedule (15 steps run), guidance 7.5. The subject is fitt
    taking turns (so drift on a shared machine hits them alike); median and 90th percentile. A second
    row sends the same view with an empty mask: nothing to denoise, so its time is the call's own cost;
    a third does so with a subject the size of a real SD2 adapter of rank 16 (13.3 MB; random bytes,
-   which an empty mask never reads), since every request carries its subject.
+   which an empty mask never reads): its bytes travel with the first request only, the others name it
+   by sha256 (``TritonInpaintBackend``).
    ``fit_subject`` (a few LoRA steps, streamed from Triton step by step) is timed both ways too.
 2. Throughput: 1, 2 and 4 threads (a ring's targets, or several jobs) each send ``--per-caller``
    inpaint calls back to back; calls per second over the wall time, the median of ``--repeats`` runs
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
 
             # 1. Per-call overhead.
             rows = {}
-            # An SD2-size adapter's bytes: unread with an empty mask, but carried by every request.
+            # An SD2-size adapter's bytes: unread with an empty mask; sent once, then named by sha256.
             sd2_subject = np.random.default_rng(0).bytes(sd2_adapter_bytes())
             for label, the_call, the_subject in (
                 (f"inpaint, strength {STRENGTH}", call, subject),
