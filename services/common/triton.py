@@ -70,6 +70,13 @@ class ServedByTriton:
 
 CALL_TIMEOUT_S = 3600.0
 """How long a stage service waits for one Triton call (a subject fit is the longest)."""
+RECONNECT_BACKOFF_MS = 2000
+"""The longest a stage's channel to Triton waits between attempts to reach it again."""
+_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", -1),  # views and adapters: no limit, as tritonclient's default
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+]
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
 
@@ -312,16 +319,20 @@ class TritonModels:
         ImportError: ``tritonclient`` is not installed (at construction, not at the first call).
     """
 
-    def __init__(self, url: str, names: Sequence[str], version: str = ""):
-        import tritonclient.grpc  # noqa: F401
+    def __init__(self, url: str, names: Sequence[str], version: str = "", _client=None):
+        import tritonclient.grpc as triton_grpc
 
         self.url, self.names, self.version = url, tuple(names), version
+        # One channel for every unary call (its methods are thread-safe), shared by the pinned copies;
+        # streams open their own (start_stream is not). It redials a restarted server within
+        # RECONNECT_BACKOFF_MS, not gRPC's default of up to 120 s.
+        self.client = _client or triton_grpc.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
 
     def pinned(self, version: str) -> TritonModels:
         """These models held to ``version`` (digits)."""
         if not version.isdigit():
             raise InvalidArgument("model_version", version, "must be a Triton model version (digits)")
-        return TritonModels(self.url, self.names, version)
+        return TritonModels(self.url, self.names, version, self.client)
 
     @property
     def uri(self) -> str:
@@ -342,13 +353,11 @@ class TritonModels:
         """
         if self.version:
             return self.version
-        import tritonclient.grpc as triton_grpc
 
-        with triton_grpc.InferenceServerClient(self.url) as client:
-            try:
-                index = client.get_model_repository_index().models
-            except Exception as exc:
-                raise call_error(exc, "model_version") from exc
+        try:
+            index = self.client.get_model_repository_index().models
+        except Exception as exc:
+            raise call_error(exc, "model_version") from exc
         ready = [
             int(m.version)
             for m in index
@@ -358,11 +367,9 @@ class TritonModels:
 
     def ready(self) -> bool:
         """Whether Triton serves a ready version (the pinned one, or any) of every model."""
-        import tritonclient.grpc as triton_grpc
 
         try:
-            with triton_grpc.InferenceServerClient(self.url) as client:
-                return all(client.is_model_ready(name, self.version) for name in self.names)
+            return all(self.client.is_model_ready(name, self.version) for name in self.names)
         except Exception:  # unreachable: not ready
             return False
 
@@ -380,15 +387,13 @@ class TritonModels:
             TireError: ``invalid(Triton's sentence)`` for an input the model refused; ``Unavailable``
                 when Triton is unreachable; ``FailedPrecondition`` when it has no ready version.
         """
-        import tritonclient.grpc as triton_grpc
 
-        with triton_grpc.InferenceServerClient(self.url) as client:
-            try:
-                result = client.infer(
-                    name, infer_inputs(inputs), model_version=self.version, client_timeout=timeout_s
-                )
-            except Exception as exc:
-                raise call_error(exc, invalid) from exc
+        try:
+            result = self.client.infer(
+                name, infer_inputs(inputs), model_version=self.version, client_timeout=timeout_s
+            )
+        except Exception as exc:
+            raise call_error(exc, invalid) from exc
         return {out.name: result.as_numpy(out.name) for out in result.get_response().outputs}
 
     def stream(
@@ -446,9 +451,9 @@ def infer_inputs(inputs: Mapping[str, np.ndarray]) -> list:
 
 def call_error(error: Exception, invalid: Callable[[str], TireError] | str) -> TireError:
     """Triton's error as this project's: a refused input is ``invalid(Triton's sentence)`` (or, given a
-    field name, INVALID_ARGUMENT naming it); an unreachable server UNAVAILABLE (callers retry it); what a
-    model says it does not hold (a reference it has no cached copy of) NOT_FOUND; a model with no ready
-    version FAILED_PRECONDITION."""
+    field name, INVALID_ARGUMENT naming it); an unreachable server, or one that has not loaded the model
+    (yet), UNAVAILABLE (callers retry it); what a model says it does not hold (a reference it has no
+    cached copy of) NOT_FOUND; anything else FAILED_PRECONDITION."""
     status = str(getattr(error, "status", lambda: "")() or "")
     message = error.message() if hasattr(error, "message") else str(error)
     if "INVALID_ARGUMENT" in status:
@@ -457,6 +462,9 @@ def call_error(error: Exception, invalid: Callable[[str], TireError] | str) -> T
         return invalid(message)
     if "UNAVAILABLE" in status:
         return Unavailable(f"Triton is unreachable: {message}")
+    if "NOT_FOUND" in status and "unknown model" in message:
+        # A server that has not loaded the model (yet): just restarted, or loading it.
+        return Unavailable(f"Triton does not serve the model now: {message}")
     if "NOT_FOUND" in status:
         return NotFound(f"the model does not hold it: {message}")
     return FailedPrecondition(f"Triton did not run the model: {message}")
