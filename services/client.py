@@ -21,7 +21,8 @@ import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common.clients import dial
-from services.common.store import BlobStore, content_sha256
+from services.common.errors import IntegrityError
+from services.common.store import BlobStore, addressed_sha256, content_sha256
 
 
 def coordinator_stub(target: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
@@ -80,24 +81,44 @@ def download(stub, job: coordinator_pb2.Job, out: Path) -> list[Path]:
 
 
 def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[Path]:
-    """Write a finished job's outputs under ``out``; return the paths written."""
+    """Write a finished job's outputs under ``out``; return the paths written.
+
+    Every output is content-addressed: bytes that do not hash to the sha256 its reference (or its URI)
+    names are not written.
+
+    Raises:
+        IntegrityError: an output's bytes are not the ones the job wrote (replaced in the store), or its
+            URI names no sha256 to check them against.
+    """
     out.mkdir(parents=True, exist_ok=True)
     outputs = job.outputs
     written = []
 
-    def save(name: str, uri: str) -> None:
+    def save(name: str, uri: str, sha256: str = "") -> None:
+        data = store.get_bytes(uri)
+        expected = sha256 or addressed_sha256(uri)
+        if expected is None:
+            raise IntegrityError(f"{name}: {uri} names no sha256 to check its bytes against; not saved")
+        if content_sha256(data) != expected:
+            raise IntegrityError(
+                f"{name}: the bytes at {uri} hash to {content_sha256(data)}, not {expected} as the job "
+                "wrote them (replaced in the store?); not saved"
+            )
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(store.get_bytes(uri))
+        path.write_bytes(data)
         written.append(path)
 
     frames = outputs.repaired.frames
     for t, ref in enumerate(frames):
-        save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri)
-    save("contact_sheet.png", outputs.contact_sheet.uri)
-    save("change_map.png", outputs.change_map.uri)
-    save("turntable.gif", outputs.turntable.uri)
-    save("report.json", outputs.report.uri)
+        save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri, ref.sha256)
+    for name, ref in (
+        ("contact_sheet.png", outputs.contact_sheet),
+        ("change_map.png", outputs.change_map),
+        ("turntable.gif", outputs.turntable),
+        ("report.json", outputs.report),
+    ):
+        save(name, ref.uri, ref.sha256)
     for ring in outputs.rings:
         prefix = f"rings/t{ring.time_step}_ring{ring.ring}" if len(frames) > 1 else f"rings/ring{ring.ring}"
         for azimuth, overlay, inpainted in zip(

@@ -114,3 +114,33 @@ def test_publish_options_are_json_values_or_strings():
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         version_options(["trust_remote_code"])
+
+
+def test_outputs_replaced_in_the_store_are_refused_not_saved(store, tmp_path):
+    import urllib.request
+
+    from tire.v1 import common_pb2, coordinator_pb2
+
+    from services.client import save_outputs
+    from services.common.errors import IntegrityError
+
+    ref = store.put_bytes(b"ply\nthe repaired asset\n", suffix=".ply")
+    outputs = coordinator_pb2.JobOutputs(
+        repaired=common_pb2.AssetRef(frames=[ref]),
+        contact_sheet=ref,
+        change_map=ref,
+        turntable=ref,
+        report=ref,
+    )
+    job = coordinator_pb2.Job(id="job-000000000001", outputs=outputs)
+    assert len(save_outputs(job, store, tmp_path / "before")) == 5
+
+    # Another client's PUT over the finished job's object, as the store still lets one (issue 14).
+    put = urllib.request.Request(
+        store.presigned_put(ref.sha256, suffix=".ply"), data=b"garbage", method="PUT"
+    )
+    urllib.request.urlopen(put, timeout=30).close()
+    assert store.get_bytes(ref.uri) == b"garbage"
+    with pytest.raises(IntegrityError, match=r"repaired\.ply: the bytes at .* hash to"):
+        save_outputs(job, store, tmp_path / "after")
+    assert not (tmp_path / "after" / "repaired.ply").exists()

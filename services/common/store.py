@@ -172,6 +172,16 @@ def content_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_CONTENT_KEY = re.compile(r"sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})(\.[A-Za-z0-9_.-]+)?")
+
+
+def addressed_sha256(uri: str) -> str | None:
+    """The sha256 a content-addressed object's URI names (its key is ``content_key``'s), else None."""
+    key = uri.removeprefix("s3://").partition("/")[2]
+    match = _CONTENT_KEY.fullmatch(key)
+    return match.group(2) if match else None
+
+
 def content_key(sha256: str, suffix: str = "") -> str:
     """The key of the object whose bytes hash to ``sha256``: ``sha256/ab/ab12...<suffix>``.
 

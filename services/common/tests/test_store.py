@@ -415,3 +415,13 @@ def test_list_prefix_and_remove(any_store, tmp_path):
     assert any_store.list_prefix(any_store.uri_for("nothing-here")) == []
     any_store.remove([uri for uri in written if uri.endswith("backend.json")] + [any_store.uri_for("absent")])
     assert any_store.list_prefix(prefix) == ["inpaint/config.pbtxt"]
+
+
+def test_a_content_addressed_uri_names_its_sha256():
+    from services.common.store import addressed_sha256
+
+    sha = hashlib.sha256(b"x").hexdigest()
+    assert addressed_sha256(f"s3://tire/{content_key(sha, '.ply')}") == sha
+    assert addressed_sha256(f"s3://tire/{content_key(sha)}") == sha
+    assert addressed_sha256(f"s3://tire/sha256/00/{sha}.ply") is None  # the wrong fan-out folder
+    assert addressed_sha256("s3://tire/uploads/report.json") is None
