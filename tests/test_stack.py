@@ -256,6 +256,7 @@ def test_job_through_the_stack_matches_embedded_mode(stub, spec, finished_job, e
         timeout=30,
     ).uploads
     assert not repeated.needs_upload and repeated.object == spec.asset.frames[0]
+    assert repeated.put_url == ""  # nothing to write over what the first job reads
 
     # ListJobs shows it; the same request id gives the same job, not a new one.
     listed = stub.ListJobs(JOB.ListJobsRequest(), timeout=30).jobs

@@ -125,15 +125,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     f"{field}.media_type", file.media_type, f"must be one of {sorted(_SUFFIXES)}"
                 )
             uri = self.store.uri_for(content_key(file.sha256, suffix))
+            needed = not self.store.exists(uri)
             uploads.append(
                 coordinator_pb2.Upload(
                     name=file.name,
-                    put_url=self.store.presigned_put(file.sha256, suffix=suffix, expires=expires),
+                    # No URL for an object that exists: a PUT would write over what jobs may be reading.
+                    put_url=self.store.presigned_put(file.sha256, suffix=suffix, expires=expires)
+                    if needed
+                    else "",
                     object=common_pb2.ObjectRef(
                         uri=uri, sha256=file.sha256, size_bytes=file.size_bytes, media_type=file.media_type
                     ),
                     expires_at=expires_at,
-                    needs_upload=not self.store.exists(uri),
+                    needs_upload=needed,
                 )
             )
         return coordinator_pb2.CreateUploadResponse(uploads=uploads)
