@@ -41,7 +41,7 @@ from services.coordinator.framing_check import frame_job
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
-from services.coordinator.spec import resolve_spec
+from services.coordinator.spec import check_uploaded, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def SubmitJob(self, request, context):
         spec = resolve_spec(request.spec)
+        check_uploaded(spec, self.store.uri_for(""))
         spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
         job, created = self.jobs.create(spec, request.request_id)
         if created:

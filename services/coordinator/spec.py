@@ -18,7 +18,9 @@ import re
 from tire.v1 import coordinator_pb2
 
 from services.common import validation
+from services.common.errors import InvalidArgument
 from services.common.fit_settings import resolve_fit_settings
+from services.common.store import addressed_sha256
 from services.common.validation import require
 from services.coordinator import schedule
 
@@ -135,6 +137,34 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
             f"must hold at most {MAX_LABEL_VALUE_CHARS} characters",
         )
     return resolved
+
+
+def check_uploaded(spec: coordinator_pb2.JobSpec, bucket_uri: str, field: str = "spec") -> None:
+    """A client's job reads only what was uploaded to this deployment: each frame and reference must be
+    a content-addressed object (``sha256/ab/<sha256><suffix>``, what ``CreateUpload`` hands out) under
+    ``bucket_uri`` (``s3://<the store's bucket>/``), its ``sha256`` the one its key names.
+
+    Raises:
+        InvalidArgument: naming the reference's ``uri`` or ``sha256`` field and saying why.
+    """
+    refs = [(f"{field}.asset.frames[{i}]", ref) for i, ref in enumerate(spec.asset.frames)]
+    refs += [(f"{field}.references[{i}]", ref) for i, ref in enumerate(spec.references)]
+    for name, ref in refs:
+        if not ref.uri.startswith(bucket_uri):
+            raise InvalidArgument(
+                f"{name}.uri", ref.uri, f"must be an object of this deployment ({bucket_uri}...): upload it"
+            )
+        addressed = addressed_sha256(ref.uri)
+        if addressed is None:
+            raise InvalidArgument(
+                f"{name}.uri",
+                ref.uri,
+                "must be a content-addressed key sha256/ab/<sha256><suffix>: upload it",
+            )
+        if ref.sha256 != addressed:
+            raise InvalidArgument(
+                f"{name}.sha256", ref.sha256 or "(unset)", "must be the sha256 its URI names"
+            )
 
 
 def _check_object(ref, field: str) -> None:

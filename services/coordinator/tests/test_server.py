@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,26 @@ def test_submit_is_idempotent_for_a_request_id(servicer, store):
 def test_bad_specs_are_invalid_argument_naming_the_field(servicer, store, fields, field):
     with pytest.raises(InvalidArgument, match=rf"`{field}"):
         servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store, **fields)), None)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "why"),
+    [
+        (dict(uri="s3://otherbucket/private/secret.ply"), "asset.frames[0].uri", "object of this deployment"),
+        (dict(uri_key="uploads/monkey.ply"), "asset.frames[0].uri", "content-addressed"),
+        (dict(sha256=""), "asset.frames[0].sha256", "the sha256 its URI names"),
+        (dict(sha256="0" * 64), "asset.frames[0].sha256", "the sha256 its URI names"),
+    ],
+)
+def test_a_job_reads_only_objects_uploaded_to_this_deployment(servicer, store, change, field, why):
+    bad = spec(store)
+    frame = bad.asset.frames[0]
+    if "uri_key" in change:
+        frame.uri = store.uri_for(change.pop("uri_key"))
+    for name, value in change.items():
+        setattr(frame, name, value)
+    with pytest.raises(InvalidArgument, match=rf"`spec\.{re.escape(field)}`.*{why}"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), None)
 
 
 def test_a_spec_without_references_is_refused(servicer, store):
