@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.common.clients import wait_serving
-from services.common.s3server import LocalS3, free_port
+from services.common.local_server import free_port
+from services.common.s3server import LocalS3
 from services.common.store import ObjectStore
 
 

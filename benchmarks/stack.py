@@ -38,7 +38,7 @@ from tire.v1 import common_pb2, coordinator_pb2
 
 from benchmarks.rasterizer import cpu_name
 from services.client import coordinator_stub, upload
-from services.common.s3server import free_port
+from services.common.local_server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore

@@ -23,8 +23,8 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from conftest import ServiceProcess
 from services.client import upload
 from services.common.clients import dial
+from services.common.local_server import free_port
 from services.common.registry import STAGE_NAMES
-from services.common.s3server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore

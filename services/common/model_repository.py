@@ -140,15 +140,29 @@ def ensure_repository(store, repository: str) -> bool:
     return True
 
 
-def published_versions(store, repository: str, models: Sequence[TritonModel]) -> list[int]:
-    """The versions of ``models`` under ``repository`` (an ``s3://`` prefix of ``store``), sorted: those
-    that every one of the models has."""
+def _versions_of_each(store, repository: str, models: Sequence[TritonModel]) -> list[set[int]]:
+    """For each of ``models``, the versions it has under ``repository`` (one listing of the prefix)."""
     found: dict[str, set[int]] = {model.name: set() for model in models}
     for key in store.list_prefix(repository):
         parts = key.split("/")
         if len(parts) == 3 and parts[0] in found and parts[1].isdigit() and parts[2] == SETTINGS_FILE:
             found[parts[0]].add(int(parts[1]))
-    return sorted(set.intersection(*found.values())) if found else []
+    return list(found.values())
+
+
+def published_versions(store, repository: str, models: Sequence[TritonModel]) -> list[int]:
+    """The versions of ``models`` under ``repository`` (an ``s3://`` prefix of ``store``), sorted: those
+    that every one of the models has."""
+    return sorted(set.intersection(*_versions_of_each(store, repository, models))) if models else []
+
+
+def settings_of(store, repository: str, models: Sequence[TritonModel], version: int) -> dict:
+    """What version ``version`` of ``models`` serves (its ``backend.json``).
+
+    Raises:
+        ObjectNotFound: no such version under ``repository``.
+    """
+    return json.loads(store.get_bytes(f"{repository.rstrip('/')}/{models[0].name}/{version}/{SETTINGS_FILE}"))
 
 
 def newest_settings(store, repository: str, models: Sequence[TritonModel]) -> tuple[int, dict | None]:
@@ -156,8 +170,7 @@ def newest_settings(store, repository: str, models: Sequence[TritonModel]) -> tu
     versions = published_versions(store, repository, models)
     if not versions:
         return 0, None
-    key = f"{repository.rstrip('/')}/{models[0].name}/{versions[-1]}/{SETTINGS_FILE}"
-    return versions[-1], json.loads(store.get_bytes(key))
+    return versions[-1], settings_of(store, repository, models, versions[-1])
 
 
 def publish(store, repository: str, models: Sequence[TritonModel], settings: Mapping, triton_url: str) -> int:
@@ -173,8 +186,8 @@ def publish(store, repository: str, models: Sequence[TritonModel], settings: Map
     """
     from services.common.triton import TritonLoadError, load_model
 
-    existing = {v for model in models for v in published_versions(store, repository, [model])}
-    version = max(existing, default=0) + 1
+    # After every version any of the models has, a version folder left half-written included.
+    version = max(set().union(*_versions_of_each(store, repository, models)), default=0) + 1
     with tempfile.TemporaryDirectory() as folder:
         write_version(folder, models, version, settings)
         written = store.upload_folder(folder, repository)
@@ -201,9 +214,7 @@ def rollback(store, repository: str, models: Sequence[TritonModel], version: int
         ObjectNotFound: no such version under ``repository``.
         TritonLoadError: as ``publish``.
     """
-    key = f"{repository.rstrip('/')}/{models[0].name}/{version}/{SETTINGS_FILE}"
-    settings = json.loads(store.get_bytes(key))
-    return publish(store, repository, models, settings, triton_url)
+    return publish(store, repository, models, settings_of(store, repository, models, version), triton_url)
 
 
 # -- inside Triton: a model instance's view of its version ------------------------------------------------

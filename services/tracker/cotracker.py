@@ -38,6 +38,7 @@ query is never more than (s - 1) * sqrt(2) pixels away, and thin parts keep thei
 from __future__ import annotations
 
 import pickle
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -236,7 +237,7 @@ def load_predictor(predictor_type: type, checkpoint: str, device: torch.device) 
     return predictor.to(device).eval()
 
 
-class OrbitVideoTracker:
+class OrbitVideoTracker(ABC):
     """``track`` and ``locate_unobserved`` over the orbit video, with the video tracker behind ``predict``
     (module docstring); subclasses say where the model runs.
 
@@ -250,10 +251,11 @@ class OrbitVideoTracker:
     def __init__(self, query_stride: int = 1):
         self.query_stride = int(query_stride)
 
+    @abstractmethod
     def predict(
         self, rgb: np.ndarray, queries: np.ndarray, backward: bool, field: str
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Track ``queries`` through one video with CoTracker3.
+        """Track ``queries`` through one video with CoTracker3 (where it runs is the subclass's).
 
         Args:
             rgb: ``[T, H, W, 3]`` uint8 frames.
@@ -268,7 +270,6 @@ class OrbitVideoTracker:
         Raises:
             InvalidArgument: frames or queries it cannot track (``check_video``).
         """
-        raise NotImplementedError
 
     def track(self, frames: Views, queries: np.ndarray, backward: bool) -> tuple[np.ndarray, np.ndarray]:
         """See ``TrackerBackend.track``. Needs ``frames.rgb``.
