@@ -2,6 +2,7 @@
 processes started on loopback against it."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -149,8 +150,13 @@ def tire_up() -> Callable:
             yield f"127.0.0.1:{base}", process, "".join(lines)
         finally:
             if process.poll() is None:
-                process.kill()
-                process.wait()
+                # As Ctrl-C: tire up stops what it started (services, S3, Triton); a kill would orphan them.
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
             process.stdout.close()
 
     return run
