@@ -37,7 +37,7 @@ import numba
 from tire.v1 import common_pb2, coordinator_pb2
 
 from benchmarks.rasterizer import cpu_name
-from services.client import coordinator_stub, upload
+from services.client import Credentials, coordinator_stub, upload
 from services.common.local_server import free_port
 from services.common.store import MemoryStore
 from services.coordinator.framing_check import frame_job
@@ -146,23 +146,25 @@ class Embedded:
 
 
 @contextmanager
-def stack_processes(folder: Path) -> Iterator[tuple[str, dict[str, int]]]:
+def stack_processes(folder: Path) -> Iterator[tuple[str, Credentials, dict[str, int]]]:
     """The local stack as ``tire up`` starts it (``services.stack.local_stack``), on free ports, without
-    metrics; yields the coordinator's target and each process's id by name (rclone's too)."""
+    metrics; yields the coordinator's target, its principal's credentials and each process's id by name
+    (rclone's too)."""
     ports = {service.name: free_port() for service in SERVICES}
     with local_stack(folder, ports, timeout_s=START_TIMEOUT_S, metrics=False) as stack:
         pids = {name: process.pid for name, process in stack.processes.items()}
         rclone = set(children(os.getpid())) - set(pids.values())  # the S3 server: the other child
         if len(rclone) == 1:
             pids["s3 (rclone)"] = rclone.pop()
-        yield f"127.0.0.1:{ports['coordinator']}", pids
+        credentials = Credentials(token=stack.token_file.read_text().strip())
+        yield f"127.0.0.1:{ports['coordinator']}", credentials, pids
 
 
 class Stack:
     """Jobs submitted to a coordinator of the local stack, as ``tire submit --watch`` submits them."""
 
-    def __init__(self, target: str, pids: dict[str, int]) -> None:
-        self.stub = coordinator_stub(target)
+    def __init__(self, target: str, credentials: Credentials, pids: dict[str, int]) -> None:
+        self.stub = coordinator_stub(target, credentials)
         self.pids = {**pids, "this process (client)": os.getpid()}
         self.frames = upload(self.stub, [MONKEY], "application/x-ply")
         self.references = upload(self.stub, [REFERENCE], "image/png")
@@ -204,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
 
     runs: dict[str, list[Run]] = {"embedded": [], "stack": []}
     with tempfile.TemporaryDirectory(prefix="tire-bench-stack-") as folder:
-        with stack_processes(Path(folder)) as (target, pids):
-            modes = {"embedded": Embedded(), "stack": Stack(target, pids)}
+        with stack_processes(Path(folder)) as (target, credentials, pids):
+            modes = {"embedded": Embedded(), "stack": Stack(target, credentials, pids)}
             for mode in modes.values():
                 mode.run(0, args.quick)  # warm-up
             for repeat in range(1, args.repeats + 1):

@@ -4,7 +4,9 @@
     tire up [--triton]                         the local stack: S3 server, five stages, coordinator
                                                (and tritonserver, serving the neural stages' models)
     tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch]
-    tire watch JOB | get JOB [-o OUT] | cancel JOB | list     (all take --coordinator)
+    tire watch JOB | get JOB [-o OUT] | cancel JOB | delete JOB | list     (all take --coordinator)
+    tire tokens new NAME [--admin]            a bearer token for principal NAME, and its entry for the
+                                               coordinator's tokens file
     tire describe [--coordinator HOST:PORT]   each stage's backend, model, version and device
     tire models push FOLDER s3://BUCKET/PREFIX  put a model folder in the object store (TIRE_S3_*)
     tire models publish STAGE WEIGHTS --repository s3://BUCKET/PREFIX --triton HOST:PORT
@@ -16,6 +18,11 @@
 
 ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
 PNG of the subject seen from the front, or a folder of them, one per time step.
+
+Commands that call a coordinator send the token of ``--token-file``, ``TIRE_TOKEN``, ``TIRE_TOKEN_FILE``,
+``~/.config/tire/token`` or ``out/stack/token`` (``tire up``'s), the first found, over TLS (CA
+certificates from ``--ca-file`` or ``TIRE_CA_FILE``) unless the coordinator is on this machine or
+``--plaintext`` is given.
 """
 
 from __future__ import annotations
@@ -33,7 +40,15 @@ from pathlib import Path
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2
 
-from services.client import coordinator_stub, download, remote_events, save_outputs, upload
+from services.client import (
+    LOCAL_TOKEN_FILE,
+    Credentials,
+    coordinator_stub,
+    download,
+    remote_events,
+    save_outputs,
+    upload,
+)
 from services.common import registry
 from services.common.errors import ConfigError, TireError
 from services.common.registry import BASE_PORT, COORDINATOR
@@ -255,6 +270,8 @@ def stack_up(args: argparse.Namespace) -> int:
     """``tire up``: the local stack until Ctrl-C."""
     state = Path(args.state)
     ports = local_ports(args.port)
+    # Ctrl-C stops the stack even when started where SIGINT is ignored (a background job of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with local_stack(state, ports, timeout_s=args.timeout, triton=args.triton) as stack:
             s3, processes = stack.s3, stack.processes
@@ -269,6 +286,12 @@ def stack_up(args: argparse.Namespace) -> int:
                 f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
             )
             print(f"The store's TIRE_S3_* variables, for tire models: set -a; . {stack.store_env}")
+            found = (
+                "tire finds it from this folder"
+                if stack.token_file.resolve() == LOCAL_TOKEN_FILE.resolve()
+                else (f"export TIRE_TOKEN_FILE={stack.token_file}")
+            )
+            print(f"Principal 'local': its token is in {stack.token_file} ({found})")
             print("Ctrl-C stops everything.", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
             while all(p.poll() is None for p in processes.values()):
@@ -286,7 +309,8 @@ def stack_up(args: argparse.Namespace) -> int:
 
 def describe(args: argparse.Namespace) -> int:
     if args.coordinator:
-        info = coordinator_stub(args.coordinator).Describe(common_pb2.DescribeRequest(), timeout=30)
+        stub = coordinator_stub(args.coordinator, credentials(args))
+        info = stub.Describe(common_pb2.DescribeRequest(), timeout=30)
         print(f"coordinator  {info.version}")
         for key, value in sorted(info.settings.items()):
             if key.startswith("stage."):
@@ -422,6 +446,33 @@ def list_models(repository: str, triton: str) -> int:
     return 0
 
 
+# ----- credentials --------------------------------------------------------------------------------
+
+
+def credentials(args: argparse.Namespace) -> Credentials:
+    return Credentials.from_env(args.token_file, args.ca_file, args.plaintext)
+
+
+def new_token_entry(principal: str, admin: bool) -> int:
+    """``tire tokens new``: a fresh token on stdout's first line, its entry on the second."""
+    from services.coordinator.auth import new_token, token_entry
+
+    token = new_token()
+    try:
+        entry = token_entry(token, principal, admin)
+    except ValueError as exc:
+        print(f"tire: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    print(entry)
+    print(
+        "Hand the token (first line) to its user; add the entry (second line) to the coordinator's "
+        "tokens file (TIRE_COORDINATOR_TOKENS_FILE, the chart's tokens Secret). Only its hash is kept.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 # ----- main --------------------------------------------------------------------------------------
 
 
@@ -449,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     submit = commands.add_parser("submit", help="submit a job to a coordinator")
     add_spec_arguments(submit)
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
-    for name, text in (("watch", "follow a job"), ("get", "a job's state"), ("cancel", "cancel a job")):
+    for name, text in (
+        ("watch", "follow a job"),
+        ("get", "a job's state"),
+        ("cancel", "cancel a job"),
+        ("delete", "delete a finished job and the files only it uses"),
+    ):
         command = commands.add_parser(name, help=text)
         command.add_argument("job_id")
         if name == "get":
@@ -488,10 +544,32 @@ def main(argv: list[str] | None = None) -> int:
     for command in (publish, listing_models, rollback, sync):
         command.add_argument("--repository", required=True, help="Triton's repository: s3://BUCKET/PREFIX")
         command.add_argument("--triton", required=True, help="Triton's gRPC address, HOST:PORT")
-    for command in (submit, commands.choices["watch"], commands.choices["get"], commands.choices["cancel"]):
-        command.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
-    listing.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
-    info.add_argument("--coordinator", default="", help="HOST:PORT; without it, the embedded stages")
+    tokens = commands.add_parser("tokens", help="bearer tokens for the coordinator")
+    token_actions = tokens.add_subparsers(dest="action", required=True)
+    new = token_actions.add_parser("new", help="a new token for a principal, and its tokens-file entry")
+    new.add_argument("principal", help="1 to 64 characters of [a-z0-9._@-]")
+    new.add_argument("--admin", action="store_true", help="the principal sees every principal's jobs")
+    remote = [
+        submit,
+        listing,
+        info,
+        *(commands.choices[name] for name in ("watch", "get", "cancel", "delete")),
+    ]
+    for command in remote:
+        default, text = (
+            ("", "HOST:PORT; without it, the embedded stages")
+            if command is info
+            else (
+                DEFAULT_COORDINATOR,
+                "HOST:PORT",
+            )
+        )
+        command.add_argument("--coordinator", default=default, help=text)
+        command.add_argument("--token-file", default="", help="a file holding the bearer token")
+        command.add_argument("--ca-file", default="", help="PEM certificates that signed the coordinator's")
+        command.add_argument(
+            "--plaintext", action="store_true", default=None, help="no TLS (default: only on loopback)"
+        )
     args = parser.parse_args(argv)
 
     try:
@@ -514,7 +592,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "rollback":
                 return publish_models(args.stage, args.repository, args.triton, rollback_to=args.version)
             return push_model(args.folder, args.prefix)
-        stub = coordinator_stub(args.coordinator)
+        if args.command == "tokens":
+            return new_token_entry(args.principal, args.admin)
+        stub = coordinator_stub(args.coordinator, credentials(args))
         if args.command == "submit":
             plys, pngs = input_files(args.asset, args.reference)
             spec = job_spec(args, upload(stub, plys, "application/x-ply"), upload(stub, pngs, "image/png"))
@@ -532,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cancel":
             job = stub.CancelJob(coordinator_pb2.CancelJobRequest(job_id=args.job_id), timeout=30).job
             print(job_summary(job))
+            return 0
+        if args.command == "delete":
+            answer = stub.DeleteJob(coordinator_pb2.DeleteJobRequest(job_id=args.job_id), timeout=60)
+            print(f"Deleted {args.job_id} and {answer.objects_deleted} objects only it used.")
             return 0
         if args.command == "list":
             answer = stub.ListJobs(coordinator_pb2.ListJobsRequest(page_size=args.page_size), timeout=30)

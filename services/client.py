@@ -1,6 +1,6 @@
 """A Python client of the coordinator: what ``tire submit``, ``tire watch`` and ``tire get`` do.
 
-    stub = coordinator_stub("localhost:50051")
+    stub = coordinator_stub("localhost:50051", Credentials.from_env())      # TIRE_TOKEN, TIRE_CA_FILE
     asset = upload(stub, [Path("monkey.ply")], "application/x-ply")        # CreateUpload + HTTP PUT
     references = upload(stub, [Path("front.png")], "image/png")
     job = stub.SubmitJob(SubmitJobRequest(spec=JobSpec(asset=AssetRef(frames=asset), ...))).job
@@ -8,13 +8,17 @@
     download(stub, finished_job, Path("out"))                               # presigned GETs
 
 Clients never hold store credentials: files go up and come down through URLs the coordinator signs.
+Every call carries the caller's bearer token; over TLS unless the coordinator is on this machine.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,9 +28,109 @@ from services.common.clients import dial
 from services.common.errors import IntegrityError
 from services.common.store import BlobStore, addressed_sha256, content_sha256
 
+LOCAL_TOKEN_FILE = Path("out/stack/token")
+"""Where ``tire up`` (run from this folder, default ``--state``) writes its principal's token."""
+_LOOPBACK = ("localhost", "127.", "::1", "[::1]")
 
-def coordinator_stub(target: str) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-    return coordinator_pb2_grpc.CoordinatorServiceStub(dial(target, max_message_bytes=64 * 2**20))
+
+@dataclass(frozen=True)
+class Credentials:
+    """How a client proves who it is to the coordinator.
+
+    Attributes:
+        token: the bearer token ("" sends none: the coordinator answers UNAUTHENTICATED).
+        ca_file: PEM certificates that signed the coordinator's ("": the system's trusted roots).
+        cert_file, key_file: this client's PEM certificate and key, for a coordinator that asks for one
+            (mutual TLS).
+        plaintext: no TLS; None means plaintext only for a coordinator on this machine (loopback) with
+            no ``ca_file`` given.
+    """
+
+    token: str = ""
+    ca_file: str = ""
+    plaintext: bool | None = None
+    cert_file: str = ""
+    key_file: str = ""
+
+    @classmethod
+    def from_env(
+        cls,
+        token_file: str = "",
+        ca_file: str = "",
+        plaintext: bool | None = None,
+        environ: Mapping = os.environ,
+    ) -> Credentials:
+        """The token from, in order: ``token_file``, ``TIRE_TOKEN``, the file ``TIRE_TOKEN_FILE`` names,
+        ``$XDG_CONFIG_HOME/tire/token`` (``~/.config/tire/token``), ``out/stack/token`` (``tire up``);
+        the CA from ``ca_file`` or ``TIRE_CA_FILE``; a client certificate from ``TIRE_CERT_FILE`` and
+        ``TIRE_KEY_FILE``."""
+        config = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "tire" / "token"
+        token = "" if token_file else environ.get("TIRE_TOKEN", "").strip()
+        for path in (token_file, environ.get("TIRE_TOKEN_FILE", ""), config, LOCAL_TOKEN_FILE):
+            if token:
+                break
+            if path and Path(path).is_file():
+                token = Path(path).read_text().strip()
+        return cls(
+            token=token,
+            ca_file=ca_file or environ.get("TIRE_CA_FILE", ""),
+            plaintext=plaintext,
+            cert_file=environ.get("TIRE_CERT_FILE", ""),
+            key_file=environ.get("TIRE_KEY_FILE", ""),
+        )
+
+
+def coordinator_stub(
+    target: str, credentials: Credentials = Credentials()
+) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    """A stub of the coordinator at ``target`` whose every call carries ``credentials``' token."""
+    host = target.removeprefix("dns:///").rsplit(":", 1)[0]
+    plaintext = credentials.plaintext
+    if plaintext is None:
+        plaintext = host.startswith(_LOOPBACK) and not credentials.ca_file
+    if plaintext:
+        channel = dial(target, max_message_bytes=64 * 2**20)
+        if credentials.token:
+            channel = grpc.intercept_channel(channel, _Bearer(credentials.token))
+    else:
+        roots, cert, key = (
+            Path(path).read_bytes() if path else None
+            for path in (credentials.ca_file, credentials.cert_file, credentials.key_file)
+        )
+        tls = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
+        if credentials.token:
+            tls = grpc.composite_channel_credentials(
+                tls, grpc.access_token_call_credentials(credentials.token)
+            )
+        channel = dial(target, max_message_bytes=64 * 2**20, credentials=tls)
+    return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+
+class _CallDetails(
+    namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    """A call's details with other metadata (gRPC's own class cannot be built)."""
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call on a plaintext (loopback) channel, where gRPC
+    refuses call credentials."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        fields = {name: getattr(details, name, None) for name in _CallDetails._fields}
+        return _CallDetails(**{**fields, "metadata": [*(fields["metadata"] or ()), self._header]})
+
+    def intercept_unary_unary(self, continuation: Callable, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable, details, request):
+        return continuation(self._with_token(details), request)
 
 
 def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRef]:
@@ -43,7 +147,11 @@ def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRe
             )
         )
     answer = stub.CreateUpload(coordinator_pb2.CreateUploadRequest(files=files), timeout=30)
-    for path, item in zip(paths, answer.uploads, strict=True):
+    for path, file, item in zip(paths, files, answer.uploads, strict=True):
+        if (item.object.sha256, addressed_sha256(item.object.uri)) != (file.sha256, file.sha256):
+            raise IntegrityError(
+                f"the coordinator named {item.object.uri} for {path}, not its bytes' object."
+            )
         if item.needs_upload:
             request = urllib.request.Request(item.put_url, data=path.read_bytes(), method="PUT")
             with urllib.request.urlopen(request, timeout=300) as response:

@@ -29,6 +29,7 @@ from pathlib import Path
 from services.common.clients import wait_serving
 from services.common.registry import BASE_PORT, COORDINATOR, STAGES, TRITON_STAGES, stage
 from services.common.s3server import LocalS3
+from services.coordinator.auth import new_token, token_entry
 
 SERVICES = (*STAGES, COORDINATOR)
 """Started in this order: the stages, then the coordinator that calls them."""
@@ -52,13 +53,15 @@ def _tiny_weights() -> dict[str, Callable[[Path], Path]]:
 @dataclass
 class LocalStack:
     """A running local stack: the S3 server, each service's process by name, Triton's gRPC address ("" for
-    none), and ``store_env``: the file of the store's ``TIRE_S3_*`` variables (readable by its owner
-    only; ``set -a; . FILE`` lets ``tire models ...`` use the stack's store)."""
+    none), ``store_env``: the file of the store's ``TIRE_S3_*`` variables (readable by its owner
+    only; ``set -a; . FILE`` lets ``tire models ...`` use the stack's store), and ``token_file``: the
+    bearer token of the stack's principal, ``local`` (``TIRE_TOKEN_FILE``)."""
 
     s3: LocalS3
     processes: dict[str, subprocess.Popen]
     triton_url: str
     store_env: Path
+    token_file: Path
 
 
 TRITON_REPOSITORY = "triton"
@@ -100,6 +103,22 @@ def local_triton(state: Path, s3: LocalS3) -> Iterator[tuple[str, tuple[str, ...
         yield triton.url, served
 
 
+LOCAL_PRINCIPAL = "local"
+
+
+def local_tokens(state: Path) -> tuple[Path, Path]:
+    """The local stack's credentials in ``state``: ``token`` (the bearer token of principal ``local``,
+    made on the first start and kept, so its jobs stay its own) and ``tokens`` (its entry, what the
+    coordinator reads). Both are readable by their owner only."""
+    token_file, tokens_file = state / "token", state / "tokens"
+    if not token_file.is_file():
+        token_file.touch(mode=0o600)
+        token_file.write_text(new_token() + "\n")
+    tokens_file.touch(mode=0o600)
+    tokens_file.write_text(token_entry(token_file.read_text().strip(), LOCAL_PRINCIPAL) + "\n")
+    return token_file, tokens_file
+
+
 @contextmanager
 def local_stack(
     state: Path,
@@ -125,6 +144,7 @@ def local_stack(
         SystemExit: a service did not start (naming its log).
     """
     state.mkdir(parents=True, exist_ok=True)
+    token_file, tokens_file = local_tokens(state)
     targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     processes: dict[str, subprocess.Popen] = {}
     with (
@@ -145,6 +165,9 @@ def local_stack(
                     env.update({f"{prefix}BACKEND": "triton", f"{prefix}TRITON_URL": triton_url})
                 if name == "coordinator":
                     env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
+                    # Plaintext on loopback only: the services listen on 127.0.0.1.
+                    env["TIRE_COORDINATOR_ALLOW_PLAINTEXT"] = "1"
+                    env["TIRE_COORDINATOR_TOKENS_FILE"] = str(tokens_file)
                     env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
                 with (state / f"{name}.log").open("a") as log:
                     processes[name] = subprocess.Popen(
@@ -158,7 +181,7 @@ def local_stack(
             store_env = state / "store.env"
             store_env.touch(mode=0o600)
             store_env.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
-            yield LocalStack(s3, processes, triton_url, store_env)
+            yield LocalStack(s3, processes, triton_url, store_env, token_file)
         finally:
             for process in reversed(processes.values()):
                 if process.poll() is None:

@@ -14,8 +14,12 @@ MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tire_up):
-    """`tire up` on free ports; yields the coordinator's target, the process and what it printed."""
-    with tire_up(tmp_path_factory.mktemp("stack")) as running:
+    """`tire up` on free ports, and its token for the commands (as its printout says); yields the
+    coordinator's target, the process and what it printed."""
+    state = tmp_path_factory.mktemp("stack")
+    with tire_up(state) as running, pytest.MonkeyPatch.context() as env:
+        env.setenv("TIRE_TOKEN_FILE", str(state / "token"))
+        env.delenv("TIRE_TOKEN", raising=False)
         yield running
 
 
@@ -43,17 +47,25 @@ def test_submit_watch_get_list_and_describe_against_the_stack(stack, tmp_path, c
 
     assert main(["list", "--coordinator", target]) == 0
     assert job_id in capsys.readouterr().out
-    assert main(["cancel", job_id, "--coordinator", target]) == 0  # finished: unchanged
-    assert "succeeded" in capsys.readouterr().out
+    assert main(["delete", job_id, "--coordinator", target]) == 0
+    assert f"Deleted {job_id}" in capsys.readouterr().out
+    assert main(["get", job_id, "--coordinator", target]) == 2
     assert main(["describe", "--coordinator", target]) == 0
     described = capsys.readouterr().out
     assert "inpainter" in described and "colour on cpu" in described
 
 
 @pytest.mark.slow
-def test_errors_come_back_as_status_lines(stack, capsys):
+def test_errors_come_back_as_status_lines(stack, capsys, tmp_path):
     assert main(["get", "job-000000000000", "--coordinator", stack[0]]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+    # A token of a principal the stack does not know, from `tire tokens new`.
+    assert main(["tokens", "new", "mallory"]) == 0
+    token, entry = capsys.readouterr().out.split()[:2]
+    assert token.startswith("tire_") and entry.startswith("sha256:") and "mallory" not in token
+    (tmp_path / "token").write_text(token)
+    assert main(["list", "--coordinator", stack[0], "--token-file", str(tmp_path / "token")]) == 2
+    assert "UNAUTHENTICATED: the bearer token is not valid here" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -465,7 +466,7 @@ def test_store_settings_and_state_volume() -> None:
     for name in SERVICES:
         assert store_settings <= set(GPU["services"][name]["environment"])
         assert GPU["services"][name]["depends_on"]["minio"]["condition"] == "service_healthy"
-    assert GPU["services"]["coordinator"]["volumes"] == ["coordinator-state:/var/lib/tire"]
+    assert GPU["services"]["coordinator"]["volumes"][0] == "coordinator-state:/var/lib/tire"
     assert "coordinator-state" in GPU["volumes"]
     for stage in ("tracker", "inpainter", "refiner"):
         (mount,) = GPU["services"][stage]["volumes"]
@@ -480,6 +481,42 @@ def test_presigned_urls_name_the_published_store_port() -> None:
     assert coordinator({}) == "localhost:9000"
     assert coordinator({"MINIO_HOST_PORT": "19000"}) == "localhost:19000"
     assert coordinator({"TIRE_S3_PUBLIC_ENDPOINT": "gpu-host.example:9000"}) == "gpu-host.example:9000"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_coordinator_checks_tokens_from_a_mounted_folder_and_is_plaintext_on_loopback_only(
+    layout: str,
+) -> None:
+    coordinator = LAYOUTS[layout]["services"]["coordinator"]
+    environment = coordinator["environment"]
+    # Tokens from a file in a folder of deploy/ mounted read-only (a folder, so a replaced file is seen),
+    # never inline in a file that is committed.
+    tokens = PurePosixPath(environment["TIRE_COORDINATOR_TOKENS_FILE"])
+    mounts = [volume.split(":") for volume in coordinator["volumes"]]
+    (mount,) = [mount for mount in mounts if PurePosixPath(mount[1]) == tokens.parent]
+    source, _, *options = mount
+    assert source.startswith("./") and options == ["ro"], mount
+    assert "TIRE_COORDINATOR_TOKENS" not in environment
+    # Plaintext is allowed explicitly, so the API port listens on this host's loopback only, whatever
+    # TIRE_BIND_ADDRESS says (it still opens MinIO's port to the network).
+    assert environment["TIRE_COORDINATOR_ALLOW_PLAINTEXT"] == "1"
+    assert not [name for name in environment if name.startswith("TIRE_COORDINATOR_TLS_")]
+    for environ in ({}, {"TIRE_BIND_ADDRESS": "0.0.0.0", "TIRE_COORDINATOR_HOST_PORT": "15051"}):
+        compose = interpolate(load_compose("compose.yaml"), {**SECRETS, **environ})
+        (published,) = compose["services"]["coordinator"]["ports"]
+        host, port, container_port = published.split(":")
+        assert host == "127.0.0.1" and container_port == "50051"
+        assert port == environ.get("TIRE_COORDINATOR_HOST_PORT", "50051")
+    exposed = interpolate(load_compose("compose.yaml"), {**SECRETS, "TIRE_BIND_ADDRESS": "0.0.0.0"})
+    assert exposed["services"]["minio"]["ports"][0].startswith("0.0.0.0:")
+
+
+def test_no_token_file_is_committed() -> None:
+    # deploy/secrets/ holds the operator's token entries; the repository ships none.
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", "deploy/secrets"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert tracked.returncode != 0 or tracked.stdout == ""
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -506,7 +543,11 @@ def test_no_literal_secrets_and_every_variable_documented() -> None:
         for service, settings in yaml.load(text, Loader=ComposeLoader)["services"].items():
             for key, value in (settings.get("environment") or {}).items():
                 required_variable = re.fullmatch(r"\$\{\w+:\?[^}]*\}", str(value))
-                assert required_variable or not secret_key.search(key), f"{name}: {service}.{key}={value!r}"
+                # A *_FILE variable names where a secret is mounted: a path, not the secret.
+                path = key.endswith("_FILE") and str(value).startswith("/")
+                assert required_variable or path or not secret_key.search(key), (
+                    f"{name}: {service}.{key}={value!r}"
+                )
     # Compose refuses to start without the secrets, and only they are required.
     with pytest.raises(KeyError):
         interpolate(load_compose("compose.yaml"), {})

@@ -13,12 +13,21 @@ import base64
 import copy
 import dataclasses
 import functools
+import hashlib
+import json
+import re
 import shutil
 import subprocess
-from pathlib import Path
+import threading
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path, PurePosixPath
+from typing import ClassVar
 
+import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.clients import service_config
 from services.common.config import ServerSettings, from_env
@@ -50,6 +59,9 @@ SETTINGS = {
 }
 # Fixed credentials, so two renderings differ only where their values do (generated ones are random).
 CREDENTIALS = ("--set", "s3.accessKey=tire-test", "--set", "s3.secretKey=tire-test-secret")
+# Secrets generated at random on install (helm template cannot look the live ones up): two renderings
+# always differ there, so comparisons of renderings leave them out.
+GENERATED = {("Secret", "tire-coordinator-tokens"), ("Secret", "tire-coordinator-tls")}
 GPU = "nvidia.com/gpu"
 
 
@@ -95,7 +107,7 @@ def test_a_new_inpainter_model_changes_only_the_inpainter_config_and_its_pods_ch
     after = render(*CREDENTIALS, "--set", "inpainter.model=s3://models/sd2-inpainting-v2")
 
     assert before.keys() == after.keys()
-    changed = {key for key in before if before[key] != after[key]}
+    changed = {key for key in before if before[key] != after[key]} - GENERATED
     assert changed == {("ConfigMap", "tire-inpainter"), ("Deployment", "tire-inpainter")}
     assert (
         after[("ConfigMap", "tire-inpainter")]["data"]["TIRE_INPAINTER_MODEL"]
@@ -202,8 +214,11 @@ def test_stage_probes_use_grpc_health_with_room_to_load_models(scenario):
     objects = render(scenario=scenario)
     for stage in (*STAGES, "coordinator"):
         container = pod_spec(objects, "Deployment", f"tire-{stage}")["containers"][0]
+        # The kubelet's gRPC probes speak no TLS: the coordinator, whose API does, serves health alone on a
+        # plaintext port of its own (test_the_coordinator_is_probed_on_its_plaintext_health_port).
+        port = 50052 if stage == "coordinator" else 50051
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["grpc"] == {"port": 50051}, (stage, probe)
+            assert container[probe]["grpc"] == {"port": port}, (stage, probe)
         startup = container["startupProbe"]
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, stage
     inpainter = pod_spec(objects, "Deployment", "tire-inpainter")["containers"][0]["startupProbe"]
@@ -384,6 +399,332 @@ def test_a_bad_value_stops_the_render_naming_it(args, named):
         render(*args)
 
 
+# --- The coordinator's API: tokens, TLS, retention -------------------------------------------------------
+
+# A token entry as the coordinator reads it: sha256 of the token's UTF-8 bytes, the principal, maybe admin.
+TOKEN_ENTRY = re.compile(
+    r"sha256:(?P<digest>[0-9a-f]{64}) (?P<principal>[a-z0-9][a-z0-9._@-]{0,63})(?: admin)?"
+)
+SERVICE_NAMES = (
+    "tire-coordinator",
+    "tire-coordinator.tire",
+    "tire-coordinator.tire.svc",
+    "tire-coordinator.tire.svc.cluster.local",
+)
+TLS_SCENARIO = "tls-existing-secrets"
+
+
+def decoded(secret: dict) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
+def coordinator_env(objects: dict) -> dict[str, str | None]:
+    container = pod_spec(objects, "Deployment", "tire-coordinator")["containers"][0]
+    return {entry["name"]: entry.get("value") for entry in container["env"]}
+
+
+def secret_file(objects: dict, path: str) -> tuple[str, str]:
+    """(Secret, key) of a file the coordinator reads, followed through its container's mounts. Only a whole
+    Secret volume will do: the kubelet updates those in place, never a file mounted with subPath."""
+    pod = pod_spec(objects, "Deployment", "tire-coordinator")
+    file = PurePosixPath(path)
+    (mount,) = [
+        m for m in pod["containers"][0]["volumeMounts"] if PurePosixPath(m["mountPath"]) == file.parent
+    ]
+    assert "subPath" not in mount and "subPathExpr" not in mount and mount["readOnly"] is True, mount
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    # Readable by the pod's fsGroup, the coordinator's user's group, and by no one else.
+    assert volume["secret"]["defaultMode"] == 0o440 and "fsGroup" in pod["securityContext"]
+    (key,) = [item["key"] for item in volume["secret"]["items"] if item["path"] == file.name]
+    return volume["secret"]["secretName"], key
+
+
+def serves_tls_for(certificate: bytes, key: bytes, name: str) -> bool:
+    """Whether a client trusting ``certificate`` as its CA accepts a server presenting it as ``name``."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([(key, certificate)]))
+    server.start()
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=certificate)
+        options = [("grpc.ssl_target_name_override", name)]
+        with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+            return True
+    finally:
+        server.stop(None)
+
+
+class Cluster:
+    """A stand-in for the Kubernetes API that ``helm template --dry-run=server`` reads: the discovery
+    documents for the kinds the chart renders, and ``secrets``, the Secrets of namespace tire, as an
+    earlier release left them (Helm's ownership metadata included); any other object is absent."""
+
+    GROUP_VERSIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "v1": ("ConfigMap", "Secret", "Service", "PersistentVolumeClaim", "ServiceAccount"),
+        "apps/v1": ("Deployment", "StatefulSet"),
+        "autoscaling/v2": ("HorizontalPodAutoscaler",),
+        "policy/v1": ("PodDisruptionBudget",),
+        "networking.k8s.io/v1": ("NetworkPolicy",),
+        "batch/v1": ("Job",),
+    }
+    NOT_FOUND: ClassVar[dict] = {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404}
+
+    def __init__(self, secrets: dict[str, dict]):
+        self.secrets = secrets
+        cluster = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = cluster.answer(self.path.partition("?")[0])
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer(self, path: str) -> tuple[int, dict]:
+        if path == "/version":
+            return 200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"}
+        if path == "/api":
+            return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if path == "/apis":
+            groups = []
+            for group_version in self.GROUP_VERSIONS:
+                if "/" in group_version:
+                    group, version = group_version.split("/")
+                    entry = {"groupVersion": group_version, "version": version}
+                    groups.append({"name": group, "versions": [entry], "preferredVersion": entry})
+            return 200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        for group_version, kinds in self.GROUP_VERSIONS.items():
+            if path == ("/api/v1" if group_version == "v1" else f"/apis/{group_version}"):
+                resources = [
+                    {
+                        "name": f"{kind.lower()}s",
+                        "singularName": kind.lower(),
+                        "kind": kind,
+                        "namespaced": True,
+                    }
+                    for kind in kinds
+                ]
+                return 200, {"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}
+        name = path.removeprefix("/api/v1/namespaces/tire/secrets/")
+        if name in self.secrets:
+            return 200, {"apiVersion": "v1", "kind": "Secret", **copy.deepcopy(self.secrets[name])}
+        return 404, self.NOT_FOUND
+
+    def render(self, tmp_path: Path, *args: str) -> dict[tuple[str, str], dict]:
+        server = f"http://127.0.0.1:{self.server.server_port}"
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": server}}],
+                    "users": [{"name": "anyone", "user": {}}],
+                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "anyone"}}],
+                    "current-context": "fake",
+                }
+            )
+        )
+        flags = ("--namespace", "tire", "--dry-run=server", "--disable-openapi-validation")
+        result = subprocess.run(
+            [HELM, "template", "tire", str(CHART), *flags, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)},
+        )
+        if result.returncode != 0:
+            raise RenderError(result.stderr)
+        docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        return {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def left_by_an_earlier_release(secret: dict) -> dict:
+    """``secret`` as the cluster holds it after an install (or after uninstall, kept): with Helm's
+    ownership metadata, which lets the next install of release tire take it over."""
+    metadata = copy.deepcopy(secret["metadata"])
+    metadata.setdefault("annotations", {}).update(
+        {"meta.helm.sh/release-name": "tire", "meta.helm.sh/release-namespace": "tire"}
+    )
+    return {"metadata": metadata, "type": secret.get("type", "Opaque"), "data": secret["data"]}
+
+
+def test_the_chart_generates_one_admin_token_and_mounts_only_its_hashed_entry():
+    objects = render(*CREDENTIALS)
+    env = coordinator_env(objects)
+    name, key = secret_file(objects, env["TIRE_COORDINATOR_TOKENS_FILE"])
+    assert (name, key) == ("tire-coordinator-tokens", "tokens")
+    secret = objects[("Secret", name)]
+    data = decoded(secret)
+    token = data["token"]
+    assert len(token) >= 40 and token.isalnum()
+    (entry,) = data["tokens"].splitlines()
+    match = TOKEN_ENTRY.fullmatch(entry)
+    assert match and match["digest"] == hashlib.sha256(token.encode()).hexdigest(), entry
+    assert entry.split()[1:] == ["admin", "admin"]
+    # Kept on uninstall, so the token handed out stays valid across a reinstall.
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    # The plaintext token is for the operator to hand out: no pod mounts it or reads it from env.
+    for workload, template in workloads(objects):
+        for volume in template["spec"]["volumes"]:
+            if volume.get("secret", {}).get("secretName") == name:
+                assert [item["key"] for item in volume["secret"]["items"]] == ["tokens"], workload
+        for container in template["spec"]["containers"]:
+            assert name not in yaml.safe_dump(container.get("env", [])), workload
+    assert "TIRE_COORDINATOR_TOKENS" not in env
+    # Each install draws its own.
+    assert decoded(render()[("Secret", name)])["token"] != token
+
+
+def test_an_upgrade_keeps_the_live_token_and_the_entries_added_to_it(tmp_path):
+    token = "operator-handed-this-out"
+    tokens = f"sha256:{hashlib.sha256(token.encode()).hexdigest()} admin admin\nsha256:{'0' * 64} alice\n"
+    installed = render(*CREDENTIALS)[("Secret", "tire-coordinator-tokens")]
+    live = left_by_an_earlier_release(installed)
+    live["data"] = {
+        key: base64.b64encode(value.encode()).decode()
+        for key, value in (("token", token), ("tokens", tokens))
+    }
+    cluster = Cluster({"tire-coordinator-tokens": live})
+    try:
+        upgraded = cluster.render(tmp_path, *CREDENTIALS)
+    finally:
+        cluster.close()
+    assert decoded(upgraded[("Secret", "tire-coordinator-tokens")]) == {"token": token, "tokens": tokens}
+
+
+def test_your_tokens_secret_is_mounted_and_the_chart_makes_none():
+    objects = render("--set", "coordinator.auth.existingSecret=api-tokens")
+    env = coordinator_env(objects)
+    assert secret_file(objects, env["TIRE_COORDINATOR_TOKENS_FILE"]) == ("api-tokens", "tokens")
+    assert ("Secret", "tire-coordinator-tokens") not in objects and ("Secret", "api-tokens") not in objects
+
+
+def test_tls_is_on_by_default_with_a_self_signed_certificate_for_the_service_names():
+    objects = render(*CREDENTIALS)
+    env = coordinator_env(objects)
+    assert "TIRE_COORDINATOR_ALLOW_PLAINTEXT" not in env
+    assert "TIRE_COORDINATOR_TLS_CLIENT_CA_FILE" not in env
+    assert secret_file(objects, env["TIRE_COORDINATOR_TLS_CERT_FILE"]) == ("tire-coordinator-tls", "tls.crt")
+    assert secret_file(objects, env["TIRE_COORDINATOR_TLS_KEY_FILE"]) == ("tire-coordinator-tls", "tls.key")
+    secret = objects[("Secret", "tire-coordinator-tls")]
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    data = decoded(secret)
+    certificate, key = data["tls.crt"].encode(), data["tls.key"].encode()
+    # A client that trusts tls.crt as its CA (TIRE_CA_FILE, as NOTES.txt says) reaches the coordinator under
+    # each of the Service's names, and under localhost through `kubectl port-forward`; under no other.
+    for name in (*SERVICE_NAMES, "localhost"):
+        assert serves_tls_for(certificate, key, name), name
+    assert not serves_tls_for(certificate, key, "tire-coordinator.elsewhere")
+    # More names (a LoadBalancer's) by value.
+    extra = render("--set", "coordinator.tls.dnsNames={tire.example.com}")
+    data = decoded(extra[("Secret", "tire-coordinator-tls")])
+    assert serves_tls_for(data["tls.crt"].encode(), data["tls.key"].encode(), "tire.example.com")
+
+
+def test_an_upgrade_keeps_the_certificate_while_its_names_are_the_same(tmp_path):
+    installed = render(*CREDENTIALS)[("Secret", "tire-coordinator-tls")]
+    cluster = Cluster({"tire-coordinator-tls": left_by_an_earlier_release(installed)})
+    try:
+        upgraded = cluster.render(tmp_path, *CREDENTIALS)[("Secret", "tire-coordinator-tls")]
+        renamed = cluster.render(
+            tmp_path, *CREDENTIALS, "--set-json", 'coordinator.tls.dnsNames=["tire.example.com"]'
+        )
+    finally:
+        cluster.close()
+    assert upgraded["data"] == installed["data"], "clients' CA file stays valid"
+    # A new name needs a new certificate, which names it.
+    data = decoded(renamed[("Secret", "tire-coordinator-tls")])
+    assert data["tls.crt"] != decoded(installed)["tls.crt"]
+    assert serves_tls_for(data["tls.crt"].encode(), data["tls.key"].encode(), "tire.example.com")
+
+
+def test_plaintext_when_allowed_mounts_no_certificate():
+    objects = render("--set", "coordinator.tls.allowPlaintext=true")
+    env = coordinator_env(objects)
+    assert env["TIRE_COORDINATOR_ALLOW_PLAINTEXT"] == "1"
+    assert not [name for name in env if name.startswith("TIRE_COORDINATOR_TLS_")]
+    assert ("Secret", "tire-coordinator-tls") not in objects
+    pod = pod_spec(objects, "Deployment", "tire-coordinator")
+    secrets = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"tire-coordinator-tokens"}, "tokens are still required"
+    for conflicting in ("coordinator.tls.secretName=api-tls", "coordinator.tls.clientCASecret=api-ca"):
+        with pytest.raises(RenderError, match="allowPlaintext"):
+            render("--set", "coordinator.tls.allowPlaintext=true", "--set", conflicting)
+
+
+def test_your_certificate_and_client_ca_are_mounted_and_the_chart_makes_no_secret():
+    objects = render(scenario=TLS_SCENARIO)
+    env = coordinator_env(objects)
+    assert secret_file(objects, env["TIRE_COORDINATOR_TOKENS_FILE"]) == ("tire-api-tokens", "tokens")
+    assert secret_file(objects, env["TIRE_COORDINATOR_TLS_CERT_FILE"]) == ("tire-api-tls", "tls.crt")
+    assert secret_file(objects, env["TIRE_COORDINATOR_TLS_KEY_FILE"]) == ("tire-api-tls", "tls.key")
+    client_ca = ("tire-api-client-ca", "client-ca.pem")
+    assert secret_file(objects, env["TIRE_COORDINATOR_TLS_CLIENT_CA_FILE"]) == client_ca
+    assert "TIRE_COORDINATOR_ALLOW_PLAINTEXT" not in env
+    assert not [key for key in objects if key[0] == "Secret" and key[1] != "tire-s3"]
+
+
+@pytest.mark.parametrize(
+    ("args", "seconds"),
+    [
+        ((), 30 * 86400),
+        (("--set", "coordinator.retentionDays=0"), 0),
+        (("--values", str(CHART / "ci" / f"{TLS_SCENARIO}.yaml")), 7 * 86400),
+    ],
+)
+def test_retention_reaches_the_coordinator_in_seconds(args, seconds):
+    assert coordinator_env(render(*args))["TIRE_COORDINATOR_RETENTION_S"] == str(seconds)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--set", "coordinator.retentionDays=-1"), "retentionDays"),
+        (("--set-json", "coordinator.retentionDays=0.5"), "retentionDays"),
+        (("--set", "coordinator.healthPort=50051"), "healthPort"),
+        (("--set", "coordinator.tls.secretName=Not_A_Name"), "secretName"),
+        (("--set", "coordinator.auth.tokens=inline"), "tokens"),
+    ],
+)
+def test_a_bad_coordinator_value_stops_the_render_naming_it(args, named):
+    with pytest.raises(RenderError, match=named):
+        render(*args)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_coordinator_is_probed_on_its_plaintext_health_port(scenario):
+    objects = render(scenario=scenario)
+    container = pod_spec(objects, "Deployment", "tire-coordinator")["containers"][0]
+    port = int(coordinator_env(objects)["TIRE_COORDINATOR_HEALTH_PORT"])
+    assert {"name": "health", "containerPort": port, "protocol": "TCP"} in container["ports"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": port}, probe
+    grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+    assert port != grpc_port
+    # Health alone is plaintext; users reach only the API port through the Service.
+    service = objects[("Service", "tire-coordinator")]["spec"]
+    assert [p["targetPort"] for p in service["ports"]] == ["grpc"]
+
+
 # --- Triton ----------------------------------------------------------------------------------------------
 
 TRITON = ("--values", str(CHART / "ci" / "triton.yaml"))
@@ -404,7 +745,7 @@ def test_triton_disabled_renders_nothing_new():
     # Enabling it with no stage on it changes no stage.
     alone = render(*CREDENTIALS, "--set", "triton.enabled=true", "--set-json", "triton.stages=[]")
     assert {key for key in alone if "triton" not in key[1]} == set(objects)
-    assert all(alone[key] == objects[key] for key in objects)
+    assert all(alone[key] == objects[key] for key in objects.keys() - GENERATED)
     assert ("Job", "tire-triton-publish") not in alone
 
 
@@ -501,7 +842,7 @@ def test_a_model_swap_on_triton_changes_only_the_hook_and_restarts_no_pod():
     before = render(*CREDENTIALS, *TRITON)
     after = render(*CREDENTIALS, *TRITON, "--set", "inpainter.model=s3://tire/models/sd2-inpainting-v2")
     assert before.keys() == after.keys()
-    changed = {key for key in before if before[key] != after[key]}
+    changed = {key for key in before if before[key] != after[key]} - GENERATED
     assert changed == {("Job", "tire-triton-publish")}
     assert after[("Job", "tire-triton-publish")]["spec"]["template"]["spec"]["containers"][0]["args"][-1] == (
         "inpainter=s3://tire/models/sd2-inpainting-v2"

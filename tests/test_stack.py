@@ -21,11 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from conftest import ServiceProcess
-from services.client import upload
-from services.common.clients import dial
+from services.client import Credentials, upload
+from services.client import coordinator_stub as client_stub
 from services.common.local_server import free_port
 from services.common.registry import STAGE_NAMES
 from services.common.store import MemoryStore
+from services.coordinator.auth import new_token, token_entry
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
@@ -70,27 +71,48 @@ def stages(launch_service) -> dict[str, ServiceProcess]:
     return {name: launch_service(*SERVICES[name]) for name in STAGE_NAMES}
 
 
+# Two principals and an admin; the module's coordinator reads their entries from a file (which a test
+# rewrites, as a rotated Kubernetes Secret is), the others from TIRE_COORDINATOR_TOKENS.
+TOKENS = {name: new_token() for name in ("alice", "bob", "root")}
+ENTRIES = [token_entry(token, name, admin=name == "root") for name, token in TOKENS.items()]
+
+
 @pytest.fixture(scope="module")
 def start_coordinator(launch_service) -> Callable[..., ServiceProcess]:
     """``start_coordinator(stages, state_path, **env)``: a coordinator over ``stages`` keeping its jobs in
-    the SQLite file ``state_path``."""
+    the SQLite file ``state_path``, plaintext on loopback, taking the tokens of ``TOKENS``."""
 
     def start(stages: dict[str, ServiceProcess], state_path: Path, **env: str) -> ServiceProcess:
         module, prefix = SERVICES["coordinator"]
         environ = {f"{prefix}{name.upper()}": stages[name].target for name in STAGE_NAMES}
         environ[f"{prefix}STATE_PATH"] = str(state_path)
+        environ[f"{prefix}ALLOW_PLAINTEXT"] = "1"
+        environ[f"{prefix}TOKENS"] = ",".join(ENTRIES)
         return launch_service(module, prefix, {**environ, **env})
 
     return start
 
 
 @pytest.fixture(scope="module")
-def coordinator(stages, start_coordinator, tmp_path_factory) -> ServiceProcess:
-    return start_coordinator(stages, tmp_path_factory.mktemp("coordinator") / "coordinator.sqlite")
+def tokens_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "tokens"
+    path.write_text("\n".join(ENTRIES) + "\n")
+    return path
 
 
-def coordinator_stub(service: ServiceProcess) -> coordinator_pb2_grpc.CoordinatorServiceStub:
-    return coordinator_pb2_grpc.CoordinatorServiceStub(dial(service.target, max_message_bytes=64 * 2**20))
+@pytest.fixture(scope="module")
+def coordinator(stages, start_coordinator, tmp_path_factory, tokens_file) -> ServiceProcess:
+    state = tmp_path_factory.mktemp("coordinator") / "coordinator.sqlite"
+    return start_coordinator(
+        stages, state, TIRE_COORDINATOR_TOKENS="", TIRE_COORDINATOR_TOKENS_FILE=str(tokens_file)
+    )
+
+
+def coordinator_stub(
+    service: ServiceProcess, principal: str = "alice"
+) -> coordinator_pb2_grpc.CoordinatorServiceStub:
+    """A stub of ``service`` whose calls carry ``principal``'s token ("" for none)."""
+    return client_stub(service.target, Credentials(token=TOKENS.get(principal, "")))
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +120,14 @@ def stub(coordinator) -> coordinator_pb2_grpc.CoordinatorServiceStub:
     return coordinator_stub(coordinator)
 
 
-@pytest.fixture(scope="module")
-def spec(stub) -> JOB.JobSpec:
+def uploaded_spec(stub) -> JOB.JobSpec:
     """The small job, its files uploaded through CreateUpload and presigned PUTs (as `tire submit` does)."""
     return small_spec(upload(stub, [MONKEY], "application/x-ply"), upload(stub, [REFERENCE], "image/png"))
+
+
+@pytest.fixture(scope="module")
+def spec(stub) -> JOB.JobSpec:
+    return uploaded_spec(stub)
 
 
 @pytest.fixture(scope="module")
@@ -269,12 +295,12 @@ def test_job_through_the_stack_matches_embedded_mode(stub, spec, finished_job, e
 # ----- 2. the coordinator killed mid-job -----------------------------------------------------------
 
 
-def test_killed_coordinator_resumes_the_job(stages, start_coordinator, spec, tmp_path, embedded_sha256):
+def test_killed_coordinator_resumes_the_job(stages, start_coordinator, tmp_path, embedded_sha256):
     state = tmp_path / "coordinator.sqlite"
     calls_before = {name: calls(stages[name]) for name in ("renderer", "inpainter")}
     first = start_coordinator(stages, state)
     stub = coordinator_stub(first)
-    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=uploaded_spec(stub)), timeout=30).job
     seen = watch(stub, job.id, until=step_finished("ring1/inpaint/"))  # the fit is done by then
     first.process.kill()  # SIGKILL: no shutdown, whatever was in flight is lost
     first.process.wait()
@@ -305,7 +331,7 @@ def test_killed_coordinator_resumes_the_job(stages, start_coordinator, spec, tmp
 
 
 def test_killed_inpainter_is_retried_until_it_is_back(
-    launch_service, stages, start_coordinator, spec, tmp_path, embedded_sha256
+    launch_service, stages, start_coordinator, tmp_path, embedded_sha256
 ):
     module, prefix = SERVICES["inpainter"]
     port = {f"{prefix}PORT": str(free_port())}
@@ -317,7 +343,7 @@ def test_killed_inpainter_is_retried_until_it_is_back(
         TIRE_COORDINATOR_RETRY_ATTEMPTS="10",
     )
     stub = coordinator_stub(coordinator)
-    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=uploaded_spec(stub)), timeout=30).job
     seen = watch(stub, job.id, until=step_started("ring1/inpaint/"))
     inpainter.stop()  # SIGKILL while ring 1's inpaint calls are in flight; ring 2's are still to come
 
@@ -407,7 +433,127 @@ def test_cancel_running_job(stub, spec):
     assert again.state == JOB.JOB_STATE_CANCELLED and again.updated_at == job.updated_at
 
 
-# ----- 5. a scaled inpainter ---------------------------------------------------------------------
+# ----- 5. many principals on one deployment ------------------------------------------------------
+
+
+def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
+    """The error ``call`` fails with (a stream is read to its end)."""
+    with pytest.raises(grpc.RpcError) as caught:
+        answer = call()
+        if hasattr(answer, "__iter__"):
+            list(answer)
+    return caught.value
+
+
+def put(url: str, data: bytes) -> None:
+    with urllib.request.urlopen(urllib.request.Request(url, data=data, method="PUT"), timeout=60) as reply:
+        assert reply.status == 200
+
+
+def test_principals_neither_see_nor_touch_each_others_jobs(coordinator, stub, finished_job):
+    job = stub.GetJob(JOB.GetJobRequest(job_id=finished_job[0].id), timeout=30).job
+    bob, root = coordinator_stub(coordinator, "bob"), coordinator_stub(coordinator, "root")
+    asset = job.spec.asset.frames[0].uri
+    for call in (
+        lambda: bob.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30),
+        lambda: bob.WatchJob(JOB.WatchJobRequest(job_id=job.id), timeout=30),
+        lambda: bob.CancelJob(JOB.CancelJobRequest(job_id=job.id), timeout=30),
+        lambda: bob.DeleteJob(JOB.DeleteJobRequest(job_id=job.id), timeout=30),
+        lambda: bob.CreateDownload(JOB.CreateDownloadRequest(job_id=job.id, uris=[asset]), timeout=30),
+    ):
+        error = rpc_error(call)
+        assert (error.code(), error.details()) == (
+            grpc.StatusCode.NOT_FOUND,
+            f"no job with `job_id` {job.id!r}.",
+        )
+    assert job.id not in [j.id for j in bob.ListJobs(JOB.ListJobsRequest(page_size=100), timeout=30).jobs]
+    assert job.id in [j.id for j in root.ListJobs(JOB.ListJobsRequest(page_size=100), timeout=30).jobs]
+    # Bob names Alice's objects: he knows their sha256, not their bytes.
+    error = rpc_error(lambda: bob.SubmitJob(JOB.SubmitJobRequest(spec=job.spec), timeout=30))
+    assert (
+        error.code() == grpc.StatusCode.PERMISSION_DENIED and "neither a file you uploaded" in error.details()
+    )
+    # No credential, or a made-up one.
+    for stranger in (
+        coordinator_stub(coordinator, ""),
+        client_stub(coordinator.target, Credentials("tire_x")),
+    ):
+        error = rpc_error(lambda s=stranger: s.ListJobs(JOB.ListJobsRequest(), timeout=30))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_uploads_cannot_write_over_objects_nor_slip_other_bytes_in(coordinator, stub, finished_job):
+    job = stub.GetJob(JOB.GetJobRequest(job_id=finished_job[0].id), timeout=30).job
+    bob = coordinator_stub(coordinator, "bob")
+    monkey = MONKEY.read_bytes()
+    before = repaired_sha256(stub, job)
+
+    def create_upload(data: bytes, size: int | None = None) -> JOB.Upload:
+        file = JOB.UploadFile(
+            name="monkey.ply",
+            size_bytes=size or len(data),
+            sha256=sha256(data),
+            media_type="application/x-ply",
+        )
+        return bob.CreateUpload(JOB.CreateUploadRequest(files=[file]), timeout=30).uploads[0]
+
+    # Bob's URL for bytes the store holds writes a staging key of his, never the object Alice's job read.
+    upload_of_monkey = create_upload(monkey)
+    assert upload_of_monkey.needs_upload and "/staging/bob/" in upload_of_monkey.put_url
+    put(upload_of_monkey.put_url, b"garbage over the monkey")
+    bad = small_spec([upload_of_monkey.object], list(job.spec.references))
+    bad.references[0].CopyFrom(upload(bob, [REFERENCE], "image/png")[0])
+    error = rpc_error(lambda: bob.SubmitJob(JOB.SubmitJobRequest(spec=bad), timeout=30))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "`spec.asset.frames[0].uri` does not hold the bytes announced" in error.details()
+    # An oversized body on a URL issued for one byte, and a body of the right size but wrong bytes.
+    tiny = create_upload(b"x")
+    put(tiny.put_url, b"x" * (8 * 2**20))
+    wrong = create_upload(b"y" * 1000)
+    put(wrong.put_url, b"z" * 1000)
+    for upload_, why in ((tiny, "over the limit of 1 bytes"), (wrong, "sha256")):
+        bad.asset.frames[0].CopyFrom(upload_.object)
+        error = rpc_error(lambda: bob.SubmitJob(JOB.SubmitJobRequest(spec=bad), timeout=30))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and why in error.details()
+    # Another bucket, a non-content key.
+    for uri, why in (
+        ("s3://otherbucket/private/secret.ply", "object of this deployment"),
+        (upload_of_monkey.object.uri.replace("sha256/", "uploads/"), "content-addressed"),
+    ):
+        bad.asset.frames[0].uri = uri
+        error = rpc_error(lambda: bob.SubmitJob(JOB.SubmitJobRequest(spec=bad), timeout=30))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and why in error.details()
+    # Alice's outputs are untouched.
+    assert repaired_sha256(stub, job) == before
+
+
+def test_a_rotated_token_works_without_a_restart(coordinator, tokens_file):
+    carol = new_token()
+    tokens_file.write_text("\n".join([*ENTRIES, token_entry(carol, "carol")]) + "\n")
+    stub = client_stub(coordinator.target, Credentials(carol))
+    assert stub.ListJobs(JOB.ListJobsRequest(), timeout=30).jobs == []
+    tokens_file.write_text("\n".join(ENTRIES) + "\n")  # carol's entry revoked
+    assert rpc_error(lambda: stub.ListJobs(JOB.ListJobsRequest(), timeout=30)).code() == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    assert coordinator.process.poll() is None
+
+
+def test_delete_job_removes_it_and_what_only_it_used(coordinator, stub, spec):
+    job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+    error = rpc_error(lambda: stub.DeleteJob(JOB.DeleteJobRequest(job_id=job.id), timeout=30))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "cancel it" in error.details()
+    stub.CancelJob(JOB.CancelJobRequest(job_id=job.id), timeout=30)
+    watch(stub, job.id)
+    stub.DeleteJob(JOB.DeleteJobRequest(job_id=job.id), timeout=30)
+    assert rpc_error(lambda: stub.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30)).code() == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    # The inputs stay: Alice uploaded them, and her other jobs read them.
+    assert upload(stub, [MONKEY], "application/x-ply")[0] == spec.asset.frames[0]
+
+
+# ----- 6. a scaled inpainter ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +563,7 @@ def replicas(launch_service) -> list[ServiceProcess]:
 
 
 def test_inpaint_calls_spread_over_replicas_and_survive_one_killed(
-    replicas, stages, start_coordinator, spec, tmp_path, embedded_sha256
+    replicas, stages, start_coordinator, tmp_path, embedded_sha256
 ):
     # One target for all three, as dns:/// gives in the cluster; the coordinator's channel balances
     # round-robin over the addresses.
@@ -427,6 +573,7 @@ def test_inpaint_calls_spread_over_replicas_and_survive_one_killed(
     stub = coordinator_stub(coordinator)
 
     # A whole job: its inpaint calls reach every replica.
+    spec = uploaded_spec(stub)
     first = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
     events = watch(stub, first.id)
     assert events[-1].finished.state == JOB.JOB_STATE_SUCCEEDED, events[-1].finished.error

@@ -45,6 +45,8 @@ def test_jobs_run_on_triton_and_a_published_version_reaches_the_next_job(
         assert variables["TIRE_S3_SECRET_KEY"] not in printed  # the secret stays in the file
         for name, value in variables.items():
             monkeypatch.setenv(name, value)
+        assert stat.S_IMODE((state / "token").stat().st_mode) == 0o600
+        monkeypatch.setenv("TIRE_TOKEN_FILE", str(state / "token"))
 
         def job() -> dict[str, dict]:
             spec = [str(MONKEY), str(FRONT), "--resolution", "64", "--orbit-step", "90", "--fit-steps", "2"]

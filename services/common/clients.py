@@ -1,7 +1,8 @@
-"""The one gRPC client factory: every service-to-service channel is made here.
+"""The one gRPC client factory: every channel is made here.
 
-Channels are plaintext on purpose: in the cluster, TLS (and peer identity) is the service mesh's job,
-so services neither hold certificates nor need reconfiguring when they rotate.
+Service-to-service channels are plaintext unless given credentials: in the cluster, TLS (and peer
+identity) is the service mesh's job, or mutual TLS set up by the deployment. Clients of the public API
+(``services.client``) pass TLS and call credentials.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def dial(
     max_message_bytes: int = 16 * MiB,
     retries: int = 4,
     timeout_s: float | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.Channel:
-    """Open an insecure (mesh-encrypted) channel to ``target``.
+    """Open a channel to ``target``: TLS with ``credentials``, else plaintext (encrypted by the mesh).
 
     Args:
         target: ``dns:///renderer:50051`` (every address the name resolves to is used, round-robin)
@@ -56,6 +58,7 @@ def dial(
             0.1 s to 2 s); at most 4, 0 disables. Only UNAVAILABLE is retried: the call did not run, or a
             service said retrying may help (``errors.StoreUnavailable``).
         timeout_s: default deadline for every call on the channel; a per-call ``timeout=`` overrides it.
+        credentials: TLS (and call) credentials, e.g. ``grpc.ssl_channel_credentials(...)``.
 
     The channel connects lazily; use ``wait_ready`` to block until the server is reachable.
     """
@@ -72,6 +75,8 @@ def dial(
         # The default (2) stops keepalive pings on an idle connection after two, defeating them.
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    if credentials is not None:
+        return grpc.secure_channel(target, credentials, options=options)
     return grpc.insecure_channel(target, options=options)
 
 

@@ -40,6 +40,13 @@ class ServerSettings:
             and spread load onto new pods.
         grace_s: on shutdown (and when a connection reaches its age), in-flight calls get this long.
         log_level: stdlib logging level name.
+        tls_cert_file: PEM certificate chain to serve TLS with ("": plaintext); it and the key are read
+            again when they change, so a renewed certificate needs no restart.
+        tls_key_file: PEM private key of that certificate.
+        tls_client_ca_file: PEM CA certificates; when set, clients must present a certificate signed by
+            one of them (mutual TLS).
+        health_port: a second, plaintext port serving ``grpc.health.v1`` alone, for probes that cannot
+            speak TLS (Kubernetes' gRPC probes); -1: none.
     """
 
     port: int = 50051
@@ -50,16 +57,31 @@ class ServerSettings:
     max_connection_age_s: float = 300.0
     grace_s: float = 30.0
     log_level: str = "INFO"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    health_port: int = -1
 
     def __post_init__(self) -> None:
         checks = [
             (0 <= self.port <= 65535, "port", "must be between 0 and 65535"),
             (-1 <= self.metrics_port <= 65535, "metrics_port", "must be between -1 and 65535"),
+            (-1 <= self.health_port <= 65535, "health_port", "must be between -1 and 65535"),
             (self.max_workers >= 1, "max_workers", "must be at least 1"),
             (self.max_message_bytes >= 1, "max_message_bytes", "must be at least 1"),
             (self.max_connection_age_s > 0, "max_connection_age_s", "must be positive"),
             (self.grace_s >= 0, "grace_s", "must not be negative"),
             (self.log_level.upper() in logging.getLevelNamesMapping(), "log_level", "must be a level name"),
+            (
+                bool(self.tls_cert_file) == bool(self.tls_key_file),
+                "tls_key_file",
+                "must be set with tls_cert_file",
+            ),
+            (
+                not self.tls_client_ca_file or bool(self.tls_cert_file),
+                "tls_client_ca_file",
+                "needs tls_cert_file",
+            ),
         ]
         for ok, name, problem in checks:
             if not ok:

@@ -66,6 +66,18 @@ class ObjectNotFound(NotFound):
     """The store has no object at the given URI."""
 
 
+class Unauthenticated(TireError):
+    """The call carries no credential, or one this service does not accept."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(TireError):
+    """The caller is known but may not touch what the request names (another bucket, another's object)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class FailedPrecondition(TireError):
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 

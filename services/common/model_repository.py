@@ -162,7 +162,8 @@ def settings_of(store, repository: str, models: Sequence[TritonModel], version: 
     Raises:
         ObjectNotFound: no such version under ``repository``.
     """
-    return json.loads(store.get_bytes(f"{repository.rstrip('/')}/{models[0].name}/{version}/{SETTINGS_FILE}"))
+    settings = f"{repository.rstrip('/')}/{models[0].name}/{version}/{SETTINGS_FILE}"
+    return json.loads(store.get_bytes(settings, any_bucket=True))
 
 
 def newest_settings(store, repository: str, models: Sequence[TritonModel]) -> tuple[int, dict | None]:

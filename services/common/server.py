@@ -19,15 +19,18 @@ What every server gets here, so servicers contain only their own logic:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib.metadata import version
+from pathlib import Path
 from types import FrameType
 from typing import Any, Generic, NoReturn, TypeVar
 from wsgiref.simple_server import WSGIServer
@@ -43,7 +46,7 @@ from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
 from services.common.config import ServerSettings, from_env
-from services.common.errors import CallerGone, FailedPrecondition, InvalidArgument, TireError
+from services.common.errors import CallerGone, ConfigError, FailedPrecondition, InvalidArgument, TireError
 from services.common.logs import configure_logging
 from services.common.store import ObjectStore, StoreSettings
 
@@ -76,8 +79,10 @@ class RunningServer:
         port: int,
         metrics: WSGIServer | None,
         grace_s: float,
+        health_server: grpc.Server | None = None,
     ):
         self._server = server
+        self._health_server = health_server
         self._executor = executor
         self._metrics = metrics
         self._names = names
@@ -99,6 +104,8 @@ class RunningServer:
         grace = self._grace_s if grace is None else grace
         log.info("stopping; in-flight calls get up to %s s", grace, extra={"grace_s": grace})
         self.health.enter_graceful_shutdown()
+        if self._health_server is not None:
+            self._health_server.stop(grace)
         self._server.stop(grace).wait()
         if self._metrics is not None:
             # shutdown() waits for the HTTP server's next poll (up to 0.5 s); nothing needs to wait for it.
@@ -140,7 +147,11 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
         spec.register(server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    port = server.add_insecure_port(_address(settings.host, settings.port))
+    address = _address(settings.host, settings.port)
+    if settings.tls_cert_file:
+        port = server.add_secure_port(address, _tls_credentials(settings))
+    else:
+        port = server.add_insecure_port(address)
     metrics = None
     if settings.metrics_port >= 0:
         try:
@@ -149,16 +160,73 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
             server.stop(None)
             executor.shutdown(wait=False)
             raise
+    health_server = None
+    if settings.health_port >= 0:
+        # Health alone, in plaintext: what Kubernetes' gRPC probes (which cannot speak TLS) ask.
+        health_server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_server.add_insecure_port(_address(settings.host, settings.health_port))
+        health_server.start()
     server.start()
-    running = RunningServer(server, executor, health_servicer, names, port, metrics, settings.grace_s)
+    running = RunningServer(
+        server, executor, health_servicer, names, port, metrics, settings.grace_s, health_server
+    )
+    security = (
+        "mutual TLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
+    )
     log.info(
-        "serving %s on port %d (metrics port %s)",
+        "serving %s on port %d, %s (metrics port %s)",
         ", ".join(names),
         port,
+        security,
         running.metrics_port,
-        extra={"port": port, "metrics_port": running.metrics_port},
+        extra={"port": port, "metrics_port": running.metrics_port, "security": security},
     )
     return running
+
+
+def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials:
+    """TLS from the settings' PEM files, read again whenever one of them changes (checked at each new
+    connection), so a renewed certificate (a Secret updated in place) is served without a restart.
+
+    Raises:
+        ConfigError: a file cannot be read.
+    """
+    paths = [settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file]
+
+    def stamp() -> tuple:
+        return tuple(_file_stamp(path) for path in paths if path)
+
+    def load() -> grpc.ServerCertificateConfiguration:
+        try:
+            cert, key, ca = (Path(path).read_bytes() if path else None for path in paths)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}.") from None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    seen = [stamp()]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:
+            now = stamp()
+            if now == seen[0]:
+                return None  # unchanged: keep serving the current certificate
+            config = load()
+        except (OSError, ConfigError) as exc:  # mid-rotation: keep the current one
+            log.warning("TLS files not read again: %s", exc)
+            return None
+        seen[0] = now
+        log.info("TLS certificate read again")
+        return config
+
+    return grpc.dynamic_ssl_server_credentials(
+        load(), fetch, require_client_authentication=bool(settings.tls_client_ca_file)
+    )
+
+
+def _file_stamp(path: str) -> tuple[int, int, int]:
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def describe(
@@ -175,7 +243,11 @@ def describe(
         version=version("tire-services"),
         device=device,
         available_backends=list(available),
-        settings={key: str(value) for key, value in asdict(settings).items()},
+        settings={
+            f.name: str(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)
+            if not f.metadata.get("secret")  # credentials are never reported
+        },
     )
 
 
@@ -272,8 +344,9 @@ def run_service(
     build: Callable[[S, ObjectStore], Any],
     add_to_server: Callable[[Any, grpc.Server], None],
     warm_up: Callable[[Any], None],
+    plaintext_allowed: Callable[[S], bool] = lambda settings: True,
 ) -> None:
-    """The whole ``main`` of a stage service, from the environment to shutdown.
+    """The whole ``main`` of a service, from the environment to shutdown.
 
     Reads the service's settings dataclass and its ``ServerSettings`` from ``{prefix}*`` variables and
     the store from ``TIRE_S3_*``, builds the servicer with ``build(settings, store)``, and serves it
@@ -287,6 +360,8 @@ def run_service(
         build: makes the servicer (the same function in-process callers use).
         add_to_server: the generated ``add_<Service>Servicer_to_server``.
         warm_up: runs a tiny real call (JIT compilation, model load) before health says SERVING.
+        plaintext_allowed: whether the settings let the service listen without TLS; when not, a missing
+            ``{prefix}TLS_CERT_FILE`` is a ``ConfigError``.
 
     A servicer whose backend has ``ready()`` (models served by Triton) is NOT_SERVING whenever that says
     no, after warm-up too.
@@ -294,6 +369,11 @@ def run_service(
     settings = from_env(settings_type, prefix)
     server_settings = from_env(ServerSettings, prefix)
     configure_logging(name, server_settings.log_level)
+    if not server_settings.tls_cert_file and not plaintext_allowed(settings):
+        raise ConfigError(
+            f"{name} serves TLS only, and {prefix}TLS_CERT_FILE is not set: set it and "
+            f"{prefix}TLS_KEY_FILE, or {prefix}ALLOW_PLAINTEXT=1 to serve plaintext (loopback, a mesh)."
+        )
     servicer = build(settings, ObjectStore(StoreSettings.from_env()))
     serve(
         ServiceSpec(name=name, register=lambda server: add_to_server(servicer, server)),

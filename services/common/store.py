@@ -23,7 +23,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import urllib3
@@ -37,6 +37,7 @@ from services.common.errors import (
     IntegrityError,
     ObjectNotFound,
     ObjectTooLarge,
+    PermissionDenied,
     StoreAuthError,
     StoreUnavailable,
     TireError,
@@ -150,7 +151,9 @@ class BlobStore(Protocol):
         self, data: bytes, *, suffix: str = "", media_type: str = "application/octet-stream"
     ) -> common_pb2.ObjectRef: ...
 
-    def get_bytes(self, uri: str, *, sha256: str | None = None, max_bytes: int | None = None) -> bytes: ...
+    def get_bytes(
+        self, uri: str, *, sha256: str | None = None, max_bytes: int | None = None, any_bucket: bool = False
+    ) -> bytes: ...
 
     def get_object(self, ref: common_pb2.ObjectRef, *, max_bytes: int | None = None) -> bytes: ...
 
@@ -160,9 +163,13 @@ class BlobStore(Protocol):
 
     def ensure_bucket(self) -> None: ...
 
-    def presigned_put(
-        self, sha256: str, *, suffix: str = "", expires: timedelta = timedelta(hours=1)
-    ) -> str: ...
+    def presigned_put(self, key: str, *, expires: timedelta = timedelta(hours=1)) -> str: ...
+
+    def remove(self, uris: list[str]) -> None: ...
+
+    def promote(
+        self, staged_uri: str, sha256: str, size_bytes: int, *, suffix: str = "", media_type: str = ""
+    ) -> common_pb2.ObjectRef: ...
 
     def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str: ...
 
@@ -291,19 +298,23 @@ class ObjectStore:
                 )
         return common_pb2.ObjectRef(uri=uri, sha256=sha256, size_bytes=len(data), media_type=media_type)
 
-    def get_bytes(self, uri: str, *, sha256: str | None = None, max_bytes: int | None = None) -> bytes:
+    def get_bytes(
+        self, uri: str, *, sha256: str | None = None, max_bytes: int | None = None, any_bucket: bool = False
+    ) -> bytes:
         """The bytes at ``uri``, verified against ``sha256`` when given.
 
         Args:
-            uri: ``s3://bucket/key``, any bucket.
+            uri: ``s3://bucket/key`` in ``settings.bucket`` (in any bucket with ``any_bucket``: model
+                weights, never a caller's reference).
             sha256: lower-case hex digest the bytes must have.
             max_bytes: refuse larger objects, checked before the body is read; default
                 ``settings.max_object_bytes``.
 
         Raises:
-            InvalidArgument, ObjectNotFound, ObjectTooLarge, IntegrityError, StoreAuthError, StoreUnavailable.
+            InvalidArgument, PermissionDenied (another bucket), ObjectNotFound, ObjectTooLarge,
+            IntegrityError, StoreAuthError, StoreUnavailable.
         """
-        bucket, key = parse_uri(uri)
+        bucket, key = parse_uri(uri) if any_bucket else self._own(uri)
         if sha256 is not None:
             validation.sha256(sha256, "sha256")
         limit = self.settings.max_object_bytes if max_bytes is None else max_bytes
@@ -329,24 +340,41 @@ class ObjectStore:
         return self.get_bytes(ref.uri, sha256=ref.sha256, max_bytes=max_bytes)
 
     def exists(self, uri: str) -> bool:
-        """Whether an object is at ``uri``. Raises InvalidArgument, StoreAuthError, StoreUnavailable."""
+        """Whether an object is at ``uri`` (in ``settings.bucket``).
+
+        Raises InvalidArgument, PermissionDenied, StoreAuthError, StoreUnavailable."""
+        self._own(uri)
         return self._size(uri) is not None
 
-    def presigned_put(self, sha256: str, *, suffix: str = "", expires: timedelta = timedelta(hours=1)) -> str:
-        """An HTTP URL that lets anyone PUT, until ``expires`` from now, the object whose bytes hash to
-        ``sha256`` at its content key in ``settings.bucket`` (``uri_for(content_key(sha256, suffix))``).
-
-        The URL does not bind the bytes: readers must still verify the sha256 they read.
-        """
-        key = content_key(sha256, suffix)
+    def presigned_put(self, key: str, *, expires: timedelta = timedelta(hours=1)) -> str:
+        """An HTTP URL that lets anyone PUT any bytes at ``key`` in ``settings.bucket`` until ``expires``
+        from now. Give out only staging keys: the URL binds neither the bytes nor their size, so what
+        lands there is checked by ``promote`` before anything reads it."""
         with self._errors(self.uri_for(key)):
             return self._presigner.presigned_put_object(self.settings.bucket, key, expires=expires)
 
     def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str:
-        """An HTTP URL that lets anyone GET the object at ``uri`` until ``expires`` from now."""
-        bucket, key = parse_uri(uri)
+        """An HTTP URL that lets anyone GET the object at ``uri`` (in ``settings.bucket``) until
+        ``expires`` from now."""
+        bucket, key = self._own(uri)
         with self._errors(uri):
             return self._presigner.presigned_get_object(bucket, key, expires=expires)
+
+    def promote(
+        self, staged_uri: str, sha256: str, size_bytes: int, *, suffix: str = "", media_type: str = ""
+    ) -> common_pb2.ObjectRef:
+        """Make the bytes a client PUT at ``staged_uri`` the content-addressed object they claim to be:
+        check their size and sha256, write them at their content key, remove the staged copy.
+
+        The bytes written are the ones checked (read once, into memory), so a PUT racing the check
+        cannot slip other bytes in.
+
+        Raises:
+            ObjectNotFound: nothing was uploaded there.
+            IntegrityError: the size or the sha256 differs (the staged copy is kept for another PUT).
+            ObjectTooLarge, StoreAuthError, StoreUnavailable.
+        """
+        return _promote(self, staged_uri, sha256, size_bytes, suffix, media_type)
 
     def upload_folder(self, folder: str | os.PathLike, prefix_uri: str) -> list[str]:
         """Copy every file under ``folder`` to ``<prefix_uri>/<relative path>`` (model weights, which are
@@ -368,7 +396,7 @@ class ObjectStore:
 
     def remove(self, uris: list[str]) -> None:
         """Delete the objects at ``uris`` (those absent are skipped). Only for what a service wrote and
-        owns, such as a model version Triton refused; never for content-addressed job data.
+        owns: a model version Triton refused, or job data the coordinator knows nothing uses any more.
 
         Raises:
             InvalidArgument (a malformed URI), StoreAuthError, StoreUnavailable.
@@ -377,6 +405,20 @@ class ObjectStore:
             bucket, key = parse_uri(uri)
             with self._errors(uri):
                 self._client.remove_object(bucket, key)
+
+    def modified_before(self, prefix_uri: str, before: datetime) -> list[str]:
+        """URIs of the objects under ``prefix_uri`` last written before ``before`` (aware), sorted.
+
+        Raises:
+            InvalidArgument (a malformed prefix), StoreAuthError, StoreUnavailable.
+        """
+        bucket, prefix = parse_uri(prefix_uri.rstrip("/"))
+        with self._errors(prefix_uri):
+            return sorted(
+                f"s3://{bucket}/{item.object_name}"
+                for item in self._client.list_objects(bucket, prefix=f"{prefix}/", recursive=True)
+                if not item.is_dir and item.last_modified is not None and item.last_modified < before
+            )
 
     def list_prefix(self, prefix_uri: str) -> list[str]:
         """The keys under ``prefix_uri``, relative to it, sorted (empty when there are none).
@@ -410,6 +452,10 @@ class ObjectStore:
             with self._errors(f"s3://{bucket}/{prefix}/{rel}"):
                 self._client.fget_object(bucket, f"{prefix}/{rel}", os.path.join(folder, rel))
         return relative
+
+    def _own(self, uri: str) -> tuple[str, str]:
+        """``parse_uri(uri)``, refusing a bucket other than ``settings.bucket``."""
+        return _own_bucket(uri, self.settings.bucket)
 
     def _size(self, uri: str) -> int | None:
         """Size of the object at ``uri`` in bytes, or None when there is none."""
@@ -473,6 +519,7 @@ class MemoryStore:
         self.bucket = bucket
         self.max_object_bytes = max_object_bytes
         self._objects: dict[str, bytes] = {}
+        self._written: dict[str, datetime] = {}
         self._lock = threading.Lock()
 
     def uri_for(self, key: str) -> str:
@@ -488,11 +535,15 @@ class MemoryStore:
         uri = self.uri_for(content_key(sha256, suffix))
         with self._lock:
             self._objects[uri] = bytes(data)
+            self._written[uri] = datetime.now(UTC)
         return common_pb2.ObjectRef(uri=uri, sha256=sha256, size_bytes=len(data), media_type=media_type)
 
-    def get_bytes(self, uri: str, *, sha256: str | None = None, max_bytes: int | None = None) -> bytes:
+    def get_bytes(
+        self, uri: str, *, sha256: str | None = None, max_bytes: int | None = None, any_bucket: bool = False
+    ) -> bytes:
         """As ``ObjectStore.get_bytes``."""
-        parse_uri(uri)
+        if not any_bucket:
+            _own_bucket(uri, self.bucket)
         if sha256 is not None:
             validation.sha256(sha256, "sha256")
         with self._lock:
@@ -510,20 +561,33 @@ class MemoryStore:
 
     def exists(self, uri: str) -> bool:
         """As ``ObjectStore.exists``."""
-        parse_uri(uri)
+        _own_bucket(uri, self.bucket)
         with self._lock:
             return uri in self._objects
 
     def ensure_bucket(self) -> None:
         """Nothing to create: the bucket is a name."""
 
-    def presigned_put(self, sha256: str, *, suffix: str = "", expires: timedelta = timedelta(hours=1)) -> str:
+    def presigned_put(self, key: str, *, expires: timedelta = timedelta(hours=1)) -> str:
         """Raises ``Unimplemented``: nothing outside this process can reach the objects."""
         raise Unimplemented("the in-memory object store signs no URLs: run the services with an S3 store.")
 
     def presigned_get(self, uri: str, *, expires: timedelta = timedelta(hours=1)) -> str:
         """Raises ``Unimplemented``: nothing outside this process can reach the objects."""
         raise Unimplemented("the in-memory object store signs no URLs: run the services with an S3 store.")
+
+    def promote(
+        self, staged_uri: str, sha256: str, size_bytes: int, *, suffix: str = "", media_type: str = ""
+    ) -> common_pb2.ObjectRef:
+        """As ``ObjectStore.promote``."""
+        return _promote(self, staged_uri, sha256, size_bytes, suffix, media_type)
+
+    def put_at(self, uri: str, data: bytes) -> None:
+        """Write ``data`` at ``uri`` as a client's presigned PUT would (tests)."""
+        _own_bucket(uri, self.bucket)
+        with self._lock:
+            self._objects[uri] = bytes(data)
+            self._written[uri] = datetime.now(UTC)
 
     def upload_folder(self, folder: str | os.PathLike, prefix_uri: str) -> list[str]:
         """As ``ObjectStore.upload_folder``."""
@@ -544,6 +608,16 @@ class MemoryStore:
             parse_uri(uri)
             with self._lock:
                 self._objects.pop(uri, None)
+
+    def modified_before(self, prefix_uri: str, before: datetime) -> list[str]:
+        """As ``ObjectStore.modified_before``."""
+        prefix = prefix_uri.rstrip("/") + "/"
+        with self._lock:
+            return sorted(
+                uri
+                for uri in self._objects
+                if uri.startswith(prefix) and self._written.get(uri, datetime.now(UTC)) < before
+            )
 
     def list_prefix(self, prefix_uri: str) -> list[str]:
         """As ``ObjectStore.list_prefix``."""
@@ -567,6 +641,34 @@ class MemoryStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
         return sorted(found)
+
+
+def _own_bucket(uri: str, bucket: str) -> tuple[str, str]:
+    """``parse_uri(uri)``; PermissionDenied unless the URI is in ``bucket``."""
+    found, key = parse_uri(uri)
+    if found != bucket:
+        raise PermissionDenied(f"{uri} is outside this deployment's bucket {bucket!r}: it is not read here.")
+    return found, key
+
+
+def _promote(
+    store: ObjectStore | MemoryStore,
+    staged_uri: str,
+    sha256: str,
+    size_bytes: int,
+    suffix: str,
+    media_type: str,
+) -> common_pb2.ObjectRef:
+    """``promote`` for either store: check the staged bytes, write them at their content key."""
+    data = store.get_bytes(staged_uri, max_bytes=size_bytes)  # ObjectTooLarge past the size announced
+    if len(data) != size_bytes:
+        raise IntegrityError(f"the upload holds {len(data)} bytes where {size_bytes} were announced.")
+    found = content_sha256(data)
+    if found != sha256:
+        raise IntegrityError(f"the upload's bytes have sha256 {found}, not the {sha256} announced.")
+    ref = store.put_bytes(data, suffix=suffix, media_type=media_type or "application/octet-stream")
+    store.remove([staged_uri])
+    return ref
 
 
 def _files_under(folder: str | os.PathLike) -> list[pathlib.Path]:

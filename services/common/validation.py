@@ -23,6 +23,9 @@ S = TypeVar("S", bound=Sized)
 _S3_URI = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
+MAX_URI_CHARS = 1024
+"""The longest object URI any request may hold (S3 keys are at most 1024 bytes)."""
+
 
 def require(condition: bool, field: str, value: Any, problem: str) -> None:
     """Raise ``InvalidArgument(field, value, problem)`` unless ``condition`` holds."""
@@ -76,12 +79,22 @@ def non_empty(value: S, field: str) -> S:
 
 
 def s3_uri(value: str, field: str) -> str:
-    """An object URI ``s3://bucket/key`` with a valid bucket name and a non-empty key."""
+    """An object URI ``s3://bucket/key`` with a valid bucket name and a non-empty key, at most
+    ``MAX_URI_CHARS`` characters."""
+    text(value, field, MAX_URI_CHARS)
     require(
         isinstance(value, str) and _S3_URI.fullmatch(value) is not None,
         field,
         value,
         "must be an object URI like s3://bucket/key",
+    )
+    return value
+
+
+def text(value: str, field: str, max_chars: int) -> str:
+    """A string of at most ``max_chars`` characters (messages stay small whatever clients send)."""
+    require(
+        len(value) <= max_chars, field, f"{len(value)} characters", f"must be at most {max_chars} characters"
     )
     return value
 

@@ -7,10 +7,19 @@ number without gaps. Every method commits before it returns.
 
 Tables (protobuf messages are stored serialized, next to the few columns that are queried):
 
-    jobs    row (insertion order, newest = largest), id, request_id, state, cancel_requested,
-            created_ns, updated_ns (Unix nanoseconds, UTC), spec, progress, outputs, error
+    jobs    row (insertion order, newest = largest), id, owner (the principal that submitted it),
+            request_id, state, cancel_requested, created_ns, updated_ns (Unix nanoseconds, UTC), spec,
+            progress, outputs, error
     steps   job_id, step, result (bytes), seconds (wall time), row (finish order)
     events  job_id, sequence (1, 2, 3... per job, no gaps), event (a serialized JobEvent)
+    objects job_id, uri: every object a job names (its spec, step results, events and outputs), so a
+            deleted job's objects can be told from those another job still uses
+    uploads owner, uri (the content-addressed object), sha256, size_bytes, staging_uri (where the
+            presigned PUT writes; "" once verified), created_ns, expires_ns: what each principal
+            uploaded, or is allowed to upload until ``expires_ns``
+
+Ownership: methods that take ``owner`` act only on that principal's jobs (another's is ``NotFound``,
+as if it did not exist); ``owner=None`` is the coordinator itself, or an admin.
 
 Job lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED. The last three are final: a job never
 leaves them. A QUEUED job is cancelled at once; a RUNNING one gets a flag that its runner polls
@@ -39,6 +48,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from tire.v1 import coordinator_pb2
 
@@ -62,7 +72,7 @@ ACTIVE_STATES = frozenset({coordinator_pb2.JOB_STATE_QUEUED, coordinator_pb2.JOB
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 # How long a waiter sleeps between looks at the file, for events appended by another JobStore (another
 # process); appends through this store wake it at once.
 _POLL_SECONDS = 0.5
@@ -74,6 +84,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     row INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL DEFAULT '',
     request_id TEXT NOT NULL DEFAULT '',
     state INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
@@ -84,8 +95,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     outputs BLOB NOT NULL DEFAULT x'',
     error TEXT NOT NULL DEFAULT ''
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id != '';
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs (owner, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, row);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, state, row);
 CREATE TABLE IF NOT EXISTS steps (
     row INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs (id),
@@ -100,9 +112,36 @@ CREATE TABLE IF NOT EXISTS events (
     event BLOB NOT NULL,
     PRIMARY KEY (job_id, sequence)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS objects (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    uri TEXT NOT NULL,
+    PRIMARY KEY (job_id, uri)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS objects_uri ON objects (uri);
+CREATE TABLE IF NOT EXISTS uploads (
+    owner TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    staging_uri TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    expires_ns INTEGER NOT NULL,
+    PRIMARY KEY (owner, uri)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uploads_uri ON uploads (uri);
+CREATE INDEX IF NOT EXISTS uploads_staging_uri ON uploads (staging_uri);
+CREATE INDEX IF NOT EXISTS uploads_expires ON uploads (expires_ns);
 """
 
-_JOB_COLUMNS = "id, state, created_ns, updated_ns, spec, progress, outputs, error"
+# From schema 1: jobs gain their owner ("": submitted before principals; only admins see them), request
+# ids become unique per owner, and the objects of the jobs kept so far are recorded.
+_MIGRATE_FROM_1 = """
+ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+DROP INDEX IF EXISTS jobs_request_id;
+"""
+
+_JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, outputs, error"
+_URI_FIELDS = frozenset({"uri", "uris", "preview_uris"})
 
 
 class JobStore:
@@ -133,10 +172,21 @@ class JobStore:
                     f"job database {self.path!r} has schema version {version}; this coordinator reads "
                     f"up to {_SCHEMA_VERSION}."
                 )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            migrating = version == 1
+            if migrating:
+                _run_script(db, _MIGRATE_FROM_1)
+            _run_script(db, _SCHEMA)
+            if migrating:
+                self._record_all_objects(db)
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def _record_all_objects(self, db: sqlite3.Connection) -> None:
+        """The objects rows of every job kept so far (a file written by schema 1 has none)."""
+        for job_id, spec, outputs in db.execute("SELECT id, spec, outputs FROM jobs").fetchall():
+            _record_objects(db, job_id, JobSpec.FromString(spec))
+            _record_objects(db, job_id, JobOutputs.FromString(outputs))
+        for job_id, event in db.execute("SELECT job_id, event FROM events").fetchall():
+            _record_objects(db, job_id, JobEvent.FromString(event))
 
     def close(self) -> None:
         """Closes the file; waiters are woken, and any later call raises ``sqlite3.ProgrammingError``."""
@@ -152,8 +202,9 @@ class JobStore:
 
     # ---- jobs -------------------------------------------------------------------------------------
 
-    def create(self, spec: JobSpec, request_id: str = "") -> tuple[Job, bool]:
-        """Queues a new job, or returns the job first submitted with the same non-empty ``request_id``.
+    def create(self, spec: JobSpec, request_id: str = "", owner: str = "") -> tuple[Job, bool]:
+        """Queues a new job of ``owner``, or returns the job ``owner`` first submitted with the same
+        non-empty ``request_id``.
 
         Returns:
             (job, created): a new job in JOB_STATE_QUEUED with a fresh id ("job-" + 12 hex characters)
@@ -161,7 +212,9 @@ class JobStore:
         """
         with self._write() as db:
             if request_id:
-                row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE request_id = ?", (request_id,))
+                row = db.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE owner = ? AND request_id = ?", (owner, request_id)
+                )
                 found = row.fetchone()
                 if found is not None:
                     return _job_from_row(found), False
@@ -171,24 +224,34 @@ class JobStore:
                 if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                     break
             db.execute(
-                "INSERT INTO jobs (id, request_id, state, created_ns, updated_ns, spec)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, request_id, coordinator_pb2.JOB_STATE_QUEUED, now, now, spec.SerializeToString()),
+                "INSERT INTO jobs (id, owner, request_id, state, created_ns, updated_ns, spec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    owner,
+                    request_id,
+                    coordinator_pb2.JOB_STATE_QUEUED,
+                    now,
+                    now,
+                    spec.SerializeToString(),
+                ),
             )
+            _record_objects(db, job_id, spec)
             return self._get(db, job_id), True
 
-    def get(self, job_id: str) -> Job:
-        """The job as stored now; ``NotFound`` naming ``job_id`` if there is none."""
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job as stored now; ``NotFound`` naming ``job_id`` if there is none (of ``owner``'s)."""
         with self._lock:
-            return self._get(self._db, job_id)
+            return self._get(self._db, job_id, owner)
 
     def list(
         self,
         page_size: int = DEFAULT_PAGE_SIZE,
         page_token: str = "",
         state: int = coordinator_pb2.JOB_STATE_UNSPECIFIED,
+        owner: str | None = None,
     ) -> tuple[list[Job], str]:
-        """One page of jobs, newest first.
+        """One page of jobs (``owner``'s, or everybody's for None), newest first.
 
         Args:
             page_size: jobs per page, 1 to 100; 0 means 20.
@@ -210,6 +273,9 @@ class JobStore:
             raise InvalidArgument("state", state, "must be a JobState")
         before = _decode_page_token(page_token, state) if page_token else None
         where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if state != coordinator_pb2.JOB_STATE_UNSPECIFIED:
             where.append("state = ?")
             args.append(state)
@@ -281,7 +347,7 @@ class JobStore:
             self._require_job(db, job_id)
             db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress.SerializeToString(), job_id))
 
-    def request_cancel(self, job_id: str) -> Job:
+    def request_cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Cancels a job; returns it.
 
         QUEUED: becomes CANCELLED at once, and its JobFinished event is appended. RUNNING: the cancel flag
@@ -289,7 +355,7 @@ class JobStore:
         with ``finish(job_id, JOB_STATE_CANCELLED)``. Final: returned unchanged.
         """
         with self._write() as db:
-            job = self._get(db, job_id)
+            job = self._get(db, job_id, owner)
             if job.state in FINAL_STATES:
                 return job
             db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
@@ -307,8 +373,9 @@ class JobStore:
 
     # ---- steps ------------------------------------------------------------------------------------
 
-    def record_step(self, job_id: str, step: str, result: bytes, seconds: float) -> None:
-        """Records that ``step`` finished with ``result`` (serialized) after ``seconds`` of wall time.
+    def record_step(self, job_id: str, step: str, result: Message, seconds: float) -> None:
+        """Records that ``step`` finished with ``result`` after ``seconds`` of wall time, and the objects
+        ``result`` names as the job's.
 
         Idempotent: recording a step again keeps the first result (a resumed runner may redo a step
         whose record it had not seen committed; the first result is the one events already point at).
@@ -317,8 +384,9 @@ class JobStore:
             self._require_job(db, job_id)
             db.execute(
                 "INSERT OR IGNORE INTO steps (job_id, step, result, seconds) VALUES (?, ?, ?, ?)",
-                (job_id, step, bytes(result), float(seconds)),
+                (job_id, step, result.SerializeToString(), float(seconds)),
             )
+            _record_objects(db, job_id, result)
 
     def step_result(self, job_id: str, step: str) -> bytes | None:
         """The serialized result of a finished step, or None if the step has not finished."""
@@ -373,6 +441,113 @@ class JobStore:
                     return found
                 self._appended.wait(min(remaining, _POLL_SECONDS))
 
+    # ---- deletion and retention --------------------------------------------------------------------
+
+    def delete(self, job_id: str, owner: str | None = None) -> list[str]:
+        """Deletes a finished job of ``owner``'s: its record, steps, events and objects rows.
+
+        Returns:
+            The URIs the job named that nothing else uses any more (no other job, no upload): what to
+            remove from the store.
+
+        Raises:
+            NotFound: no such job (of ``owner``'s).
+            FailedPrecondition: the job is queued or running.
+        """
+        with self._write() as db:
+            job = self._get(db, job_id, owner)
+            if job.state not in FINAL_STATES:
+                raise FailedPrecondition(
+                    f"job {job_id!r} is {_state_name(job.state)}: cancel it (CancelJob) before deleting it."
+                )
+            uris = [row[0] for row in db.execute("SELECT uri FROM objects WHERE job_id = ?", (job_id,))]
+            for table in ("objects", "events", "steps"):
+                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            return [uri for uri in uris if not _in_use(db, uri)]
+
+    def finished_before(self, before_ns: int, limit: int = 100) -> list[str]:
+        """Ids of jobs that ended (SUCCEEDED, FAILED, CANCELLED) before ``before_ns`` (Unix ns), oldest
+        first, at most ``limit``: what retention deletes."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND updated_ns < ? ORDER BY row LIMIT ?",
+                (*sorted(FINAL_STATES), before_ns, limit),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def objects_of(self, job_id: str) -> set[str]:
+        """Every object URI the job names: its inputs, step results, events and outputs."""
+        with self._lock:
+            rows = self._db.execute("SELECT uri FROM objects WHERE job_id = ?", (job_id,)).fetchall()
+        return {row[0] for row in rows}
+
+    def in_use(self, uris: Sequence[str]) -> set[str]:
+        """Those of ``uris`` a job or an upload names."""
+        with self._lock:
+            return {uri for uri in uris if _in_use(self._db, uri)}
+
+    # ---- uploads ----------------------------------------------------------------------------------
+
+    def expect_upload(
+        self, owner: str, uri: str, sha256: str, size_bytes: int, staging_uri: str, expires_ns: int
+    ) -> None:
+        """Notes that ``owner`` may upload the bytes of ``uri`` (``sha256``, ``size_bytes``) to
+        ``staging_uri`` until ``expires_ns``; replaces an earlier pending upload of the same object."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO uploads (owner, uri, sha256, size_bytes, staging_uri, created_ns, expires_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, uri) DO UPDATE SET"
+                " staging_uri = excluded.staging_uri, expires_ns = excluded.expires_ns,"
+                " sha256 = excluded.sha256, size_bytes = excluded.size_bytes",
+                (owner, uri, sha256, size_bytes, staging_uri, time.time_ns(), expires_ns),
+            )
+
+    def upload(self, owner: str, uri: str) -> tuple[str, int, str] | None:
+        """``owner``'s upload of ``uri`` as (sha256, size_bytes, staging_uri), the staging URI "" once
+        verified; None if ``owner`` has none."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256, size_bytes, staging_uri FROM uploads WHERE owner = ? AND uri = ?",
+                (owner, uri),
+            ).fetchone()
+        return None if row is None else (row[0], int(row[1]), row[2])
+
+    def mark_uploaded(self, owner: str, uri: str, keep_until_ns: int) -> None:
+        """``owner``'s upload of ``uri`` is verified and in place: no staging URI any more, kept (for
+        ``owner``'s next jobs) until ``keep_until_ns``."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE uploads SET staging_uri = '', expires_ns = ? WHERE owner = ? AND uri = ?",
+                (keep_until_ns, owner, uri),
+            )
+
+    def produced_for(self, owner: str, uri: str) -> bool:
+        """Whether one of ``owner``'s jobs names ``uri`` (so ``owner`` may read it in a new job)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM objects JOIN jobs ON jobs.id = objects.job_id"
+                " WHERE objects.uri = ? AND jobs.owner = ? LIMIT 1",
+                (uri, owner),
+            ).fetchone()
+        return row is not None
+
+    def drop_expired_uploads(self, now_ns: int) -> tuple[list[str], list[str]]:
+        """Forgets uploads past their expiry.
+
+        Returns:
+            (staging, unused): staging URIs of uploads never verified (delete them from the store), and
+            the URIs of expired verified uploads that nothing else uses any more.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT owner, uri, staging_uri FROM uploads WHERE expires_ns < ?", (now_ns,)
+            ).fetchall()
+            db.execute("DELETE FROM uploads WHERE expires_ns < ?", (now_ns,))
+            staging = [row[2] for row in rows if row[2]]
+            unused = sorted({row[1] for row in rows if not row[2] and not _in_use(db, row[1])})
+            return staging, unused
+
     # ---- internals (callers hold self._lock) --------------------------------------------------------
 
     @contextlib.contextmanager
@@ -390,10 +565,10 @@ class JobStore:
                     self._db.execute("ROLLBACK")
                 raise
 
-    def _get(self, db: sqlite3.Connection, job_id: str) -> Job:
+    def _get(self, db: sqlite3.Connection, job_id: str, owner: str | None = None) -> Job:
         row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise _not_found(job_id)
+        if row is None or (owner is not None and row[1] != owner):
+            raise _not_found(job_id)  # another principal's job does not exist for this caller
         return _job_from_row(row)
 
     def _require_job(self, db: sqlite3.Connection, job_id: str) -> None:
@@ -450,6 +625,7 @@ class JobStore:
             "INSERT INTO events (job_id, sequence, event) VALUES (?, ?, ?)",
             (job_id, stored.sequence, stored.SerializeToString()),
         )
+        _record_objects(db, job_id, stored)
         # Watchers wake once the lock is released, i.e. after the commit in ``_write``.
         self._appended.notify_all()
         return stored
@@ -465,9 +641,45 @@ class JobStore:
         return [JobEvent.FromString(row[0]) for row in rows]
 
 
+def object_uris(message: Message) -> set[str]:
+    """Every object URI in ``message``, at any depth: the ``uri``, ``uris`` and ``preview_uris`` fields of
+    its ObjectRefs, TensorRefs and requests."""
+    found: set[str] = set()
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                continue  # labels: strings of the client's, not references
+            for item in value if field.is_repeated else (value,):
+                found |= object_uris(item)
+        elif field.name in _URI_FIELDS:
+            found |= set(value) if field.is_repeated else {value}
+    return found - {""}
+
+
+def _record_objects(db: sqlite3.Connection, job_id: str, message: Message) -> None:
+    db.executemany(
+        "INSERT OR IGNORE INTO objects (job_id, uri) VALUES (?, ?)",
+        [(job_id, uri) for uri in sorted(object_uris(message))],
+    )
+
+
+def _in_use(db: sqlite3.Connection, uri: str) -> bool:
+    """Whether a job or an upload (pending or verified, its object or its staging key) names ``uri``."""
+    return any(
+        db.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (uri,)).fetchone() is not None
+        for table, column in (("objects", "uri"), ("uploads", "uri"), ("uploads", "staging_uri"))
+    )
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def _job_from_row(row: Sequence) -> Job:
-    job_id, state, created_ns, updated_ns, spec, progress, outputs, error = row
-    job = Job(id=job_id, state=state, spec=JobSpec.FromString(spec), error=error)
+    job_id, owner, state, created_ns, updated_ns, spec, progress, outputs, error = row
+    job = Job(id=job_id, owner=owner, state=state, spec=JobSpec.FromString(spec), error=error)
     job.created_at.CopyFrom(_timestamp(created_ns))
     job.updated_at.CopyFrom(_timestamp(updated_ns))
     if progress:

@@ -25,7 +25,11 @@ Configuration (environment, read once at start):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -33,15 +37,24 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common import validation
-from services.common.errors import ConfigError, InvalidArgument
+from services.common.errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidArgument,
+    ObjectNotFound,
+    ObjectTooLarge,
+    PermissionDenied,
+)
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key
+from services.coordinator.auth import TokenBook
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
-from services.coordinator.spec import check_uploaded, resolve_spec
+from services.coordinator.retention import STAGING_PREFIX, Retention, remove_objects
+from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages
 
 log = logging.getLogger(__name__)
@@ -49,6 +62,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "tire.v1.CoordinatorService"
 MAX_UPLOAD_FILES = 64
 MAX_UPLOAD_BYTES = 8 * 2**30
+MAX_DOWNLOAD_URIS = 1000
+MAX_NAME_CHARS = 255
+MAX_JOB_ID_CHARS = 64
+MAX_REQUEST_ID_CHARS = 128
+MAX_PAGE_TOKEN_CHARS = 256
 _SUFFIXES = {"application/x-ply": ".ply", "image/png": ".png", "application/json": ".json"}
 
 
@@ -66,6 +84,11 @@ class CoordinatorSettings:
     retry_attempts: int = 6
     url_expiry_s: int = 3600
     source_weight: float = 10.0
+    tokens_file: str = ""
+    tokens: str = dataclasses.field(default="", metadata={"secret": True})
+    allow_plaintext: bool = False
+    retention_s: int = 30 * 24 * 3600
+    retention_sweep_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for name, ok in (
@@ -75,27 +98,40 @@ class CoordinatorSettings:
             ("retry_attempts", self.retry_attempts >= 1),
             ("url_expiry_s", 60 <= self.url_expiry_s <= 7 * 24 * 3600),
             ("source_weight", 0 < self.source_weight < 1e6),
+            ("retention_s", self.retention_s == 0 or self.retention_s >= 3600),
+            ("retention_sweep_s", self.retention_sweep_s >= 1),
         ):
             if not ok:
                 raise ConfigError(f"CoordinatorSettings.{name} is out of range, got {getattr(self, name)!r}.")
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
+    """The public API. Every call first identifies its caller (``TokenBook``): a principal acts on its
+    own jobs and uploads only; an admin sees every job."""
+
     def __init__(
         self,
         jobs: JobStore,
         queue: JobQueue,
         store: BlobStore,
+        tokens: TokenBook,
         settings: CoordinatorSettings = CoordinatorSettings(),
         stages: Stages | None = None,
     ):
         self.jobs = jobs
         self.queue = queue
         self.store = store
+        self.tokens = tokens
         self.settings = settings
         self.stages = stages
 
+    def _owner(self, context) -> str | None:
+        """Whose jobs the caller may see: its principal's, or (None) everybody's for an admin."""
+        caller = self.tokens.identify(context)
+        return None if caller.admin else caller.principal
+
     def Describe(self, request, context):
+        self.tokens.identify(context)
         answer = describe(SERVICE_NAME, "ring-schedule", "cpu", ("ring-schedule",), self.settings)
         for name in STAGE_NAMES if self.stages is not None else ():
             try:
@@ -106,6 +142,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return answer
 
     def CreateUpload(self, request, context):
+        principal = self.tokens.identify(context).principal
         if not 1 <= len(request.files) <= MAX_UPLOAD_FILES:
             raise InvalidArgument("files", len(request.files), f"must hold 1 to {MAX_UPLOAD_FILES} files")
         expires = timedelta(seconds=self.settings.url_expiry_s)
@@ -114,6 +151,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         uploads = []
         for i, file in enumerate(request.files):
             field = f"files[{i}]"
+            validation.text(file.name, f"{field}.name", MAX_NAME_CHARS)
             if not 0 < file.size_bytes <= MAX_UPLOAD_BYTES:
                 raise InvalidArgument(
                     f"{field}.size_bytes", file.size_bytes, f"must be 1 to {MAX_UPLOAD_BYTES}"
@@ -125,34 +163,45 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                     f"{field}.media_type", file.media_type, f"must be one of {sorted(_SUFFIXES)}"
                 )
             uri = self.store.uri_for(content_key(file.sha256, suffix))
-            needed = not self.store.exists(uri)
+            put_url = ""
+            if not self._holds(principal, uri):
+                # The bytes go to a staging key of the caller's, never to the object itself: SubmitJob
+                # checks them before anything reads them, and nothing already stored can be written over.
+                staging = f"{STAGING_PREFIX}/{principal}/{secrets.token_hex(16)}{suffix}"
+                put_url = self.store.presigned_put(staging, expires=expires)
+                self.jobs.expect_upload(
+                    principal,
+                    uri,
+                    file.sha256,
+                    file.size_bytes,
+                    self.store.uri_for(staging),
+                    expires_at.ToNanoseconds(),
+                )
             uploads.append(
                 coordinator_pb2.Upload(
                     name=file.name,
-                    # No URL for an object that exists: a PUT would write over what jobs may be reading.
-                    put_url=self.store.presigned_put(file.sha256, suffix=suffix, expires=expires)
-                    if needed
-                    else "",
+                    put_url=put_url,
                     object=common_pb2.ObjectRef(
                         uri=uri, sha256=file.sha256, size_bytes=file.size_bytes, media_type=file.media_type
                     ),
                     expires_at=expires_at,
-                    needs_upload=needed,
+                    needs_upload=bool(put_url),
                 )
             )
         return coordinator_pb2.CreateUploadResponse(uploads=uploads)
 
     def CreateDownload(self, request, context):
-        job = self.jobs.get(request.job_id)
-        owned = _job_uris(job) | {
-            uri for event in self.jobs.events(job.id, limit=100_000) for uri in _event_uris(event)
-        }
+        job = self.jobs.get(_job_id(request.job_id), self._owner(context))
+        if not 1 <= len(request.uris) <= MAX_DOWNLOAD_URIS:
+            raise InvalidArgument("uris", len(request.uris), f"must hold 1 to {MAX_DOWNLOAD_URIS} URIs")
+        owned = self.jobs.objects_of(job.id)
         expires = timedelta(seconds=self.settings.url_expiry_s)
         expires_at = Timestamp()
         expires_at.FromDatetime(datetime.now(UTC) + expires)
         downloads = []
         for i, uri in enumerate(request.uris):
             if uri not in owned:
+                validation.text(uri, f"uris[{i}]", validation.MAX_URI_CHARS)
                 raise InvalidArgument(f"uris[{i}]", uri, f"must be an object of job {job.id}")
             downloads.append(
                 coordinator_pb2.Download(
@@ -162,20 +211,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.CreateDownloadResponse(downloads=downloads)
 
     def SubmitJob(self, request, context):
+        principal = self.tokens.identify(context).principal
+        validation.text(request.request_id, "request_id", MAX_REQUEST_ID_CHARS)
         spec = resolve_spec(request.spec)
         check_uploaded(spec, self.store.uri_for(""))
+        for name, ref in input_refs(spec):
+            self._admit(principal, ref, name)
         spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
-        job, created = self.jobs.create(spec, request.request_id)
+        job, created = self.jobs.create(spec, request.request_id, owner=principal)
         if created:
             self.queue.put(job.id)
         return coordinator_pb2.SubmitJobResponse(job=job)
 
     def GetJob(self, request, context):
-        return coordinator_pb2.GetJobResponse(job=self.jobs.get(request.job_id))
+        return coordinator_pb2.GetJobResponse(
+            job=self.jobs.get(_job_id(request.job_id), self._owner(context))
+        )
 
     def WatchJob(self, request, context):
-        job_id, after = request.job_id, request.after_sequence
-        self.jobs.get(job_id)  # NOT_FOUND before the stream starts
+        job_id, after = _job_id(request.job_id), request.after_sequence
+        self.jobs.get(job_id, self._owner(context))  # NOT_FOUND before the stream starts
         while context is None or context.is_active():
             for event in self.jobs.events(job_id, after):
                 yield coordinator_pb2.WatchJobResponse(event=event)
@@ -189,49 +244,102 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 return  # resumed past the JobFinished event: nothing more will come
 
     def CancelJob(self, request, context):
-        return coordinator_pb2.CancelJobResponse(job=self.jobs.request_cancel(request.job_id))
+        job = self.jobs.request_cancel(_job_id(request.job_id), self._owner(context))
+        return coordinator_pb2.CancelJobResponse(job=job)
 
     def ListJobs(self, request, context):
-        jobs, token = self.jobs.list(request.page_size, request.page_token, request.state)
+        owner = self._owner(context)
+        validation.text(request.page_token, "page_token", MAX_PAGE_TOKEN_CHARS)
+        jobs, token = self.jobs.list(request.page_size, request.page_token, request.state, owner=owner)
         return coordinator_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
+    def DeleteJob(self, request, context):
+        unused = self.jobs.delete(_job_id(request.job_id), self._owner(context))
+        removed = remove_objects(self.store, unused)
+        return coordinator_pb2.DeleteJobResponse(objects_deleted=removed)
 
-def _job_uris(job: coordinator_pb2.Job) -> set[str]:
-    """Every object URI a job's spec and outputs name (its tensors' previews too)."""
-    uris = {ref.uri for ref in job.spec.asset.frames} | {ref.uri for ref in job.spec.references}
-    outputs = job.outputs
-    uris |= {ref.uri for ref in outputs.repaired.frames}
-    uris |= {outputs.contact_sheet.uri, outputs.turntable.uri, outputs.report.uri, outputs.change_map.uri}
-    for ring in outputs.rings:
-        for tensor in (ring.unobserved, ring.inpainted):
-            uris |= {tensor.uri, *tensor.preview_uris}
-    return uris - {""}
+    def _holds(self, principal: str, uri: str) -> bool:
+        """Whether ``principal`` may read ``uri`` without uploading it: its upload verified, or an
+        object of its jobs, and still in the store."""
+        upload = self.jobs.upload(principal, uri)
+        verified = upload is not None and not upload[2]
+        return (verified or self.jobs.produced_for(principal, uri)) and self.store.exists(uri)
+
+    def _admit(self, principal: str, ref: common_pb2.ObjectRef, field: str) -> None:
+        """Let a job of ``principal``'s read ``ref``: its own upload (checked and moved into place now,
+        the first time) or an object of its jobs.
+
+        Raises:
+            PermissionDenied: neither.
+            InvalidArgument: uploaded bytes that are not the ones announced, or nothing uploaded yet.
+        """
+        upload = self.jobs.upload(principal, ref.uri)
+        if self._holds(principal, ref.uri):
+            if upload is not None and not upload[2]:
+                self.jobs.mark_uploaded(principal, ref.uri, self._keep_until())  # kept from its last use
+            return
+        if upload is None or not upload[2]:
+            raise PermissionDenied(
+                f"`{field}.uri` {ref.uri} is neither a file you uploaded (CreateUpload) nor an object of "
+                "one of your jobs."
+            )
+        sha256, size_bytes, staging = upload
+        try:
+            self.store.promote(
+                staging, sha256, size_bytes, suffix=_suffix(ref.uri), media_type=ref.media_type
+            )
+        except ObjectNotFound:
+            raise InvalidArgument(
+                f"{field}.uri", ref.uri, "has not been uploaded yet: PUT the file to its URL first"
+            ) from None
+        except (IntegrityError, ObjectTooLarge) as exc:
+            raise InvalidArgument(
+                f"{field}.uri",
+                ref.uri,
+                f"does not hold the bytes announced ({str(exc).rstrip('.')}); PUT them again",
+            ) from None
+        self.jobs.mark_uploaded(principal, ref.uri, self._keep_until())
+
+    def _keep_until(self) -> int:
+        """Until when (Unix ns) a verified upload stays usable without a job naming it."""
+        retention = self.settings.retention_s or 100 * 365 * 24 * 3600
+        return time.time_ns() + retention * 10**9
 
 
-def _event_uris(event: coordinator_pb2.JobEvent) -> set[str]:
-    uris: set[str] = set()
-    if event.HasField("step_finished"):
-        for artifact in event.step_finished.artifacts:
-            uris |= {artifact.tensor.uri, *artifact.tensor.preview_uris, artifact.object.uri}
-    return uris - {""}
+def _job_id(job_id: str) -> str:
+    return validation.text(job_id, "job_id", MAX_JOB_ID_CHARS)
+
+
+def _suffix(uri: str) -> str:
+    """The suffix of a content-addressed URI's key (``.ply``), "" for none."""
+    name = uri.rsplit("/", 1)[-1]
+    return name[64:] if len(name) > 64 else ""
 
 
 def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> CoordinatorServicer:
     """The servicer, its job state and its workers (not started: ``warm_up`` starts them)."""
     stages = dial_stages({name: getattr(settings, name) for name in STAGE_NAMES})
     jobs = JobStore(settings.state_path)
+    tokens = TokenBook(settings.tokens_file, settings.tokens)
     retry = RetryPolicy(attempts=settings.retry_attempts, timeout_s=settings.call_timeout_s)
     runner = JobRunner(jobs, stages, store, retry, settings.max_parallel_calls, settings.source_weight)
-    return CoordinatorServicer(jobs, JobQueue(runner, settings.workers), store, settings, stages)
+    return CoordinatorServicer(jobs, JobQueue(runner, settings.workers), store, tokens, settings, stages)
 
 
 def warm_up(servicer: CoordinatorServicer) -> None:
-    """Check the store, then start the workers, resuming the jobs the last run left unfinished."""
+    """Check the store, then start the workers, resuming the jobs the last run left unfinished, and
+    the retention sweeps (none with ``retention_s`` 0)."""
     servicer.store.ensure_bucket()
     unfinished = servicer.jobs.unfinished()
     if unfinished:
         log.info("resuming %d unfinished jobs", len(unfinished), extra={"jobs": unfinished})
     servicer.queue.start(unfinished)
+    settings = servicer.settings
+    if settings.retention_s:
+        retention = Retention(servicer.jobs, servicer.store, settings.retention_s, settings.url_expiry_s)
+        threading.Thread(
+            target=retention.run_every, args=(settings.retention_sweep_s,), name="retention", daemon=True
+        ).start()
 
 
 def main() -> None:
@@ -242,6 +350,7 @@ def main() -> None:
         build_servicer,
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server,
         warm_up,
+        plaintext_allowed=lambda settings: settings.allow_plaintext,
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 
-from tire.v1 import coordinator_pb2
+from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common import validation
 from services.common.errors import InvalidArgument
@@ -139,6 +139,12 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
     return resolved
 
 
+def input_refs(spec: coordinator_pb2.JobSpec, field: str = "spec") -> list[tuple[str, common_pb2.ObjectRef]]:
+    """The objects a job reads, each with its field name: the asset's frames, then the references."""
+    refs = [(f"{field}.asset.frames[{i}]", ref) for i, ref in enumerate(spec.asset.frames)]
+    return refs + [(f"{field}.references[{i}]", ref) for i, ref in enumerate(spec.references)]
+
+
 def check_uploaded(spec: coordinator_pb2.JobSpec, bucket_uri: str, field: str = "spec") -> None:
     """A client's job reads only what was uploaded to this deployment: each frame and reference must be
     a content-addressed object (``sha256/ab/<sha256><suffix>``, what ``CreateUpload`` hands out) under
@@ -147,9 +153,7 @@ def check_uploaded(spec: coordinator_pb2.JobSpec, bucket_uri: str, field: str = 
     Raises:
         InvalidArgument: naming the reference's ``uri`` or ``sha256`` field and saying why.
     """
-    refs = [(f"{field}.asset.frames[{i}]", ref) for i, ref in enumerate(spec.asset.frames)]
-    refs += [(f"{field}.references[{i}]", ref) for i, ref in enumerate(spec.references)]
-    for name, ref in refs:
+    for name, ref in input_refs(spec, field):
         if not ref.uri.startswith(bucket_uri):
             raise InvalidArgument(
                 f"{name}.uri", ref.uri, f"must be an object of this deployment ({bucket_uri}...): upload it"

@@ -82,7 +82,7 @@ class StepLog:
         start = time.perf_counter()
         result = work()
         seconds = time.perf_counter() - start
-        self.jobs.record_step(self.job_id, key, result.SerializeToString(), seconds)
+        self.jobs.record_step(self.job_id, key, result, seconds)
         self._finished(name, time_step, seconds, result, resumed=False)
         return result
 

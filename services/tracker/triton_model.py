@@ -75,7 +75,7 @@ def _backend(args: dict[str, str]):
     with tempfile.TemporaryDirectory(prefix="cotracker-") as folder:
         if store is not None:
             local = Path(folder) / (Path(checkpoint).name or "checkpoint.pth")
-            local.write_bytes(store.get_bytes(checkpoint))
+            local.write_bytes(store.get_bytes(checkpoint, any_bucket=True))
             checkpoint = str(local)
         return CoTrackerBackend(
             checkpoint, instance_device(args), points_per_call=settings["points_per_call"]

@@ -120,6 +120,18 @@ the client's round_robin policy spreads calls over every ready pod. Takes a serv
 {{- printf "dns:///%s:%v" (include "tire.componentName" .) .root.Values.ports.grpc }}
 {{- end }}
 
+{{/* The Secret whose key `tokens` holds the coordinator's token entries: coordinator.auth.existingSecret,
+else the chart's (coordinator-tokens.yaml). */}}
+{{- define "tire.coordinatorTokensSecret" -}}
+{{- .Values.coordinator.auth.existingSecret | default (printf "%s-coordinator-tokens" (include "tire.fullname" .)) }}
+{{- end }}
+
+{{/* The kubernetes.io/tls Secret the coordinator serves TLS with: coordinator.tls.secretName, else the
+chart's self-signed one (coordinator-tls.yaml). */}}
+{{- define "tire.coordinatorTlsSecret" -}}
+{{- .Values.coordinator.tls.secretName | default (printf "%s-coordinator-tls" (include "tire.fullname" .)) }}
+{{- end }}
+
 {{- define "tire.s3SecretName" -}}
 {{- .Values.s3.existingSecret | default (printf "%s-s3" (include "tire.fullname" .)) }}
 {{- end }}
@@ -177,9 +189,11 @@ data:
 
 {{/* Kubernetes' built-in gRPC probes against grpc.health.v1. A service reports NOT_SERVING until its model
 is loaded and warmed up, which the startup probe allows `startupSeconds` for; liveness is lenient because
-a probe waits for a free server thread behind long inference calls. Takes a service context. */}}
+a probe waits for a free server thread behind long inference calls. Takes a service context, plus
+"probePort" where health is served on a port of its own (the coordinator's: the kubelet's gRPC probes
+speak no TLS). */}}
 {{- define "tire.grpcProbes" -}}
-{{- $port := int .root.Values.ports.grpc -}}
+{{- $port := int (.probePort | default .root.Values.ports.grpc) -}}
 startupProbe:
   grpc:
     port: {{ $port }}
@@ -205,6 +219,9 @@ The Deployment of one service. Besides the service context it takes:
   "strategy"      the Deployment strategy (default: `values.updateStrategy`, else a rolling update)
   "replicas"      a fixed replica count (default: `values.replicas`, or none under an HPA)
   "volumes", "volumeMounts"  more of them (lists)
+  "env"           more container env entries, before `values.env` (a list of EnvVars)
+  "ports"         more container ports (a list of ContainerPorts)
+  "probePort"     the port the gRPC probes call (default: ports.grpc)
 */}}
 {{- define "tire.deployment" -}}
 {{- $root := .root }}
@@ -292,6 +309,9 @@ spec:
               value: /tmp
             - name: NUMBA_CACHE_DIR
               value: /tmp/numba
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
             {{- with $values.env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -302,6 +322,9 @@ spec:
             - name: metrics
               containerPort: {{ $root.Values.ports.metrics }}
               protocol: TCP
+            {{- with .ports }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- include "tire.grpcProbes" . | nindent 10 }}
           resources:
             {{- toYaml $resources | nindent 12 }}

@@ -29,6 +29,7 @@ from services.common.errors import (
     InvalidArgument,
     ObjectNotFound,
     ObjectTooLarge,
+    PermissionDenied,
     StoreAuthError,
     StoreUnavailable,
 )
@@ -247,17 +248,45 @@ def test_unreachable_store_fails_fast(s3):
     assert time.monotonic() - start < 5
 
 
-def test_presigned_put_then_get(store):
+def test_a_presigned_put_lands_at_its_staging_key_and_promote_checks_it(store):
     data = os.urandom(500)
     sha = hashlib.sha256(data).hexdigest()
-    put_url = store.presigned_put(sha, suffix=".bin", expires=timedelta(minutes=5))
+    put_url = store.presigned_put("staging/alice/0001.bin", expires=timedelta(minutes=5))
     with urllib.request.urlopen(urllib.request.Request(put_url, data=data, method="PUT"), timeout=5) as reply:
         assert reply.status == 200
-    uri = store.uri_for(content_key(sha, ".bin"))
-    assert store.get_bytes(uri, sha256=sha) == data
-    get_url = store.presigned_get(uri, expires=timedelta(minutes=5))
+    staged = store.uri_for("staging/alice/0001.bin")
+    with pytest.raises(IntegrityError, match="sha256"):
+        store.promote(staged, "0" * 64, len(data), suffix=".bin")
+    with pytest.raises(ObjectTooLarge, match="over the limit of 499 bytes"):
+        store.promote(staged, sha, len(data) - 1, suffix=".bin")  # a body past the size is not read
+    with pytest.raises(IntegrityError, match="500 bytes where 501 were announced"):
+        store.promote(staged, sha, len(data) + 1, suffix=".bin")
+    assert store.exists(staged)  # kept for another PUT
+    ref = store.promote(staged, sha, len(data), suffix=".bin", media_type="application/x-ply")
+    assert (ref.uri, ref.sha256, ref.size_bytes) == (store.uri_for(content_key(sha, ".bin")), sha, 500)
+    assert not store.exists(staged)
+    assert store.get_bytes(ref.uri, sha256=sha) == data
+    get_url = store.presigned_get(ref.uri, expires=timedelta(minutes=5))
     with urllib.request.urlopen(get_url, timeout=5) as reply:
         assert reply.read() == data
+
+
+def test_job_data_is_read_from_the_deployments_bucket_only(s3, any_store):
+    other = ObjectStore(dataclasses.replace(s3.settings, bucket="other-bucket"))
+    other.ensure_bucket()
+    secret = other.put_bytes(b"another bucket's secret")
+    for attempt in (
+        lambda: any_store.get_bytes(secret.uri),
+        lambda: any_store.get_object(secret),
+        lambda: any_store.exists(secret.uri),
+    ):
+        with pytest.raises(PermissionDenied, match="outside this deployment's bucket"):
+            attempt()
+    if isinstance(any_store, ObjectStore):
+        with pytest.raises(PermissionDenied):
+            any_store.presigned_get(secret.uri)
+        # Model weights may live anywhere: they are read with any_bucket, never from a request.
+        assert any_store.get_bytes(secret.uri, any_bucket=True) == b"another bucket's secret"
 
 
 def test_presigned_urls_name_the_public_endpoint(s3, store):
@@ -275,7 +304,7 @@ def test_presigned_urls_name_the_public_endpoint(s3, store):
     assert info.value.code == 403
     info.value.close()
     tls = ObjectStore(dataclasses.replace(s3.settings, public_endpoint="https://s3.example.com"))
-    assert tls.presigned_put("0" * 64, expires=timedelta(minutes=5)).startswith("https://s3.example.com/")
+    assert tls.presigned_put("staging/x", expires=timedelta(minutes=5)).startswith("https://s3.example.com/")
     for bad in ("s3.example.com/path", "ftp://s3.example.com", "http://"):
         with pytest.raises(ConfigError, match="public_endpoint"):
             dataclasses.replace(s3.settings, public_endpoint=bad)
@@ -306,6 +335,8 @@ def test_ensure_bucket_creates_and_tolerates_an_existing_bucket(s3):
     other.ensure_bucket()
     assert (s3.root_dir / "other-bucket").is_dir()
     assert other.get_object(other.put_bytes(b"in the other bucket")) == b"in the other bucket"
+    with pytest.raises(PermissionDenied):
+        ObjectStore(s3.settings).get_bytes(other.put_bytes(b"not the deployment's").uri)
 
 
 # --- settings -----------------------------------------------------------------------------------------

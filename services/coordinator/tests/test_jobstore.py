@@ -295,11 +295,12 @@ def test_steps_are_recorded_once_and_survive_reopen(db_path):
     with JobStore(db_path) as jobs:
         job, _ = jobs.create(spec())
         assert jobs.step_result(job.id, "render") is None
-        jobs.record_step(job.id, "render", b"\x01render", 1.5)
-        jobs.record_step(job.id, "fit_subject", b"", 2.0)
-        jobs.record_step(job.id, "render", b"\x02second", 9.0)  # ignored: the first result stays
+        first = common_pb2.ObjectRef(uri="s3://b/render")
+        jobs.record_step(job.id, "render", first, 1.5)
+        jobs.record_step(job.id, "fit_subject", common_pb2.ObjectRef(), 2.0)
+        jobs.record_step(job.id, "render", common_pb2.ObjectRef(uri="s3://b/2"), 9.0)  # ignored: first stays
     with JobStore(db_path) as jobs:
-        assert jobs.step_result(job.id, "render") == b"\x01render"
+        assert jobs.step_result(job.id, "render") == first.SerializeToString()
         assert jobs.step_result(job.id, "fit_subject") == b""
         assert jobs.step_result(job.id, "ring1/locate") is None
         assert jobs.finished_steps(job.id) == ["render", "fit_subject"]
@@ -309,7 +310,7 @@ def test_steps_are_recorded_once_and_survive_reopen(db_path):
 def test_steps_are_per_job(store):
     a, _ = store.create(spec())
     b, _ = store.create(spec())
-    store.record_step(a.id, "render", b"a", 0.1)
+    store.record_step(a.id, "render", common_pb2.ObjectRef(uri="s3://b/a"), 0.1)
     assert store.step_result(b.id, "render") is None
     assert store.finished_steps(b.id) == []
 
@@ -490,7 +491,7 @@ def test_a_file_from_a_newer_schema_is_refused(db_path):
         lambda s: s.request_cancel("job-nope"),
         lambda s: s.cancel_requested("job-nope"),
         lambda s: s.step_result("job-nope", "render"),
-        lambda s: s.record_step("job-nope", "render", b"", 0.0),
+        lambda s: s.record_step("job-nope", "render", common_pb2.ObjectRef(), 0.0),
         lambda s: s.finished_steps("job-nope"),
         lambda s: s.append_event("job-nope", started("render")),
         lambda s: s.events("job-nope"),

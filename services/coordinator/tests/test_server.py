@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tire.v1 import common_pb2, coordinator_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unimplemented,
+)
 from services.common.gaussians import Gaussians, write_ply
-from services.common.store import MemoryStore
+from services.common.store import MemoryStore, content_key, content_sha256
+from services.coordinator.auth import TokenBook, new_token, token_entry
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
@@ -25,6 +34,24 @@ ROOT = Path(__file__).parents[3]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
 
 
+class Call:
+    """A gRPC call's context as the servicer sees it: the metadata a client with ``token`` sends."""
+
+    def __init__(self, token: str = "", metadata: tuple = ()):
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else metadata
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def is_active(self) -> bool:
+        return True
+
+
+TOKENS = {name: new_token() for name in ("alice", "bob", "root")}
+ALICE, BOB, ROOT = (Call(TOKENS[name]) for name in ("alice", "bob", "root"))
+ENTRIES = ",".join(token_entry(token, name, admin=name == "root") for name, token in TOKENS.items())
+
+
 @pytest.fixture
 def store():
     return MemoryStore()
@@ -35,40 +62,54 @@ def servicer(store):
     stages = embedded_stages(store)
     jobs = JobStore(":memory:")
     queue = JobQueue(JobRunner(jobs, stages, store, RetryPolicy(initial_backoff_s=0.0)), workers=1)
-    servicer = CoordinatorServicer(jobs, queue, store, CoordinatorSettings(), stages)
+    servicer = CoordinatorServicer(
+        jobs, queue, store, TokenBook(inline=ENTRIES), CoordinatorSettings(), stages
+    )
     yield servicer
     jobs.close()
 
 
-def spec(store, **fields) -> coordinator_pb2.JobSpec:
+def staged(servicer, data: bytes, suffix: str, principal: str = "alice") -> common_pb2.ObjectRef:
+    """``data`` uploaded by ``principal`` as CreateUpload and a presigned PUT would leave it: announced,
+    and written at a staging key (SubmitJob checks it and moves it into place)."""
+    store, sha256 = servicer.store, content_sha256(data)
+    uri = store.uri_for(content_key(sha256, suffix))
+    staging = store.uri_for(f"staging/{principal}/{sha256[:8]}{suffix}")
+    servicer.jobs.expect_upload(principal, uri, sha256, len(data), staging, time.time_ns() + 10**12)
+    store.put_at(staging, data)
+    media_type = {".ply": "application/x-ply", ".png": "image/png"}[suffix]
+    return common_pb2.ObjectRef(uri=uri, sha256=sha256, size_bytes=len(data), media_type=media_type)
+
+
+def spec(servicer, principal: str = "alice", **fields) -> coordinator_pb2.JobSpec:
     return coordinator_pb2.JobSpec(
-        asset=common_pb2.AssetRef(frames=[store.put_bytes(MONKEY.read_bytes(), suffix=".ply")]),
-        references=[store.put_bytes(FRONT.read_bytes(), suffix=".png")],
+        asset=common_pb2.AssetRef(frames=[staged(servicer, MONKEY.read_bytes(), ".ply", principal)]),
+        references=[staged(servicer, FRONT.read_bytes(), ".png", principal)],
         **{"resolution": 64, "orbit_step_deg": 60, "strength": 1.0, **fields},
     )
 
 
 def test_submitted_jobs_run_and_watch_streams_to_the_end(servicer, store):
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer)), ALICE).job
     assert job.state == coordinator_pb2.JOB_STATE_QUEUED
     assert list(job.spec.rings.fixed.limits_deg) == [20, 90, 180]  # defaults filled in
     servicer.queue.start([])
-    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None)]
+    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE)]
     assert events[0].HasField("step_started") and events[-1].HasField("finished")
     assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
     # Resuming the stream after a sequence number gives exactly the rest.
-    tail = servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=5), None)
+    tail = servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=5), ALICE)
     assert [r.event.sequence for r in tail] == [e.sequence for e in events[5:]]
     # Past the end: the stream ends at once.
     after_end = coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=events[-1].sequence)
-    assert list(servicer.WatchJob(after_end, None)) == []
-    got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), None).job
+    assert list(servicer.WatchJob(after_end, ALICE)) == []
+    got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), ALICE).job
     assert got.state == coordinator_pb2.JOB_STATE_SUCCEEDED and len(got.outputs.repaired.frames) == 1
-    listed = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), None).jobs
+    listed = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs
     assert [j.id for j in listed] == [job.id]
 
 
-def card_spec(store, **fields) -> coordinator_pb2.JobSpec:
+def card_spec(servicer, **fields) -> coordinator_pb2.JobSpec:
     """A job on a flat card (a label, not an object) facing the front view."""
     rng = np.random.default_rng(0)
     n = 2000
@@ -80,43 +121,45 @@ def card_spec(store, **fields) -> coordinator_pb2.JobSpec:
         opacity_logits=np.full(n, 4.0, np.float32),
         sh=np.full((n, 1, 3), 0.5, np.float32),
     )
-    job = spec(store, **fields)
-    job.asset.frames[0].CopyFrom(store.put_bytes(write_ply(card), suffix=".ply"))
+    job = spec(servicer, **fields)
+    job.asset.frames[0].CopyFrom(staged(servicer, write_ply(card), ".ply"))
     return job
 
 
 def test_the_orbit_is_fitted_to_the_asset_and_recorded(servicer, store):
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer)), ALICE).job
     framing = job.spec.framing
     assert len(framing.center) == 3 and max(abs(c) for c in framing.center) < 0.1
     assert framing.radius == pytest.approx(1.5, abs=0.15)  # LGM's monkey: about LGM's orbit
     assert 0.5 < framing.extent < 0.8 and list(framing.warnings) == []
-    got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), None).job
+    got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), ALICE).job
     assert got.spec.framing == framing
     # A pinned framing is kept as given.
-    pinned = spec(store, framing=coordinator_pb2.Framing(center=[0.0, 0.1, 0.0], radius=1.8))
-    kept = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=pinned), None).job.spec.framing
+    pinned = spec(servicer, framing=coordinator_pb2.Framing(center=[0.0, 0.1, 0.0], radius=1.8))
+    kept = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=pinned), ALICE).job.spec.framing
     assert list(kept.center) == pytest.approx([0.0, 0.1, 0.0]) and kept.radius == pytest.approx(1.8)
 
 
 def test_a_flat_card_is_refused_at_submit_with_the_reason(servicer, store):
     with pytest.raises(FailedPrecondition, match=r"flat or thin \(a card or a stick.*ratio 0\.0\d+.*`force`"):
-        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store)), None)
-    assert servicer.ListJobs(coordinator_pb2.ListJobsRequest(), None).jobs == []
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(servicer)), ALICE)
+    assert servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs == []
 
 
 def test_a_pinned_orbit_inside_the_asset_is_refused_at_submit(servicer, store):
-    inside = spec(store, framing=coordinator_pb2.Framing(radius=0.2))
+    inside = spec(servicer, framing=coordinator_pb2.Framing(radius=0.2))
     with pytest.raises(FailedPrecondition, match=r"inside the asset or past it"):
-        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=inside), None)
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=inside), ALICE)
 
 
 def test_a_forced_card_runs_with_a_warning_event_and_report_entry(servicer, store):
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store, force=True)), None).job
+    job = servicer.SubmitJob(
+        coordinator_pb2.SubmitJobRequest(spec=card_spec(servicer, force=True)), ALICE
+    ).job
     (warning,) = job.spec.framing.warnings
     assert "flat or thin" in warning
     servicer.queue.start([])
-    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None)]
+    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE)]
     assert events[0].warning.message == warning  # the job's first event
     assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED, events[-1].finished.error
     report = json.loads(store.get_bytes(events[-1].finished.outputs.report.uri))
@@ -126,7 +169,9 @@ def test_a_forced_card_runs_with_a_warning_event_and_report_entry(servicer, stor
 
 
 def test_warnings_are_sent_once_though_a_resumed_job_starts_again(servicer, store):
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=card_spec(store, force=True)), None).job
+    job = servicer.SubmitJob(
+        coordinator_pb2.SubmitJobRequest(spec=card_spec(servicer, force=True)), ALICE
+    ).job
     for _ in range(2):  # the first run, then a resume after a crash
         StepLog(servicer.jobs, job.id, four_d=False, steps_total=1, rings_total=0).warn_once(
             job.spec.framing.warnings
@@ -136,11 +181,11 @@ def test_warnings_are_sent_once_though_a_resumed_job_starts_again(servicer, stor
 
 
 def test_submit_is_idempotent_for_a_request_id(servicer, store):
-    request = coordinator_pb2.SubmitJobRequest(spec=spec(store), request_id="client-42")
-    first = servicer.SubmitJob(request, None).job
-    again = servicer.SubmitJob(request, None).job
+    request = coordinator_pb2.SubmitJobRequest(spec=spec(servicer), request_id="client-42")
+    first = servicer.SubmitJob(request, ALICE).job
+    again = servicer.SubmitJob(request, ALICE).job
     assert first.id == again.id
-    assert len(servicer.ListJobs(coordinator_pb2.ListJobsRequest(), None).jobs) == 1
+    assert len(servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs) == 1
 
 
 @pytest.mark.parametrize(
@@ -158,7 +203,7 @@ def test_submit_is_idempotent_for_a_request_id(servicer, store):
 )
 def test_bad_specs_are_invalid_argument_naming_the_field(servicer, store, fields, field):
     with pytest.raises(InvalidArgument, match=rf"`{field}"):
-        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store, **fields)), None)
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer, **fields)), ALICE)
 
 
 @pytest.mark.parametrize(
@@ -171,43 +216,43 @@ def test_bad_specs_are_invalid_argument_naming_the_field(servicer, store, fields
     ],
 )
 def test_a_job_reads_only_objects_uploaded_to_this_deployment(servicer, store, change, field, why):
-    bad = spec(store)
+    bad = spec(servicer)
     frame = bad.asset.frames[0]
     if "uri_key" in change:
         frame.uri = store.uri_for(change.pop("uri_key"))
     for name, value in change.items():
         setattr(frame, name, value)
     with pytest.raises(InvalidArgument, match=rf"`spec\.{re.escape(field)}`.*{why}"):
-        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), None)
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), ALICE)
 
 
 def test_a_spec_without_references_is_refused(servicer, store):
-    bad = spec(store)
+    bad = spec(servicer)
     del bad.references[:]
     with pytest.raises(InvalidArgument, match=r"`spec\.references"):
-        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), None)
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), ALICE)
 
 
 def test_unknown_jobs_are_not_found(servicer):
     for call in (
-        lambda: servicer.GetJob(coordinator_pb2.GetJobRequest(job_id="job-000000000000"), None),
-        lambda: servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id="job-000000000000"), None),
-        lambda: list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id="job-000000000000"), None)),
+        lambda: servicer.GetJob(coordinator_pb2.GetJobRequest(job_id="job-000000000000"), ALICE),
+        lambda: servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id="job-000000000000"), ALICE),
+        lambda: list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id="job-000000000000"), ALICE)),
     ):
         with pytest.raises(NotFound, match="job-000000000000"):
             call()
 
 
 def test_cancelling_a_queued_job_ends_it(servicer, store):
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
-    cancelled = servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job.id), None).job
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer)), ALICE).job
+    cancelled = servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job.id), ALICE).job
     assert cancelled.state == coordinator_pb2.JOB_STATE_CANCELLED
-    (last,) = list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), None))
+    (last,) = list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
     assert last.event.finished.state == coordinator_pb2.JOB_STATE_CANCELLED
 
 
 def test_describe_reports_every_stage(servicer):
-    info = servicer.Describe(common_pb2.DescribeRequest(), None)
+    info = servicer.Describe(common_pb2.DescribeRequest(), ALICE)
     assert info.service == "tire.v1.CoordinatorService"
     assert info.settings["stage.inpainter"].startswith("colour on cpu")
     assert {f"stage.{name}" for name in ("renderer", "tracker", "refiner", "reconstructor")} <= set(
@@ -224,19 +269,217 @@ def test_uploads_and_downloads_need_a_store_that_signs_urls(servicer, store):
         ]
     )
     with pytest.raises(Unimplemented, match="signs no URLs"):
-        servicer.CreateUpload(request, None)
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store)), None).job
+        servicer.CreateUpload(request, ALICE)
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer)), ALICE).job
     download = coordinator_pb2.CreateDownloadRequest(job_id=job.id, uris=[job.spec.asset.frames[0].uri])
     with pytest.raises(Unimplemented, match="signs no URLs"):
-        servicer.CreateDownload(download, None)
+        servicer.CreateDownload(download, ALICE)
 
 
 def test_unset_strengths_are_left_to_the_stage_backends(store):
     jobs = JobStore(":memory:")
-    servicer = CoordinatorServicer(jobs, None, store)  # type: ignore[arg-type]
+    servicer = CoordinatorServicer(jobs, None, store, TokenBook(inline=ENTRIES))  # type: ignore[arg-type]
     servicer.queue = type("NoQueue", (), {"put": lambda self, job_id: None})()
-    unset = spec(store, strength=0.0)
-    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), None).job
+    unset = spec(servicer, strength=0.0)
+    job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), ALICE).job
     assert (job.spec.strength, job.spec.refine_strength) == (0.0, 0.0)
-    given = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(store, strength=0.25)), None).job
+    given = servicer.SubmitJob(
+        coordinator_pb2.SubmitJobRequest(spec=spec(servicer, strength=0.25)), ALICE
+    ).job
     assert given.spec.strength == pytest.approx(0.25)
+
+
+# ---- principals, uploads, deletion, limits -------------------------------------------------------------
+
+
+def submit(servicer, call=ALICE, **fields) -> coordinator_pb2.Job:
+    principal = {id(ALICE): "alice", id(BOB): "bob", id(ROOT): "root"}[id(call)]
+    return servicer.SubmitJob(
+        coordinator_pb2.SubmitJobRequest(spec=spec(servicer, principal, **fields)), call
+    ).job
+
+
+def run_to_end(servicer, job_id: str, call=ALICE) -> coordinator_pb2.JobEvent:
+    servicer.queue.start([])
+    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job_id), call)]
+    return events[-1]
+
+
+@pytest.mark.parametrize(
+    ("call", "why"),
+    [
+        (Call(), "carries no credential"),
+        (Call(metadata=(("authorization", "Basic YWxpY2U6c2VjcmV0"),)), "must read `Bearer <token>`"),
+        (Call("tire_not-a-token-of-ours"), "not valid here"),
+    ],
+)
+def test_every_call_needs_a_valid_token(servicer, call, why):
+    service = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"]
+    for method in service.methods:
+        request = getattr(coordinator_pb2, method.input_type.name, None) or common_pb2.DescribeRequest
+        with pytest.raises(Unauthenticated, match=why) as caught:
+            answer = getattr(servicer, method.name)(request(), call)
+            if method.server_streaming:
+                list(answer)
+        assert "tire_not" not in str(caught.value)  # a token is never echoed
+
+
+def test_principals_see_only_their_own_jobs_and_an_admin_sees_all(servicer):
+    mine = submit(servicer, ALICE)
+    theirs = submit(servicer, BOB)
+    assert (mine.owner, theirs.owner) == ("alice", "bob")
+    for call, job in ((ALICE, theirs), (BOB, mine)):
+        attempts = (
+            (servicer.GetJob, coordinator_pb2.GetJobRequest(job_id=job.id)),
+            (servicer.WatchJob, coordinator_pb2.WatchJobRequest(job_id=job.id)),
+            (servicer.CancelJob, coordinator_pb2.CancelJobRequest(job_id=job.id)),
+            (servicer.DeleteJob, coordinator_pb2.DeleteJobRequest(job_id=job.id)),
+            (
+                servicer.CreateDownload,
+                coordinator_pb2.CreateDownloadRequest(job_id=job.id, uris=[job.spec.asset.frames[0].uri]),
+            ),
+        )
+        for method, request in attempts:
+            with pytest.raises(NotFound, match=job.id):  # as if it did not exist
+                answer = method(request, call)
+                if method == servicer.WatchJob:
+                    list(answer)
+    assert [j.id for j in servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs] == [mine.id]
+    assert [j.id for j in servicer.ListJobs(coordinator_pb2.ListJobsRequest(), BOB).jobs] == [theirs.id]
+    everyone = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ROOT).jobs
+    assert [j.id for j in everyone] == [theirs.id, mine.id]
+    assert servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=mine.id), ROOT).job.state == mine.state
+    # Request ids are each principal's own: the same one from another principal is another job.
+    first = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer), request_id="r1"), ALICE)
+    other = servicer.SubmitJob(
+        coordinator_pb2.SubmitJobRequest(spec=spec(servicer, "bob"), request_id="r1"), BOB
+    )
+    assert first.job.id != other.job.id
+
+
+def test_a_job_reads_only_its_principals_uploads_and_job_objects(servicer, store):
+    alices = spec(servicer)
+    asset = alices.asset.frames[0]
+    servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=alices), ALICE)
+    assert not store.list_prefix(store.uri_for("staging"))  # checked, moved into place, staging gone
+    # Bob names Alice's objects (he learnt the sha256): refused, though the bytes are in the store.
+    bobs = coordinator_pb2.JobSpec()
+    bobs.CopyFrom(alices)
+    with pytest.raises(
+        PermissionDenied, match=r"`spec\.asset\.frames\[0\]\.uri`.*neither a file you uploaded"
+    ):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bobs), BOB)
+    # Uploading the same bytes himself proves he has them.
+    bobs.asset.frames[0].CopyFrom(staged(servicer, MONKEY.read_bytes(), ".ply", "bob"))
+    bobs.references[0].CopyFrom(staged(servicer, FRONT.read_bytes(), ".png", "bob"))
+    assert servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bobs), BOB).job.owner == "bob"
+    # CreateUpload asks Alice for no PUT of what she uploaded, and Bob's new files get a staging URL only.
+    request = coordinator_pb2.CreateUploadRequest(
+        files=[
+            coordinator_pb2.UploadFile(
+                name="a.ply", size_bytes=asset.size_bytes, sha256=asset.sha256, media_type="application/x-ply"
+            )
+        ]
+    )
+    (upload,) = servicer.CreateUpload(request, ALICE).uploads
+    assert (upload.needs_upload, upload.put_url, upload.object.uri) == (False, "", asset.uri)
+
+
+def test_a_jobs_outputs_are_inputs_for_its_principal_only(servicer):
+    job = submit(servicer)
+    finished = run_to_end(servicer, job.id)
+    repaired = finished.finished.outputs.repaired.frames[0]
+    again = spec(servicer)
+    again.asset.frames[0].CopyFrom(repaired)
+    assert servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=again), ALICE).job.owner == "alice"
+    again.references[0].CopyFrom(staged(servicer, FRONT.read_bytes(), ".png", "bob"))
+    with pytest.raises(PermissionDenied, match="neither a file you uploaded"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=again), BOB)
+
+
+@pytest.mark.parametrize(
+    ("bytes_put", "why"),
+    [
+        (None, "has not been uploaded yet"),
+        (b"garbage", "does not hold the bytes announced.*7 bytes where"),
+        (b"x" * 10_000_000, "does not hold the bytes announced"),  # an oversized body
+        ("same size", "does not hold the bytes announced.*sha256"),
+    ],
+)
+def test_uploaded_bytes_are_checked_before_a_job_reads_them(servicer, store, bytes_put, why):
+    bad = spec(servicer)
+    asset = bad.asset.frames[0]
+    _, _, staging = servicer.jobs.upload("alice", asset.uri)
+    store.remove([staging])
+    if bytes_put == "same size":
+        bytes_put = bytes(asset.size_bytes)
+    if bytes_put is not None:
+        store.put_at(staging, bytes_put)
+    with pytest.raises(InvalidArgument, match=rf"`spec\.asset\.frames\[0\]\.uri` {why}"):
+        servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=bad), ALICE)
+    assert not store.exists(asset.uri)  # nothing reached the content-addressed key
+
+
+def test_delete_job_removes_its_record_and_the_objects_only_it_used(servicer, store):
+    job = submit(servicer)
+    with pytest.raises(FailedPrecondition, match="cancel it"):
+        servicer.DeleteJob(coordinator_pb2.DeleteJobRequest(job_id=job.id), ALICE)
+    finished = run_to_end(servicer, job.id).finished
+    repaired, report = finished.outputs.repaired.frames[0].uri, finished.outputs.report.uri
+    asset = job.spec.asset.frames[0].uri
+    answer = servicer.DeleteJob(coordinator_pb2.DeleteJobRequest(job_id=job.id), ALICE)
+    assert answer.objects_deleted > 5
+    assert not store.exists(repaired) and not store.exists(report)
+    assert store.exists(asset)  # still Alice's upload, for her next jobs
+    with pytest.raises(NotFound):
+        servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), ALICE)
+    assert servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs == []
+
+
+@pytest.mark.parametrize(
+    ("call", "field", "limit"),
+    [
+        (lambda s: s.GetJob(coordinator_pb2.GetJobRequest(job_id="j" * 5000), ALICE), "job_id", 64),
+        (
+            lambda s: s.SubmitJob(coordinator_pb2.SubmitJobRequest(request_id="r" * 5000), ALICE),
+            "request_id",
+            128,
+        ),
+        (
+            lambda s: s.ListJobs(coordinator_pb2.ListJobsRequest(page_token="p" * 5000), ALICE),
+            "page_token",
+            256,
+        ),
+        (
+            lambda s: s.SubmitJob(
+                coordinator_pb2.SubmitJobRequest(
+                    spec=coordinator_pb2.JobSpec(
+                        asset=common_pb2.AssetRef(
+                            frames=[common_pb2.ObjectRef(uri="s3://b/" + "k" * 5 * 2**20)]
+                        )
+                    )
+                ),
+                ALICE,
+            ),
+            r"spec\.asset\.frames\[0\]\.uri",
+            1024,
+        ),
+        (
+            lambda s: s.CreateUpload(
+                coordinator_pb2.CreateUploadRequest(files=[coordinator_pb2.UploadFile(name="n" * 300)]), ALICE
+            ),
+            r"files\[0\]\.name",
+            255,
+        ),
+    ],
+)
+def test_every_string_of_the_api_is_limited(servicer, call, field, limit):
+    with pytest.raises(InvalidArgument, match=rf"`{field}` must be at most {limit} characters") as caught:
+        call(servicer)
+    assert len(str(caught.value)) < 300
+
+
+def test_describe_never_reports_the_tokens(servicer):
+    servicer.settings = CoordinatorSettings(tokens=ENTRIES)
+    info = servicer.Describe(common_pb2.DescribeRequest(), ALICE)
+    assert "tokens" not in info.settings and not any("sha256:" in v for v in info.settings.values())

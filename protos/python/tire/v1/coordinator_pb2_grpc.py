@@ -29,6 +29,11 @@ if _version_not_supported:
 class CoordinatorServiceStub:
     """Submits, watches and manages repair jobs. Clients never hold object-store credentials: files go
     up through presigned URLs from CreateUpload, and results come down through CreateDownload.
+
+    Every call needs the metadata `authorization: Bearer <token>` (UNAUTHENTICATED otherwise). A token
+    names a principal: it sees, watches, cancels, downloads and deletes its own jobs only (another
+    principal's job is NOT_FOUND), and a job reads only files its principal uploaded or its principal's
+    jobs produced. An admin principal sees every job.
     """
 
     def __init__(self, channel):
@@ -77,11 +82,21 @@ class CoordinatorServiceStub:
                 request_serializer=tire_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=tire_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.DeleteJob = channel.unary_unary(
+                '/tire.v1.CoordinatorService/DeleteJob',
+                request_serializer=tire_dot_v1_dot_coordinator__pb2.DeleteJobRequest.SerializeToString,
+                response_deserializer=tire_dot_v1_dot_coordinator__pb2.DeleteJobResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServiceServicer:
     """Submits, watches and manages repair jobs. Clients never hold object-store credentials: files go
     up through presigned URLs from CreateUpload, and results come down through CreateDownload.
+
+    Every call needs the metadata `authorization: Bearer <token>` (UNAUTHENTICATED otherwise). A token
+    names a principal: it sees, watches, cancels, downloads and deletes its own jobs only (another
+    principal's job is NOT_FOUND), and a job reads only files its principal uploaded or its principal's
+    jobs produced. An admin principal sees every job.
     """
 
     def Describe(self, request, context):
@@ -92,14 +107,16 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateUpload(self, request, context):
-        """Presigned PUT URLs for input files; upload each file, then name its `uri` in a JobSpec.
+        """Presigned PUT URLs for input files; upload each file, then name its `uri` in a JobSpec. The bytes
+        land in a staging key of the caller's; SubmitJob checks their size and sha256 before a job reads
+        them (INVALID_ARGUMENT naming the field when they differ).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateDownload(self, request, context):
-        """Presigned GET URLs for objects a job produced.
+        """Presigned GET URLs for a job's objects: its inputs and what it produced.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,7 +152,15 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Jobs, newest first, page by page.
+        """The caller's jobs (an admin's: everyone's), newest first, page by page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteJob(self, request, context):
+        """Deletes a finished job: its record and every object of it that no other job and no live upload
+        uses. A queued or running job is FAILED_PRECONDITION: cancel it first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +209,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
                     request_deserializer=tire_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
                     response_serializer=tire_dot_v1_dot_coordinator__pb2.ListJobsResponse.SerializeToString,
             ),
+            'DeleteJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteJob,
+                    request_deserializer=tire_dot_v1_dot_coordinator__pb2.DeleteJobRequest.FromString,
+                    response_serializer=tire_dot_v1_dot_coordinator__pb2.DeleteJobResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tire.v1.CoordinatorService', rpc_method_handlers)
@@ -195,6 +225,11 @@ def add_CoordinatorServiceServicer_to_server(servicer, server):
 class CoordinatorService:
     """Submits, watches and manages repair jobs. Clients never hold object-store credentials: files go
     up through presigned URLs from CreateUpload, and results come down through CreateDownload.
+
+    Every call needs the metadata `authorization: Bearer <token>` (UNAUTHENTICATED otherwise). A token
+    names a principal: it sees, watches, cancels, downloads and deletes its own jobs only (another
+    principal's job is NOT_FOUND), and a job reads only files its principal uploaded or its principal's
+    jobs produced. An admin principal sees every job.
     """
 
     @staticmethod
@@ -403,6 +438,33 @@ class CoordinatorService:
             '/tire.v1.CoordinatorService/ListJobs',
             tire_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
             tire_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tire.v1.CoordinatorService/DeleteJob',
+            tire_dot_v1_dot_coordinator__pb2.DeleteJobRequest.SerializeToString,
+            tire_dot_v1_dot_coordinator__pb2.DeleteJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
