@@ -71,6 +71,9 @@ ACTIVE_STATES = frozenset({coordinator_pb2.JOB_STATE_QUEUED, coordinator_pb2.JOB
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+MAX_PAGE_BYTES = 4 * 2**20
+"""A page of ``list`` holds fewer jobs than asked rather than more serialized bytes than this (a 4D job's
+outputs name thousands of objects), so it fits any client's message limit."""
 
 _SCHEMA_VERSION = 2
 # How long a waiter sleeps between looks at the file, for events appended by another JobStore (another
@@ -260,8 +263,9 @@ class JobStore:
             state: only jobs in this state; JOB_STATE_UNSPECIFIED means all.
 
         Returns:
-            (jobs, next_page_token): the token is "" on the last page. Jobs created after the first page
-            was read do not appear on later pages (the token is a position in submission order).
+            (jobs, next_page_token): the token is "" on the last page. A page stops early (at least one
+            job) where the next job would take it past ``MAX_PAGE_BYTES``. Jobs created after the first
+            page was read do not appear on later pages (the token is a position in submission order).
         """
         if page_size == 0:
             page_size = DEFAULT_PAGE_SIZE
@@ -289,7 +293,14 @@ class JobStore:
         sql += " ORDER BY row DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(sql, (*args, page_size + 1)).fetchall()
-        jobs = [_job_from_row(row[1:]) for row in rows[:page_size]]
+        jobs: list[Job] = []
+        size = 0
+        for i, row in enumerate(rows[:page_size]):
+            job = _job_from_row(row[1:])
+            size += job.ByteSize()
+            if jobs and size > MAX_PAGE_BYTES:
+                return jobs, _encode_page_token(rows[i - 1][0], state)
+            jobs.append(job)
         token = _encode_page_token(rows[page_size - 1][0], state) if len(rows) > page_size else ""
         return jobs, token
 

@@ -1,6 +1,8 @@
 """The coordinator service: ``tire.v1.CoordinatorService``, the public API of TIRE.
 
-Validates job specs, frames each job's orbit on its asset (``framing_check.frame_job``: an asset the
+Identifies every caller by its bearer token (``auth.TokenBook``): a principal sees and acts on its own
+jobs only, and its jobs read only what it uploaded or its jobs produced. Validates job specs, frames
+each job's orbit on its asset (``framing_check.frame_job``: an asset the
 orbit cannot see is refused with FAILED_PRECONDITION), keeps jobs in a ``JobStore`` (SQLite), runs
 them on worker threads through a ``JobRunner`` over the stage services, and streams their events. At
 start it resumes every job that was queued or running when it last stopped; finished steps are not
@@ -18,6 +20,17 @@ Configuration (environment, read once at start):
                                          DEADLINE_EXCEEDED (default 6, backoff 0.5 s doubling to 15 s)
     TIRE_COORDINATOR_URL_EXPIRY_S        lifetime of presigned upload and download URLs (default 3600)
     TIRE_COORDINATOR_SOURCE_WEIGHT       the source view's weight in reconstruction (default 10)
+    TIRE_COORDINATOR_TOKENS_FILE         the file of token entries (services.coordinator.auth), read
+                                         again when it changes; TIRE_COORDINATOR_TOKENS: entries inline
+    TIRE_COORDINATOR_TLS_CERT_FILE, _TLS_KEY_FILE  the certificate the API is served with (required
+                                         unless TIRE_COORDINATOR_ALLOW_PLAINTEXT=1); _TLS_CLIENT_CA_FILE
+                                         asks clients for certificates too; _HEALTH_PORT: plaintext health
+    TIRE_COORDINATOR_STAGE_TLS_CA_FILE   call the stages over TLS, trusting these CA certificates (and
+                                         with _STAGE_TLS_CERT_FILE and _KEY_FILE, mutual TLS: the stages
+                                         set TIRE_<STAGE>_TLS_CERT_FILE, _KEY_FILE and _CLIENT_CA_FILE)
+    TIRE_COORDINATOR_RETENTION_S         finished jobs, unused uploads and unnamed objects are deleted this
+                                         long after (default 30 days; 0 keeps everything), swept every
+                                         TIRE_COORDINATOR_RETENTION_SWEEP_S (default 3600)
     TIRE_COORDINATOR_PORT, TIRE_COORDINATOR_METRICS_PORT, ...  see services.common.config.ServerSettings
     TIRE_S3_ENDPOINT, TIRE_S3_ACCESS_KEY, TIRE_S3_SECRET_KEY, TIRE_S3_BUCKET  the object store
     TIRE_S3_PUBLIC_ENDPOINT              the store as clients outside reach it: presigned URLs name it
@@ -44,6 +57,7 @@ from services.common.errors import (
     ObjectNotFound,
     ObjectTooLarge,
     PermissionDenied,
+    TireError,
 )
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
@@ -55,7 +69,7 @@ from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention, remove_objects
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
-from services.coordinator.stages import RetryPolicy, Stages, dial_stages
+from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +103,9 @@ class CoordinatorSettings:
     allow_plaintext: bool = False
     retention_s: int = 30 * 24 * 3600
     retention_sweep_s: float = 3600.0
+    stage_tls_ca_file: str = ""
+    stage_tls_cert_file: str = ""
+    stage_tls_key_file: str = ""
 
     def __post_init__(self) -> None:
         for name, ok in (
@@ -220,6 +237,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
         job, created = self.jobs.create(spec, request.request_id, owner=principal)
         if created:
+            log.info(
+                "job %s submitted by %s", job.id, principal, extra={"job": job.id, "principal": principal}
+            )
             self.queue.put(job.id)
         return coordinator_pb2.SubmitJobResponse(job=job)
 
@@ -244,7 +264,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 return  # resumed past the JobFinished event: nothing more will come
 
     def CancelJob(self, request, context):
-        job = self.jobs.request_cancel(_job_id(request.job_id), self._owner(context))
+        caller = self.tokens.identify(context)
+        job = self.jobs.request_cancel(_job_id(request.job_id), None if caller.admin else caller.principal)
+        log.info(
+            "job %s cancelled by %s",
+            job.id,
+            caller.principal,
+            extra={"job": job.id, "principal": caller.principal},
+        )
         return coordinator_pb2.CancelJobResponse(job=job)
 
     def ListJobs(self, request, context):
@@ -254,8 +281,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return coordinator_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def DeleteJob(self, request, context):
-        unused = self.jobs.delete(_job_id(request.job_id), self._owner(context))
-        removed = remove_objects(self.store, unused)
+        caller, job_id = self.tokens.identify(context), _job_id(request.job_id)
+        unused = self.jobs.delete(job_id, None if caller.admin else caller.principal)
+        try:
+            removed = remove_objects(self.store, unused)
+        except TireError as exc:  # the record is gone: nothing names them, so retention sweeps them up
+            log.warning("job %s deleted; its objects are left to retention: %s", job_id, exc)
+            removed = 0
+        log.info(
+            "job %s deleted by %s with %d objects",
+            job_id,
+            caller.principal,
+            removed,
+            extra={"job": job_id, "principal": caller.principal},
+        )
         return coordinator_pb2.DeleteJobResponse(objects_deleted=removed)
 
     def _holds(self, principal: str, uri: str) -> bool:
@@ -318,7 +357,10 @@ def _suffix(uri: str) -> str:
 
 def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> CoordinatorServicer:
     """The servicer, its job state and its workers (not started: ``warm_up`` starts them)."""
-    stages = dial_stages({name: getattr(settings, name) for name in STAGE_NAMES})
+    credentials = stage_tls(
+        settings.stage_tls_ca_file, settings.stage_tls_cert_file, settings.stage_tls_key_file
+    )
+    stages = dial_stages({name: getattr(settings, name) for name in STAGE_NAMES}, credentials=credentials)
     jobs = JobStore(settings.state_path)
     tokens = TokenBook(settings.tokens_file, settings.tokens)
     retry = RetryPolicy(attempts=settings.retry_attempts, timeout_s=settings.call_timeout_s)

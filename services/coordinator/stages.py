@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -27,7 +28,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from services.common.clients import dial
-from services.common.errors import TireError
+from services.common.errors import ConfigError, TireError
 from services.common.registry import STAGES
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,41 @@ class InProcessStub:
         return call
 
 
-def dial_stages(targets: Mapping[str, str], *, max_message_bytes: int = 16 * 2**20) -> Stages:
+def dial_stages(
+    targets: Mapping[str, str],
+    *,
+    max_message_bytes: int = 16 * 2**20,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> Stages:
     """gRPC stubs for every stage; ``targets`` maps each stage's name to ``host:port`` or
-    ``dns:///name:port`` (round-robin over every address, for a scaled inpainter)."""
+    ``dns:///name:port`` (round-robin over every address, for a scaled inpainter); with
+    ``credentials`` (``stage_tls``), over TLS."""
     return Stages(
         **{
-            stage.name: stage.stub(dial(targets[stage.name], max_message_bytes=max_message_bytes))
+            stage.name: stage.stub(
+                dial(targets[stage.name], max_message_bytes=max_message_bytes, credentials=credentials)
+            )
             for stage in STAGES
         }
     )
+
+
+def stage_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> grpc.ChannelCredentials | None:
+    """TLS to the stages: trusting the PEM CA certificates of ``ca_file`` and, for stages that ask for
+    one (mutual TLS), presenting ``cert_file`` and ``key_file``; None (plaintext) without ``ca_file``.
+
+    Raises:
+        ConfigError: a file cannot be read.
+    """
+    if not ca_file:
+        return None
+    try:
+        roots, cert, key = (
+            Path(path).read_bytes() if path else None for path in (ca_file, cert_file, key_file)
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read the stage TLS file {exc.filename}: {exc.strerror}.") from None
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
 
 
 @dataclass(frozen=True)

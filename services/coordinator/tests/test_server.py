@@ -483,3 +483,20 @@ def test_describe_never_reports_the_tokens(servicer):
     servicer.settings = CoordinatorSettings(tokens=ENTRIES)
     info = servicer.Describe(common_pb2.DescribeRequest(), ALICE)
     assert "tokens" not in info.settings and not any("sha256:" in v for v in info.settings.values())
+
+
+def test_a_page_of_jobs_stays_small_whatever_the_jobs_hold(servicer, monkeypatch):
+    from services.coordinator import jobstore
+
+    monkeypatch.setattr(jobstore, "MAX_PAGE_BYTES", 6000)  # about two of these jobs
+    labels = {f"k{i}": "v" * 256 for i in range(16)}  # the most labels a spec may hold
+    submitted = [submit(servicer, labels=labels).id for _ in range(5)]
+    pages, token = [], ""
+    while True:
+        answer = servicer.ListJobs(coordinator_pb2.ListJobsRequest(page_size=100, page_token=token), ALICE)
+        assert answer.jobs and answer.ByteSize() <= 6000 + 3 * len(answer.jobs)  # each job framed in 3 bytes
+        pages.append([job.id for job in answer.jobs])
+        token = answer.next_page_token
+        if not token:
+            break
+    assert len(pages) > 1 and [i for page in pages for i in page] == submitted[::-1]
