@@ -90,6 +90,7 @@ class RunningServer:
         self.health = health_servicer
         self.port = port
         self.metrics_port: int | None = None if metrics is None else metrics.server_port
+        self.health_port: int | None = None  # the plaintext health port, when there is one
 
     def set_serving(self, serving: bool = True) -> None:
         """Report SERVING (or NOT_SERVING) for "" and every service (ignored once shutdown has started)."""
@@ -133,6 +134,7 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
     for collector in (ProcessCollector, GCCollector, PlatformCollector):
         collector(registry=registry)
 
+    tls = _tls_credentials(settings) if settings.tls_cert_file else None  # ConfigError before anything
     executor = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix="grpc")
     server = grpc.server(
         executor,
@@ -147,30 +149,31 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
         spec.register(server)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    address = _address(settings.host, settings.port)
-    if settings.tls_cert_file:
-        port = server.add_secure_port(address, _tls_credentials(settings))
-    else:
-        port = server.add_insecure_port(address)
-    metrics = None
-    if settings.metrics_port >= 0:
-        try:
+    metrics = health_server = None
+    try:
+        address = _address(settings.host, settings.port)
+        port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
+        health_port = None
+        if settings.health_port >= 0:
+            # Health alone, in plaintext: what Kubernetes' gRPC probes (which cannot speak TLS) ask.
+            health_server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_port = health_server.add_insecure_port(_address(settings.host, settings.health_port))
+        if settings.metrics_port >= 0:
             metrics, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-        except BaseException:
-            server.stop(None)
-            executor.shutdown(wait=False)
-            raise
-    health_server = None
-    if settings.health_port >= 0:
-        # Health alone, in plaintext: what Kubernetes' gRPC probes (which cannot speak TLS) ask.
-        health_server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-        health_server.add_insecure_port(_address(settings.host, settings.health_port))
+    except BaseException:
+        server.stop(None)
+        if health_server is not None:
+            health_server.stop(None)
+        executor.shutdown(wait=False)
+        raise
+    if health_server is not None:
         health_server.start()
     server.start()
     running = RunningServer(
         server, executor, health_servicer, names, port, metrics, settings.grace_s, health_server
     )
+    running.health_port = health_port
     security = (
         "mutual TLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
     )
@@ -204,7 +207,10 @@ def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials:
             raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}.") from None
         return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
 
-    seen = [stamp()]
+    try:
+        seen = [stamp()]
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}.") from None
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
         try:

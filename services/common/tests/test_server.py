@@ -1,16 +1,20 @@
 """The server bootstrap, client factory, settings and logging, against a raw-bytes test service.
 
 The project's protos are not needed: ``test.Echo`` is a generic handler with identity serializers.
-Its request bytes choose what the handler does (``b"invalid"`` raises InvalidArgument, ...).
+Its request bytes choose what the handler does (``b"invalid"`` raises InvalidArgument, ...). The TLS
+tests make throw-away certificate authorities with the ``openssl`` CLI (``pki.Pki``) and skip without it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import queue
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,11 +29,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from tire.v1 import common_pb2
 
+from services.client import Credentials, coordinator_stub
 from services.common import validation
 from services.common.clients import dial, service_config, wait_ready
 from services.common.config import ServerSettings, from_env
 from services.common.errors import CallerGone, ConfigError, InvalidArgument, ObjectNotFound, StoreUnavailable
+from services.common.local_server import free_port
 from services.common.logs import configure_logging
 from services.common.server import (
     Finished,
@@ -39,6 +46,8 @@ from services.common.server import (
     start_server,
     stream_progress,
 )
+from services.testing.pki import Issued, Pki
+from services.coordinator.auth import new_token, token_entry
 
 SERVICE = "test.Echo"
 ROOT = Path(__file__).resolve().parents[3]
@@ -353,6 +362,301 @@ def test_serve_until_sigterm() -> None:
         proc.stdout.close()
     messages = [json.loads(lines.get_nowait())["message"] for _ in range(lines.qsize())]
     assert messages == ["received SIGTERM", "stopping; in-flight calls get up to 30.0 s", "stopped"]
+
+
+# --- TLS, mutual TLS and the plaintext health port ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """Three throw-away authorities and what they signed (servers for localhost and 127.0.0.1)."""
+
+    ca: Issued
+    server: Issued  # signed by ca
+    other_ca: Issued
+    renewed: Issued  # a server certificate signed by other_ca
+    stranger: Issued  # a client certificate signed by other_ca
+    client_ca: Issued
+    client: Issued  # signed by client_ca
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    pki = Pki(tmp_path_factory.mktemp("pki"))
+    ca, other_ca, client_ca = pki.authority("ca"), pki.authority("other-ca"), pki.authority("client-ca")
+    return Certificates(
+        ca=ca,
+        server=pki.issue(ca, "server"),
+        other_ca=other_ca,
+        renewed=pki.issue(other_ca, "renewed"),
+        stranger=pki.issue(other_ca, "stranger", hosts=()),
+        client_ca=client_ca,
+        client=pki.issue(client_ca, "client", hosts=()),
+    )
+
+
+def install(issued: Issued, folder: Path) -> ServerSettings:
+    """Put ``issued`` where a server reads its certificate (as a renewal does: a new file moved over the
+    old one) and return settings serving it."""
+    cert, key = folder / "tls.crt", folder / "tls.key"
+    for source, target in ((issued.cert, cert), (issued.key, key)):
+        shutil.copyfile(source, target.with_suffix(".new"))
+        os.replace(target.with_suffix(".new"), target)
+    return dataclasses.replace(LOCAL, tls_cert_file=str(cert), tls_key_file=str(key))
+
+
+def start_tls(specs, folder: Path, issued: Issued, **settings) -> RunningServer:
+    return start_server(specs, dataclasses.replace(install(issued, folder), **settings))
+
+
+def dial_tls(port: int, trusted: Issued, client: Issued | None = None) -> grpc.Channel:
+    """A channel to 127.0.0.1:``port`` trusting only ``trusted``, presenting ``client`` when given."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=trusted.cert_pem,
+        private_key=client.key_pem if client else None,
+        certificate_chain=client.cert_pem if client else None,
+    )
+    return dial(f"127.0.0.1:{port}", retries=0, credentials=credentials)
+
+
+@pytest.fixture
+def tls_server(servicer: EchoServicer, tmp_path: Path, certs: Certificates) -> Iterator[RunningServer]:
+    running = start_tls(echo_spec(servicer), tmp_path, certs.server)
+    yield running
+    running.stop(0)
+
+
+def test_tls_serves_clients_that_trust_its_ca_and_no_others(
+    tls_server: RunningServer, certs: Certificates
+) -> None:
+    with dial_tls(tls_server.port, certs.ca) as ch:
+        assert echo(ch, b"hi") == b"hi"
+    with dial(f"127.0.0.1:{tls_server.port}", retries=0) as ch:
+        assert rpc_error(echo, ch, b"hi").code() == grpc.StatusCode.UNAVAILABLE
+    with dial_tls(tls_server.port, certs.other_ca) as ch:
+        assert rpc_error(echo, ch, b"hi").code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_renewed_certificate_is_served_to_new_connections_without_a_restart(
+    tls_server: RunningServer, certs: Certificates, tmp_path: Path
+) -> None:
+    with dial_tls(tls_server.port, certs.ca) as before:
+        assert echo(before, b"before") == b"before"
+        install(certs.renewed, tmp_path)
+        with dial_tls(tls_server.port, certs.other_ca) as renewed:
+            assert echo(renewed, b"renewed") == b"renewed"
+        with dial_tls(tls_server.port, certs.ca) as stale:
+            assert rpc_error(echo, stale, b"stale").code() == grpc.StatusCode.UNAVAILABLE
+        assert echo(before, b"kept") == b"kept"  # a connection made before the renewal stays up
+
+
+def test_half_a_renewal_keeps_the_current_certificate(
+    tls_server: RunningServer, certs: Certificates, tmp_path: Path
+) -> None:
+    # The new certificate is in place, its key not yet: a connection now must still get the old pair.
+    shutil.copyfile(certs.renewed.cert, tmp_path / "tls.crt.new")
+    os.replace(tmp_path / "tls.crt.new", tmp_path / "tls.crt")
+    with dial_tls(tls_server.port, certs.ca) as ch:
+        assert echo(ch, b"old") == b"old"
+    install(certs.renewed, tmp_path)  # and the key arrives
+    with dial_tls(tls_server.port, certs.other_ca) as ch:
+        assert echo(ch, b"new") == b"new"
+
+
+def test_a_missing_certificate_file_stops_the_start(servicer: EchoServicer, tmp_path: Path) -> None:
+    missing = tmp_path / "absent.crt"
+    settings = dataclasses.replace(LOCAL, tls_cert_file=str(missing), tls_key_file=str(missing))
+    with pytest.raises(ConfigError, match=rf"^cannot read the TLS file {missing}: No such file"):
+        start_server(echo_spec(servicer), settings)
+
+
+def test_mutual_tls_serves_clients_with_a_certificate_of_its_client_ca_only(
+    servicer: EchoServicer, tmp_path: Path, certs: Certificates
+) -> None:
+    running = start_tls(
+        echo_spec(servicer), tmp_path, certs.server, tls_client_ca_file=str(certs.client_ca.cert)
+    )
+    try:
+        with dial_tls(running.port, certs.ca, client=certs.client) as ch:
+            assert echo(ch, b"hi") == b"hi"
+        with dial_tls(running.port, certs.ca) as ch:
+            assert rpc_error(echo, ch, b"hi").code() == grpc.StatusCode.UNAVAILABLE
+        with dial_tls(running.port, certs.ca, client=certs.stranger) as ch:
+            assert rpc_error(echo, ch, b"hi").code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)
+
+
+def test_the_health_port_answers_health_alone_in_plaintext_and_stops_with_the_server(
+    servicer: EchoServicer, tmp_path: Path, certs: Certificates
+) -> None:
+    health_port = free_port()
+    running = start_tls(echo_spec(servicer), tmp_path, certs.server, health_port=health_port)
+    try:
+        with dial(f"127.0.0.1:{health_port}", retries=0) as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            status = lambda name: stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5).status
+            assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
+            running.set_serving()
+            assert status("") == status(SERVICE) == health_pb2.HealthCheckResponse.SERVING
+            assert rpc_error(echo, ch, b"hi").code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        running.stop(0)
+    with dial(f"127.0.0.1:{health_port}", retries=0) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        assert rpc_error(stub.Check, health_pb2.HealthCheckRequest()).code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_taken_health_port_stops_the_start_and_frees_the_metrics_port(servicer: EchoServicer) -> None:
+    metrics_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = dataclasses.replace(LOCAL, metrics_port=metrics_port, health_port=taken.getsockname()[1])
+        with pytest.raises(RuntimeError):
+            start_server(echo_spec(servicer), settings)
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", metrics_port))  # OSError EADDRINUSE while the metrics server listens
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tls_key_file": "k"}, "ServerSettings.tls_key_file must be set with tls_cert_file, got 'k'."),
+        ({"tls_cert_file": "c"}, "ServerSettings.tls_key_file must be set with tls_cert_file, got ''."),
+        ({"tls_client_ca_file": "c"}, "ServerSettings.tls_client_ca_file needs tls_cert_file, got 'c'."),
+    ],
+)
+def test_tls_settings_come_in_pairs(fields: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ServerSettings(**fields)
+    assert str(info.value) == message
+
+
+def test_the_coordinator_refuses_to_serve_plaintext_unless_allowed(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TIRE_")}
+    env |= {
+        "TIRE_COORDINATOR_TOKENS": token_entry(new_token(), "alice"),
+        "TIRE_COORDINATOR_PORT": "0",
+        "TIRE_COORDINATOR_METRICS_PORT": "-1",
+        "TIRE_COORDINATOR_STATE_PATH": str(tmp_path / "state.sqlite"),
+        "TIRE_S3_ENDPOINT": "127.0.0.1:1",
+        "TIRE_S3_ACCESS_KEY": "access",
+        "TIRE_S3_SECRET_KEY": "secret",
+        "TIRE_S3_BUCKET": "bucket",
+    }
+    command = [sys.executable, "-m", "services.coordinator.server"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    # An uncaught ConfigError: its sentence is the traceback's last line.
+    assert done.stderr.strip().splitlines()[-1] == (
+        "services.common.errors.ConfigError: tire.v1.CoordinatorService serves TLS only, and "
+        "TIRE_COORDINATOR_TLS_CERT_FILE is not set: set it and TIRE_COORDINATOR_TLS_KEY_FILE, or "
+        "TIRE_COORDINATOR_ALLOW_PLAINTEXT=1 to serve plaintext (loopback, a mesh)."
+    )
+    assert not (tmp_path / "state.sqlite").exists()  # refused before anything started
+
+
+# --- the coordinator client's channel ----------------------------------------------------------------
+
+
+class CoordinatorDouble:
+    """Answers the coordinator's Describe with an empty DescribeResponse and keeps each call's metadata."""
+
+    def __init__(self) -> None:
+        self.metadata: list[dict[str, str]] = []
+
+    def describe(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.metadata.append(dict(context.invocation_metadata()))
+        return b""
+
+    def spec(self) -> ServiceSpec:
+        handler = grpc.method_handlers_generic_handler(
+            "tire.v1.CoordinatorService", {"Describe": grpc.unary_unary_rpc_method_handler(self.describe)}
+        )
+        return ServiceSpec(
+            "tire.v1.CoordinatorService", lambda server: server.add_generic_rpc_handlers((handler,))
+        )
+
+
+def describe_code(target: str, credentials: Credentials) -> grpc.StatusCode:
+    try:
+        coordinator_stub(target, credentials).Describe(common_pb2.DescribeRequest(), timeout=5)
+    except grpc.RpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+def test_coordinator_stub_speaks_plaintext_to_loopback_with_the_token_as_metadata(
+    server: RunningServer,
+) -> None:
+    double, token = CoordinatorDouble(), new_token()
+    running = start_server(double.spec(), LOCAL)
+    try:
+        assert describe_code(f"127.0.0.1:{running.port}", Credentials(token=token)) == grpc.StatusCode.OK
+        assert double.metadata[-1]["authorization"] == f"Bearer {token}"
+        assert describe_code(f"127.0.0.1:{running.port}", Credentials()) == grpc.StatusCode.OK
+        assert "authorization" not in double.metadata[-1]
+    finally:
+        running.stop(0)
+    # Plaintext too against a server that speaks it but does not host the coordinator.
+    target = f"127.0.0.1:{server.port}"
+    assert describe_code(target, Credentials(token=token)) == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.fixture
+def tls_double(tmp_path: Path, certs: Certificates) -> Iterator[tuple[RunningServer, CoordinatorDouble]]:
+    double = CoordinatorDouble()
+    running = start_tls(double.spec(), tmp_path, certs.server)
+    yield running, double
+    running.stop(0)
+
+
+# coordinator_stub's channel retries UNAVAILABLE 4 times (about 1.5 s in all): one refused call a test.
+
+
+def test_coordinator_stub_speaks_tls_when_given_a_ca(
+    tls_double: tuple[RunningServer, CoordinatorDouble], certs: Certificates
+) -> None:
+    running, double = tls_double
+    token = new_token()
+    credentials = Credentials(token=token, ca_file=str(certs.ca.cert))
+    assert describe_code(f"127.0.0.1:{running.port}", credentials) == grpc.StatusCode.OK
+    assert double.metadata[-1]["authorization"] == f"Bearer {token}"
+
+
+def test_coordinator_stub_given_a_ca_never_falls_back_to_plaintext(
+    server: RunningServer, certs: Certificates
+) -> None:
+    credentials = Credentials(token=new_token(), ca_file=str(certs.ca.cert))
+    assert describe_code(f"127.0.0.1:{server.port}", credentials) == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [None, False],  # None: loopback without a CA is plaintext; False: TLS trusting the system's roots
+)
+def test_coordinator_stub_without_the_ca_is_refused_by_a_tls_server(
+    tls_double: tuple[RunningServer, CoordinatorDouble], plaintext: bool | None
+) -> None:
+    running, double = tls_double
+    credentials = Credentials(token=new_token(), plaintext=plaintext)
+    assert describe_code(f"127.0.0.1:{running.port}", credentials) == grpc.StatusCode.UNAVAILABLE
+    assert double.metadata == []
+
+
+def test_coordinator_stub_presents_its_client_certificate(tmp_path: Path, certs: Certificates) -> None:
+    double = CoordinatorDouble()
+    running = start_tls(double.spec(), tmp_path, certs.server, tls_client_ca_file=str(certs.client_ca.cert))
+    try:
+        target, ca = f"127.0.0.1:{running.port}", str(certs.ca.cert)
+        mutual = Credentials(
+            token="t", ca_file=ca, cert_file=str(certs.client.cert), key_file=str(certs.client.key)
+        )
+        assert describe_code(target, mutual) == grpc.StatusCode.OK
+        assert describe_code(target, Credentials(token="t", ca_file=ca)) == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)
 
 
 # --- settings ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from tire.v1 import common_pb2, coordinator_pb2
@@ -500,3 +501,50 @@ def test_a_page_of_jobs_stays_small_whatever_the_jobs_hold(servicer, monkeypatch
         if not token:
             break
     assert len(pages) > 1 and [i for page in pages for i in page] == submitted[::-1]
+
+
+def test_the_coordinator_calls_stages_that_ask_for_mutual_tls(tmp_path):
+    from tire.v1 import renderer_pb2_grpc
+
+    from services.common.config import ServerSettings
+    from services.common.server import ServiceSpec, start_server
+    from services.testing.pki import Pki
+    from services.coordinator.stages import dial_stages, stage_tls
+    from services.renderer.server import RendererSettings, build_servicer
+
+    pki = Pki(tmp_path)
+    ca = pki.authority("tire-internal")
+    stage, coordinator = pki.issue(ca, "renderer"), pki.issue(ca, "coordinator")
+    renderer = build_servicer(RendererSettings(), MemoryStore())
+    settings = ServerSettings(
+        port=0,
+        host="127.0.0.1",
+        metrics_port=-1,
+        tls_cert_file=str(stage.cert),
+        tls_key_file=str(stage.key),
+        tls_client_ca_file=str(ca.cert),
+    )
+    spec = ServiceSpec(
+        "tire.v1.RendererService",
+        lambda s: renderer_pb2_grpc.add_RendererServiceServicer_to_server(renderer, s),
+    )
+    running = start_server(spec, settings)
+    try:
+        targets = {
+            name: f"localhost:{running.port}"
+            for name in ("renderer", "tracker", "inpainter", "refiner", "reconstructor")
+        }
+        trusted = dial_stages(
+            targets, credentials=stage_tls(str(ca.cert), str(coordinator.cert), str(coordinator.key))
+        )
+        assert (
+            trusted.renderer.Describe(common_pb2.DescribeRequest(), timeout=10).service
+            == "tire.v1.RendererService"
+        )
+        for credentials in (stage_tls(str(ca.cert)), None):  # no client certificate; plaintext
+            stranger = dial_stages(targets, credentials=credentials)
+            with pytest.raises(grpc.RpcError) as caught:
+                stranger.renderer.Describe(common_pb2.DescribeRequest(), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(0)
