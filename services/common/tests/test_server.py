@@ -46,8 +46,8 @@ from services.common.server import (
     start_server,
     stream_progress,
 )
-from services.testing.pki import Issued, Pki
 from services.coordinator.auth import new_token, token_entry
+from services.testing.pki import Issued, Pki
 
 SERVICE = "test.Echo"
 ROOT = Path(__file__).resolve().parents[3]

@@ -508,9 +508,9 @@ def test_the_coordinator_calls_stages_that_ask_for_mutual_tls(tmp_path):
 
     from services.common.config import ServerSettings
     from services.common.server import ServiceSpec, start_server
-    from services.testing.pki import Pki
     from services.coordinator.stages import dial_stages, stage_tls
     from services.renderer.server import RendererSettings, build_servicer
+    from services.testing.pki import Pki
 
     pki = Pki(tmp_path)
     ca = pki.authority("tire-internal")
