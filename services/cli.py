@@ -615,7 +615,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "delete":
             answer = stub.DeleteJob(coordinator_pb2.DeleteJobRequest(job_id=args.job_id), timeout=60)
-            print(f"Deleted {args.job_id} and {answer.objects_deleted} objects only it used.")
+            print(
+                f"Deleted {args.job_id}; the {answer.objects_released} objects only it used leave the "
+                "store within hours."
+            )
             return 0
         if args.command == "list":
             answer = stub.ListJobs(coordinator_pb2.ListJobsRequest(page_size=args.page_size), timeout=30)

@@ -17,6 +17,9 @@ Tables (protobuf messages are stored serialized, next to the few columns that ar
     uploads owner, uri (the content-addressed object), sha256, size_bytes, staging_uri (where the
             presigned PUT writes; "" once verified), created_ns, expires_ns: what each principal
             uploaded, or is allowed to upload until ``expires_ns``
+    doomed  uri, since_ns: objects nothing named any more when they were released (a deleted job's, an
+            expired upload's, an old one no row names); removed from the store after a grace if still
+            unnamed (``services.coordinator.retention``)
 
 Ownership: methods that take ``owner`` act only on that principal's jobs (another's is ``NotFound``,
 as if it did not exist); ``owner=None`` is the coordinator itself, or an admin.
@@ -134,6 +137,10 @@ CREATE TABLE IF NOT EXISTS uploads (
 CREATE INDEX IF NOT EXISTS uploads_uri ON uploads (uri);
 CREATE INDEX IF NOT EXISTS uploads_staging_uri ON uploads (staging_uri);
 CREATE INDEX IF NOT EXISTS uploads_expires ON uploads (expires_ns);
+CREATE TABLE IF NOT EXISTS doomed (
+    uri TEXT PRIMARY KEY,
+    since_ns INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 # From schema 1: jobs gain their owner ("": submitted before principals; only admins see them), request
@@ -454,12 +461,13 @@ class JobStore:
 
     # ---- deletion and retention --------------------------------------------------------------------
 
-    def delete(self, job_id: str, owner: str | None = None) -> list[str]:
-        """Deletes a finished job of ``owner``'s: its record, steps, events and objects rows.
+    def delete(self, job_id: str, owner: str | None = None, now_ns: int | None = None) -> int:
+        """Deletes a finished job of ``owner``'s: its record, steps, events and objects rows; the URIs it
+        named that nothing else names (no other job, no upload) are released (``release``) as of
+        ``now_ns`` (default: now).
 
         Returns:
-            The URIs the job named that nothing else uses any more (no other job, no upload): what to
-            remove from the store.
+            How many objects were released.
 
         Raises:
             NotFound: no such job (of ``owner``'s).
@@ -475,7 +483,7 @@ class JobStore:
             for table in ("objects", "events", "steps"):
                 db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            return [uri for uri in uris if not _in_use(db, uri)]
+            return _release(db, uris, now_ns)
 
     def finished_before(self, before_ns: int, limit: int = 100) -> list[str]:
         """Ids of jobs that ended (SUCCEEDED, FAILED, CANCELLED) before ``before_ns`` (Unix ns), oldest
@@ -497,6 +505,28 @@ class JobStore:
         """Those of ``uris`` a job or an upload names."""
         with self._lock:
             return {uri for uri in uris if _in_use(self._db, uri)}
+
+    def release(self, uris: Sequence[str], now_ns: int | None = None) -> int:
+        """Marks those of ``uris`` that no job and no upload names as released at ``now_ns`` (default:
+        now; an earlier release keeps its time); returns how many are released."""
+        with self._write() as db:
+            return _release(db, uris, now_ns)
+
+    def released_before(self, before_ns: int) -> list[str]:
+        """URIs released before ``before_ns`` that nothing names still: what to remove from the store
+        (then ``forget``). Released URIs named again (a job stored the same bytes) are kept, unreleased."""
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT uri FROM doomed WHERE since_ns < ? ORDER BY uri", (before_ns,)
+            ).fetchall()
+            named = [row[0] for row in rows if _in_use(db, row[0])]
+            db.executemany("DELETE FROM doomed WHERE uri = ?", [(uri,) for uri in named])
+            return [row[0] for row in rows if row[0] not in set(named)]
+
+    def forget(self, uris: Sequence[str]) -> None:
+        """Drops released URIs (removed from the store)."""
+        with self._write() as db:
+            db.executemany("DELETE FROM doomed WHERE uri = ?", [(uri,) for uri in uris])
 
     # ---- uploads ----------------------------------------------------------------------------------
 
@@ -543,21 +573,20 @@ class JobStore:
             ).fetchone()
         return row is not None
 
-    def drop_expired_uploads(self, now_ns: int) -> tuple[list[str], list[str]]:
-        """Forgets uploads past their expiry.
+    def drop_expired_uploads(self, now_ns: int) -> tuple[list[str], int]:
+        """Forgets uploads past their expiry; the objects of verified ones are released.
 
         Returns:
-            (staging, unused): staging URIs of uploads never verified (delete them from the store), and
-            the URIs of expired verified uploads that nothing else uses any more.
+            (staging, released): the staging URIs of uploads never verified, to delete from the store
+            at once (nobody else writes there, so no grace is needed); how many objects were released.
         """
         with self._write() as db:
             rows = db.execute(
                 "SELECT owner, uri, staging_uri FROM uploads WHERE expires_ns < ?", (now_ns,)
             ).fetchall()
             db.execute("DELETE FROM uploads WHERE expires_ns < ?", (now_ns,))
-            staging = [row[2] for row in rows if row[2]]
-            unused = sorted({row[1] for row in rows if not row[2] and not _in_use(db, row[1])})
-            return staging, unused
+            released = _release(db, sorted({row[1] for row in rows if not row[2]}), now_ns)
+            return [row[2] for row in rows if row[2]], released
 
     # ---- internals (callers hold self._lock) --------------------------------------------------------
 
@@ -603,6 +632,7 @@ class JobStore:
         if outputs is not None:
             sets.append("outputs = ?")
             args.append(outputs.SerializeToString())
+            _record_objects(db, job_id, outputs)
         db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
         return self._get(db, job_id)
 
@@ -680,6 +710,19 @@ def _in_use(db: sqlite3.Connection, uri: str) -> bool:
         db.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (uri,)).fetchone() is not None
         for table, column in (("objects", "uri"), ("uploads", "uri"), ("uploads", "staging_uri"))
     )
+
+
+def _release(db: sqlite3.Connection, uris: Sequence[str], now_ns: int | None) -> int:
+    """Releases the unnamed ones of ``uris`` not released yet; returns how many."""
+    now = time.time_ns() if now_ns is None else now_ns
+    fresh = [
+        uri
+        for uri in dict.fromkeys(uris)
+        if not _in_use(db, uri)
+        and db.execute("SELECT 1 FROM doomed WHERE uri = ?", (uri,)).fetchone() is None
+    ]
+    db.executemany("INSERT INTO doomed (uri, since_ns) VALUES (?, ?)", [(uri, now) for uri in fresh])
+    return len(fresh)
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

@@ -57,7 +57,6 @@ from services.common.errors import (
     ObjectNotFound,
     ObjectTooLarge,
     PermissionDenied,
-    TireError,
 )
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
@@ -67,7 +66,7 @@ from services.coordinator.framing_check import frame_job
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.pipeline import JobRunner
-from services.coordinator.retention import STAGING_PREFIX, Retention, remove_objects
+from services.coordinator.retention import STAGING_PREFIX, Retention
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
 
@@ -282,20 +281,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def DeleteJob(self, request, context):
         caller, job_id = self.tokens.identify(context), _job_id(request.job_id)
-        unused = self.jobs.delete(job_id, None if caller.admin else caller.principal)
-        try:
-            removed = remove_objects(self.store, unused)
-        except TireError as exc:  # the record is gone: nothing names them, so retention sweeps them up
-            log.warning("job %s deleted; its objects are left to retention: %s", job_id, exc)
-            removed = 0
+        released = self.jobs.delete(job_id, None if caller.admin else caller.principal)
         log.info(
-            "job %s deleted by %s with %d objects",
+            "job %s deleted by %s, %d objects released",
             job_id,
             caller.principal,
-            removed,
+            released,
             extra={"job": job_id, "principal": caller.principal},
         )
-        return coordinator_pb2.DeleteJobResponse(objects_deleted=removed)
+        return coordinator_pb2.DeleteJobResponse(objects_released=released)
 
     def _holds(self, principal: str, uri: str) -> bool:
         """Whether ``principal`` may read ``uri`` without uploading it: its upload verified, or an
@@ -370,18 +364,17 @@ def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> Coordinat
 
 def warm_up(servicer: CoordinatorServicer) -> None:
     """Check the store, then start the workers, resuming the jobs the last run left unfinished, and
-    the retention sweeps (none with ``retention_s`` 0)."""
+    the retention sweeps."""
     servicer.store.ensure_bucket()
     unfinished = servicer.jobs.unfinished()
     if unfinished:
         log.info("resuming %d unfinished jobs", len(unfinished), extra={"jobs": unfinished})
     servicer.queue.start(unfinished)
     settings = servicer.settings
-    if settings.retention_s:
-        retention = Retention(servicer.jobs, servicer.store, settings.retention_s, settings.url_expiry_s)
-        threading.Thread(
-            target=retention.run_every, args=(settings.retention_sweep_s,), name="retention", daemon=True
-        ).start()
+    retention = Retention(servicer.jobs, servicer.store, settings.retention_s, settings.url_expiry_s)
+    threading.Thread(
+        target=retention.run_every, args=(settings.retention_sweep_s,), name="retention", daemon=True
+    ).start()
 
 
 def main() -> None:

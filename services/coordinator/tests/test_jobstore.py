@@ -501,3 +501,328 @@ def test_a_file_from_a_newer_schema_is_refused(db_path):
 def test_unknown_job_ids_are_not_found_with_the_id_in_the_message(store, call):
     with pytest.raises(NotFound, match="`job_id` 'job-nope'"):
         call(store)
+
+
+# ---- ownership ------------------------------------------------------------------------------------------
+
+
+def test_another_principals_job_does_not_exist_for_its_owner_filter(store):
+    job, _ = store.create(spec(), owner="alice")
+    assert job.owner == "alice"
+    assert store.get(job.id, owner="alice") == job
+    assert store.get(job.id) == job  # owner=None: the coordinator, or an admin
+    store.set_state(job.id, RUNNING)
+    for call in (
+        lambda: store.get(job.id, owner="bob"),
+        lambda: store.request_cancel(job.id, owner="bob"),
+        lambda: store.get(job.id, owner=""),
+    ):
+        with pytest.raises(NotFound, match=f"`job_id` {job.id!r}"):
+            call()
+    assert not store.cancel_requested(job.id)  # bob's cancel did nothing
+    store.finish(job.id, SUCCEEDED)
+    with pytest.raises(NotFound, match=f"`job_id` {job.id!r}"):
+        store.delete(job.id, owner="bob")
+    assert store.get(job.id).state == SUCCEEDED  # still there
+    assert store.request_cancel(job.id, owner="alice").state == SUCCEEDED
+    store.delete(job.id, owner="alice")
+    with pytest.raises(NotFound):
+        store.get(job.id)
+
+
+def test_list_pages_through_one_owners_jobs(store):
+    mine, theirs = [], []
+    for i in range(9):
+        (mine if i % 3 else theirs).append(store.create(spec(i), owner="alice" if i % 3 else "bob")[0].id)
+    seen, token = [], ""
+    while True:
+        jobs, token = store.list(page_size=2, page_token=token, owner="alice")
+        assert all(job.owner == "alice" for job in jobs)
+        seen += [job.id for job in jobs]
+        if not token:
+            break
+    assert seen == mine[::-1]
+    assert [job.id for job in store.list(owner="bob")[0]] == theirs[::-1]
+    assert store.list(owner="carol") == ([], "")
+    assert len(store.list(page_size=100)[0]) == 9  # owner=None: everybody's
+    store.set_state(mine[0], RUNNING)
+    store.set_state(theirs[0], RUNNING)
+    assert [job.id for job in store.list(state=RUNNING, owner="alice")[0]] == [mine[0]]
+
+
+def test_request_ids_are_unique_per_owner(store):
+    alice, created = store.create(spec(1), request_id="req", owner="alice")
+    bob, bob_created = store.create(spec(2), request_id="req", owner="bob")
+    assert created and bob_created and alice.id != bob.id
+    again, created_again = store.create(spec(3), request_id="req", owner="alice")
+    assert not created_again and again == alice
+    assert store.create(spec(4), request_id="req", owner="bob")[0] == bob
+
+
+# ---- objects -------------------------------------------------------------------------------------------
+
+
+def tensor(uri: str, *previews: str) -> common_pb2.TensorRef:
+    return common_pb2.TensorRef(uri=uri, preview_uris=list(previews))
+
+
+def test_objects_are_recorded_from_spec_steps_events_and_outputs(store):
+    job, _ = store.create(spec())
+    assert store.objects_of(job.id) == {"s3://tire/sha256/ab/asset.ply"}  # labels are not objects
+    store.set_state(job.id, RUNNING)
+    store.record_step(job.id, "render", tensor("s3://tire/sha256/01/views", "s3://tire/sha256/02/p.png"), 1.0)
+    store.append_event(
+        job.id,
+        coordinator_pb2.JobEvent(
+            step_finished=coordinator_pb2.StepFinished(
+                step="fit_subject",
+                artifacts=[
+                    coordinator_pb2.Artifact(object=common_pb2.ObjectRef(uri="s3://tire/sha256/03/s"))
+                ],
+            )
+        ),
+    )
+    outputs = coordinator_pb2.JobOutputs(
+        repaired=common_pb2.AssetRef(frames=[common_pb2.ObjectRef(uri="s3://tire/sha256/04/out.ply")]),
+        rings=[coordinator_pb2.RingOutput(ring=1, inpainted=tensor("s3://tire/sha256/05/ring1"))],
+        report=common_pb2.ObjectRef(uri="s3://tire/sha256/06/report.json"),
+    )
+    store.finish(job.id, SUCCEEDED, outputs=outputs)
+    assert store.objects_of(job.id) == {
+        "s3://tire/sha256/ab/asset.ply",
+        "s3://tire/sha256/01/views",
+        "s3://tire/sha256/02/p.png",
+        "s3://tire/sha256/03/s",
+        "s3://tire/sha256/04/out.ply",
+        "s3://tire/sha256/05/ring1",
+        "s3://tire/sha256/06/report.json",
+    }
+    other, _ = store.create(spec())
+    assert store.objects_of(other.id) == {"s3://tire/sha256/ab/asset.ply"}
+    assert store.in_use(["s3://tire/sha256/04/out.ply", "s3://tire/sha256/99/none"]) == {
+        "s3://tire/sha256/04/out.ply"
+    }
+
+
+def test_outputs_given_to_set_state_are_recorded(store):
+    job, _ = store.create(spec())
+    outputs = coordinator_pb2.JobOutputs(report=common_pb2.ObjectRef(uri="s3://tire/sha256/06/report.json"))
+    store.set_state(job.id, SUCCEEDED, outputs=outputs)
+    assert "s3://tire/sha256/06/report.json" in store.objects_of(job.id)
+
+
+@pytest.mark.parametrize("active", [QUEUED, RUNNING])
+def test_delete_refuses_a_job_that_is_not_finished(store, active):
+    job, _ = store.create(spec())
+    if active == RUNNING:
+        store.set_state(job.id, RUNNING)
+    with pytest.raises(
+        FailedPrecondition,
+        match=f"{job.id!r} is JOB_STATE_{'QUEUED' if active == QUEUED else 'RUNNING'}: cancel it",
+    ):
+        store.delete(job.id)
+    assert store.get(job.id).state == active
+    assert store.objects_of(job.id) == {"s3://tire/sha256/ab/asset.ply"}
+
+
+def test_delete_removes_the_job_and_releases_only_objects_nothing_else_uses(store):
+    uploaded = "s3://tire/sha256/0c/uploaded.ply"
+    job, _ = store.create(spec(), owner="alice")
+    store.record_step(job.id, "render", tensor("s3://tire/sha256/01/views"), 1.0)
+    store.record_step(job.id, "upload", common_pb2.ObjectRef(uri=uploaded), 1.0)
+    store.append_event(job.id, started("render"))
+    outputs = coordinator_pb2.JobOutputs(report=common_pb2.ObjectRef(uri="s3://tire/sha256/06/report.json"))
+    store.set_state(job.id, RUNNING)
+    store.finish(job.id, SUCCEEDED, outputs=outputs)
+    store.create(spec(), owner="bob")  # bob's job reads the same asset.ply
+    store.expect_upload(
+        "carol", uploaded, "0c" * 32, 5, "s3://tire/staging/carol/x.ply", time.time_ns() + 10**12
+    )
+
+    assert store.delete(job.id, owner="alice", now_ns=1000) == 2
+    assert store.released_before(1001) == ["s3://tire/sha256/01/views", "s3://tire/sha256/06/report.json"]
+    assert store.released_before(1000) == []
+    with pytest.raises(NotFound, match=job.id):
+        store.get(job.id)
+    with pytest.raises(NotFound, match=job.id):
+        store.events(job.id)
+    assert store.objects_of(job.id) == set()
+    assert store.finished_before(time.time_ns() + 10**12) == []
+    with pytest.raises(NotFound, match=job.id):
+        store.delete(job.id)
+
+
+def test_finished_before_names_ended_jobs_oldest_first(store):
+    store.create(spec(0))  # queued
+    running, _ = store.create(spec(1))
+    store.set_state(running.id, RUNNING)
+    ended = []
+    for i, state in enumerate((SUCCEEDED, FAILED, CANCELLED)):
+        job, _ = store.create(spec(i + 2))
+        store.finish(job.id, state)
+        ended.append(job.id)
+    later = time.time_ns() + 10**9
+    assert store.finished_before(later) == ended
+    assert store.finished_before(later, limit=2) == ended[:2]
+    assert store.finished_before(store.get(ended[0]).updated_at.ToNanoseconds()) == []
+
+
+# ---- uploads -------------------------------------------------------------------------------------------
+
+CONTENT = "s3://tire/sha256/aa/" + "aa" * 32 + ".ply"
+
+
+def test_an_upload_is_pending_then_verified(store):
+    expires = time.time_ns() + 10**12
+    assert store.upload("alice", CONTENT) is None
+    store.expect_upload("alice", CONTENT, "aa" * 32, 10, "s3://tire/staging/alice/1.ply", expires)
+    assert store.upload("alice", CONTENT) == ("aa" * 32, 10, "s3://tire/staging/alice/1.ply")
+    assert store.upload("bob", CONTENT) is None  # per principal
+    # Asked again: the new staging key and expiry replace the pending one.
+    store.expect_upload("alice", CONTENT, "aa" * 32, 10, "s3://tire/staging/alice/2.ply", expires)
+    assert store.upload("alice", CONTENT) == ("aa" * 32, 10, "s3://tire/staging/alice/2.ply")
+    assert store.in_use([CONTENT, "s3://tire/staging/alice/2.ply", "s3://tire/staging/alice/1.ply"]) == {
+        CONTENT,
+        "s3://tire/staging/alice/2.ply",
+    }
+    store.mark_uploaded("alice", CONTENT, expires)
+    assert store.upload("alice", CONTENT) == ("aa" * 32, 10, "")
+
+
+def test_produced_for_names_the_objects_of_a_principals_jobs(store):
+    job, _ = store.create(spec(), owner="alice")
+    store.record_step(job.id, "render", tensor("s3://tire/sha256/01/views"), 1.0)
+    assert store.produced_for("alice", "s3://tire/sha256/01/views")
+    assert store.produced_for("alice", "s3://tire/sha256/ab/asset.ply")
+    assert not store.produced_for("bob", "s3://tire/sha256/01/views")
+    assert not store.produced_for("alice", "s3://tire/sha256/99/other")
+
+
+def test_drop_expired_uploads_returns_staging_and_releases_unused_verified_objects(store):
+    now = time.time_ns()
+    named = "s3://tire/sha256/ab/asset.ply"  # a job of bob's names it
+    store.create(spec(), owner="bob")
+    staged = "s3://tire/sha256/bb/" + "bb" * 32
+    kept = "s3://tire/sha256/cc/" + "cc" * 32
+    lonely = "s3://tire/sha256/dd/" + "dd" * 32
+    both = "s3://tire/sha256/ee/" + "ee" * 32  # carol's upload of it is still live
+    store.expect_upload("alice", staged, "bb" * 32, 1, "s3://tire/staging/alice/b", now - 1)
+    store.expect_upload("alice", kept, "cc" * 32, 1, "s3://tire/staging/alice/c", now + 10**12)
+    for owner, uri, until in (
+        ("alice", named, now - 1),
+        ("alice", lonely, now - 1),
+        ("alice", both, now - 1),
+        ("carol", both, now + 10**12),
+    ):
+        store.expect_upload(owner, uri, uri[-64:], 1, f"s3://tire/staging/{owner}/{uri[-1]}", until)
+        store.mark_uploaded(owner, uri, until)
+
+    assert store.drop_expired_uploads(now) == (["s3://tire/staging/alice/b"], 1)
+    assert store.released_before(now + 1) == [lonely]
+    assert store.upload("alice", staged) is None and store.upload("alice", lonely) is None
+    assert store.upload("alice", kept) is not None and store.upload("carol", both) is not None
+    assert store.drop_expired_uploads(now) == ([], 0)
+
+
+# ---- migration from schema 1 ---------------------------------------------------------------------------
+
+# The tables of schema 1, as its JobStore created them (commit 5156567).
+_SCHEMA_1 = """
+CREATE TABLE IF NOT EXISTS jobs (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    request_id TEXT NOT NULL DEFAULT '',
+    state INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_ns INTEGER NOT NULL,
+    updated_ns INTEGER NOT NULL,
+    spec BLOB NOT NULL,
+    progress BLOB NOT NULL DEFAULT x'',
+    outputs BLOB NOT NULL DEFAULT x'',
+    error TEXT NOT NULL DEFAULT ''
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, row);
+CREATE TABLE IF NOT EXISTS steps (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    step TEXT NOT NULL,
+    result BLOB NOT NULL,
+    seconds REAL NOT NULL,
+    UNIQUE (job_id, step)
+);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    sequence INTEGER NOT NULL,
+    event BLOB NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+"""
+
+
+def schema_1_file(path) -> None:
+    """A file as schema 1 left it: one finished job with a request id, its outputs and an event."""
+    outputs = coordinator_pb2.JobOutputs(report=common_pb2.ObjectRef(uri="s3://tire/sha256/06/report.json"))
+    event = coordinator_pb2.JobEvent(
+        job_id="job-000000000001",
+        sequence=1,
+        step_finished=coordinator_pb2.StepFinished(
+            step="render", artifacts=[coordinator_pb2.Artifact(tensor=tensor("s3://tire/sha256/01/views"))]
+        ),
+    )
+    db = sqlite3.connect(path)
+    db.executescript(_SCHEMA_1)
+    db.execute(
+        "INSERT INTO jobs (id, request_id, state, created_ns, updated_ns, spec, outputs)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ("job-000000000001", "req", SUCCEEDED, 1, 2, spec().SerializeToString(), outputs.SerializeToString()),
+    )
+    db.execute(
+        "INSERT INTO events (job_id, sequence, event) VALUES (?, ?, ?)",
+        ("job-000000000001", 1, event.SerializeToString()),
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+
+
+def test_a_schema_1_file_is_migrated(db_path):
+    schema_1_file(db_path)
+    with JobStore(db_path) as jobs:
+        job = jobs.get("job-000000000001")
+        assert job.owner == "" and job.state == SUCCEEDED and job.spec == spec()
+        assert jobs.get(job.id, owner="") == job
+        with pytest.raises(NotFound):
+            jobs.get(job.id, owner="alice")
+        assert jobs.objects_of(job.id) == {
+            "s3://tire/sha256/ab/asset.ply",
+            "s3://tire/sha256/01/views",
+            "s3://tire/sha256/06/report.json",
+        }
+        # Request ids are now unique per owner.
+        assert jobs.create(spec(), request_id="req") == (job, False)
+        mine, created = jobs.create(spec(), request_id="req", owner="alice")
+        assert created and mine.owner == "alice"
+    db = sqlite3.connect(db_path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "jobs_request_id" not in indexes and "jobs_owner_request_id" in indexes
+    db.close()
+    # Opened again (another process, or a restart): nothing migrates twice.
+    with JobStore(db_path) as a, JobStore(db_path) as b:
+        assert a.get(job.id) == b.get(job.id) == job
+        assert (
+            a.objects_of(job.id)
+            == b.objects_of(job.id)
+            == {
+                "s3://tire/sha256/ab/asset.ply",
+                "s3://tire/sha256/01/views",
+                "s3://tire/sha256/06/report.json",
+            }
+        )
+        assert a.create(spec(), request_id="req", owner="alice") == (mine, False)
+        assert a.delete(job.id) == 2
+        assert a.released_before(time.time_ns() + 1) == [
+            "s3://tire/sha256/01/views",
+            "s3://tire/sha256/06/report.json",
+        ]

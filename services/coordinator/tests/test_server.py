@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -26,6 +27,7 @@ from services.coordinator.auth import TokenBook, new_token, token_entry
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
+from services.coordinator.retention import RELEASE_GRACE_S, Retention
 from services.coordinator.server import CoordinatorServicer, CoordinatorSettings
 from services.coordinator.stages import RetryPolicy
 from services.coordinator.steps import StepLog
@@ -421,7 +423,7 @@ def test_uploaded_bytes_are_checked_before_a_job_reads_them(servicer, store, byt
     assert not store.exists(asset.uri)  # nothing reached the content-addressed key
 
 
-def test_delete_job_removes_its_record_and_the_objects_only_it_used(servicer, store):
+def test_delete_job_removes_its_record_and_releases_the_objects_only_it_used(servicer, store):
     job = submit(servicer)
     with pytest.raises(FailedPrecondition, match="cancel it"):
         servicer.DeleteJob(coordinator_pb2.DeleteJobRequest(job_id=job.id), ALICE)
@@ -429,12 +431,16 @@ def test_delete_job_removes_its_record_and_the_objects_only_it_used(servicer, st
     repaired, report = finished.outputs.repaired.frames[0].uri, finished.outputs.report.uri
     asset = job.spec.asset.frames[0].uri
     answer = servicer.DeleteJob(coordinator_pb2.DeleteJobRequest(job_id=job.id), ALICE)
-    assert answer.objects_deleted > 5
-    assert not store.exists(repaired) and not store.exists(report)
-    assert store.exists(asset)  # still Alice's upload, for her next jobs
+    assert answer.objects_released > 5
     with pytest.raises(NotFound):
         servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), ALICE)
     assert servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs == []
+    # The retention sweep after the grace removes them; Alice's upload stays for her next jobs.
+    after_grace = datetime.now(UTC) + timedelta(seconds=RELEASE_GRACE_S + 1)
+    sweep = Retention(servicer.jobs, store, retention_s=0, url_expiry_s=3600).sweep(after_grace)
+    assert sweep["removed"] == answer.objects_released
+    assert not store.exists(repaired) and not store.exists(report)
+    assert store.exists(asset)
 
 
 @pytest.mark.parametrize(

@@ -423,7 +423,7 @@ class DeleteJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class DeleteJobResponse(_message.Message):
-    __slots__ = ("objects_deleted",)
-    OBJECTS_DELETED_FIELD_NUMBER: _ClassVar[int]
-    objects_deleted: int
-    def __init__(self, objects_deleted: _Optional[int] = ...) -> None: ...
+    __slots__ = ("objects_released",)
+    OBJECTS_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    objects_released: int
+    def __init__(self, objects_released: _Optional[int] = ...) -> None: ...

@@ -159,8 +159,10 @@ class CoordinatorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteJob(self, request, context):
-        """Deletes a finished job: its record and every object of it that no other job and no live upload
-        uses. A queued or running job is FAILED_PRECONDITION: cancel it first.
+        """Deletes a finished job's record, and releases every object of it that no other job and no live
+        upload uses: they are removed from the store a few hours later (a grace that lets a running job
+        that stored the same bytes name them first). A queued or running job is FAILED_PRECONDITION:
+        cancel it first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
