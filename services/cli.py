@@ -286,11 +286,8 @@ def stack_up(args: argparse.Namespace) -> int:
                 f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
             )
             print(f"The store's TIRE_S3_* variables, for tire models: set -a; . {stack.store_env}")
-            found = (
-                "tire finds it from this folder"
-                if stack.token_file.resolve() == LOCAL_TOKEN_FILE.resolve()
-                else (f"export TIRE_TOKEN_FILE={stack.token_file}")
-            )
+            here = stack.token_file.resolve() == LOCAL_TOKEN_FILE.resolve()
+            found = "tire finds it from this folder" if here else f"export TIRE_TOKEN_FILE={stack.token_file}"
             print(f"Principal 'local': its token is in {stack.token_file} ({found})")
             print("Ctrl-C stops everything.", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
@@ -486,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="stage backends")
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
-    up.add_argument("--state", default="out/stack", help="folder for the store, job state and logs")
+    up.add_argument(
+        "--state",
+        default=str(LOCAL_TOKEN_FILE.parent),
+        help="folder for the store, job state, token and logs",
+    )
     up.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
     up.add_argument(
         "--port", type=int, default=BASE_PORT, help="the coordinator's port; stages use the next 5"
@@ -556,15 +557,12 @@ def main(argv: list[str] | None = None) -> int:
         *(commands.choices[name] for name in ("watch", "get", "cancel", "delete")),
     ]
     for command in remote:
-        default, text = (
-            ("", "HOST:PORT; without it, the embedded stages")
-            if command is info
-            else (
-                DEFAULT_COORDINATOR,
-                "HOST:PORT",
+        if command is info:
+            command.add_argument(
+                "--coordinator", default="", help="HOST:PORT; without it, the embedded stages"
             )
-        )
-        command.add_argument("--coordinator", default=default, help=text)
+        else:
+            command.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT")
         command.add_argument("--token-file", default="", help="a file holding the bearer token")
         command.add_argument("--ca-file", default="", help="PEM certificates that signed the coordinator's")
         command.add_argument(

@@ -81,6 +81,7 @@ MAX_JOB_ID_CHARS = 64
 MAX_REQUEST_ID_CHARS = 128
 MAX_PAGE_TOKEN_CHARS = 256
 _SUFFIXES = {"application/x-ply": ".ply", "image/png": ".png", "application/json": ".json"}
+_MEDIA_TYPES = {suffix: media_type for media_type, suffix in _SUFFIXES.items()}
 
 
 @dataclass(frozen=True)
@@ -318,8 +319,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             )
         sha256, size_bytes, staging = upload
         try:
+            suffix = _suffix(ref.uri)
             self.store.promote(
-                staging, sha256, size_bytes, suffix=_suffix(ref.uri), media_type=ref.media_type
+                staging, sha256, size_bytes, suffix=suffix, media_type=_MEDIA_TYPES.get(suffix, "")
             )
         except ObjectNotFound:
             raise InvalidArgument(

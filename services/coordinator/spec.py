@@ -34,6 +34,7 @@ DEFAULT_MAX_UNOBSERVED_FRACTION = 0.35
 MAX_TIME_STEPS = 64
 MAX_LABELS = 16
 MAX_LABEL_VALUE_CHARS = 256
+MAX_MEDIA_TYPE_CHARS = 255
 
 _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
 
@@ -174,6 +175,7 @@ def check_uploaded(spec: coordinator_pb2.JobSpec, bucket_uri: str, field: str = 
 def _check_object(ref, field: str) -> None:
     """An ``ObjectRef`` the job will read: an ``s3://`` URI, and a well-formed sha256 if one is given."""
     validation.s3_uri(ref.uri, f"{field}.uri")
+    validation.text(ref.media_type, f"{field}.media_type", MAX_MEDIA_TYPE_CHARS)
     if ref.sha256:
         validation.sha256(ref.sha256, f"{field}.sha256")
 
