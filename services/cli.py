@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2
@@ -53,7 +54,7 @@ from services.common import registry
 from services.common.errors import ConfigError, TireError
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
-from services.stack import TRITON_REPOSITORY, local_ports, local_stack
+from services.stack import TRITON_REPOSITORY, LocalStack, local_ports, local_stack
 
 DEFAULT_COORDINATOR = COORDINATOR.local_target
 # The names of services.embedded.PROFILES, without importing every stage to parse arguments.
@@ -177,7 +178,7 @@ def run_embedded(args: argparse.Namespace) -> int:
     center = ", ".join(f"{c:.3g}" for c in spec.framing.center)
     print(f"Orbit around ({center}) at radius {spec.framing.radius:.3g}")
     start = time.perf_counter()
-    runner = threading.Thread(target=JobRunner(jobs, stages, store).run, args=(job.id,), daemon=True)
+    runner = threading.Thread(target=JobRunner(jobs, stages, store).run_to_end, args=(job.id,), daemon=True)
     runner.start()
     last = follow(lambda after: _local_events(jobs, job.id, after, runner))
     runner.join()
@@ -274,7 +275,7 @@ def stack_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with local_stack(state, ports, timeout_s=args.timeout, triton=args.triton) as stack:
-            s3, processes = stack.s3, stack.processes
+            s3 = stack.s3
             print("The local stack is up:")
             for name, port in ports.items():
                 print(f"  {name:<14} 127.0.0.1:{port}   metrics http://127.0.0.1:{port + 1000}/metrics")
@@ -285,20 +286,56 @@ def stack_up(args: argparse.Namespace) -> int:
             print(
                 f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
             )
-            print(f"The store's TIRE_S3_* variables, for tire models: set -a; . {stack.store_env}")
+            print(
+                f"The store: endpoint http://{s3.settings.endpoint}, bucket {s3.bucket}, access key "
+                f"{s3.settings.access_key}, secret key in {stack.store_env} (set -a; . {stack.store_env} "
+                "gives tire models and other S3 clients all of TIRE_S3_*)"
+            )
             here = stack.token_file.resolve() == LOCAL_TOKEN_FILE.resolve()
             found = "tire finds it from this folder" if here else f"export TIRE_TOKEN_FILE={stack.token_file}"
             print(f"Principal 'local': its token is in {stack.token_file} ({found})")
             print("Ctrl-C stops everything.", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-            while all(p.poll() is None for p in processes.values()):
-                time.sleep(0.5)
-            dead = [name for name, p in processes.items() if p.poll() is not None]
-            print(f"tire: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
-            return 1
+            keep_running(stack)
     except KeyboardInterrupt:
         print("\nStopping...")
         return 0
+
+
+RESTART_BACKOFF_S = (1.0, 30.0)
+"""A service that exits is started again after 1 s, doubling each time it exits within a minute of its
+start, up to 30 s: what compose's ``restart: unless-stopped`` and Kubernetes do."""
+
+
+def keep_running(stack: LocalStack) -> NoReturn:
+    """Restart each service of ``stack`` that exits, with backoff and a line saying so, until Ctrl-C."""
+    first, longest = RESTART_BACKOFF_S
+    delay = dict.fromkeys(stack.processes, first)
+    started = dict.fromkeys(stack.processes, time.monotonic())
+    due: dict[str, float] = {}
+    while True:
+        time.sleep(0.5)
+        now = time.monotonic()
+        for name, process in list(stack.processes.items()):
+            if name in due:
+                if now >= due[name]:
+                    del due[name]
+                    started[name] = now
+                    stack.restart(name)
+                    print(f"tire: {name} started again", file=sys.stderr, flush=True)
+                continue
+            if process.poll() is None:
+                continue
+            if now - started[name] > 60:
+                delay[name] = first  # it ran a while: a fresh failure, not a crash loop
+            due[name] = now + delay[name]
+            print(
+                f"tire: {name} exited with code {process.returncode}; starting it again in "
+                f"{delay[name]:.0f} s (see {stack.state / (name + '.log')})",
+                file=sys.stderr,
+                flush=True,
+            )
+            delay[name] = min(delay[name] * 2, longest)
 
 
 # ----- tire describe -----------------------------------------------------------------------------

@@ -62,6 +62,13 @@ class LocalStack:
     triton_url: str
     store_env: Path
     token_file: Path
+    environments: dict[str, dict[str, str]]
+    state: Path
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start service ``name`` again, as it was started (its log goes on)."""
+        self.processes[name] = _spawn(name, self.environments[name], self.state)
+        return self.processes[name]
 
 
 TRITON_REPOSITORY = "triton"
@@ -101,6 +108,13 @@ def local_triton(state: Path, s3: LocalS3) -> Iterator[tuple[str, tuple[str, ...
             settings = declared.version_settings(weights)
             model_repository.publish(store, repository, declared.MODELS, settings, triton.url)
         yield triton.url, served
+
+
+def _spawn(name: str, env: dict[str, str], state: Path) -> subprocess.Popen:
+    """``python -m <the service's server>`` with ``env``, its output appended to ``state/<name>.log``."""
+    with (state / f"{name}.log").open("a") as log:
+        server = next(service.server for service in SERVICES if service.name == name)
+        return subprocess.Popen([sys.executable, "-m", server], env=env, stdout=log, stderr=log)
 
 
 LOCAL_PRINCIPAL = "local"
@@ -147,6 +161,7 @@ def local_stack(
     token_file, tokens_file = local_tokens(state)
     targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     processes: dict[str, subprocess.Popen] = {}
+    environments: dict[str, dict[str, str]] = {}
     with (
         LocalS3(state / "s3") as s3,
         local_triton(state, s3) if triton else nullcontext(("", ())) as (triton_url, on_triton),
@@ -169,10 +184,8 @@ def local_stack(
                     env["TIRE_COORDINATOR_ALLOW_PLAINTEXT"] = "1"
                     env["TIRE_COORDINATOR_TOKENS_FILE"] = str(tokens_file)
                     env.update({f"TIRE_COORDINATOR_{n.upper()}": t for n, t in targets.items() if n != name})
-                with (state / f"{name}.log").open("a") as log:
-                    processes[name] = subprocess.Popen(
-                        [sys.executable, "-m", service.server], env=env, stdout=log, stderr=log
-                    )
+                environments[name] = env
+                processes[name] = _spawn(name, env, state)
             deadline = time.monotonic() + timeout_s
             for name, process in processes.items():
                 left = max(deadline - time.monotonic(), 0.0)
@@ -181,7 +194,7 @@ def local_stack(
             store_env = state / "store.env"
             store_env.touch(mode=0o600)
             store_env.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
-            yield LocalStack(s3, processes, triton_url, store_env, token_file)
+            yield LocalStack(s3, processes, triton_url, store_env, token_file, environments, state)
         finally:
             for process in reversed(processes.values()):
                 if process.poll() is None:

@@ -1,12 +1,15 @@
 """`tire up` as a user runs it, and the remote commands against it: submit, watch, get, list, cancel,
 describe; then Ctrl-C stops everything cleanly."""
 
+import os
+import re
 import signal
 from pathlib import Path
 
 import pytest
 
 from services.cli import main
+from services.common.clients import wait_serving
 
 ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -29,6 +32,7 @@ def test_tire_up_prints_every_endpoint(stack):
     for name in ("renderer", "tracker", "inpainter", "refiner", "reconstructor", "coordinator", "s3"):
         assert f"  {name}" in printed
     assert f"coordinator    {target}" in printed
+    assert re.search(r"The store: endpoint http://127\.0\.0\.1:\d+, bucket \S+, access key \S+", printed)
 
 
 @pytest.mark.slow
@@ -66,6 +70,25 @@ def test_errors_come_back_as_status_lines(stack, capsys, tmp_path):
     (tmp_path / "token").write_text(token)
     assert main(["list", "--coordinator", stack[0], "--token-file", str(tmp_path / "token")]) == 2
     assert "UNAUTHENTICATED: the bearer token is not valid here" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_service_that_dies_is_started_again_and_the_stack_goes_on(stack, capsys):
+    target, process, printed = stack
+    port = int(re.search(r"  renderer\s+127\.0\.0\.1:(\d+)", printed).group(1))
+    (renderer,) = [
+        pid
+        for pid in Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        if b"services.renderer.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    os.kill(int(renderer), signal.SIGKILL)
+    lines = [process.stdout.readline() for _ in range(2)]
+    assert "tire: renderer exited with code -9; starting it again in 1 s" in lines[0]
+    assert "tire: renderer started again" in lines[1]
+    assert wait_serving(f"127.0.0.1:{port}", 120)
+    assert process.poll() is None  # the rest of the stack never stopped
+    assert main(["describe", "--coordinator", target]) == 0
+    assert "renderer" in capsys.readouterr().out
 
 
 @pytest.mark.slow

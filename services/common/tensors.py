@@ -170,6 +170,10 @@ def read_png(data: bytes, *, field: str = "image", mode: str | None = None) -> n
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             has_alpha = "A" in image.getbands() or "transparency" in image.info
             return np.array(image.convert(mode or ("RGBA" if has_alpha else "RGB")))
+    except Image.UnidentifiedImageError as exc:  # its text is a repr of the buffer: say it plainly
+        raise InvalidArgument(
+            field, f"{len(data)} bytes", "must be a PNG image (these bytes are not one)"
+        ) from exc
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise InvalidArgument(field, f"{len(data)} bytes", f"must be a PNG image ({exc})") from exc
 

@@ -5,7 +5,8 @@
     queue.put(job_id)                       # SubmitJob
 
 A job runs on one worker at a time; its stage calls fan out inside the runner
-(``JobRunner.max_parallel_calls``).
+(``JobRunner.max_parallel_calls``). A job the runner hands back unfinished (waiting for the store or a
+stage) is queued again after ``JobRunner.retry_in_s``, without holding a worker meanwhile.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import queue
 import threading
 
+from services.coordinator.jobstore import FINAL_STATES
 from services.coordinator.pipeline import JobRunner
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,11 @@ class JobQueue:
         while True:
             job_id = self._queue.get()
             try:
-                self.runner.run(job_id)
+                job = self.runner.run(job_id)
             except Exception:  # the runner records failures; this is a last resort
                 log.exception("running job %s failed", job_id, extra={"job_id": job_id})
+                continue
+            if job.state not in FINAL_STATES:  # waiting for the store or a stage: try again later
+                retry = threading.Timer(self.runner.retry_in_s(job_id), self._queue.put, args=(job_id,))
+                retry.daemon = True
+                retry.start()

@@ -32,6 +32,7 @@ every object is content-addressed, so a resumed job ends with the same bytes as 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,9 +59,10 @@ from services.common.store import BlobStore
 from services.common.tensors import get_tensor, png_bytes, put_tensor, read_png
 from services.coordinator import schedule
 from services.coordinator.appearance import carry_repairs
-from services.coordinator.jobstore import JobStore
+from services.coordinator.jobstore import FINAL_STATES, JobStore
 from services.coordinator.outputs import PNG, FrameResult, job_outputs
 from services.coordinator.stages import (
+    RETRIED_CODES,
     RetryPolicy,
     Stages,
     call_with_retry,
@@ -105,9 +107,17 @@ class JobRunner:
         self.retry = retry or RetryPolicy()
         self.max_parallel_calls = max_parallel_calls
         self.source_weight = source_weight
+        self._waits: dict[str, float] = {}  # job id -> the wait before its next run, seconds
 
     def run(self, job_id: str) -> coordinator_pb2.Job:
-        """Run (or resume) the job to its end; return it in its final state."""
+        """Run (or resume) the job to its end, and return it.
+
+        A job that fails for a reason waiting cures (a step's code is UNAVAILABLE or DEADLINE_EXCEEDED
+        once its retries are spent: the object store or a stage is down) is not failed: it gets a
+        ``Waiting`` event and is returned still RUNNING, to be run again in ``retry_in_s(job_id)``
+        seconds (``JobQueue`` does); its finished steps are not run again. Any other failure ends it
+        FAILED, ``Job.error`` naming the step and the code ("render: INVALID_ARGUMENT: ...").
+        """
         job = self.jobs.get(job_id)
         if job.state in (JOB.JOB_STATE_SUCCEEDED, JOB.JOB_STATE_FAILED, JOB.JOB_STATE_CANCELLED):
             return job
@@ -117,19 +127,51 @@ class JobRunner:
             self.jobs.set_state(job_id, JOB.JOB_STATE_RUNNING)
         except FailedPrecondition:  # cancelled (and so finished) while it waited in the queue
             return self.jobs.get(job_id)
+        execution = None
         try:
-            outputs = _Run(self, job).execute()
+            execution = _Run(self, job)
+            outputs = execution.execute()
         except JobCancelled:
             return self._finish(job_id, JOB.JOB_STATE_CANCELLED)
-        except StepFailed as exc:
-            log.warning("job %s failed: %s", job_id, exc, extra={"job_id": job_id})
-            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=str(exc))
-        except Exception as exc:  # a bug: fail the job, keep the coordinator
-            log.exception("job %s failed unexpectedly", job_id, extra={"job_id": job_id})
-            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=f"internal error: {exc!r}")
+        except Exception as exc:
+            steps = (
+                execution.steps
+                if execution
+                else StepLog(self.jobs, job_id, four_d=False, steps_total=0, rings_total=0)
+            )
+            failure = steps.failed("job", 0, exc)
+            if not isinstance(failure, TireError):  # a bug: fail the job, keep the coordinator
+                log.error("job %s failed unexpectedly", job_id, exc_info=exc, extra={"job_id": job_id})
+                step = getattr(failure, "step", "job")
+                return self._finish(
+                    job_id, JOB.JOB_STATE_FAILED, error=f"{step}: INTERNAL: see the coordinator's log"
+                )
+            if failure.grpc_code in RETRIED_CODES:
+                delay = self._waits.get(job_id, 0.0) * 2 or self.retry.initial_wait_s
+                self._waits[job_id] = min(delay, self.retry.max_wait_s)
+                log.warning(
+                    "job %s waits %.0f s: %s", job_id, self._waits[job_id], failure, extra={"job_id": job_id}
+                )
+                steps.waiting(getattr(failure, "step", "job"), self._waits[job_id])
+                return self.jobs.get(job_id)
+            log.warning("job %s failed: %s", job_id, failure, extra={"job_id": job_id})
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=str(failure))
         return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs)
 
+    def run_to_end(self, job_id: str) -> coordinator_pb2.Job:
+        """``run`` again after each wait until the job ends (in-process use: ``tire run``, tests)."""
+        job = self.run(job_id)
+        while job.state not in FINAL_STATES:
+            time.sleep(self.retry_in_s(job_id))
+            job = self.run(job_id)
+        return job
+
+    def retry_in_s(self, job_id: str) -> float:
+        """Seconds until a waiting job should run again (0 for a job that is not waiting)."""
+        return self._waits.get(job_id, 0.0)
+
     def _finish(self, job_id: str, state: int, *, error: str = "", outputs=None) -> coordinator_pb2.Job:
+        self._waits.pop(job_id, None)
         job, _ = self.jobs.finish(job_id, state, error=error, outputs=outputs)  # state and event at once
         return job
 

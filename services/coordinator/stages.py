@@ -139,13 +139,17 @@ def _methods() -> dict[str, StageMethod]:
 @dataclass(frozen=True)
 class RetryPolicy:
     """How stage calls are retried: ``attempts`` in all, sleeping ``initial_backoff_s`` x
-    ``multiplier``^k (at most ``max_backoff_s``) between them; ``timeout_s`` is each call's deadline."""
+    ``multiplier``^k (at most ``max_backoff_s``) between them; ``timeout_s`` is each call's deadline.
+    A job whose step still fails that way waits ``initial_wait_s``, doubling to ``max_wait_s``, before
+    it runs again (``JobRunner.run``)."""
 
     attempts: int = 6
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 15.0
     multiplier: float = 2.0
     timeout_s: float = 900.0
+    initial_wait_s: float = 1.0
+    max_wait_s: float = 60.0
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode | None:

@@ -11,6 +11,7 @@ cancelled job stops before its next step.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,10 +20,11 @@ from typing import TypeVar
 from google.protobuf.message import Message
 from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
 
-from services.common.errors import JobCancelled
+from services.common.errors import JobCancelled, StepFailed, TireError
 from services.coordinator.jobstore import JobStore
 
 JOB = coordinator_pb2
+_RING_STEP = re.compile(r"ring(\d+)/")
 M = TypeVar("M", bound=Message)
 
 
@@ -46,6 +48,7 @@ class StepLog:
         self._lock = threading.Lock()  # progress counters and the events whose order they define
         self._steps_done = 0
         self._steps_total = steps_total
+        self._ring = 0  # the ring of the latest ring step started
 
     def run(
         self,
@@ -80,11 +83,41 @@ class StepLog:
         self._event(step_started=JOB.StepStarted(step=name, time_step=time_step, model=model))
         self._set_progress(current=name)
         start = time.perf_counter()
-        result = work()
+        try:
+            result = work()
+        except JobCancelled:
+            raise
+        except Exception as exc:
+            raise self.failed(name, time_step, exc) from exc
         seconds = time.perf_counter() - start
         self.jobs.record_step(self.job_id, key, result, seconds)
         self._finished(name, time_step, seconds, result, resumed=False)
         return result
+
+    def failed(self, name: str, time_step: int, exc: Exception) -> Exception:
+        """The error to raise for step ``name`` failing with ``exc``, once its ``StepFailure`` event is
+        sent: a ``StepFailed`` naming the step and the canonical code ("render: INVALID_ARGUMENT: ..."),
+        or ``exc`` itself when it is not one of ours (a bug: INTERNAL, its text left to the log)."""
+        if getattr(exc, "step_reported", False):
+            return exc  # an inner step already reported it
+        if isinstance(exc, StepFailed):
+            failure = exc
+        elif isinstance(exc, TireError):
+            failure = StepFailed(f"{name}: {exc.grpc_code.name}: {exc}", exc.grpc_code)
+        else:
+            failure = exc
+        code = failure.grpc_code.name if isinstance(failure, TireError) else "INTERNAL"
+        message = (
+            str(failure) if isinstance(failure, TireError) else f"{name}: INTERNAL: see the coordinator's log"
+        )
+        self._event(step_failed=JOB.StepFailure(step=name, time_step=time_step, code=code, message=message))
+        failure.step_reported = True  # type: ignore[attr-defined]
+        failure.step = name  # type: ignore[attr-defined]
+        return failure
+
+    def waiting(self, step: str, retry_in_s: float) -> None:
+        """A ``Waiting`` event: the job goes on by itself in ``retry_in_s`` seconds."""
+        self._event(waiting=JOB.Waiting(step=step, retry_in_s=retry_in_s))
 
     def cancel_requested(self) -> bool:
         """Whether CancelJob was called (``run`` then raises ``JobCancelled``; retries stop)."""
@@ -149,10 +182,14 @@ class StepLog:
 
     def _set_progress(self, current: str) -> None:
         with self._lock:  # under the lock: steps_done never goes back
+            ring = _RING_STEP.match(current)
+            if ring:
+                self._ring = int(ring.group(1))
             progress = JOB.JobProgress(
                 steps_done=self._steps_done,
                 steps_total=max(self._steps_total, self._steps_done),
-                rings_total=self.rings_total,
+                ring=self._ring,
+                rings_total=max(self.rings_total, self._ring),
                 current_step=current,
             )
             self.jobs.set_progress(self.job_id, progress)

@@ -230,6 +230,84 @@ def test_a_failing_step_fails_the_job_naming_the_step(store, servicers):
     assert jobs.events(job.id, limit=10_000)[-1].finished.error == job.error
 
 
+class OutageStore(MemoryStore):
+    """A MemoryStore that cannot be reached from its ``start``-th read or write until ``down_for``
+    calls have failed: a store restarting under a running job (the coordinator and the stages alike)."""
+
+    def __init__(self, start: int, down_for: int):
+        super().__init__()
+        self.calls, self.start, self.down_for, self.failed = 0, start, down_for, 0
+
+    def _reach(self) -> None:
+        self.calls += 1
+        if self.calls >= self.start and self.failed < self.down_for:
+            self.failed += 1
+            raise StoreUnavailable("the object store at 127.0.0.1:9000 cannot be reached")
+
+    def put_bytes(self, data, **kwargs):
+        self._reach()
+        return super().put_bytes(data, **kwargs)
+
+    def get_bytes(self, uri, **kwargs):
+        self._reach()
+        return super().get_bytes(uri, **kwargs)
+
+
+@pytest.mark.parametrize("down_for", [3, 60])  # a blip the stage retries absorb; an outage they do not
+def test_a_store_outage_mid_job_makes_it_wait_then_finish_as_if_nothing_happened(down_for):
+    undisturbed = MemoryStore()
+    jobs = JobStore(":memory:")
+    reference = JobRunner(jobs, stages_of(embedded_servicers(undisturbed, "cpu")), undisturbed, FAST)
+    expected = repaired_sha256(undisturbed, reference.run(submit(jobs, undisturbed)))
+
+    store = OutageStore(start=120, down_for=down_for)  # about ring 1
+    policy = RetryPolicy(attempts=4, initial_backoff_s=0.0, initial_wait_s=0.01, max_wait_s=0.05)
+    runner = JobRunner(jobs, stages_of(embedded_servicers(store, "cpu")), store, policy)
+    job_id = submit(jobs, store)
+    job = runner.run_to_end(job_id)
+    assert store.failed == down_for
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert repaired_sha256(store, job) == expected
+    events = jobs.events(job_id, limit=100_000)
+    waits = [event.waiting for event in events if event.HasField("waiting")]
+    failures = [event.step_failed for event in events if event.HasField("step_failed")]
+    # One wait per failed run of the job (steps failing side by side in a fan-out share it).
+    assert len(waits) <= len(failures) and all(f.code == "UNAVAILABLE" for f in failures)
+    assert waits or down_for < 10  # an outage longer than the stage retries makes the job wait
+    assert [w.retry_in_s for w in waits][:3] == pytest.approx([0.01, 0.02, 0.04][: len(waits)])
+    finished = [
+        e.step_finished.step for e in events if e.HasField("step_finished") and not e.step_finished.resumed
+    ]
+    assert len(finished) == len(set(finished))  # no step ran twice
+
+
+def test_a_clients_mistake_fails_the_job_naming_the_step_and_code_not_internal(store, servicers):
+    jobs = JobStore(":memory:")
+    job_id = submit(jobs, store)
+    spec = jobs.get(job_id).spec
+    spec.references[0].CopyFrom(store.put_bytes(b"not a png", suffix=".png"))
+    job_id = jobs.create(spec)[0].id
+    job = JobRunner(jobs, stages_of(servicers), store, FAST).run(job_id)
+    assert job.state == coordinator_pb2.JOB_STATE_FAILED
+    assert job.error.startswith("fit_subject: INVALID_ARGUMENT: `spec.references[0]`"), job.error
+    assert "0x" not in job.error and "internal" not in job.error.lower()
+    (failure,) = [e.step_failed for e in jobs.events(job_id) if e.HasField("step_failed")]
+    assert (failure.step, failure.code, failure.message) == ("fit_subject", "INVALID_ARGUMENT", job.error)
+
+
+def test_a_coordinator_bug_fails_the_job_as_internal_without_its_text(store, servicers, monkeypatch):
+    from services.coordinator import pipeline
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("secret internals")
+
+    monkeypatch.setattr(pipeline, "_initial_plan", broken)
+    jobs = JobStore(":memory:")
+    job = JobRunner(jobs, stages_of(servicers), store, FAST).run(submit(jobs, store))
+    assert job.state == coordinator_pb2.JOB_STATE_FAILED
+    assert job.error == "job: INTERNAL: see the coordinator's log"
+
+
 def test_cancel_stops_a_running_job_before_its_next_step(store, servicers):
     jobs = JobStore(":memory:")
     job_id = submit(jobs, store)

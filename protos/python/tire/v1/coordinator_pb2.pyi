@@ -325,7 +325,7 @@ class JobFinished(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "time", "step_started", "step_finished", "ring_progress", "fit", "finished", "warning")
+    __slots__ = ("job_id", "sequence", "time", "step_started", "step_finished", "ring_progress", "fit", "finished", "warning", "step_failed", "waiting")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -335,6 +335,8 @@ class JobEvent(_message.Message):
     FIT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     WARNING_FIELD_NUMBER: _ClassVar[int]
+    STEP_FAILED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     time: _timestamp_pb2.Timestamp
@@ -344,7 +346,29 @@ class JobEvent(_message.Message):
     fit: FitEvent
     finished: JobFinished
     warning: Warning
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ...) -> None: ...
+    step_failed: StepFailure
+    waiting: Waiting
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailure, _Mapping]] = ..., waiting: _Optional[_Union[Waiting, _Mapping]] = ...) -> None: ...
+
+class StepFailure(_message.Message):
+    __slots__ = ("step", "time_step", "code", "message")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TIME_STEP_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    time_step: int
+    code: str
+    message: str
+    def __init__(self, step: _Optional[str] = ..., time_step: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Waiting(_message.Message):
+    __slots__ = ("step", "retry_in_s")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_S_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    retry_in_s: float
+    def __init__(self, step: _Optional[str] = ..., retry_in_s: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec", "request_id")
