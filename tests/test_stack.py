@@ -433,7 +433,33 @@ def test_cancel_running_job(stub, spec):
     assert again.state == JOB.JOB_STATE_CANCELLED and again.updated_at == job.updated_at
 
 
-# ----- 5. many principals on one deployment ------------------------------------------------------
+# ----- 5. the object store down mid-job -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("outage_s", [5, 60])
+def test_a_store_outage_mid_job_delays_it_but_changes_nothing(s3, stub, spec, embedded_sha256, outage_s):
+    request = JOB.SubmitJobRequest(spec=spec, request_id=f"outage-{outage_s}")
+    job = stub.SubmitJob(request, timeout=30).job
+    seen = watch(stub, job.id, until=step_finished("ring1/inpaint/"))
+    s3.stop()  # MinIO restarting under every running job
+    time.sleep(outage_s)
+    s3.start()  # same port, keys and data
+    events = seen + watch(stub, job.id, after=seen[-1].sequence)
+    assert events[-1].finished.state == JOB.JOB_STATE_SUCCEEDED, events[-1].finished.error
+    job = stub.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30).job
+    assert repaired_sha256(stub, job) == embedded_sha256
+    failures = [event.step_failed for event in events if event.HasField("step_failed")]
+    waits = [event.waiting for event in events if event.HasField("waiting")]
+    assert all(failure.code == "UNAVAILABLE" for failure in failures)
+    if outage_s == 60:  # longer than a stage call's retries: the job waited, then went on
+        assert waits and failures
+    finished = [
+        e.step_finished.step for e in events if e.HasField("step_finished") and not e.step_finished.resumed
+    ]
+    assert len(finished) == len(set(finished))  # no step ran twice
+
+
+# ----- 6. many principals on one deployment ------------------------------------------------------
 
 
 def rpc_error(call: Callable[[], object]) -> grpc.RpcError:
@@ -553,7 +579,7 @@ def test_delete_job_removes_it_and_what_only_it_used(coordinator, stub, spec):
     assert upload(stub, [MONKEY], "application/x-ply")[0] == spec.asset.frames[0]
 
 
-# ----- 6. a scaled inpainter ---------------------------------------------------------------------
+# ----- 7. a scaled inpainter ---------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
