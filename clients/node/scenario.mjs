@@ -14,8 +14,10 @@
 //      stream breaks.
 //   5. GetJob, CreateDownload for the repaired frames and the report, GET each URL, refuse bytes whose
 //      sha256 is not the one the job's ObjectRef names, write them under the output folder.
-//   6. With --check-unauthenticated (or TIRE_CHECK_UNAUTHENTICATED=1): a call without a token and one
-//      with a wrong token must both fail with UNAUTHENTICATED (16).
+//   6. A bad request (SubmitJob with resolution 7) must fail with INVALID_ARGUMENT (3) and carry the
+//      rich error model's trailer, `grpc-status-details-bin` (a serialized google.rpc.Status).
+//      With --check-unauthenticated (or TIRE_CHECK_UNAUTHENTICATED=1): a call without a token and one
+//      with a wrong token must both fail with UNAUTHENTICATED (16), with that trailer too.
 //   7. Print one JSON line summarising the job and the files written; exit 0.
 //
 // Options (each also read from the environment variable named after it):
@@ -114,6 +116,16 @@ function statusName(code) {
 
 function describeError(error) {
   return `${statusName(error.code)} (${error.code}): ${error.details}`;
+}
+
+/**
+ * The `grpc-status-details-bin` trailer of a failed call: a serialized google.rpc.Status whose details
+ * (ErrorInfo, BadRequest, RetryInfo) decode with google/rpc/status.proto and error_details.proto. This
+ * client loads only the TIRE protos, so it checks that the trailer is there and not empty; null if not.
+ */
+function statusDetails(error) {
+  const [value] = error.metadata?.get("grpc-status-details-bin") ?? [];
+  return Buffer.isBuffer(value) && value.length > 0 ? value : null;
 }
 
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
@@ -288,8 +300,15 @@ async function checkUnauthenticated(client, jobId) {
       console.log(`unauthenticated check (${label}): GetJob succeeded`);
       results.push({ label, code: 0, status: "OK", details: "" });
     } catch (error) {
-      console.log(`unauthenticated check (${label}): ${describeError(error)}`);
-      results.push({ label, code: error.code, status: statusName(error.code), details: error.details });
+      const detailsBytes = statusDetails(error)?.length ?? 0;
+      console.log(`unauthenticated check (${label}): ${describeError(error)} [status details ${detailsBytes} bytes]`);
+      results.push({
+        label,
+        code: error.code,
+        status: statusName(error.code),
+        details: error.details,
+        details_bytes: detailsBytes,
+      });
     }
   }
   const wrong = results.filter(({ code }) => code !== grpc.status.UNAUTHENTICATED);
@@ -300,7 +319,35 @@ async function checkUnauthenticated(client, jobId) {
         .join(", ")}`,
     );
   }
+  const bare = results.filter(({ details_bytes }) => !details_bytes);
+  if (bare.length) {
+    throw new CheckFailed(
+      `UNAUTHENTICATED calls must carry a grpc-status-details-bin trailer: ${bare.map(({ label }) => label).join(", ")} did not`,
+    );
+  }
   return results;
+}
+
+/** A SubmitJob with a bad resolution must fail with INVALID_ARGUMENT, naming the field, with the trailer. */
+async function checkBadRequest(client, metadata, asset, reference) {
+  const spec = { asset: { frames: [asset] }, references: [reference], resolution: 7, orbit_step_deg: 60 };
+  try {
+    const { job } = await unary(client, "SubmitJob", { spec }, metadata);
+    throw new CheckFailed(`SubmitJob with resolution 7 was accepted as job ${job.id}`);
+  } catch (error) {
+    if (error instanceof CheckFailed) throw error;
+    const detailsBytes = statusDetails(error)?.length ?? 0;
+    console.log(`bad request check: ${describeError(error)} [status details ${detailsBytes} bytes]`);
+    if (error.code !== grpc.status.INVALID_ARGUMENT || !error.details?.includes("spec.resolution")) {
+      throw new CheckFailed(
+        `SubmitJob with resolution 7 must fail with INVALID_ARGUMENT (3) naming spec.resolution: ${describeError(error)}`,
+      );
+    }
+    if (!detailsBytes) {
+      throw new CheckFailed("the INVALID_ARGUMENT of SubmitJob carried no grpc-status-details-bin trailer");
+    }
+    return { code: error.code, status: statusName(error.code), details: error.details, details_bytes: detailsBytes };
+  }
 }
 
 // ----- main -----------------------------------------------------------------------------------------
@@ -339,7 +386,8 @@ async function main() {
       throw new CheckFailed(`job ${job.id} ended ${job.state}: ${job.error}`);
     }
     const files = await downloadOutputs(client, metadata, job, args.out);
-    // 6. Without a valid token, nothing.
+    // 6. A bad request is refused with the rich error model; without a valid token, nothing.
+    const badRequest = await checkBadRequest(client, metadata, asset, reference);
     const unauthenticated = args["check-unauthenticated"] ? await checkUnauthenticated(client, job.id) : null;
     // 7. Summary, as the last line of stdout.
     console.log(
@@ -353,6 +401,7 @@ async function main() {
           report: { uri: job.outputs.report.uri, sha256: job.outputs.report.sha256, size_bytes: job.outputs.report.size_bytes },
         },
         files,
+        bad_request: badRequest,
         unauthenticated,
       }),
     );

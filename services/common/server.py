@@ -7,9 +7,16 @@ What every server gets here, so servicers contain only their own logic:
 - server reflection (grpcurl, grpcui) for the services, health and reflection itself;
 - Prometheus metrics on their own HTTP port: ``tire_grpc_requests_total{service,method,code}`` and
   ``tire_grpc_request_seconds{service,method}``, plus process and GC collectors;
-- error mapping: a ``TireError`` aborts the call with its ``grpc_code`` and message; anything else is
-  logged with its traceback and reported as INTERNAL without its text (internals never leak);
-- one JSON log line per call (method, code, duration_ms);
+- error mapping, to the gRPC rich error model: a ``TireError`` aborts the call with its ``grpc_code``, its
+  sentence as the status message, and a ``google.rpc.Status`` in the ``grpc-status-details-bin`` trailer
+  carrying ErrorInfo (its ``reason``), BadRequest (InvalidArgument's field) and RetryInfo (its
+  ``retry_after_s``), as ``services.common.errors`` lays out; anything else is logged with its traceback
+  and reported as INTERNAL, reason INTERNAL, without its text (internals never leak). A servicer's own
+  ``context.abort`` keeps its code and message and gets ErrorInfo with the code's name as reason. Messages
+  are cut to ``MAX_MESSAGE_BYTES``: status and details travel in HTTP/2 trailers, which clients refuse
+  past about 8 KiB (a 2 MB message came back as RESOURCE_EXHAUSTED "received metadata size exceeds hard
+  limit", the real error lost);
+- one JSON log line per call (method, code, duration_ms; details and reason when it failed);
 - graceful shutdown on SIGTERM/SIGINT: health goes NOT_SERVING, new calls are refused and in-flight
   calls get ``grace_s`` to finish.
 
@@ -36,8 +43,10 @@ from typing import Any, Generic, NoReturn, TypeVar
 from wsgiref.simple_server import WSGIServer
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -46,7 +55,14 @@ from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
 from services.common.config import ServerSettings, from_env
-from services.common.errors import CallerGone, ConfigError, FailedPrecondition, InvalidArgument, TireError
+from services.common.errors import (
+    ERROR_DOMAIN,
+    CallerGone,
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    TireError,
+)
 from services.common.logs import configure_logging
 from services.common.store import ObjectStore, StoreSettings
 
@@ -57,6 +73,15 @@ R = TypeVar("R")
 
 # Inference calls take seconds to minutes, well past prometheus_client's default top bucket (10 s).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+# The most UTF-8 bytes of a status message (and of the BadRequest description, which repeats it). The
+# message travels twice in the trailers: percent-encoded in grpc-message (3 bytes a non-ASCII byte) and
+# in the base64 grpc-status-details-bin. At this size the two take 6.7 KiB at worst (non-ASCII text
+# everywhere), under the 8 KiB gRPC clients accept without question (past it they start refusing, past
+# 16 KiB always).
+MAX_MESSAGE_BYTES = 1024
+# The most UTF-8 bytes of a field path or an ErrorInfo metadata value.
+_MAX_VALUE_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -478,17 +503,26 @@ class _TrackedContext:
     def __init__(self, context: grpc.ServicerContext):
         self._context = context
         self.aborted = False
+        self.reason = ""  # ErrorInfo's reason, once the call is aborted with one
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.aborted = True
-        self._context.abort(code, details)
+        """A servicer's own abort: its code and message (cut to size), with ErrorInfo(code's name)."""
+        if code is grpc.StatusCode.OK:  # gRPC fails the call as UNKNOWN without details
+            self.aborted = True
+            self._context.abort(code, details)  # raises
+        self.abort_with_reason(code, details or "", code.name)
 
     def abort_with_status(self, status: grpc.Status) -> None:
         self.aborted = True
         self._context.abort_with_status(status)
+
+    def abort_with_reason(self, code: grpc.StatusCode, message: str, reason: str, **details: Any) -> None:
+        """Abort with the rich status ``_rich_status(code, message, reason, **details)``."""
+        self.reason = reason
+        self.abort_with_status(_rich_status(code, message, reason, **details))
 
 
 class _CallInterceptor(grpc.ServerInterceptor):
@@ -584,6 +618,8 @@ class _CallInterceptor(grpc.ServerInterceptor):
         }
         if code is not grpc.StatusCode.OK and context.details():
             extra["details"] = context.details().decode(errors="replace")
+        if code is not grpc.StatusCode.OK and context.reason:
+            extra["reason"] = context.reason
         log.info("%s %s %.1f ms", extra["method"], code.name, extra["duration_ms"], extra=extra)
 
 
@@ -602,11 +638,60 @@ def _final_code(context: _TrackedContext) -> grpc.StatusCode:
 
 def _fail(exc: Exception, context: _TrackedContext, rpc: str) -> None:
     """End the call for an exception out of a servicer, always by raising: keep a servicer's own abort,
-    map a TireError to its code, and report anything else as INTERNAL after logging it."""
+    map a TireError to its code and details, and report anything else as INTERNAL after logging it."""
     if context.aborted:
         raise exc
     if isinstance(exc, TireError):
-        context.abort(exc.grpc_code, str(exc))
+        context.abort_with_reason(
+            exc.grpc_code,
+            str(exc),
+            exc.reason,
+            metadata=exc.metadata,
+            field=exc.field if isinstance(exc, InvalidArgument) else None,
+            retry_after_s=exc.retry_after_s,
+        )
     else:
         log.error("unhandled error in %s", rpc, exc_info=exc, extra={"method": rpc})
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error in {rpc}; see the service log")
+        message = f"internal error in {rpc}; see the service log"
+        context.abort_with_reason(grpc.StatusCode.INTERNAL, message, TireError.reason)
+
+
+def _rich_status(
+    code: grpc.StatusCode,
+    message: str,
+    reason: str,
+    *,
+    metadata: dict[str, str] | None = None,
+    field: str | None = None,
+    retry_after_s: float | None = None,
+) -> grpc.Status:
+    """A call's status in the gRPC rich error model: ``code``, ``message`` (cut to MAX_MESSAGE_BYTES)
+    and a ``google.rpc.Status`` with ErrorInfo(reason, ERROR_DOMAIN, metadata), then BadRequest with one
+    FieldViolation(field, message) when ``field`` is given, then RetryInfo when ``retry_after_s`` is."""
+    message = _shorten(message, MAX_MESSAGE_BYTES)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    info = error_details_pb2.ErrorInfo(
+        reason=reason,
+        domain=ERROR_DOMAIN,
+        metadata={key: _shorten(value, _MAX_VALUE_BYTES) for key, value in (metadata or {}).items()},
+    )
+    status.details.add().Pack(info)
+    if field is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=_shorten(field, _MAX_VALUE_BYTES), description=message
+        )
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if retry_after_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(round(retry_after_s * 1e9))
+        status.details.add().Pack(retry)
+    return rpc_status.to_status(status)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` as at most ``limit`` UTF-8 bytes, cut at a character boundary with "..." marking the cut;
+    characters UTF-8 cannot hold (lone surrogates) become "?"."""
+    data = text.encode(errors="replace")
+    if len(data) > limit:
+        data = data[: limit - 3] + b"..."
+    return data.decode(errors="ignore")

@@ -284,7 +284,7 @@ class _Run:
                 alpha=put_tensor(self.store, orbit.alpha[view][None]),
                 subject=subject(),
                 strength=self.spec.strength,
-                seed=self.spec.seed + view,
+                seed=(self.spec.seed + view) % 2**64,  # a uint64: a seed near 2**64 wraps
             )
             response = self.call(f"ring{k}/inpaint/{round(self.plan.azimuths[view])}", request, t)
             tally(target.fraction)

@@ -91,14 +91,14 @@ class CoordinatorSettings:
     inpainter: str = stage("inpainter").local_target
     refiner: str = stage("refiner").local_target
     reconstructor: str = stage("reconstructor").local_target
-    state_path: str = "coordinator.sqlite"
+    state_path: str = dataclasses.field(default="coordinator.sqlite", metadata={"secret": True})
     workers: int = 2
     max_parallel_calls: int = 4
     call_timeout_s: float = 900.0
     retry_attempts: int = 6
     url_expiry_s: int = 3600
     source_weight: float = 10.0
-    tokens_file: str = ""
+    tokens_file: str = dataclasses.field(default="", metadata={"secret": True})
     tokens: str = dataclasses.field(default="", metadata={"secret": True})
     allow_plaintext: bool = False
     retention_s: int = 30 * 24 * 3600
@@ -236,6 +236,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             self._admit(principal, ref, name)
         spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
         job, created = self.jobs.create(spec, request.request_id, owner=principal)
+        if not created and job.spec != spec:
+            raise InvalidArgument(
+                "request_id",
+                request.request_id,
+                f"was given with another spec, for job {job.id}: use a new one",
+            )
         if created:
             log.info(
                 "job %s submitted by %s", job.id, principal, extra={"job": job.id, "principal": principal}

@@ -115,6 +115,8 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
         validation.finite(getattr(resolved, name), f"{field}.{name}")
         validation.in_range(getattr(resolved, name), f"{field}.{name}", 0.0, 1.0)
     resolved.fit.CopyFrom(resolve_fit_settings(resolved.fit, f"{field}.fit"))
+    if not resolved.fit.seed:
+        resolved.fit.seed = resolved.seed  # the job's seed reaches the subject fit unless one is given
 
     # 5. Labels.
     require(

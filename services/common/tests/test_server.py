@@ -1,7 +1,9 @@
 """The server bootstrap, client factory, settings and logging, against a raw-bytes test service.
 
 The project's protos are not needed: ``test.Echo`` is a generic handler with identity serializers.
-Its request bytes choose what the handler does (``b"invalid"`` raises InvalidArgument, ...). The TLS
+Its request bytes choose what the handler does (``b"invalid"`` raises InvalidArgument, ...). Failed
+calls are read back as an integrator reads them: code, message, and the ``google.rpc.Status`` of the
+``grpc-status-details-bin`` trailer (``grpc_status.rpc_status.from_call``). The TLS
 tests make throw-away certificate authorities with the ``openssl`` CLI (``pki.Pki``) and skip without it.
 """
 
@@ -26,8 +28,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2
 
@@ -35,10 +40,22 @@ from services.client import Credentials, coordinator_stub
 from services.common import validation
 from services.common.clients import dial, service_config, wait_ready
 from services.common.config import ServerSettings, from_env
-from services.common.errors import CallerGone, ConfigError, InvalidArgument, ObjectNotFound, StoreUnavailable
+from services.common.errors import (
+    ERROR_DOMAIN,
+    CallerGone,
+    ConfigError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ObjectNotFound,
+    StepFailed,
+    StoreUnavailable,
+    TireError,
+)
 from services.common.local_server import free_port
 from services.common.logs import configure_logging
 from services.common.server import (
+    MAX_MESSAGE_BYTES,
     Finished,
     RunningServer,
     ServiceSpec,
@@ -51,6 +68,18 @@ from services.testing.pki import Issued, Pki
 
 SERVICE = "test.Echo"
 ROOT = Path(__file__).resolve().parents[3]
+HUGE = 2_000_000  # characters: far past what gRPC trailers hold (about 8 KiB)
+# Errors built from 2 MB values, by request.
+HUGE_ERRORS = {
+    # The value is quoted short (errors._quote): the sentence stays short.
+    b"huge-value": lambda: InvalidArgument(
+        "spec.asset.frames[0].uri", "s3://b/" + "k" * HUGE, "must be short"
+    ),
+    # A message built without _quote: nothing short about it.
+    b"huge-message": lambda: InvalidArgument("spec.name", "?", f"must not be {'n' * HUGE}"),
+    # Non-ASCII (3 bytes a byte in grpc-message), in the field too: cut where a character ends.
+    b"huge-emoji": lambda: InvalidArgument("spec." + "é" * HUGE, "?", f"must not be {'😀' * HUGE}"),
+}
 
 
 class EchoServicer:
@@ -63,6 +92,10 @@ class EchoServicer:
     def echo(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         if request == b"invalid":
             raise InvalidArgument("width", 0, "must be positive")
+        if request == b"bad-uri":
+            raise InvalidArgument("spec.asset.frames[0].uri", "s3://b", "must be an object URI like s3://b/k")
+        if request in HUGE_ERRORS:
+            raise HUGE_ERRORS[request]()
         if request == b"missing":
             raise ObjectNotFound("no object at s3://bucket/key.")
         if request == b"bug":
@@ -132,6 +165,23 @@ def rpc_error(call, *args) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call(*args)
     return info.value
+
+
+DETAIL_TYPES = (error_details_pb2.ErrorInfo, error_details_pb2.BadRequest, error_details_pb2.RetryInfo)
+
+
+def error_details(err: grpc.RpcError) -> dict[str, Message]:
+    """The failed call's ``google.rpc.Status`` details by type name (``from_call`` also checks that the
+    Status's code and message are the call's)."""
+    status = rpc_status.from_call(err)
+    assert status is not None, "no grpc-status-details-bin trailer"
+    details: dict[str, Message] = {}
+    for packed in status.details:
+        (kind,) = [kind for kind in DETAIL_TYPES if packed.Is(kind.DESCRIPTOR)]
+        details[kind.DESCRIPTOR.name] = detail = kind()
+        packed.Unpack(detail)
+    assert len(details) == len(status.details), "a detail type twice"
+    return details
 
 
 # --- health, reflection, metrics ---------------------------------------------------------------------
@@ -248,9 +298,55 @@ def test_invalid_argument(channel: grpc.Channel) -> None:
     assert err.details() == "`width` must be positive, got 0."
 
 
+def test_invalid_argument_names_its_field_in_bad_request_and_error_info(channel: grpc.Channel) -> None:
+    err = rpc_error(echo, channel, b"bad-uri")
+    sentence = "`spec.asset.frames[0].uri` must be an object URI like s3://b/k, got 's3://b'."
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, sentence)
+    details = error_details(err)
+    assert set(details) == {"ErrorInfo", "BadRequest"}  # no RetryInfo: the same request fails again
+    (violation,) = details["BadRequest"].field_violations
+    assert (violation.field, violation.description) == ("spec.asset.frames[0].uri", sentence)
+    info = details["ErrorInfo"]
+    assert (info.reason, info.domain) == ("INVALID_FIELD", ERROR_DOMAIN) == ("INVALID_FIELD", "tire.v1")
+    assert dict(info.metadata) == {"field": "spec.asset.frames[0].uri"}
+
+
 def test_not_found(channel: grpc.Channel) -> None:
     err = rpc_error(echo, channel, b"missing")
     assert (err.code(), err.details()) == (grpc.StatusCode.NOT_FOUND, "no object at s3://bucket/key.")
+    details = error_details(err)
+    assert set(details) == {"ErrorInfo"}
+    assert (details["ErrorInfo"].reason, details["ErrorInfo"].domain) == ("OBJECT_NOT_FOUND", "tire.v1")
+
+
+def test_unavailable_says_when_to_retry(channel: grpc.Channel) -> None:
+    err = rpc_error(echo, channel, b"flaky")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    details = error_details(err)
+    assert details["ErrorInfo"].reason == "STORE_UNAVAILABLE"
+    assert details["RetryInfo"].retry_delay.ToTimedelta().total_seconds() == StoreUnavailable.retry_after_s
+    assert StoreUnavailable.retry_after_s == 1.0
+
+
+@pytest.mark.parametrize("request_", list(HUGE_ERRORS))
+def test_a_message_built_from_megabytes_arrives_cut_with_its_code(
+    channel: grpc.Channel, request_: bytes
+) -> None:
+    err = rpc_error(echo, channel, request_)
+    # Not RESOURCE_EXHAUSTED "received metadata size exceeds hard limit": the real error arrives.
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message, sentence = err.details(), str(HUGE_ERRORS[request_]())
+    if len(sentence.encode()) <= MAX_MESSAGE_BYTES:
+        assert message == sentence and len(message) < 300
+    else:  # the sentence's start, up to a character's end, then "..."
+        assert message.endswith("...") and sentence.startswith(message.removesuffix("..."))
+        assert MAX_MESSAGE_BYTES - 4 <= len(message.encode()) <= MAX_MESSAGE_BYTES
+    details = error_details(err)
+    (violation,) = details["BadRequest"].field_violations
+    assert violation.description == message and violation.field.startswith("spec.")
+    assert (
+        len(violation.field.encode()) <= 256 and len(details["ErrorInfo"].metadata["field"].encode()) <= 256
+    )
 
 
 def test_unexpected_error_is_internal_and_logged(
@@ -259,6 +355,10 @@ def test_unexpected_error_is_internal_and_logged(
     err = rpc_error(echo, channel, b"bug")
     assert err.code() == grpc.StatusCode.INTERNAL
     assert err.details() == "internal error in /test.Echo/Echo; see the service log"
+    details = error_details(err)
+    assert set(details) == {"ErrorInfo"}
+    assert (details["ErrorInfo"].reason, dict(details["ErrorInfo"].metadata)) == ("INTERNAL", {})
+    assert b"secret" not in rpc_status.from_call(err).SerializeToString()
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert isinstance(record.exc_info[1], RuntimeError)
 
@@ -266,18 +366,52 @@ def test_unexpected_error_is_internal_and_logged(
 def test_servicer_abort_is_kept(channel: grpc.Channel) -> None:
     err = rpc_error(echo, channel, b"abort")
     assert (err.code(), err.details()) == (grpc.StatusCode.PERMISSION_DENIED, "not yours")
+    assert error_details(err)["ErrorInfo"].reason == "PERMISSION_DENIED"
 
 
 @pytest.mark.parametrize(
-    ("failure", "code"), [(b"invalid", grpc.StatusCode.INVALID_ARGUMENT), (b"bug", grpc.StatusCode.INTERNAL)]
+    ("failure", "code", "reason"),
+    [
+        (b"invalid", grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FIELD"),
+        (b"bug", grpc.StatusCode.INTERNAL, "INTERNAL"),
+    ],
 )
-def test_error_mid_stream(channel: grpc.Channel, failure: bytes, code: grpc.StatusCode) -> None:
+def test_error_mid_stream(channel: grpc.Channel, failure: bytes, code: grpc.StatusCode, reason: str) -> None:
     received = []
     with pytest.raises(grpc.RpcError) as info:
         received.extend(count(channel, b"2:" + failure))
     assert received == [b"0", b"1"]
     assert info.value.code() == code
     assert "secret" not in info.value.details()
+    details = error_details(info.value)
+    assert details["ErrorInfo"].reason == reason
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        (violation,) = details["BadRequest"].field_violations
+        assert (violation.field, violation.description) == ("frames", "`frames` must be even, got 2.")
+
+
+def test_a_failed_call_logs_its_reason(channel: grpc.Channel, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="services.common.server"):
+        rpc_error(echo, channel, b"missing")
+    (record,) = [r for r in caplog.records if getattr(r, "method", None) == "/test.Echo/Echo"]
+    assert (record.code, record.reason) == ("NOT_FOUND", "OBJECT_NOT_FOUND")
+
+
+def test_reasons_default_to_the_code_and_are_inherited() -> None:
+    class OwnCode(TireError):  # as a stage's contract module writes one (the inpainter's InvalidSubject)
+        grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    class Narrower(ObjectNotFound):
+        pass
+
+    class Renamed(NotFound):
+        reason = "JOB_NOT_FOUND"
+
+    assert OwnCode.reason == "INVALID_ARGUMENT" and Narrower.reason == "OBJECT_NOT_FOUND"
+    assert (Renamed.reason, NotFound.reason, TireError.reason) == ("JOB_NOT_FOUND", "NOT_FOUND", "INTERNAL")
+    assert ConfigError.reason == "INVALID_CONFIG" and FailedPrecondition.reason == "FAILED_PRECONDITION"
+    assert StepFailed("s: UNAVAILABLE: x", grpc.StatusCode.UNAVAILABLE).reason == "STEP_FAILED"
+    assert StepFailed("s").retry_after_s is None  # the coordinator spent its retries already
 
 
 def test_one_log_line_per_call(channel: grpc.Channel, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tire.v1 import common_pb2, coordinator_pb2
+from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
 
 from services.common.errors import (
     FailedPrecondition,
@@ -554,3 +554,22 @@ def test_the_coordinator_calls_stages_that_ask_for_mutual_tls(tmp_path):
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         running.stop(0)
+
+
+def test_a_request_id_given_again_with_another_spec_is_refused(servicer):
+    first = servicer.SubmitJob(
+        coordinator_pb2.SubmitJobRequest(spec=spec(servicer), request_id="r-9"), ALICE
+    ).job
+    other = coordinator_pb2.SubmitJobRequest(spec=spec(servicer, seed=8), request_id="r-9")
+    with pytest.raises(
+        InvalidArgument, match=rf"`request_id` was given with another spec, for job {first.id}"
+    ):
+        servicer.SubmitJob(other, ALICE)
+
+
+def test_the_jobs_seed_reaches_the_subject_fit_and_a_seed_near_2_64_wraps(servicer, store):
+    job = submit(servicer, seed=2**64 - 1)
+    assert job.spec.fit.seed == 2**64 - 1
+    assert run_to_end(servicer, job.id).finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
+    pinned = submit(servicer, seed=5, fit=inpainter_pb2.FitSettings(seed=9))
+    assert pinned.spec.fit.seed == 9

@@ -138,14 +138,17 @@ class CoordinatorServiceServicer:
 
     def WatchJob(self, request, context):
         """Streams a job's events from a given sequence number until the job ends; the last message
-        carries a JobFinished event. Reconnect with `after_sequence` to resume without gaps.
+        carries a JobFinished event. Reconnect with `after_sequence` to resume without gaps (a stream
+        resumed after the JobFinished event ends at once, empty). Servers close connections after a few
+        minutes (max_connection_age): a watch cut with UNAVAILABLE resumes the same way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Stops issuing new stage calls for a job and marks it cancelled.
+        """Cancels a job. A queued job is CANCELLED at once; a running one stops before its next step, so the
+        answer may still say RUNNING and the JobFinished event (CANCELLED) follows on WatchJob.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
