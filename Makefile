@@ -16,6 +16,8 @@ CHART := helm/tire
 RENDERED := out/helm
 KUBERNETES_VERSION := 1.33.0
 STUBS := protos/python
+# The API as last released: buf breaking (make lint) compares protos/ with it.
+RELEASED_API := protos/released.binpb
 # Triton Inference Server from the nvidia-pytriton wheel (tritonserver 2.51 and its Python backend),
 # unpacked, not installed: the wheel requires numpy < 2. Its Python backend's stub reads tensors as
 # zeros with numpy 2, so the stub runs in $(TRITON)/env: numpy 1.26, then the project's packages.
@@ -23,7 +25,7 @@ PYTRITON_VERSION := 0.7.0
 TRITON := .tools/triton
 TRITON_SERVER := $(TRITON)/pytriton/tritonserver/bin/tritonserver
 
-.PHONY: install triton protos check-protos lint helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
+.PHONY: install triton protos check-protos lint release-api helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
 install: $(INSTALLED)
@@ -81,10 +83,16 @@ check-protos: protos
 	@git diff --exit-code --stat -- $(STUBS) && test -z "$$(git status --porcelain -- $(STUBS))" \
 		|| { echo "Generated stubs are stale: run 'make protos' and commit $(STUBS)." >&2; exit 1; }
 
-## lint: ruff on the Python code, buf lint on the protos
+## lint: ruff on the Python code, buf lint on the protos, and buf breaking against the released API
 lint: $(INSTALLED) $(BUF)
 	$(VENV)/bin/ruff check .
 	$(BUF) lint protos
+	$(BUF) breaking protos --against $(RELEASED_API)
+
+## release-api: record protos/ as the released API that `make lint` holds later changes to (run it when a
+## breaking change is meant, and say so in the change)
+release-api: $(BUF)
+	$(BUF) build protos -o $(RELEASED_API)
 
 ## helm-check: lint the chart (--strict), and render every scenario in helm/tire/ci/ and validate it
 ## against the Kubernetes $(KUBERNETES_VERSION) schemas (offline; renderings in out/helm/)

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from tire.v1 import common_pb2 as tire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tire/v1/refiner.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xdb\x01\n\rRefineRequest\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\'\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12 \n\x05\x61sset\x18\x03 \x01(\x0b\x32\x11.tire.v1.AssetRef\x12\x11\n\ttime_step\x18\x04 \x01(\r\x12\x14\n\x0csource_index\x18\x05 \x01(\r\x12\x10\n\x08strength\x18\x06 \x01(\x02\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"1\n\x0eRefineResponse\x12\x1f\n\x03rgb\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef2\x8c\x01\n\x0eRefinerService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12\x39\n\x06Refine\x12\x16.tire.v1.RefineRequest\x1a\x17.tire.v1.RefineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tire/v1/refiner.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xdb\x01\n\rRefineRequest\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\'\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12 \n\x05\x61sset\x18\x03 \x01(\x0b\x32\x11.tire.v1.AssetRef\x12\x11\n\ttime_step\x18\x04 \x01(\r\x12\x14\n\x0csource_index\x18\x05 \x01(\r\x12\x10\n\x08strength\x18\x06 \x01(\x02\x12\x0c\n\x04seed\x18\x07 \x01(\x04\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"1\n\x0eRefineResponse\x12\x1f\n\x03rgb\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef2\x8c\x01\n\x0eRefinerService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12\x39\n\x06Refine\x12\x16.tire.v1.RefineRequest\x1a\x17.tire.v1.RefineResponseBN\n\x0b\x64\x65v.tire.v1P\x01Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\xaa\x02\x07Tire.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tire.v1.refiner_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.tire.v1P\001Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\252\002\007Tire.V1'
   _globals['_REFINEREQUEST']._serialized_start=57
   _globals['_REFINEREQUEST']._serialized_end=276
   _globals['_REFINERESPONSE']._serialized_start=278

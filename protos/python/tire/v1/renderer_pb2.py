@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from tire.v1 import common_pb2 as tire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tire/v1/renderer.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xc5\x01\n\rRenderRequest\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.tire.v1.AssetRef\x12\x11\n\ttime_step\x18\x02 \x01(\r\x12%\n\x07\x63\x61meras\x18\x03 \x01(\x0b\x32\x12.tire.v1.CameraSetH\x00\x12\x1f\n\x05orbit\x18\x04 \x01(\x0b\x32\x0e.tire.v1.OrbitH\x00\x12\x16\n\x0e\x62\x61\x63kground_rgb\x18\x05 \x03(\x02\x12\x16\n\x0ewrite_previews\x18\x06 \x01(\x08\x42\x07\n\x05views\"q\n\x0eRenderResponse\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x15\n\rnum_gaussians\x18\x03 \x01(\x03\x12\x16\n\x0erender_seconds\x18\x04 \x01(\x01\x32\x8d\x01\n\x0fRendererService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12\x39\n\x06Render\x12\x16.tire.v1.RenderRequest\x1a\x17.tire.v1.RenderResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tire/v1/renderer.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xc5\x01\n\rRenderRequest\x12 \n\x05\x61sset\x18\x01 \x01(\x0b\x32\x11.tire.v1.AssetRef\x12\x11\n\ttime_step\x18\x02 \x01(\r\x12%\n\x07\x63\x61meras\x18\x03 \x01(\x0b\x32\x12.tire.v1.CameraSetH\x00\x12\x1f\n\x05orbit\x18\x04 \x01(\x0b\x32\x0e.tire.v1.OrbitH\x00\x12\x16\n\x0e\x62\x61\x63kground_rgb\x18\x05 \x03(\x02\x12\x16\n\x0ewrite_previews\x18\x06 \x01(\x08\x42\x07\n\x05views\"q\n\x0eRenderResponse\x12\x1f\n\x05views\x18\x01 \x01(\x0b\x32\x10.tire.v1.ViewSet\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x15\n\rnum_gaussians\x18\x03 \x01(\x03\x12\x16\n\x0erender_seconds\x18\x04 \x01(\x01\x32\x8d\x01\n\x0fRendererService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12\x39\n\x06Render\x12\x16.tire.v1.RenderRequest\x1a\x17.tire.v1.RenderResponseBN\n\x0b\x64\x65v.tire.v1P\x01Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\xaa\x02\x07Tire.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tire.v1.renderer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.tire.v1P\001Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\252\002\007Tire.V1'
   _globals['_RENDERREQUEST']._serialized_start=58
   _globals['_RENDERREQUEST']._serialized_end=255
   _globals['_RENDERRESPONSE']._serialized_start=257
