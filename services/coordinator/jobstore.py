@@ -9,7 +9,8 @@ Tables (protobuf messages are stored serialized, next to the few columns that ar
 
     jobs    row (insertion order, newest = largest), id, owner (the principal that submitted it),
             request_id, state, cancel_requested, created_ns, updated_ns (Unix nanoseconds, UTC), spec,
-            progress, outputs, error
+            progress, outputs, error, failure (a serialized StepFailure: the error's step, code and
+            sentence)
     steps   job_id, step, result (bytes), seconds (wall time), row (finish order)
     events  job_id, sequence (1, 2, 3... per job, no gaps), event (a serialized JobEvent)
     objects job_id, uri: every object a job names (its spec, step results, events and outputs), so a
@@ -99,7 +100,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec BLOB NOT NULL,
     progress BLOB NOT NULL DEFAULT x'',
     outputs BLOB NOT NULL DEFAULT x'',
-    error TEXT NOT NULL DEFAULT ''
+    error TEXT NOT NULL DEFAULT '',
+    failure BLOB NOT NULL DEFAULT x''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs (owner, request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, row);
@@ -147,10 +149,11 @@ CREATE TABLE IF NOT EXISTS doomed (
 # ids become unique per owner, and the objects of the jobs kept so far are recorded.
 _MIGRATE_FROM_1 = """
 ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN failure BLOB NOT NULL DEFAULT x'';
 DROP INDEX IF EXISTS jobs_request_id;
 """
 
-_JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, outputs, error"
+_JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, outputs, error, failure"
 _URI_FIELDS = frozenset({"uri", "uris", "preview_uris"})
 
 
@@ -338,7 +341,13 @@ class JobStore:
             return self._set_state(db, job_id, state, error, outputs)
 
     def finish(
-        self, job_id: str, state: int, *, error: str = "", outputs: JobOutputs | None = None
+        self,
+        job_id: str,
+        state: int,
+        *,
+        error: str = "",
+        outputs: JobOutputs | None = None,
+        failure: coordinator_pb2.StepFailure | None = None,
     ) -> tuple[Job, JobEvent]:
         """Ends a job: a final ``state`` and its JobFinished event, committed together.
 
@@ -357,7 +366,7 @@ class JobStore:
         if state not in FINAL_STATES:
             raise InvalidArgument("state", state, "must be a final JobState (SUCCEEDED, FAILED or CANCELLED)")
         with self._write() as db:
-            return self._finish(db, job_id, state, error, outputs)
+            return self._finish(db, job_id, state, error, outputs, failure)
 
     def set_progress(self, job_id: str, progress: JobProgress) -> None:
         """Replaces the job's progress (``updated_at`` is left alone: it tracks state changes)."""
@@ -616,7 +625,13 @@ class JobStore:
             raise _not_found(job_id)
 
     def _set_state(
-        self, db: sqlite3.Connection, job_id: str, state: int, error: str, outputs: JobOutputs | None
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        state: int,
+        error: str,
+        outputs: JobOutputs | None,
+        failure: coordinator_pb2.StepFailure | None = None,
     ) -> Job:
         job = self._get(db, job_id)
         if job.state in FINAL_STATES:
@@ -629,6 +644,9 @@ class JobStore:
         if error:
             sets.append("error = ?")
             args.append(error)
+        if failure is not None:
+            sets.append("failure = ?")
+            args.append(failure.SerializeToString())
         if outputs is not None:
             sets.append("outputs = ?")
             args.append(outputs.SerializeToString())
@@ -637,10 +655,16 @@ class JobStore:
         return self._get(db, job_id)
 
     def _finish(
-        self, db: sqlite3.Connection, job_id: str, state: int, error: str, outputs: JobOutputs | None
+        self,
+        db: sqlite3.Connection,
+        job_id: str,
+        state: int,
+        error: str,
+        outputs: JobOutputs | None,
+        failure: coordinator_pb2.StepFailure | None = None,
     ) -> tuple[Job, JobEvent]:
         already_final = self._get(db, job_id).state in FINAL_STATES
-        job = self._set_state(db, job_id, state, error, outputs)
+        job = self._set_state(db, job_id, state, error, outputs, failure)
         if already_final:
             # Same final state again (another one raised above): hand back the event written then.
             rows = db.execute("SELECT event FROM events WHERE job_id = ? ORDER BY sequence DESC", (job_id,))
@@ -650,6 +674,8 @@ class JobStore:
                     return job, event
             # Ended through ``set_state`` without its event: append the missing one now.
         finished = JobEvent(finished=coordinator_pb2.JobFinished(state=state, error=job.error))
+        if job.HasField("failure"):
+            finished.finished.failure.CopyFrom(job.failure)
         if job.HasField("outputs"):
             finished.finished.outputs.CopyFrom(job.outputs)
         return job, self._append_event(db, job_id, finished)
@@ -732,8 +758,10 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
 
 
 def _job_from_row(row: Sequence) -> Job:
-    job_id, owner, state, created_ns, updated_ns, spec, progress, outputs, error = row
+    job_id, owner, state, created_ns, updated_ns, spec, progress, outputs, error, failure = row
     job = Job(id=job_id, owner=owner, state=state, spec=JobSpec.FromString(spec), error=error)
+    if failure:
+        job.failure.CopyFrom(coordinator_pb2.StepFailure.FromString(failure))
     job.created_at.CopyFrom(_timestamp(created_ns))
     job.updated_at.CopyFrom(_timestamp(updated_ns))
     if progress:

@@ -143,8 +143,12 @@ class JobRunner:
             if not isinstance(failure, TireError):  # a bug: fail the job, keep the coordinator
                 log.error("job %s failed unexpectedly", job_id, exc_info=exc, extra={"job_id": job_id})
                 step = getattr(failure, "step", "job")
+                message = f"{step}: INTERNAL: see the coordinator's log"
                 return self._finish(
-                    job_id, JOB.JOB_STATE_FAILED, error=f"{step}: INTERNAL: see the coordinator's log"
+                    job_id,
+                    JOB.JOB_STATE_FAILED,
+                    error=message,
+                    failure=JOB.StepFailure(step=step, code="INTERNAL", message=message),
                 )
             if failure.grpc_code in RETRIED_CODES:
                 delay = self._waits.get(job_id, 0.0) * 2 or self.retry.initial_wait_s
@@ -155,7 +159,10 @@ class JobRunner:
                 steps.waiting(getattr(failure, "step", "job"), self._waits[job_id])
                 return self.jobs.get(job_id)
             log.warning("job %s failed: %s", job_id, failure, extra={"job_id": job_id})
-            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=str(failure))
+            structured = JOB.StepFailure(
+                step=getattr(failure, "step", "job"), code=failure.grpc_code.name, message=str(failure)
+            )
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=str(failure), failure=structured)
         return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs)
 
     def run_to_end(self, job_id: str) -> coordinator_pb2.Job:
@@ -170,9 +177,12 @@ class JobRunner:
         """Seconds until a waiting job should run again (0 for a job that is not waiting)."""
         return self._waits.get(job_id, 0.0)
 
-    def _finish(self, job_id: str, state: int, *, error: str = "", outputs=None) -> coordinator_pb2.Job:
+    def _finish(
+        self, job_id: str, state: int, *, error: str = "", outputs=None, failure=None
+    ) -> coordinator_pb2.Job:
         self._waits.pop(job_id, None)
-        job, _ = self.jobs.finish(job_id, state, error=error, outputs=outputs)  # state and event at once
+        # The state and its event at once.
+        job, _ = self.jobs.finish(job_id, state, error=error, outputs=outputs, failure=failure)
         return job
 
 
