@@ -4,7 +4,7 @@ What every server gets here, so servicers contain only their own logic:
 
 - ``grpc.health.v1``: NOT_SERVING until ``ready`` (model warm-up) returns, SERVING after, and NOT_SERVING
   again as soon as shutdown starts, for the overall status ("") and each service name;
-- server reflection (grpcurl, grpcui) for the services, health and reflection itself;
+- server reflection, v1 and v1alpha (grpcurl, grpcui, Postman) for the services, health and reflection;
 - Prometheus metrics on their own HTTP port: ``tire_grpc_requests_total{service,method,code}`` and
   ``tire_grpc_request_seconds{service,method}``, plus process and GC collectors;
 - error mapping, to the gRPC rich error model: a ``TireError`` aborts the call with its ``grpc_code``, its
@@ -45,7 +45,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.gc_collector import GCCollector
@@ -172,7 +172,7 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for spec in specs:
         spec.register(server)
-    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _enable_reflection((*names, health.SERVICE_NAME), server)
 
     metrics = health_server = None
     try:
@@ -211,6 +211,25 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
         extra={"port": port, "metrics_port": running.metrics_port, "security": security},
     )
     return running
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(names: Sequence[str], server: grpc.Server) -> None:
+    """Server reflection, as ``grpc.reflection.v1`` (what current grpcurl and Postman ask first) and
+    ``v1alpha``. grpcio-reflection serves only v1alpha; v1's messages are v1alpha's under another
+    package, field for field, so the same servicer answers both."""
+    servicer = reflection.ReflectionServicer((*names, REFLECTION_V1, reflection.SERVICE_NAME))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": v1}),)
+    )
 
 
 def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials:

@@ -31,7 +31,7 @@ import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2
@@ -230,12 +230,28 @@ def test_the_container_healthcheck_passes_only_while_serving(server: RunningServ
     assert healthcheck() == 1  # gone
 
 
-def test_reflection_lists_services(channel: grpc.Channel) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    request = reflection_pb2.ServerReflectionRequest(list_services="")
-    (response,) = stub.ServerReflectionInfo(iter([request]), timeout=5)
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_services_and_describes_them(channel: grpc.Channel, version: str) -> None:
+    # v1's messages are v1alpha's field for field: the v1alpha classes speak v1 on the wire.
+    call = channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    (response,) = call(iter([listing]), timeout=5)
     names = {s.name for s in response.list_services_response.service}
-    assert names == {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert names == {
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    health = reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.health.v1.Health")
+    (response,) = call(iter([health]), timeout=5)
+    assert (
+        response.file_descriptor_response.file_descriptor_proto
+    )  # the descriptor a client builds calls from
 
 
 def test_metrics_count_calls_by_method_and_code(server: RunningServer, channel: grpc.Channel) -> None:
