@@ -68,7 +68,7 @@ def test_fit_and_inpaint_through_the_stub_match_in_process(stub, store):
     fit = inpainter_pb2.FitSubjectRequest(
         images=put_tensor(store, brown),
         masks=put_tensor(store, reference_mask),
-        settings=inpainter_pb2.FitSettings(steps=12, clusters=6, seed=4),
+        settings=common_pb2.FitSettings(steps=12, clusters=6, seed=4),
     )
     events = list(stub.FitSubject(fit, timeout=60))
     kinds = [e.WhichOneof("event") for e in events]

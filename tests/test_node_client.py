@@ -1,6 +1,8 @@
 """An integrator's client in another language: `clients/node/scenario.mjs`, written from the protos alone
 (`@grpc/proto-loader` at run time, no generated code), drives one whole job against `tire up`: presigned
-PUTs, SubmitJob, WatchJob to the end, GetJob, presigned GETs checked against the job's sha256s.
+PUTs, SubmitJob, WatchJob to the end, GetJob, presigned GETs checked against the job's sha256s; then
+health and reflection by hand-written protobuf, the rich error model's trailer decoded, and a second
+job cancelled while it runs.
 
 Needs `node` (20 or later, for `fetch`) and `npm`; without them the test skips. `npm ci` runs only when
 `clients/node/node_modules` is missing or does not match `package-lock.json`, so a second run needs no
@@ -87,6 +89,8 @@ def test_a_node_client_runs_a_whole_job_through_the_public_api(node, tire_up, tm
             stub = coordinator_pb2_grpc.CoordinatorServiceStub(channel)
             request = coordinator_pb2.GetJobRequest(job_id=summary["job_id"])
             job = stub.GetJob(request, metadata=metadata, timeout=30).job
+            request = coordinator_pb2.GetJobRequest(job_id=summary["cancel"]["job_id"])
+            cancelled = stub.GetJob(request, metadata=metadata, timeout=30).job
 
     assert summary["state"] == "JOB_STATE_SUCCEEDED" == coordinator_pb2.JobState.Name(job.state), transcript
     assert "finished JOB_STATE_SUCCEEDED" in done.stdout and summary["events"] > 0, transcript
@@ -104,3 +108,30 @@ def test_a_node_client_runs_a_whole_job_through_the_public_api(node, tire_up, tm
     if token:
         statuses = [check["status"] for check in summary["unauthenticated"]]
         assert statuses == ["UNAUTHENTICATED"] * 2, transcript
+        assert [check["status_details"]["code"] for check in summary["unauthenticated"]] == [16, 16], transcript
+
+    # Health and reflection, called by hand (no generated code, no token).
+    assert summary["health"] == {"status": "SERVING", "code": 1}, transcript
+    assert {
+        "tire.v1.CoordinatorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    } <= set(summary["reflection"]["services"]), transcript
+
+    # The second job, cancelled at its first step, finished CANCELLED (and the Python stubs agree).
+    cancel = summary["cancel"]
+    assert cancel["job_id"] != summary["job_id"], transcript
+    assert cancel["state"] == "JOB_STATE_CANCELLED" == coordinator_pb2.JobState.Name(cancelled.state), transcript
+    assert cancel["cancel_answer"] in {"JOB_STATE_RUNNING", "JOB_STATE_CANCELLED"}, transcript
+    assert "finished JOB_STATE_CANCELLED" in done.stdout, transcript
+
+    # The bad request's google.rpc.Status, decoded from grpc-status-details-bin by the Node client.
+    bad = summary["bad_request"]
+    assert bad["status"] == "INVALID_ARGUMENT" and bad["status_details"]["code"] == 3, transcript
+    details = bad["status_details"]["details"]
+    types = [detail["type_url"].rsplit("/", 1)[-1] for detail in details]
+    assert {"google.rpc.ErrorInfo", "google.rpc.BadRequest"} <= set(types), transcript
+    (error_info,) = [detail for detail in details if detail["type_url"].endswith("/google.rpc.ErrorInfo")]
+    assert error_info["reason"] and error_info["domain"], transcript
+    (bad_request,) = [detail for detail in details if detail["type_url"].endswith("/google.rpc.BadRequest")]
+    assert bad_request["field_violations"][0]["field"] == "spec.resolution", transcript

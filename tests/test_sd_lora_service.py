@@ -51,7 +51,7 @@ def test_an_adapter_fitted_by_one_replica_serves_on_another(stubs, store, model_
     fit = inpainter_pb2.FitSubjectRequest(
         images=put_tensor(store, reference),
         masks=put_tensor(store, np.ones((1, SIZE, SIZE), np.float32)),
-        settings=inpainter_pb2.FitSettings(steps=4, rank=2, seed=5),
+        settings=common_pb2.FitSettings(steps=4, rank=2, seed=5),
     )
     *progress, last = first.FitSubject(fit, timeout=120)
     assert [event.progress.step for event in progress] == [1, 2, 3, 4]

@@ -213,7 +213,7 @@ def test_the_inpainter_service_on_triton_fits_and_inpaints_as_the_backend_in_pro
 
     reference = np.random.default_rng(2).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
     mask = np.ones((1, SIZE, SIZE), np.float32)
-    settings = inpainter_pb2.FitSettings(steps=3, rank=2, resolution=SIZE, seed=9)
+    settings = common_pb2.FitSettings(steps=3, rank=2, resolution=SIZE, seed=9)
     request = inpainter_pb2.FitSubjectRequest(
         images=put_tensor(store, reference), masks=put_tensor(store, mask), settings=settings
     )
@@ -247,7 +247,7 @@ def monkey_job(store, stages: Stages, retry: RetryPolicy) -> tuple[bytes, dict]:
         references=[store.put_bytes((SAMPLES / "monkey_front.png").read_bytes(), suffix=".png")],
         resolution=SIZE,
         orbit_step_deg=90,
-        fit=inpainter_pb2.FitSettings(steps=2, rank=2),
+        fit=common_pb2.FitSettings(steps=2, rank=2),
     )
     job, _ = jobs.create(resolve_spec(spec))
     job = JobRunner(jobs, stages, store, retry).run(job.id)

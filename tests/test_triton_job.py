@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
+from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.gaussians import SH_C0, read_ply
 from services.common.model_repository import write_version
@@ -87,7 +87,7 @@ def run_job(inpainter_backend, refiner_backend, max_parallel_calls: int = 4) -> 
         references=[store.put_bytes((SAMPLES / "monkey_front.png").read_bytes(), suffix=".png")],
         resolution=SIZE,
         orbit_step_deg=90,
-        fit=inpainter_pb2.FitSettings(steps=2, rank=2),
+        fit=common_pb2.FitSettings(steps=2, rank=2),
         seed=7,
     )
     job, _ = jobs.create(resolve_spec(spec))

@@ -7,6 +7,9 @@
 // Steps:
 //   1. Load the protos and connect (plaintext; loopback only). Every call carries the metadata
 //      `authorization: Bearer $TIRE_TOKEN` (none when TIRE_TOKEN is empty).
+//      Then, with no token and hand-written protobuf bytes (no generated code for these protos):
+//      `grpc.health.v1.Health/Check` must answer SERVING, and `grpc.reflection.v1` list_services must
+//      name the coordinator, health and reflection services.
 //   2. Hash the two sample files (sha256, size), CreateUpload, and PUT the bytes of every upload that
 //      needs it to its presigned URL.
 //   3. SubmitJob: the monkey asset, its front reference, 64x64 views every 60 degrees.
@@ -18,7 +21,11 @@
 //      rich error model's trailer, `grpc-status-details-bin` (a serialized google.rpc.Status).
 //      With --check-unauthenticated (or TIRE_CHECK_UNAUTHENTICATED=1): a call without a token and one
 //      with a wrong token must both fail with UNAUTHENTICATED (16), with that trailer too.
-//   7. Print one JSON line summarising the job and the files written; exit 0.
+//      The trailer is decoded by hand: the bad request's must hold a google.rpc.ErrorInfo and a
+//      google.rpc.BadRequest whose first field violation names spec.resolution.
+//   7. Cancel: a second job (another seed), CancelJob at its first step_started, WatchJob to its
+//      finished event, which must say JOB_STATE_CANCELLED.
+//   8. Print one JSON line summarising the job and the files written; exit 0.
 //
 // Options (each also read from the environment variable named after it):
 //   --target HOST:PORT         TIRE_TARGET      the coordinator (required)
@@ -121,7 +128,8 @@ function describeError(error) {
 /**
  * The `grpc-status-details-bin` trailer of a failed call: a serialized google.rpc.Status whose details
  * (ErrorInfo, BadRequest, RetryInfo) decode with google/rpc/status.proto and error_details.proto. This
- * client loads only the TIRE protos, so it checks that the trailer is there and not empty; null if not.
+ * client loads only the TIRE protos, so it returns the raw bytes (null if absent or empty) and
+ * `decodeStatus` reads the few fields it checks with the wire-format reader below.
  */
 function statusDetails(error) {
   const [value] = error.metadata?.get("grpc-status-details-bin") ?? [];
@@ -129,6 +137,129 @@ function statusDetails(error) {
 }
 
 const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
+// ----- a minimal protobuf wire-format reader ----------------------------------------------------------
+
+/** The fields of a serialized message, in order: {number, wire, value} (a BigInt or a Buffer). */
+function protoFields(buffer) {
+  const fields = [];
+  let pos = 0;
+  const varint = () => {
+    let value = 0n;
+    for (let shift = 0n; ; shift += 7n) {
+      if (pos >= buffer.length || shift > 63n) throw new CheckFailed("malformed protobuf: bad varint");
+      const byte = buffer[pos++];
+      value |= BigInt(byte & 0x7f) << shift;
+      if (!(byte & 0x80)) return value;
+    }
+  };
+  const take = (n) => {
+    if (pos + n > buffer.length) throw new CheckFailed("malformed protobuf: field runs past the end");
+    pos += n;
+    return buffer.subarray(pos - n, pos);
+  };
+  while (pos < buffer.length) {
+    const key = varint();
+    const number = Number(key >> 3n);
+    const wire = Number(key & 7n);
+    if (wire === 0) fields.push({ number, wire, value: varint() });
+    else if (wire === 1) fields.push({ number, wire, value: take(8) });
+    else if (wire === 2) fields.push({ number, wire, value: take(Number(varint())) });
+    else if (wire === 5) fields.push({ number, wire, value: take(4) });
+    else throw new CheckFailed(`malformed protobuf: unsupported wire type ${wire}`);
+  }
+  return fields;
+}
+
+/** Every value of field `number` (repeated fields), and the last one (singular fields; proto3 rules). */
+const protoAll = (buffer, number) => protoFields(buffer).filter((f) => f.number === number).map((f) => f.value);
+const protoOne = (buffer, number) => protoAll(buffer, number).at(-1);
+const protoString = (buffer, number) => protoOne(buffer, number)?.toString("utf8") ?? "";
+
+/**
+ * google.rpc.Status {1 code, 2 message, 3 repeated Any details {1 type_url, 2 value}}, decoded as far
+ * as this client checks: ErrorInfo {1 reason, 2 domain} and BadRequest {1 repeated FieldViolation
+ * {1 field, 2 description}}; other details keep only their type URL.
+ */
+function decodeStatus(bytes) {
+  const details = protoAll(bytes, 3).map((any) => {
+    const type_url = protoString(any, 1);
+    const value = protoOne(any, 2) ?? Buffer.alloc(0);
+    const detail = { type_url };
+    if (type_url.endsWith("/google.rpc.ErrorInfo")) {
+      detail.reason = protoString(value, 1);
+      detail.domain = protoString(value, 2);
+    } else if (type_url.endsWith("/google.rpc.BadRequest")) {
+      detail.field_violations = protoAll(value, 1).map((violation) => ({
+        field: protoString(violation, 1),
+        description: protoString(violation, 2),
+      }));
+    }
+    return detail;
+  });
+  return { code: Number(protoOne(bytes, 1) ?? 0n), message: protoString(bytes, 2), details };
+}
+
+// ----- health and reflection, by hand -----------------------------------------------------------------
+
+const identity = (bytes) => bytes;
+const HEALTH_STATUS = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
+
+/** grpc.health.v1.Health/Check for the server as a whole (service ""), without a token. */
+async function checkHealth(client) {
+  const response = await new Promise((resolve, reject) =>
+    client.makeUnaryRequest(
+      "/grpc.health.v1.Health/Check",
+      identity,
+      identity,
+      Buffer.alloc(0), // HealthCheckRequest{service: ""}: every field at its default, no bytes
+      new grpc.Metadata(),
+      { deadline: deadline() },
+      (error, reply) => (error ? reject(error) : resolve(reply)),
+    ),
+  );
+  const code = Number(protoOne(response, 1) ?? 0n); // HealthCheckResponse.status; absent = UNKNOWN (0)
+  const status = HEALTH_STATUS[code] ?? String(code);
+  console.log(`health: ${status} (${code}) [${response.toString("hex")}]`);
+  if (code !== 1) throw new CheckFailed(`grpc.health.v1.Health/Check answered ${status} (${code}), not SERVING (1)`);
+  return { status, code };
+}
+
+const EXPECTED_SERVICES = ["tire.v1.CoordinatorService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"];
+
+/** grpc.reflection.v1 list_services, without a token: the names the server offers. */
+async function checkReflection(client) {
+  const names = await new Promise((resolve, reject) => {
+    const call = client.makeBidiStreamRequest(
+      "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+      identity,
+      identity,
+      new grpc.Metadata(),
+      { deadline: deadline() },
+    );
+    let answer = null;
+    call.on("data", (response) => {
+      try {
+        const error = protoOne(response, 7); // error_response {1 error_code, 2 error_message}
+        if (error) throw new CheckFailed(`reflection answered error ${protoOne(error, 1)}: ${protoString(error, 2)}`);
+        const list = protoOne(response, 6); // list_services_response {1 repeated ServiceResponse {1 name}}
+        if (!list) throw new CheckFailed(`reflection answered no list_services_response: ${response.toString("hex")}`);
+        answer = protoAll(list, 1).map((service) => protoString(service, 1));
+      } catch (failure) {
+        reject(failure);
+        call.cancel();
+      }
+    });
+    call.on("error", reject);
+    call.on("end", () => (answer ? resolve(answer) : reject(new CheckFailed("reflection closed without an answer"))));
+    call.write(Buffer.from([0x3a, 0x00])); // ServerReflectionRequest{list_services: ""}: field 7, length 0
+    call.end();
+  });
+  console.log(`reflection: ${names.join(", ")}`);
+  const missing = EXPECTED_SERVICES.filter((name) => !names.includes(name));
+  if (missing.length) throw new CheckFailed(`reflection list_services lacks ${missing.join(", ")}: ${names.join(", ")}`);
+  return { services: names };
+}
 
 // ----- the steps ------------------------------------------------------------------------------------
 
@@ -190,7 +321,7 @@ function eventLine(event) {
 }
 
 /** Follow the job's events to its finished event; resume with `after_sequence` when the stream breaks. */
-async function watch(client, metadata, jobId, timeoutS) {
+async function watch(client, metadata, jobId, timeoutS, onEvent = null) {
   const giveUp = Date.now() + timeoutS * 1000;
   let after = "0";
   let reconnects = 0;
@@ -218,6 +349,7 @@ async function watch(client, metadata, jobId, timeoutS) {
           count += 1;
           console.log(`event ${event.sequence} ${eventLine(event)}`);
           if (event.kind === "finished") last = event.finished;
+          onEvent?.(event);
         });
         call.on("error", reject);
         // A clean end: the job's last event came, or the server closed the stream early (resume).
@@ -308,6 +440,7 @@ async function checkUnauthenticated(client, jobId) {
         status: statusName(error.code),
         details: error.details,
         details_bytes: detailsBytes,
+        status_details: detailsBytes ? decodeStatus(statusDetails(error)) : null,
       });
     }
   }
@@ -346,8 +479,60 @@ async function checkBadRequest(client, metadata, asset, reference) {
     if (!detailsBytes) {
       throw new CheckFailed("the INVALID_ARGUMENT of SubmitJob carried no grpc-status-details-bin trailer");
     }
-    return { code: error.code, status: statusName(error.code), details: error.details, details_bytes: detailsBytes };
+    const decoded = decodeStatus(statusDetails(error));
+    console.log(`bad request check: status details ${JSON.stringify(decoded)}`);
+    if (decoded.code !== error.code) {
+      throw new CheckFailed(`grpc-status-details-bin says code ${decoded.code}, the call's status is ${error.code}`);
+    }
+    const types = decoded.details.map(({ type_url }) => type_url);
+    for (const wanted of ["google.rpc.ErrorInfo", "google.rpc.BadRequest"]) {
+      if (!types.some((type) => type.endsWith(`/${wanted}`))) {
+        throw new CheckFailed(`the INVALID_ARGUMENT's status details lack a ${wanted}: ${types.join(", ")}`);
+      }
+    }
+    const badRequest = decoded.details.find(({ type_url }) => type_url.endsWith("/google.rpc.BadRequest"));
+    const firstField = badRequest.field_violations[0]?.field;
+    if (firstField !== "spec.resolution") {
+      throw new CheckFailed(`the BadRequest's first field violation names ${JSON.stringify(firstField)}, not spec.resolution`);
+    }
+    return {
+      code: error.code,
+      status: statusName(error.code),
+      details: error.details,
+      details_bytes: detailsBytes,
+      status_details: decoded,
+    };
   }
+}
+
+/** A second job, cancelled at its first step_started: its finished event must say CANCELLED. */
+async function checkCancel(client, metadata, spec, timeoutS) {
+  const { job: submitted } = await unary(client, "SubmitJob", { spec }, metadata);
+  console.log(`cancel check: submitted ${submitted.id} (${submitted.state})`);
+  let cancelled = null;
+  const { finished, events } = await watch(client, metadata, submitted.id, timeoutS, (event) => {
+    if (event.kind !== "step_started" || cancelled) return;
+    cancelled = unary(client, "CancelJob", { job_id: submitted.id }, metadata).then(
+      ({ job }) => {
+        console.log(`cancel check: CancelJob at step_started ${event.step_started.step} answered ${job.state}`);
+        return { step: event.step_started.step, state: job.state };
+      },
+      (error) => ({ error }),
+    );
+  });
+  if (!cancelled) throw new CheckFailed(`job ${submitted.id} finished with no step_started event to cancel at`);
+  const answer = await cancelled;
+  if (answer.error) throw new CheckFailed(`CancelJob failed: ${describeError(answer.error)}`);
+  if (!["JOB_STATE_RUNNING", "JOB_STATE_CANCELLED"].includes(answer.state)) {
+    throw new CheckFailed(`CancelJob answered ${answer.state}, neither RUNNING nor CANCELLED`);
+  }
+  const { job } = await unary(client, "GetJob", { job_id: submitted.id }, metadata);
+  if (finished.state !== "JOB_STATE_CANCELLED" || job.state !== "JOB_STATE_CANCELLED") {
+    throw new CheckFailed(
+      `job ${submitted.id} cancelled at ${answer.step} finished ${finished.state} (GetJob: ${job.state}), not JOB_STATE_CANCELLED`,
+    );
+  }
+  return { job_id: submitted.id, cancelled_at: answer.step, cancel_answer: answer.state, state: job.state, events };
 }
 
 // ----- main -----------------------------------------------------------------------------------------
@@ -365,15 +550,14 @@ async function main() {
   );
   const metadata = bearer(args.token);
   try {
+    // Health and reflection, with no token and hand-written protobuf.
+    const health = await checkHealth(client);
+    const reflection = await checkReflection(client);
     // 2. Upload the inputs.
     const [asset, reference] = await uploadSamples(client, metadata, args.samples);
     // 3. Submit.
-    const { job: submitted } = await unary(
-      client,
-      "SubmitJob",
-      { spec: { asset: { frames: [asset] }, references: [reference], resolution: 64, orbit_step_deg: 60 } },
-      metadata,
-    );
+    const spec = { asset: { frames: [asset] }, references: [reference], resolution: 64, orbit_step_deg: 60 };
+    const { job: submitted } = await unary(client, "SubmitJob", { spec }, metadata);
     console.log(`submitted ${submitted.id} (${submitted.state})`);
     // 4. Watch to the end.
     const { finished, events, reconnects } = await watch(client, metadata, submitted.id, args.watchTimeoutS);
@@ -389,7 +573,9 @@ async function main() {
     // 6. A bad request is refused with the rich error model; without a valid token, nothing.
     const badRequest = await checkBadRequest(client, metadata, asset, reference);
     const unauthenticated = args["check-unauthenticated"] ? await checkUnauthenticated(client, job.id) : null;
-    // 7. Summary, as the last line of stdout.
+    // 7. A second job (another seed, so not the first one again), cancelled while it runs.
+    const cancel = await checkCancel(client, metadata, { ...spec, seed: "11" }, args.watchTimeoutS);
+    // 8. Summary, as the last line of stdout.
     console.log(
       JSON.stringify({
         job_id: job.id,
@@ -403,6 +589,9 @@ async function main() {
         files,
         bad_request: badRequest,
         unauthenticated,
+        health,
+        reflection,
+        cancel,
       }),
     );
   } finally {

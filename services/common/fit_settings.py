@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tire.v1 import inpainter_pb2
+from tire.v1 import common_pb2
 
 from services.common import validation
 
@@ -34,9 +34,7 @@ MAX_ROTATION_DEG = 180.0
 MAX_CLUSTERS = 64
 
 
-def resolve_fit_settings(
-    message: inpainter_pb2.FitSettings, field: str = "settings"
-) -> inpainter_pb2.FitSettings:
+def resolve_fit_settings(message: common_pb2.FitSettings, field: str = "settings") -> common_pb2.FitSettings:
     """A copy of ``message`` with every optional field set: its value, or the default when unset.
 
     Each value is checked: steps 1..100000; learning_rate finite in (0, 1]; rank 1..1024; prompt 1..1000
@@ -84,7 +82,7 @@ def resolve_fit_settings(
     clusters = validation.positive_int(
         get("clusters", DEFAULT_CLUSTERS), f"{field}.clusters", maximum=MAX_CLUSTERS
     )
-    return inpainter_pb2.FitSettings(
+    return common_pb2.FitSettings(
         steps=steps,
         learning_rate=learning_rate,
         rank=rank,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from google.protobuf.message import Message
-from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
+from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import JobCancelled, StepFailed, TireError
 from services.coordinator.jobstore import JobStore
@@ -144,7 +144,7 @@ class StepLog:
             if message not in sent:
                 self.warning(message)
 
-    def fit_progress(self, progress: inpainter_pb2.FitProgress) -> None:
+    def fit_progress(self, progress: common_pb2.FitProgress) -> None:
         """A ``FitEvent``: the subject fit's step and loss."""
         self._event(fit=JOB.FitEvent(progress=progress))
 

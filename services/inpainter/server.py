@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from tire.v1 import inpainter_pb2, inpainter_pb2_grpc
+from tire.v1 import common_pb2, inpainter_pb2, inpainter_pb2_grpc
 
 from services.common import validation
 from services.common.errors import ConfigError, InvalidArgument
@@ -157,13 +157,11 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         artifact = b""
         start = time.monotonic()
 
-        def fit(report: Callable[[inpainter_pb2.FitProgress], None]) -> bytes:
+        def fit(report: Callable[[common_pb2.FitProgress], None]) -> bytes:
             def progress(step: int, total: int, loss: float) -> None:
                 elapsed = time.monotonic() - start
                 report(
-                    inpainter_pb2.FitProgress(
-                        step=step, total_steps=total, loss=loss, elapsed_seconds=elapsed
-                    )
+                    common_pb2.FitProgress(step=step, total_steps=total, loss=loss, elapsed_seconds=elapsed)
                 )
 
             return backend.fit_subject(images, masks, config, progress)
@@ -278,7 +276,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
             )
 
 
-def fit_config(settings: inpainter_pb2.FitSettings) -> FitConfig:
+def fit_config(settings: common_pb2.FitSettings) -> FitConfig:
     """``FitSettings`` with the proto's defaults applied to unset fields, each value checked
     (``services.common.fit_settings.resolve_fit_settings``, shared with the coordinator).
 

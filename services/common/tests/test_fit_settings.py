@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from tire.v1 import inpainter_pb2
+from tire.v1 import common_pb2
 
 from services.common import fit_settings
 from services.common.errors import InvalidArgument
@@ -16,18 +16,18 @@ OPTIONAL = ("steps", "learning_rate", "rank", "prompt", "resolution", "flip", "m
 
 
 def test_unset_fields_take_the_defaults():
-    message = inpainter_pb2.FitSettings()
+    message = common_pb2.FitSettings()
     resolved = resolve_fit_settings(message)
     assert all(resolved.HasField(name) for name in OPTIONAL)
     assert (resolved.steps, resolved.rank, resolved.clusters, resolved.resolution) == (400, 16, 8, 0)
     assert (resolved.prompt, resolved.flip, resolved.seed) == ("A photo of sks", True, 0)
     assert resolved.learning_rate == np.float32(fit_settings.DEFAULT_LEARNING_RATE)
     assert resolved.max_rotation_deg == fit_settings.DEFAULT_MAX_ROTATION_DEG == 15.0
-    assert message == inpainter_pb2.FitSettings(), "the input is not changed"
+    assert message == common_pb2.FitSettings(), "the input is not changed"
 
 
 def test_given_values_are_kept():
-    message = inpainter_pb2.FitSettings(
+    message = common_pb2.FitSettings(
         steps=7,
         learning_rate=0.5,
         rank=4,
@@ -42,7 +42,7 @@ def test_given_values_are_kept():
 
 
 def test_resolving_is_idempotent():
-    for message in (inpainter_pb2.FitSettings(), inpainter_pb2.FitSettings(learning_rate=3e-4, seed=2)):
+    for message in (common_pb2.FitSettings(), common_pb2.FitSettings(learning_rate=3e-4, seed=2)):
         once = resolve_fit_settings(message)
         assert resolve_fit_settings(once) == once
 
@@ -64,7 +64,7 @@ def test_resolving_is_idempotent():
     ],
 )
 def test_boundaries_are_accepted(fields):
-    resolved = resolve_fit_settings(inpainter_pb2.FitSettings(**fields))
+    resolved = resolve_fit_settings(common_pb2.FitSettings(**fields))
     for name, value in fields.items():
         assert getattr(resolved, name) == value
 
@@ -94,14 +94,14 @@ def test_boundaries_are_accepted(fields):
 @pytest.mark.parametrize("prefix", ["settings", "spec.fit"])
 def test_a_bad_value_names_the_field(fields, name, value, problem, prefix):
     with pytest.raises(InvalidArgument) as info:
-        resolve_fit_settings(inpainter_pb2.FitSettings(**fields), prefix)
+        resolve_fit_settings(common_pb2.FitSettings(**fields), prefix)
     assert info.value.field == f"{prefix}.{name}"
     assert str(info.value).startswith(f"`{prefix}.{name}` {problem}, got {value}")
 
 
 def test_float32_decimal_gives_back_the_written_decimal():
-    assert inpainter_pb2.FitSettings(learning_rate=1e-4).learning_rate != 1e-4  # float32 storage
+    assert common_pb2.FitSettings(learning_rate=1e-4).learning_rate != 1e-4  # float32 storage
     for value in (1e-4, 2.5e-5, 0.3, 15.0, 7.2, 1.0, 0.0):
-        assert float32_decimal(inpainter_pb2.FitSettings(learning_rate=value).learning_rate) == value
-    resolved = resolve_fit_settings(inpainter_pb2.FitSettings())
+        assert float32_decimal(common_pb2.FitSettings(learning_rate=value).learning_rate) == value
+    resolved = resolve_fit_settings(common_pb2.FitSettings())
     assert float32_decimal(resolved.learning_rate) == fit_settings.DEFAULT_LEARNING_RATE

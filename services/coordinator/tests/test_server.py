@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
+from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import (
     FailedPrecondition,
@@ -571,5 +571,5 @@ def test_the_jobs_seed_reaches_the_subject_fit_and_a_seed_near_2_64_wraps(servic
     job = submit(servicer, seed=2**64 - 1)
     assert job.spec.fit.seed == 2**64 - 1
     assert run_to_end(servicer, job.id).finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
-    pinned = submit(servicer, seed=5, fit=inpainter_pb2.FitSettings(seed=9))
+    pinned = submit(servicer, seed=5, fit=common_pb2.FitSettings(seed=9))
     assert pinned.spec.fit.seed == 9

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
+from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common import fit_settings
 from services.common.errors import InvalidArgument
@@ -50,7 +50,7 @@ def test_defaults_are_filled_in():
     assert resolved.elevation_deg == 0.0 and resolved.seed == 0
     assert resolved.rings.WhichOneof("mode") == "fixed"
     assert list(resolved.rings.fixed.limits_deg) == list(DEFAULT_LIMITS) == [20.0, 90.0, 180.0]
-    assert resolved.fit == fit_settings.resolve_fit_settings(inpainter_pb2.FitSettings())
+    assert resolved.fit == fit_settings.resolve_fit_settings(common_pb2.FitSettings())
     assert resolved.fit.HasField("steps") and resolved.fit.prompt == "A photo of sks"
     assert resolved.asset == spec.asset and resolved.references == spec.references
     assert spec == job_spec(), "the input is not changed"
@@ -65,7 +65,7 @@ def test_given_values_are_kept():
         rings=coordinator_pb2.RingSchedule(fixed=coordinator_pb2.FixedRings(limits_deg=[30.0, 180.0])),
         strength=0.5,
         refine_strength=1.0,
-        fit=inpainter_pb2.FitSettings(steps=10, clusters=3, seed=4),
+        fit=common_pb2.FitSettings(steps=10, clusters=3, seed=4),
         seed=7,
         labels={"team": "splats", "run-1.a_b": ""},
     )
@@ -111,7 +111,7 @@ def test_source_only_stays_source_only():
         job_spec(frames=4, orbit_step_deg=7.2, strength=0.15, labels={"a": "b"}),
         job_spec(rings=coordinator_pb2.RingSchedule(adaptive=coordinator_pb2.AdaptiveRings())),
         job_spec(rings=coordinator_pb2.RingSchedule(source_only=coordinator_pb2.SourceOnly())),
-        job_spec(fit=inpainter_pb2.FitSettings(learning_rate=3e-4, max_rotation_deg=7.5, flip=False)),
+        job_spec(fit=common_pb2.FitSettings(learning_rate=3e-4, max_rotation_deg=7.5, flip=False)),
     ],
 )
 def test_resolving_is_idempotent(spec):

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from tire.v1 import inpainter_pb2  # noqa: E402
+from tire.v1 import common_pb2, inpainter_pb2  # noqa: E402
 
 from services.common.errors import ConfigError, InvalidArgument  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
@@ -197,7 +197,7 @@ def fit_and_inpaint(servicer, store, images, masks):
     request = inpainter_pb2.FitSubjectRequest(
         images=put_tensor(store, refs),
         masks=put_tensor(store, ref_masks),
-        settings=inpainter_pb2.FitSettings(steps=3, rank=2, seed=1),
+        settings=common_pb2.FitSettings(steps=3, rank=2, seed=1),
     )
     *progress, last = servicer.FitSubject(request, None)
     assert [event.progress.step for event in progress] == [1, 2, 3]

@@ -67,7 +67,7 @@ def fit_request(refs, **settings):
     return inpainter_pb2.FitSubjectRequest(
         images=refs["references"],
         masks=refs["reference_masks"],
-        settings=inpainter_pb2.FitSettings(**settings),
+        settings=common_pb2.FitSettings(**settings),
     )
 
 
@@ -201,8 +201,8 @@ def test_build_servicer_and_warm_up(store):
 
 
 def test_fit_config_applies_the_proto_defaults():
-    assert fit_config(inpainter_pb2.FitSettings()) == FitConfig()
-    config = fit_config(inpainter_pb2.FitSettings(steps=7, clusters=3, flip=False, resolution=512, seed=9))
+    assert fit_config(common_pb2.FitSettings()) == FitConfig()
+    config = fit_config(common_pb2.FitSettings(steps=7, clusters=3, flip=False, resolution=512, seed=9))
     assert (config.steps, config.clusters, config.flip, config.resolution, config.seed) == (
         7,
         3,

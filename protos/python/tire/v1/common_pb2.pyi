@@ -146,3 +146,37 @@ class DescribeResponse(_message.Message):
     settings: _containers.ScalarMap[str, str]
     model_version: str
     def __init__(self, service: _Optional[str] = ..., backend: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., device: _Optional[str] = ..., available_backends: _Optional[_Iterable[str]] = ..., settings: _Optional[_Mapping[str, str]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class FitSettings(_message.Message):
+    __slots__ = ("steps", "learning_rate", "rank", "prompt", "resolution", "flip", "max_rotation_deg", "clusters", "seed")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    FLIP_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROTATION_DEG_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    learning_rate: float
+    rank: int
+    prompt: str
+    resolution: int
+    flip: bool
+    max_rotation_deg: float
+    clusters: int
+    seed: int
+    def __init__(self, steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., rank: _Optional[int] = ..., prompt: _Optional[str] = ..., resolution: _Optional[int] = ..., flip: _Optional[bool] = ..., max_rotation_deg: _Optional[float] = ..., clusters: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class FitProgress(_message.Message):
+    __slots__ = ("step", "total_steps", "loss", "elapsed_seconds")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total_steps: int
+    loss: float
+    elapsed_seconds: float
+    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...

@@ -2,7 +2,6 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from tire.v1 import common_pb2 as _common_pb2
-from tire.v1 import inpainter_pb2 as _inpainter_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -147,12 +146,12 @@ class JobSpec(_message.Message):
     rings: RingSchedule
     strength: float
     refine_strength: float
-    fit: _inpainter_pb2.FitSettings
+    fit: _common_pb2.FitSettings
     seed: int
     labels: _containers.ScalarMap[str, str]
     framing: Framing
     force: bool
-    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_inpainter_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
+    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_common_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class Framing(_message.Message):
     __slots__ = ("center", "radius", "warnings", "extent")
@@ -313,8 +312,8 @@ class RingProgress(_message.Message):
 class FitEvent(_message.Message):
     __slots__ = ("progress",)
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
-    progress: _inpainter_pb2.FitProgress
-    def __init__(self, progress: _Optional[_Union[_inpainter_pb2.FitProgress, _Mapping]] = ...) -> None: ...
+    progress: _common_pb2.FitProgress
+    def __init__(self, progress: _Optional[_Union[_common_pb2.FitProgress, _Mapping]] = ...) -> None: ...
 
 class JobFinished(_message.Message):
     __slots__ = ("state", "outputs", "error", "failure")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tire.v1 import common_pb2 as tire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tire/v1/inpainter.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\xbf\x02\n\x0b\x46itSettings\x12\x12\n\x05steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x1a\n\rlearning_rate\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x11\n\x04rank\x18\x03 \x01(\rH\x02\x88\x01\x01\x12\x13\n\x06prompt\x18\x04 \x01(\tH\x03\x88\x01\x01\x12\x17\n\nresolution\x18\x05 \x01(\rH\x04\x88\x01\x01\x12\x11\n\x04\x66lip\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12\x1d\n\x10max_rotation_deg\x18\x07 \x01(\x02H\x06\x88\x01\x01\x12\x15\n\x08\x63lusters\x18\x08 \x01(\rH\x07\x88\x01\x01\x12\x0c\n\x04seed\x18\t \x01(\x04\x42\x08\n\x06_stepsB\x10\n\x0e_learning_rateB\x07\n\x05_rankB\t\n\x07_promptB\r\n\x0b_resolutionB\x07\n\x05_flipB\x13\n\x11_max_rotation_degB\x0b\n\t_clusters\"\x99\x01\n\x11\x46itSubjectRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x08settings\x18\x03 \x01(\x0b\x32\x14.tire.v1.FitSettings\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"Y\n\x0cSubjectModel\x12$\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x12.tire.v1.ObjectRef\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\"W\n\x0b\x46itProgress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\x13\n\x0btotal_steps\x18\x02 \x01(\r\x12\x0c\n\x04loss\x18\x03 \x01(\x02\x12\x17\n\x0f\x65lapsed_seconds\x18\x04 \x01(\x01\"o\n\x12\x46itSubjectResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.tire.v1.FitProgressH\x00\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x15.tire.v1.SubjectModelH\x00\x42\x07\n\x05\x65vent\"\xc3\x02\n\x0eInpaintRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05\x61lpha\x18\x03 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x07subject\x18\x04 \x01(\x0b\x32\x15.tire.v1.SubjectModel\x12\x10\n\x08strength\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12 \n\x13num_inference_steps\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\t \x01(\tB\x16\n\x14_num_inference_stepsB\x11\n\x0f_guidance_scale\"5\n\x0fInpaintResponse\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef2\xda\x01\n\x10InpainterService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12G\n\nFitSubject\x12\x1a.tire.v1.FitSubjectRequest\x1a\x1b.tire.v1.FitSubjectResponse0\x01\x12<\n\x07Inpaint\x12\x17.tire.v1.InpaintRequest\x1a\x18.tire.v1.InpaintResponseBN\n\x0b\x64\x65v.tire.v1P\x01Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\xaa\x02\x07Tire.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tire/v1/inpainter.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\x99\x01\n\x11\x46itSubjectRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x08settings\x18\x03 \x01(\x0b\x32\x14.tire.v1.FitSettings\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"Y\n\x0cSubjectModel\x12$\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x12.tire.v1.ObjectRef\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\"o\n\x12\x46itSubjectResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.tire.v1.FitProgressH\x00\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x15.tire.v1.SubjectModelH\x00\x42\x07\n\x05\x65vent\"\xc3\x02\n\x0eInpaintRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05\x61lpha\x18\x03 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x07subject\x18\x04 \x01(\x0b\x32\x15.tire.v1.SubjectModel\x12\x10\n\x08strength\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12 \n\x13num_inference_steps\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\t \x01(\tB\x16\n\x14_num_inference_stepsB\x11\n\x0f_guidance_scale\"5\n\x0fInpaintResponse\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef2\xda\x01\n\x10InpainterService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12G\n\nFitSubject\x12\x1a.tire.v1.FitSubjectRequest\x1a\x1b.tire.v1.FitSubjectResponse0\x01\x12<\n\x07Inpaint\x12\x17.tire.v1.InpaintRequest\x1a\x18.tire.v1.InpaintResponseBN\n\x0b\x64\x65v.tire.v1P\x01Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\xaa\x02\x07Tire.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +33,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tire.v1.inpainter_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.tire.v1P\001Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\252\002\007Tire.V1'
-  _globals['_FITSETTINGS']._serialized_start=59
-  _globals['_FITSETTINGS']._serialized_end=378
-  _globals['_FITSUBJECTREQUEST']._serialized_start=381
-  _globals['_FITSUBJECTREQUEST']._serialized_end=534
-  _globals['_SUBJECTMODEL']._serialized_start=536
-  _globals['_SUBJECTMODEL']._serialized_end=625
-  _globals['_FITPROGRESS']._serialized_start=627
-  _globals['_FITPROGRESS']._serialized_end=714
-  _globals['_FITSUBJECTRESPONSE']._serialized_start=716
-  _globals['_FITSUBJECTRESPONSE']._serialized_end=827
-  _globals['_INPAINTREQUEST']._serialized_start=830
-  _globals['_INPAINTREQUEST']._serialized_end=1153
-  _globals['_INPAINTRESPONSE']._serialized_start=1155
-  _globals['_INPAINTRESPONSE']._serialized_end=1208
-  _globals['_INPAINTERSERVICE']._serialized_start=1211
-  _globals['_INPAINTERSERVICE']._serialized_end=1429
+  _globals['_FITSUBJECTREQUEST']._serialized_start=59
+  _globals['_FITSUBJECTREQUEST']._serialized_end=212
+  _globals['_SUBJECTMODEL']._serialized_start=214
+  _globals['_SUBJECTMODEL']._serialized_end=303
+  _globals['_FITSUBJECTRESPONSE']._serialized_start=305
+  _globals['_FITSUBJECTRESPONSE']._serialized_end=416
+  _globals['_INPAINTREQUEST']._serialized_start=419
+  _globals['_INPAINTREQUEST']._serialized_end=742
+  _globals['_INPAINTRESPONSE']._serialized_start=744
+  _globals['_INPAINTRESPONSE']._serialized_end=797
+  _globals['_INPAINTERSERVICE']._serialized_start=800
+  _globals['_INPAINTERSERVICE']._serialized_end=1018
 # @@protoc_insertion_point(module_scope)

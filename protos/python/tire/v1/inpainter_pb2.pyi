@@ -6,28 +6,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class FitSettings(_message.Message):
-    __slots__ = ("steps", "learning_rate", "rank", "prompt", "resolution", "flip", "max_rotation_deg", "clusters", "seed")
-    STEPS_FIELD_NUMBER: _ClassVar[int]
-    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
-    RANK_FIELD_NUMBER: _ClassVar[int]
-    PROMPT_FIELD_NUMBER: _ClassVar[int]
-    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
-    FLIP_FIELD_NUMBER: _ClassVar[int]
-    MAX_ROTATION_DEG_FIELD_NUMBER: _ClassVar[int]
-    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
-    SEED_FIELD_NUMBER: _ClassVar[int]
-    steps: int
-    learning_rate: float
-    rank: int
-    prompt: str
-    resolution: int
-    flip: bool
-    max_rotation_deg: float
-    clusters: int
-    seed: int
-    def __init__(self, steps: _Optional[int] = ..., learning_rate: _Optional[float] = ..., rank: _Optional[int] = ..., prompt: _Optional[str] = ..., resolution: _Optional[int] = ..., flip: _Optional[bool] = ..., max_rotation_deg: _Optional[float] = ..., clusters: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
-
 class FitSubjectRequest(_message.Message):
     __slots__ = ("images", "masks", "settings", "model_version")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -36,9 +14,9 @@ class FitSubjectRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     images: _common_pb2.TensorRef
     masks: _common_pb2.TensorRef
-    settings: FitSettings
+    settings: _common_pb2.FitSettings
     model_version: str
-    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., settings: _Optional[_Union[FitSettings, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., settings: _Optional[_Union[_common_pb2.FitSettings, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SubjectModel(_message.Message):
     __slots__ = ("artifact", "backend", "base_model")
@@ -50,25 +28,13 @@ class SubjectModel(_message.Message):
     base_model: str
     def __init__(self, artifact: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., backend: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
 
-class FitProgress(_message.Message):
-    __slots__ = ("step", "total_steps", "loss", "elapsed_seconds")
-    STEP_FIELD_NUMBER: _ClassVar[int]
-    TOTAL_STEPS_FIELD_NUMBER: _ClassVar[int]
-    LOSS_FIELD_NUMBER: _ClassVar[int]
-    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    step: int
-    total_steps: int
-    loss: float
-    elapsed_seconds: float
-    def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., loss: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
-
 class FitSubjectResponse(_message.Message):
     __slots__ = ("progress", "model")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
-    progress: FitProgress
+    progress: _common_pb2.FitProgress
     model: SubjectModel
-    def __init__(self, progress: _Optional[_Union[FitProgress, _Mapping]] = ..., model: _Optional[_Union[SubjectModel, _Mapping]] = ...) -> None: ...
+    def __init__(self, progress: _Optional[_Union[_common_pb2.FitProgress, _Mapping]] = ..., model: _Optional[_Union[SubjectModel, _Mapping]] = ...) -> None: ...
 
 class InpaintRequest(_message.Message):
     __slots__ = ("images", "masks", "alpha", "subject", "strength", "seed", "num_inference_steps", "guidance_scale", "model_version")
