@@ -108,7 +108,9 @@ def test_a_node_client_runs_a_whole_job_through_the_public_api(node, tire_up, tm
     if token:
         statuses = [check["status"] for check in summary["unauthenticated"]]
         assert statuses == ["UNAUTHENTICATED"] * 2, transcript
-        assert [check["status_details"]["code"] for check in summary["unauthenticated"]] == [16, 16], transcript
+        assert [check["status_details"]["code"] for check in summary["unauthenticated"]] == [16, 16], (
+            transcript
+        )
 
     # Health and reflection, called by hand (no generated code, no token).
     assert summary["health"] == {"status": "SERVING", "code": 1}, transcript
@@ -121,7 +123,9 @@ def test_a_node_client_runs_a_whole_job_through_the_public_api(node, tire_up, tm
     # The second job, cancelled at its first step, finished CANCELLED (and the Python stubs agree).
     cancel = summary["cancel"]
     assert cancel["job_id"] != summary["job_id"], transcript
-    assert cancel["state"] == "JOB_STATE_CANCELLED" == coordinator_pb2.JobState.Name(cancelled.state), transcript
+    assert cancel["state"] == "JOB_STATE_CANCELLED" == coordinator_pb2.JobState.Name(cancelled.state), (
+        transcript
+    )
     assert cancel["cancel_answer"] in {"JOB_STATE_RUNNING", "JOB_STATE_CANCELLED"}, transcript
     assert "finished JOB_STATE_CANCELLED" in done.stdout, transcript
 
