@@ -15,7 +15,36 @@ Files:
   (``nx, ny, nz``) are dropped: 3DGS writers fill them with zeros and nothing here uses them.
   Any other non-standard vertex property is kept in ``extra``.
 - ``write_ply`` writes ``binary_little_endian`` in the INRIA (with ``extra``) or LGM layout.
-- Every malformed-file problem raises ``AssetError`` with a sentence saying what and where.
+- Every malformed-file problem raises ``AssetError`` with a sentence saying what and where (header
+  words cut to 80 characters); no input makes ``read_ply`` raise anything else
+  (``benchmarks/fuzz_ply.py`` checks it; ``services/common/tests/ply_corpus/`` keeps what it found).
+  What it returns passes ``Gaussians.validate`` and the renderers' checks, and frames to finite
+  cameras, so no later stage fails on a value that came from the file. Hence these bounds, beyond
+  finiteness:
+  - log scales are at most ``MAX_LOG_SCALE`` (10: a standard deviation of e^10, 22,026 world units).
+    The CPU rasterizer refuses 80 and over, but gsplat's float32 projection silently drops a
+    Gaussian long before: measured with gsplat 1.5.3 on an H200, from log scale 10.5 (4096 x 4096
+    view, centre 0.02 world units from the camera) to 20 (64 x 64, 1.5 away), where the CPU renderer
+    draws it over the whole view. At 10 and below both backends agree for any view up to
+    ``cameras.MAX_SIDE`` whose Gaussians lie at least 0.02 from the camera. Real assets stay far
+    below: 3DGS training prunes Gaussians wider than a tenth of the scene, so e^10 needs a scene
+    2e5 world units across, and the assets here stay below e^-1.4. There is no lower bound: e^-1e30
+    is 0, which every stage handles.
+  - opacity logits lie within +-``MAX_OPACITY_LOGIT`` (80): their sigmoid is then 0 or 1 to float32
+    precision; beyond it ``exp(-logit)`` overflows in float32 (88.7), then in float64 (709.8), which
+    ``Gaussians.opacities`` computes.
+  - coordinates lie within +-``MAX_POSITION`` (1e15 world units): framing puts cameras a few times
+    the asset's extent away, in float32, and near 3e38 they became inf (the rasterizer refuses them).
+  - vertex property names are plain identifiers (``extra`` keys must be), and ``f_rest_*`` names are
+    exactly ``f_rest_0`` to ``f_rest_44`` (``f_rest_08`` beside ``f_rest_8`` is refused, not guessed
+    at); element counts are below 10^18.
+  Such values are refused rather than clamped, naming the property, the vertex and the value: a
+  file that holds them is broken, and clamping would change it silently.
+- Memory: binary data is read in place; ASCII data is parsed ``ASCII_CHUNK_BYTES`` at a time into
+  one float32 table, so reading takes the file's bytes, the table and the result (a 60 MiB ASCII
+  file of 465,000 Gaussians: +96 MiB peak RSS for a 25 MiB result; it was +509 MiB). Counts are
+  checked against the data's length before anything is allocated, and a path must name a regular
+  file (a FIFO or a device could block or never end).
 """
 
 from __future__ import annotations
@@ -25,8 +54,10 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 
@@ -88,8 +119,10 @@ class Gaussians:
                 f"(first at index {off[0]}, norm {norms[off[0]]:.6g})"
             )
         for name, arr in self.extra.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or _is_standard_property(name):
-                raise AssetError(f"Gaussians.extra has a key {name!r} that cannot be written as a property")
+            if not _PLAIN_NAME.fullmatch(name) or _is_standard_property(name):
+                raise AssetError(
+                    f"Gaussians.extra has a key {_clip(name)!r} that cannot be written as a property"
+                )
             if not isinstance(arr, np.ndarray) or arr.dtype != np.float32 or arr.shape != (n,):
                 raise AssetError(f"Gaussians.extra[{name!r}] must be [{n}] float32, got {_describe(arr)}")
 
@@ -177,6 +210,20 @@ def frames_correspond(frames: Sequence[Gaussians], samples: int = 65_536) -> boo
 MAX_HEADER_BYTES = 64 * 1024
 """A longer header is rejected: real 3DGS headers are about 2 KiB."""
 
+MAX_LOG_SCALE = 10.0
+"""``read_ply`` refuses a larger log scale (a Gaussian e^10 = 22,026 world units across), which the GPU
+renderer would drop silently; see the module docstring."""
+
+MAX_OPACITY_LOGIT = 80.0
+"""``read_ply`` refuses an opacity logit beyond +-80 (sigmoid 0 or 1 in float32); see the module
+docstring."""
+
+MAX_POSITION = 1e15
+"""``read_ply`` refuses a coordinate beyond +-1e15 world units; see the module docstring."""
+
+ASCII_CHUNK_BYTES = 1 << 20
+"""ASCII vertex data is tokenised this many bytes at a time (extended to the next whitespace)."""
+
 _SH_COEFFS = (1, 4, 9, 16)
 _F_REST_COUNTS = {3 * (k - 1): k for k in _SH_COEFFS}  # number of f_rest_* -> K
 _NORMALS = ("nx", "ny", "nz")
@@ -185,7 +232,12 @@ _LGM_PROPERTIES = (
     "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
 )  # fmt: skip
 _REQUIRED = _LGM_PROPERTIES  # the INRIA layout adds only optional normals and f_rest_*
-_F_REST = re.compile(r"f_rest_(\d+)")
+_F_REST = tuple(f"f_rest_{i}" for i in range(45))  # every f_rest_* name a file may hold
+_F_REST_LIKE = re.compile(r"f_rest_[0-9]+")  # the names that can only mean an SH coefficient
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_COUNT = re.compile(r"0*([0-9]{1,18})")  # an element count below 10^18, leading zeros allowed
+_ASCII_LINE = re.compile(rb"\S[^\n]*")  # a non-blank line, from its first non-blank byte
+_SPACE = re.compile(rb"\s")
 _LAYOUTS = ("inria", "lgm")
 
 _TYPES = {
@@ -199,7 +251,12 @@ _END_HEADER = re.compile(rb"\nend_header[ \t]*\r?(?:\n|\Z)")
 
 
 def _is_standard_property(name: str) -> bool:
-    return name in _REQUIRED or name in _NORMALS or _F_REST.fullmatch(name) is not None
+    return name in _REQUIRED or name in _NORMALS or _F_REST_LIKE.fullmatch(name) is not None
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    """``text``, cut to ``limit`` characters for an error message (a header line can be 64 KiB)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _describe(arr: object) -> str:
@@ -233,6 +290,8 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
         raise AssetError(f"not a `.ply` file: it starts with {data[:16]!r} instead of 'ply'")
     head = data[: MAX_HEADER_BYTES + 1]
     match = _END_HEADER.search(head)
+    if match is not None and not match.group().endswith(b"\n") and match.end() < len(data):
+        match = None  # `end_header` cut at MAX_HEADER_BYTES + 1, not at the end of the file
     if match is None:
         if len(head) > MAX_HEADER_BYTES:
             raise AssetError(f"`.ply` header has no `end_header` line in its first {MAX_HEADER_BYTES} bytes")
@@ -250,14 +309,24 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
             continue
         if words[0] == "format":
             if len(words) != 3 or words[1] not in _FORMATS or words[2] not in ("1.0", "1"):
-                raise AssetError(f"unsupported `.ply` format {' '.join(words[1:])!r} (header line {number})")
+                raise AssetError(
+                    f"unsupported `.ply` format {_clip(' '.join(words[1:]))!r} (header line {number})"
+                )
             fmt = words[1]
         elif words[0] == "element":
             if len(words) != 3 or not words[2].isdigit():
-                raise AssetError(f"`.ply` header line {number} is not `element <name> <count>`: {line!r}")
+                raise AssetError(
+                    f"`.ply` header line {number} is not `element <name> <count>`: {_clip(line)!r}"
+                )
+            count = _COUNT.fullmatch(words[2])
+            if count is None:
+                raise AssetError(
+                    f"`.ply` header line {number} declares element `{_clip(words[1])}` with a count of "
+                    f"{len(words[2].lstrip('0'))} digits; counts must be below 10^18"
+                )
             if any(name == words[1] for name, _, _ in elements):
-                raise AssetError(f"`.ply` header declares element `{words[1]}` twice")
-            elements.append((words[1], int(words[2]), []))
+                raise AssetError(f"`.ply` header declares element `{_clip(words[1])}` twice")
+            elements.append((words[1], int(count.group(1)), []))
         elif words[0] == "property":
             if not elements:
                 raise AssetError(f"`.ply` header line {number} declares a property before any element")
@@ -267,15 +336,19 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
             elif len(words) == 3:
                 types, prop = words[1:2], _Property(words[2], _TYPES.get(words[1]))
             else:
-                raise AssetError(f"`.ply` header line {number} is not a valid property: {line!r}")
+                raise AssetError(f"`.ply` header line {number} is not a valid property: {_clip(line)!r}")
             unknown = [t for t in types if t not in _TYPES]
             if unknown:
-                raise AssetError(f"`.ply` property `{prop.name}` has unknown type `{unknown[0]}`")
+                raise AssetError(
+                    f"`.ply` property `{_clip(prop.name)}` has unknown type `{_clip(unknown[0])}`"
+                )
             if any(p.name == prop.name for p in props):
-                raise AssetError(f"`.ply` element `{elements[-1][0]}` declares property `{prop.name}` twice")
+                raise AssetError(
+                    f"`.ply` element `{_clip(elements[-1][0])}` declares property `{_clip(prop.name)}` twice"
+                )
             props.append(prop)
         else:
-            raise AssetError(f"`.ply` header line {number} is not understood: {line!r}")
+            raise AssetError(f"`.ply` header line {number} is not understood: {_clip(line)!r}")
     if fmt is None:
         raise AssetError("`.ply` header has no `format` line")
     return fmt, [_Element(n, c, tuple(p)) for n, c, p in elements], match.end()
@@ -284,17 +357,22 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
 def _vertex_columns(
     data: bytes, fmt: str, elements: list[_Element], offset: int, max_gaussians: int
 ) -> tuple[int, dict[str, np.ndarray]]:
-    """The vertex element as (count, name -> ``[N]`` column of the file's dtype), all names kept."""
+    """The vertex element as (count, name -> ``[N]`` column), all names kept.
+
+    Binary columns are views into ``data`` of the file's dtype; ASCII columns are float32 views into
+    one ``[N, P]`` table.
+    """
     names = [e.name for e in elements]
     if "vertex" not in names:
-        raise AssetError(f"`.ply` has no `vertex` element (elements: {', '.join(names) or 'none'})")
+        listed = ", ".join(_clip(name, 40) for name in names[:8]) + (", ..." if len(names) > 8 else "")
+        raise AssetError(f"`.ply` has no `vertex` element (elements: {listed or 'none'})")
     index = names.index("vertex")
     vertex = elements[index]
     if vertex.count == 0 or vertex.count > max_gaussians:
         raise AssetError(
             f"`.ply` header declares {vertex.count} vertices; expected between 1 and {max_gaussians}"
         )
-    lists = [p.name for p in vertex.properties if p.code is None]
+    lists = [_clip(p.name, 40) for p in vertex.properties if p.code is None]
     if lists:
         raise AssetError(
             f"`.ply` vertex element has list properties, which are not supported: {', '.join(lists)}"
@@ -305,29 +383,14 @@ def _vertex_columns(
     if fmt == "ascii":
         # One element per line, so elements declared before `vertex` are skipped line by line.
         skip = sum(e.count for e in elements[:index])
-        lines = [line for line in data[offset:].split(b"\n") if line.strip()][skip : skip + n]
-        if len(lines) < n:
-            raise AssetError(
-                f"`.ply` header declares {n} vertices but the data holds only {len(lines)} (truncated?)"
-            )
-        tokens = b" ".join(lines).split()
-        width = len(vertex.properties)
-        if len(tokens) != n * width:
-            raise AssetError(
-                f"`.ply` ascii vertex data has {len(tokens)} values; "
-                f"expected {n} vertices x {width} properties"
-            )
-        try:
-            table = np.array(tokens, dtype=np.float64).reshape(n, width)
-        except ValueError as exc:
-            raise AssetError(f"`.ply` ascii vertex data has a value that is not a number: {exc}") from exc
+        table = _ascii_table(data, offset, skip, n, len(vertex.properties))
         return n, {p.name: table[:, i] for i, p in enumerate(vertex.properties)}
 
     order = _FORMATS[fmt]
     for element in elements[:index]:
         if any(p.code is None for p in element.properties):
             raise AssetError(
-                f"`.ply` element `{element.name}` comes before `vertex` and has list properties; "
+                f"`.ply` element `{_clip(element.name)}` comes before `vertex` and has list properties; "
                 "binary files with that layout are not supported"
             )
         offset += element.count * sum(np.dtype(p.code).itemsize for p in element.properties)
@@ -339,12 +402,86 @@ def _vertex_columns(
     return n, {name: table[name] for name in dtype.names}
 
 
+def _ascii_table(data: bytes, offset: int, skip: int, n: int, width: int) -> np.ndarray:
+    """``[n, width]`` float32: the values on the ``n`` non-blank lines after the first ``skip``.
+
+    The lines are located without copying, then parsed ``ASCII_CHUNK_BYTES`` at a time straight into
+    the table, so memory is the table plus one chunk's tokens. Values are parsed as float64 (Python's
+    ``float`` syntax) and then rounded to float32; one too large for float32 becomes inf.
+    """
+    # 1. The byte range of the vertex lines. A line holds at least one byte, so the search is bounded.
+    start = end = offset
+    seen = 0
+    lines = _ASCII_LINE.finditer(data, offset)
+    for seen, line in enumerate(itertools.islice(lines, min(skip + n, len(data))), start=1):
+        if seen == skip + 1:
+            start = line.start()
+        end = line.end()
+    if seen < skip + n:
+        raise AssetError(
+            f"`.ply` header declares {n} vertices but the data holds only {max(0, seen - skip)} (truncated?)"
+        )
+
+    # 2. Values need a byte and a separator each: too short a range is refused before allocating.
+    expected = n * width
+    if end - start < 2 * expected - 1:
+        _wrong_value_count(sum(len(chunk.split()) for chunk in _chunks(data, start, end)), n, width)
+    table = np.empty(expected, dtype=np.float32)
+    filled = 0
+    chunks = _chunks(data, start, end)
+    for chunk in chunks:
+        tokens = chunk.split()
+        if filled + len(tokens) > expected:
+            _wrong_value_count(filled + len(tokens) + sum(len(c.split()) for c in chunks), n, width)
+        try:
+            values = np.array(tokens, dtype=np.float64)
+        except ValueError as exc:
+            raise AssetError(
+                f"`.ply` ascii vertex data has a value that is not a number: {_clip(str(exc))}"
+            ) from exc
+        with np.errstate(over="ignore"):  # a double too large for float32 becomes inf, reported later
+            table[filled : filled + len(tokens)] = values
+        filled += len(tokens)
+    if filled != expected:
+        _wrong_value_count(filled, n, width)
+    return table.reshape(n, width)
+
+
+def _chunks(data: bytes, start: int, end: int) -> Iterator[bytes]:
+    """``data[start:end]`` in pieces of about ``ASCII_CHUNK_BYTES`` that end at whitespace."""
+    while start < end:
+        stop = min(end, start + ASCII_CHUNK_BYTES)
+        if stop < end:
+            space = _SPACE.search(data, stop, end)
+            stop = end if space is None else space.start()
+        yield data[start:stop]
+        start = stop
+
+
+def _wrong_value_count(count: int, n: int, width: int) -> NoReturn:
+    raise AssetError(
+        f"`.ply` ascii vertex data has {count} values; expected {n} vertices x {width} properties"
+    )
+
+
 def _check_properties(vertex: _Element) -> None:
-    names = {p.name for p in vertex.properties}
+    names = [p.name for p in vertex.properties]
+    odd = [name for name in names if not _PLAIN_NAME.fullmatch(name)]
+    if odd:
+        raise AssetError(
+            f"`.ply` vertex property {_clip(odd[0])!r} is not a plain name (letters, digits and `_`, "
+            "not starting with a digit), so it could not be written back"
+        )
+    odd = [name for name in names if _F_REST_LIKE.fullmatch(name) and name not in _F_REST]
+    if odd:
+        raise AssetError(
+            f"`.ply` property `{_clip(odd[0])}` is not an SH coefficient name: they are f_rest_0 to "
+            "f_rest_44, without leading zeros"
+        )
     missing = [name for name in _REQUIRED if name not in names]
     if missing:
         raise AssetError(f"`.ply` is missing required properties: {', '.join(missing)}")
-    rest = {int(m.group(1)) for m in map(_F_REST.fullmatch, names) if m}
+    rest = {_F_REST.index(name) for name in names if name in _F_REST}
     if len(rest) not in _F_REST_COUNTS:
         raise AssetError(
             f"`.ply` has {len(rest)} f_rest_* properties; expected 0, 9, 24 or 45 (SH degree 0 to 3)"
@@ -365,36 +502,61 @@ def _finite_float32(name: str, column: np.ndarray) -> np.ndarray:
     return out
 
 
+def _check_range(
+    names: Sequence[str], values: np.ndarray, high: float, rule: str, low: float | None = None
+) -> None:
+    """Raise ``AssetError`` naming the first of ``values`` (``[N, len(names)]``) outside [low, high].
+
+    ``low`` defaults to ``-high``.
+    """
+    rows, cols = np.nonzero((values < (-high if low is None else low)) | (values > high))
+    if rows.size:
+        raise AssetError(
+            f"`.ply` property `{names[cols[0]]}` is {values[rows[0], cols[0]]:g} at vertex {rows[0]} "
+            f"({rows.size} out-of-range values in all); {rule}"
+        )
+
+
 def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000) -> Gaussians:
     """Read a 3DGS `.ply` (INRIA or LGM layout, any property order) into ``Gaussians``.
 
     Args:
-        source: the file's bytes, or a path to it.
+        source: the file's bytes (or any bytes-like object), or a path to it.
         max_gaussians: a larger vertex count is rejected before anything is allocated.
 
     Returns:
-        ``Gaussians`` of owned, C-contiguous float32 arrays. Quaternions whose norm differs from 1 by
-        more than 1e-6 are normalised (in float64), so reading what ``write_ply`` wrote is
-        bit-identical. ``sh`` has K = 1 + (number of f_rest_*) / 3. Normals are dropped; every other
-        non-standard vertex property is kept in ``extra`` as ``[N]`` float32. Elements other than
-        ``vertex`` are ignored.
+        ``Gaussians`` of owned, C-contiguous float32 arrays that pass ``Gaussians.validate`` and the
+        renderers' checks. Quaternions whose norm differs from 1 by more than 1e-6 are normalised (in
+        float64), so reading what ``write_ply`` wrote is bit-identical. ``sh`` has
+        K = 1 + (number of f_rest_*) / 3. Normals are dropped; every other non-standard vertex
+        property is kept in ``extra`` as ``[N]`` float32 (any value; one too large for float32 becomes
+        inf). Elements other than ``vertex`` are ignored.
 
     Raises:
-        AssetError: the file is malformed (bad magic, format or header; no vertex element; missing
-            properties; f_rest count not 0/9/24/45; vertex count 0 or over ``max_gaussians``;
-            truncated data; NaN/inf in a standard property; a zero-length quaternion).
+        AssetError: for any input that is not such a file, and for nothing else: bad magic, format or
+            header (no ``end_header`` in the first ``MAX_HEADER_BYTES``, non-ASCII bytes, a count of
+            10^18 or more); no vertex element; missing properties, or names that are not plain
+            identifiers or not f_rest_0..44; f_rest count not 0/9/24/45; vertex count 0 or over
+            ``max_gaussians``; truncated data or a wrong number of ASCII values; NaN/inf in a standard
+            property; a coordinate beyond +-``MAX_POSITION``, a log scale over ``MAX_LOG_SCALE``, an
+            opacity logit beyond +-``MAX_OPACITY_LOGIT``; a zero-length quaternion; a path that is
+            not a regular file or cannot be read.
         NotFound: ``source`` is a path that does not exist.
+        TypeError: ``source`` is neither bytes-like nor a path.
     """
     if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
         try:
-            with open(source, "rb") as f:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO blocks, a device may never end
+                raise AssetError(f"`.ply` path {path!r} is not a regular file")
+            with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError as exc:
-            raise NotFound(f"no `.ply` file at {os.fspath(source)!r}") from exc
+            raise NotFound(f"no `.ply` file at {path!r}") from exc
         except OSError as exc:
-            raise AssetError(f"cannot read `.ply` file {os.fspath(source)!r}: {exc.strerror}") from exc
+            raise AssetError(f"cannot read `.ply` file {path!r}: {exc.strerror}") from exc
     else:
-        data = bytes(source)
+        data = source if isinstance(source, bytes) else bytes(memoryview(source))
     fmt, elements, offset = _parse_header(data)
     n, columns = _vertex_columns(data, fmt, elements, offset, max_gaussians)
 
@@ -404,12 +566,32 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
             out[:, i] = _finite_float32(name, columns[name])
         return out
 
-    k = _F_REST_COUNTS[sum(1 for name in columns if _F_REST.fullmatch(name))]
+    means = stack(["x", "y", "z"])
+    _check_range(
+        ["x", "y", "z"], means, MAX_POSITION, f"a position must lie within +-{MAX_POSITION:g} world units"
+    )
+    log_scales = stack(["scale_0", "scale_1", "scale_2"])
+    _check_range(
+        ["scale_0", "scale_1", "scale_2"],
+        log_scales,
+        MAX_LOG_SCALE,
+        f"a log scale must be at most {MAX_LOG_SCALE:g}, a Gaussian e^{MAX_LOG_SCALE:g} world units across",
+        low=-np.inf,
+    )
+    opacity = stack(["opacity"])
+    _check_range(
+        ["opacity"],
+        opacity,
+        MAX_OPACITY_LOGIT,
+        f"an opacity logit must lie within +-{MAX_OPACITY_LOGIT:g}, where the opacity is already 0 or 1",
+    )
+
+    k = _F_REST_COUNTS[sum(1 for name in columns if name in _F_REST)]
     sh = np.empty((n, k, 3), dtype=np.float32)
     sh[:, 0] = stack(["f_dc_0", "f_dc_1", "f_dc_2"])
     if k > 1:
         # Channel-major: f_rest_{c * (K-1) + j} is coefficient j+1 of channel c.
-        rest = stack([f"f_rest_{i}" for i in range(3 * (k - 1))])
+        rest = stack(_F_REST[: 3 * (k - 1)])
         sh[:, 1:] = rest.reshape(n, 3, k - 1).transpose(0, 2, 1)
 
     quats = stack(["rot_0", "rot_1", "rot_2", "rot_3"])
@@ -429,10 +611,10 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
             if not _is_standard_property(name):
                 extra[name] = column.astype(np.float32)
     return Gaussians(
-        means=stack(["x", "y", "z"]),
-        log_scales=stack(["scale_0", "scale_1", "scale_2"]),
+        means=means,
+        log_scales=log_scales,
         quats=quats,
-        opacity_logits=stack(["opacity"])[:, 0].copy(),
+        opacity_logits=opacity[:, 0].copy(),
         sh=sh,
         extra=extra,
     )

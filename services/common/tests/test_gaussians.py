@@ -315,6 +315,14 @@ def with_value(name: str, row: int, value: float) -> bytes:
             r"declares 1000000000000 vertices",
         ),
         (edit_header(b"element vertex 100", b"element vertex 0"), r"declares 0 vertices; expected between 1"),
+        (
+            edit_header(b"element vertex 100", b"element vertex " + b"9" * 4400),
+            r"element `vertex` with a count of 4400 digits; counts must be below 10\^18$",
+        ),
+        (
+            edit_header(b"element vertex 100", b"element face " + b"7" * 19 + b"\nelement vertex 100"),
+            r"element `face` with a count of 19 digits",
+        ),
         (VALID[:-30], r"declares 100 vertices but the data holds only 99 \(truncated\?\)"),
         (HEADER + b"end_header\n", r"declares 100 vertices but the data holds only 0 \(truncated\?\)"),
         (
@@ -327,6 +335,136 @@ def with_value(name: str, row: int, value: float) -> bytes:
 def test_malformed_files_raise_asset_error(data: bytes, match: str) -> None:
     with pytest.raises(AssetError, match=match):
         read_ply(data)
+
+
+def test_counts_may_have_leading_zeros() -> None:
+    assert len(read_ply(edit_header(b"element vertex 100", b"element vertex " + b"0" * 5000 + b"100"))) == 100
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        (
+            "scale_0",
+            100.0,
+            r"property `scale_0` is 100 at vertex 3 \(1 out-of-range values in all\); a log scale must be "
+            r"at most 10, a Gaussian e\^10 world units across$",
+        ),
+        ("scale_2", 10.001, r"property `scale_2` is 10.001 at vertex 3 .* at most 10"),
+        (
+            "opacity",
+            -710.0,
+            r"property `opacity` is -710 at vertex 3 \(1 out-of-range values in all\); an opacity logit must "
+            r"lie within \+-80",
+        ),
+        ("opacity", 80.5, r"property `opacity` is 80.5 at vertex 3"),
+        (
+            "z",
+            -3e38,
+            r"property `z` is -3e\+38 at vertex 3 .* a position must lie within \+-1e\+15 world units$",
+        ),
+        ("x", 1.0001e15, r"property `x` is 1.0001e\+15 at vertex 3"),
+    ],
+)
+def test_values_that_later_stages_refuse_are_refused(name: str, value: float, match: str) -> None:
+    """Finite values the renderers or framing would fail on are refused, naming property, vertex, value."""
+    with pytest.raises(AssetError, match=match):
+        read_ply(with_value(name, 3, value))
+
+
+def test_values_at_the_bounds_are_read() -> None:
+    from services.common.cameras import orbit_cameras
+    from services.common.rasterizer._common import check_arguments
+
+    cols = columns_of(random_gaussians(4, seed=3))
+    cols |= {"scale_0": np.array([10.0, -1e30, 0.0, 0.0]), "opacity": np.array([-80.0, 80.0, 0.0, 1.0])}
+    cols |= {"x": np.array([1e15, -1e15, 0.0, 0.0])}
+    g = read_ply(make_ply(cols, types={"scale_0": "double", "opacity": "double", "x": "double"}))
+    g.validate()
+    check_arguments(g, orbit_cameras([0.0], 8, 8), (0.0, 0.0, 0.0), 0)
+    assert np.isfinite(g.scales).all() and np.isfinite(g.opacities).all()
+
+
+def test_f_rest_names_must_be_exact() -> None:
+    cols = columns_of(random_gaussians(3, sh_degree=1))
+    with pytest.raises(AssetError, match=r"property `f_rest_08` is not an SH coefficient name: .* f_rest_44"):
+        read_ply(make_ply(cols | {"f_rest_08": np.zeros(3, np.float32)}))
+    cols = columns_of(random_gaussians(3, sh_degree=2))
+    cols = {("f_rest_020" if name == "f_rest_20" else name): value for name, value in cols.items()}
+    with pytest.raises(AssetError, match=r"property `f_rest_020` is not an SH coefficient name"):
+        read_ply(make_ply(cols))
+    cols = columns_of(random_gaussians(3)) | {"f_rest_" + "9" * 5000: np.zeros(3, np.float32)}
+    with pytest.raises(AssetError, match=r"property `f_rest_9{73}\.\.\. \(5007 characters\)` is not an SH"):
+        read_ply(make_ply(cols))
+
+
+def test_vertex_property_names_must_be_plain() -> None:
+    cols = columns_of(random_gaussians(3)) | {"x.y": np.zeros(3, np.float32)}
+    with pytest.raises(AssetError, match=r"vertex property 'x\.y' is not a plain name"):
+        read_ply(make_ply(cols))
+    # Other elements may use any name: they are skipped.
+    assert (
+        len(read_ply(edit_header(b"element vertex", b"element m 0\nproperty int a.b\nelement vertex"))) == 100
+    )
+
+
+def test_long_header_words_are_cut_in_messages() -> None:
+    with pytest.raises(AssetError) as info:
+        read_ply(edit_header(b"property float x", b"property " + b"h" * 50_000 + b" x"))
+    assert len(str(info.value)) < 300 and "(50000 characters)" in str(info.value)
+
+
+def test_bytes_like_sources() -> None:
+    assert_identical(read_ply(bytearray(VALID)), read_ply(VALID))
+    assert_identical(read_ply(memoryview(VALID)), read_ply(VALID))
+
+
+def test_path_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    with pytest.raises(AssetError, match=r"is not a regular file"):
+        read_ply(tmp_path)
+    if Path("/dev/zero").exists():  # would never end
+        with pytest.raises(AssetError, match=r"is not a regular file"):
+            read_ply("/dev/zero")
+
+
+def test_ascii_is_parsed_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.common.gaussians as gaussians
+
+    g = random_gaussians(40, sh_degree=2, seed=8)
+    text = make_ply(columns_of(g), fmt="ascii").replace(b"\n", b"\r\n").replace(b"\r\n1", b"\r\n\r\n \t1")
+    expected = read_ply(text)
+    assert_identical(expected, g)
+    for size in (1, 7, 100):
+        monkeypatch.setattr(gaussians, "ASCII_CHUNK_BYTES", size)
+        assert_identical(read_ply(text), expected)
+    width = len(columns_of(g))
+    with pytest.raises(AssetError, match=rf"has {40 * width - 1} values; expected 40 vertices x {width} "):
+        read_ply(text.rstrip().rsplit(b" ", 1)[0])
+
+
+def test_ascii_value_count_is_checked_before_allocating() -> None:
+    """500 properties x 50 vertices declared over 50 one-value lines: counted, not allocated."""
+    cols = columns_of(random_gaussians(50)) | {f"p{i}": np.zeros(50, np.float32) for i in range(486)}
+    head = make_ply(cols, fmt="ascii").split(b"end_header\n")[0]
+    with pytest.raises(AssetError, match=r"has 50 values; expected 50 vertices x 500 properties"):
+        read_ply(head + b"end_header\n" + b"0\n" * 50)
+
+
+def test_ascii_memory_is_about_the_result() -> None:
+    """Parsing ASCII takes the table, the result and one chunk, not ten times the file (was +27 MiB here)."""
+    import tracemalloc
+
+    g = random_gaussians(20_000, seed=6)
+    text = make_ply(columns_of(g), fmt="ascii")
+    tracemalloc.start()
+    try:
+        back = read_ply(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    result = sum(a.nbytes for a in (back.means, back.log_scales, back.quats, back.opacity_logits, back.sh))
+    assert peak < 4 * result + 8 * 2**20, (peak, result, len(text))
+    assert_identical(back, g)
 
 
 def test_f_rest_count_must_match_an_sh_degree() -> None:
