@@ -480,6 +480,26 @@ def list_models(repository: str, triton: str) -> int:
     return 0
 
 
+def error_details(exc: grpc.RpcError) -> list[str]:
+    """The rich error details of a failed call (``google.rpc.Status`` in its trailers), one line each:
+    the fields a BadRequest names, and how long RetryInfo says to wait."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    lines = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            lines += [f"field {violation.field}" for violation in request.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            lines.append(f"retry after {retry.retry_delay.ToTimedelta().total_seconds():g} s")
+    return lines
+
+
 # ----- credentials --------------------------------------------------------------------------------
 
 
@@ -662,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except grpc.RpcError as exc:
         print(f"tire: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        for line in error_details(exc):
+            print(f"  {line}", file=sys.stderr)
         return 2
     except (TireError, ConfigError) as exc:
         print(f"tire: {exc}", file=sys.stderr)

@@ -63,6 +63,9 @@ def test_submit_watch_get_list_and_describe_against_the_stack(stack, tmp_path, c
 def test_errors_come_back_as_status_lines(stack, capsys, tmp_path):
     assert main(["get", "job-000000000000", "--coordinator", stack[0]]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["submit", str(MONKEY), str(FRONT), "--resolution", "7", "--coordinator", stack[0]]) == 2
+    assert "INVALID_ARGUMENT: `spec.resolution`" in (err := capsys.readouterr().err)
+    assert "\n  field spec.resolution\n" in err  # from the BadRequest in the status details
     # A token of a principal the stack does not know, from `tire tokens new`.
     assert main(["tokens", "new", "mallory"]) == 0
     token, entry = capsys.readouterr().out.split()[:2]
