@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-from services.common.clients import dial
+from services.common.clients import dial, tls_credentials
 from services.common.errors import IntegrityError
 from services.common.store import BlobStore, addressed_sha256, content_sha256
 
@@ -93,11 +93,7 @@ def coordinator_stub(
         if credentials.token:
             channel = grpc.intercept_channel(channel, _Bearer(credentials.token))
     else:
-        roots, cert, key = (
-            Path(path).read_bytes() if path else None
-            for path in (credentials.ca_file, credentials.cert_file, credentials.key_file)
-        )
-        tls = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
+        tls = tls_credentials(credentials.ca_file, credentials.cert_file, credentials.key_file)
         if credentials.token:
             tls = grpc.composite_channel_credentials(
                 tls, grpc.access_token_call_credentials(credentials.token)

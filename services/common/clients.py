@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
+
+from services.common.errors import ConfigError
 
 MiB = 1024 * 1024
 
@@ -78,6 +81,22 @@ def dial(
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=options)
     return grpc.insecure_channel(target, options=options)
+
+
+def tls_credentials(ca_file: str = "", cert_file: str = "", key_file: str = "") -> grpc.ChannelCredentials:
+    """Client TLS trusting the PEM CA certificates of ``ca_file`` ("": the system's roots) and, for a
+    server that asks for one (mutual TLS), presenting ``cert_file`` and ``key_file``.
+
+    Raises:
+        ConfigError: a file cannot be read.
+    """
+    try:
+        roots, cert, key = (
+            Path(path).read_bytes() if path else None for path in (ca_file, cert_file, key_file)
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS file {exc.filename}: {exc.strerror}.") from None
+    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
 
 
 def wait_ready(channel: grpc.Channel, timeout_s: float, target: str = "the server") -> None:

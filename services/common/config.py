@@ -88,6 +88,13 @@ class ServerSettings:
                 raise ConfigError(f"ServerSettings.{name} {problem}, got {getattr(self, name)!r}.")
 
 
+def file_stamp(path: str) -> tuple[int, int, int]:
+    """What changes when a file is replaced or written: its inode, size and modification time (ns).
+    Files read again when they change (tokens, certificates) compare these. Raises OSError."""
+    status = os.stat(path)
+    return status.st_ino, status.st_size, status.st_mtime_ns
+
+
 def from_env(cls: type[T], prefix: str, environ: Mapping[str, str] = os.environ) -> T:
     """Build the dataclass ``cls`` from ``environ[prefix + FIELD_NAME.upper()]``.
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import queue
 import signal
 import threading
@@ -54,7 +53,7 @@ from prometheus_client.process_collector import ProcessCollector
 from tire.v1 import common_pb2
 
 from services.common.clients import KEEPALIVE_TIME_MS
-from services.common.config import ServerSettings, from_env
+from services.common.config import ServerSettings, file_stamp, from_env
 from services.common.errors import (
     ERROR_DOMAIN,
     CallerGone,
@@ -242,7 +241,7 @@ def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials:
     paths = [settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file]
 
     def stamp() -> tuple:
-        return tuple(_file_stamp(path) for path in paths if path)
+        return tuple(file_stamp(path) for path in paths if path)
 
     def load() -> grpc.ServerCertificateConfiguration:
         try:
@@ -272,11 +271,6 @@ def _tls_credentials(settings: ServerSettings) -> grpc.ServerCredentials:
     return grpc.dynamic_ssl_server_credentials(
         load(), fetch, require_client_authentication=bool(settings.tls_client_ca_file)
     )
-
-
-def _file_stamp(path: str) -> tuple[int, int, int]:
-    status = os.stat(path)
-    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 def describe(

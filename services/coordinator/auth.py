@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import secrets
 import threading
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from services.common.config import file_stamp
 from services.common.errors import ConfigError, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class TokenBook:
         self._from_file: dict[str, Caller] = {}
         if path:
             try:
-                self._seen = _identity(path)
+                self._seen = file_stamp(path)
                 with open(path, encoding="utf-8") as file:
                     self._from_file = parse_entries(file, path)
             except OSError as exc:
@@ -145,7 +145,7 @@ class TokenBook:
             return {}
         with self._lock:
             try:
-                seen: tuple[int, int, int] | None = _identity(self._path)
+                seen: tuple[int, int, int] | None = file_stamp(self._path)
             except OSError:
                 seen = None
             if seen != self._seen:
@@ -158,9 +158,3 @@ class TokenBook:
                     # Keep the entries read before: a half-written file must not lock everybody out.
                     log.error("tokens file %s unreadable, keeping the entries before: %s", self._path, exc)
             return self._from_file
-
-
-def _identity(path: str) -> tuple[int, int, int]:
-    """What changes when a file is replaced or written: its inode, size and modification time."""
-    status = os.stat(path)
-    return status.st_ino, status.st_size, status.st_mtime_ns

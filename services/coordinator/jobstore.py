@@ -51,6 +51,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -155,6 +156,18 @@ DROP INDEX IF EXISTS jobs_request_id;
 
 _JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, outputs, error, failure"
 _URI_FIELDS = frozenset({"uri", "uris", "preview_uris"})
+
+
+class Upload(NamedTuple):
+    """A principal's upload: the bytes announced, and where the presigned PUT writes them."""
+
+    sha256: str
+    size_bytes: int
+    staging_uri: str  # "" once verified and moved to its content-addressed key
+
+    @property
+    def verified(self) -> bool:
+        return not self.staging_uri
 
 
 class JobStore:
@@ -349,7 +362,8 @@ class JobStore:
         outputs: JobOutputs | None = None,
         failure: coordinator_pb2.StepFailure | None = None,
     ) -> tuple[Job, JobEvent]:
-        """Ends a job: a final ``state`` and its JobFinished event, committed together.
+        """Ends a job: a final ``state`` and its JobFinished event, committed together. A ``failure``
+        sets ``error`` to its sentence unless ``error`` is given.
 
         A coordinator killed between the two would otherwise leave a final job whose watchers never see
         the end, or a finished history on a job that is still RUNNING. Calling it again on a job already
@@ -365,6 +379,7 @@ class JobStore:
         """
         if state not in FINAL_STATES:
             raise InvalidArgument("state", state, "must be a final JobState (SUCCEEDED, FAILED or CANCELLED)")
+        error = error or (failure.message if failure else "")
         with self._write() as db:
             return self._finish(db, job_id, state, error, outputs, failure)
 
@@ -553,15 +568,14 @@ class JobStore:
                 (owner, uri, sha256, size_bytes, staging_uri, time.time_ns(), expires_ns),
             )
 
-    def upload(self, owner: str, uri: str) -> tuple[str, int, str] | None:
-        """``owner``'s upload of ``uri`` as (sha256, size_bytes, staging_uri), the staging URI "" once
-        verified; None if ``owner`` has none."""
+    def upload(self, owner: str, uri: str) -> Upload | None:
+        """``owner``'s upload of ``uri``; None if ``owner`` has none."""
         with self._lock:
             row = self._db.execute(
                 "SELECT sha256, size_bytes, staging_uri FROM uploads WHERE owner = ? AND uri = ?",
                 (owner, uri),
             ).fetchone()
-        return None if row is None else (row[0], int(row[1]), row[2])
+        return None if row is None else Upload(row[0], int(row[1]), row[2])
 
     def mark_uploaded(self, owner: str, uri: str, keep_until_ns: int) -> None:
         """``owner``'s upload of ``uri`` is verified and in place: no staging URI any more, kept (for

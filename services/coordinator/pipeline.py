@@ -144,12 +144,8 @@ class JobRunner:
                 log.error("job %s failed unexpectedly", job_id, exc_info=exc, extra={"job_id": job_id})
                 step = getattr(failure, "step", "job")
                 message = f"{step}: INTERNAL: see the coordinator's log"
-                return self._finish(
-                    job_id,
-                    JOB.JOB_STATE_FAILED,
-                    error=message,
-                    failure=JOB.StepFailure(step=step, code="INTERNAL", message=message),
-                )
+                failure = JOB.StepFailure(step=step, code="INTERNAL", message=message)
+                return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=failure)
             if failure.grpc_code in RETRIED_CODES:
                 delay = self._waits.get(job_id, 0.0) * 2 or self.retry.initial_wait_s
                 self._waits[job_id] = min(delay, self.retry.max_wait_s)
@@ -162,7 +158,7 @@ class JobRunner:
             structured = JOB.StepFailure(
                 step=getattr(failure, "step", "job"), code=failure.grpc_code.name, message=str(failure)
             )
-            return self._finish(job_id, JOB.JOB_STATE_FAILED, error=str(failure), failure=structured)
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=structured)
         return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs)
 
     def run_to_end(self, job_id: str) -> coordinator_pb2.Job:
@@ -177,12 +173,9 @@ class JobRunner:
         """Seconds until a waiting job should run again (0 for a job that is not waiting)."""
         return self._waits.get(job_id, 0.0)
 
-    def _finish(
-        self, job_id: str, state: int, *, error: str = "", outputs=None, failure=None
-    ) -> coordinator_pb2.Job:
+    def _finish(self, job_id: str, state: int, *, outputs=None, failure=None) -> coordinator_pb2.Job:
         self._waits.pop(job_id, None)
-        # The state and its event at once.
-        job, _ = self.jobs.finish(job_id, state, error=error, outputs=outputs, failure=failure)
+        job, _ = self.jobs.finish(job_id, state, outputs=outputs, failure=failure)  # state and event at once
         return job
 
 

@@ -61,10 +61,10 @@ from services.common.errors import (
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key
-from services.coordinator.auth import TokenBook
+from services.coordinator.auth import Caller, TokenBook
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobqueue import JobQueue
-from services.coordinator.jobstore import FINAL_STATES, JobStore
+from services.coordinator.jobstore import FINAL_STATES, JobStore, Upload
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
@@ -143,9 +143,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.stages = stages
 
     def _owner(self, context) -> str | None:
-        """Whose jobs the caller may see: its principal's, or (None) everybody's for an admin."""
-        caller = self.tokens.identify(context)
-        return None if caller.admin else caller.principal
+        """Whose jobs the caller may see (``scope``)."""
+        return scope(self.tokens.identify(context))
 
     def Describe(self, request, context):
         self.tokens.identify(context)
@@ -181,7 +180,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
                 )
             uri = self.store.uri_for(content_key(file.sha256, suffix))
             put_url = ""
-            if not self._holds(principal, uri):
+            if not self._holds(principal, uri, self.jobs.upload(principal, uri)):
                 # The bytes go to a staging key of the caller's, never to the object itself: SubmitJob
                 # checks them before anything reads them, and nothing already stored can be written over.
                 staging = f"{STAGING_PREFIX}/{principal}/{secrets.token_hex(16)}{suffix}"
@@ -271,7 +270,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def CancelJob(self, request, context):
         caller = self.tokens.identify(context)
-        job = self.jobs.request_cancel(_job_id(request.job_id), None if caller.admin else caller.principal)
+        job = self.jobs.request_cancel(_job_id(request.job_id), scope(caller))
         log.info(
             "job %s cancelled by %s",
             job.id,
@@ -288,7 +287,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def DeleteJob(self, request, context):
         caller, job_id = self.tokens.identify(context), _job_id(request.job_id)
-        released = self.jobs.delete(job_id, None if caller.admin else caller.principal)
+        released = self.jobs.delete(job_id, scope(caller))
         log.info(
             "job %s deleted by %s, %d objects released",
             job_id,
@@ -298,11 +297,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         )
         return coordinator_pb2.DeleteJobResponse(objects_released=released)
 
-    def _holds(self, principal: str, uri: str) -> bool:
-        """Whether ``principal`` may read ``uri`` without uploading it: its upload verified, or an
+    def _holds(self, principal: str, uri: str, upload: Upload | None) -> bool:
+        """Whether ``principal`` may read ``uri`` without uploading it: its ``upload`` verified, or an
         object of its jobs, and still in the store."""
-        upload = self.jobs.upload(principal, uri)
-        verified = upload is not None and not upload[2]
+        verified = upload is not None and upload.verified
         return (verified or self.jobs.produced_for(principal, uri)) and self.store.exists(uri)
 
     def _admit(self, principal: str, ref: common_pb2.ObjectRef, field: str) -> None:
@@ -314,20 +312,23 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             InvalidArgument: uploaded bytes that are not the ones announced, or nothing uploaded yet.
         """
         upload = self.jobs.upload(principal, ref.uri)
-        if self._holds(principal, ref.uri):
-            if upload is not None and not upload[2]:
+        if self._holds(principal, ref.uri, upload):
+            if upload is not None and upload.verified:
                 self.jobs.mark_uploaded(principal, ref.uri, self._keep_until())  # kept from its last use
             return
-        if upload is None or not upload[2]:
+        if upload is None or upload.verified:
             raise PermissionDenied(
                 f"`{field}.uri` {ref.uri} is neither a file you uploaded (CreateUpload) nor an object of "
                 "one of your jobs."
             )
-        sha256, size_bytes, staging = upload
         try:
             suffix = _suffix(ref.uri)
             self.store.promote(
-                staging, sha256, size_bytes, suffix=suffix, media_type=_MEDIA_TYPES.get(suffix, "")
+                upload.staging_uri,
+                upload.sha256,
+                upload.size_bytes,
+                suffix=suffix,
+                media_type=_MEDIA_TYPES.get(suffix, ""),
             )
         except ObjectNotFound:
             raise InvalidArgument(
@@ -345,6 +346,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         """Until when (Unix ns) a verified upload stays usable without a job naming it."""
         retention = self.settings.retention_s or 100 * 365 * 24 * 3600
         return time.time_ns() + retention * 10**9
+
+
+def scope(caller: Caller) -> str | None:
+    """Whose jobs ``caller`` may see and act on: its principal's, or (None) everybody's for an admin."""
+    return None if caller.admin else caller.principal
 
 
 def _job_id(job_id: str) -> str:

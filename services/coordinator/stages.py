@@ -20,15 +20,14 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from services.common.clients import dial
-from services.common.errors import ConfigError, TireError
+from services.common.clients import dial, tls_credentials
+from services.common.errors import TireError
 from services.common.registry import STAGES
 
 log = logging.getLogger(__name__)
@@ -87,21 +86,12 @@ def dial_stages(
 
 
 def stage_tls(ca_file: str, cert_file: str = "", key_file: str = "") -> grpc.ChannelCredentials | None:
-    """TLS to the stages: trusting the PEM CA certificates of ``ca_file`` and, for stages that ask for
-    one (mutual TLS), presenting ``cert_file`` and ``key_file``; None (plaintext) without ``ca_file``.
+    """TLS to the stages (``clients.tls_credentials``); None (plaintext) without ``ca_file``.
 
     Raises:
         ConfigError: a file cannot be read.
     """
-    if not ca_file:
-        return None
-    try:
-        roots, cert, key = (
-            Path(path).read_bytes() if path else None for path in (ca_file, cert_file, key_file)
-        )
-    except OSError as exc:
-        raise ConfigError(f"cannot read the stage TLS file {exc.filename}: {exc.strerror}.") from None
-    return grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=cert)
+    return tls_credentials(ca_file, cert_file, key_file) if ca_file else None
 
 
 @dataclass(frozen=True)
