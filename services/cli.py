@@ -46,6 +46,7 @@ from services.client import (
     Credentials,
     coordinator_stub,
     download,
+    error_details,
     remote_events,
     save_outputs,
     upload,
@@ -185,7 +186,7 @@ def run_embedded(args: argparse.Namespace) -> int:
     job = jobs.get(job.id)
     print(f"\nJob {STATES[job.state]} in {time.perf_counter() - start:.1f} s.")
     if job.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
-        print(f"error: {job.error or last.finished.error}", file=sys.stderr)
+        print_failure(job.error or last.finished.error, job.failure)
         return 1
     print_outputs(save_outputs(job, store, args.out), args.out)
     return 0
@@ -251,7 +252,7 @@ def watch(stub, job_id: str) -> int:
     event = follow(lambda after: next(stream))
     print(f"Job {job_id} {STATES[event.finished.state]}.")
     if event.finished.error:
-        print(f"error: {event.finished.error}", file=sys.stderr)
+        print_failure(event.finished.error, event.finished.failure)
     return 0 if event.finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED else 1
 
 
@@ -480,24 +481,22 @@ def list_models(repository: str, triton: str) -> int:
     return 0
 
 
-def error_details(exc: grpc.RpcError) -> list[str]:
-    """The rich error details of a failed call (``google.rpc.Status`` in its trailers), one line each:
-    the fields a BadRequest names, and how long RetryInfo says to wait."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
-    lines = []
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            request = error_details_pb2.BadRequest()
-            detail.Unpack(request)
-            lines += [f"field {violation.field}" for violation in request.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            lines.append(f"retry after {retry.retry_delay.ToTimedelta().total_seconds():g} s")
+def error_lines(exc: grpc.RpcError) -> list[str]:
+    """What a failed call's rich error details add to its status line: the fields a BadRequest names,
+    and how long RetryInfo says to wait."""
+    details = error_details(exc)
+    lines = [f"field {field}" for field, _ in details.field_violations]
+    if details.retry_after_s is not None:
+        lines.append(f"retry after {details.retry_after_s:g} s")
     return lines
+
+
+def print_failure(error: str, failure: coordinator_pb2.StepFailure) -> None:
+    """A failed job's error, then the fields its failure names (a step's fields are those of its stage
+    request)."""
+    print(f"error: {error}", file=sys.stderr)
+    for violation in failure.field_violations:
+        print(f"  field {violation.field}", file=sys.stderr)
 
 
 # ----- credentials --------------------------------------------------------------------------------
@@ -682,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     except grpc.RpcError as exc:
         print(f"tire: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        for line in error_details(exc):
+        for line in error_lines(exc):
             print(f"  {line}", file=sys.stderr)
         return 2
     except (TireError, ConfigError) as exc:

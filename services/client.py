@@ -6,6 +6,7 @@
     job = stub.SubmitJob(SubmitJobRequest(spec=JobSpec(asset=AssetRef(frames=asset), ...))).job
     for events in remote_events(stub, job.id): ...                          # WatchJob, reconnecting
     download(stub, finished_job, Path("out"))                               # presigned GETs
+    except grpc.RpcError as exc: error_details(exc).field_violations          # the rich error model
 
 Clients never hold store credentials: files go up and come down through URLs the coordinator signs.
 Every call carries the caller's bearer token; over TLS unless the coordinator is on this machine.
@@ -24,9 +25,21 @@ from pathlib import Path
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-from services.common.clients import dial, tls_credentials
+from services.common.clients import ErrorDetails, dial, error_details, tls_credentials
 from services.common.errors import IntegrityError
 from services.common.store import BlobStore, addressed_sha256, content_sha256
+
+__all__ = [
+    "LOCAL_TOKEN_FILE",
+    "Credentials",
+    "ErrorDetails",
+    "coordinator_stub",
+    "download",
+    "error_details",
+    "remote_events",
+    "save_outputs",
+    "upload",
+]
 
 LOCAL_TOKEN_FILE = Path("out/stack/token")
 """Where ``tire up`` (run from this folder, default ``--state``) writes its principal's token."""

@@ -1,8 +1,8 @@
 """An integrator's client in another language: `clients/node/scenario.mjs`, written from the protos alone
 (`@grpc/proto-loader` at run time, no generated code), drives one whole job against `tire up`: presigned
-PUTs, SubmitJob, WatchJob to the end, GetJob, presigned GETs checked against the job's sha256s; then
-health and reflection by hand-written protobuf, the rich error model's trailer decoded, and a second
-job cancelled while it runs.
+PUTs, SubmitJob, WatchJob to the end (cut once and resumed), GetJob, presigned GETs checked against the
+job's sha256s; then health and reflection by hand-written protobuf, the rich error model's trailer
+decoded, and a second job cancelled while it runs.
 
 Needs `node` (20 or later, for `fetch`) and `npm`; without them the test skips. `npm ci` runs only when
 `clients/node/node_modules` is missing or does not match `package-lock.json`, so a second run needs no
@@ -91,9 +91,14 @@ def test_a_node_client_runs_a_whole_job_through_the_public_api(node, tire_up, tm
             job = stub.GetJob(request, metadata=metadata, timeout=30).job
             request = coordinator_pb2.GetJobRequest(job_id=summary["cancel"]["job_id"])
             cancelled = stub.GetJob(request, metadata=metadata, timeout=30).job
+            request = coordinator_pb2.WatchJobRequest(job_id=summary["job_id"])
+            history = [response.event for response in stub.WatchJob(request, metadata=metadata, timeout=30)]
 
     assert summary["state"] == "JOB_STATE_SUCCEEDED" == coordinator_pb2.JobState.Name(job.state), transcript
     assert "finished JOB_STATE_SUCCEEDED" in done.stdout and summary["events"] > 0, transcript
+    # Cut mid-job and resumed, the watch still saw every event once.
+    assert summary["reconnects"] >= 1 and "cutting the stream after event 5" in done.stdout, transcript
+    assert summary["events"] == len(history) == history[-1].sequence, transcript
     (frame,) = job.outputs.repaired.frames
     repaired = out / "repaired.ply"
     assert repaired.read_bytes().startswith(b"ply\n")

@@ -451,6 +451,8 @@ def test_a_store_outage_mid_job_delays_it_but_changes_nothing(s3, stub, spec, em
     failures = [event.step_failed for event in events if event.HasField("step_failed")]
     waits = [event.waiting for event in events if event.HasField("waiting")]
     assert all(failure.code == "UNAVAILABLE" for failure in failures)
+    # The reason crossed the wire in the stage's rich error (or came from the coordinator's own reads).
+    assert {failure.reason for failure in failures} <= {"STORE_UNAVAILABLE"}
     if outage_s == 60:  # longer than a stage call's retries: the job waited, then went on
         assert waits and failures
     finished = [

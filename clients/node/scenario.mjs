@@ -14,7 +14,9 @@
 //      needs it to its presigned URL.
 //   3. SubmitJob: the monkey asset, its front reference, 64x64 views every 60 degrees.
 //   4. WatchJob to the finished event, one line per event, resuming with `after_sequence` when the
-//      stream breaks.
+//      stream breaks (the server cuts every connection at its max_connection_age, 5 minutes by
+//      default). The first stream is cut on purpose after CUT_WATCH_AFTER events to resume once for
+//      sure; no event may come twice or be skipped.
 //   5. GetJob, CreateDownload for the repaired frames and the report, GET each URL, refuse bytes whose
 //      sha256 is not the one the job's ObjectRef names, write them under the output folder.
 //   6. A bad request (SubmitJob with resolution 7) must fail with INVALID_ARGUMENT (3) and carry the
@@ -52,7 +54,8 @@ const PROTOS = path.resolve(HERE, "../../protos");
 const UNARY_DEADLINE_MS = 30_000;
 // Stream errors worth a reconnect: the server went away or the connection broke mid-stream.
 const RESUMABLE = new Set([grpc.status.UNAVAILABLE, grpc.status.INTERNAL, grpc.status.DEADLINE_EXCEEDED]);
-const MAX_RECONNECTS = 20;
+const MAX_RECONNECTS = 20; // in a row without an event
+const CUT_WATCH_AFTER = 5;
 
 class CheckFailed extends Error {}
 
@@ -321,13 +324,15 @@ function eventLine(event) {
 }
 
 /** Follow the job's events to its finished event; resume with `after_sequence` when the stream breaks. */
-async function watch(client, metadata, jobId, timeoutS, onEvent = null) {
+async function watch(client, metadata, jobId, timeoutS, onEvent = null, cutAfter = 0) {
   const giveUp = Date.now() + timeoutS * 1000;
   let after = "0";
   let reconnects = 0;
+  let fruitless = 0; // reconnects in a row that brought no event: only those are limited and backed off
   let count = 0;
   for (;;) {
     let finished = null;
+    const countBefore = count;
     try {
       finished = await new Promise((resolve, reject) => {
         const call = client.WatchJob({ job_id: jobId, after_sequence: after }, metadata, {
@@ -350,6 +355,11 @@ async function watch(client, metadata, jobId, timeoutS, onEvent = null) {
           console.log(`event ${event.sequence} ${eventLine(event)}`);
           if (event.kind === "finished") last = event.finished;
           onEvent?.(event);
+          if (count === cutAfter && !last) {
+            console.log(`watch: cutting the stream after event ${after} on purpose`);
+            resolve(null);
+            call.cancel();
+          }
         });
         call.on("error", reject);
         // A clean end: the job's last event came, or the server closed the stream early (resume).
@@ -357,7 +367,7 @@ async function watch(client, metadata, jobId, timeoutS, onEvent = null) {
       });
     } catch (error) {
       if (error instanceof CheckFailed) throw error;
-      if (!RESUMABLE.has(error.code) || Date.now() >= giveUp || reconnects >= MAX_RECONNECTS) {
+      if (!RESUMABLE.has(error.code) || Date.now() >= giveUp || fruitless >= MAX_RECONNECTS) {
         throw new CheckFailed(`WatchJob failed after ${reconnects} reconnects: ${describeError(error)}`);
       }
       console.log(`watch: stream broke (${describeError(error)}); resuming after sequence ${after}`);
@@ -365,7 +375,8 @@ async function watch(client, metadata, jobId, timeoutS, onEvent = null) {
     if (finished) return { finished, events: count, reconnects };
     if (Date.now() >= giveUp) throw new CheckFailed(`job ${jobId} did not finish within ${timeoutS} s`);
     reconnects += 1;
-    await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 250 * 2 ** Math.min(reconnects, 5))));
+    fruitless = count > countBefore ? 0 : fruitless + 1;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(5000, 100 * 2 ** Math.min(fruitless, 6))));
   }
 }
 
@@ -560,7 +571,9 @@ async function main() {
     const { job: submitted } = await unary(client, "SubmitJob", { spec }, metadata);
     console.log(`submitted ${submitted.id} (${submitted.state})`);
     // 4. Watch to the end.
-    const { finished, events, reconnects } = await watch(client, metadata, submitted.id, args.watchTimeoutS);
+    const { finished, events, reconnects } = await watch(
+      client, metadata, submitted.id, args.watchTimeoutS, null, CUT_WATCH_AFTER,
+    );
     // 5. Read the job and download its outputs.
     const { job } = await unary(client, "GetJob", { job_id: submitted.id }, metadata);
     if (job.state !== finished.state) {

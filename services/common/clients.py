@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
-from services.common.errors import ConfigError
+from services.common.errors import ConfigError, InvalidArgument, TireError
 
 MiB = 1024 * 1024
 
@@ -142,3 +145,49 @@ def wait_serving(target: str, timeout_s: float, *, alive: Callable[[], bool] = l
             time.sleep(0.25)
     finally:
         channel.close()
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """What a failed call's ``google.rpc.Status`` trailer (the rich error model) says beside its code.
+
+    Attributes:
+        reason: ErrorInfo's reason ("INVALID_FIELD", "STORE_UNAVAILABLE"...; "" when the call had none).
+        metadata: ErrorInfo's metadata.
+        field_violations: BadRequest's ``(field, description)`` pairs.
+        retry_after_s: RetryInfo's delay in seconds; None when the call carried no RetryInfo.
+    """
+
+    reason: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    field_violations: tuple[tuple[str, str], ...] = ()
+    retry_after_s: float | None = None
+
+
+def error_details(exc: BaseException) -> ErrorDetails:
+    """The rich error details of a failed call: read from a ``grpc.RpcError``'s trailers, or from one of
+    our own errors raised in process (as the server bootstrap would have sent them). Anything else, or a
+    call without the trailer, gives empty details."""
+    if isinstance(exc, TireError):
+        fields = ((exc.field, str(exc)),) if isinstance(exc, InvalidArgument) else ()
+        return ErrorDetails(exc.reason, dict(exc.metadata), fields, exc.retry_after_s)
+    try:
+        status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
+    except ValueError:  # a trailer that contradicts the call's own code or message
+        status = None
+    details = ErrorDetails()
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            details = replace(details, reason=info.reason, metadata=dict(info.metadata))
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            pairs = tuple((v.field, v.description) for v in request.field_violations)
+            details = replace(details, field_violations=details.field_violations + pairs)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            details = replace(details, retry_after_s=retry.retry_delay.ToTimedelta().total_seconds())
+    return details

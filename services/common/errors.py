@@ -210,13 +210,25 @@ class StepFailed(TireError):
 
     ``str(err)`` names the step, the stage's status and its reason: "ring1/inpaint/45: INVALID_ARGUMENT:
     ...". ``grpc_code`` is the stage's status (UNKNOWN when the step failed without one).
+
+    The cause's details travel with it: ``cause`` is the failed call's ErrorInfo reason ("INVALID_ASSET";
+    "" when it carried none) and ``field_violations`` its BadRequest's ``(field, description)`` pairs.
     """
 
     reason = "STEP_FAILED"
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        *,
+        cause: str = "",
+        field_violations: tuple[tuple[str, str], ...] = (),
+    ):
         super().__init__(message)
         self.grpc_code = code or grpc.StatusCode.UNKNOWN
+        self.cause = cause
+        self.field_violations = field_violations
 
 
 def _quote(value: Any, limit: int = 160) -> str:

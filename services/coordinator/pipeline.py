@@ -67,8 +67,7 @@ from services.coordinator.stages import (
     Stages,
     call_with_retry,
     stage_method,
-    status_code,
-    status_details,
+    step_failed,
 )
 from services.coordinator.steps import StepLog
 
@@ -142,23 +141,17 @@ class JobRunner:
             failure = steps.failed("job", 0, exc)
             if not isinstance(failure, TireError):  # a bug: fail the job, keep the coordinator
                 log.error("job %s failed unexpectedly", job_id, exc_info=exc, extra={"job_id": job_id})
-                step = getattr(failure, "step", "job")
-                message = f"{step}: INTERNAL: see the coordinator's log"
-                failure = JOB.StepFailure(step=step, code="INTERNAL", message=message)
-                return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=failure)
-            if failure.grpc_code in RETRIED_CODES:
+            elif failure.grpc_code in RETRIED_CODES:
                 delay = self._waits.get(job_id, 0.0) * 2 or self.retry.initial_wait_s
                 self._waits[job_id] = min(delay, self.retry.max_wait_s)
                 log.warning(
                     "job %s waits %.0f s: %s", job_id, self._waits[job_id], failure, extra={"job_id": job_id}
                 )
-                steps.waiting(getattr(failure, "step", "job"), self._waits[job_id])
+                steps.waiting(failure.step, self._waits[job_id])
                 return self.jobs.get(job_id)
-            log.warning("job %s failed: %s", job_id, failure, extra={"job_id": job_id})
-            structured = JOB.StepFailure(
-                step=getattr(failure, "step", "job"), code=failure.grpc_code.name, message=str(failure)
-            )
-            return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=structured)
+            else:
+                log.warning("job %s failed: %s", job_id, failure, extra={"job_id": job_id})
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=failure.structured)
         return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs)
 
     def run_to_end(self, job_id: str) -> coordinator_pb2.Job:
@@ -501,10 +494,7 @@ class _Run:
         except (JobCancelled, StepFailed):
             raise
         except (grpc.RpcError, TireError) as exc:
-            code = status_code(exc)
-            raise StepFailed(
-                f"{name}: {code.name if code else 'error'}: {status_details(exc)}", code
-            ) from exc
+            raise step_failed(name, exc) from exc
 
     def _render_request(
         self, *frames: common_pb2.ObjectRef, time_step: int = 0

@@ -26,8 +26,8 @@ import grpc
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from services.common.clients import dial, tls_credentials
-from services.common.errors import TireError
+from services.common.clients import dial, error_details, tls_credentials
+from services.common.errors import StepFailed, TireError
 from services.common.registry import STAGES
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,19 @@ def status_details(exc: BaseException) -> str:
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "details"):
         return exc.details() or ""
     return str(exc)
+
+
+def step_failed(step: str, exc: BaseException) -> StepFailed:
+    """A failed stage call (``grpc.RpcError``) or an error of ours, raised by the work of ``step``, as a
+    StepFailed: "<step>: <CODE>: <sentence>", with the error's reason and field violations."""
+    code = status_code(exc)
+    details = error_details(exc)
+    return StepFailed(
+        f"{step}: {code.name if code else 'error'}: {status_details(exc)}",
+        code,
+        cause=details.reason,
+        field_violations=details.field_violations,
+    )
 
 
 def call_with_retry(

@@ -22,6 +22,7 @@ from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import JobCancelled, StepFailed, TireError
 from services.coordinator.jobstore import JobStore
+from services.coordinator.stages import step_failed
 
 JOB = coordinator_pb2
 _RING_STEP = re.compile(r"ring(\d+)/")
@@ -97,21 +98,30 @@ class StepLog:
     def failed(self, name: str, time_step: int, exc: Exception) -> Exception:
         """The error to raise for step ``name`` failing with ``exc``, once its ``StepFailure`` event is
         sent: a ``StepFailed`` naming the step and the canonical code ("render: INVALID_ARGUMENT: ..."),
-        or ``exc`` itself when it is not one of ours (a bug: INTERNAL, its text left to the log)."""
-        if getattr(exc, "step_reported", False):
+        or ``exc`` itself when it is not one of ours (a bug: INTERNAL, its text left to the log). Either
+        way it gains ``step`` (the step's name) and ``structured`` (the event's ``StepFailure``)."""
+        if getattr(exc, "structured", None) is not None:
             return exc  # an inner step already reported it
         if isinstance(exc, StepFailed):
             failure = exc
+            structured = JOB.StepFailure(
+                code=exc.grpc_code.name,
+                message=str(exc),
+                reason=exc.cause or exc.grpc_code.name,
+                field_violations=[
+                    JOB.FieldViolation(field=field, description=description)
+                    for field, description in exc.field_violations
+                ],
+            )
         elif isinstance(exc, TireError):
-            failure = StepFailed(f"{name}: {exc.grpc_code.name}: {exc}", exc.grpc_code)
+            return self.failed(name, time_step, step_failed(name, exc))
         else:
             failure = exc
-        code = failure.grpc_code.name if isinstance(failure, TireError) else "INTERNAL"
-        message = (
-            str(failure) if isinstance(failure, TireError) else f"{name}: INTERNAL: see the coordinator's log"
-        )
-        self._event(step_failed=JOB.StepFailure(step=name, time_step=time_step, code=code, message=message))
-        failure.step_reported = True  # type: ignore[attr-defined]
+            message = f"{name}: INTERNAL: see the coordinator's log"
+            structured = JOB.StepFailure(code="INTERNAL", message=message, reason="INTERNAL")
+        structured.step, structured.time_step = name, time_step
+        self._event(step_failed=structured)
+        failure.structured = structured  # type: ignore[attr-defined]
         failure.step = name  # type: ignore[attr-defined]
         return failure
 

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2
 
 from services.client import Credentials, coordinator_stub
-from services.common import validation
+from services.common import clients, validation
 from services.common.clients import dial, service_config, wait_ready
 from services.common.config import ServerSettings, from_env
 from services.common.errors import (
@@ -342,6 +342,24 @@ def test_unavailable_says_when_to_retry(channel: grpc.Channel) -> None:
     assert details["ErrorInfo"].reason == "STORE_UNAVAILABLE"
     assert details["RetryInfo"].retry_delay.ToTimedelta().total_seconds() == StoreUnavailable.retry_after_s
     assert StoreUnavailable.retry_after_s == 1.0
+
+
+@pytest.mark.parametrize("request_", [b"bad-uri", b"missing", b"flaky"])
+def test_a_client_reads_a_remote_errors_details_as_those_of_the_error_raised_in_process(
+    channel: grpc.Channel, request_: bytes
+) -> None:
+    remote = clients.error_details(rpc_error(echo, channel, request_))
+    with pytest.raises(TireError) as raised:
+        EchoServicer().echo(request_, None)
+    assert remote == clients.error_details(raised.value)
+    assert remote.reason == raised.value.reason
+
+
+def test_a_call_that_reached_no_server_has_empty_details() -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{free_port()}") as nowhere:
+        err = rpc_error(echo, nowhere, b"hello")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert clients.error_details(err) == clients.ErrorDetails()
 
 
 @pytest.mark.parametrize("request_", list(HUGE_ERRORS))

@@ -293,6 +293,9 @@ def test_a_clients_mistake_fails_the_job_naming_the_step_and_code_not_internal(s
     assert "0x" not in job.error and "internal" not in job.error.lower()
     (failure,) = [e.step_failed for e in jobs.events(job_id) if e.HasField("step_failed")]
     assert (failure.step, failure.code, failure.message) == ("fit_subject", "INVALID_ARGUMENT", job.error)
+    assert failure.reason == "INVALID_FIELD"
+    assert [v.field for v in failure.field_violations] == ["spec.references[0]"]
+    assert job.error.endswith(failure.field_violations[0].description)
     assert job.failure == failure == jobs.events(job_id)[-1].finished.failure
 
 
@@ -307,7 +310,8 @@ def test_a_coordinator_bug_fails_the_job_as_internal_without_its_text(store, ser
     job = JobRunner(jobs, stages_of(servicers), store, FAST).run(submit(jobs, store))
     assert job.state == coordinator_pb2.JOB_STATE_FAILED
     assert job.error == "job: INTERNAL: see the coordinator's log"
-    assert (job.failure.step, job.failure.code) == ("job", "INTERNAL")
+    assert (job.failure.step, job.failure.code, job.failure.reason) == ("job", "INTERNAL", "INTERNAL")
+    assert not job.failure.field_violations
 
 
 def test_cancel_stops_a_running_job_before_its_next_step(store, servicers):

@@ -354,16 +354,28 @@ class JobEvent(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailure, _Mapping]] = ..., waiting: _Optional[_Union[Waiting, _Mapping]] = ...) -> None: ...
 
 class StepFailure(_message.Message):
-    __slots__ = ("step", "time_step", "code", "message")
+    __slots__ = ("step", "time_step", "code", "message", "reason", "field_violations")
     STEP_FIELD_NUMBER: _ClassVar[int]
     TIME_STEP_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FIELD_VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     step: str
     time_step: int
     code: str
     message: str
-    def __init__(self, step: _Optional[str] = ..., time_step: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    reason: str
+    field_violations: _containers.RepeatedCompositeFieldContainer[FieldViolation]
+    def __init__(self, step: _Optional[str] = ..., time_step: _Optional[int] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., reason: _Optional[str] = ..., field_violations: _Optional[_Iterable[_Union[FieldViolation, _Mapping]]] = ...) -> None: ...
+
+class FieldViolation(_message.Message):
+    __slots__ = ("field", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class Waiting(_message.Message):
     __slots__ = ("step", "retry_in_s")
