@@ -37,6 +37,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 	# tritonclient[grpc] declares protobuf < 7, which the generated stubs need (>= 7.35); its gRPC client
 	# runs on protobuf 7, so it goes in without its declared dependencies, which are listed here.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt tritonclient ml_dtypes python-rapidjson
+	# One tiny job compiles every numba kernel a job calls into the checkout's cache, so that the first
+	# `make run` and the first start of each service do not (services/common/kernel_cache.py).
+	$(VENV)/bin/tire run samples/monkey_lgm.ply samples/monkey_front.png --resolution 64 --orbit-step 60 \
+		-o out/compile-kernels >/dev/null
 	touch $@
 
 ## triton: tritonserver and the environment of its Python backend, under $(TRITON)

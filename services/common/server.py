@@ -30,6 +30,7 @@ import dataclasses
 import logging
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,8 +63,9 @@ from services.common.errors import (
     InvalidArgument,
     TireError,
 )
+from services.common.kernel_cache import seed_kernel_cache
 from services.common.logs import configure_logging
-from services.common.store import ObjectStore, StoreSettings
+from services.common.store import MemoryStore, ObjectStore, StoreSettings
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
@@ -389,6 +391,7 @@ def run_service(
     add_to_server: Callable[[Any, grpc.Server], None],
     warm_up: Callable[[Any], None],
     plaintext_allowed: Callable[[S], bool] = lambda settings: True,
+    argv: Sequence[str] | None = None,
 ) -> None:
     """The whole ``main`` of a service, from the environment to shutdown.
 
@@ -406,6 +409,9 @@ def run_service(
         warm_up: runs a tiny real call (JIT compilation, model load) before health says SERVING.
         plaintext_allowed: whether the settings let the service listen without TLS; when not, a missing
             ``{prefix}TLS_CERT_FILE`` is a ``ConfigError``.
+        argv: the command's arguments (default ``sys.argv[1:]``): none, or ``--warm-up-only`` to run
+            ``warm_up`` on an in-memory store and exit (an image's build compiles its kernels so; see
+            ``services.common.kernel_cache``, whose seed a serving process copies first).
 
     A servicer whose backend has ``ready()`` (models served by Triton) is NOT_SERVING whenever that says
     no, after warm-up too.
@@ -413,6 +419,15 @@ def run_service(
     settings = from_env(settings_type, prefix)
     server_settings = from_env(ServerSettings, prefix)
     configure_logging(name, server_settings.log_level)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments == ["--warm-up-only"]:  # an image's build: compile the kernels into numba's cache
+        warm_up(build(settings, MemoryStore()))
+        return
+    if arguments:
+        raise ConfigError(
+            f"{name} takes no arguments but --warm-up-only (settings are variables), got {arguments}."
+        )
+    seed_kernel_cache()
     if not server_settings.tls_cert_file and not plaintext_allowed(settings):
         raise ConfigError(
             f"{name} serves TLS only, and {prefix}TLS_CERT_FILE is not set: set it and "
