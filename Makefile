@@ -126,6 +126,7 @@ bench: $(INSTALLED) $(TRITON_SERVER)
 	$(PY) -m benchmarks.stages
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.stack
+	$(PY) -m benchmarks.cold_start
 	$(PY) -m benchmarks.triton
 
 ## bench-gpu: the GPU backends at real sizes (random weights): gsplat against the CPU renderer, and the

@@ -57,14 +57,6 @@ ENV HOME=/tmp \
     NUMBA_CACHE_DIR=/tmp/numba \
     TIRE_TRACKER_PORT=50051 \
     TIRE_TRACKER_METRICS_PORT=9090
-# numba's kernels compiled into the image by the stage's own warm-up (its CPU backend), for one CPU
-# level that every node has, and copied to NUMBA_CACHE_DIR at start: a new pod compiles nothing
-# (services/common/kernel_cache.py).
-ENV NUMBA_CPU_NAME=x86-64-v3 \
-    NUMBA_CPU_FEATURES= \
-    TIRE_NUMBA_CACHE_SEED=/opt/numba-cache
-RUN NUMBA_CACHE_DIR=/opt/numba-cache TIRE_TRACKER_BACKEND=geometric tire-tracker --warm-up-only \
-    && chmod -R a+rX /opt/numba-cache
 USER 65532:65532
 EXPOSE 50051 9090
 ENTRYPOINT ["tire-tracker"]

@@ -339,14 +339,18 @@ def warm_up(servicer: InpainterServicer, triton_wait_s: float = 600.0) -> None:
     same through it."""
     wait_for_models(servicer.backend, triton_wait_s)
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(1, 16, 16, 3), dtype=np.uint8)
+    images = np.clip(rng.normal((200, 60, 40), 12, size=(1, 16, 16, 3)), 0, 255).astype(np.uint8)  # a red
     masks = np.ones((1, 16, 16), dtype=np.float32)
     config = FitConfig(steps=2, clusters=2, rank=1, resolution=64)
     subject = servicer.backend.fit_subject(images, masks, config, lambda *_: None)
     alpha = np.ones((1, 16, 16), dtype=np.float32)
     alpha[0, 6:9, 6:9] = 0.0
+    # The subject's colours inverted (a cyan), in the left half: a region that drifted from the subject,
+    # which the colour backend moves (its kernels run; a view that fits the subject would move nothing).
+    unobserved = np.zeros((1, 16, 16), dtype=bool)
+    unobserved[:, :, :8] = True
     servicer.backend.inpaint(
-        images, masks > 0.5, alpha, subject, servicer.backend.default_strength, 0, num_inference_steps=2
+        255 - images, unobserved, alpha, subject, servicer.backend.default_strength, 0, num_inference_steps=2
     )
 
 
