@@ -126,6 +126,8 @@ bench: $(INSTALLED) $(TRITON_SERVER)
 	$(PY) -m benchmarks.stages
 	$(PY) -m benchmarks.quality
 	$(PY) -m benchmarks.stack
+	$(PY) -m benchmarks.scaling
+	$(PY) -m benchmarks.fanout
 	$(PY) -m benchmarks.cold_start
 	$(PY) -m benchmarks.triton
 

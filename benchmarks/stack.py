@@ -17,8 +17,10 @@ the modes take turns, one job each per repeat, so that drift on a shared machine
 Repeat r uses seed r in both modes: the inpainted views, and so every object after them, are new in
 each repeat rather than already in the store. The table gives the median; a second table splits the
 time by step (a step's seconds as its StepFinished event reports them, summed over the step's calls;
-the inpaint calls of a ring overlap, so their sum exceeds their share of the wall time). Goal
-(issue 4): the stack within 10% of embedded mode.
+the inpaint calls of a ring overlap, so their sum exceeds their share of the wall time); a third gives
+each process's CPU seconds per job and its peak resident memory since it started (``VmHWM``; in
+embedded mode the benchmark's own process, which also holds the stack's client). Goal (issue 4): the
+stack within 10% of embedded mode.
 """
 
 from __future__ import annotations
@@ -67,6 +69,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_mib(pid: int) -> float:
+    """The most resident memory a process has held since it started, MiB (``VmHWM``; 0 where unreadable)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return 0.0
+
+
 def children(pid: int) -> list[int]:
     """Ids of the processes whose parent is ``pid``."""
     found = []
@@ -107,11 +121,13 @@ def step_seconds(events: list[coordinator_pb2.JobEvent]) -> dict[str, float]:
 
 @dataclass
 class Run:
-    """One timed job: wall seconds, its events, and CPU seconds by process over the job."""
+    """One timed job: wall seconds, its events, CPU seconds by process over the job, and each process's
+    peak memory so far (MiB)."""
 
     seconds: float
     events: list[coordinator_pb2.JobEvent]
     cpu: dict[str, float]
+    peak: dict[str, float]
 
 
 class Embedded:
@@ -139,7 +155,8 @@ class Embedded:
             cpu = cpu_seconds(os.getpid()) - cpu
             if job.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
                 raise SystemExit(f"benchmarks.stack: the embedded job failed: {job.error}")
-            return Run(seconds, jobs.events(job.id, limit=100_000), {"this process": cpu})
+            events = jobs.events(job.id, limit=100_000)
+            return Run(seconds, events, {"this process": cpu}, {"this process": peak_mib(os.getpid())})
 
 
 # ----- the local stack ---------------------------------------------------------------------------
@@ -186,7 +203,7 @@ class Stack:
         if not events or events[-1].finished.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
             error = events[-1].finished.error if events else "no events"
             raise SystemExit(f"benchmarks.stack: the stack's job failed: {error}")
-        return Run(seconds, events, cpu)
+        return Run(seconds, events, cpu, {name: peak_mib(pid) for name, pid in self.pids.items()})
 
 
 # ----- main --------------------------------------------------------------------------------------
@@ -234,14 +251,14 @@ def main(argv: list[str] | None = None) -> None:
         b = statistics.median(s[group] for s in steps["stack"])
         print(f"| {group} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
 
-    print("\n| mode | process | CPU seconds per job (median) |")
-    print("|---|---|---:|")
+    print("\n| mode | process | CPU seconds per job (median) | peak memory, MiB |")
+    print("|---|---|---:|---:|")
     for name, mode_runs in runs.items():
         for process in mode_runs[0].cpu:
             cpu = statistics.median(run.cpu[process] for run in mode_runs)
-            print(f"| {name} | {process} | {cpu:.2f} |")
+            print(f"| {name} | {process} | {cpu:.2f} | {mode_runs[-1].peak[process]:.0f} |")
         total = statistics.median(sum(run.cpu.values()) for run in mode_runs)
-        print(f"| {name} | **all** | **{total:.2f}** |")
+        print(f"| {name} | **all** | **{total:.2f}** | {sum(mode_runs[-1].peak.values()):.0f} |")
 
 
 if __name__ == "__main__":
