@@ -203,7 +203,9 @@ class Stack:
         if not events or events[-1].finished.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
             error = events[-1].finished.error if events else "no events"
             raise SystemExit(f"benchmarks.stack: the stack's job failed: {error}")
-        return Run(seconds, events, cpu, {name: peak_mib(pid) for name, pid in self.pids.items()})
+        # The client is this process, whose peak is embedded mode's: not the stack's.
+        peak = {name: peak_mib(pid) for name, pid in self.pids.items() if pid != os.getpid()}
+        return Run(seconds, events, cpu, peak)
 
 
 # ----- main --------------------------------------------------------------------------------------
@@ -256,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, mode_runs in runs.items():
         for process in mode_runs[0].cpu:
             cpu = statistics.median(run.cpu[process] for run in mode_runs)
-            print(f"| {name} | {process} | {cpu:.2f} | {mode_runs[-1].peak[process]:.0f} |")
+            peak = mode_runs[-1].peak.get(process)
+            print(f"| {name} | {process} | {cpu:.2f} | {'-' if peak is None else f'{peak:.0f}'} |")
         total = statistics.median(sum(run.cpu.values()) for run in mode_runs)
         print(f"| {name} | **all** | **{total:.2f}** | {sum(mode_runs[-1].peak.values()):.0f} |")
 
