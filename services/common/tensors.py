@@ -138,10 +138,17 @@ def get_tensor(
     return array
 
 
-def png_bytes(image: np.ndarray) -> bytes:
+PREVIEW_COMPRESS_LEVEL = 1
+"""zlib level of preview PNGs. A job writes about 180 of them; at 256 x 256, level 1 encodes a view in
+4.2 ms against 9.3 ms at level 6 for 9% more bytes (38 against 35 KiB), half of a CPU second per job."""
+
+
+def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
     """Encode ``image`` as PNG: ``[H, W]`` grey, ``[H, W, 3]`` RGB or ``[H, W, 4]`` RGBA, uint8.
 
-    The bytes depend only on the pixels (no timestamps or metadata), so equal images share a key.
+    The bytes depend only on the pixels and ``compress_level`` (zlib's 0-9; no timestamps or metadata),
+    so equal images share a key. Pictures a person downloads keep the default; previews use
+    ``PREVIEW_COMPRESS_LEVEL``.
     """
     image = np.asarray(image)
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
@@ -149,7 +156,7 @@ def png_bytes(image: np.ndarray) -> bytes:
             f"a PNG needs [H, W], [H, W, 3] or [H, W, 4] uint8, got {list(image.shape)} {image.dtype}"
         )
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=6)
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
@@ -236,7 +243,7 @@ def _preview_pngs(array: np.ndarray) -> list[bytes]:
             "previews need an image [V, H, W, 3] uint8 or a mask [V, H, W], "
             f"got {list(array.shape)} {array.dtype}"
         )
-    return [png_bytes(view) for view in views]
+    return [png_bytes(view, PREVIEW_COMPRESS_LEVEL) for view in views]
 
 
 def _dtype_name(proto: int) -> str:

@@ -56,7 +56,7 @@ from services.common.gaussians import frames_correspond, read_ply
 from services.common.pictures import mask_overlay
 from services.common.registry import STAGES
 from services.common.store import BlobStore
-from services.common.tensors import get_tensor, png_bytes, put_tensor, read_png
+from services.common.tensors import PREVIEW_COMPRESS_LEVEL, get_tensor, png_bytes, put_tensor, read_png
 from services.coordinator import schedule
 from services.coordinator.appearance import carry_repairs
 from services.coordinator.jobstore import FINAL_STATES, JobStore
@@ -401,7 +401,8 @@ class _Run:
         overlays = mask_overlay(np.stack([target.image for target in targets]), masks)
         unobserved = put_tensor(self.store, masks)
         unobserved.preview_uris.extend(
-            self.store.put_bytes(png_bytes(o), suffix=".png", media_type=PNG).uri for o in overlays
+            self.store.put_bytes(png_bytes(o, PREVIEW_COMPRESS_LEVEL), suffix=".png", media_type=PNG).uri
+            for o in overlays
         )
         return JOB.RingOutput(
             ring=ring.number,
