@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import io
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import safetensors
@@ -136,6 +139,41 @@ def get_tensor(
                 field, f"{bad} NaN/inf of {array.size} values", "must hold only finite values"
             )
     return array
+
+
+class TensorCache:
+    """Tensors read before, kept by content: a reference to the same bytes (uri and sha256) read with the
+    same checks gives a copy of the array without reading the store again. For a stage that gets the
+    same tensors in call after call (the tracker: an orbit's views for each sweep of a ring).
+
+    A reference's bytes are verified against its sha256 when first read, so the copy is what the store
+    holds. Least recently used out first, within ``max_bytes``; thread-safe.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._arrays: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get_tensor(self, store: BlobStore, ref: common_pb2.TensorRef, **checks: Any) -> np.ndarray:
+        """``get_tensor(store, ref, **checks)``, from memory when it was read so before."""
+        key = (ref.uri, ref.sha256, ref.dtype, tuple(ref.shape), tuple(sorted(checks.items())))
+        with self._lock:
+            kept = self._arrays.get(key)
+            if kept is not None:
+                self._arrays.move_to_end(key)
+                return kept.copy()
+        array = get_tensor(store, ref, **checks)
+        if array.nbytes <= self.max_bytes:
+            with self._lock:
+                if key not in self._arrays:
+                    self._arrays[key] = array.copy()
+                    self._bytes += array.nbytes
+                while self._bytes > self.max_bytes:
+                    _, dropped = self._arrays.popitem(last=False)
+                    self._bytes -= dropped.nbytes
+        return array
 
 
 PREVIEW_COMPRESS_LEVEL = 1

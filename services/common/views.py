@@ -17,7 +17,7 @@ from services.common import validation
 from services.common.cameras import Cameras, cameras_from_proto, cameras_to_proto
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.store import BlobStore
-from services.common.tensors import get_tensor, put_tensor
+from services.common.tensors import TensorCache, get_tensor, put_tensor
 
 COMPONENTS = ("rgb", "alpha", "depth")
 
@@ -99,8 +99,9 @@ def read_views(
     require: Collection[str] = COMPONENTS,
     max_views: int = 256,
     max_pixels: int = 2**26,
+    cache: TensorCache | None = None,
 ) -> Views:
-    """Validate a ``ViewSet`` and read its tensors from the store.
+    """Validate a ``ViewSet`` and read its tensors from the store (through ``cache`` when given).
 
     The cameras fix V, H and W; every present tensor must match them. Components in ``require`` must
     be present; others are read when present and left None when absent.
@@ -137,7 +138,8 @@ def read_views(
             arrays[name] = None
             continue
         dtype, shape = expected[name]
-        arrays[name] = get_tensor(store, ref, field=f"{field}.{name}", dtype=dtype, shape=shape, finite=True)
+        read = cache.get_tensor if cache is not None else get_tensor
+        arrays[name] = read(store, ref, field=f"{field}.{name}", dtype=dtype, shape=shape, finite=True)
     alpha, depth = arrays["alpha"], arrays["depth"]
     if alpha is not None and (alpha.min(initial=0.0) < 0.0 or alpha.max(initial=0.0) > 1.0):
         raise InvalidArgument(

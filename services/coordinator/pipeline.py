@@ -260,9 +260,10 @@ class _Run:
     ) -> coordinator_pb2.RingOutput:
         """2b. Ring ``ring`` of time step ``t``: its targets repainted in ``orbit``; returns its record."""
         k = ring.number
-        # Where each target's pixels land in the anchors, per side, both sides at once.
+        # Where each target's pixels land in the anchors, per side, both sides at once, in one view set.
+        views = orbit.current(self.store)
         located = self._fan_out(
-            lambda sweep: self._locate(f"ring{k}/locate/{self._side(sweep)}", orbit, sweep, t), ring.sweeps
+            lambda sweep: self._locate(f"ring{k}/locate/{self._side(sweep)}", views, sweep, t), ring.sweeps
         )
         # Observed pixels take the change their anchor went through (``carry_repairs``): a pixel whose
         # anchor needed no repair keeps its own colour, unblurred. The rest is each target's mask.
@@ -361,12 +362,14 @@ class _Run:
         return "+" if self.plan.signed(sweep.targets[0]) > 0 else "-"
 
     def _locate(
-        self, name: str, orbit: _Orbit, sweep: schedule.Sweep, t: int
+        self, name: str, views: common_pb2.ViewSet, sweep: schedule.Sweep, t: int
     ) -> tracker_pb2.LocateUnobservedResponse:
-        """The step ``name``: LocateUnobserved over the orbit video ``sweep.video`` (orbit indices)."""
+        """The step ``name``: LocateUnobserved over the orbit video ``sweep.video`` (orbit indices) of
+        ``views``, the whole orbit (the tracker reads it once for all of a ring's sweeps)."""
         position = {view: i for i, view in enumerate(sweep.video)}
         request = tracker_pb2.LocateUnobservedRequest(
-            views=orbit.subset(self.store, sweep.video),
+            views=views,
+            video=sweep.video,
             target_indices=[position[i] for i in sweep.targets],
             anchor_indices=[position[i] for i in sweep.anchors],
         )
@@ -607,6 +610,7 @@ class _Orbit:
         self.alpha = alpha
         self.depth = depth
         self.unobserved = np.zeros(alpha.shape, dtype=bool)
+        self._rgb: common_pb2.TensorRef | None = rendered.rgb  # ``rgb`` in the store, None once stale
 
     @classmethod
     def load(cls, store: BlobStore, rendered: common_pb2.ViewSet) -> _Orbit:
@@ -621,6 +625,7 @@ class _Orbit:
         """View ``view`` is now ``rgb`` (``[H, W, 3]`` uint8); ``unobserved`` (``[H, W]``) was inpainted."""
         self.rgb[view] = rgb
         self.unobserved[view] |= unobserved.astype(bool)
+        self._rgb = None
 
     def refine_mask(self) -> np.ndarray:
         """``[V, H, W]`` float32 in {0, 1}: what the rings repainted and ``REFINE_MARGIN`` around it,
@@ -641,18 +646,9 @@ class _Orbit:
             background_rgb=rendered.background_rgb,
         )
 
-    def subset(self, store: BlobStore, order: Sequence[int]) -> common_pb2.ViewSet:
-        """The views ``order`` (orbit indices), in that order, with their current colours."""
-        index = list(order)
-        cameras = common_pb2.CameraSet(
-            width=self.rendered.cameras.width,
-            height=self.rendered.cameras.height,
-            cameras=[self.rendered.cameras.cameras[i] for i in index],
-        )
-        return common_pb2.ViewSet(
-            rgb=put_tensor(store, self.rgb[index]),
-            alpha=put_tensor(store, self.alpha[index]),
-            depth=put_tensor(store, self.depth[index]),
-            cameras=cameras,
-            background_rgb=self.rendered.background_rgb,
-        )
+    def current(self, store: BlobStore) -> common_pb2.ViewSet:
+        """Every view with its current colours: the render's own references until a view is repainted,
+        then the colours written once, until the next repaint."""
+        if self._rgb is None:
+            self._rgb = put_tensor(store, self.rgb)
+        return self.viewset(self._rgb)

@@ -37,7 +37,7 @@ from tire.v1 import tracker_pb2, tracker_pb2_grpc
 from services.common.errors import ConfigError, InvalidArgument, ResourceExhausted
 from services.common.server import describe, models_at, run_service, wait_for_models
 from services.common.store import BlobStore
-from services.common.tensors import get_tensor, put_tensor
+from services.common.tensors import TensorCache, get_tensor, put_tensor
 from services.common.views import Views, read_views
 from services.tracker.backends import make_backend
 from services.tracker.contract import BACKENDS, LocateOptions, TrackerBackend
@@ -61,6 +61,7 @@ class TrackerSettings:
     points_per_call: int = 8192
     triton_url: str = ""
     triton_version: str = ""
+    view_cache_mib: int = 256  # tensors of recent views kept by sha256 (a job's sweeps share an orbit's)
 
     def __post_init__(self) -> None:
         checks = [
@@ -71,6 +72,7 @@ class TrackerSettings:
             (0 < self.track_depth_tolerance <= 1, "track_depth_tolerance", "must be in (0, 1]"),
             (self.query_stride >= 1, "query_stride", "must be at least 1"),
             (self.points_per_call >= 1, "points_per_call", "must be at least 1"),
+            (self.view_cache_mib >= 0, "view_cache_mib", "must not be negative"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -84,6 +86,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
         self.backend = backend
         self.store = store
         self.settings = settings
+        self._view_cache = TensorCache(settings.view_cache_mib * 2**20)
 
     def Describe(self, request, context):
         backend = self.backend
@@ -104,6 +107,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
 
     def LocateUnobserved(self, request, context):
         views = self._views(request, "views")
+        if request.video:
+            views = views.select(self._indices(request.video, "video", len(views)))
         targets = self._indices(request.target_indices, "target_indices", len(views))
         anchors = self._indices(request.anchor_indices, "anchor_indices", len(views))
         for j, a in enumerate(anchors):
@@ -131,6 +136,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServiceServicer):
             require=("rgb", "alpha", "depth"),
             max_views=self.settings.max_views,
             max_pixels=self.settings.max_pixels,
+            cache=self._view_cache,
         )
 
     def _queries(self, ref, frames: Views) -> np.ndarray:

@@ -14,6 +14,7 @@ from tire.v1 import common_pb2
 from services.common.errors import IntegrityError, InvalidArgument, ObjectNotFound, ObjectTooLarge
 from services.common.store import MemoryStore
 from services.common.tensors import (
+    TensorCache,
     get_tensor,
     png_bytes,
     put_tensor,
@@ -285,3 +286,48 @@ def test_bad_png_input():
         png_bytes(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         png_bytes(np.zeros((4, 4, 2), np.uint8))
+
+
+class CountingStore(MemoryStore):
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def get_bytes(self, uri, **kwargs):
+        self.reads += 1
+        return super().get_bytes(uri, **kwargs)
+
+
+def test_a_tensor_cache_reads_each_content_once_and_hands_out_copies():
+    store = CountingStore()
+    ref = put_tensor(store, np.arange(12, dtype=np.float32).reshape(3, 4))
+    cache = TensorCache(max_bytes=1024)
+    first = cache.get_tensor(store, ref, field="x", shape=(3, 4), finite=True)
+    first[0, 0] = -1.0  # the caller's copy; the cache keeps its own
+    second = cache.get_tensor(store, ref, field="x", shape=(3, 4), finite=True)
+    assert store.reads == 1 and second[0, 0] == 0.0
+    np.testing.assert_array_equal(second[1:], np.arange(4, 12, dtype=np.float32).reshape(2, 4))
+    # Other checks are another read: the cache never skips a check it has not made.
+    cache.get_tensor(store, ref, field="x", dtype=np.float32)
+    assert store.reads == 2
+
+
+def test_a_tensor_cache_drops_the_least_recently_used_beyond_its_budget():
+    store = CountingStore()
+    refs = [put_tensor(store, np.full(64, i, dtype=np.uint8)) for i in range(3)]
+    cache = TensorCache(max_bytes=128)  # two of them
+    for ref in refs[:2]:
+        cache.get_tensor(store, ref)
+    cache.get_tensor(store, refs[0])  # refs[0] is now the most recent
+    cache.get_tensor(store, refs[2])  # drops refs[1]
+    store.reads = 0
+    cache.get_tensor(store, refs[0])
+    cache.get_tensor(store, refs[2])
+    assert store.reads == 0
+    cache.get_tensor(store, refs[1])
+    assert store.reads == 1
+    # A tensor larger than the whole budget is read, never kept.
+    big = put_tensor(store, np.zeros(256, dtype=np.uint8))
+    cache.get_tensor(store, big)
+    cache.get_tensor(store, big)
+    assert store.reads == 3

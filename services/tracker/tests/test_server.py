@@ -247,3 +247,48 @@ def test_missing_objects_are_not_found(servicer, store, view_set):
     queries.uri = queries.uri.replace("sha256/", "sha256/00")
     with pytest.raises(ObjectNotFound):
         servicer.Track(tracker_pb2.TrackRequest(frames=view_set, queries=queries), None)
+
+
+class CountingStore(MemoryStore):
+    """Counts the objects read."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def get_bytes(self, uri, **kwargs):
+        self.reads += 1
+        return super().get_bytes(uri, **kwargs)
+
+
+def test_a_video_taken_from_the_views_locates_as_the_same_views_sent_alone(views):
+    store = CountingStore()
+    servicer = TrackerServicer(GeometricBackend(), store, TrackerSettings(max_views=4))
+    whole = write_views(store, views)
+    # The video 2, 0, 3 of the four views: anchors first, targets after, as the coordinator sends a sweep.
+    alone = servicer.LocateUnobserved(
+        locate_request(write_views(store, views.select([2, 0, 3])), targets=(2,), anchors=(0, 1)), None
+    )
+    store.reads = 0
+    taken = locate_request(whole, targets=(2,), anchors=(0, 1))
+    taken.video[:] = [2, 0, 3]
+    reply = servicer.LocateUnobserved(taken, None)
+    for name in ("unobserved", "anchor_index", "anchor_xy", "transferred_rgb"):
+        assert getattr(reply, name).sha256 == getattr(alone, name).sha256, name
+    assert store.reads == 3  # rgb, alpha and depth of the whole set, once
+    # Another video of the same views (the other side of a ring) reads nothing again.
+    other = locate_request(whole, targets=(1,), anchors=(0,))
+    other.video[:] = [0, 1]
+    servicer.LocateUnobserved(other, None)
+    assert store.reads == 3
+
+
+@pytest.mark.parametrize(
+    ("video", "field"), [([0, 4], "video[1]"), ([1, 0, 1], "video[2]")], ids=["out of range", "repeated"]
+)
+def test_a_bad_video_is_invalid_argument_naming_the_index(servicer, view_set, video, field):
+    request = locate_request(view_set, targets=(1,), anchors=(0,))
+    request.video[:] = video
+    with pytest.raises(InvalidArgument) as caught:
+        servicer.LocateUnobserved(request, None)
+    assert str(caught.value).startswith(f"`{field}` ")

@@ -42,18 +42,20 @@ class LocateOptions(_message.Message):
     def __init__(self, foreground_threshold: _Optional[float] = ..., depth_tolerance: _Optional[float] = ..., min_region_pixels: _Optional[int] = ..., dilation_pixels: _Optional[int] = ..., transfer_appearance: _Optional[bool] = ...) -> None: ...
 
 class LocateUnobservedRequest(_message.Message):
-    __slots__ = ("views", "target_indices", "anchor_indices", "options", "model_version")
+    __slots__ = ("views", "target_indices", "anchor_indices", "options", "model_version", "video")
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     TARGET_INDICES_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_INDICES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
     views: _common_pb2.ViewSet
     target_indices: _containers.RepeatedScalarFieldContainer[int]
     anchor_indices: _containers.RepeatedScalarFieldContainer[int]
     options: LocateOptions
     model_version: str
-    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., target_indices: _Optional[_Iterable[int]] = ..., anchor_indices: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    video: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, views: _Optional[_Union[_common_pb2.ViewSet, _Mapping]] = ..., target_indices: _Optional[_Iterable[int]] = ..., anchor_indices: _Optional[_Iterable[int]] = ..., options: _Optional[_Union[LocateOptions, _Mapping]] = ..., model_version: _Optional[str] = ..., video: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LocateUnobservedResponse(_message.Message):
     __slots__ = ("unobserved", "anchor_index", "anchor_xy", "transferred_rgb", "unobserved_fraction")
