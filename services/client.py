@@ -6,7 +6,7 @@
     job = stub.SubmitJob(SubmitJobRequest(spec=JobSpec(asset=AssetRef(frames=asset), ...))).job
     for events in remote_events(stub, job.id): ...                          # WatchJob, reconnecting
     download(stub, finished_job, Path("out"))                               # presigned GETs
-    except grpc.RpcError as exc: error_details(exc).field_violations          # the rich error model
+    error_details(rpc_error).field_violations                               # a failed call's details
 
 Clients never hold store credentials: files go up and come down through URLs the coordinator signs.
 Every call carries the caller's bearer token; over TLS unless the coordinator is on this machine.
