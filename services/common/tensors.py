@@ -141,6 +141,10 @@ def get_tensor(
     return array
 
 
+TENSOR_CACHE_MIB = 256
+"""The default budget of a stage's ``TensorCache`` (a 36-view orbit at 512² holds about 100 MiB)."""
+
+
 class TensorCache:
     """Tensors read before, kept by content: a reference to the same bytes (uri and sha256) read with the
     same checks gives a copy of the array without reading the store again. For a stage that gets the

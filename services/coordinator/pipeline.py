@@ -278,7 +278,8 @@ class _Run:
             request = inpainter_pb2.InpaintRequest(
                 images=put_tensor(self.store, target.image[None]),
                 masks=put_tensor(self.store, target.unobserved[None]),
-                alpha=put_tensor(self.store, orbit.alpha[view][None]),
+                alpha=orbit.rendered.alpha,  # the whole orbit's, which the inpainter reads once
+                alpha_views=[view],
                 subject=subject(),
                 strength=self.spec.strength,
                 seed=(self.spec.seed + view) % 2**64,  # a uint64: a seed near 2**64 wraps

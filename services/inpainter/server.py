@@ -66,7 +66,7 @@ from services.common.server import (
     wait_for_models,
 )
 from services.common.store import BlobStore
-from services.common.tensors import get_tensor, put_tensor
+from services.common.tensors import TENSOR_CACHE_MIB, TensorCache, get_tensor, put_tensor
 from services.common.views import check_view_limits
 from services.inpainter.backends import make_backend
 from services.inpainter.contract import (
@@ -107,8 +107,13 @@ class InpainterSettings:
     adapter_cache_size: int = 4
     triton_url: str = ""
     triton_version: str = ""
+    view_cache_mib: int = TENSOR_CACHE_MIB  # recent alpha tensors kept by sha256 (`alpha_views`)
 
     def __post_init__(self) -> None:
+        if self.view_cache_mib < 0:
+            raise ConfigError(
+                f"InpainterSettings.view_cache_mib must not be negative, got {self.view_cache_mib!r}."
+            )
         for name in ("max_views", "max_pixels", "max_reference_images", "max_subject_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(
@@ -125,6 +130,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         self.settings = settings
         self._subjects: OrderedDict[tuple[str, str], bytes] = OrderedDict()  # verified bytes, LRU
         self._subjects_lock = threading.Lock()
+        self._views = TensorCache(settings.view_cache_mib * 2**20)
 
     def Describe(self, request, context):
         answer = describe(
@@ -195,15 +201,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         masks = get_tensor(self.store, request.masks, field="masks", dtype=np.uint8, shape=(v, h, w))
         if masks.max(initial=0) > 1:
             raise InvalidArgument("masks", f"maximum {masks.max()}", "must hold only 0 and 1")
-        alpha = None
-        if request.HasField("alpha") and request.alpha.uri:
-            alpha = get_tensor(
-                self.store, request.alpha, field="alpha", dtype=np.float32, shape=(v, h, w), finite=True
-            )
-            if alpha.min() < 0.0 or alpha.max() > 1.0:
-                raise InvalidArgument(
-                    "alpha", f"values in [{alpha.min()}, {alpha.max()}]", "must lie in [0, 1]"
-                )
+        alpha = self._alpha(request, v, h, w) if request.HasField("alpha") and request.alpha.uri else None
         artifact = request.subject.artifact
         subject = self._subject_bytes(artifact)
 
@@ -242,6 +240,43 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
             while len(self._subjects) > self.backend.subject_cache_size:
                 self._subjects.popitem(last=False)
         return data
+
+    def _alpha(self, request, v: int, h: int, w: int) -> np.ndarray:
+        """``[V, H, W]`` float32 in [0, 1]: ``alpha`` itself, or the rows ``alpha_views`` picks from it
+        (read through the cache: the same orbit's alpha comes with every call of a job)."""
+        if not request.alpha_views:
+            alpha = get_tensor(
+                self.store, request.alpha, field="alpha", dtype=np.float32, shape=(v, h, w), finite=True
+            )
+        else:
+            if len(request.alpha_views) != v:
+                raise InvalidArgument(
+                    "alpha_views", f"{len(request.alpha_views)} indices", f"must name one view per image, {v}"
+                )
+            shape = list(request.alpha.shape)
+            if len(shape) == 3:
+                check_view_limits(
+                    "alpha",
+                    shape[0],
+                    h,
+                    w,
+                    max_views=self.settings.max_views,
+                    max_pixels=self.settings.max_pixels,
+                )
+            every = self._views.get_tensor(
+                self.store, request.alpha, field="alpha", dtype=np.float32, shape=(None, h, w), finite=True
+            )
+            for i, view in enumerate(request.alpha_views):
+                if view >= len(every):
+                    raise InvalidArgument(
+                        f"alpha_views[{i}]",
+                        view,
+                        f"must be below the number of views in `alpha`, {len(every)}",
+                    )
+            alpha = every[list(request.alpha_views)]
+        if alpha.min() < 0.0 or alpha.max() > 1.0:
+            raise InvalidArgument("alpha", f"values in [{alpha.min()}, {alpha.max()}]", "must lie in [0, 1]")
+        return alpha
 
     def _image_stack(self, request, field: str, max_items: int, what: str) -> np.ndarray:
         """``[N, H, W, 3]`` uint8 from ``request.<field>``, its declared size checked before reading."""

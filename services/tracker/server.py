@@ -37,7 +37,7 @@ from tire.v1 import tracker_pb2, tracker_pb2_grpc
 from services.common.errors import ConfigError, InvalidArgument, ResourceExhausted
 from services.common.server import describe, models_at, run_service, wait_for_models
 from services.common.store import BlobStore
-from services.common.tensors import TensorCache, get_tensor, put_tensor
+from services.common.tensors import TENSOR_CACHE_MIB, TensorCache, get_tensor, put_tensor
 from services.common.views import Views, read_views
 from services.tracker.backends import make_backend
 from services.tracker.contract import BACKENDS, LocateOptions, TrackerBackend
@@ -61,7 +61,7 @@ class TrackerSettings:
     points_per_call: int = 8192
     triton_url: str = ""
     triton_version: str = ""
-    view_cache_mib: int = 256  # tensors of recent views kept by sha256 (a job's sweeps share an orbit's)
+    view_cache_mib: int = TENSOR_CACHE_MIB  # recent views kept by sha256 (a job's sweeps share an orbit)
 
     def __post_init__(self) -> None:
         checks = [

@@ -363,3 +363,37 @@ def test_the_backend_sizes_the_subject_cache(servicer, store, refs, subject, mon
     for model in (subject, other, subject):  # one model kept: the second call evicts the first
         servicer.Inpaint(inpaint_request(refs, model, seed=3), None)
     assert reads.count(subject.artifact.uri) == 2 and reads.count(other.artifact.uri) == 1
+
+
+def test_alpha_picked_from_a_larger_set_inpaints_as_the_images_own_alpha(servicer, store, refs, subject):
+    _, _, _, alpha = refs["arrays"]
+    # An orbit's alpha of four views, the images being its views 2, 0 and 3.
+    orbit = np.stack([alpha[1], np.zeros_like(alpha[0]), alpha[0], alpha[2]])
+    own = servicer.Inpaint(inpaint_request(refs, subject, seed=3), None)
+    picked = inpaint_request(refs, subject, seed=3, alpha=put_tensor(store, orbit))
+    picked.alpha_views[:] = [2, 0, 3]
+    assert servicer.Inpaint(picked, None).images.uri == own.images.uri
+
+
+def test_an_orbits_alpha_is_read_once_for_all_calls(store, refs, subject, monkeypatch):
+    servicer = InpainterServicer(ColourBackend(threads=1), store, InpainterSettings(max_views=4))
+    _, _, _, alpha = refs["arrays"]
+    request = inpaint_request(refs, subject, seed=3, alpha=put_tensor(store, alpha))
+    request.alpha_views[:] = [0, 1, 2]
+    reads = []
+    original = store.get_bytes
+    monkeypatch.setattr(store, "get_bytes", lambda uri, **kw: reads.append(uri) or original(uri, **kw))
+    servicer.Inpaint(request, None)
+    servicer.Inpaint(request, None)
+    assert reads.count(request.alpha.uri) == 1
+
+
+@pytest.mark.parametrize(
+    ("views", "field"), [([0, 1], "alpha_views"), ([0, 1, 3], "alpha_views[2]")], ids=["count", "range"]
+)
+def test_bad_alpha_views_name_the_field(servicer, refs, subject, views, field):
+    request = inpaint_request(refs, subject)
+    request.alpha_views[:] = views
+    with pytest.raises(InvalidArgument) as caught:
+        servicer.Inpaint(request, None)
+    assert caught.value.field == field

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tire.v1 import common_pb2 as tire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tire/v1/inpainter.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\x99\x01\n\x11\x46itSubjectRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x08settings\x18\x03 \x01(\x0b\x32\x14.tire.v1.FitSettings\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"Y\n\x0cSubjectModel\x12$\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x12.tire.v1.ObjectRef\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\"o\n\x12\x46itSubjectResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.tire.v1.FitProgressH\x00\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x15.tire.v1.SubjectModelH\x00\x42\x07\n\x05\x65vent\"\xc3\x02\n\x0eInpaintRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05\x61lpha\x18\x03 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x07subject\x18\x04 \x01(\x0b\x32\x15.tire.v1.SubjectModel\x12\x10\n\x08strength\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12 \n\x13num_inference_steps\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\t \x01(\tB\x16\n\x14_num_inference_stepsB\x11\n\x0f_guidance_scale\"5\n\x0fInpaintResponse\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef2\xda\x01\n\x10InpainterService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12G\n\nFitSubject\x12\x1a.tire.v1.FitSubjectRequest\x1a\x1b.tire.v1.FitSubjectResponse0\x01\x12<\n\x07Inpaint\x12\x17.tire.v1.InpaintRequest\x1a\x18.tire.v1.InpaintResponseBN\n\x0b\x64\x65v.tire.v1P\x01Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\xaa\x02\x07Tire.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tire/v1/inpainter.proto\x12\x07tire.v1\x1a\x14tire/v1/common.proto\"\x99\x01\n\x11\x46itSubjectRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x08settings\x18\x03 \x01(\x0b\x32\x14.tire.v1.FitSettings\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"Y\n\x0cSubjectModel\x12$\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32\x12.tire.v1.ObjectRef\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\"o\n\x12\x46itSubjectResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.tire.v1.FitProgressH\x00\x12&\n\x05model\x18\x02 \x01(\x0b\x32\x15.tire.v1.SubjectModelH\x00\x42\x07\n\x05\x65vent\"\xd8\x02\n\x0eInpaintRequest\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05masks\x18\x02 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12!\n\x05\x61lpha\x18\x03 \x01(\x0b\x32\x12.tire.v1.TensorRef\x12&\n\x07subject\x18\x04 \x01(\x0b\x32\x15.tire.v1.SubjectModel\x12\x10\n\x08strength\x18\x05 \x01(\x02\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12 \n\x13num_inference_steps\x18\x07 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0eguidance_scale\x18\x08 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x13\n\x0b\x61lpha_views\x18\n \x03(\rB\x16\n\x14_num_inference_stepsB\x11\n\x0f_guidance_scale\"5\n\x0fInpaintResponse\x12\"\n\x06images\x18\x01 \x01(\x0b\x32\x12.tire.v1.TensorRef2\xda\x01\n\x10InpainterService\x12?\n\x08\x44\x65scribe\x12\x18.tire.v1.DescribeRequest\x1a\x19.tire.v1.DescribeResponse\x12G\n\nFitSubject\x12\x1a.tire.v1.FitSubjectRequest\x1a\x1b.tire.v1.FitSubjectResponse0\x01\x12<\n\x07Inpaint\x12\x17.tire.v1.InpaintRequest\x1a\x18.tire.v1.InpaintResponseBN\n\x0b\x64\x65v.tire.v1P\x01Z3github.com/tire-services/tire/gen/go/tire/v1;tirev1\xaa\x02\x07Tire.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FITSUBJECTRESPONSE']._serialized_start=305
   _globals['_FITSUBJECTRESPONSE']._serialized_end=416
   _globals['_INPAINTREQUEST']._serialized_start=419
-  _globals['_INPAINTREQUEST']._serialized_end=742
-  _globals['_INPAINTRESPONSE']._serialized_start=744
-  _globals['_INPAINTRESPONSE']._serialized_end=797
-  _globals['_INPAINTERSERVICE']._serialized_start=800
-  _globals['_INPAINTERSERVICE']._serialized_end=1018
+  _globals['_INPAINTREQUEST']._serialized_end=763
+  _globals['_INPAINTRESPONSE']._serialized_start=765
+  _globals['_INPAINTRESPONSE']._serialized_end=818
+  _globals['_INPAINTERSERVICE']._serialized_start=821
+  _globals['_INPAINTERSERVICE']._serialized_end=1039
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,8 @@
 from tire.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -37,7 +38,7 @@ class FitSubjectResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[_common_pb2.FitProgress, _Mapping]] = ..., model: _Optional[_Union[SubjectModel, _Mapping]] = ...) -> None: ...
 
 class InpaintRequest(_message.Message):
-    __slots__ = ("images", "masks", "alpha", "subject", "strength", "seed", "num_inference_steps", "guidance_scale", "model_version")
+    __slots__ = ("images", "masks", "alpha", "subject", "strength", "seed", "num_inference_steps", "guidance_scale", "model_version", "alpha_views")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MASKS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +48,7 @@ class InpaintRequest(_message.Message):
     NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_VIEWS_FIELD_NUMBER: _ClassVar[int]
     images: _common_pb2.TensorRef
     masks: _common_pb2.TensorRef
     alpha: _common_pb2.TensorRef
@@ -56,7 +58,8 @@ class InpaintRequest(_message.Message):
     num_inference_steps: int
     guidance_scale: float
     model_version: str
-    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., subject: _Optional[_Union[SubjectModel, _Mapping]] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., model_version: _Optional[str] = ...) -> None: ...
+    alpha_views: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, images: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., masks: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., alpha: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., subject: _Optional[_Union[SubjectModel, _Mapping]] = ..., strength: _Optional[float] = ..., seed: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., model_version: _Optional[str] = ..., alpha_views: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class InpaintResponse(_message.Message):
     __slots__ = ("images",)
