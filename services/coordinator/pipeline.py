@@ -238,7 +238,7 @@ class _Run:
         rings = [self._ring(ring, orbit, subject, t) for ring in self._rings(orbit, t)]
         # c. Every view refined together where the rings repainted (a little beyond, to blend the edge):
         #    the source view (index 0) and what anchors saw are fixed, so what was right stays right.
-        views = orbit.viewset(put_tensor(self.store, orbit.rgb))
+        views = orbit.current(self.store)
         refine = refiner_pb2.RefineRequest(
             views=views,
             update_mask=put_tensor(self.store, orbit.refine_mask()),
@@ -600,27 +600,19 @@ class _Orbit:
         rendered: the render's view set (references).
         rendered_rgb: ``[V, H, W, 3]`` uint8 as rendered; never changed.
         rgb: ``[V, H, W, 3]`` uint8, each target's view replaced as it is repaired.
-        alpha, depth: ``[V, H, W]`` float32.
         unobserved: ``[V, H, W]`` bool, what the rings repainted.
     """
 
-    def __init__(self, rendered: common_pb2.ViewSet, rgb: np.ndarray, alpha: np.ndarray, depth: np.ndarray):
+    def __init__(self, rendered: common_pb2.ViewSet, rgb: np.ndarray):
         self.rendered = rendered
         self.rendered_rgb = rgb
         self.rgb = rgb.copy()
-        self.alpha = alpha
-        self.depth = depth
-        self.unobserved = np.zeros(alpha.shape, dtype=bool)
+        self.unobserved = np.zeros(rgb.shape[:3], dtype=bool)
         self._rgb: common_pb2.TensorRef | None = rendered.rgb  # ``rgb`` in the store, None once stale
 
     @classmethod
     def load(cls, store: BlobStore, rendered: common_pb2.ViewSet) -> _Orbit:
-        return cls(
-            rendered,
-            get_tensor(store, rendered.rgb, field="render.rgb"),
-            get_tensor(store, rendered.alpha, field="render.alpha"),
-            get_tensor(store, rendered.depth, field="render.depth"),
-        )
+        return cls(rendered, get_tensor(store, rendered.rgb, field="render.rgb"))
 
     def repainted(self, view: int, rgb: np.ndarray, unobserved: np.ndarray) -> None:
         """View ``view`` is now ``rgb`` (``[H, W, 3]`` uint8); ``unobserved`` (``[H, W]``) was inpainted."""
@@ -636,20 +628,16 @@ class _Orbit:
         mask[0] = 0.0
         return mask
 
-    def viewset(self, rgb: common_pb2.TensorRef) -> common_pb2.ViewSet:
-        """Every view, with ``rgb`` in place of the rendered colours."""
+    def current(self, store: BlobStore) -> common_pb2.ViewSet:
+        """Every view with its current colours (a new message each call): the render's own references
+        until a view is repainted, then the colours written once, until the next repaint."""
+        if self._rgb is None:
+            self._rgb = put_tensor(store, self.rgb)
         rendered = self.rendered
         return common_pb2.ViewSet(
-            rgb=rgb,
+            rgb=self._rgb,
             alpha=rendered.alpha,
             depth=rendered.depth,
             cameras=rendered.cameras,
             background_rgb=rendered.background_rgb,
         )
-
-    def current(self, store: BlobStore) -> common_pb2.ViewSet:
-        """Every view with its current colours: the render's own references until a view is repainted,
-        then the colours written once, until the next repaint."""
-        if self._rgb is None:
-            self._rgb = put_tensor(store, self.rgb)
-        return self.viewset(self._rgb)

@@ -3,4 +3,5 @@
 - ``synthetic``: Gaussian objects with a known ground truth, and their drifted "generator outputs".
 - ``random_models``: Stable Diffusion and MVDream model folders with random weights, in the real
   architectures, built offline.
+- ``stores``: a store that counts what is read.
 """

@@ -22,6 +22,7 @@ from services.common.tensors import (
     to_numpy_dtype,
     to_proto_dtype,
 )
+from services.testing.stores import CountingStore
 
 DTYPES = {
     np.uint8: common_pb2.DTYPE_UINT8,
@@ -286,16 +287,6 @@ def test_bad_png_input():
         png_bytes(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         png_bytes(np.zeros((4, 4, 2), np.uint8))
-
-
-class CountingStore(MemoryStore):
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def get_bytes(self, uri, **kwargs):
-        self.reads += 1
-        return super().get_bytes(uri, **kwargs)
 
 
 def test_a_tensor_cache_reads_each_content_once_and_hands_out_copies():

@@ -9,6 +9,7 @@ from services.common.errors import ConfigError, InvalidArgument, ObjectNotFound,
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.common.views import Views, write_views
+from services.testing.stores import CountingStore
 from services.tracker.backends import GeometricBackend
 from services.tracker.contract import LocateOptions
 from services.tracker.server import TrackerServicer, TrackerSettings, build_servicer, warm_up
@@ -247,18 +248,6 @@ def test_missing_objects_are_not_found(servicer, store, view_set):
     queries.uri = queries.uri.replace("sha256/", "sha256/00")
     with pytest.raises(ObjectNotFound):
         servicer.Track(tracker_pb2.TrackRequest(frames=view_set, queries=queries), None)
-
-
-class CountingStore(MemoryStore):
-    """Counts the objects read."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def get_bytes(self, uri, **kwargs):
-        self.reads += 1
-        return super().get_bytes(uri, **kwargs)
 
 
 def test_a_video_taken_from_the_views_locates_as_the_same_views_sent_alone(views):
