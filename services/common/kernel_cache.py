@@ -13,8 +13,9 @@ first real call:
 
 numba keys cached code by the CPU it was compiled for (name and features). The images fix both
 (``NUMBA_CPU_NAME=x86-64-v3``: AVX2 and FMA, any x86 server since about 2015; ``NUMBA_CPU_FEATURES``
-empty: nothing beyond it), so code compiled on the build machine is loaded on every node. Overriding
-either on a node makes its services compile again, as before.
+empty: nothing beyond it), so code compiled on the build machine is loaded on every node. A node without
+AVX2 cannot run that code: ``NUMBA_CPU_NAME=generic`` there (like any override of either variable)
+makes its services compile at start, as before.
 """
 
 from __future__ import annotations
