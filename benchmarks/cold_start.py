@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from services.common.kernel_cache import SEED_ENV
 from services.common.local_server import free_port
 from services.common.registry import STAGES

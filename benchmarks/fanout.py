@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2_grpc
 
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from services.common.clients import dial
 from services.common.config import ServerSettings
 from services.common.server import ServiceSpec, start_server

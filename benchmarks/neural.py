@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import read_ply
 from services.common.rasterizer import rasterize

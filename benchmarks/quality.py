@@ -85,7 +85,7 @@ from benchmarks.quality_metrics import (
     score,
     srgb_to_lab,
 )
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from samples.make_samples import BLOB_DIR, SAMPLES, blob_frames, front_reference
 from services.common.errors import TireError
 from services.common.gaussians import Gaussians, read_ply, write_ply

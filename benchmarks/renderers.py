@@ -15,7 +15,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from benchmarks.rasterizer import cpu_name, median_ms
+from benchmarks.timing import cpu_name, median_ms
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import Gaussians, random_gaussians, read_ply
 from services.renderer.backends import cuda_available, make_backend

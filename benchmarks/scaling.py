@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from tire.v1 import common_pb2, coordinator_pb2
 
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from services.common.cameras import orbit_cameras
 from services.common.gaussians import Gaussians, read_ply, write_ply
 from services.common.pictures import straight_rgba

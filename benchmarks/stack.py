@@ -38,7 +38,7 @@ from pathlib import Path
 import numba
 from tire.v1 import common_pb2, coordinator_pb2
 
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from services.client import Credentials, coordinator_stub, upload
 from services.common.local_server import free_port
 from services.common.store import MemoryStore

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from benchmarks.neural import job_views
-from benchmarks.rasterizer import cpu_name
+from benchmarks.timing import cpu_name
 from services.common.model_repository import write_version
 from services.common.triton import LocalTriton
 from services.inpainter.contract import FitConfig

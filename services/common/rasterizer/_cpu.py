@@ -82,6 +82,7 @@ def _render(gaussians: Gaussians, cameras: Cameras, background: np.ndarray, k_to
     # Scratch space, reused by every view.
     records = np.empty((n, _numba.N_FIELDS))
     boxes = np.empty((n, 4), dtype=np.int32)
+    work = np.empty((numba.get_num_threads(), 2), dtype=np.int64)  # counted for benchmarks only
     for view in range(v):
         _numba.project_view(
             means,
@@ -110,6 +111,7 @@ def _render(gaussians: Gaussians, cameras: Cameras, background: np.ndarray, k_to
             depth[view],
             ids[view],
             weights[view],
+            work,
         )
     if k_top == 0:
         return RenderResult(rgb=rgb, alpha=alpha, depth=depth)

@@ -503,6 +503,7 @@ def rasterize_tiles(
     out_depth: np.ndarray,
     out_ids: np.ndarray,
     out_weights: np.ndarray,
+    out_work: np.ndarray,
 ) -> None:
     """Composite each tile's Gaussians front to back (gsplat's ``rasterize_to_pixels_3dgs_fwd_kernel``).
 
@@ -521,6 +522,10 @@ def rasterize_tiles(
         out_rgb: ``[H, W, 3]`` float32; out_alpha, out_depth: ``[H, W]`` float32.
         out_ids: ``[H, W, K]`` int32, out_weights: ``[H, W, K]`` float32, the K largest compositing
             weights per pixel (K may be 0).
+        out_work: ``[n_workers, 2]`` int64: per group of tiles, the tile-Gaussian pairs composited (a
+            tile stops before its next pair once every pixel is saturated) and the pixels of their
+            boxes within the tile, each one Gaussian-pixel evaluation; rows past the groups are 0.
+            Counted for benchmarks.
     """
     height, width = out_alpha.shape
     k_top = out_ids.shape[2]
@@ -530,10 +535,13 @@ def rasterize_tiles(
     # tile's result is independent of which thread computes it, so the output does not depend on the
     # thread count. (numba.get_num_threads() is not called here: it would stop the caching.)
     n_groups = min(n_workers, n_tiles)
+    out_work[:] = 0
     for group in prange(n_groups):
         buf = np.empty(_TILE_BUFFER)
         top_ids = np.empty(_PIXELS * k_top, dtype=np.int32)  # per pixel, sorted by weight
         top_w = np.empty(_PIXELS * k_top)
+        n_pairs = 0
+        n_evaluations = 0
         for tile in range(group, n_tiles, n_groups):
             tile_col0 = (tile % tiles_x) * TILE_SIZE
             tile_row0 = (tile // tiles_x) * TILE_SIZE
@@ -559,6 +567,8 @@ def rasterize_tiles(
                 dy0 = rec[V] - (tile_row0 + j0 + 0.5)
                 dx1 = dx0 - (i1 - i0 + 1)
                 dy1 = dy0 - (j1 - j0 + 1)
+                n_pairs += 1
+                n_evaluations += (i1 - i0 + 1) * (j1 - j0 + 1)
                 # sigma(dx, dy) = 0.5 (a dx^2 + c dy^2) + b dx dy is convex: its largest value on
                 # the rectangle is at a corner.
                 sigma00 = 0.5 * (ca * dx0 * dx0 + cc * dy0 * dy0) + cb * dx0 * dy0
@@ -613,3 +623,5 @@ def rasterize_tiles(
                     for k in range(k_top):
                         out_ids[row, col, k] = top_ids[p * k_top + k]
                         out_weights[row, col, k] = top_w[p * k_top + k]
+        out_work[group, 0] = n_pairs
+        out_work[group, 1] = n_evaluations

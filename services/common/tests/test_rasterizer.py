@@ -131,6 +131,35 @@ def test_projection_kernel_places_centres_as_cameras_project() -> None:
         np.testing.assert_allclose(records[kept, _numba.DEPTH], z[kept], rtol=1e-12)
 
 
+def test_compositing_counts_its_work() -> None:
+    """``out_work`` counts the pairs composited and the pixels of their boxes, whatever the thread count:
+    one Gaussian is one pair per tile its box touches, and its box's pixels."""
+    gaussians = _one_gaussian([0.02, -0.01, 0.0], scale=0.05)
+    cameras = orbit_cameras([0.0], 64, 48)
+    inputs = [
+        np.ascontiguousarray(a, dtype=np.float32)
+        for a in (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.sh)
+    ]
+    records, boxes = np.empty((1, _numba.N_FIELDS)), np.empty((1, 4), dtype=np.int32)
+    _numba.project_view(*inputs, cameras.viewmats[0], cameras.Ks[0], 64, 48, records, boxes)
+    col0, col1, row0, row1 = boxes[0]
+    tiles = (col1 // 16 - col0 // 16 + 1) * (row1 // 16 - row0 // 16 + 1)
+    assert tiles > 1, "the box spans tiles"
+    offsets, tile_lists = _numba.prepare_tiles(records, boxes, 4, 3)
+    for workers in (1, 3):
+        work = np.full((workers, 2), -1, dtype=np.int64)
+        images = [
+            np.empty((48, 64, 3), np.float32),
+            np.empty((48, 64), np.float32),
+            np.empty((48, 64), np.float32),
+        ]
+        contributors = [np.empty((48, 64, 0), np.int32), np.empty((48, 64, 0), np.float32)]
+        _numba.rasterize_tiles(
+            records, boxes, offsets, tile_lists, 4, np.zeros(3), workers, *images, *contributors, work
+        )
+        assert work.sum(axis=0).tolist() == [tiles, (col1 - col0 + 1) * (row1 - row0 + 1)]
+
+
 def test_contributor_weights_sum_to_alpha() -> None:
     """With K above every pixel's contributor count, the weights are all of them."""
     gaussians = random_gaussians(300, sh_degree=1, seed=7)
