@@ -1,6 +1,7 @@
 """The ``tire`` command.
 
     tire run ASSET REFERENCE -o OUT            repair in this process (embedded stages, in-memory store)
+    tire convert IN OUT [--format F]           a splat file in another format (ply, spz, splat)
     tire up [--triton]                         the local stack: S3 server, five stages, coordinator
                                                (and tritonserver, serving the neural stages' models)
     tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch]
@@ -28,6 +29,7 @@ certificates from ``--ca-file`` or ``TIRE_CA_FILE``) unless the coordinator is o
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import os
@@ -53,6 +55,7 @@ from services.client import (
 )
 from services.common import registry
 from services.common.errors import ConfigError, TireError
+from services.common.formats import FORMATS, format_of_name, read_splats, write_splats
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
 from services.stack import TRITON_REPOSITORY, LocalStack, local_ports, local_stack
@@ -526,6 +529,19 @@ def new_token_entry(principal: str, admin: bool) -> int:
     return 0
 
 
+def convert_file(source: Path, target: Path, format_name: str | None) -> int:
+    """``tire convert``: read any splat format, write ``target`` whole or not at all."""
+    gaussians = read_splats(source)
+    format_name = format_name or format_of_name(target.name)
+    data = write_splats(gaussians, format_name)
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_bytes(data)
+    partial.replace(target)
+    digest = hashlib.sha256(data).hexdigest()
+    print(f"{target}: {len(gaussians):,} Gaussians, {format_name}, {len(data):,} bytes, sha256 {digest}")
+    return 0
+
+
 # ----- main --------------------------------------------------------------------------------------
 
 
@@ -537,6 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     add_spec_arguments(run)
     run.add_argument("-o", "--out", type=Path, default=Path("out/tire"), help="output folder")
     run.add_argument("--profile", choices=PROFILE_NAMES, default="cpu", help="stage backends")
+
+    convert = commands.add_parser("convert", help="convert a splat file to another format, without a job")
+    convert.add_argument("source", type=Path, help=f"a splat file ({', '.join(FORMATS)}), read by content")
+    convert.add_argument("target", type=Path, help="the file to write; its extension names the format")
+    convert.add_argument("--format", choices=list(FORMATS), help="the target's format, whatever its name")
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument(
@@ -629,6 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_embedded(args)
+        if args.command == "convert":
+            return convert_file(args.source, args.target, args.format)
         if args.command == "up":
             return stack_up(args)
         if args.command == "describe":

@@ -10,6 +10,7 @@ import pytest
 
 from services.cli import main
 from services.common.errors import ConfigError
+from services.common.gaussians import read_ply
 
 ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -46,6 +47,26 @@ def test_run_refuses_a_bad_spec_with_the_field(tmp_path):
 def test_run_refuses_missing_inputs(tmp_path):
     with pytest.raises(SystemExit, match="no asset"):
         main(["run", str(tmp_path / "missing.ply"), str(FRONT), "-o", str(tmp_path)])
+
+
+def test_convert_goes_through_every_format_and_back(tmp_path, capsys):
+    """ply -> spz -> splat -> ply, each format read from the content (the `.spz` misnamed on purpose),
+    and the file written whole or not at all."""
+    spz, splat, ply = tmp_path / "monkey.bin", tmp_path / "monkey.splat", tmp_path / "back.ply"
+    assert main(["convert", str(MONKEY), str(spz), "--format", "spz"]) == 0
+    assert main(["convert", str(spz), str(splat)]) == 0
+    assert main(["convert", str(splat), str(ply)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split(", ")[1] for line in printed] == ["spz", "splat", "ply"]
+    assert all("36,295 Gaussians" in line for line in printed)
+    back, original = read_ply(ply), read_ply(MONKEY)
+    assert abs(back.means - original.means).max() < 2.0**-12  # spz's positions; splat kept them
+    assert main(["convert", str(MONKEY), str(tmp_path / "monkey.obj")]) == 2
+    assert "must end in one of .ply, .spz, .splat" in capsys.readouterr().err
+    assert not (tmp_path / "monkey.obj").exists()
+    (tmp_path / "junk.ply").write_bytes(b"ply\nformat nonsense\n")
+    assert main(["convert", str(tmp_path / "junk.ply"), str(tmp_path / "out.spz")]) == 2
+    assert not (tmp_path / "out.spz").exists()
 
 
 def test_describe_lists_the_embedded_stages(capsys):

@@ -517,6 +517,29 @@ def _check_range(
         )
 
 
+def source_bytes(source: bytes | str | os.PathLike, what: str) -> bytes:
+    """A file's bytes: ``source`` itself (any bytes-like object) or the regular file it names.
+
+    Raises:
+        NotFound: ``source`` is a path that does not exist.
+        AssetError: a path that is not a regular file (a FIFO blocks, a device may never end) or
+            cannot be read; ``what`` names the file's kind in the message.
+        TypeError: ``source`` is neither bytes-like nor a path.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source if isinstance(source, bytes) else bytes(memoryview(source))
+    path = os.fspath(source)
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise AssetError(f"{what} path {path!r} is not a regular file")
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise NotFound(f"no {what} file at {path!r}") from exc
+    except OSError as exc:
+        raise AssetError(f"cannot read {what} file {path!r}: {exc.strerror}") from exc
+
+
 def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000) -> Gaussians:
     """Read a 3DGS `.ply` (INRIA or LGM layout, any property order) into ``Gaussians``.
 
@@ -544,19 +567,7 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
         NotFound: ``source`` is a path that does not exist.
         TypeError: ``source`` is neither bytes-like nor a path.
     """
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        try:
-            if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO blocks, a device may never end
-                raise AssetError(f"`.ply` path {path!r} is not a regular file")
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError as exc:
-            raise NotFound(f"no `.ply` file at {path!r}") from exc
-        except OSError as exc:
-            raise AssetError(f"cannot read `.ply` file {path!r}: {exc.strerror}") from exc
-    else:
-        data = source if isinstance(source, bytes) else bytes(memoryview(source))
+    data = source_bytes(source, "`.ply`")
     fmt, elements, offset = _parse_header(data)
     n, columns = _vertex_columns(data, fmt, elements, offset, max_gaussians)
 

@@ -1,0 +1,253 @@
+"""Splat formats: round trips within each format's stated bound, the same pictures after a round trip,
+axes kept, content detection, and one error for any malformed file."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from services.common.cameras import Cameras, orbit_cameras
+from services.common.errors import AssetError, InvalidArgument
+from services.common.formats import FORMATS, detect_format, read_splats, write_splats
+from services.common.formats.conventions import GLTF_AXES, PLY_AXES, SPZ_AXES, axis_signs, change_axes
+from services.common.formats.splat import RECORD as SPLAT_RECORD
+from services.common.formats.spz import HEADER, MAGIC, read_spz, write_spz
+from services.common.framing import fit_framing
+from services.common.gaussians import SH_C0, Gaussians, random_gaussians, read_ply
+from services.common.rasterizer import rasterize
+from services.testing.synthetic import SHARED_ASSETS
+
+ASSETS = ("monkey_lgm.ply", "hamburger_lgm.ply", "donut_unnormalized_quats.ply", "fruit_drops_full_sh.ply")
+
+
+def _asset(name: str) -> Gaussians:
+    path = SHARED_ASSETS / name
+    if not path.exists():
+        pytest.skip(f"shared asset {path} is missing (set TIRE_SHARED_DATA to the shared data folder)")
+    return read_ply(path)
+
+
+def _cameras(gaussians: Gaussians, side: int = 96) -> Cameras:
+    """Four views around the asset, framed so that it fills them."""
+    framing = fit_framing(gaussians)
+    return orbit_cameras(
+        [0.0, 90.0, 180.0, 270.0], side, side, -15.0, radius=framing.radius, center=framing.center
+    )
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0.0 else 10.0 * np.log10(1.0 / mse)
+
+
+SAMPLES = [pytest.param(name, id=name.split("_")[0]) for name in ASSETS] + [
+    pytest.param(degree, id=f"random-sh{degree}") for degree in range(4)
+]
+
+
+def _sample(which) -> Gaussians:
+    if isinstance(which, int):
+        return random_gaussians(3000, sh_degree=which, seed=40 + which)
+    return _asset(which)
+
+
+# ----- conventions --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [SPZ_AXES, GLTF_AXES, "LDB"])
+def test_changing_axes_changes_no_picture(target: str) -> None:
+    """Gaussians in another frame, seen by the same cameras expressed in that frame, render the same
+    pictures, view-dependent colour (SH degree 3) included."""
+    gaussians = random_gaussians(2000, sh_degree=3, seed=7)
+    cameras = orbit_cameras([20.0, 130.0, 250.0], 64, 64, elevation_deg=-25.0)
+    signs = np.diag([*axis_signs(PLY_AXES, target), 1.0]).astype(np.float32)
+    moved = dataclasses.replace(cameras, viewmats=cameras.viewmats @ signs)  # S is its own inverse
+    before = rasterize(gaussians, cameras)
+    after = rasterize(change_axes(gaussians, PLY_AXES, target), moved)
+    for name in ("rgb", "alpha", "depth"):
+        np.testing.assert_allclose(
+            getattr(after, name), getattr(before, name), rtol=0, atol=2e-5, err_msg=name
+        )
+    back = change_axes(change_axes(gaussians, PLY_AXES, target), target, PLY_AXES)
+    for name in ("means", "quats", "sh"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(gaussians, name), err_msg=name)
+
+
+def test_axis_frames_are_checked() -> None:
+    with pytest.raises(ValueError, match="three letters"):
+        axis_signs("RDF", "XYZ")
+    with pytest.raises(ValueError, match="three letters"):
+        axis_signs("DRF", "RDF")
+
+
+# ----- round trips --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", SAMPLES)
+def test_ply_round_trip_is_exact(which) -> None:
+    gaussians = _sample(which)
+    again = read_splats(write_splats(gaussians, "ply"))
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(gaussians, name), err_msg=name)
+
+
+def _quat_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest angle between the rotations, radians (q and -q are the same rotation)."""
+    dots = np.abs(np.sum(a.astype(np.float64) * b.astype(np.float64), axis=1))
+    return float(np.max(2.0 * np.arccos(np.clip(dots, 0.0, 1.0))))
+
+
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("which", SAMPLES)
+def test_spz_round_trip_within_its_quantization(which, version: int) -> None:
+    gaussians = _sample(which)
+    data = write_splats(gaussians, "spz") if version == 3 else write_spz(gaussians, version=2)
+    assert detect_format(data) == "spz"
+    again = read_splats(data)
+    assert again.sh.shape == gaussians.sh.shape
+    np.testing.assert_allclose(again.means, gaussians.means, rtol=0, atol=2.0**-13 + 1e-6)
+    np.testing.assert_allclose(
+        again.log_scales, np.clip(gaussians.log_scales, -10.0, 255 / 16 - 10.0), rtol=0, atol=1 / 32 + 1e-6
+    )
+    np.testing.assert_allclose(again.opacities, gaussians.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(
+        again.sh[:, 0], np.clip(gaussians.sh[:, 0], -127.5 / 38.25, 127.5 / 38.25), atol=0.5 / 38.25 + 1e-6
+    )
+    rest = np.clip(gaussians.sh[:, 1:], -1.0, 127 / 128)
+    np.testing.assert_allclose(again.sh[:, 1:4], rest[:, :3], rtol=0, atol=4.5 / 128 + 1e-6)
+    np.testing.assert_allclose(again.sh[:, 4:], rest[:, 3:], rtol=0, atol=8.5 / 128 + 1e-6)
+    # Version 2 derives w from x, y, z, which is ill-conditioned where w is near 0: up to 0.25 rad there.
+    assert _quat_error(again.quats, gaussians.quats) < (0.004 if version == 3 else 0.25)
+
+
+@pytest.mark.parametrize("which", SAMPLES)
+def test_splat_round_trip_within_its_quantization(which) -> None:
+    gaussians = _sample(which)
+    again = read_splats(write_splats(gaussians, "splat"), name="asset.splat")
+    assert again.sh.shape == (len(gaussians), 1, 3)
+    np.testing.assert_array_equal(again.means, gaussians.means)
+    np.testing.assert_allclose(again.log_scales, gaussians.log_scales, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(again.opacities, gaussians.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
+    colour = np.clip(0.5 + SH_C0 * gaussians.sh[:, 0], 0.0, 1.0)
+    np.testing.assert_allclose(0.5 + SH_C0 * again.sh[:, 0], colour, rtol=0, atol=0.5 / 255 + 1e-6)
+    assert _quat_error(again.quats, gaussians.quats) < 0.03
+
+
+@pytest.mark.parametrize("format_name", ["spz", "splat"])
+@pytest.mark.parametrize("name", [ASSETS[0], ASSETS[1]])
+def test_a_round_trip_keeps_the_pictures(name: str, format_name: str) -> None:
+    """Renders of the file written and read back match renders of the asset, at views that it fills:
+    what the quantization loses is below what an eye sees, and nothing is turned or mirrored."""
+    gaussians = _asset(name)
+    cameras = _cameras(gaussians)
+    before = rasterize(gaussians, cameras, background=(1.0, 1.0, 1.0))
+    after = rasterize(
+        read_splats(write_splats(gaussians, format_name), name=f"x.{format_name}"), cameras, (1, 1, 1)
+    )
+    assert before.alpha.mean() > 0.2, "the asset fills the views"
+    assert _psnr(after.rgb, before.rgb) > 35.0
+    assert _psnr(after.alpha, before.alpha) > 35.0
+
+
+# ----- detection and malformed files --------------------------------------------------------------
+
+
+def test_formats_are_detected_from_their_content() -> None:
+    gaussians = random_gaussians(64, sh_degree=1, seed=3)
+    for name in FORMATS:
+        data = write_splats(gaussians, name)
+        assert detect_format(data, f"asset.{name}") == name
+        assert detect_format(data, "misnamed.ply") == name
+    with pytest.raises(AssetError, match="glTF"):
+        detect_format(b"glTF\x02\x00\x00\x00" + bytes(24))
+    with pytest.raises(AssetError, match="not a splat file"):
+        detect_format(b"hello, world\n")
+    with pytest.raises(InvalidArgument, match="format"):
+        write_splats(gaussians, "obj")
+
+
+def _spz_body(n: int = 2, degree: int = 0, version: int = 3, flags: int = 0, bits: int = 12) -> bytes:
+    record = 9 + 1 + 3 + 3 + (4 if version >= 3 else 3) + 3 * ((degree + 1) ** 2 - 1)
+    return HEADER.pack(MAGIC, version, n, degree, bits, flags, 0) + bytes(n * record)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "not a splat file"),
+        (b"\x1f\x8b\x08\x00garbage", "gzip"),
+        (gzip.compress(b"NGSP"), "header is 4 bytes"),
+        (gzip.compress(struct.pack("<I", 0x12345678) + bytes(12)), "no splat format"),
+        (gzip.compress(_spz_body(version=1)), "version 1"),
+        (gzip.compress(_spz_body(version=4)), "version 4"),
+        (gzip.compress(_spz_body(degree=4)), "SH degree 4"),
+        (gzip.compress(_spz_body(flags=2)), "extensions"),
+        (gzip.compress(_spz_body(n=0)), "count 0"),
+        (gzip.compress(_spz_body(bits=30)), "fractional bits"),
+        (gzip.compress(_spz_body()[:-1]), "needs"),
+        (gzip.compress(_spz_body() + b"\x00"), "got more"),
+        (gzip.compress(_spz_body(n=1000))[:-12], "needs"),
+        (bytes(31), "not a splat file"),
+    ],
+)
+def test_malformed_files_get_one_error_naming_the_problem(data: bytes, message: str) -> None:
+    with pytest.raises(AssetError, match=message):
+        read_splats(data)
+
+
+def test_malformed_splat_records_are_refused() -> None:
+    record = np.zeros(1, dtype=SPLAT_RECORD)
+    record["scale"] = 0.01
+    record["position"] = [0.0, np.nan, 0.0]
+    with pytest.raises(AssetError, match="position"):
+        read_splats(record.tobytes(), name="bad.splat")
+    record["position"] = 0.0
+    record["scale"] = [0.01, 0.0, 0.01]
+    with pytest.raises(AssetError, match="scales"):
+        read_splats(record.tobytes(), name="bad.splat")
+    with pytest.raises(AssetError, match="multiple of 32"):
+        read_splats(bytes(33), name="bad.splat")
+
+
+def test_counts_are_refused_before_allocating() -> None:
+    huge = gzip.compress(HEADER.pack(MAGIC, 3, 4_000_000_000, 0, 12, 0, 0))
+    with pytest.raises(AssetError, match=r"outside 1\.\.10000000"):
+        read_splats(huge)
+    with pytest.raises(AssetError, match="over the limit"):
+        read_splats(bytes(32 * 5), name="x.splat", max_gaussians=4)
+
+
+def test_a_gzip_bomb_is_inflated_only_as_far_as_the_header_says() -> None:
+    """A valid header for 1 Gaussian followed by 64 MiB of zeros: refused without inflating them all."""
+    bomb = gzip.compress(_spz_body(n=1) + bytes(64 << 20))
+    with pytest.raises(AssetError, match="got more"):
+        read_spz(bomb)
+
+
+@pytest.mark.parametrize("format_name", ["spz", "splat"])
+def test_mutated_files_give_gaussians_or_the_one_error(format_name: str) -> None:
+    """Random byte changes, cuts and extensions: each read returns valid Gaussians or raises AssetError."""
+    rng = np.random.default_rng(5)
+    original = bytearray(write_splats(random_gaussians(40, sh_degree=2, seed=1), format_name))
+    if format_name == "spz":  # mutate the inflated stream, or every change is a gzip CRC error
+        original = bytearray(gzip.decompress(bytes(original)))
+    for _ in range(300):
+        data = bytearray(original)
+        kind = rng.integers(3)
+        if kind == 0:
+            for at in rng.integers(len(data), size=rng.integers(1, 8)):
+                data[at] = rng.integers(256)
+        elif kind == 1:
+            del data[rng.integers(len(data)) :]
+        else:
+            data += bytes(rng.integers(256, size=rng.integers(1, 64), dtype=np.uint8))
+        blob = gzip.compress(bytes(data)) if format_name == "spz" else bytes(data)
+        try:
+            gaussians = read_splats(blob, name=f"x.{format_name}")
+        except AssetError:
+            continue
+        gaussians.validate()
