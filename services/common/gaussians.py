@@ -30,9 +30,12 @@ Files:
     below: 3DGS training prunes Gaussians wider than a tenth of the scene, so e^10 needs a scene
     2e5 world units across, and the assets here stay below e^-1.4. There is no lower bound: e^-1e30
     is 0, which every stage handles.
-  - opacity logits lie within +-``MAX_OPACITY_LOGIT`` (80): their sigmoid is then 0 or 1 to float32
-    precision; beyond it ``exp(-logit)`` overflows in float32 (88.7), then in float64 (709.8), which
-    ``Gaussians.opacities`` computes.
+  - opacity logits beyond +-``MAX_OPACITY_LOGIT`` (80), infinities included, are read as +-80: the
+    sigmoid is 0 or 1 to float32 precision either way, and beyond 80 ``exp(-logit)`` would overflow in
+    float32 (88.7), then in float64 (709.8), which ``Gaussians.opacities`` computes. This one is
+    clamped, not refused, because it changes nothing a renderer sees, and because spz tools write an
+    infinite logit for an opacity of exactly 0 or 1 (a quantized 0 or 255) into the `.ply` they
+    convert to. NaN is refused.
   - coordinates lie within +-``MAX_POSITION`` (1e15 world units): framing puts cameras a few times
     the asset's extent away, in float32, and near 3e38 they became inf (the rasterizer refuses them).
   - vertex property names are plain identifiers (``extra`` keys must be), and ``f_rest_*`` names are
@@ -215,8 +218,8 @@ MAX_LOG_SCALE = 10.0
 renderer would drop silently; see the module docstring."""
 
 MAX_OPACITY_LOGIT = 80.0
-"""``read_ply`` refuses an opacity logit beyond +-80 (sigmoid 0 or 1 in float32); see the module
-docstring."""
+"""``read_ply`` reads an opacity logit beyond +-80 as +-80 (sigmoid 0 or 1 in float32 either way); see
+the module docstring."""
 
 MAX_POSITION = 1e15
 """``read_ply`` refuses a coordinate beyond +-1e15 world units; see the module docstring."""
@@ -561,9 +564,9 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
             10^18 or more); no vertex element; missing properties, or names that are not plain
             identifiers or not f_rest_0..44; f_rest count not 0/9/24/45; vertex count 0 or over
             ``max_gaussians``; truncated data or a wrong number of ASCII values; NaN/inf in a standard
-            property; a coordinate beyond +-``MAX_POSITION``, a log scale over ``MAX_LOG_SCALE``, an
-            opacity logit beyond +-``MAX_OPACITY_LOGIT``; a zero-length quaternion; a path that is
-            not a regular file or cannot be read.
+            property (but an infinite opacity logit, read as +-``MAX_OPACITY_LOGIT``); a coordinate
+            beyond +-``MAX_POSITION``, a log scale over ``MAX_LOG_SCALE``; a zero-length quaternion; a
+            path that is not a regular file or cannot be read.
         NotFound: ``source`` is a path that does not exist.
         TypeError: ``source`` is neither bytes-like nor a path.
     """
@@ -589,13 +592,11 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
         f"a log scale must be at most {MAX_LOG_SCALE:g}, a Gaussian e^{MAX_LOG_SCALE:g} world units across",
         low=-np.inf,
     )
-    opacity = stack(["opacity"])
-    _check_range(
-        ["opacity"],
-        opacity,
-        MAX_OPACITY_LOGIT,
-        f"an opacity logit must lie within +-{MAX_OPACITY_LOGIT:g}, where the opacity is already 0 or 1",
-    )
+    with np.errstate(over="ignore"):  # a double beyond float32 becomes +-inf, then +-80
+        logits = columns["opacity"].astype(np.float32)
+    if np.isnan(logits).any():
+        _finite_float32("opacity", logits)  # raises, naming the first NaN
+    opacity = np.clip(logits, -MAX_OPACITY_LOGIT, MAX_OPACITY_LOGIT)[:, None]
 
     k = _F_REST_COUNTS[sum(1 for name in columns if name in _F_REST)]
     sh = np.empty((n, k, 3), dtype=np.float32)

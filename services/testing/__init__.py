@@ -4,4 +4,5 @@
 - ``random_models``: Stable Diffusion and MVDream model folders with random weights, in the real
   architectures, built offline.
 - ``stores``: a store that counts what is read.
+- ``format_bounds``: what each quantizing splat format may change, as assertions.
 """

@@ -63,8 +63,8 @@ FORMATS: dict[str, SplatFormat] = {
             "spz",
             ".spz",
             "application/x-spz",
-            "SH degree 0 to 3, quantized: positions to 1/8192, log scales to 1/32, opacity to 1/510, "
-            "colour to 1/270, SH bands to 1/28 and 1/15 (see formats.spz)",
+            "versions 2 to 4 read, 3 written; SH degree 0 to 3, quantized: positions to 1/8192, "
+            "log scales to 1/32, opacity to 1/510, colour to 1/270, SH bands to 1/28 and 1/15",
             read_spz,
             write_spz,
         ),
@@ -91,6 +91,8 @@ def detect_format(data: bytes, name: str | None = None) -> str:
     head = bytes(data[:16])
     if head.startswith(b"ply\n") or head.startswith(b"ply\r\n"):
         return "ply"
+    if head.startswith(SPZ_MAGIC.to_bytes(4, "little")):
+        return "spz"  # version 4: a plain header, zstd columns
     if head.startswith(b"\x1f\x8b"):
         try:  # inflate the first 4 bytes only
             inner = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(bytes(data[:65536]), 4)

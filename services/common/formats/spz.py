@@ -1,9 +1,14 @@
-"""Niantic's `.spz` (versions 2 and 3): gzip around a 16-byte header and quantized columns.
+"""Niantic's `.spz` (versions 2 to 4): a header and quantized columns, compressed.
 
-Layout (little-endian), after gunzip: magic ``NGSP`` (0x5053474e), version (uint32), count N
-(uint32), SH degree, fractional bits, flags, a reserved byte (uint8 each); then, each for all N
-Gaussians in turn: positions (3 x 24-bit signed fixed point with that many fractional bits), opacities
-(uint8, 255 sigmoid), DC colours (3 x uint8, DC 0.15 * 255 + 127.5), log scales (3 x uint8,
+Versions 2 and 3 are one gzip stream of a 16-byte header and the columns. Version 4 (the spz
+library's and PlayCanvas's splat-transform's default since 2026) is a plain 32-byte header (the same
+fields, then the stream count and the offset of a table of (compressed, inflated) sizes as uint64),
+the table, and each non-empty column as its own zstd frame.
+
+Layout (little-endian) of versions 2 and 3, after gunzip: magic ``NGSP`` (0x5053474e), version
+(uint32), count N (uint32), SH degree, fractional bits, flags, a reserved byte (uint8 each); then,
+each for all N Gaussians in turn: positions (3 x 24-bit signed fixed point with that many fractional
+bits), opacities (uint8, 255 sigmoid), DC colours (3 x uint8, DC 0.15 * 255 + 127.5), log scales (3 x uint8,
 16 (log s + 10)), rotations (version 2: x, y, z of the quaternion with w >= 0, each 127.5 (q + 1);
 version 3: the largest component's index in 2 bits and the other three in 10 bits each, a sign and 9
 bits of |q| / sqrt(1/2)), then the higher SH coefficients (coefficient-major, RGB inner, 128 x + 128,
@@ -20,6 +25,7 @@ version 3 by default).
 
 Not read: version 1 (float16 positions, never released), SH degree 4, and files with extensions
 (flag 0x2: Adobe's SH range and camera records); each is refused with ``AssetError`` naming it.
+Written: version 3.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from __future__ import annotations
 import math
 import struct
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
+import zstandard
 
 from services.common.errors import AssetError
 from services.common.formats.conventions import (
@@ -39,12 +47,14 @@ from services.common.formats.conventions import (
     opacity_to_logit,
     to_uint8,
 )
-from services.common.gaussians import MAX_LOG_SCALE, Gaussians
+from services.common.gaussians import Gaussians
 
 MAGIC = 0x5053474E  # "NGSP"
-VERSIONS = (2, 3)
-WRITE_VERSION = 3
-HEADER = struct.Struct("<IIIBBBB")
+VERSIONS = (2, 3, 4)  # read; 4 wraps each column in zstd instead of the whole in gzip
+WRITE_VERSION = 3  # gzip-wrapped, which every spz reader so far reads
+WRITE_VERSIONS = (2, 3)
+HEADER = struct.Struct("<IIIBBBB")  # versions 2 and 3, inside the gzip stream
+HEADER_V4 = struct.Struct("<IIIBBBBI12x")  # version 4, plain: ... then stream count and table offset
 FRACTIONAL_BITS = 12  # the spz library's choice: 1/4096 world units, +-2048 units of range
 COLOUR_SCALE = 0.15
 _FLAG_ANTIALIASED = 0x1
@@ -54,10 +64,33 @@ _SH_REST_BUCKET = 1 << (8 - 4)  # higher bands keep 4
 _SQRT1_2 = math.sqrt(0.5)
 
 
-def _record_bytes(sh_degree: int, version: int) -> int:
-    """Bytes per Gaussian after the header."""
-    rotation = 4 if version >= 3 else 3
-    return 9 + 1 + 3 + 3 + rotation + 3 * ((sh_degree + 1) ** 2 - 1)
+@dataclass(frozen=True)
+class _Layout:
+    """What the header says about the columns that follow it."""
+
+    version: int
+    n: int
+    degree: int
+    fractional_bits: int
+
+    def widths(self) -> list[int]:
+        """Bytes per Gaussian of each column, in file order: positions, opacities, colours, scales,
+        rotations, higher SH (0 at degree 0)."""
+        return [9, 1, 3, 3, 4 if self.version >= 3 else 3, 3 * ((self.degree + 1) ** 2 - 1)]
+
+
+def _layout(version: int, n: int, degree: int, bits: int, flags: int, max_gaussians: int) -> _Layout:
+    if version not in VERSIONS:
+        raise AssetError(f"`.spz` version {version} is not supported (only {', '.join(map(str, VERSIONS))})")
+    if degree > 3:
+        raise AssetError(f"`.spz` SH degree {degree} is not supported (0 to 3)")
+    if flags & _FLAG_EXTENSIONS:
+        raise AssetError("`.spz` extensions (flag 0x2) are not supported")
+    if not 0 < n <= max_gaussians:
+        raise AssetError(f"`.spz` count {n} is outside 1..{max_gaussians}")
+    if bits > 23:
+        raise AssetError(f"`.spz` fractional bits {bits} exceed the 24-bit positions")
+    return _Layout(version, n, degree, bits)
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
@@ -69,40 +102,78 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise AssetError(f"`.spz` data is not valid gzip: {exc}") from exc
 
 
-def read_spz(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
-    """Decode a `.spz` file's bytes into ``Gaussians`` in ``PLY_AXES``.
-
-    Memory is bounded by the count in the header: the stream is inflated only as far as the header
-    says it reaches, and a count over ``max_gaussians`` is refused before that.
-
-    Raises:
-        AssetError: not gzip, bad magic, an unsupported version, SH degree or flag, a count of 0 or
-            over ``max_gaussians``, or data shorter or longer than the count says.
-    """
+def _gzip_columns(data: bytes, max_gaussians: int) -> tuple[_Layout, bytes]:
+    """Versions 2 and 3: one gzip stream of the 16-byte header and the columns."""
     header = _gunzip(data, HEADER.size)
     if len(header) < HEADER.size:
         raise AssetError(f"`.spz` header is {len(header)} bytes after gunzip, expected {HEADER.size}")
-    magic, version, n, degree, fractional_bits, flags, _ = HEADER.unpack_from(header)
+    magic, version, n, degree, bits, flags, _ = HEADER.unpack_from(header)
     if magic != MAGIC:
         raise AssetError(f"`.spz` magic is {magic:#010x}, expected {MAGIC:#010x} ('NGSP')")
-    if version not in VERSIONS:
-        raise AssetError(f"`.spz` version {version} is not supported (only {VERSIONS[0]} and {VERSIONS[1]})")
-    if degree > 3:
-        raise AssetError(f"`.spz` SH degree {degree} is not supported (0 to 3)")
-    if flags & _FLAG_EXTENSIONS:
-        raise AssetError("`.spz` extensions (flag 0x2) are not supported")
-    if not 0 < n <= max_gaussians:
-        raise AssetError(f"`.spz` count {n} is outside 1..{max_gaussians}")
-    if fractional_bits > 23:
-        raise AssetError(f"`.spz` fractional bits {fractional_bits} exceed the 24-bit positions")
-    size = HEADER.size + n * _record_bytes(degree, version)
+    if version >= 4:
+        raise AssetError(f"`.spz` version {version} is not gzip-wrapped (versions 2 and 3 are)")
+    layout = _layout(version, n, degree, bits, flags, max_gaussians)
+    size = HEADER.size + n * sum(layout.widths())
     body = _gunzip(data, size)
     if len(body) != size:
         more = "more" if len(body) > size else f"{len(body)}"
         raise AssetError(f"`.spz` of {n} Gaussians needs {size} bytes after gunzip, got {more}")
+    return layout, body[HEADER.size :]
 
-    k = (degree + 1) ** 2
-    columns = np.frombuffer(body, dtype=np.uint8, offset=HEADER.size)
+
+def _zstd_columns(data: bytes, max_gaussians: int) -> tuple[_Layout, bytes]:
+    """Version 4: a 32-byte header, a table of (compressed, inflated) sizes, then each non-empty
+    column as its own zstd frame."""
+    if len(data) < HEADER_V4.size:
+        raise AssetError(f"`.spz` version 4 header is {len(data)} bytes, expected {HEADER_V4.size}")
+    _, version, n, degree, bits, flags, n_streams, toc = HEADER_V4.unpack_from(data)
+    if version < 4:
+        raise AssetError(f"`.spz` version {version} must be gzip-wrapped")
+    layout = _layout(version, n, degree, bits, flags, max_gaussians)
+    sizes = [n * width for width in layout.widths() if width]
+    if n_streams != len(sizes) or toc != HEADER_V4.size:
+        raise AssetError(
+            f"`.spz` version 4 lists {n_streams} streams from byte {toc}, expected {len(sizes)} from "
+            f"byte {HEADER_V4.size}"
+        )
+    if len(data) < toc + 16 * n_streams:
+        raise AssetError(f"`.spz` version 4 is {len(data)} bytes, too short for its {n_streams} streams")
+    table = np.frombuffer(data, dtype="<u8", count=2 * n_streams, offset=toc).reshape(n_streams, 2)
+    if table[:, 1].tolist() != sizes or toc + 16 * n_streams + int(table[:, 0].sum()) != len(data):
+        raise AssetError(
+            f"`.spz` version 4 streams of {table[:, 1].tolist()} bytes ({table[:, 0].sum()} compressed) "
+            f"do not match {n} Gaussians ({sizes} bytes) in a file of {len(data)} bytes"
+        )
+    columns, at = [], toc + 16 * n_streams
+    for compressed, size in table.tolist():
+        reader = zstandard.ZstdDecompressor().stream_reader(memoryview(data)[at : at + compressed])
+        try:
+            column = reader.read(size + 1)  # a frame that holds more is caught below, not inflated
+        except zstandard.ZstdError as exc:
+            raise AssetError(f"`.spz` version 4 stream at byte {at} is not valid zstd: {exc}") from exc
+        if len(column) != size:
+            raise AssetError(f"`.spz` version 4 stream at byte {at} inflates to other than {size} bytes")
+        columns.append(column)
+        at += compressed
+    return layout, b"".join(columns)
+
+
+def read_spz(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
+    """Decode a `.spz` file's bytes (versions 2 to 4) into ``Gaussians`` in ``PLY_AXES``.
+
+    Memory is bounded by the count in the header: the streams are inflated only as far as the header
+    says they reach, and a count over ``max_gaussians`` is refused before that.
+
+    Raises:
+        AssetError: not gzip or zstd, bad magic, an unsupported version, SH degree or flag, a count of
+            0 or over ``max_gaussians``, or data shorter or longer than the count says.
+    """
+    if bytes(data[:4]) == MAGIC.to_bytes(4, "little"):
+        layout, body = _zstd_columns(data, max_gaussians)
+    else:
+        layout, body = _gzip_columns(data, max_gaussians)
+    n, k = layout.n, (layout.degree + 1) ** 2
+    columns = np.frombuffer(body, dtype=np.uint8)
     at = 0
 
     def take(width: int) -> np.ndarray:
@@ -114,14 +185,12 @@ def read_spz(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
     fixed = take(9).reshape(n, 3, 3).astype(np.int32)
     fixed = fixed[..., 0] | (fixed[..., 1] << 8) | (fixed[..., 2] << 16)
     fixed = np.where(fixed & 0x800000, fixed - (1 << 24), fixed)
-    means = (fixed * 2.0**-fractional_bits).astype(np.float32)
+    means = (fixed * 2.0**-layout.fractional_bits).astype(np.float32)
     opacity_logits = opacity_to_logit(take(1)[:, 0] / 255.0)
     dc = (take(3) / 255.0 - 0.5) / COLOUR_SCALE
-    log_scales = (take(3) / 16.0 - 10.0).astype(np.float32)
-    xyzw = _unpack_smallest_three(take(4)) if version >= 3 else _unpack_first_three(take(3))
+    log_scales = (take(3) / 16.0 - 10.0).astype(np.float32)  # at most 5.94, within the .ply bound
+    xyzw = _unpack_smallest_three(take(4)) if layout.version >= 3 else _unpack_first_three(take(3))
     rest = (take(3 * (k - 1)).reshape(n, k - 1, 3).astype(np.float64) - 128.0) / 128.0
-    if np.any(log_scales > MAX_LOG_SCALE):
-        raise AssetError(f"`.spz` log scale {log_scales.max():.4g} is over {MAX_LOG_SCALE}")
 
     quats = xyzw[:, [3, 0, 1, 2]]
     quats /= np.linalg.norm(quats, axis=1, keepdims=True)
@@ -136,7 +205,8 @@ def read_spz(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
 
 
 def write_spz(gaussians: Gaussians, version: int = WRITE_VERSION) -> bytes:
-    """Encode ``Gaussians`` (in ``PLY_AXES``) as a `.spz` file of ``version`` (2 or 3).
+    """Encode ``Gaussians`` (in ``PLY_AXES``) as a `.spz` file of ``version`` (2 or 3; version 4, which
+    readers before 2026 cannot open, is read but not written).
 
     Positions use 12 fractional bits, as the spz library writes, or fewer when the asset reaches
     beyond +-2048 world units (down to 0 bits: +-8.4 million units).
@@ -145,8 +215,8 @@ def write_spz(gaussians: Gaussians, version: int = WRITE_VERSION) -> bytes:
         AssetError: ``gaussians.validate()`` fails, or a coordinate is beyond +-2^23 world units.
         ValueError: ``version`` is not 2 or 3.
     """
-    if version not in VERSIONS:
-        raise ValueError(f"`.spz` version must be one of {VERSIONS}, got {version!r}")
+    if version not in WRITE_VERSIONS:
+        raise ValueError(f"`.spz` version must be one of {WRITE_VERSIONS}, got {version!r}")
     gaussians.validate()
     g = change_axes(gaussians, PLY_AXES, SPZ_AXES)
     n, k = len(g), g.sh.shape[1]

@@ -9,16 +9,18 @@ import struct
 
 import numpy as np
 import pytest
+import zstandard
 
 from services.common.cameras import Cameras, orbit_cameras
 from services.common.errors import AssetError, InvalidArgument
 from services.common.formats import FORMATS, detect_format, read_splats, write_splats
 from services.common.formats.conventions import GLTF_AXES, PLY_AXES, SPZ_AXES, axis_signs, change_axes
 from services.common.formats.splat import RECORD as SPLAT_RECORD
-from services.common.formats.spz import HEADER, MAGIC, read_spz, write_spz
+from services.common.formats.spz import HEADER, HEADER_V4, MAGIC, read_spz, write_spz
 from services.common.framing import fit_framing
-from services.common.gaussians import SH_C0, Gaussians, random_gaussians, read_ply
+from services.common.gaussians import Gaussians, random_gaussians, read_ply
 from services.common.rasterizer import rasterize
+from services.testing.format_bounds import assert_within_splat, assert_within_spz
 from services.testing.synthetic import SHARED_ASSETS
 
 ASSETS = ("monkey_lgm.ply", "hamburger_lgm.ply", "donut_unnormalized_quats.ply", "fruit_drops_full_sh.ply")
@@ -95,46 +97,68 @@ def test_ply_round_trip_is_exact(which) -> None:
         np.testing.assert_array_equal(getattr(again, name), getattr(gaussians, name), err_msg=name)
 
 
-def _quat_error(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest angle between the rotations, radians (q and -q are the same rotation)."""
-    dots = np.abs(np.sum(a.astype(np.float64) * b.astype(np.float64), axis=1))
-    return float(np.max(2.0 * np.arccos(np.clip(dots, 0.0, 1.0))))
-
-
 @pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("which", SAMPLES)
 def test_spz_round_trip_within_its_quantization(which, version: int) -> None:
     gaussians = _sample(which)
     data = write_splats(gaussians, "spz") if version == 3 else write_spz(gaussians, version=2)
     assert detect_format(data) == "spz"
-    again = read_splats(data)
-    assert again.sh.shape == gaussians.sh.shape
-    np.testing.assert_allclose(again.means, gaussians.means, rtol=0, atol=2.0**-13 + 1e-6)
-    np.testing.assert_allclose(
-        again.log_scales, np.clip(gaussians.log_scales, -10.0, 255 / 16 - 10.0), rtol=0, atol=1 / 32 + 1e-6
-    )
-    np.testing.assert_allclose(again.opacities, gaussians.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
-    np.testing.assert_allclose(
-        again.sh[:, 0], np.clip(gaussians.sh[:, 0], -127.5 / 38.25, 127.5 / 38.25), atol=0.5 / 38.25 + 1e-6
-    )
-    rest = np.clip(gaussians.sh[:, 1:], -1.0, 127 / 128)
-    np.testing.assert_allclose(again.sh[:, 1:4], rest[:, :3], rtol=0, atol=4.5 / 128 + 1e-6)
-    np.testing.assert_allclose(again.sh[:, 4:], rest[:, 3:], rtol=0, atol=8.5 / 128 + 1e-6)
     # Version 2 derives w from x, y, z, which is ill-conditioned where w is near 0: up to 0.25 rad there.
-    assert _quat_error(again.quats, gaussians.quats) < (0.004 if version == 3 else 0.25)
+    assert_within_spz(read_splats(data), gaussians, max_angle=0.004 if version == 3 else 0.25)
+
+
+def _as_version_4(data: bytes, *, streams: int | None = None, frame=None) -> bytes:
+    """A version 3 `.spz` re-wrapped as version 4: plain header, size table, a zstd frame per column.
+    ``streams`` overrides the stream count in the header; ``frame`` replaces how a column is framed."""
+    body = gzip.decompress(data)
+    _, _, n, degree, bits, flags, _ = HEADER.unpack_from(body)
+    widths = [9, 1, 3, 3, 4, 3 * ((degree + 1) ** 2 - 1)]
+    columns, at = [], HEADER.size
+    for width in widths:
+        if width:
+            columns.append(body[at : at + n * width])
+        at += n * width
+    frames = [(frame or zstandard.ZstdCompressor().compress)(column) for column in columns]
+    header = HEADER_V4.pack(MAGIC, 4, n, degree, bits, flags, len(frames) if streams is None else streams, 32)
+    table = b"".join(struct.pack("<QQ", len(f), len(c)) for f, c in zip(frames, columns, strict=True))
+    return header + table + b"".join(frames)
+
+
+@pytest.mark.parametrize("degree", [0, 3])
+def test_spz_version_4_reads_as_its_columns_say(degree: int) -> None:
+    gaussians = random_gaussians(500, sh_degree=degree, seed=degree)
+    version_3 = write_splats(gaussians, "spz")
+    version_4 = _as_version_4(version_3)
+    assert detect_format(version_4) == "spz"
+    again, expected = read_splats(version_4), read_splats(version_3)
+    for name in ("means", "log_scales", "quats", "opacity_logits", "sh"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(expected, name), err_msg=name)
+
+
+def test_malformed_spz_version_4_gets_the_one_error() -> None:
+    version_3 = write_splats(random_gaussians(50, sh_degree=1, seed=2), "spz")
+    good = _as_version_4(version_3)
+    cases = [
+        (good[:20], "header is 20 bytes"),
+        (good[:40], "too short for its 6 streams"),
+        (_as_version_4(version_3, streams=5), "lists 5 streams"),
+        (good[:-1], "do not match"),
+        (good + b"\x00", "do not match"),
+        (_as_version_4(version_3, frame=lambda c: b"\x28\xb5\x2f\xfd" + bytes(len(c))), "stream at byte 128"),
+        (
+            _as_version_4(version_3, frame=lambda c: zstandard.ZstdCompressor().compress(c + bytes(1 << 20))),
+            "inflates to other than",
+        ),
+    ]
+    for data, message in cases:
+        with pytest.raises(AssetError, match=message):
+            read_splats(data)
 
 
 @pytest.mark.parametrize("which", SAMPLES)
 def test_splat_round_trip_within_its_quantization(which) -> None:
     gaussians = _sample(which)
-    again = read_splats(write_splats(gaussians, "splat"), name="asset.splat")
-    assert again.sh.shape == (len(gaussians), 1, 3)
-    np.testing.assert_array_equal(again.means, gaussians.means)
-    np.testing.assert_allclose(again.log_scales, gaussians.log_scales, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(again.opacities, gaussians.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
-    colour = np.clip(0.5 + SH_C0 * gaussians.sh[:, 0], 0.0, 1.0)
-    np.testing.assert_allclose(0.5 + SH_C0 * again.sh[:, 0], colour, rtol=0, atol=0.5 / 255 + 1e-6)
-    assert _quat_error(again.quats, gaussians.quats) < 0.03
+    assert_within_splat(read_splats(write_splats(gaussians, "splat"), name="asset.splat"), gaussians)
 
 
 @pytest.mark.parametrize("format_name", ["spz", "splat"])

@@ -352,13 +352,6 @@ def test_counts_may_have_leading_zeros() -> None:
         ),
         ("scale_2", 10.001, r"property `scale_2` is 10.001 at vertex 3 .* at most 10"),
         (
-            "opacity",
-            -710.0,
-            r"property `opacity` is -710 at vertex 3 \(1 out-of-range values in all\); an opacity logit must "
-            r"lie within \+-80",
-        ),
-        ("opacity", 80.5, r"property `opacity` is 80.5 at vertex 3"),
-        (
             "z",
             -3e38,
             r"property `z` is -3e\+38 at vertex 3 .* a position must lie within \+-1e\+15 world units$",
@@ -383,6 +376,18 @@ def test_values_at_the_bounds_are_read() -> None:
     g.validate()
     check_arguments(g, orbit_cameras([0.0], 8, 8), (0.0, 0.0, 0.0), 0)
     assert np.isfinite(g.scales).all() and np.isfinite(g.opacities).all()
+
+
+def test_saturated_opacity_logits_are_read_as_80() -> None:
+    """Beyond +-80 the opacity is 0 or 1 in float32 whatever the logit: such logits, infinities included
+    (what spz tools write for a quantized 0 or 255), are read as +-80; NaN is still refused."""
+    cols = columns_of(random_gaussians(5, seed=3))
+    cols |= {"opacity": np.array([-np.inf, -710.0, 80.5, np.inf, 3e38])}
+    g = read_ply(make_ply(cols, types={"opacity": "double"}))
+    assert g.opacity_logits.tolist() == [-80.0, -80.0, 80.0, 80.0, 80.0]
+    np.testing.assert_allclose(g.opacities, [0.0, 0.0, 1.0, 1.0, 1.0], rtol=0, atol=1e-30)
+    with pytest.raises(AssetError, match=r"property `opacity` has 1 non-finite values \(first at vertex 3\)"):
+        read_ply(with_value("opacity", 3, np.nan))
 
 
 def test_f_rest_names_must_be_exact() -> None:

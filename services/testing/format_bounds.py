@@ -1,0 +1,51 @@
+"""What each quantizing splat format may change, as assertions shared by the format tests and the
+cross-check against PlayCanvas's splat-transform (the bounds ``services.common.formats.spz`` and
+``splat`` state)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.common.gaussians import SH_C0, Gaussians
+
+SPZ_LOG_SCALES = (-10.0, 255 / 16 - 10.0)  # what 8 bits of 16 (log s + 10) can hold
+SPZ_DC = 127.5 / 38.25  # |DC| a byte of 0.15 * 255 DC + 127.5 can hold
+SPZ_SH = (-1.0, 127 / 128)  # what a byte of 128 x + 128 can hold
+
+
+def rotation_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest angle, radians, between the rotations of two ``[N, 4]`` quaternion arrays (q and -q
+    are the same rotation)."""
+    a = a.astype(np.float64) / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b.astype(np.float64) / np.linalg.norm(b, axis=1, keepdims=True)
+    # |a - b| = 2 sin(angle / 4): well conditioned near 0, where arccos of the dot product is not.
+    chord = np.minimum(np.linalg.norm(a - b, axis=1), np.linalg.norm(a + b, axis=1))
+    return float(np.max(4.0 * np.arcsin(np.minimum(1.0, chord / 2.0))))
+
+
+def assert_within_spz(again: Gaussians, original: Gaussians, max_angle: float = 0.004) -> None:
+    """``again`` is ``original`` through a `.spz`: each value within its quantization, or clamped to
+    what the format holds. ``max_angle``: 0.004 rad for version 3 and later, 0.25 for version 2."""
+    assert again.sh.shape == original.sh.shape
+    np.testing.assert_allclose(again.means, original.means, rtol=0, atol=2.0**-13 + 1e-6)
+    scales = np.clip(original.log_scales, *SPZ_LOG_SCALES)
+    np.testing.assert_allclose(again.log_scales, scales, rtol=0, atol=1 / 32 + 1e-6)
+    np.testing.assert_allclose(again.opacities, original.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
+    dc = np.clip(original.sh[:, 0], -SPZ_DC, SPZ_DC)
+    np.testing.assert_allclose(again.sh[:, 0], dc, rtol=0, atol=0.5 / 38.25 + 1e-6)
+    rest = np.clip(original.sh[:, 1:], *SPZ_SH)
+    np.testing.assert_allclose(again.sh[:, 1:4], rest[:, :3], rtol=0, atol=4.5 / 128 + 1e-6)
+    np.testing.assert_allclose(again.sh[:, 4:], rest[:, 3:], rtol=0, atol=8.5 / 128 + 1e-6)
+    assert rotation_error(again.quats, original.quats) < max_angle
+
+
+def assert_within_splat(again: Gaussians, original: Gaussians) -> None:
+    """``again`` is ``original`` through a `.splat`: positions exact, scales to float32, DC colour
+    clamped to [0, 1] and with opacity to 0.5/255, rotations to 0.03 rad, higher SH bands gone."""
+    assert again.sh.shape == (len(original), 1, 3)
+    np.testing.assert_array_equal(again.means, original.means)
+    np.testing.assert_allclose(again.log_scales, original.log_scales, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(again.opacities, original.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
+    colour = np.clip(0.5 + SH_C0 * original.sh[:, 0], 0.0, 1.0)
+    np.testing.assert_allclose(0.5 + SH_C0 * again.sh[:, 0], colour, rtol=0, atol=0.5 / 255 + 1e-6)
+    assert rotation_error(again.quats, original.quats) < 0.03

@@ -1,0 +1,93 @@
+"""Our splat files against an independent implementation: PlayCanvas's splat-transform (pinned in the
+Makefile, installed by `make install`), both ways.
+
+- Ours -> theirs: every file we write, converted by splat-transform to `.ply`, holds what our own
+  reader decodes from it (the same quantized values; float32 rounding apart), axes and SH signs
+  included.
+- Theirs -> ours: every `.spz` (versions 3 and 4) and `.ply` it writes from the real assets reads here
+  within the format's quantization of the original.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.formats import read_splats, write_splats
+from services.common.formats.spz import write_spz
+from services.common.gaussians import Gaussians, random_gaussians, read_ply
+from services.testing.format_bounds import assert_within_spz, rotation_error
+from services.testing.synthetic import SHARED_ASSETS
+
+ROOT = Path(__file__).parents[1]
+SPLAT_TRANSFORM = ROOT / ".tools" / "node_modules" / ".bin" / "splat-transform"
+MONKEY = ROOT / "samples" / "monkey_lgm.ply"
+ASSETS = ("hamburger_lgm.ply", "donut_unnormalized_quats.ply", "fruit_drops_full_sh.ply")
+
+
+def convert(source: Path, target: Path, *options: str) -> Path:
+    """``splat-transform`` from ``source`` to ``target`` (format from the name)."""
+    if not SPLAT_TRANSFORM.exists():
+        pytest.fail(f"{SPLAT_TRANSFORM} is missing: `make install` installs it")
+    done = subprocess.run(
+        [str(SPLAT_TRANSFORM), "--quiet", "--overwrite", *options, str(source), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"splat-transform failed: {done.stderr[-2000:]}"
+    return target
+
+
+def assert_same_values(theirs: Gaussians, ours: Gaussians, max_angle: float = 1e-4) -> None:
+    """Both decoded the same file: equal up to float32 rounding of each decoder's arithmetic, and
+    rotations within ``max_angle`` radians."""
+    assert len(theirs) == len(ours) and theirs.sh.shape == ours.sh.shape
+    np.testing.assert_allclose(theirs.means, ours.means, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(theirs.log_scales, ours.log_scales, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(theirs.opacities, ours.opacities, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(theirs.sh, ours.sh, rtol=0, atol=1e-5)
+    assert rotation_error(theirs.quats, ours.quats) < max_angle
+
+
+def sample(which: str) -> Gaussians:
+    if which == "random-sh3":
+        return random_gaussians(3000, sh_degree=3, seed=17)
+    return read_ply(MONKEY)
+
+
+@pytest.mark.parametrize("which", ["monkey", "random-sh3"])
+@pytest.mark.parametrize("format_name", ["ply", "spz", "splat"])
+def test_splat_transform_reads_what_we_write(tmp_path: Path, which: str, format_name: str) -> None:
+    gaussians = sample(which)
+    ours = tmp_path / f"ours.{format_name}"
+    ours.write_bytes(write_splats(gaussians, format_name))
+    theirs = read_ply(convert(ours, tmp_path / "theirs.ply"))
+    # A `.splat` rotation byte b means (b - 128) / 128 to the viewer that made the format, and to this
+    # project, but (b - 127.5) / 127.5 to splat-transform: up to half a step apart, 0.016 rad.
+    assert_same_values(theirs, read_splats(ours), max_angle=0.02 if format_name == "splat" else 1e-4)
+
+
+def test_splat_transform_reads_our_spz_version_2(tmp_path: Path) -> None:
+    ours = tmp_path / "ours.spz"
+    ours.write_bytes(write_spz(random_gaussians(3000, sh_degree=2, seed=5), version=2))
+    assert_same_values(read_ply(convert(ours, tmp_path / "theirs.ply")), read_splats(ours))
+
+
+@pytest.mark.parametrize("name", ["monkey_lgm.ply", *ASSETS])
+def test_we_read_what_splat_transform_writes(tmp_path: Path, name: str) -> None:
+    source = MONKEY if name == "monkey_lgm.ply" else SHARED_ASSETS / name
+    if not source.exists():
+        pytest.skip(f"shared asset {source} is missing (set TIRE_SHARED_DATA to the shared data folder)")
+    original = read_ply(source)
+    version_4 = read_splats(convert(source, tmp_path / "theirs.spz"))
+    assert_within_spz(version_4, original)
+    version_3 = read_splats(convert(source, tmp_path / "theirs3.spz", "--spz-version", "3"))
+    assert_within_spz(version_3, original)
+    again = read_ply(convert(source, tmp_path / "theirs.ply"))
+    np.testing.assert_array_equal(again.means, original.means)
+    np.testing.assert_array_equal(again.sh, original.sh)
+    np.testing.assert_allclose(again.opacity_logits, original.opacity_logits, rtol=0, atol=1e-6)
