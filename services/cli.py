@@ -17,7 +17,8 @@
     tire models sync STAGE=WEIGHTS... --repository ... --triton ...  publish what is not served yet
     tire models rollback STAGE VERSION --repository ... --triton ...  serve VERSION's weights again
 
-ASSET is a ``.ply`` (3D) or a folder of ``.ply`` time steps in name order (4D); REFERENCE is an RGBA
+ASSET is a splat file (``.ply``, ``.spz``, ``.splat``; 3D) or a folder of them, time steps in name
+order (4D); ``--format`` (repeatable) names the formats of the repaired asset. REFERENCE is an RGBA
 PNG of the subject seen from the front, or a folder of them, one per time step.
 
 Commands that call a coordinator send the token of ``--token-file``, ``TIRE_TOKEN``, ``TIRE_TOKEN_FILE``,
@@ -55,7 +56,7 @@ from services.client import (
 )
 from services.common import registry
 from services.common.errors import ConfigError, TireError
-from services.common.formats import FORMATS, format_of_name, read_splats, write_splats
+from services.common.formats import FORMATS, detect_format, format_of_name, read_splats, write_splats
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
 from services.stack import TRITON_REPOSITORY, LocalStack, local_ports, local_stack
@@ -76,19 +77,37 @@ STATES = {
 
 
 def input_files(asset: Path, reference: Path) -> tuple[list[Path], list[Path]]:
-    """The asset's ``.ply`` frames and the reference PNGs, in time order."""
+    """The asset's frames (splat files, any format of ``FORMATS``) and the reference PNGs, in time
+    order."""
+    extensions = tuple(spec.extension for spec in FORMATS.values())
 
-    def listing(path: Path, pattern: str, what: str) -> list[Path]:
-        files = sorted(path.glob(pattern)) if path.is_dir() else [path]
+    def listing(path: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
+        if path.is_dir():
+            files = sorted(f for f in path.iterdir() if f.name.lower().endswith(suffixes))
+        else:
+            files = [path]
         if not files or not all(f.is_file() for f in files):
             raise SystemExit(f"tire: no {what} at {path}")
         return files
 
-    return listing(asset, "*.ply", "asset (.ply)"), listing(reference, "*.png", "reference (.png)")
+    frames = listing(asset, extensions, f"asset ({', '.join(extensions)})")
+    return frames, listing(reference, (".png",), "reference (.png)")
+
+
+def frame_media_types(frames: list[Path]) -> list[str]:
+    """Each frame's media type, from its format (read from its content, as the coordinator reads it)."""
+    try:
+        return [FORMATS[detect_format(path.read_bytes(), path.name)].media_type for path in frames]
+    except TireError as exc:
+        raise SystemExit(f"tire: {exc}") from None
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("asset", type=Path, help="a .ply, or a folder of .ply time steps (4D)")
+    parser.add_argument(
+        "asset",
+        type=Path,
+        help=f"a splat file ({', '.join(FORMATS)}), or a folder of them (one per time step)",
+    )
     parser.add_argument("reference", type=Path, help="an RGBA .png, or a folder of them (one per time step)")
     parser.add_argument("--resolution", type=int, default=0, help="view size, pixels (default 256)")
     parser.add_argument("--orbit-step", type=float, default=0.0, help="degrees between views (default 20)")
@@ -124,6 +143,13 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--fit-steps", type=int, help="subject-fit steps (LoRA steps; default 400)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=list(FORMATS),
+        help="a format to deliver the repaired asset in (repeat for more; default: the asset's own)",
+    )
 
 
 def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordinator_pb2.JobSpec:
@@ -138,6 +164,7 @@ def job_spec(args: argparse.Namespace, frames: list, references: list) -> coordi
         refine_strength=args.refine_strength,
         seed=args.seed,
         force=args.force,
+        output_formats=args.formats or [],
     )
     if args.center is not None:
         spec.framing.center.extend(args.center)
@@ -166,9 +193,12 @@ def run_embedded(args: argparse.Namespace) -> int:
     from services.coordinator.spec import resolve_spec
     from services.embedded import embedded_stages
 
-    plys, pngs = input_files(args.asset, args.reference)
+    files, pngs = input_files(args.asset, args.reference)
     store = MemoryStore()
-    frames = [store.put_bytes(p.read_bytes(), suffix=".ply", media_type="application/x-ply") for p in plys]
+    frames = [
+        store.put_bytes(p.read_bytes(), suffix=p.suffix.lower(), media_type=media_type)
+        for p, media_type in zip(files, frame_media_types(files), strict=True)
+    ]
     references = [store.put_bytes(p.read_bytes(), suffix=".png", media_type="image/png") for p in pngs]
     try:
         spec = frame_job(resolve_spec(job_spec(args, frames, references)), store)
@@ -178,7 +208,7 @@ def run_embedded(args: argparse.Namespace) -> int:
 
     jobs = JobStore(":memory:")
     job, _ = jobs.create(spec)
-    print(f"Repairing {', '.join(map(str, plys))} with {args.profile} backends ({len(plys)} time step(s))")
+    print(f"Repairing {', '.join(map(str, files))} with {args.profile} backends ({len(files)} time step(s))")
     center = ", ".join(f"{c:.3g}" for c in spec.framing.center)
     print(f"Orbit around ({center}) at radius {spec.framing.radius:.3g}")
     start = time.perf_counter()
@@ -673,8 +703,9 @@ def main(argv: list[str] | None = None) -> int:
             return new_token_entry(args.principal, args.admin)
         stub = coordinator_stub(args.coordinator, credentials(args))
         if args.command == "submit":
-            plys, pngs = input_files(args.asset, args.reference)
-            spec = job_spec(args, upload(stub, plys, "application/x-ply"), upload(stub, pngs, "image/png"))
+            frames, pngs = input_files(args.asset, args.reference)
+            frame_refs = upload(stub, frames, frame_media_types(frames))
+            spec = job_spec(args, frame_refs, upload(stub, pngs, "image/png"))
             job = stub.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec), timeout=30).job
             print(job.id)
             return watch(stub, job.id) if args.watch else 0

@@ -18,7 +18,7 @@ import os
 import time
 import urllib.request
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common.clients import ErrorDetails, dial, error_details, tls_credentials
 from services.common.errors import IntegrityError
+from services.common.formats import FORMATS
 from services.common.store import BlobStore, addressed_sha256, content_sha256
 
 __all__ = [
@@ -142,10 +143,14 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercepto
         return continuation(self._with_token(details), request)
 
 
-def upload(stub, paths: list[Path], media_type: str) -> list[common_pb2.ObjectRef]:
-    """Upload files through the coordinator's presigned URLs; return their references."""
+def upload(stub, paths: list[Path], media_type: str | Sequence[str]) -> list[common_pb2.ObjectRef]:
+    """Upload files through the coordinator's presigned URLs; return their references.
+
+    ``media_type``: one for every file, or one per file.
+    """
+    media_types = [media_type] * len(paths) if isinstance(media_type, str) else list(media_type)
     files = []
-    for path in paths:
+    for path, media_type in zip(paths, media_types, strict=True):
         data = path.read_bytes()
         files.append(
             coordinator_pb2.UploadFile(
@@ -229,6 +234,13 @@ def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[
     frames = outputs.repaired.frames
     for t, ref in enumerate(frames):
         save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri, ref.sha256)
+    for repaired in outputs.repaired_formats:
+        if repaired.format == "ply" or repaired.format not in FORMATS:  # the .ply is saved above
+            continue
+        extension = FORMATS[repaired.format].extension
+        for t, ref in enumerate(repaired.asset.frames):
+            name = f"repaired{extension}" if len(frames) == 1 else f"repaired_{t:02d}{extension}"
+            save(name, ref.uri, ref.sha256)
     for name, ref in (
         ("contact_sheet.png", outputs.contact_sheet),
         ("change_map.png", outputs.change_map),

@@ -10,7 +10,9 @@ import pytest
 
 from services.cli import main
 from services.common.errors import ConfigError
+from services.common.formats import read_splats
 from services.common.gaussians import read_ply
+from services.testing.format_bounds import assert_within_spz
 
 ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -67,6 +69,17 @@ def test_convert_goes_through_every_format_and_back(tmp_path, capsys):
     (tmp_path / "junk.ply").write_bytes(b"ply\nformat nonsense\n")
     assert main(["convert", str(tmp_path / "junk.ply"), str(tmp_path / "out.spz")]) == 2
     assert not (tmp_path / "out.spz").exists()
+
+
+def test_run_takes_an_spz_asset_and_delivers_the_formats_asked_for(tmp_path):
+    asset = tmp_path / "monkey.spz"
+    assert main(["convert", str(MONKEY), str(asset)]) == 0
+    out = tmp_path / "out"
+    args = ["run", str(asset), str(FRONT), "-o", str(out), "--resolution", "64", "--orbit-step", "90"]
+    assert main([*args, "--format", "spz", "--format", "splat"]) == 0
+    assert {p.name for p in out.glob("repaired.*")} == {"repaired.ply", "repaired.spz", "repaired.splat"}
+    repaired = read_ply(out / "repaired.ply")
+    assert_within_spz(read_splats(out / "repaired.spz"), repaired)
 
 
 def test_describe_lists_the_embedded_stages(capsys):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from tire.v1 import coordinator_pb2
 
-from services.common.assets import load_frame
+from services.common.assets import read_frame
 from services.common.cameras import DEFAULT_FOVY_DEG
 from services.common.framing import Framing, fit_framing
 from services.common.store import BlobStore
@@ -35,15 +35,17 @@ def frame_job(
         field: the spec's path in the request, the prefix of fields named in errors.
 
     Returns:
-        The spec with ``framing.center`` (3 values), ``framing.radius``, ``framing.extent`` set, and
-        ``framing.warnings`` holding the failed checks' sentences when ``spec.force`` (else empty).
+        The spec with ``framing.center`` (3 values), ``framing.radius``, ``framing.extent`` set,
+        ``framing.warnings`` holding the failed checks' sentences when ``spec.force`` (else empty), and
+        ``output_formats`` the asset's own format when it was empty.
 
     Raises:
         FailedPrecondition: a framing check failed and ``spec.force`` is not set, or the asset is empty.
-        InvalidArgument: a frame that is not a valid 3DGS ``.ply`` (naming ``{field}.asset.frames[t]``).
+        InvalidArgument: a frame that is not a splat file (naming ``{field}.asset.frames[t]``).
         ObjectNotFound, IntegrityError, ...: from the store.
     """
-    frames = [load_frame(store, spec.asset, t, field=f"{field}.asset") for t in range(len(spec.asset.frames))]
+    read = [read_frame(store, spec.asset, t, field=f"{field}.asset") for t in range(len(spec.asset.frames))]
+    frames = [gaussians for gaussians, _ in read]
     framing = job_framing(spec, frames)
     warnings = framing.require(force=spec.force)
     framed = coordinator_pb2.JobSpec()
@@ -56,6 +58,8 @@ def frame_job(
             extent=framing.extent,
         )
     )
+    if not framed.output_formats:
+        framed.output_formats.append(read[0][1])  # the asset's own format
     return framed
 
 

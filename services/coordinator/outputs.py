@@ -1,4 +1,5 @@
-"""A finished job's outputs: contact sheet, change map, turntable and report.json.
+"""A finished job's outputs: the repaired asset in each format asked for, contact sheet, change map,
+turntable and report.json.
 
 The figures of report.json are defined in ``services.coordinator.report``; this module gathers them
 per time step, with the rings, the Gaussians the reconstruction kept, the framing and the timings.
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import common_pb2, coordinator_pb2, reconstructor_pb2
 
+from services.common.assets import store_frame
 from services.common.cameras import DEFAULT_RADIUS
 from services.common.gaussians import read_ply
 from services.common.pictures import before_after_sheet, turntable_gif
@@ -63,6 +65,7 @@ def job_outputs(
     figures = report_figures(store, job, azimuths, results, step_seconds, models)
     return coordinator_pb2.JobOutputs(
         repaired=common_pb2.AssetRef(frames=[r.repaired for r in results]),
+        repaired_formats=repaired_formats(store, job.spec.output_formats, [r.repaired for r in results]),
         rings=[ring for r in results for ring in r.rings],
         contact_sheet=store.put_bytes(png_bytes(sheet), suffix=".png", media_type=PNG),
         change_map=store.put_bytes(png_bytes(changes), suffix=".png", media_type=PNG),
@@ -73,6 +76,21 @@ def job_outputs(
             media_type="application/json",
         ),
     )
+
+
+def repaired_formats(
+    store: BlobStore, formats: Sequence[str], repaired: Sequence[common_pb2.ObjectRef]
+) -> list[coordinator_pb2.RepairedAsset]:
+    """The repaired asset (``repaired``: one `.ply` per time step) in each of ``formats``: the `.ply`
+    files themselves, the others written from them (``services.common.formats``)."""
+    assets = []
+    for name in formats:
+        if name == "ply":
+            frames = list(repaired)
+        else:
+            frames = [store_frame(store, read_ply(store.get_object(ref)), name) for ref in repaired]
+        assets.append(coordinator_pb2.RepairedAsset(format=name, asset=common_pb2.AssetRef(frames=frames)))
+    return assets
 
 
 def report_figures(

@@ -58,6 +58,7 @@ from services.common.errors import (
     ObjectTooLarge,
     PermissionDenied,
 )
+from services.common.formats import FORMATS
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key
@@ -80,7 +81,11 @@ MAX_NAME_CHARS = 255
 MAX_JOB_ID_CHARS = 64
 MAX_REQUEST_ID_CHARS = 128
 MAX_PAGE_TOKEN_CHARS = 256
-_SUFFIXES = {"application/x-ply": ".ply", "image/png": ".png", "application/json": ".json"}
+_SUFFIXES = {
+    **{spec.media_type: spec.extension for spec in FORMATS.values()},
+    "image/png": ".png",
+    "application/json": ".json",
+}
 _MEDIA_TYPES = {suffix: media_type for media_type, suffix in _SUFFIXES.items()}
 
 

@@ -71,7 +71,7 @@ FORMATS: dict[str, SplatFormat] = {
         SplatFormat(
             "splat",
             ".splat",
-            "application/octet-stream",
+            "application/x-splat",  # no registered type; ours, so that uploads keep the name's ending
             "positions and scales in float32; colour (DC only, clamped to [0, 1]) and opacity to 1/510, "
             "rotations to 1/256; higher SH bands are dropped",
             read_splat,

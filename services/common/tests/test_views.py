@@ -128,7 +128,7 @@ def test_load_frame_reads_the_time_step(store):
 
 def test_load_frame_errors_name_the_frame(store):
     bad = store.put_bytes(b"ply\nformat ascii 1.0\nend_header\n", suffix=".ply")
-    with pytest.raises(InvalidArgument, match=r"`asset\.frames\[0\]`.*not a valid 3DGS \.ply"):
+    with pytest.raises(InvalidArgument, match=r"`asset\.frames\[0\]`.*not a splat file this reads"):
         load_frame(store, common_pb2.AssetRef(frames=[bad]), 0)
     missing = common_pb2.ObjectRef(uri=store.uri_for("sha256/00/" + "0" * 64 + ".ply"))
     with pytest.raises(ObjectNotFound):

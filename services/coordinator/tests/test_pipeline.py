@@ -11,7 +11,10 @@ import pytest
 from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import InvalidArgument, StoreUnavailable
+from services.common.formats import detect_format, read_splats, write_splats
+from services.common.gaussians import read_ply
 from services.common.store import MemoryStore
+from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
@@ -19,6 +22,7 @@ from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
 from services.embedded import embedded_servicers
 from services.reconstructor.backends import ColourSolveBackend
 from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
+from services.testing.format_bounds import assert_within_splat, assert_within_spz
 
 ROOT = Path(__file__).parents[3]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -116,6 +120,35 @@ def test_a_job_repairs_the_monkey_and_reports_it(store, servicers):
         model = started[step].model
         assert (model.stage, model.backend, model.version) == (stage, pinned[stage]["backend"], "")
     assert not started["models"].HasField("model")
+
+
+def test_a_job_on_an_spz_asset_delivers_spz_by_default_and_every_format_asked_for(store, servicers, tmp_path):
+    """The asset's format is read from its content; the repaired asset comes back in it (the default)
+    and in every format the spec names, each file decoding to the repaired `.ply` within its format's
+    quantization (``services.testing.format_bounds``)."""
+    asset = tmp_path / "monkey.spz"
+    asset.write_bytes(write_splats(read_ply(MONKEY), "spz"))
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[store.put_bytes(asset.read_bytes(), suffix=".spz")]),
+        references=[store.put_bytes(FRONT.read_bytes(), suffix=".png")],
+        resolution=64,
+        orbit_step_deg=90,
+    )
+    assert list(frame_job(resolve_spec(spec), store).output_formats) == ["spz"]
+    spec.output_formats.extend(["splat", "spz", "ply"])
+    jobs = JobStore(":memory:")
+    job, _ = jobs.create(frame_job(resolve_spec(spec), store))
+    job = JobRunner(jobs, stages_of(servicers), store, FAST).run(job.id)
+    assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
+    delivered = {r.format: r.asset.frames[0] for r in job.outputs.repaired_formats}
+    assert list(delivered) == ["splat", "spz", "ply"]
+    assert delivered["ply"] == job.outputs.repaired.frames[0]
+    repaired = read_ply(store.get_object(job.outputs.repaired.frames[0]))
+    spz, splat = store.get_object(delivered["spz"]), store.get_object(delivered["splat"])
+    assert delivered["spz"].uri.endswith(".spz") and detect_format(spz) == "spz"
+    assert delivered["splat"].uri.endswith(".splat")
+    assert_within_spz(read_splats(spz), repaired)
+    assert_within_splat(read_splats(splat, name=delivered["splat"].uri), repaired)
 
 
 def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicers):

@@ -136,7 +136,7 @@ def test_malformed_ply_is_an_invalid_argument_naming_the_frame(servicer, store):
     ref = store.put_bytes(
         b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nend_header\n", suffix=".ply"
     )
-    with pytest.raises(InvalidArgument, match=r"`asset.frames\[0\]` is not a valid 3DGS .ply"):
+    with pytest.raises(InvalidArgument, match=r"`asset.frames\[0\]` is not a splat file this reads"):
         servicer.Render(orbit_request(ref), None)
 
 

@@ -117,7 +117,7 @@ class SourceOnly(_message.Message):
     def __init__(self) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("asset", "references", "resolution", "orbit_step_deg", "elevation_deg", "rings", "strength", "refine_strength", "fit", "seed", "labels", "framing", "force")
+    __slots__ = ("asset", "references", "resolution", "orbit_step_deg", "elevation_deg", "rings", "strength", "refine_strength", "fit", "seed", "labels", "framing", "force", "output_formats")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class JobSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     FRAMING_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMATS_FIELD_NUMBER: _ClassVar[int]
     asset: _common_pb2.AssetRef
     references: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
     resolution: int
@@ -151,7 +152,8 @@ class JobSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     framing: Framing
     force: bool
-    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_common_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ...) -> None: ...
+    output_formats: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_common_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ..., output_formats: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Framing(_message.Message):
     __slots__ = ("center", "radius", "warnings", "extent")
@@ -190,20 +192,30 @@ class RingOutput(_message.Message):
     def __init__(self, ring: _Optional[int] = ..., time_step: _Optional[int] = ..., target_azimuths_deg: _Optional[_Iterable[float]] = ..., anchor_azimuths_deg: _Optional[_Iterable[float]] = ..., unobserved: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., inpainted: _Optional[_Union[_common_pb2.TensorRef, _Mapping]] = ..., unobserved_fraction: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class JobOutputs(_message.Message):
-    __slots__ = ("repaired", "rings", "contact_sheet", "turntable", "report", "change_map")
+    __slots__ = ("repaired", "rings", "contact_sheet", "turntable", "report", "change_map", "repaired_formats")
     REPAIRED_FIELD_NUMBER: _ClassVar[int]
     RINGS_FIELD_NUMBER: _ClassVar[int]
     CONTACT_SHEET_FIELD_NUMBER: _ClassVar[int]
     TURNTABLE_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     CHANGE_MAP_FIELD_NUMBER: _ClassVar[int]
+    REPAIRED_FORMATS_FIELD_NUMBER: _ClassVar[int]
     repaired: _common_pb2.AssetRef
     rings: _containers.RepeatedCompositeFieldContainer[RingOutput]
     contact_sheet: _common_pb2.ObjectRef
     turntable: _common_pb2.ObjectRef
     report: _common_pb2.ObjectRef
     change_map: _common_pb2.ObjectRef
-    def __init__(self, repaired: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., rings: _Optional[_Iterable[_Union[RingOutput, _Mapping]]] = ..., contact_sheet: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., turntable: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., change_map: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ...) -> None: ...
+    repaired_formats: _containers.RepeatedCompositeFieldContainer[RepairedAsset]
+    def __init__(self, repaired: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., rings: _Optional[_Iterable[_Union[RingOutput, _Mapping]]] = ..., contact_sheet: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., turntable: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., report: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., change_map: _Optional[_Union[_common_pb2.ObjectRef, _Mapping]] = ..., repaired_formats: _Optional[_Iterable[_Union[RepairedAsset, _Mapping]]] = ...) -> None: ...
+
+class RepairedAsset(_message.Message):
+    __slots__ = ("format", "asset")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    ASSET_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    asset: _common_pb2.AssetRef
+    def __init__(self, format: _Optional[str] = ..., asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ...) -> None: ...
 
 class JobProgress(_message.Message):
     __slots__ = ("steps_done", "steps_total", "ring", "rings_total", "current_step")
