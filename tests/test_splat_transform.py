@@ -4,8 +4,9 @@ Makefile, installed by `make install`), both ways.
 - Ours -> theirs: every file we write, converted by splat-transform to `.ply`, holds what our own
   reader decodes from it (the same quantized values; float32 rounding apart), axes and SH signs
   included.
-- Theirs -> ours: every `.spz` (versions 3 and 4) and `.ply` it writes from the real assets reads here
-  within the format's quantization of the original.
+- Theirs -> ours: every `.spz` (versions 3 and 4), `.glb` and `.ply` it writes from the real assets
+  reads here within the format's quantization of the original. (It does not read `.glb`, so our
+  `.glb` is checked against its `.glb` of the same asset instead.)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from services.common.formats import read_splats, write_splats
 from services.common.formats.spz import write_spz
 from services.common.gaussians import Gaussians, random_gaussians, read_ply
-from services.testing.format_bounds import assert_within_spz, rotation_error
+from services.testing.format_bounds import assert_within_spz, covariance_error, rotation_error
 from services.testing.synthetic import SHARED_ASSETS
 
 ROOT = Path(__file__).parents[1]
@@ -87,6 +88,14 @@ def test_we_read_what_splat_transform_writes(tmp_path: Path, name: str) -> None:
     assert_within_spz(version_4, original)
     version_3 = read_splats(convert(source, tmp_path / "theirs3.spz", "--spz-version", "3"))
     assert_within_spz(version_3, original)
+    # Its .glb holds every value as float32, in glTF's frame; it applies the axis change to rotations
+    # as M R where we apply M R M: the same covariance (see covariance_error), another quaternion.
+    glb = read_splats(convert(source, tmp_path / "theirs.glb"))
+    np.testing.assert_allclose(glb.means, original.means, rtol=0, atol=1e-6)  # its axis change is a
+    np.testing.assert_allclose(glb.sh, original.sh, rtol=0, atol=1e-6)  # rotation matrix: 1e-17 off
+    np.testing.assert_allclose(glb.log_scales, original.log_scales, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(glb.opacities, original.opacities, rtol=0, atol=1e-6)
+    assert covariance_error(glb, original) < 1e-5
     again = read_ply(convert(source, tmp_path / "theirs.ply"))
     np.testing.assert_array_equal(again.means, original.means)
     np.testing.assert_array_equal(again.sh, original.sh)

@@ -23,6 +23,29 @@ def rotation_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(4.0 * np.arcsin(np.minimum(1.0, chord / 2.0))))
 
 
+def covariance_error(a: Gaussians, b: Gaussians) -> float:
+    """Largest difference between the Gaussians' covariances R S^2 R^T, relative to the largest
+    variance of each. Writers may represent the same Gaussian by different rotations (an axis flip
+    applied as M R or as M R M: R differs by a half turn about one of its own axes, which maps the
+    ellipsoid onto itself), so this compares what a renderer draws."""
+
+    def covariance(g: Gaussians) -> np.ndarray:
+        w, x, y, z = (g.quats.astype(np.float64) / np.linalg.norm(g.quats, axis=1, keepdims=True)).T
+        r = np.stack(
+            [
+                [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+            ]
+        ).transpose(2, 0, 1)
+        variances = np.exp(2.0 * g.log_scales.astype(np.float64))
+        return np.einsum("nij,nj,nkj->nik", r, variances, r)
+
+    ca, cb = covariance(a), covariance(b)
+    scale = np.maximum(np.abs(ca).max(axis=(1, 2)), np.abs(cb).max(axis=(1, 2)))
+    return float(np.max(np.abs(ca - cb).max(axis=(1, 2)) / scale))
+
+
 def assert_within_spz(again: Gaussians, original: Gaussians, max_angle: float = 0.004) -> None:
     """``again`` is ``original`` through a `.spz`: each value within its quantization, or clamped to
     what the format holds. ``max_angle``: 0.004 rad for version 3 and later, 0.25 for version 2."""

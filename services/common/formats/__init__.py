@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.errors import AssetError, InvalidArgument
+from services.common.formats.gltf import MAGIC as GLB_MAGIC
+from services.common.formats.gltf import read_glb, write_glb
 from services.common.formats.splat import read_splat, write_splat
 from services.common.formats.spz import MAGIC as SPZ_MAGIC
 from services.common.formats.spz import read_spz, write_spz
@@ -69,6 +71,15 @@ FORMATS: dict[str, SplatFormat] = {
             write_spz,
         ),
         SplatFormat(
+            "glb",
+            ".glb",
+            "model/gltf-binary",
+            "glTF 2.0 with KHR_gaussian_splatting: everything to float32 rounding, SH degree 0 to 3; "
+            "+Y up, as glTF says",
+            read_glb,
+            write_glb,
+        ),
+        SplatFormat(
             "splat",
             ".splat",
             "application/x-splat",  # no registered type; ours, so that uploads keep the name's ending
@@ -101,13 +112,13 @@ def detect_format(data: bytes, name: str | None = None) -> str:
         if inner == SPZ_MAGIC.to_bytes(4, "little"):
             return "spz"
         raise AssetError(f"a gzip file that holds no splat format (it starts with {inner!r})")
-    if head.startswith(b"glTF"):
-        raise AssetError("a glTF binary (.glb): reading it is not supported yet")
+    if head.startswith(GLB_MAGIC):
+        return "glb"
     if name is not None and name.lower().endswith(".splat"):
         return "splat"
     if len(data) and len(data) % 32 == 0 and not head.isascii():
         return "splat"  # no signature: 32-byte records of float32 positions are the last guess
-    raise AssetError(f"not a splat file this reads (ply, spz, splat); it starts with {head[:8]!r}")
+    raise AssetError(f"not a splat file this reads ({', '.join(FORMATS)}); it starts with {head[:8]!r}")
 
 
 def format_of_name(name: str) -> str:

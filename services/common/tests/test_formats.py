@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import json
+import re
 import struct
 
 import numpy as np
@@ -15,12 +17,13 @@ from services.common.cameras import Cameras, orbit_cameras
 from services.common.errors import AssetError, InvalidArgument
 from services.common.formats import FORMATS, detect_format, read_splats, write_splats
 from services.common.formats.conventions import GLTF_AXES, PLY_AXES, SPZ_AXES, axis_signs, change_axes
+from services.common.formats.gltf import EXTENSION
 from services.common.formats.splat import RECORD as SPLAT_RECORD
 from services.common.formats.spz import HEADER, HEADER_V4, MAGIC, read_spz, write_spz
 from services.common.framing import fit_framing
 from services.common.gaussians import Gaussians, random_gaussians, read_ply
 from services.common.rasterizer import rasterize
-from services.testing.format_bounds import assert_within_splat, assert_within_spz
+from services.testing.format_bounds import assert_within_splat, assert_within_spz, rotation_error
 from services.testing.synthetic import SHARED_ASSETS
 
 ASSETS = ("monkey_lgm.ply", "hamburger_lgm.ply", "donut_unnormalized_quats.ply", "fruit_drops_full_sh.ply")
@@ -156,12 +159,88 @@ def test_malformed_spz_version_4_gets_the_one_error() -> None:
 
 
 @pytest.mark.parametrize("which", SAMPLES)
+def test_glb_round_trip_keeps_float32(which) -> None:
+    gaussians = _sample(which)
+    again = read_splats(write_splats(gaussians, "glb"))
+    np.testing.assert_array_equal(again.means, gaussians.means)
+    np.testing.assert_array_equal(again.sh, gaussians.sh)
+    np.testing.assert_allclose(again.log_scales, gaussians.log_scales, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(again.opacities, gaussians.opacities, rtol=0, atol=1e-6)
+    assert rotation_error(again.quats, gaussians.quats) < 1e-5
+
+
+def _edit_glb(data: bytes, change) -> bytes:
+    """``data`` (a .glb) with ``change(document)`` applied to its JSON chunk."""
+    size = struct.unpack_from("<I", data, 12)[0]
+    document = json.loads(data[20 : 20 + size])
+    change(document)
+    text = json.dumps(document).encode()
+    text += b" " * (-len(text) % 4)
+    rest = data[20 + size :]
+    return (
+        struct.pack("<4sII", b"glTF", 2, 20 + len(text) + len(rest))
+        + struct.pack("<II", len(text), 0x4E4F534A)
+        + text
+        + rest
+    )
+
+
+def _attribute(name: str):
+    def change(document):
+        del document["meshes"][0]["primitives"][0]["attributes"][name]
+
+    return change
+
+
+def _accessor_field(index: int, **fields):
+    def change(document):
+        document["accessors"][index].update(fields)
+
+    return change
+
+
+def test_malformed_glb_gets_the_one_error() -> None:
+    good = write_splats(random_gaussians(20, sh_degree=1, seed=4), "glb")
+    rotation = f"{EXTENSION}:ROTATION"
+
+    def set_key(key, value):
+        return lambda document: document.__setitem__(key, value)
+
+    cases = [
+        (good[:16], "too short"),
+        (good[:4] + struct.pack("<I", 1) + good[8:], "version 1"),
+        (good + b"\x00\x00\x00\x00", "header says"),
+        (_edit_glb(good, set_key("extensionsUsed", [])), f"does not use {EXTENSION}"),
+        (_edit_glb(good, set_key("extensionsRequired", ["EXT_meshopt_compression"])), "requires extensions"),
+        (_edit_glb(good, lambda d: d["nodes"][0].__setitem__("scale", [2, 2, 2])), "node transforms"),
+        (_edit_glb(good, _attribute(rotation)), f"no `{rotation}` attribute"),
+        (_edit_glb(good, _attribute(f"{EXTENSION}:SH_DEGREE_1_COEF_1")), "whole bands"),
+        (_edit_glb(good, _accessor_field(0, componentType=5121)), "expected VEC3 of float32"),
+        (_edit_glb(good, _accessor_field(0, count=10**9)), "outside 1..10000000"),
+        (_edit_glb(good, _accessor_field(0, count=21)), "reaches beyond"),
+        (_edit_glb(good, _accessor_field(0, byteOffset=2)), "aligned"),
+        (_edit_glb(good, _accessor_field(0, sparse={})), "sparse"),
+        (_edit_glb(good, _accessor_field(0, bufferView=99)), "buffer view 99"),
+        (_edit_glb(good, set_key("buffers", [{"byteLength": 4, "uri": "x.bin"}])), "external buffers"),
+        (_edit_glb(good, lambda d: d["meshes"][0]["primitives"][0].pop("extensions")), "no primitive"),
+    ]
+    for data, message in cases:
+        with pytest.raises(AssetError, match=re.escape(message)):
+            read_splats(data)
+    positions = bytearray(good)
+    at = positions.index(b"BIN\x00") + 4  # the first float of POSITION
+    positions[at : at + 4] = struct.pack("<f", float("nan"))
+    with pytest.raises(AssetError, match="POSITION values must be finite"):
+        read_splats(bytes(positions))
+
+
+@pytest.mark.parametrize("which", SAMPLES)
 def test_splat_round_trip_within_its_quantization(which) -> None:
     gaussians = _sample(which)
     assert_within_splat(read_splats(write_splats(gaussians, "splat"), name="asset.splat"), gaussians)
 
 
-@pytest.mark.parametrize("format_name", ["spz", "splat"])
+@pytest.mark.parametrize("format_name", ["spz", "splat", "glb"])
 @pytest.mark.parametrize("name", [ASSETS[0], ASSETS[1]])
 def test_a_round_trip_keeps_the_pictures(name: str, format_name: str) -> None:
     """Renders of the file written and read back match renders of the asset, at views that it fills:
@@ -186,8 +265,8 @@ def test_formats_are_detected_from_their_content() -> None:
         data = write_splats(gaussians, name)
         assert detect_format(data, f"asset.{name}") == name
         assert detect_format(data, "misnamed.ply") == name
-    with pytest.raises(AssetError, match="glTF"):
-        detect_format(b"glTF\x02\x00\x00\x00" + bytes(24))
+    with pytest.raises(AssetError, match="too short for a header"):
+        read_splats(b"glTF\x02\x00\x00\x00" + bytes(8))
     with pytest.raises(AssetError, match="not a splat file"):
         detect_format(b"hello, world\n")
     with pytest.raises(InvalidArgument, match="format"):
@@ -252,7 +331,7 @@ def test_a_gzip_bomb_is_inflated_only_as_far_as_the_header_says() -> None:
         read_spz(bomb)
 
 
-@pytest.mark.parametrize("format_name", ["spz", "splat"])
+@pytest.mark.parametrize("format_name", ["spz", "splat", "glb"])
 def test_mutated_files_give_gaussians_or_the_one_error(format_name: str) -> None:
     """Random byte changes, cuts and extensions: each read returns valid Gaussians or raises AssetError."""
     rng = np.random.default_rng(5)

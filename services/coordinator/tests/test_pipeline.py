@@ -22,7 +22,7 @@ from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
 from services.embedded import embedded_servicers
 from services.reconstructor.backends import ColourSolveBackend
 from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
-from services.testing.format_bounds import assert_within_splat, assert_within_spz
+from services.testing.format_bounds import assert_within_splat, assert_within_spz, covariance_error
 
 ROOT = Path(__file__).parents[3]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -122,7 +122,7 @@ def test_a_job_repairs_the_monkey_and_reports_it(store, servicers):
     assert not started["models"].HasField("model")
 
 
-def test_a_job_on_an_spz_asset_delivers_spz_by_default_and_every_format_asked_for(store, servicers, tmp_path):
+def test_an_spz_job_delivers_spz_by_default_and_glb_and_every_format_asked_for(store, servicers, tmp_path):
     """The asset's format is read from its content; the repaired asset comes back in it (the default)
     and in every format the spec names, each file decoding to the repaired `.ply` within its format's
     quantization (``services.testing.format_bounds``)."""
@@ -135,13 +135,13 @@ def test_a_job_on_an_spz_asset_delivers_spz_by_default_and_every_format_asked_fo
         orbit_step_deg=90,
     )
     assert list(frame_job(resolve_spec(spec), store).output_formats) == ["spz"]
-    spec.output_formats.extend(["splat", "spz", "ply"])
+    spec.output_formats.extend(["splat", "spz", "glb", "ply"])
     jobs = JobStore(":memory:")
     job, _ = jobs.create(frame_job(resolve_spec(spec), store))
     job = JobRunner(jobs, stages_of(servicers), store, FAST).run(job.id)
     assert job.state == coordinator_pb2.JOB_STATE_SUCCEEDED, job.error
     delivered = {r.format: r.asset.frames[0] for r in job.outputs.repaired_formats}
-    assert list(delivered) == ["splat", "spz", "ply"]
+    assert list(delivered) == ["splat", "spz", "glb", "ply"]
     assert delivered["ply"] == job.outputs.repaired.frames[0]
     repaired = read_ply(store.get_object(job.outputs.repaired.frames[0]))
     spz, splat = store.get_object(delivered["spz"]), store.get_object(delivered["splat"])
@@ -149,6 +149,8 @@ def test_a_job_on_an_spz_asset_delivers_spz_by_default_and_every_format_asked_fo
     assert delivered["splat"].uri.endswith(".splat")
     assert_within_spz(read_splats(spz), repaired)
     assert_within_splat(read_splats(splat, name=delivered["splat"].uri), repaired)
+    glb = read_splats(store.get_object(delivered["glb"]))
+    assert delivered["glb"].uri.endswith(".glb") and covariance_error(glb, repaired) < 1e-5
 
 
 def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicers):
