@@ -4,7 +4,7 @@
     tire convert IN OUT [--format F]           a splat file in another format (ply, spz, splat)
     tire up [--triton]                         the local stack: S3 server, five stages, coordinator
                                                (and tritonserver, serving the neural stages' models)
-    tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch]
+    tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch] [--webhook URL]
     tire watch JOB | get JOB [-o OUT] | cancel JOB | delete JOB | list     (all take --coordinator)
     tire tokens new NAME [--admin]            a bearer token for principal NAME, and its entry for the
                                                coordinator's tokens file
@@ -608,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     submit = commands.add_parser("submit", help="submit a job to a coordinator")
     add_spec_arguments(submit)
     submit.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    submit.add_argument("--webhook", default="", help="an https URL the job's state changes are posted to")
     for name, text in (
         ("watch", "follow a job"),
         ("get", "a job's state"),
@@ -706,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
             frames, pngs = input_files(args.asset, args.reference)
             frame_refs = upload(stub, frames, frame_media_types(frames))
             spec = job_spec(args, frame_refs, upload(stub, pngs, "image/png"))
+            spec.webhook.url = args.webhook
             job = stub.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec), timeout=30).job
             print(job.id)
             return watch(stub, job.id) if args.watch else 0

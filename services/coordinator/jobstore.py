@@ -50,7 +50,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from google.protobuf.message import Message
@@ -186,6 +186,8 @@ class JobStore:
         )
         self._lock = threading.Lock()
         self._appended = threading.Condition(self._lock)
+        self._changed: list[Job] = []  # jobs whose state the open transaction changed
+        self._state_listeners: list[Callable[[Job], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")  # ":memory:" stays "memory", which is fine
             # FULL: a commit is on disk when the call returns, even across a power cut.
@@ -263,7 +265,9 @@ class JobStore:
                 ),
             )
             _record_objects(db, job_id, spec)
-            return self._get(db, job_id), True
+            job = self._get(db, job_id)
+            self._changed.append(job)
+            return job, True
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job as stored now; ``NotFound`` naming ``job_id`` if there is none (of ``owner``'s)."""
@@ -615,7 +619,8 @@ class JobStore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """The lock and one write transaction; committed on normal exit, rolled back on an exception."""
+        """The lock and one write transaction; committed on normal exit, rolled back on an exception.
+        The state changes it committed then go to the ``on_state_change`` listeners, outside the lock."""
         with self._lock:
             # IMMEDIATE takes the file's write lock now, so reads inside the transaction stay current
             # until the commit even with another JobStore on the same file.
@@ -624,9 +629,19 @@ class JobStore:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
+                self._changed.clear()
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            changed, self._changed = self._changed, []
+        for job in changed:
+            for listener in self._state_listeners:
+                listener(job)
+
+    def on_state_change(self, listener: Callable[[Job], None]) -> None:
+        """Call ``listener(job)`` after every committed change of a job's state (a new job included),
+        from the thread that made it. It must return quickly (queue work, not do it)."""
+        self._state_listeners.append(listener)
 
     def _get(self, db: sqlite3.Connection, job_id: str, owner: str | None = None) -> Job:
         row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -666,7 +681,10 @@ class JobStore:
             args.append(outputs.SerializeToString())
             _record_objects(db, job_id, outputs)
         db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
-        return self._get(db, job_id)
+        changed = self._get(db, job_id)
+        if changed.state != job.state:
+            self._changed.append(changed)
+        return changed
 
     def _finish(
         self,

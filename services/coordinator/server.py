@@ -52,6 +52,7 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from services.common import validation
 from services.common.errors import (
     ConfigError,
+    FailedPrecondition,
     IntegrityError,
     InvalidArgument,
     ObjectNotFound,
@@ -70,6 +71,7 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
+from services.coordinator.webhooks import WebhookDispatcher, resolve_destination, webhook_secret_is_valid
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,13 @@ class CoordinatorSettings:
     stage_tls_ca_file: str = ""
     stage_tls_cert_file: str = ""
     stage_tls_key_file: str = ""
+    # Webhooks (JobSpec.webhook): none are sent without a secret (whsec_ and base64, as Standard Webhooks
+    # has it). allow_private also lets them go to http and to loopback or private addresses.
+    webhook_secret: str = dataclasses.field(default="", metadata={"secret": True})
+    webhook_allow_private: bool = False
+    webhook_attempts: int = 8
+    webhook_backoff_s: float = 2.0
+    webhook_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         for name, ok in (
@@ -122,9 +131,17 @@ class CoordinatorSettings:
             ("source_weight", 0 < self.source_weight < 1e6),
             ("retention_s", self.retention_s == 0 or self.retention_s >= 3600),
             ("retention_sweep_s", self.retention_sweep_s >= 1),
+            ("webhook_attempts", 1 <= self.webhook_attempts <= 20),
+            ("webhook_backoff_s", 0 < self.webhook_backoff_s <= 300),
+            ("webhook_timeout_s", 0 < self.webhook_timeout_s <= 120),
         ):
             if not ok:
                 raise ConfigError(f"CoordinatorSettings.{name} is out of range, got {getattr(self, name)!r}.")
+        if self.webhook_secret and not webhook_secret_is_valid(self.webhook_secret):
+            raise ConfigError(
+                "CoordinatorSettings.webhook_secret must be whsec_ followed by the base64 of 24 to 64 "
+                "random bytes (the value is not shown)."
+            )
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
@@ -139,7 +156,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         tokens: TokenBook,
         settings: CoordinatorSettings = CoordinatorSettings(),
         stages: Stages | None = None,
+        webhooks: WebhookDispatcher | None = None,
     ):
+        self.webhooks = webhooks
         self.jobs = jobs
         self.queue = queue
         self.store = store
@@ -235,6 +254,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         principal = self.tokens.identify(context).principal
         validation.text(request.request_id, "request_id", MAX_REQUEST_ID_CHARS)
         spec = resolve_spec(request.spec)
+        if spec.webhook.url:
+            if self.webhooks is None:
+                raise FailedPrecondition(
+                    "this coordinator sends no webhooks: its operator has set no webhook secret "
+                    "(TIRE_COORDINATOR_WEBHOOK_SECRET)."
+                )
+            resolve_destination(
+                spec.webhook.url, "spec.webhook.url", allow_private=self.webhooks.allow_private
+            )
         check_uploaded(spec, self.store.uri_for(""))
         for name, ref in input_refs(spec):
             self._admit(principal, ref, name)
@@ -378,7 +406,19 @@ def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> Coordinat
     tokens = TokenBook(settings.tokens_file, settings.tokens)
     retry = RetryPolicy(attempts=settings.retry_attempts, timeout_s=settings.call_timeout_s)
     runner = JobRunner(jobs, stages, store, retry, settings.max_parallel_calls, settings.source_weight)
-    return CoordinatorServicer(jobs, JobQueue(runner, settings.workers), store, tokens, settings, stages)
+    webhooks = None
+    if settings.webhook_secret:
+        webhooks = WebhookDispatcher(
+            jobs.append_event,
+            settings.webhook_secret,
+            allow_private=settings.webhook_allow_private,
+            attempts=settings.webhook_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            timeout_s=settings.webhook_timeout_s,
+        )
+        jobs.on_state_change(webhooks.notify)
+    queue = JobQueue(runner, settings.workers)
+    return CoordinatorServicer(jobs, queue, store, tokens, settings, stages, webhooks)
 
 
 def warm_up(servicer: CoordinatorServicer) -> None:

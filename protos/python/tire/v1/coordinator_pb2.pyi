@@ -117,7 +117,7 @@ class SourceOnly(_message.Message):
     def __init__(self) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("asset", "references", "resolution", "orbit_step_deg", "elevation_deg", "rings", "strength", "refine_strength", "fit", "seed", "labels", "framing", "force", "output_formats")
+    __slots__ = ("asset", "references", "resolution", "orbit_step_deg", "elevation_deg", "rings", "strength", "refine_strength", "fit", "seed", "labels", "framing", "force", "output_formats", "webhook")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class JobSpec(_message.Message):
     FRAMING_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMATS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     asset: _common_pb2.AssetRef
     references: _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]
     resolution: int
@@ -153,7 +154,14 @@ class JobSpec(_message.Message):
     framing: Framing
     force: bool
     output_formats: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_common_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ..., output_formats: _Optional[_Iterable[str]] = ...) -> None: ...
+    webhook: Webhook
+    def __init__(self, asset: _Optional[_Union[_common_pb2.AssetRef, _Mapping]] = ..., references: _Optional[_Iterable[_Union[_common_pb2.ObjectRef, _Mapping]]] = ..., resolution: _Optional[int] = ..., orbit_step_deg: _Optional[float] = ..., elevation_deg: _Optional[float] = ..., rings: _Optional[_Union[RingSchedule, _Mapping]] = ..., strength: _Optional[float] = ..., refine_strength: _Optional[float] = ..., fit: _Optional[_Union[_common_pb2.FitSettings, _Mapping]] = ..., seed: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., framing: _Optional[_Union[Framing, _Mapping]] = ..., force: _Optional[bool] = ..., output_formats: _Optional[_Iterable[str]] = ..., webhook: _Optional[_Union[Webhook, _Mapping]] = ...) -> None: ...
+
+class Webhook(_message.Message):
+    __slots__ = ("url",)
+    URL_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    def __init__(self, url: _Optional[str] = ...) -> None: ...
 
 class Framing(_message.Message):
     __slots__ = ("center", "radius", "warnings", "extent")
@@ -340,7 +348,7 @@ class JobFinished(_message.Message):
     def __init__(self, state: _Optional[_Union[JobState, str]] = ..., outputs: _Optional[_Union[JobOutputs, _Mapping]] = ..., error: _Optional[str] = ..., failure: _Optional[_Union[StepFailure, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "sequence", "time", "step_started", "step_finished", "ring_progress", "fit", "finished", "warning", "step_failed", "waiting")
+    __slots__ = ("job_id", "sequence", "time", "step_started", "step_finished", "ring_progress", "fit", "finished", "warning", "step_failed", "waiting", "webhook")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -352,6 +360,7 @@ class JobEvent(_message.Message):
     WARNING_FIELD_NUMBER: _ClassVar[int]
     STEP_FAILED_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sequence: int
     time: _timestamp_pb2.Timestamp
@@ -363,7 +372,26 @@ class JobEvent(_message.Message):
     warning: Warning
     step_failed: StepFailure
     waiting: Waiting
-    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailure, _Mapping]] = ..., waiting: _Optional[_Union[Waiting, _Mapping]] = ...) -> None: ...
+    webhook: WebhookDelivery
+    def __init__(self, job_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., ring_progress: _Optional[_Union[RingProgress, _Mapping]] = ..., fit: _Optional[_Union[FitEvent, _Mapping]] = ..., finished: _Optional[_Union[JobFinished, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailure, _Mapping]] = ..., waiting: _Optional[_Union[Waiting, _Mapping]] = ..., webhook: _Optional[_Union[WebhookDelivery, _Mapping]] = ...) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("type", "webhook_id", "attempt", "status_code", "error", "delivered", "retry_in_s")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    RETRY_IN_S_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    webhook_id: str
+    attempt: int
+    status_code: int
+    error: str
+    delivered: bool
+    retry_in_s: float
+    def __init__(self, type: _Optional[str] = ..., webhook_id: _Optional[str] = ..., attempt: _Optional[int] = ..., status_code: _Optional[int] = ..., error: _Optional[str] = ..., delivered: _Optional[bool] = ..., retry_in_s: _Optional[float] = ...) -> None: ...
 
 class StepFailure(_message.Message):
     __slots__ = ("step", "time_step", "code", "message", "reason", "field_violations")
