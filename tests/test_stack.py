@@ -9,6 +9,7 @@ one target, one of them killed mid-job) must all end with exactly those bytes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 import urllib.request
@@ -18,11 +19,14 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from standardwebhooks import Webhook
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from conftest import ServiceProcess
 from services.client import Credentials, upload
 from services.client import coordinator_stub as client_stub
+from services.common.formats import read_splats, write_splats
+from services.common.gaussians import read_ply
 from services.common.local_server import free_port
 from services.common.registry import STAGE_NAMES
 from services.common.store import MemoryStore
@@ -33,6 +37,7 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
 from services.embedded import embedded_stages
 from services.stack import SERVICES as STACK_SERVICES
+from services.testing.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +46,7 @@ MONKEY = SAMPLES / "monkey_lgm.ply"
 REFERENCE = SAMPLES / "monkey_front.png"
 # Each service's module and environment prefix, as `tire up` starts them.
 SERVICES = {service.name: (service.server, service.env_prefix) for service in STACK_SERVICES}
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"the stack test's secret: 32 byte").decode()
 WATCH_TIMEOUT_S = 180.0
 JOB = coordinator_pb2
 
@@ -325,6 +331,44 @@ def test_killed_coordinator_resumes_the_job(stages, start_coordinator, tmp_path,
     job = stub.GetJob(JOB.GetJobRequest(job_id=job.id), timeout=30).job
     assert job.state == JOB.JOB_STATE_SUCCEEDED
     assert repaired_sha256(stub, job) == embedded_sha256
+
+
+# ----- 2b. formats and webhooks through the API ---------------------------------------------------
+
+
+def test_an_spz_job_returns_spz_and_glb_and_signs_its_webhooks(stages, start_coordinator, tmp_path):
+    """A job submitted as `.spz` (uploaded with its media type) with a webhook on loopback: the receiver
+    gets every state change once, each signed; the outputs hold the `.spz` and `.glb` asked for, whose
+    bytes download with the sha256 the notification names."""
+    receiver = WebhookReceiver()
+    coordinator = start_coordinator(
+        stages,
+        tmp_path / "coordinator.sqlite",
+        TIRE_COORDINATOR_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        TIRE_COORDINATOR_WEBHOOK_ALLOW_PRIVATE="1",
+    )
+    try:
+        stub = coordinator_stub(coordinator)
+        asset = tmp_path / "monkey.spz"
+        asset.write_bytes(write_splats(read_ply(MONKEY), "spz"))
+        spec = small_spec(upload(stub, [asset], "application/x-spz"), upload(stub, [REFERENCE], "image/png"))
+        spec.output_formats.extend(["spz", "glb"])
+        spec.webhook.url = receiver.url
+        job = stub.SubmitJob(JOB.SubmitJobRequest(spec=spec), timeout=30).job
+        assert watch(stub, job.id)[-1].finished.state == JOB.JOB_STATE_SUCCEEDED
+        assert receiver.wait_for(3, timeout=30)
+        verifier = Webhook(WEBHOOK_SECRET)
+        payloads = [verifier.verify(body, headers) for headers, body in receiver.posts]
+        assert [p["type"] for p in payloads] == ["job.queued", "job.running", "job.succeeded"]
+        delivered = payloads[-1]["data"]["outputs"]["repaired_formats"]
+        assert [d["format"] for d in delivered] == ["spz", "glb"]
+        for entry, extension in zip(delivered, (".spz", ".glb"), strict=True):
+            (frame,) = entry["asset"]["frames"]
+            assert frame["uri"].endswith(extension)
+            data = download(stub, job.id, frame["uri"])
+            assert sha256(data) == frame["sha256"] and len(read_splats(data)) == len(read_ply(MONKEY))
+    finally:
+        receiver.close()
 
 
 # ----- 3. a stage killed mid-call ----------------------------------------------------------------

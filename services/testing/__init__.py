@@ -5,4 +5,5 @@
   architectures, built offline.
 - ``stores``: a store that counts what is read.
 - ``format_bounds``: what each quantizing splat format may change, as assertions.
+- ``webhooks``: a webhook receiver on loopback.
 """

@@ -4,8 +4,6 @@ failures are retried and recorded; destinations that are not public are refused.
 from __future__ import annotations
 
 import base64
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,44 +21,16 @@ from services.coordinator.spec import resolve_spec
 from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
 from services.coordinator.webhooks import WebhookDispatcher, check_url, resolve_destination
 from services.embedded import embedded_servicers
+from services.testing.webhooks import WebhookReceiver
 
 ROOT = Path(__file__).parents[3]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes, long!").decode()
 
 
-class Receiver:
-    """An HTTP server on loopback that records each POST (headers, body) and answers with the next of
-    ``statuses`` (then 204)."""
-
-    def __init__(self, statuses=()):
-        self.posts: list[tuple[dict[str, str], bytes]] = []
-        self.statuses = list(statuses)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.posts.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(receiver.statuses.pop(0) if receiver.statuses else 204)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/tire?team=a"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    receiver = Receiver()
+    receiver = WebhookReceiver()
     yield receiver
     receiver.close()
 
@@ -137,7 +107,7 @@ def test_a_forged_or_altered_notification_fails_verification(receiver):
 
 
 def test_failed_attempts_are_retried_with_backoff_and_recorded():
-    receiver = Receiver(statuses=[500, 503])  # the first notification fails twice, then arrives
+    receiver = WebhookReceiver(statuses=[500, 503])  # the first notification fails twice, then arrives
     try:
         jobs, dispatcher, job = run_job(receiver.url)
     finally:
