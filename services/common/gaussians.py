@@ -243,13 +243,13 @@ _ASCII_LINE = re.compile(rb"\S[^\n]*")  # a non-blank line, from its first non-b
 _SPACE = re.compile(rb"\s")
 _LAYOUTS = ("inria", "lgm")
 
-_TYPES = {
+PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
     "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
     "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
     "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
 }  # fmt: skip
-_FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
+PLY_BYTE_ORDERS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
 _END_HEADER = re.compile(rb"\nend_header[ \t]*\r?(?:\n|\Z)")
 
 
@@ -275,20 +275,25 @@ def _check_array(what: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
 
 
 @dataclass(frozen=True)
-class _Property:
+class PlyProperty:
+    """A property of a `.ply` element, as its header declares it."""
+
     name: str
     code: str | None  # numpy type code without byte order; None for a list property
 
 
 @dataclass(frozen=True)
-class _Element:
+class PlyElement:
+    """An element of a `.ply` (``vertex``, ``face``...): its count and properties, in file order."""
+
     name: str
     count: int
-    properties: tuple[_Property, ...]
+    properties: tuple[PlyProperty, ...]
 
 
-def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
-    """(format, elements in file order, byte offset of the data) of a `.ply`."""
+def parse_ply_header(data: bytes) -> tuple[str, list[PlyElement], int]:
+    """(format, elements in file order, byte offset of the data) of a `.ply`: the header checked as
+    ``read_ply`` checks it (``AssetError`` naming the problem), without reading the data."""
     if not (data.startswith(b"ply\n") or data.startswith(b"ply\r\n")):
         raise AssetError(f"not a `.ply` file: it starts with {data[:16]!r} instead of 'ply'")
     head = data[: MAX_HEADER_BYTES + 1]
@@ -305,13 +310,13 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
         raise AssetError(f"`.ply` header has a non-ASCII byte at offset {exc.start}") from exc
 
     fmt: str | None = None
-    elements: list[tuple[str, int, list[_Property]]] = []
+    elements: list[tuple[str, int, list[PlyProperty]]] = []
     for number, line in enumerate(text.split("\n")[1:], start=2):
         words = line.split()
         if not words or words[0] in ("comment", "obj_info"):
             continue
         if words[0] == "format":
-            if len(words) != 3 or words[1] not in _FORMATS or words[2] not in ("1.0", "1"):
+            if len(words) != 3 or words[1] not in PLY_BYTE_ORDERS or words[2] not in ("1.0", "1"):
                 raise AssetError(
                     f"unsupported `.ply` format {_clip(' '.join(words[1:]))!r} (header line {number})"
                 )
@@ -335,12 +340,12 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
                 raise AssetError(f"`.ply` header line {number} declares a property before any element")
             props = elements[-1][2]
             if len(words) == 5 and words[1] == "list":
-                types, prop = words[2:4], _Property(words[4], None)
+                types, prop = words[2:4], PlyProperty(words[4], None)
             elif len(words) == 3:
-                types, prop = words[1:2], _Property(words[2], _TYPES.get(words[1]))
+                types, prop = words[1:2], PlyProperty(words[2], PLY_TYPES.get(words[1]))
             else:
                 raise AssetError(f"`.ply` header line {number} is not a valid property: {_clip(line)!r}")
-            unknown = [t for t in types if t not in _TYPES]
+            unknown = [t for t in types if t not in PLY_TYPES]
             if unknown:
                 raise AssetError(
                     f"`.ply` property `{_clip(prop.name)}` has unknown type `{_clip(unknown[0])}`"
@@ -354,11 +359,11 @@ def _parse_header(data: bytes) -> tuple[str, list[_Element], int]:
             raise AssetError(f"`.ply` header line {number} is not understood: {_clip(line)!r}")
     if fmt is None:
         raise AssetError("`.ply` header has no `format` line")
-    return fmt, [_Element(n, c, tuple(p)) for n, c, p in elements], match.end()
+    return fmt, [PlyElement(n, c, tuple(p)) for n, c, p in elements], match.end()
 
 
 def _vertex_columns(
-    data: bytes, fmt: str, elements: list[_Element], offset: int, max_gaussians: int
+    data: bytes, fmt: str, elements: list[PlyElement], offset: int, max_gaussians: int
 ) -> tuple[int, dict[str, np.ndarray]]:
     """The vertex element as (count, name -> ``[N]`` column), all names kept.
 
@@ -389,7 +394,7 @@ def _vertex_columns(
         table = _ascii_table(data, offset, skip, n, len(vertex.properties))
         return n, {p.name: table[:, i] for i, p in enumerate(vertex.properties)}
 
-    order = _FORMATS[fmt]
+    order = PLY_BYTE_ORDERS[fmt]
     for element in elements[:index]:
         if any(p.code is None for p in element.properties):
             raise AssetError(
@@ -467,7 +472,7 @@ def _wrong_value_count(count: int, n: int, width: int) -> NoReturn:
     )
 
 
-def _check_properties(vertex: _Element) -> None:
+def _check_properties(vertex: PlyElement) -> None:
     names = [p.name for p in vertex.properties]
     odd = [name for name in names if not _PLAIN_NAME.fullmatch(name)]
     if odd:
@@ -571,7 +576,7 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
         TypeError: ``source`` is neither bytes-like nor a path.
     """
     data = source_bytes(source, "`.ply`")
-    fmt, elements, offset = _parse_header(data)
+    fmt, elements, offset = parse_ply_header(data)
     n, columns = _vertex_columns(data, fmt, elements, offset, max_gaussians)
 
     def stack(names: Sequence[str]) -> np.ndarray:

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common.errors import AssetError, InvalidArgument
+from services.common.formats.compressed_ply import is_compressed, read_compressed_ply
 from services.common.formats.gltf import MAGIC as GLB_MAGIC
 from services.common.formats.gltf import read_glb, write_glb
 from services.common.formats.splat import read_splat, write_splat
 from services.common.formats.spz import MAGIC as SPZ_MAGIC
 from services.common.formats.spz import read_spz, write_spz
-from services.common.gaussians import Gaussians, read_ply, source_bytes, write_ply
+from services.common.gaussians import Gaussians, parse_ply_header, read_ply, source_bytes, write_ply
 
 __all__ = ["FORMATS", "SplatFormat", "detect_format", "format_of_name", "read_splats", "write_splats"]
 
@@ -50,6 +51,14 @@ class SplatFormat:
     write: Callable[[Gaussians], bytes]
 
 
+def read_any_ply(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
+    """A `.ply`: the 3DGS layouts (``read_ply``) or PlayCanvas's compressed one (``compressed_ply``)."""
+    fmt, elements, offset = parse_ply_header(data)
+    if is_compressed(elements):
+        return read_compressed_ply(data, fmt, elements, offset, max_gaussians)
+    return read_ply(data, max_gaussians=max_gaussians)
+
+
 FORMATS: dict[str, SplatFormat] = {
     f.name: f
     for f in (
@@ -57,8 +66,9 @@ FORMATS: dict[str, SplatFormat] = {
             "ply",
             ".ply",
             "application/x-ply",
-            "everything, bit for bit (INRIA layout, SH degree 0 to 3, extra properties)",
-            read_ply,
+            "everything, bit for bit (INRIA layout, SH degree 0 to 3, extra properties); PlayCanvas's "
+            "compressed .ply is read too",
+            read_any_ply,
             write_ply,
         ),
         SplatFormat(

@@ -234,6 +234,57 @@ def test_malformed_glb_gets_the_one_error() -> None:
         read_splats(bytes(positions))
 
 
+def _compressed_ply(
+    n: int = 300, *, chunks: int | None = None, fmt: str = "binary_little_endian", sh: int = 9
+) -> bytes:
+    """A compressed `.ply` by hand: chunk bounds [-1, 1] (positions) and [-5, -3] (log scales), every
+    packed field at mid-range, rotation index 0 (w largest)."""
+    chunks = -(-n // 256) if chunks is None else chunks
+    bounds = [f"{e}_{a}" for e in ("min", "max") for a in ("x", "y", "z")]
+    bounds += [f"{e}_scale_{a}" for e in ("min", "max") for a in ("x", "y", "z")]
+    header = ["ply", f"format {fmt} 1.0", f"element chunk {chunks}"]
+    header += [f"property float {name}" for name in bounds]
+    header += [f"element vertex {n}"]
+    header += [f"property uint packed_{name}" for name in ("position", "rotation", "scale", "color")]
+    if sh:
+        header += [f"element sh {n}"] + [f"property uchar f_rest_{i}" for i in range(sh)]
+    chunk = np.array([-1, -1, -1, 1, 1, 1, -5, -5, -5, -3, -3, -3], dtype="<f4").tobytes() * chunks
+    mid = (1023 << 21) | (511 << 11) | 1023
+    rotation = (511 << 20) | (511 << 10) | 511  # index 0: w largest, the others near 0
+    vertex = np.array([mid, rotation, mid, 0x80808080], dtype="<u4").tobytes() * n
+    return "\n".join([*header, "end_header", ""]).encode() + chunk + vertex + bytes([128] * sh) * n
+
+
+def test_compressed_ply_decodes_its_chunks() -> None:
+    gaussians = read_splats(_compressed_ply())
+    assert len(gaussians) == 300 and gaussians.sh.shape == (300, 4, 3)
+    np.testing.assert_allclose(gaussians.means, -1 / 2047, atol=1e-3)  # 1023/2047 of [-1, 1]
+    np.testing.assert_allclose(gaussians.log_scales, -4.0, atol=2e-3)
+    np.testing.assert_allclose(gaussians.opacities, 128 / 255, atol=1e-6)
+    np.testing.assert_allclose(np.abs(gaussians.quats[:, 0]), 1.0, atol=1e-5)
+    np.testing.assert_allclose(gaussians.sh[:, 1:], (128.5 / 256 - 0.5) * 8, atol=1e-6)
+
+
+def test_malformed_compressed_ply_gets_the_one_error() -> None:
+    good = _compressed_ply()
+    cases = [
+        (_compressed_ply(chunks=1), "1 chunks for 300 Gaussians"),
+        (_compressed_ply(fmt="binary_big_endian"), "binary_little_endian"),
+        (_compressed_ply(sh=10), "element `sh` does not have"),
+        (good[:-1], "element `sh` is cut short"),
+        (good.replace(b"property float max_z\n", b""), "element `chunk` does not have"),
+        (good.replace(b"property uint packed_scale", b"property float packed_scale"), "element `vertex`"),
+    ]
+    for data, message in cases:
+        with pytest.raises(AssetError, match=re.escape(message)):
+            read_splats(data)
+    nan_bounds = bytearray(good)
+    at = nan_bounds.index(b"end_header\n") + len(b"end_header\n")
+    nan_bounds[at : at + 4] = np.array([np.nan], dtype="<f4").tobytes()
+    with pytest.raises(AssetError, match="positions must be finite"):
+        read_splats(bytes(nan_bounds))
+
+
 @pytest.mark.parametrize("which", SAMPLES)
 def test_splat_round_trip_within_its_quantization(which) -> None:
     gaussians = _sample(which)
