@@ -56,7 +56,14 @@ from services.client import (
 )
 from services.common import registry
 from services.common.errors import ConfigError, TireError
-from services.common.formats import FORMATS, detect_format, format_of_name, read_splats, write_splats
+from services.common.formats import (
+    FORMATS,
+    WRITABLE,
+    detect_format,
+    format_of_name,
+    read_splats,
+    write_splats,
+)
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
 from services.stack import TRITON_REPOSITORY, LocalStack, local_ports, local_stack
@@ -147,7 +154,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         dest="formats",
         action="append",
-        choices=list(FORMATS),
+        choices=list(WRITABLE),
         help="a format to deliver the repaired asset in (repeat for more; default: the asset's own)",
     )
 
@@ -587,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     convert = commands.add_parser("convert", help="convert a splat file to another format, without a job")
     convert.add_argument("source", type=Path, help=f"a splat file ({', '.join(FORMATS)}), read by content")
     convert.add_argument("target", type=Path, help="the file to write; its extension names the format")
-    convert.add_argument("--format", choices=list(FORMATS), help="the target's format, whatever its name")
+    convert.add_argument("--format", choices=list(WRITABLE), help="the target's format, whatever its name")
 
     up = commands.add_parser("up", help="run the local stack until Ctrl-C")
     up.add_argument(

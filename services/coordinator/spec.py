@@ -20,7 +20,7 @@ from tire.v1 import common_pb2, coordinator_pb2
 from services.common import validation
 from services.common.errors import InvalidArgument
 from services.common.fit_settings import resolve_fit_settings
-from services.common.formats import FORMATS
+from services.common.formats import WRITABLE
 from services.common.store import addressed_sha256
 from services.common.validation import require
 from services.coordinator import schedule
@@ -58,7 +58,7 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
     store); fixed limits strictly increasing, each in (0, 180], the last 180; adaptive
     max_unobserved_fraction in (0, 1], min_ring_width_deg finite, at least the orbit step and at most
     180; strength and refine_strength finite in [0, 1]; at most 16 labels, keys of 1 to 63 characters
-    of [a-z0-9_.-], values of at most 256 characters; output formats each a name of ``FORMATS``, once.
+    of [a-z0-9_.-], values of at most 256 characters; output formats each a name of ``WRITABLE``, once.
 
     Args:
         spec: the spec as the client sent it.
@@ -144,7 +144,9 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
     # 6. Output formats (empty: the asset's own, which frame_job reads from the asset).
     seen: set[str] = set()
     for i, name in enumerate(resolved.output_formats):
-        require(name in FORMATS, f"{field}.output_formats[{i}]", name, f"must be one of {', '.join(FORMATS)}")
+        require(
+            name in WRITABLE, f"{field}.output_formats[{i}]", name, f"must be one of {', '.join(WRITABLE)}"
+        )
         require(name not in seen, f"{field}.output_formats[{i}]", name, "must name each format once")
         seen.add(name)
     return resolved

@@ -20,12 +20,21 @@ from services.common.errors import AssetError, InvalidArgument
 from services.common.formats.compressed_ply import is_compressed, read_compressed_ply
 from services.common.formats.gltf import MAGIC as GLB_MAGIC
 from services.common.formats.gltf import read_glb, write_glb
+from services.common.formats.sog import read_sog
 from services.common.formats.splat import read_splat, write_splat
 from services.common.formats.spz import MAGIC as SPZ_MAGIC
 from services.common.formats.spz import read_spz, write_spz
 from services.common.gaussians import Gaussians, parse_ply_header, read_ply, source_bytes, write_ply
 
-__all__ = ["FORMATS", "SplatFormat", "detect_format", "format_of_name", "read_splats", "write_splats"]
+__all__ = [
+    "FORMATS",
+    "WRITABLE",
+    "SplatFormat",
+    "detect_format",
+    "format_of_name",
+    "read_splats",
+    "write_splats",
+]
 
 MAX_GAUSSIANS = 10_000_000
 
@@ -40,7 +49,7 @@ class SplatFormat:
         media_type: the object store's Content-Type for it.
         keeps: what a write then read gives back, in a sentence (the bound ``tests`` check).
         read: bytes -> ``Gaussians``, with a ``max_gaussians`` keyword.
-        write: ``Gaussians`` -> bytes.
+        write: ``Gaussians`` -> bytes; None for a format that is only read.
     """
 
     name: str
@@ -48,7 +57,7 @@ class SplatFormat:
     media_type: str
     keeps: str
     read: Callable[..., Gaussians]
-    write: Callable[[Gaussians], bytes]
+    write: Callable[[Gaussians], bytes] | None  # None: read only
 
 
 def read_any_ply(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
@@ -90,6 +99,14 @@ FORMATS: dict[str, SplatFormat] = {
             write_glb,
         ),
         SplatFormat(
+            "sog",
+            ".sog",
+            "application/x-sog",
+            "read only: PlayCanvas's SOG version 2 (WebP images, 256-entry codebooks, an SH palette)",
+            read_sog,
+            None,
+        ),
+        SplatFormat(
             "splat",
             ".splat",
             "application/x-splat",  # no registered type; ours, so that uploads keep the name's ending
@@ -100,6 +117,10 @@ FORMATS: dict[str, SplatFormat] = {
         ),
     )
 }
+
+
+WRITABLE: tuple[str, ...] = tuple(name for name, spec in FORMATS.items() if spec.write is not None)
+"""The formats ``write_splats`` writes, which jobs deliver and ``tire convert`` converts to."""
 
 
 def detect_format(data: bytes, name: str | None = None) -> str:
@@ -124,6 +145,8 @@ def detect_format(data: bytes, name: str | None = None) -> str:
         raise AssetError(f"a gzip file that holds no splat format (it starts with {inner!r})")
     if head.startswith(GLB_MAGIC):
         return "glb"
+    if head.startswith(b"PK\x03\x04"):
+        return "sog"  # a zip: SOG is the only zipped format here (its reader checks for meta.json)
     if name is not None and name.lower().endswith(".splat"):
         return "splat"
     if len(data) and len(data) % 32 == 0 and not head.isascii():
@@ -132,15 +155,15 @@ def detect_format(data: bytes, name: str | None = None) -> str:
 
 
 def format_of_name(name: str) -> str:
-    """The format whose extension ends ``name`` (case-insensitive).
+    """The writable format whose extension ends ``name`` (case-insensitive).
 
     Raises:
         InvalidArgument: no format has that extension.
     """
     for spec in FORMATS.values():
-        if name.lower().endswith(spec.extension):
+        if spec.write is not None and name.lower().endswith(spec.extension):
             return spec.name
-    extensions = ", ".join(spec.extension for spec in FORMATS.values())
+    extensions = ", ".join(FORMATS[name].extension for name in WRITABLE)
     raise InvalidArgument("format", name, f"must end in one of {extensions}, or name its format")
 
 
@@ -167,9 +190,9 @@ def write_splats(gaussians: Gaussians, format_name: str) -> bytes:
     """Encode ``gaussians`` in the format named ``format_name`` (a key of ``FORMATS``).
 
     Raises:
-        InvalidArgument: an unknown format name.
+        InvalidArgument: a format name that is not in ``WRITABLE``.
         AssetError: ``gaussians.validate()`` fails, or the format cannot hold the values.
     """
-    if format_name not in FORMATS:
-        raise InvalidArgument("format", format_name, f"must be one of {', '.join(FORMATS)}")
+    if format_name not in WRITABLE:
+        raise InvalidArgument("format", format_name, f"must be one of {', '.join(WRITABLE)}")
     return FORMATS[format_name].write(gaussians)

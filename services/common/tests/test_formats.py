@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import re
 import struct
+import zipfile
 
 import numpy as np
 import pytest
 import zstandard
+from PIL import Image
 
 from services.common.cameras import Cameras, orbit_cameras
 from services.common.errors import AssetError, InvalidArgument
-from services.common.formats import FORMATS, detect_format, read_splats, write_splats
+from services.common.formats import WRITABLE, detect_format, read_splats, write_splats
 from services.common.formats.conventions import GLTF_AXES, PLY_AXES, SPZ_AXES, axis_signs, change_axes
 from services.common.formats.gltf import EXTENSION
 from services.common.formats.splat import RECORD as SPLAT_RECORD
@@ -285,6 +288,89 @@ def test_malformed_compressed_ply_gets_the_one_error() -> None:
         read_splats(bytes(nan_bounds))
 
 
+def _webp(pixels: np.ndarray, width: int) -> bytes:
+    """Lossless WebP of ``[N, 4]`` uint8 RGBA pixels, ``width`` per row (the last row padded)."""
+    rows = -(-len(pixels) // width)
+    padded = np.zeros((rows * width, 4), dtype=np.uint8)
+    padded[: len(pixels)] = pixels
+    out = io.BytesIO()
+    Image.fromarray(padded.reshape(rows, width, 4), "RGBA").save(out, "WEBP", lossless=True)
+    return out.getvalue()
+
+
+def _sog(n: int = 10, *, meta_changes=None, quat_tag: int = 252, labels: int = 0) -> bytes:
+    """A SOG by hand: every Gaussian at mid-range positions, codebook index 7, w largest, SH degree 1
+    from a palette of 2 entries."""
+    full = np.full((n, 4), 128, dtype=np.uint8)
+    quats = np.concatenate([np.full((n, 3), 128, np.uint8), np.full((n, 1), quat_tag, np.uint8)], axis=1)
+    label = np.zeros((n, 4), np.uint8)
+    label[:, 0], label[:, 3] = labels, 255  # opaque: lossless WebP drops the colour of clear pixels
+    book = list(np.linspace(-6, 0, 256))
+    meta = {
+        "version": 2,
+        "count": n,
+        "means": {"mins": [-1, -1, -1], "maxs": [1, 1, 1], "files": ["means_l.webp", "means_u.webp"]},
+        "scales": {"codebook": book, "files": ["scales.webp"]},
+        "quats": {"files": ["quats.webp"]},
+        "sh0": {"codebook": list(np.linspace(-2, 2, 256)), "files": ["sh0.webp"]},
+        "shN": {"count": 2, "bands": 1, "codebook": list(np.linspace(-1, 1, 256)),
+                "files": ["shN_centroids.webp", "shN_labels.webp"]},
+    }  # fmt: skip
+    if meta_changes:
+        meta_changes(meta)
+    images = {
+        "means_l.webp": _webp(full, 4), "means_u.webp": _webp(full, 4), "quats.webp": _webp(quats, 4),
+        "scales.webp": _webp(np.full((n, 4), 7, np.uint8), 4), "sh0.webp": _webp(full, 4),
+        "shN_centroids.webp": _webp(np.full((64 * 3, 4), 200, np.uint8), 64 * 3),
+        "shN_labels.webp": _webp(label, 4),
+    }  # fmt: skip
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in images.items():
+            archive.writestr(name, data)
+        archive.writestr("meta.json", json.dumps(meta))
+    return out.getvalue()
+
+
+def test_sog_decodes_its_images_and_codebooks() -> None:
+    data = _sog()
+    assert detect_format(data) == "sog"
+    gaussians = read_splats(data)
+    assert len(gaussians) == 10 and gaussians.sh.shape == (10, 4, 3)
+    logs = -1 + 2 * (128 + 256 * 128) / 65535  # 16 bits of sign(x) ln(|x| + 1) in [-1, 1]
+    np.testing.assert_allclose(gaussians.means, np.sign(logs) * np.expm1(abs(logs)), rtol=1e-6)
+    np.testing.assert_allclose(gaussians.log_scales, -6 + 7 * 6 / 255, rtol=1e-6)
+    np.testing.assert_allclose(gaussians.opacities, 128 / 255, atol=1e-6)
+    np.testing.assert_allclose(gaussians.sh[:, 1:], -1 + 200 * 2 / 255, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(gaussians.quats[:, 0]), 1.0, atol=1e-4)
+
+
+def test_malformed_sog_gets_the_one_error() -> None:
+    def drop(section):
+        return lambda meta: meta.pop(section)
+
+    def set_to(section, key, value):
+        return lambda meta: meta[section].__setitem__(key, value)
+
+    cases = [
+        (b"PK\x03\x04" + bytes(40), "not a readable zip"),
+        (_sog(meta_changes=lambda m: m.__setitem__("version", 1)), "version 1 is not supported"),
+        (_sog(meta_changes=lambda m: m.__setitem__("count", 10**8)), "outside 1..10000000"),
+        (_sog(meta_changes=lambda m: m.__setitem__("count", 2000)), "pixels for 2000 Gaussians"),
+        (_sog(meta_changes=drop("quats")), "`quats.files`"),
+        (_sog(meta_changes=set_to("scales", "codebook", [0.0] * 10)), "256 finite numbers"),
+        (_sog(meta_changes=set_to("scales", "files", ["missing.webp"])), "no member 'missing.webp'"),
+        (_sog(meta_changes=set_to("sh0", "files", ["meta.json"])), "not a readable WebP"),
+        (_sog(meta_changes=set_to("means", "maxs", [1, 1])), "3 finite numbers"),
+        (_sog(meta_changes=set_to("shN", "bands", 4)), "bands 4"),
+        (_sog(quat_tag=10), "alpha must be 252..255"),
+        (_sog(labels=5), "beyond the palette of 2"),
+    ]
+    for data, message in cases:
+        with pytest.raises(AssetError, match=re.escape(message)):
+            read_splats(data)
+
+
 @pytest.mark.parametrize("which", SAMPLES)
 def test_splat_round_trip_within_its_quantization(which) -> None:
     gaussians = _sample(which)
@@ -312,7 +398,7 @@ def test_a_round_trip_keeps_the_pictures(name: str, format_name: str) -> None:
 
 def test_formats_are_detected_from_their_content() -> None:
     gaussians = random_gaussians(64, sh_degree=1, seed=3)
-    for name in FORMATS:
+    for name in WRITABLE:
         data = write_splats(gaussians, name)
         assert detect_format(data, f"asset.{name}") == name
         assert detect_format(data, "misnamed.ply") == name

@@ -1,0 +1,201 @@
+"""PlayCanvas's SOG (version 2): a zip of ``meta.json`` and lossless WebP images, one pixel per
+Gaussian (row-major), as SuperSplat and splat-transform write it.
+
+- ``means_l.webp`` and ``means_u.webp``: the low and high bytes of 16 bits per axis (RGB) in
+  ``[mins, maxs]`` of ``sign(x) ln(|x| + 1)``.
+- ``quats.webp``: the three smaller components of (w, x, y, z) as ``(q sqrt(2) + 1) 255 / 2`` (RGB),
+  the largest one's index plus 252 in alpha; the largest is rebuilt positive.
+- ``scales.webp``: per axis, an index into ``scales.codebook`` (256 log scales).
+- ``sh0.webp``: per channel, an index into ``sh0.codebook`` (256 DC coefficients); alpha is the
+  opacity in 8 bits.
+- ``shN`` (when SH degree > 0): ``shN_labels.webp`` holds a 16-bit palette index per Gaussian (R low,
+  G high); ``shN_centroids.webp`` holds the palette, 64 entries per row, each ``(degree + 1)^2 - 1``
+  pixels of RGB indices into ``shN.codebook``.
+
+The axes are the `.ply`'s. Read, not written. Every size is checked before anything is decoded: the
+zip's members (``MAX_MEMBER_BYTES`` each, inflated), the images' pixels and ``meta.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+import zipfile
+
+import numpy as np
+from PIL import Image
+
+from services.common.errors import AssetError
+from services.common.formats.conventions import opacity_to_logit
+from services.common.gaussians import MAX_LOG_SCALE, MAX_POSITION, Gaussians
+
+MAX_MEMBER_BYTES = 256 * 2**20
+MAX_META_BYTES = 4 * 2**20
+_COEFFICIENTS = (0, 3, 8, 15)  # per SH degree, beyond DC
+
+
+def read_sog(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
+    """Decode a `.sog` (zip) file's bytes into ``Gaussians``.
+
+    Raises:
+        AssetError: not a zip, no or malformed ``meta.json``, a version other than 2, a missing or
+            oversized member, an image that is not WebP or smaller than the count, a count over
+            ``max_gaussians``, or decoded values the `.ply` reader would refuse.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = {info.filename: info for info in archive.infolist()}
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise AssetError(f"`.sog` is not a readable zip: {exc}") from exc
+    meta = _meta(archive, members)
+    n = meta.get("count")
+    if not (isinstance(n, int) and 0 < n <= max_gaussians):
+        raise AssetError(f"`.sog` count {n!r} is outside 1..{max_gaussians}")
+
+    def image(section: str, index: int = 0) -> np.ndarray:
+        files = _field(meta, section, "files", list)
+        if index >= len(files) or not isinstance(files[index], str):
+            raise AssetError(f"`.sog` meta.json `{section}.files` names too few files")
+        if section == "shN" and index == 0:  # the palette: at most 65,536 entries of 15 pixels
+            return _webp(archive, members, files[index], 0, 65536 * 15)
+        return _webp(archive, members, files[index], n, 2 * n + 65536)
+
+    means = _means(meta, image("means", 0), image("means", 1), n)
+    quats = _quats(image("quats")[:n])
+    scale_book = _codebook(meta, "scales")
+    log_scales = scale_book[image("scales")[:n, :3]]
+    sh0 = image("sh0")[:n]
+    dc = _codebook(meta, "sh0")[sh0[:, :3]]
+    rest = np.zeros((n, 0, 3))
+    if "shN" in meta:
+        rest = _rest(meta, image("shN", 0), image("shN", 1)[:n], n)
+    if not (np.isfinite(means).all() and (np.abs(means) <= MAX_POSITION).all()):
+        raise AssetError("`.sog` positions must be finite and within +-1e15 (check means.mins and maxs)")
+    if not (log_scales <= MAX_LOG_SCALE).all():
+        raise AssetError(f"`.sog` log scales must be at most {MAX_LOG_SCALE:g}")
+    return Gaussians(
+        means=means.astype(np.float32),
+        log_scales=log_scales.astype(np.float32),
+        quats=quats.astype(np.float32),
+        opacity_logits=opacity_to_logit(sh0[:, 3] / 255.0),
+        sh=np.concatenate([dc[:, None, :], rest], axis=1).astype(np.float32),
+    )
+
+
+def _meta(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict:
+    info = members.get("meta.json")
+    if info is None:
+        raise AssetError("`.sog` has no meta.json")
+    if info.file_size > MAX_META_BYTES:
+        raise AssetError(f"`.sog` meta.json is {info.file_size} bytes, over {MAX_META_BYTES}")
+    try:
+        meta = json.loads(_member(archive, info))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise AssetError(f"`.sog` meta.json is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("version") != 2:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise AssetError(f"`.sog` meta.json version {version!r} is not supported (2; version 1 is not read)")
+    return meta
+
+
+def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, inflated no further than its declared size allows."""
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise AssetError(f"`.sog` member {info.filename} is {info.file_size} bytes, over {MAX_MEMBER_BYTES}")
+    try:
+        with archive.open(info) as stream:
+            data = stream.read(info.file_size + 1)
+    except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as exc:
+        raise AssetError(f"`.sog` member {info.filename} cannot be read: {exc}") from exc
+    if len(data) != info.file_size:
+        raise AssetError(f"`.sog` member {info.filename} does not hold the bytes its entry says")
+    return data
+
+
+def _field(meta: dict, section: str, key: str, kind: type):
+    value = meta.get(section, {}).get(key) if isinstance(meta.get(section), dict) else None
+    if not isinstance(value, kind):
+        raise AssetError(f"`.sog` meta.json has no `{section}.{key}` {kind.__name__}")
+    return value
+
+
+def _webp(
+    archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], name: str, least: int, most: int
+) -> np.ndarray:
+    """``[pixels, 4]`` uint8 RGBA of image ``name``, which must hold ``least`` to ``most`` pixels (checked
+    from its header, before it is decoded)."""
+    info = members.get(name)
+    if info is None:
+        raise AssetError(f"`.sog` has no member {name!r}, which meta.json names")
+    data = _member(archive, info)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["WEBP"]) as picture:
+                if picture.width * picture.height > most:
+                    raise AssetError(f"`.sog` image {name} is {picture.width}x{picture.height}, too large")
+                pixels = np.asarray(picture.convert("RGBA"), dtype=np.uint8).reshape(-1, 4)
+    except AssetError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise AssetError(f"`.sog` image {name} is not a readable WebP: {exc}") from exc
+    if len(pixels) < least:
+        raise AssetError(f"`.sog` image {name} has {len(pixels)} pixels for {least} Gaussians")
+    return pixels
+
+
+def _codebook(meta: dict, section: str) -> np.ndarray:
+    book = _field(meta, section, "codebook", list)
+    values = np.asarray(book, dtype=np.float64) if all(isinstance(v, int | float) for v in book) else None
+    if values is None or values.shape != (256,) or not np.isfinite(values).all():
+        raise AssetError(f"`.sog` meta.json `{section}.codebook` must hold 256 finite numbers")
+    return values
+
+
+def _means(meta: dict, low: np.ndarray, high: np.ndarray, n: int) -> np.ndarray:
+    mins, maxs = _field(meta, "means", "mins", list), _field(meta, "means", "maxs", list)
+    bounds = np.asarray(mins + maxs, dtype=np.float64) if len(mins) == len(maxs) == 3 else None
+    if bounds is None or not np.isfinite(bounds).all():
+        raise AssetError("`.sog` meta.json `means.mins` and `means.maxs` must hold 3 finite numbers each")
+    quantized = low[:n, :3].astype(np.float64) + 256.0 * high[:n, :3]
+    span = bounds[3:] - bounds[:3]
+    logs = bounds[:3] + np.where(span == 0.0, 1.0, span) * (quantized / 65535.0)
+    with np.errstate(over="ignore"):
+        return np.sign(logs) * np.expm1(np.abs(logs))
+
+
+def _quats(pixels: np.ndarray) -> np.ndarray:
+    """``[N, 4]`` (w, x, y, z) from RGBA: three components and the largest one's index + 252."""
+    tag = pixels[:, 3].astype(np.int64)
+    if ((tag < 252) | (tag > 255)).any():
+        raise AssetError(
+            f"`.sog` quats.webp alpha must be 252..255, found {int(tag[(tag < 252) | (tag > 255)][0])}"
+        )
+    largest = tag - 252
+    others = (pixels[:, :3].astype(np.float64) / 255.0 * 2.0 - 1.0) / np.sqrt(2.0)
+    quats = np.zeros((len(pixels), 4))
+    for index in range(4):
+        rows = largest == index
+        quats[np.ix_(rows, [c for c in range(4) if c != index])] = others[rows]
+    quats[np.arange(len(pixels)), largest] = np.sqrt(np.maximum(0.0, 1.0 - np.sum(quats * quats, axis=1)))
+    return quats / np.linalg.norm(quats, axis=1, keepdims=True)
+
+
+def _rest(meta: dict, centroids: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """``[N, K-1, 3]`` higher SH coefficients from the palette."""
+    bands, palette = _field(meta, "shN", "bands", int), _field(meta, "shN", "count", int)
+    if bands not in (1, 2, 3) or not 0 < palette <= 65536:
+        raise AssetError(
+            f"`.sog` meta.json shN has bands {bands} and count {palette}: expected 1..3 and 1..65536"
+        )
+    book = _codebook(meta, "shN")
+    k = _COEFFICIENTS[bands]
+    rows = -(-palette // 64)
+    if len(centroids) < rows * 64 * k:
+        raise AssetError(f"`.sog` shN centroids hold {len(centroids)} pixels for {palette} entries of {k}")
+    index = labels[:, 0].astype(np.int64) | (labels[:, 1].astype(np.int64) << 8)
+    if (index >= palette).any():
+        raise AssetError(f"`.sog` shN label {int(index.max())} is beyond the palette of {palette}")
+    table = centroids[: rows * 64 * k, :3].reshape(rows * 64, k, 3)  # entry e's coefficient j
+    return book[table[index]]
