@@ -2,7 +2,7 @@
 
     python -m benchmarks.formats [--repeats 5]
 
-For each format of ``services.common.formats.FORMATS``: the file's bytes, ``write_splats`` and
+For each format ``services.common.formats`` writes (``WRITABLE``): the file's bytes, ``write_splats`` and
 ``read_splats`` in ms (median after a warm-up call), and the PSNR of renders of the round trip against
 renders of the asset (four views at elevation -15 that the asset fills, 256², white background; inf
 where the pictures are identical).
@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.timing import cpu_name, median_ms
 from services.common.cameras import orbit_cameras
-from services.common.formats import FORMATS, read_splats, write_splats
+from services.common.formats import FORMATS, WRITABLE, read_splats, write_splats
 from services.common.framing import fit_framing
 from services.common.gaussians import read_ply
 from services.common.rasterizer import rasterize
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| format | bytes | x .ply | write, ms | read, ms | PSNR of renders, dB | keeps |")
     print("|---|---:|---:|---:|---:|---:|---|")
     ply_bytes = len(write_splats(gaussians, "ply"))
-    for name, spec in FORMATS.items():
+    for name in WRITABLE:
+        spec = FORMATS[name]
         data = write_splats(gaussians, name)
         file_name = f"monkey{spec.extension}"
         write = median_ms(lambda n=name: write_splats(gaussians, n), args.repeats)
