@@ -7,7 +7,7 @@ from tire.v1 import common_pb2
 
 from services.common.errors import AssetError, InvalidArgument
 from services.common.formats import FORMATS, detect_format
-from services.common.gaussians import Gaussians
+from services.common.gaussians import MAX_GAUSSIANS, Gaussians
 from services.common.store import BlobStore
 
 
@@ -17,7 +17,7 @@ def load_frame(
     time_step: int,
     *,
     field: str = "asset",
-    max_gaussians: int = 10_000_000,
+    max_gaussians: int = MAX_GAUSSIANS,
 ) -> Gaussians:
     """Read time step ``time_step`` of ``asset`` (a 3D asset has only step 0), in any format.
 
@@ -35,7 +35,7 @@ def read_frame(
     time_step: int,
     *,
     field: str = "asset",
-    max_gaussians: int = 10_000_000,
+    max_gaussians: int = MAX_GAUSSIANS,
 ) -> tuple[Gaussians, str]:
     """``load_frame``, and the name of the file's format (a key of ``FORMATS``)."""
     frames = asset.frames

@@ -210,6 +210,10 @@ def frames_correspond(frames: Sequence[Gaussians], samples: int = 65_536) -> boo
     return True
 
 
+MAX_GAUSSIANS = 10_000_000
+"""The default limit on a file's Gaussian count, in every reader: larger counts are refused before
+anything is allocated (services may set their own, e.g. ``TIRE_RENDERER_MAX_GAUSSIANS``)."""
+
 MAX_HEADER_BYTES = 64 * 1024
 """A longer header is rejected: real 3DGS headers are about 2 KiB."""
 
@@ -548,7 +552,7 @@ def source_bytes(source: bytes | str | os.PathLike, what: str) -> bytes:
         raise AssetError(f"cannot read {what} file {path!r}: {exc.strerror}") from exc
 
 
-def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000) -> Gaussians:
+def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
     """Read a 3DGS `.ply` (INRIA or LGM layout, any property order) into ``Gaussians``.
 
     Args:
@@ -638,7 +642,7 @@ def read_ply(source: bytes | str | os.PathLike, max_gaussians: int = 10_000_000)
 
 
 def read_ply_sequence(
-    sources: Sequence[bytes | str | os.PathLike], max_gaussians: int = 10_000_000
+    sources: Sequence[bytes | str | os.PathLike], max_gaussians: int = MAX_GAUSSIANS
 ) -> list[Gaussians]:
     """Read a 4D asset: one `.ply` per time step, in order, with ``read_ply``.
 

@@ -50,7 +50,7 @@ from tire.v1 import refiner_pb2, refiner_pb2_grpc
 from services.common import validation
 from services.common.assets import load_frame
 from services.common.errors import ConfigError, InvalidArgument
-from services.common.gaussians import random_gaussians
+from services.common.gaussians import MAX_GAUSSIANS, random_gaussians
 from services.common.server import describe, models_at, run_service, wait_for_models
 from services.common.store import BlobStore
 from services.common.tensors import get_tensor, put_tensor
@@ -71,7 +71,7 @@ class RefinerSettings:
     max_views: int = 256
     # Each pixel keeps K contributor ids and weights (8 bytes each): 2**24 pixels is about 1 GiB at K=8.
     max_pixels: int = 2**24
-    max_gaussians: int = 10_000_000
+    max_gaussians: int = MAX_GAUSSIANS
     model: str = ""
     trust_remote_code: bool = False
     device: str = "auto"

@@ -25,7 +25,7 @@ from services.common import validation
 from services.common.assets import load_frame
 from services.common.cameras import Cameras, cameras_from_orbit, cameras_from_proto, cameras_to_proto
 from services.common.errors import InvalidArgument
-from services.common.gaussians import Gaussians, random_gaussians
+from services.common.gaussians import MAX_GAUSSIANS, Gaussians, random_gaussians
 from services.common.server import describe, run_service
 from services.common.store import BlobStore
 from services.common.tensors import put_tensor
@@ -41,7 +41,7 @@ class RendererSettings:
     threads: int = 0
     max_views: int = 256
     max_pixels: int = 2**26
-    max_gaussians: int = 10_000_000
+    max_gaussians: int = MAX_GAUSSIANS
 
 
 class RendererServicer(renderer_pb2_grpc.RendererServiceServicer):

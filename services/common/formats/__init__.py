@@ -24,7 +24,14 @@ from services.common.formats.sog import read_sog
 from services.common.formats.splat import read_splat, write_splat
 from services.common.formats.spz import MAGIC as SPZ_MAGIC
 from services.common.formats.spz import read_spz, write_spz
-from services.common.gaussians import Gaussians, parse_ply_header, read_ply, source_bytes, write_ply
+from services.common.gaussians import (
+    MAX_GAUSSIANS,
+    Gaussians,
+    parse_ply_header,
+    read_ply,
+    source_bytes,
+    write_ply,
+)
 
 __all__ = [
     "FORMATS",
@@ -35,8 +42,6 @@ __all__ = [
     "read_splats",
     "write_splats",
 ]
-
-MAX_GAUSSIANS = 10_000_000
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from services.common.formats.conventions import (
     opacity_to_logit,
     to_uint8,
 )
-from services.common.gaussians import MAX_LOG_SCALE, MAX_POSITION, Gaussians
+from services.common.gaussians import MAX_GAUSSIANS, MAX_LOG_SCALE, MAX_POSITION, Gaussians
 
 EXTENSION = "KHR_gaussian_splatting"
 MAGIC = b"glTF"
@@ -116,7 +116,7 @@ def write_glb(gaussians: Gaussians) -> bytes:
     return _HEADER.pack(MAGIC, 2, _HEADER.size + len(body)) + body
 
 
-def read_glb(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
+def read_glb(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
     """Decode a `.glb` with ``KHR_gaussian_splatting`` into ``Gaussians`` in ``PLY_AXES``.
 
     Raises:

@@ -28,14 +28,14 @@ from PIL import Image
 
 from services.common.errors import AssetError
 from services.common.formats.conventions import opacity_to_logit
-from services.common.gaussians import MAX_LOG_SCALE, MAX_POSITION, Gaussians
+from services.common.gaussians import MAX_GAUSSIANS, MAX_LOG_SCALE, MAX_POSITION, Gaussians
 
 MAX_MEMBER_BYTES = 256 * 2**20
 MAX_META_BYTES = 4 * 2**20
 _COEFFICIENTS = (0, 3, 8, 15)  # per SH degree, beyond DC
 
 
-def read_sog(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
+def read_sog(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
     """Decode a `.sog` (zip) file's bytes into ``Gaussians``.
 
     Raises:

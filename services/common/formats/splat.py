@@ -15,14 +15,14 @@ import numpy as np
 
 from services.common.errors import AssetError
 from services.common.formats.conventions import logit_to_opacity, opacity_to_logit, to_uint8
-from services.common.gaussians import MAX_LOG_SCALE, MAX_POSITION, SH_C0, Gaussians
+from services.common.gaussians import MAX_GAUSSIANS, MAX_LOG_SCALE, MAX_POSITION, SH_C0, Gaussians
 
 RECORD = np.dtype(
     [("position", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rotation", "u1", 4)]
 )  # 32 bytes
 
 
-def read_splat(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
+def read_splat(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
     """Decode a `.splat` file's bytes into ``Gaussians`` (SH degree 0).
 
     Raises:

@@ -47,7 +47,7 @@ from services.common.formats.conventions import (
     opacity_to_logit,
     to_uint8,
 )
-from services.common.gaussians import Gaussians
+from services.common.gaussians import MAX_GAUSSIANS, Gaussians
 
 MAGIC = 0x5053474E  # "NGSP"
 VERSIONS = (2, 3, 4)  # read; 4 wraps each column in zstd instead of the whole in gzip
@@ -158,7 +158,7 @@ def _zstd_columns(data: bytes, max_gaussians: int) -> tuple[_Layout, bytes]:
     return layout, b"".join(columns)
 
 
-def read_spz(data: bytes, max_gaussians: int = 10_000_000) -> Gaussians:
+def read_spz(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
     """Decode a `.spz` file's bytes (versions 2 to 4) into ``Gaussians`` in ``PLY_AXES``.
 
     Memory is bounded by the count in the header: the streams are inflated only as far as the header
