@@ -64,7 +64,7 @@ def sample(which: str) -> Gaussians:
 
 
 @pytest.mark.parametrize("which", ["monkey", "random-sh3"])
-@pytest.mark.parametrize("format_name", ["ply", "spz", "splat"])
+@pytest.mark.parametrize("format_name", ["ply", "spz", "splat", "sog"])
 def test_splat_transform_reads_what_we_write(tmp_path: Path, which: str, format_name: str) -> None:
     gaussians = sample(which)
     ours = tmp_path / f"ours.{format_name}"

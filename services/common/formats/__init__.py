@@ -20,7 +20,7 @@ from services.common.errors import AssetError, InvalidArgument
 from services.common.formats.compressed_ply import is_compressed, read_compressed_ply
 from services.common.formats.gltf import MAGIC as GLB_MAGIC
 from services.common.formats.gltf import read_glb, write_glb
-from services.common.formats.sog import read_sog
+from services.common.formats.sog import read_sog, write_sog
 from services.common.formats.splat import read_splat, write_splat
 from services.common.formats.spz import MAGIC as SPZ_MAGIC
 from services.common.formats.spz import read_spz, write_spz
@@ -107,9 +107,10 @@ FORMATS: dict[str, SplatFormat] = {
             "sog",
             ".sog",
             "application/x-sog",
-            "read only: PlayCanvas's SOG version 2 (WebP images, 256-entry codebooks, an SH palette)",
+            "PlayCanvas's SOG version 2: 16-bit positions, 8-bit rotations, 256-entry codebooks of log "
+            "scales and colours, higher SH bands through a palette of up to 4,096 vectors",
             read_sog,
-            None,
+            write_sog,
         ),
         SplatFormat(
             "splat",

@@ -12,14 +12,20 @@ Gaussian (row-major), as SuperSplat and splat-transform write it.
   G high); ``shN_centroids.webp`` holds the palette, 64 entries per row, each ``(degree + 1)^2 - 1``
   pixels of RGB indices into ``shN.codebook``.
 
-The axes are the `.ply`'s. Read, not written. Every size is checked before anything is decoded: the
-zip's members (``MAX_MEMBER_BYTES`` each, inflated), the images' pixels and ``meta.json``.
+The axes are the `.ply`'s. Every size is checked before anything is decoded: the zip's members
+(``MAX_MEMBER_BYTES`` each, inflated), the images' pixels and ``meta.json``.
+
+``write_sog`` writes the same layout: codebooks fitted by 1D k-means (256 entries, quantile starts,
+``_LLOYD_STEPS`` steps), and for SH degree > 0 a palette of up to ``MAX_PALETTE`` entries fitted by
+k-means on the coefficient vectors, so that a round trip loses what those codebooks and the palette
+lose (``tests`` state the bounds); images are lossless WebP (``exact``: colour kept under alpha 0).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import warnings
 import zipfile
 
@@ -27,12 +33,14 @@ import numpy as np
 from PIL import Image
 
 from services.common.errors import AssetError
-from services.common.formats.conventions import opacity_to_logit
+from services.common.formats.conventions import logit_to_opacity, opacity_to_logit, to_uint8
 from services.common.gaussians import MAX_GAUSSIANS, MAX_LOG_SCALE, MAX_POSITION, Gaussians
 
 MAX_MEMBER_BYTES = 256 * 2**20
 MAX_META_BYTES = 4 * 2**20
+MAX_PALETTE = 4096  # SH palette entries written (labels hold up to 65,536)
 _COEFFICIENTS = (0, 3, 8, 15)  # per SH degree, beyond DC
+_LLOYD_STEPS = 10
 
 
 def read_sog(data: bytes, max_gaussians: int = MAX_GAUSSIANS) -> Gaussians:
@@ -199,3 +207,132 @@ def _rest(meta: dict, centroids: np.ndarray, labels: np.ndarray, n: int) -> np.n
         raise AssetError(f"`.sog` shN label {int(index.max())} is beyond the palette of {palette}")
     table = centroids[: rows * 64 * k, :3].reshape(rows * 64, k, 3)  # entry e's coefficient j
     return book[table[index]]
+
+
+def write_sog(gaussians: Gaussians) -> bytes:
+    """Encode ``Gaussians`` as a SOG version 2 zip (see the module docstring).
+
+    Raises:
+        AssetError: ``gaussians.validate()`` fails.
+    """
+    gaussians.validate()
+    g, n = gaussians, len(gaussians)
+    width = math.ceil(math.sqrt(n))
+    images: dict[str, bytes] = {}
+
+    # 1. Positions: 16 bits per axis of sign(x) ln(|x| + 1), split into low and high bytes.
+    logs = np.sign(g.means.astype(np.float64)) * np.log1p(np.abs(g.means.astype(np.float64)))
+    mins, maxs = logs.min(axis=0), logs.max(axis=0)
+    span = np.where(maxs > mins, maxs - mins, 1.0)
+    quantized = np.rint((logs - mins) / span * 65535.0).astype(np.int64)
+    images["means_l.webp"] = _encode(np.concatenate([quantized & 255, _opaque(n)], axis=1), width)
+    images["means_u.webp"] = _encode(np.concatenate([quantized >> 8, _opaque(n)], axis=1), width)
+
+    # 2. Rotations: the largest component made positive, the other three in 8 bits, its index in alpha.
+    quats = g.quats.astype(np.float64) / np.linalg.norm(g.quats, axis=1, keepdims=True)
+    largest = np.argmax(np.abs(quats), axis=1)
+    quats *= np.where(quats[np.arange(n), largest] < 0.0, -1.0, 1.0)[:, None]
+    others = np.stack([np.delete(q, i) for q, i in zip(quats, largest, strict=True)]) if n else quats[:, :3]
+    packed = to_uint8((others * math.sqrt(2.0) + 1.0) * 0.5 * 255.0).astype(np.int64)
+    images["quats.webp"] = _encode(np.concatenate([packed, (252 + largest)[:, None]], axis=1), width)
+
+    # 3. Scales and DC colours through 256-entry codebooks; opacity in sh0's alpha.
+    scale_book = _fit_codebook(g.log_scales.astype(np.float64).ravel())
+    images["scales.webp"] = _encode(
+        np.concatenate([_nearest(scale_book, g.log_scales), _opaque(n)], axis=1), width
+    )
+    dc_book = _fit_codebook(g.sh[:, 0].astype(np.float64).ravel())
+    opacity = to_uint8(logit_to_opacity(g.opacity_logits) * 255.0).astype(np.int64)[:, None]
+    images["sh0.webp"] = _encode(np.concatenate([_nearest(dc_book, g.sh[:, 0]), opacity], axis=1), width)
+    meta = {
+        "version": 2,
+        "asset": {"generator": "tire-services"},
+        "count": n,
+        "means": {"mins": mins.tolist(), "maxs": maxs.tolist(), "files": ["means_l.webp", "means_u.webp"]},
+        "scales": {"codebook": scale_book.tolist(), "files": ["scales.webp"]},
+        "quats": {"files": ["quats.webp"]},
+        "sh0": {"codebook": dc_book.tolist(), "files": ["sh0.webp"]},
+    }
+
+    # 4. Higher SH bands: a palette of coefficient vectors (k-means), their values through a codebook.
+    k = g.sh.shape[1] - 1
+    if k:
+        vectors = g.sh[:, 1:].astype(np.float64).reshape(n, -1)  # [N, k * 3], coefficient-major
+        centroids, labels = _fit_palette(vectors, min(MAX_PALETTE, n))
+        book = _fit_codebook(centroids.ravel())
+        entries = len(centroids)
+        rows = -(-entries // 64)
+        table = np.zeros((rows * 64, k, 3), dtype=np.int64)
+        table[:entries] = _nearest(book, centroids).reshape(entries, k, 3)
+        pixels = np.concatenate([table.reshape(-1, 3), _opaque(rows * 64 * k)], axis=1)
+        images["shN_centroids.webp"] = _encode(pixels, 64 * k)
+        label_pixels = np.stack([labels & 255, labels >> 8, np.zeros(n, np.int64), np.full(n, 255)], axis=1)
+        images["shN_labels.webp"] = _encode(label_pixels, width)
+        meta["shN"] = {
+            "count": entries,
+            "bands": g.sh_degree,
+            "codebook": book.tolist(),
+            "files": ["shN_centroids.webp", "shN_labels.webp"],
+        }
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:  # WebP is compressed already
+        for name, data in images.items():
+            archive.writestr(name, data)
+        archive.writestr("meta.json", json.dumps(meta))
+    return out.getvalue()
+
+
+def _opaque(n: int) -> np.ndarray:
+    return np.full((n, 1), 255, dtype=np.int64)
+
+
+def _encode(pixels: np.ndarray, width: int) -> bytes:
+    """Lossless WebP of ``[N, 4]`` RGBA values 0..255, ``width`` pixels per row (the last row padded)."""
+    rows = -(-len(pixels) // width)
+    padded = np.zeros((rows * width, 4), dtype=np.uint8)
+    padded[: len(pixels)] = pixels
+    out = io.BytesIO()
+    Image.fromarray(padded.reshape(rows, width, 4), "RGBA").save(out, "WEBP", lossless=True, exact=True)
+    return out.getvalue()
+
+
+def _fit_codebook(values: np.ndarray) -> np.ndarray:
+    """256 sorted values minimising the squared error of ``values`` to their nearest (1D k-means)."""
+    ordered = np.sort(values)
+    book = np.quantile(ordered, (np.arange(256) + 0.5) / 256.0)
+    for _ in range(_LLOYD_STEPS):
+        cells = np.searchsorted((book[1:] + book[:-1]) / 2.0, ordered)
+        sums = np.bincount(cells, weights=ordered, minlength=256)
+        counts = np.bincount(cells, minlength=256)
+        book = np.where(counts > 0, sums / np.maximum(counts, 1), book)
+        book.sort()
+    return book
+
+
+def _nearest(book: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index of the nearest entry of the sorted ``book`` for each value, same shape, int64."""
+    return np.searchsorted((book[1:] + book[:-1]) / 2.0, np.asarray(values, dtype=np.float64))
+
+
+def _fit_palette(vectors: np.ndarray, entries: int) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids ``[P, D]``, labels ``[N]``): k-means of ``vectors`` from an even sample, a few steps."""
+    n = len(vectors)
+    centroids = vectors[np.linspace(0, n - 1, entries).astype(np.int64)].copy()
+    for _ in range(_LLOYD_STEPS):
+        labels = _closest(vectors, centroids)
+        counts = np.bincount(labels, minlength=entries)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, labels, vectors)
+        centroids = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centroids)
+    return centroids, _closest(vectors, centroids)
+
+
+def _closest(vectors: np.ndarray, centroids: np.ndarray, block: int = 8192) -> np.ndarray:
+    """Index of each vector's nearest centroid, by |a|^2 - 2 a.b + |b|^2 in blocks of rows."""
+    squared = np.sum(centroids * centroids, axis=1)
+    labels = np.empty(len(vectors), dtype=np.int64)
+    for start in range(0, len(vectors), block):
+        chunk = vectors[start : start + block]
+        labels[start : start + block] = np.argmin(squared[None, :] - 2.0 * chunk @ centroids.T, axis=1)
+    return labels
