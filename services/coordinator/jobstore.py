@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import logging
 import os
 import secrets
 import sqlite3
@@ -156,6 +157,8 @@ DROP INDEX IF EXISTS jobs_request_id;
 
 _JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, outputs, error, failure"
 _URI_FIELDS = frozenset({"uri", "uris", "preview_uris"})
+
+log = logging.getLogger(__name__)
 
 
 class Upload(NamedTuple):
@@ -636,7 +639,10 @@ class JobStore:
             changed, self._changed = self._changed, []
         for job in changed:
             for listener in self._state_listeners:
-                listener(job)
+                try:
+                    listener(job)
+                except Exception:  # a listener's bug must not fail the change, which is committed
+                    log.exception("state listener failed for job %s", job.id)
 
     def on_state_change(self, listener: Callable[[Job], None]) -> None:
         """Call ``listener(job)`` after every committed change of a job's state (a new job included),

@@ -32,13 +32,13 @@ import http.client
 import ipaddress
 import json
 import logging
+import queue
 import socket
 import ssl
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -171,11 +171,17 @@ class WebhookDispatcher:
         self._signer = Webhook(secret)
         self.allow_private = allow_private
         self.attempts, self.backoff_s, self.timeout_s = attempts, backoff_s, timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="webhook")
+        self._ready: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # jobs with notifications to send
         self._lock = threading.Lock()
         self._queues: dict[str, deque[_Pending]] = {}  # per job, while a worker drains it
         self._idle = threading.Condition(self._lock)
         self._closed = threading.Event()
+        # Daemon threads: a retry that waits minutes must not hold up the coordinator's exit.
+        self._workers = [
+            threading.Thread(target=self._work, name=f"webhook-{i}", daemon=True) for i in range(max_workers)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def notify(self, job: coordinator_pb2.Job) -> None:
         """Queue the notification of ``job``'s new state (a JobStore state listener)."""
@@ -189,7 +195,7 @@ class WebhookDispatcher:
                 queue.append(pending)  # its worker sends it after the earlier ones
                 return
             self._queues[job.id] = deque([pending])
-        self._pool.submit(self._drain, job.id)
+        self._ready.put(job.id)
 
     def wait_idle(self, timeout: float) -> bool:
         """True once nothing is queued or being sent (for tests and shutdown)."""
@@ -205,7 +211,12 @@ class WebhookDispatcher:
     def close(self) -> None:
         """Stop: queued notifications are dropped, a retry that waits ends."""
         self._closed.set()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._workers:
+            self._ready.put(None)
+
+    def _work(self) -> None:
+        while (job_id := self._ready.get()) is not None:
+            self._drain(job_id)
 
     def _drain(self, job_id: str) -> None:
         while True:
