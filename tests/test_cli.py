@@ -64,7 +64,7 @@ def test_convert_goes_through_every_format_and_back(tmp_path, capsys):
     back, original = read_ply(ply), read_ply(MONKEY)
     assert abs(back.means - original.means).max() < 2.0**-12  # spz's positions; splat kept them
     assert main(["convert", str(MONKEY), str(tmp_path / "monkey.obj")]) == 2
-    assert "must end in one of .ply, .spz, .glb, .splat" in capsys.readouterr().err
+    assert "must end in one of .ply, .spz, .glb, .sog, .splat" in capsys.readouterr().err
     assert not (tmp_path / "monkey.obj").exists()
     (tmp_path / "junk.ply").write_bytes(b"ply\nformat nonsense\n")
     assert main(["convert", str(tmp_path / "junk.ply"), str(tmp_path / "out.spz")]) == 2

@@ -40,7 +40,7 @@ def read_frame(
     """``load_frame``, and the name of the file's format (a key of ``FORMATS``)."""
     frames = asset.frames
     if not frames:
-        raise InvalidArgument(f"{field}.frames", [], "must name at least one .ply")
+        raise InvalidArgument(f"{field}.frames", [], "must name at least one splat file")
     if time_step >= len(frames):
         raise InvalidArgument("time_step", time_step, f"must be below the asset's {len(frames)} time steps")
     name = f"{field}.frames[{time_step}]"

@@ -73,7 +73,9 @@ def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordina
 
     # 1. What to repair: the asset's frames and one reference per frame.
     frames = resolved.asset.frames
-    require(len(frames) > 0, f"{field}.asset.frames", [], "must hold at least one .ply (one per time step)")
+    require(
+        len(frames) > 0, f"{field}.asset.frames", [], "must hold at least one splat file (one per time step)"
+    )
     require(
         len(frames) <= MAX_TIME_STEPS,
         f"{field}.asset.frames",

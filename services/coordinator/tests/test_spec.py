@@ -202,7 +202,7 @@ def labels(**values):
 
 BAD = [
     # (change, field, value as quoted, words of the problem)
-    (without_frames, "spec.asset.frames", "[]", "at least one .ply"),
+    (without_frames, "spec.asset.frames", "[]", "at least one splat file"),
     (frames(65), "spec.asset.frames", "65", "at most 64 time steps"),
     (setter("asset.frames.0.uri", "http://x/a.ply"), "spec.asset.frames[0].uri", "'http://x/a.ply'", "s3://"),
     (setter("asset.frames.0.uri", ""), "spec.asset.frames[0].uri", "''", "s3://bucket/key"),
@@ -295,7 +295,7 @@ BAD = [
     (labels(**{"a" * 64: "x"}), "spec.labels", "'aaaa", "keys of 1 to 63 characters"),
     (labels(**{"a b": "x"}), "spec.labels", "'a b'", "keys of 1 to 63 characters"),
     (labels(note="x" * 257), "spec.labels['note']", "'xxxx", "at most 256 characters"),
-    (output_formats("spz", "obj"), "spec.output_formats[1]", "'obj'", "must be one of ply, spz, glb, splat"),
+    (output_formats("spz", "obj"), "spec.output_formats[1]", "'obj'", "must be one of ply, spz, glb, sog, splat"),
     (output_formats("spz", "ply", "spz"), "spec.output_formats[2]", "'spz'", "each format once"),
 ]
 
