@@ -295,7 +295,7 @@ BAD = [
     (labels(**{"a" * 64: "x"}), "spec.labels", "'aaaa", "keys of 1 to 63 characters"),
     (labels(**{"a b": "x"}), "spec.labels", "'a b'", "keys of 1 to 63 characters"),
     (labels(note="x" * 257), "spec.labels['note']", "'xxxx", "at most 256 characters"),
-    (output_formats("spz", "obj"), "spec.output_formats[1]", "'obj'", "must be one of ply, spz, glb, sog, splat"),
+    (output_formats("spz", "obj"), "spec.output_formats[1]", "'obj'", "one of ply, spz, glb, sog, splat"),
     (output_formats("spz", "ply", "spz"), "spec.output_formats[2]", "'spz'", "each format once"),
 ]
 
