@@ -83,12 +83,11 @@ def repaired_formats(
 ) -> list[coordinator_pb2.RepairedAsset]:
     """The repaired asset (``repaired``: one `.ply` per time step) in each of ``formats``: the `.ply`
     files themselves, the others written from them (``services.common.formats``)."""
+    others = [name for name in formats if name != "ply"]
+    decoded = [read_ply(store.get_object(ref)) for ref in repaired] if others else []  # read once
     assets = []
     for name in formats:
-        if name == "ply":
-            frames = list(repaired)
-        else:
-            frames = [store_frame(store, read_ply(store.get_object(ref)), name) for ref in repaired]
+        frames = list(repaired) if name == "ply" else [store_frame(store, g, name) for g in decoded]
         assets.append(coordinator_pb2.RepairedAsset(format=name, asset=common_pb2.AssetRef(frames=frames)))
     return assets
 

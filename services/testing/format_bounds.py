@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.common.gaussians import SH_C0, Gaussians
+from services.testing.synthetic import _quat_to_matrix
 
 SPZ_LOG_SCALES = (-10.0, 255 / 16 - 10.0)  # what 8 bits of 16 (log s + 10) can hold
 SPZ_DC = 127.5 / 38.25  # |DC| a byte of 0.15 * 255 DC + 127.5 can hold
@@ -30,14 +31,7 @@ def covariance_error(a: Gaussians, b: Gaussians) -> float:
     ellipsoid onto itself), so this compares what a renderer draws."""
 
     def covariance(g: Gaussians) -> np.ndarray:
-        w, x, y, z = (g.quats.astype(np.float64) / np.linalg.norm(g.quats, axis=1, keepdims=True)).T
-        r = np.stack(
-            [
-                [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-            ]
-        ).transpose(2, 0, 1)
+        r = _quat_to_matrix(g.quats.astype(np.float64))
         variances = np.exp(2.0 * g.log_scales.astype(np.float64))
         return np.einsum("nij,nj,nkj->nik", r, variances, r)
 

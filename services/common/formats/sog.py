@@ -114,6 +114,7 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     try:
         with archive.open(info) as stream:
             data = stream.read(info.file_size + 1)
+    # NotImplementedError: zipfile's answer to a compression method it does not have (e.g. 99, AES).
     except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as exc:
         raise AssetError(f"`.sog` member {info.filename} cannot be read: {exc}") from exc
     if len(data) != info.file_size:

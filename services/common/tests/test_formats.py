@@ -383,6 +383,11 @@ def test_malformed_sog_gets_the_one_error() -> None:
         (_sog(quat_tag=10), "alpha must be 252..255"),
         (_sog(labels=5), "beyond the palette of 2"),
     ]
+    unsupported = bytearray(_sog())  # every entry's compression method set to 99 (AES), in both headers
+    for signature, at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        for found in [m.start() for m in re.finditer(re.escape(signature), bytes(unsupported))]:
+            unsupported[found + at : found + at + 2] = (99).to_bytes(2, "little")
+    cases.append((bytes(unsupported), "cannot be read"))
     for data, message in cases:
         with pytest.raises(AssetError, match=re.escape(message)):
             read_splats(data)
