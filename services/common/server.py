@@ -316,17 +316,17 @@ def serve(
     """
     specs = (specs,) if isinstance(specs, ServiceSpec) else tuple(specs)
     configure_logging(specs[0].name, settings.log_level)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _on_signal)
+    signals = _ShutdownSignals()
     running = start_server(specs, settings)
     try:
         if ready is not None:
             ready()
+        signals.warm_up_done()
         running.set_serving()
         log.info("ready")
         if available is not None:
             threading.Thread(target=follow_availability, args=(available, running), daemon=True).start()
-        threading.Event().wait()  # until a signal handler raises _Shutdown
+        signals.wait()  # raises _Shutdown
     except _Shutdown as exc:
         log.info("received %s", exc.signame, extra={"signal": exc.signame})
     finally:
@@ -495,11 +495,37 @@ class _Shutdown(BaseException):
         self.signame = signame
 
 
-def _on_signal(signum: int, frame: FrameType | None) -> NoReturn:
-    # Back to the defaults, so a second signal ends a shutdown that hangs.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    raise _Shutdown(signal.Signals(signum).name)
+class _ShutdownSignals:
+    """SIGTERM and SIGINT, handled in the main thread: during warm-up the handler raises ``_Shutdown``
+    at once (warm-up is Python code that a signal must cut short); after it, the handler only records
+    the signal, and ``wait`` raises it. Raising from a handler at an arbitrary point could leave a lock
+    held (the logging handler's, mid-"ready"), and a signal that the kernel hands to another thread
+    never wakes a main thread blocked on a lock, so ``wait`` sleeps in short steps instead."""
+
+    POLL_S = 0.2
+
+    def __init__(self) -> None:
+        self._warming_up = True
+        self._received: str | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def warm_up_done(self) -> None:
+        self._warming_up = False
+
+    def wait(self) -> NoReturn:
+        """Return never: raise ``_Shutdown`` once a signal has arrived."""
+        while self._received is None:
+            time.sleep(self.POLL_S)
+        raise _Shutdown(self._received)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Back to the defaults, so a second signal ends a shutdown that hangs.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        self._received = signal.Signals(signum).name
+        if self._warming_up:
+            raise _Shutdown(self._received)
 
 
 def _server_options(settings: ServerSettings) -> list[tuple[str, int]]:
