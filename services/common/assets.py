@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from tire.v1 import common_pb2
 
 from services.common.errors import AssetError, InvalidArgument
 from services.common.formats import FORMATS, detect_format
-from services.common.gaussians import MAX_GAUSSIANS, Gaussians
+from services.common.gaussians import MAX_GAUSSIANS, Gaussians, ply_layout, write_ply
 from services.common.store import BlobStore
 
 
@@ -26,7 +28,15 @@ def load_frame(
             splat file ``read_splats`` reads (naming ``{field}.frames[t]`` and the URI).
         ObjectNotFound, IntegrityError, ...: from the store.
     """
-    return read_frame(store, asset, time_step, field=field, max_gaussians=max_gaussians)[0]
+    return read_frame(store, asset, time_step, field=field, max_gaussians=max_gaussians).gaussians
+
+
+class SplatFile(NamedTuple):
+    """A frame as read from its file."""
+
+    gaussians: Gaussians
+    format: str  # a key of ``FORMATS``
+    ply_layout: str  # a `.ply`'s own layout (``PLY_LAYOUTS``), which its repair keeps; "inria" otherwise
 
 
 def read_frame(
@@ -36,8 +46,8 @@ def read_frame(
     *,
     field: str = "asset",
     max_gaussians: int = MAX_GAUSSIANS,
-) -> tuple[Gaussians, str]:
-    """``load_frame``, and the name of the file's format (a key of ``FORMATS``)."""
+) -> SplatFile:
+    """``load_frame``, with the file's format and layout."""
     frames = asset.frames
     if not frames:
         raise InvalidArgument(f"{field}.frames", [], "must name at least one splat file")
@@ -50,13 +60,17 @@ def read_frame(
     data = store.get_bytes(ref.uri, sha256=ref.sha256 or None)
     try:
         format_name = detect_format(data, ref.uri)
-        return FORMATS[format_name].read(data, max_gaussians=max_gaussians), format_name
+        gaussians = FORMATS[format_name].read(data, max_gaussians=max_gaussians)
+        return SplatFile(gaussians, format_name, ply_layout(data) if format_name == "ply" else "inria")
     except AssetError as exc:
         raise InvalidArgument(name, ref.uri, f"is not a splat file this reads ({exc})") from exc
 
 
-def store_frame(store: BlobStore, gaussians: Gaussians, format_name: str = "ply") -> common_pb2.ObjectRef:
-    """Write ``gaussians`` in ``format_name`` (``.ply``: INRIA layout); return its content-addressed
-    reference."""
+def store_frame(
+    store: BlobStore, gaussians: Gaussians, format_name: str = "ply", *, ply_layout: str = "inria"
+) -> common_pb2.ObjectRef:
+    """Write ``gaussians`` in ``format_name`` (a `.ply` in ``ply_layout``, one of ``PLY_LAYOUTS``);
+    return its content-addressed reference."""
     spec = FORMATS[format_name]
-    return store.put_bytes(spec.write(gaussians), suffix=spec.extension, media_type=spec.media_type)
+    data = write_ply(gaussians, ply_layout) if format_name == "ply" else spec.write(gaussians)
+    return store.put_bytes(data, suffix=spec.extension, media_type=spec.media_type)

@@ -234,18 +234,16 @@ ASCII_CHUNK_BYTES = 1 << 20
 _SH_COEFFS = (1, 4, 9, 16)
 _F_REST_COUNTS = {3 * (k - 1): k for k in _SH_COEFFS}  # number of f_rest_* -> K
 _NORMALS = ("nx", "ny", "nz")
-_LGM_PROPERTIES = (
+_REQUIRED = (
     "x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
     "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3",
-)  # fmt: skip
-_REQUIRED = _LGM_PROPERTIES  # the INRIA layout adds only optional normals and f_rest_*
+)  # fmt: skip  # LGM's layout; INRIA's adds only optional normals and f_rest_*
 _F_REST = tuple(f"f_rest_{i}" for i in range(45))  # every f_rest_* name a file may hold
 _F_REST_LIKE = re.compile(r"f_rest_[0-9]+")  # the names that can only mean an SH coefficient
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _COUNT = re.compile(r"0*([0-9]{1,18})")  # an element count below 10^18, leading zeros allowed
 _ASCII_LINE = re.compile(rb"\S[^\n]*")  # a non-blank line, from its first non-blank byte
 _SPACE = re.compile(rb"\s")
-_LAYOUTS = ("inria", "lgm")
 
 PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
@@ -664,43 +662,56 @@ def read_ply_sequence(
     return frames
 
 
+PLY_LAYOUTS = ("inria", "lgm")
+"""The `.ply` layouts ``write_ply`` writes: with normals (INRIA's) or without (LGM's)."""
+
+
+def ply_layout(data: bytes) -> str:
+    """The layout of a `.ply` (one of ``PLY_LAYOUTS``), so that a file written back keeps its
+    input's: "lgm" when its vertex element has no normals, "inria" otherwise.
+
+    Raises:
+        AssetError: the header is malformed (``parse_ply_header``).
+    """
+    _, elements, _ = parse_ply_header(data)
+    vertex = next((e for e in elements if e.name == "vertex"), None)
+    names = {p.name for p in vertex.properties} if vertex is not None else set()
+    return "inria" if names.issuperset(_NORMALS) else "lgm"
+
+
 def write_ply(gaussians: Gaussians, layout: str = "inria") -> bytes:
     """Encode Gaussians as a ``binary_little_endian`` 3DGS `.ply`.
 
-    Layouts:
+    Layouts (``PLY_LAYOUTS``):
         "inria": x, y, z, nx, ny, nz (zeros), f_dc_0..2, f_rest_* (channel-major, 3 * (K-1) of them),
             opacity, scale_0..2, rot_0..3, then the ``extra`` properties in dict order.
-        "lgm": x, y, z, f_dc_0..2, opacity, scale_0..2, rot_0..3; higher SH bands and ``extra``
-            are dropped.
+        "lgm": the same without the normals; for SH degree 0 and no ``extra``, exactly LGM's
+            x, y, z, f_dc_0..2, opacity, scale_0..2, rot_0..3.
 
-    ``read_ply`` of the result gives back bit-identical arrays (for "lgm", of what it keeps).
+    ``read_ply`` of the result gives back bit-identical arrays.
 
     Raises:
-        ValueError: ``layout`` is not "inria" or "lgm".
+        ValueError: ``layout`` is not in ``PLY_LAYOUTS``.
         AssetError: ``gaussians.validate()`` fails.
     """
-    if layout not in _LAYOUTS:
-        raise ValueError(f"unknown .ply layout {layout!r}; expected one of {', '.join(_LAYOUTS)}")
+    if layout not in PLY_LAYOUTS:
+        raise ValueError(f"unknown .ply layout {layout!r}; expected one of {', '.join(PLY_LAYOUTS)}")
     gaussians.validate()
-    g, n = gaussians, len(gaussians)
-    if layout == "lgm":
-        names = list(_LGM_PROPERTIES)
-        blocks = [g.means, g.sh[:, 0], g.opacity_logits[:, None], g.log_scales, g.quats]
-    else:
-        k = g.sh.shape[1]
-        names = ["x", "y", "z", *_NORMALS, "f_dc_0", "f_dc_1", "f_dc_2"]
-        names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
-        names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", *g.extra]
-        blocks = [
-            g.means,
-            np.zeros((n, 3), dtype=np.float32),
-            g.sh[:, 0],
-            g.sh[:, 1:].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
-            g.opacity_logits[:, None],
-            g.log_scales,
-            g.quats,
-            *(value[:, None] for value in g.extra.values()),
-        ]
+    g, n, k = gaussians, len(gaussians), gaussians.sh.shape[1]
+    normals = list(_NORMALS) if layout == "inria" else []
+    names = ["x", "y", "z", *normals, "f_dc_0", "f_dc_1", "f_dc_2"]
+    names += [f"f_rest_{i}" for i in range(3 * (k - 1))]
+    names += ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", *g.extra]
+    blocks = [
+        g.means,
+        np.zeros((n, len(normals)), dtype=np.float32),
+        g.sh[:, 0],
+        g.sh[:, 1:].transpose(0, 2, 1).reshape(n, 3 * (k - 1)),
+        g.opacity_logits[:, None],
+        g.log_scales,
+        g.quats,
+        *(value[:, None] for value in g.extra.values()),
+    ]
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
     header += [f"property float {name}" for name in names]
     header.append("end_header\n")

@@ -45,7 +45,7 @@ def frame_job(
         ObjectNotFound, IntegrityError, ...: from the store.
     """
     read = [read_frame(store, spec.asset, t, field=f"{field}.asset") for t in range(len(spec.asset.frames))]
-    frames = [gaussians for gaussians, _ in read]
+    frames = [frame.gaussians for frame in read]
     framing = job_framing(spec, frames)
     warnings = framing.require(force=spec.force)
     framed = coordinator_pb2.JobSpec()
@@ -59,7 +59,7 @@ def frame_job(
         )
     )
     if not framed.output_formats:
-        framed.output_formats.append(read[0][1])  # the asset's own format
+        framed.output_formats.append(read[0].format)  # the asset's own format
     return framed
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import common_pb2, coordinator_pb2, reconstructor_pb2
 
-from services.common.assets import store_frame
+from services.common.assets import load_frame, store_frame
 from services.common.cameras import DEFAULT_RADIUS
 from services.common.gaussians import read_ply
 from services.common.pictures import before_after_sheet, turntable_gif
@@ -119,7 +119,7 @@ def report_figures(
         "metrics": report.__doc__,
     }
     if len(results) > 1:
-        inputs = [read_ply(store.get_object(ref)) for ref in job.spec.asset.frames]
+        inputs = [load_frame(store, job.spec.asset, t) for t in range(len(job.spec.asset.frames))]
         outputs = [read_ply(store.get_object(r.repaired)) for r in results]
         figures["cross_time_delta_e"] = {
             "input": report.cross_time_delta_e(inputs),

@@ -1,7 +1,8 @@
 """The reconstructor service: ``tire.v1.ReconstructorService``.
 
 Validates a ``ReconstructRequest``, reads the views and the initial asset's frame from the store, fits
-the asset to the views with the configured backend and writes the result as an INRIA-layout ``.ply``.
+the asset to the views with the configured backend and writes the result as a ``.ply`` in
+the input's layout (``PLY_LAYOUTS``; INRIA's for an input in another format).
 
 Configuration (environment, read once at start):
     TIRE_RECONSTRUCTOR_BACKEND        colour-solve (default) or gsplat-optimize (needs CUDA)
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from tire.v1 import reconstructor_pb2, reconstructor_pb2_grpc
 
-from services.common.assets import load_frame, store_frame
+from services.common.assets import read_frame, store_frame
 from services.common.errors import InvalidArgument
 from services.common.gaussians import random_gaussians
 from services.common.server import describe, run_service
@@ -95,9 +96,9 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
                 f"must hold the same number of views for each of the {len(time_steps)} frames",
             )
         per_frame = len(views) // len(time_steps)
-        frames = []
+        frames, layouts = [], []
         for i, t in enumerate(time_steps):
-            initial = load_frame(
+            initial, _, layout = read_frame(
                 self.store, request.initial, t, field="initial", max_gaussians=self.settings.max_gaussians
             )
             if frames and len(initial) != len(frames[0][1]):
@@ -108,19 +109,23 @@ class ReconstructorServicer(reconstructor_pb2_grpc.ReconstructorServiceServicer)
                     "fitted jointly",
                 )
             frames.append((views.select(range(i * per_frame, (i + 1) * per_frame)), initial))
+            layouts.append(layout)
         view_weights = self._view_weights(request.view_weights, per_frame)
         locked_views = self._locked_views(request.locked_views, per_frame)
         results = self.backend.reconstruct_together(frames, options, view_weights, locked_views)
         first = results[0]
         return reconstructor_pb2.ReconstructResponse(
-            ply=store_frame(self.store, first.gaussians),
+            ply=store_frame(self.store, first.gaussians, ply_layout=layouts[0]),  # the input's layout
             rms_error=float(np.sqrt(np.mean([r.rms_error**2 for r in results]))),
             iterations=first.iterations,
             gaussians_locked=first.locked,
             gaussians_kept=first.kept,
             gaussians_resolved=first.resolved,
             higher_sh_kept=all(r.higher_sh_kept for r in results),
-            joint_plys=[store_frame(self.store, r.gaussians) for r in results[1:]],
+            joint_plys=[
+                store_frame(self.store, r.gaussians, ply_layout=lay)
+                for r, lay in zip(results[1:], layouts[1:], strict=True)
+            ],
         )
 
     @staticmethod

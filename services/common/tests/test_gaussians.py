@@ -12,6 +12,7 @@ from services.common.errors import AssetError, NotFound
 from services.common.gaussians import (
     Gaussians,
     frames_correspond,
+    ply_layout,
     random_gaussians,
     read_ply,
     read_ply_sequence,
@@ -109,15 +110,26 @@ def test_inria_header_order() -> None:
     assert header[1] == "format binary_little_endian 1.0" and header[2] == "element vertex 3"
 
 
-def test_lgm_round_trip_drops_higher_bands_and_extra() -> None:
-    g = replace(random_gaussians(40, sh_degree=2, seed=7), extra={"t": np.ones(40, dtype=np.float32)})
-    data = write_ply(g, layout="lgm")
+def test_lgm_layout_is_lgms_and_drops_only_the_normals() -> None:
+    plain = random_gaussians(40, seed=7)
+    data = write_ply(plain, layout="lgm")
     header = data[: data.index(b"end_header")].decode().splitlines()
     assert [line.split()[2] for line in header if line.startswith("property")] == LGM
-    back = read_ply(data)
-    assert back.sh_degree == 0 and back.extra == {}
-    assert_identical(replace(g, sh=np.ascontiguousarray(g.sh[:, :1]), extra={}), back)
-    assert write_ply(back, layout="lgm") == data
+    assert ply_layout(data) == "lgm" and ply_layout(write_ply(plain)) == "inria"
+    assert_identical(plain, read_ply(data))
+    fuller = replace(random_gaussians(40, sh_degree=2, seed=7), extra={"t": np.ones(40, dtype=np.float32)})
+    data = write_ply(fuller, layout="lgm")
+    assert ply_layout(data) == "lgm"
+    assert_identical(fuller, read_ply(data))
+    assert write_ply(read_ply(data), layout="lgm") == data
+
+
+def test_ply_layout_of_the_real_assets() -> None:
+    for name, layout in (("monkey_lgm.ply", "lgm"), ("fruit_drops_full_sh.ply", "inria")):
+        path = SHARED_ASSETS / name
+        if not path.exists():
+            pytest.skip(f"{path} is not beside the repository")
+        assert ply_layout(path.read_bytes()) == layout
 
 
 def test_read_from_path_matches_bytes(tmp_path: Path) -> None:

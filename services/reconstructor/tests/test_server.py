@@ -7,7 +7,7 @@ from tire.v1 import common_pb2, reconstructor_pb2
 from services.common.assets import store_frame
 from services.common.cameras import orbit_cameras
 from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
-from services.common.gaussians import random_gaussians, read_ply, recolour, write_ply
+from services.common.gaussians import ply_layout, random_gaussians, read_ply, recolour, write_ply
 from services.common.rasterizer import rasterize
 from services.common.store import MemoryStore
 from services.common.views import Views, write_views
@@ -64,6 +64,19 @@ def test_reconstruct_writes_the_fitted_asset(servicer, store, scene):
     assert store.get_bytes(reply.ply.uri) == write_ply(local.gaussians)
     assert reply.rms_error == pytest.approx(local.rms_error, rel=1e-6)
     assert reply.iterations == local.iterations
+
+
+@pytest.mark.parametrize("layout", ["lgm", "inria"])
+def test_the_repaired_ply_keeps_the_inputs_layout(servicer, store, scene, layout):
+    _, views, initial = scene
+    asset = store.put_bytes(write_ply(initial, layout), suffix=".ply")
+    request = reconstructor_pb2.ReconstructRequest(
+        views=write_views(store, views), initial=common_pb2.AssetRef(frames=[asset])
+    )
+    data = store.get_bytes(servicer.Reconstruct(request, None).ply.uri)
+    assert ply_layout(data) == layout
+    local = ColourSolveBackend().reconstruct(views, initial, SolveOptions())
+    assert data == write_ply(local.gaussians, layout)
 
 
 def test_options_are_passed_on(servicer, store, scene):

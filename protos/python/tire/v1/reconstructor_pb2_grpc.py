@@ -68,7 +68,8 @@ class ReconstructorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reconstruct(self, request, context):
-        """Fits the asset to the views and writes it as a .ply in the INRIA layout.
+        """Fits the asset to the views and writes it as a .ply in the input's layout (INRIA's or LGM's;
+        INRIA's for an input in another format).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
