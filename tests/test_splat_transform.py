@@ -1,5 +1,6 @@
-"""Our splat files against an independent implementation: PlayCanvas's splat-transform (pinned in the
-Makefile, installed by `make install`), both ways.
+"""Our splat files against independent implementations: PlayCanvas's splat-transform (pinned in the
+Makefile, installed by `make install`), both ways, and for `.ksplat`, which we only read,
+GaussianSplats3D's own writer.
 
 - Ours -> theirs: every file we write, converted by splat-transform to `.ply`, holds what our own
   reader decodes from it (the same quantized values; float32 rounding apart), axes and SH signs
@@ -7,10 +8,13 @@ Makefile, installed by `make install`), both ways.
 - Theirs -> ours: every `.spz` (versions 3 and 4), `.glb` and `.ply` it writes from the real assets
   reads here within the format's quantization of the original. (It does not read `.glb`, so our
   `.glb` is checked against its `.glb` of the same asset instead.)
+- `.ksplat`: the files GaussianSplats3D's writer makes at each compression level read here within
+  what that level keeps, and to the values splat-transform reads from them.
 """
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -21,15 +25,26 @@ from services.common.cameras import orbit_cameras
 from services.common.formats import read_splats, write_splats
 from services.common.formats.spz import write_spz
 from services.common.framing import fit_framing
-from services.common.gaussians import Gaussians, random_gaussians, read_ply
+from services.common.gaussians import Gaussians, random_gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
-from services.testing.format_bounds import assert_within_spz, covariance_error, rotation_error
+from services.testing.format_bounds import (
+    KSPLAT_POSITION_STEP,
+    assert_within_ksplat,
+    assert_within_spz,
+    covariance_error,
+    nearest_indices,
+    rotation_error,
+)
 from services.testing.synthetic import SHARED_ASSETS
 
 ROOT = Path(__file__).parents[1]
 SPLAT_TRANSFORM = ROOT / ".tools" / "node_modules" / ".bin" / "splat-transform"
 MONKEY = ROOT / "samples" / "monkey_lgm.ply"
 ASSETS = ("hamburger_lgm.ply", "donut_unnormalized_quats.ply", "fruit_drops_full_sh.ply")
+GAUSSIAN_SPLATS_3D = (
+    ROOT / ".tools/node_modules/@mkkellogg/gaussian-splats-3d/build/gaussian-splats-3d.module.js"
+)
+WRITE_KSPLAT = ROOT / "services" / "testing" / "write_ksplat.mjs"
 
 
 def convert(source: Path, target: Path, *options: str) -> Path:
@@ -137,3 +152,54 @@ def test_we_read_its_sog_as_it_does(tmp_path: Path, name: str) -> None:
     ours = read_splats(sog)
     assert ours.sh.shape[1] == read_ply(source).sh.shape[1]
     assert_same_values(read_ply(convert(sog, tmp_path / "decoded.ply")), ours, max_angle=1e-6)
+
+
+def reference_ksplat(source: Path, target: Path, level: int, sh_degree: int) -> Path:
+    """``source`` (a `.ply`) written as a `.ksplat` by GaussianSplats3D's own writer."""
+    if not GAUSSIAN_SPLATS_3D.exists():
+        pytest.fail(f"{GAUSSIAN_SPLATS_3D} is missing: `make install` installs it")
+    arguments = [str(GAUSSIAN_SPLATS_3D), str(source), str(target), str(level), str(sh_degree)]
+    done = subprocess.run(
+        ["node", str(WRITE_KSPLAT), *arguments], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, f"GaussianSplats3D's writer failed: {done.stderr[-2000:]}"
+    return target
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [("monkey_lgm.ply", level) for level in (0, 1, 2)]
+    + [("hamburger_lgm.ply", 1), ("donut_unnormalized_quats.ply", 1), ("fruit_drops_full_sh.ply", 2)]
+    + [("random-sh2", level) for level in (0, 1, 2)],
+)
+def test_we_read_the_ksplat_its_own_viewer_writes(tmp_path: Path, name: str, level: int) -> None:
+    """GaussianSplats3D's `.ksplat` (Gaussians reordered into buckets) reads here within what its
+    compression level keeps (paired by position), to the values splat-transform reads from the same
+    file, and the monkey renders as before."""
+    if name == "random-sh2":
+        source = tmp_path / "random.ply"
+        source.write_bytes(write_ply(random_gaussians(3000, sh_degree=2, seed=23)))
+    else:
+        source = MONKEY if name == "monkey_lgm.ply" else SHARED_ASSETS / name
+    if not source.exists():
+        pytest.skip(f"shared asset {source} is missing (set TIRE_SHARED_DATA to the shared data folder)")
+    original = read_ply(source)
+    ksplat = reference_ksplat(source, tmp_path / "theirs.ksplat", level, sh_degree=2)
+    data = ksplat.read_bytes()
+    ours = read_splats(data)  # known by its header, without the name
+    assert ours.sh.shape[1] == min(original.sh.shape[1], 9)
+
+    def features(g: Gaussians) -> np.ndarray:  # each over its quantization step
+        return np.concatenate([g.means / KSPLAT_POSITION_STEP, g.log_scales / 2.0**-10], axis=1)
+
+    paired = original.take(nearest_indices(features(original), features(ours)))
+    assert_within_ksplat(ours, paired, level, sh_range=struct.unpack_from("<ff", data, 36))
+    assert_same_values(read_ply(convert(ksplat, tmp_path / "decoded.ply")), ours, max_angle=1e-5)
+    if name == "monkey_lgm.ply":
+        framing = fit_framing(original)
+        cameras = orbit_cameras(
+            [0, 90, 180, 270], 128, 128, -15.0, radius=framing.radius, center=framing.center
+        )
+        before = rasterize(original, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
+        after = rasterize(ours, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
+        assert 10 * np.log10(1.0 / np.mean((after - before) ** 2)) > 40.0

@@ -132,6 +132,17 @@ class Gaussians:
     def __len__(self) -> int:
         return int(self.means.shape[0])
 
+    def take(self, index: np.ndarray) -> Gaussians:
+        """The Gaussians at ``index`` (``[M]`` int, in that order, or an ``[N]`` bool mask), extras too."""
+        return Gaussians(
+            means=self.means[index],
+            log_scales=self.log_scales[index],
+            quats=self.quats[index],
+            opacity_logits=self.opacity_logits[index],
+            sh=self.sh[index],
+            extra={name: value[index] for name, value in self.extra.items()},
+        )
+
     @property
     def sh_degree(self) -> int:
         """0 to 3."""

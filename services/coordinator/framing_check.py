@@ -19,6 +19,7 @@ from tire.v1 import coordinator_pb2
 
 from services.common.assets import read_frame
 from services.common.cameras import DEFAULT_FOVY_DEG
+from services.common.formats import WRITABLE
 from services.common.framing import Framing, fit_framing
 from services.common.store import BlobStore
 from services.coordinator import schedule
@@ -37,7 +38,7 @@ def frame_job(
     Returns:
         The spec with ``framing.center`` (3 values), ``framing.radius``, ``framing.extent`` set,
         ``framing.warnings`` holding the failed checks' sentences when ``spec.force`` (else empty), and
-        ``output_formats`` the asset's own format when it was empty.
+        ``output_formats`` the asset's own format when it was empty (`.ply` for one that is only read).
 
     Raises:
         FailedPrecondition: a framing check failed and ``spec.force`` is not set, or the asset is empty.
@@ -58,8 +59,8 @@ def frame_job(
             extent=framing.extent,
         )
     )
-    if not framed.output_formats:
-        framed.output_formats.append(read[0].format)  # the asset's own format
+    if not framed.output_formats:  # the asset's own format, where it is one we write
+        framed.output_formats.append(read[0].format if read[0].format in WRITABLE else "ply")
     return framed
 
 

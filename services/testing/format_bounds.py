@@ -66,3 +66,52 @@ def assert_within_splat(again: Gaussians, original: Gaussians) -> None:
     colour = np.clip(0.5 + SH_C0 * original.sh[:, 0], 0.0, 1.0)
     np.testing.assert_allclose(0.5 + SH_C0 * again.sh[:, 0], colour, rtol=0, atol=0.5 / 255 + 1e-6)
     assert rotation_error(again.quats, original.quats) < 0.03
+
+
+KSPLAT_POSITION_STEP = 5.0 / 2.0 / 32767  # GaussianSplats3D's default block size over its uint16 range
+
+
+def nearest_indices(reference: np.ndarray, points: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``[M]`` int64: for each of ``points`` ``[M, D]``, the index of the nearest of ``reference``
+    ``[N, D]``, by brute force in chunks (to pair the Gaussians of a writer that reorders them: give
+    positions and scales, each over its quantization step, as neighbours can be closer than a step)."""
+    reference = reference.astype(np.float64)
+    norms = np.einsum("ij,ij->i", reference, reference)
+    found = []
+    for start in range(0, len(points), chunk):
+        block = points[start : start + chunk].astype(np.float64)
+        found.append(np.argmin(norms[None, :] - 2.0 * block @ reference.T, axis=1))
+    return np.concatenate(found)
+
+
+def assert_within_ksplat(
+    again: Gaussians, original: Gaussians, level: int, sh_range: tuple[float, float]
+) -> None:
+    """``again`` is ``original`` (paired in order) through GaussianSplats3D's `.ksplat` writer at
+    compression ``level``: colour (clamped to [0, 1]) and opacity rounded down to 1/255; at level 0 the
+    rest as float32; at levels 1 and 2 positions to half a step of ``KSPLAT_POSITION_STEP``, scales and
+    rotations to float16 (truncated by three.js: 2^-10 relative), and SH bands to float16 (level 1) or
+    rounded down to 1/255 of ``sh_range`` (level 2); bands above 2 gone."""
+    k = again.sh.shape[1]
+    assert len(again) == len(original) and k <= min(original.sh.shape[1], 9)
+    step = 0.0 if level == 0 else KSPLAT_POSITION_STEP / 2.0
+    np.testing.assert_allclose(again.means, original.means, rtol=0, atol=step + 2e-6)
+    # float16 keeps 11 significant bits down to 2^-14; below, steps of 2^-24 (subnormal).
+    scales, again_scales = original.scales.astype(np.float64), again.scales.astype(np.float64)
+    relative = 1e-6 if level == 0 else 2.0**-10  # three.js truncates to float16
+    np.testing.assert_allclose(again_scales, scales, rtol=relative, atol=2.0**-24 if level else 0.0)
+    below = original.opacities - again.opacities
+    assert below.min() > -1e-5 and below.max() < 1 / 255 + 1e-5
+    colour = np.clip(0.5 + SH_C0 * original.sh[:, 0].astype(np.float64), 0.0, 1.0)
+    below = colour - (0.5 + SH_C0 * again.sh[:, 0].astype(np.float64))
+    assert below.min() > -1e-5 and below.max() < 1 / 255 + 1e-5
+    rest, again_rest = original.sh[:, 1:k].astype(np.float64), again.sh[:, 1:].astype(np.float64)
+    if level == 2 and rest.size:
+        low, high = sh_range
+        below = np.clip(rest, low, high) - again_rest
+        assert below.min() > -1e-5 and below.max() < (high - low) / 255 + 1e-5
+    else:
+        np.testing.assert_allclose(
+            again_rest, rest, rtol=2.0**-10 if level else 1e-7, atol=2.0**-24 if level else 0
+        )
+    assert rotation_error(again.quats, original.quats) < (1e-5 if level == 0 else 3e-3)

@@ -20,6 +20,7 @@ from services.common.errors import AssetError, InvalidArgument
 from services.common.formats.compressed_ply import is_compressed, read_compressed_ply
 from services.common.formats.gltf import MAGIC as GLB_MAGIC
 from services.common.formats.gltf import read_glb, write_glb
+from services.common.formats.ksplat import is_ksplat, read_ksplat
 from services.common.formats.sog import read_sog, write_sog
 from services.common.formats.splat import read_splat, write_splat
 from services.common.formats.spz import MAGIC as SPZ_MAGIC
@@ -121,6 +122,16 @@ FORMATS: dict[str, SplatFormat] = {
             read_splat,
             write_splat,
         ),
+        SplatFormat(
+            "ksplat",
+            ".ksplat",
+            "application/x-ksplat",  # no registered type either
+            "read only (GaussianSplats3D's format): compression levels 0 to 2, SH degree 0 to 2; colour "
+            "and opacity to 1/255, and at levels 1 and 2 positions to about 1e-4, scales and rotations "
+            "to float16",
+            read_ksplat,
+            None,
+        ),
     )
 }
 
@@ -130,8 +141,8 @@ WRITABLE: tuple[str, ...] = tuple(name for name, spec in FORMATS.items() if spec
 
 
 def detect_format(data: bytes, name: str | None = None) -> str:
-    """The format of a file from its first bytes; ``name`` decides only for `.splat`, which has no
-    signature of its own.
+    """The format of a file from its first bytes; ``name`` decides only for `.splat` and `.ksplat`,
+    which have no signature of their own (a `.ksplat` without its name is known by its header).
 
     Raises:
         AssetError: the bytes match no readable format (the message says what they start with).
@@ -153,8 +164,12 @@ def detect_format(data: bytes, name: str | None = None) -> str:
         return "glb"
     if head.startswith(b"PK\x03\x04"):
         return "sog"  # a zip: SOG is the only zipped format here (its reader checks for meta.json)
+    if name is not None and name.lower().endswith(".ksplat"):
+        return "ksplat"
     if name is not None and name.lower().endswith(".splat"):
         return "splat"
+    if is_ksplat(data):
+        return "ksplat"
     if len(data) and len(data) % 32 == 0 and not head.isascii():
         return "splat"  # no signature: 32-byte records of float32 positions are the last guess
     raise AssetError(f"not a splat file this reads ({', '.join(FORMATS)}); it starts with {head[:8]!r}")

@@ -25,9 +25,10 @@ from services.common.formats.gltf import EXTENSION
 from services.common.formats.splat import RECORD as SPLAT_RECORD
 from services.common.formats.spz import HEADER, HEADER_V4, MAGIC, read_spz, write_spz
 from services.common.framing import fit_framing
-from services.common.gaussians import Gaussians, random_gaussians, read_ply
+from services.common.gaussians import SH_C0, Gaussians, random_gaussians, read_ply
 from services.common.rasterizer import rasterize
 from services.testing.format_bounds import assert_within_splat, assert_within_spz, rotation_error
+from services.testing.ksplat_files import ksplat_bytes
 from services.testing.synthetic import SHARED_ASSETS
 
 ASSETS = ("monkey_lgm.ply", "hamburger_lgm.ply", "donut_unnormalized_quats.ply", "fruit_drops_full_sh.ply")
@@ -415,6 +416,73 @@ def test_a_round_trip_keeps_the_pictures(name: str, format_name: str) -> None:
     assert _psnr(after.alpha, before.alpha) > 35.0
 
 
+# ----- .ksplat (read only; tests/test_splat_transform.py reads what GaussianSplats3D writes) -----------
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2])
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_ksplat_decodes_as_its_layout_says(level: int, degree: int) -> None:
+    g = random_gaussians(200, sh_degree=degree, seed=11 + degree)
+    g = dataclasses.replace(g, sh=np.clip(g.sh, -1.4, 1.4))  # within level 2's SH range
+    again = read_splats(ksplat_bytes(g, level=level), name="x.ksplat")
+    assert again.sh.shape == g.sh.shape
+    step = 0.0 if level == 0 else 2.5 / 32767 / 2
+    np.testing.assert_allclose(again.means, g.means, rtol=0, atol=step + 1e-6)
+    np.testing.assert_allclose(again.log_scales, g.log_scales, rtol=0, atol=1e-6 if level == 0 else 2.0**-11)
+    np.testing.assert_allclose(again.opacities, g.opacities, rtol=0, atol=0.5 / 255 + 1e-6)
+    colour = np.clip(0.5 + SH_C0 * g.sh[:, 0], 0, 1)
+    np.testing.assert_allclose(0.5 + SH_C0 * again.sh[:, 0], colour, rtol=0, atol=0.5 / 255 + 1e-6)
+    sh_step = {0: 1e-6, 1: 2.0**-11 * 1.4, 2: 1.5 / 255 + 1e-6}[level]
+    np.testing.assert_allclose(again.sh[:, 1:], g.sh[:, 1:], rtol=0, atol=sh_step)
+    assert rotation_error(again.quats, g.quats) < (1e-5 if level == 0 else 2e-3)
+
+
+def test_ksplat_is_known_by_its_header_and_every_band_above_2_is_gone() -> None:
+    g = random_gaussians(20, sh_degree=3, seed=2)
+    data = ksplat_bytes(dataclasses.replace(g, sh=g.sh[:, :9]))
+    assert detect_format(data) == "ksplat" and detect_format(data, "any.bin") == "ksplat"
+    assert read_splats(data).sh.shape == (20, 9, 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"major": 1}, "version 1.1"),
+        ({"minor": 0}, "version 0.0"),
+        ({"level": 3}, "compression level 3"),
+        ({"splats": 0}, "splat count 0"),
+        ({"slots": 1000}, "headers reach past"),
+        ({"degree": 3}, "SH degree 3"),
+        ({"section_splats": 21}, "21 splats in 20 slots"),
+        ({"section_splats": 19}, "hold 19 splats; the header says 20"),
+        ({"bucket_bytes": 16}, "16 bytes"),
+    ],
+)
+def test_malformed_ksplat_gets_the_one_error(changes: dict, message: str) -> None:
+    data = ksplat_bytes(random_gaussians(20, sh_degree=1, seed=4), **changes)
+    with pytest.raises(AssetError, match=message):
+        read_splats(data, name="x.ksplat")  # some are no longer known by their header
+
+
+def test_malformed_ksplat_values_and_lengths_are_refused() -> None:
+    g = random_gaussians(20, seed=4)
+    data = ksplat_bytes(g)
+    with pytest.raises(AssetError, match="shorter than its 4096-byte header"):
+        read_splats(data[:4000], name="x.ksplat")
+    with pytest.raises(AssetError, match="past the file"):
+        read_splats(data[:-1])
+    with pytest.raises(AssetError, match="but the file has"):
+        read_splats(data + b"\0")
+    with pytest.raises(AssetError, match="position"):
+        read_splats(ksplat_bytes(dataclasses.replace(g, means=g.means.copy() * np.float32(np.nan)), level=0))
+    scales = g.log_scales.copy()
+    scales[3] = 12.0  # e^12 overflows a float16: inf
+    with np.errstate(over="ignore"), pytest.raises(AssetError, match="splat 3 has scales"):
+        read_splats(ksplat_bytes(dataclasses.replace(g, log_scales=scales)))
+    with pytest.raises(AssetError, match=r"outside 1\.\.10"):
+        read_splats(data, max_gaussians=10)
+
+
 # ----- detection and malformed files --------------------------------------------------------------
 
 
@@ -490,11 +558,15 @@ def test_a_gzip_bomb_is_inflated_only_as_far_as_the_header_says() -> None:
         read_spz(bomb)
 
 
-@pytest.mark.parametrize("format_name", ["spz", "splat", "glb"])
+@pytest.mark.parametrize("format_name", ["spz", "splat", "glb", "ksplat"])
 def test_mutated_files_give_gaussians_or_the_one_error(format_name: str) -> None:
     """Random byte changes, cuts and extensions: each read returns valid Gaussians or raises AssetError."""
     rng = np.random.default_rng(5)
-    original = bytearray(write_splats(random_gaussians(40, sh_degree=2, seed=1), format_name))
+    gaussians = random_gaussians(40, sh_degree=2, seed=1)
+    if format_name == "ksplat":
+        original = bytearray(ksplat_bytes(gaussians, bucket_size=16))
+    else:
+        original = bytearray(write_splats(gaussians, format_name))
     if format_name == "spz":  # mutate the inflated stream, or every change is a gzip CRC error
         original = bytearray(gzip.decompress(bytes(original)))
     for _ in range(300):

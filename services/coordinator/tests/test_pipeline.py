@@ -23,6 +23,7 @@ from services.embedded import embedded_servicers
 from services.reconstructor.backends import ColourSolveBackend
 from services.reconstructor.server import ReconstructorServicer, ReconstructorSettings
 from services.testing.format_bounds import assert_within_splat, assert_within_spz, covariance_error
+from services.testing.ksplat_files import ksplat_bytes
 
 ROOT = Path(__file__).parents[3]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -151,6 +152,16 @@ def test_an_spz_job_delivers_spz_by_default_and_glb_and_every_format_asked_for(s
     assert_within_splat(read_splats(splat, name=delivered["splat"].uri), repaired)
     glb = read_splats(store.get_object(delivered["glb"]))
     assert delivered["glb"].uri.endswith(".glb") and covariance_error(glb, repaired) < 1e-5
+
+
+def test_a_ksplat_job_delivers_ply_by_default(store):
+    """`.ksplat` is read, not written: a job from one delivers the repaired `.ply` (INRIA layout)."""
+    ksplat = ksplat_bytes(read_ply(MONKEY))
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[store.put_bytes(ksplat, suffix=".ksplat")]),
+        references=[store.put_bytes(FRONT.read_bytes(), suffix=".png")],
+    )
+    assert list(frame_job(resolve_spec(spec), store).output_formats) == ["ply"]
 
 
 def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicers):
