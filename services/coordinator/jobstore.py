@@ -526,6 +526,16 @@ class JobStore:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def finished_since(self, since_ns: int) -> list[str]:
+        """Ids of jobs that ended (SUCCEEDED, FAILED, CANCELLED) at or after ``since_ns`` (Unix ns),
+        oldest first: whose final webhook a starting coordinator may still owe."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND updated_ns >= ? ORDER BY row",
+                (*sorted(FINAL_STATES), since_ns),
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def objects_of(self, job_id: str) -> set[str]:
         """Every object URI the job names: its inputs, step results, events and outputs."""
         with self._lock:

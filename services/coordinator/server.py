@@ -71,7 +71,12 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
-from services.coordinator.webhooks import WebhookDispatcher, resolve_destination, webhook_secret_is_valid
+from services.coordinator.webhooks import (
+    WebhookDispatcher,
+    resolve_destination,
+    resume_deliveries,
+    webhook_secret_is_valid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +434,10 @@ def warm_up(servicer: CoordinatorServicer) -> None:
     if unfinished:
         log.info("resuming %d unfinished jobs", len(unfinished), extra={"jobs": unfinished})
     servicer.queue.start(unfinished)
+    if servicer.webhooks is not None:
+        resumed = resume_deliveries(servicer.webhooks, servicer.jobs)
+        if resumed:
+            log.info("sending again %d unconcluded webhooks", len(resumed), extra={"jobs": resumed})
     settings = servicer.settings
     retention = Retention(servicer.jobs, servicer.store, settings.retention_s, settings.url_expiry_s)
     threading.Thread(

@@ -49,6 +49,7 @@ from tire.v1 import coordinator_pb2
 
 from services.common.errors import InvalidArgument
 from services.common.validation import require
+from services.coordinator.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,8 @@ class WebhookDispatcher:
         return True
 
     def close(self) -> None:
-        """Stop: queued notifications are dropped, a retry that waits ends."""
+        """Stop: queued notifications are dropped, a retry that waits ends (the next coordinator sends
+        the final ones that were owed: ``resume_deliveries``)."""
         self._closed.set()
         for _ in self._workers:
             self._ready.put(None)
@@ -238,8 +240,10 @@ class WebhookDispatcher:
         for attempt in range(1, self.attempts + 1):
             status, error = self._post(pending)
             delivered = 200 <= status < 300
-            last = delivered or attempt == self.attempts or self._closed.is_set()
-            wait = 0.0 if last else min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
+            concluded = delivered or attempt == self.attempts
+            # An attempt cut short by close() still says when it would have been retried: a coordinator
+            # that starts again sends what is unconcluded (``resume_deliveries``).
+            wait = 0.0 if concluded else min(MAX_BACKOFF_S, self.backoff_s * 2 ** (attempt - 1))
             event = coordinator_pb2.JobEvent(
                 webhook=coordinator_pb2.WebhookDelivery(
                     type=pending.kind,
@@ -252,8 +256,14 @@ class WebhookDispatcher:
                 )
             )
             self._append_event(pending.job_id, event)
-            if last or self._closed.wait(wait):
+            if concluded or self._closed.wait(wait):
                 return
+
+    @property
+    def retry_window_s(self) -> float:
+        """The longest a notification can take, from its first attempt to its last."""
+        waits = sum(min(MAX_BACKOFF_S, self.backoff_s * 2**i) for i in range(self.attempts - 1))
+        return waits + self.attempts * self.timeout_s
 
     def _post(self, pending: _Pending) -> tuple[int, str]:
         """One try: (HTTP status or 0, why it failed)."""
@@ -306,3 +316,37 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def resume_deliveries(dispatcher: WebhookDispatcher, jobs: JobStore, now_ns: int | None = None) -> list[str]:
+    """Queue again the final notification of each job that ended within the dispatcher's retry window
+    and whose delivery a stopped coordinator left unconcluded (neither delivered nor given up): at
+    least once, across restarts, for the state a receiver waits for. Its webhook-id is the one the
+    receiver may have seen, so that it can drop a repeat.
+
+    Args:
+        dispatcher: where the notifications go.
+        jobs: the jobs and their events.
+        now_ns: Unix ns (default: now).
+
+    Returns:
+        The ids of the jobs whose notification was queued again.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    resumed = []
+    for job_id in jobs.finished_since(now_ns - int(dispatcher.retry_window_s * 1e9)):
+        job = jobs.get(job_id)
+        if not job.spec.webhook.url:
+            continue
+        kind, concluded, after = NOTIFIED_STATES[job.state], False, 0
+        while page := jobs.events(job_id, after):
+            after = page[-1].sequence
+            concluded = concluded or any(
+                event.webhook.type == kind and event.webhook.retry_in_s == 0.0
+                for event in page
+                if event.HasField("webhook")
+            )
+        if not concluded:
+            dispatcher.notify(job)
+            resumed.append(job_id)
+    return resumed

@@ -4,6 +4,7 @@ failures are retried and recorded; destinations that are not public are refused.
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.server import CoordinatorSettings
 from services.coordinator.spec import resolve_spec
 from services.coordinator.stages import InProcessStub, RetryPolicy, Stages
-from services.coordinator.webhooks import WebhookDispatcher, check_url, resolve_destination
+from services.coordinator.webhooks import WebhookDispatcher, check_url, resolve_destination, resume_deliveries
 from services.embedded import embedded_servicers
 from services.testing.webhooks import WebhookReceiver
 
@@ -134,6 +135,37 @@ def test_a_receiver_that_never_answers_is_given_up_after_the_attempts():
     assert len(deliveries) == 9 and not any(d.delivered for d in deliveries)
     assert {d.error for d in deliveries} == {"no answer from the receiver: ConnectionRefusedError"}
     assert [d.retry_in_s for d in deliveries[:3]] == [pytest.approx(0.01), pytest.approx(0.02), 0.0]
+
+
+def test_a_final_notification_left_unconcluded_is_sent_by_the_next_coordinator():
+    """A coordinator stops while a notification waits to be retried: the job's final one never went out.
+    The next coordinator, on the same job store, sends it with the same webhook-id, once."""
+    receiver = WebhookReceiver(statuses=[500])  # the first post fails; its retry would wait a minute
+    jobs = JobStore(":memory:")
+    try:
+        first = WebhookDispatcher(jobs.append_event, SECRET, allow_private=True, backoff_s=60.0, attempts=3)
+        jobs.on_state_change(first.notify)
+        spec = coordinator_pb2.JobSpec(webhook=coordinator_pb2.Webhook(url=receiver.url))
+        job, _ = jobs.create(spec)
+        jobs.set_state(job.id, coordinator_pb2.JOB_STATE_RUNNING)
+        jobs.finish(job.id, coordinator_pb2.JOB_STATE_SUCCEEDED)
+        assert receiver.wait_for(1, 10.0)
+        first.close()  # the coordinator stops
+        (attempt,) = [e.webhook for e in jobs.events(job.id) if e.HasField("webhook")]
+        assert (attempt.type, attempt.retry_in_s) == ("job.queued", 60.0)
+
+        then = WebhookDispatcher(jobs.append_event, SECRET, allow_private=True, backoff_s=0.01, attempts=3)
+        assert resume_deliveries(then, jobs) == [job.id]
+        assert then.wait_idle(10.0)
+        headers, _ = receiver.posts[-1]
+        assert headers["webhook-id"] == f"{job.id}.succeeded"
+        assert resume_deliveries(then, jobs) == []  # delivered: nothing is owed
+        later = time.time_ns() + int(then.retry_window_s * 1e9) + 1
+        assert resume_deliveries(then, jobs, now_ns=later) == []  # past the window: given up
+        then.close()
+    finally:
+        receiver.close()
+    assert len(receiver.posts) == 2
 
 
 @pytest.mark.parametrize(
