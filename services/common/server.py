@@ -26,14 +26,16 @@ What every server gets here, so servicers contain only their own logic:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import inspect
 import logging
 import queue
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -87,10 +89,16 @@ _MAX_VALUE_BYTES = 256
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    """A gRPC service to host: its full name (``tire.v1.Renderer``) and how to add it to a server."""
+    """A gRPC service to host: its full name (``tire.v1.Renderer``) and how to add it to a server.
+
+    ``asynchronous``: serve it with ``grpc.aio``, on an event loop of its own thread. Its ``async``
+    methods (coroutines, async generators) then hold no thread while they wait, so that long streams
+    cost memory only; its plain methods run on the ``max_workers`` thread pool as before.
+    """
 
     name: str
     register: Callable[[grpc.Server], None]
+    asynchronous: bool = False
 
 
 class RunningServer:
@@ -98,17 +106,15 @@ class RunningServer:
 
     def __init__(
         self,
-        server: grpc.Server,
+        stop_servers: Callable[[float], None],
         executor: futures.ThreadPoolExecutor,
         health_servicer: health.HealthServicer,
         names: Sequence[str],
         port: int,
         metrics: WSGIServer | None,
         grace_s: float,
-        health_server: grpc.Server | None = None,
     ):
-        self._server = server
-        self._health_server = health_server
+        self._stop_servers = stop_servers  # stops the gRPC servers, giving in-flight calls the grace
         self._executor = executor
         self._metrics = metrics
         self._names = names
@@ -131,9 +137,7 @@ class RunningServer:
         grace = self._grace_s if grace is None else grace
         log.info("stopping; in-flight calls get up to %s s", grace, extra={"grace_s": grace})
         self.health.enter_graceful_shutdown()
-        if self._health_server is not None:
-            self._health_server.stop(grace)
-        self._server.stop(grace).wait()
+        self._stop_servers(grace)
         if self._metrics is not None:
             # shutdown() waits for the HTTP server's next poll (up to 0.5 s); nothing needs to wait for it.
             threading.Thread(target=_close_http, args=(self._metrics,), daemon=True).start()
@@ -162,43 +166,24 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
 
     tls = _tls_credentials(settings) if settings.tls_cert_file else None  # ConfigError before anything
     executor = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix="grpc")
-    server = grpc.server(
-        executor,
-        interceptors=[_CallInterceptor(frozenset(names), registry)],
-        options=_server_options(settings),
-    )
     health_servicer = health.HealthServicer()
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for spec in specs:
-        spec.register(server)
-    _enable_reflection((*names, health.SERVICE_NAME), server)
-
-    metrics = health_server = None
+    start = _start_aio if any(spec.asynchronous for spec in specs) else _start_sync
     try:
-        address = _address(settings.host, settings.port)
-        port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
-        health_port = None
-        if settings.health_port >= 0:
-            # Health alone, in plaintext: what Kubernetes' gRPC probes (which cannot speak TLS) ask.
-            health_server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
-            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
-            health_port = health_server.add_insecure_port(_address(settings.host, settings.health_port))
-        if settings.metrics_port >= 0:
-            metrics, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        stop_servers, port, health_port = start(specs, settings, registry, tls, executor, health_servicer)
     except BaseException:
-        server.stop(None)
-        if health_server is not None:
-            health_server.stop(None)
         executor.shutdown(wait=False)
         raise
-    if health_server is not None:
-        health_server.start()
-    server.start()
-    running = RunningServer(
-        server, executor, health_servicer, names, port, metrics, settings.grace_s, health_server
-    )
+    metrics = None
+    if settings.metrics_port >= 0:
+        try:
+            metrics, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+        except BaseException:
+            stop_servers(None)
+            executor.shutdown(wait=False)
+            raise
+    running = RunningServer(stop_servers, executor, health_servicer, names, port, metrics, settings.grace_s)
     running.health_port = health_port
     security = (
         "mutual TLS" if settings.tls_client_ca_file else "TLS" if settings.tls_cert_file else "plaintext"
@@ -212,6 +197,127 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
         extra={"port": port, "metrics_port": running.metrics_port, "security": security},
     )
     return running
+
+
+_Started = tuple[Callable[[float | None], None], int, int | None]  # stop(grace), port, health port
+
+
+def _start_sync(
+    specs: Sequence[ServiceSpec],
+    settings: ServerSettings,
+    registry: CollectorRegistry,
+    tls: grpc.ServerCredentials | None,
+    executor: futures.ThreadPoolExecutor,
+    health_servicer: health.HealthServicer,
+) -> _Started:
+    """The services on a ``grpc.server`` (each call holds a thread of ``executor``), and health alone in
+    plaintext on ``settings.health_port`` when it is set."""
+    names = tuple(spec.name for spec in specs)
+    server = grpc.server(
+        executor,
+        interceptors=[_CallInterceptor(frozenset(names), registry)],
+        options=_server_options(settings),
+    )
+    health_server = None
+    try:
+        port, health_port = _populate(server, specs, settings, tls, health_servicer)
+        if health_port is not None:
+            # Health alone, in plaintext: what Kubernetes' gRPC probes (which cannot speak TLS) ask.
+            health_server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_port = health_server.add_insecure_port(_address(settings.host, settings.health_port))
+    except BaseException:
+        server.stop(None)
+        raise
+    if health_server is not None:
+        health_server.start()
+    server.start()
+
+    def stop(grace: float | None) -> None:
+        if health_server is not None:
+            health_server.stop(grace)
+        server.stop(grace).wait()
+
+    return stop, port, health_port
+
+
+def _start_aio(
+    specs: Sequence[ServiceSpec],
+    settings: ServerSettings,
+    registry: CollectorRegistry,
+    tls: grpc.ServerCredentials | None,
+    executor: futures.ThreadPoolExecutor,
+    health_servicer: health.HealthServicer,
+) -> _Started:
+    """The services on a ``grpc.aio`` server whose event loop runs in a thread of its own (``grpc-aio``);
+    plain methods (health, reflection, unary calls) run on ``executor``, async ones on the loop."""
+    names = tuple(spec.name for spec in specs)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="grpc-aio", daemon=True)
+    thread.start()
+
+    def run(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    def close_loop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        if not thread.is_alive():
+            loop.close()
+
+    async def start() -> tuple[list[grpc.aio.Server], int, int | None]:
+        # aio objects belong to the loop's thread: they are made and started there.
+        server = grpc.aio.server(
+            migration_thread_pool=executor,
+            interceptors=[_AioCallInterceptor(frozenset(names), registry)],
+            options=_server_options(settings),
+        )
+        port, health_port = _populate(server, specs, settings, tls, health_servicer)
+        servers = [server]
+        if health_port is not None:
+            health_server = grpc.aio.server(
+                migration_thread_pool=executor, options=[("grpc.so_reuseport", 0)]
+            )
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+            health_port = health_server.add_insecure_port(_address(settings.host, settings.health_port))
+            servers.append(health_server)
+        for each in servers:
+            await each.start()
+        return servers, port, health_port
+
+    try:
+        servers, port, health_port = run(start())
+    except BaseException:
+        close_loop()
+        raise
+
+    async def stop_all(grace: float | None) -> None:
+        await asyncio.gather(*(each.stop(grace) for each in reversed(servers)))
+
+    def stop(grace: float | None) -> None:
+        if not loop.is_closed():  # once: RunningServer.stop may be called again
+            run(stop_all(grace))
+            close_loop()
+
+    return stop, port, health_port
+
+
+def _populate(
+    server: grpc.Server | grpc.aio.Server,
+    specs: Sequence[ServiceSpec],
+    settings: ServerSettings,
+    tls: grpc.ServerCredentials | None,
+    health_servicer: health.HealthServicer,
+) -> tuple[int, int | None]:
+    """Add health, the services and reflection to ``server`` and bind its port; return (the port, the
+    health port asked for or None). Raises RuntimeError when the port cannot be bound."""
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for spec in specs:
+        spec.register(server)
+    _enable_reflection((*(spec.name for spec in specs), health.SERVICE_NAME), server)
+    address = _address(settings.host, settings.port)
+    port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
+    return port, (settings.health_port if settings.health_port >= 0 else None)
 
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
@@ -551,16 +657,30 @@ def _address(host: str, port: int) -> str:
 
 
 class _TrackedContext:
-    """The servicer's context, noting whether the servicer aborted the call itself (so its status is
-    kept rather than replaced by INTERNAL)."""
+    """The servicer's context, noting the status the call ends with: whether the servicer aborted it
+    itself (so its status is kept rather than replaced by INTERNAL), and with which code and details.
 
-    def __init__(self, context: grpc.ServicerContext):
+    It wraps a ``grpc.server``'s context or a ``grpc.aio`` server's context of a plain method; the
+    latter has no ``abort_with_status`` and no getters for the code, hence the bookkeeping here.
+    """
+
+    def __init__(self, context: Any):
         self._context = context
         self.aborted = False
         self.reason = ""  # ErrorInfo's reason, once the call is aborted with one
+        self.status_code: grpc.StatusCode | None = None
+        self.status_details = ""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._context, name)
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.status_code = code
+        self._context.set_code(code)
+
+    def set_details(self, details: str) -> None:
+        self.status_details = details
+        self._context.set_details(details)
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         """A servicer's own abort: its code and message (cut to size), with ErrorInfo(code's name)."""
@@ -571,7 +691,10 @@ class _TrackedContext:
 
     def abort_with_status(self, status: grpc.Status) -> None:
         self.aborted = True
-        self._context.abort_with_status(status)
+        self.status_code, self.status_details = status.code, status.details
+        if hasattr(self._context, "abort_with_status"):
+            self._context.abort_with_status(status)
+        self._context.abort(status.code, status.details, status.trailing_metadata)  # grpc.aio's
 
     def abort_with_reason(self, code: grpc.StatusCode, message: str, reason: str, **details: Any) -> None:
         """Abort with the rich status ``_rich_status(code, message, reason, **details)``."""
@@ -612,14 +735,24 @@ class _CallInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        return self.wrap(continuation(handler_call_details), handler_call_details)
+
+    def wrap(
+        self, handler: grpc.RpcMethodHandler | None, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        """``handler`` with its behaviour wrapped (a hosted service's method), else as it is."""
         service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
         if handler is None or service not in self._services:
             return handler
         behavior = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         )
-        wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
+        if inspect.isasyncgenfunction(behavior):
+            wrap = self._wrap_async_stream
+        elif inspect.iscoroutinefunction(behavior):
+            wrap = self._wrap_async_unary
+        else:
+            wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
         factory = {
             (False, False): grpc.unary_unary_rpc_method_handler,
             (False, True): grpc.unary_stream_rpc_method_handler,
@@ -658,6 +791,33 @@ class _CallInterceptor(grpc.ServerInterceptor):
 
         return handle
 
+    def _wrap_async_unary(self, behavior: Callable, service: str, method: str) -> Callable:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            tracked, start = _TrackedContext(context), time.perf_counter()
+            self._in_flight.labels(service, method).inc()
+            try:
+                return await behavior(request, context)
+            except Exception as exc:
+                await _fail_async(exc, tracked, f"/{service}/{method}")
+            finally:
+                self._record(service, method, tracked, start)
+
+        return handle
+
+    def _wrap_async_stream(self, behavior: Callable, service: str, method: str) -> Callable:
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            tracked, start = _TrackedContext(context), time.perf_counter()
+            self._in_flight.labels(service, method).inc()
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as exc:
+                await _fail_async(exc, tracked, f"/{service}/{method}")
+            finally:  # also when the client leaves: the loop cancels this task
+                self._record(service, method, tracked, start)
+
+        return handle
+
     def _record(self, service: str, method: str, context: _TrackedContext, start: float) -> None:
         """Count and log a finished call."""
         self._in_flight.labels(service, method).dec()
@@ -670,33 +830,49 @@ class _CallInterceptor(grpc.ServerInterceptor):
             "code": code.name,
             "duration_ms": round(seconds * 1000, 3),
         }
-        if code is not grpc.StatusCode.OK and context.details():
-            extra["details"] = context.details().decode(errors="replace")
+        if code is not grpc.StatusCode.OK and context.status_details:
+            extra["details"] = context.status_details
         if code is not grpc.StatusCode.OK and context.reason:
             extra["reason"] = context.reason
         log.info("%s %s %.1f ms", extra["method"], code.name, extra["duration_ms"], extra=extra)
 
 
+class _AioCallInterceptor(grpc.aio.ServerInterceptor):
+    """``_CallInterceptor`` on a ``grpc.aio`` server: the same wrapping, metrics and log line."""
+
+    def __init__(self, services: frozenset[str], registry: CollectorRegistry):
+        self._calls = _CallInterceptor(services, registry)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        return self._calls.wrap(await continuation(handler_call_details), handler_call_details)
+
+
 def _final_code(context: _TrackedContext) -> grpc.StatusCode:
     """The status a call ends with: the one set on it, else OK, unless the client has gone (a handler
     outliving the deadline, or a stream the client stopped reading)."""
-    if context.code() is not None:
-        return context.code()
-    if context.is_active():
+    if context.status_code is not None:
+        return context.status_code
+    inner = context._context
+    gone = (hasattr(inner, "is_active") and not inner.is_active()) or (
+        hasattr(inner, "cancelled") and inner.cancelled()
+    )
+    if not gone:
         return grpc.StatusCode.OK
-    remaining = context.time_remaining()
+    remaining = inner.time_remaining()
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
 
-def _fail(exc: Exception, context: _TrackedContext, rpc: str) -> None:
-    """End the call for an exception out of a servicer, always by raising: keep a servicer's own abort,
-    map a TireError to its code and details, and report anything else as INTERNAL after logging it."""
-    if context.aborted:
-        raise exc
+def _failure_status(exc: Exception, rpc: str) -> tuple[grpc.Status, str]:
+    """(status, ErrorInfo reason) for an exception out of a servicer: a TireError's code and details;
+    anything else, logged here, INTERNAL."""
     if isinstance(exc, TireError):
-        context.abort_with_reason(
+        status = _rich_status(
             exc.grpc_code,
             str(exc),
             exc.reason,
@@ -704,10 +880,29 @@ def _fail(exc: Exception, context: _TrackedContext, rpc: str) -> None:
             field=exc.field if isinstance(exc, InvalidArgument) else None,
             retry_after_s=exc.retry_after_s,
         )
-    else:
-        log.error("unhandled error in %s", rpc, exc_info=exc, extra={"method": rpc})
-        message = f"internal error in {rpc}; see the service log"
-        context.abort_with_reason(grpc.StatusCode.INTERNAL, message, TireError.reason)
+        return status, exc.reason
+    log.error("unhandled error in %s", rpc, exc_info=exc, extra={"method": rpc})
+    message = f"internal error in {rpc}; see the service log"
+    return _rich_status(grpc.StatusCode.INTERNAL, message, TireError.reason), TireError.reason
+
+
+def _fail(exc: Exception, context: _TrackedContext, rpc: str) -> None:
+    """End the call for an exception out of a servicer, always by raising: keep a servicer's own abort,
+    else abort with ``_failure_status``."""
+    if context.aborted:
+        raise exc
+    status, context.reason = _failure_status(exc, rpc)
+    context.abort_with_status(status)
+
+
+async def _fail_async(exc: Exception, context: _TrackedContext, rpc: str) -> None:
+    """``_fail`` for an async method: its own ``await context.abort(...)`` raised ``AbortError`` and
+    is kept."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    status, context.reason = _failure_status(exc, rpc)
+    context.aborted, context.status_code, context.status_details = True, status.code, status.details
+    await context._context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _rich_status(

@@ -9,6 +9,7 @@ tests make throw-away certificate authorities with the ``openssl`` CLI (``pki.Pk
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -22,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,9 +141,10 @@ def servicer() -> EchoServicer:
     return EchoServicer()
 
 
-@pytest.fixture
-def server(servicer: EchoServicer) -> Iterator[RunningServer]:
-    running = start_server(echo_spec(servicer), LOCAL)
+@pytest.fixture(params=[False, True], ids=["grpc", "grpc.aio"])
+def server(servicer: EchoServicer, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """The echo service on a ``grpc.server``, and on a ``grpc.aio`` one (its plain methods on the pool)."""
+    running = start_server(dataclasses.replace(echo_spec(servicer), asynchronous=request.param), LOCAL)
     yield running
     running.stop(0)
 
@@ -403,6 +405,89 @@ def test_servicer_abort_is_kept(channel: grpc.Channel) -> None:
     assert error_details(err)["ErrorInfo"].reason == "PERMISSION_DENIED"
 
 
+class AsyncEchoServicer:
+    """Echo and Count as ``async`` methods; Count of b"wait" holds its stream open until ``release``."""
+
+    def __init__(self) -> None:
+        self.release: asyncio.Event | None = None
+
+    async def echo(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if request == b"invalid":
+            raise InvalidArgument("width", 0, "must be positive")
+        if request == b"bug":
+            raise RuntimeError("secret internals")
+        if request == b"abort":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
+        return request
+
+    async def count(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        if request == b"wait":
+            self.release = self.release or asyncio.Event()
+            yield b"open"
+            await self.release.wait()
+            return
+        n, _, failure = request.partition(b":")
+        for i in range(int(n)):
+            yield str(i).encode()
+            await asyncio.sleep(0)
+        if failure == b"invalid":
+            raise InvalidArgument("frames", int(n), "must be even")
+
+
+@pytest.fixture
+def async_channel() -> Iterator[grpc.Channel]:
+    """A grpc.aio server of async methods, with a pool of 2 threads, and a channel to it."""
+    servicer = AsyncEchoServicer()
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(servicer.echo),
+            "Count": grpc.unary_stream_rpc_method_handler(servicer.count),
+        },
+    )
+    spec = ServiceSpec(SERVICE, lambda server: server.add_generic_rpc_handlers((handler,)), asynchronous=True)
+    running = start_server(spec, dataclasses.replace(LOCAL, max_workers=2))
+    with dial(f"127.0.0.1:{running.port}", retries=0) as ch:
+        yield ch
+    running.stop(0)
+
+
+def test_async_methods_map_errors_as_plain_ones_do(async_channel: grpc.Channel) -> None:
+    assert echo(async_channel, b"hi") == b"hi"
+    assert list(count(async_channel, b"3")) == [b"0", b"1", b"2"]
+    err = rpc_error(echo, async_channel, b"invalid")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "`width` must be positive, got 0.",
+    )
+    assert error_details(err)["BadRequest"].field_violations[0].field == "width"
+    err = rpc_error(echo, async_channel, b"bug")
+    assert (err.code(), err.details()) == (
+        grpc.StatusCode.INTERNAL,
+        "internal error in /test.Echo/Echo; see the service log",
+    )
+    assert rpc_error(echo, async_channel, b"abort").code() == grpc.StatusCode.PERMISSION_DENIED
+    received = []
+    with pytest.raises(grpc.RpcError) as info:
+        received.extend(count(async_channel, b"2:invalid"))
+    assert received == [b"0", b"1"] and info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_open_async_streams_hold_no_thread(async_channel: grpc.Channel) -> None:
+    """50 streams wait on a server of 2 threads; unary calls still answer at once."""
+    streams = [count(async_channel, b"wait") for _ in range(50)]
+    try:
+        assert all(next(stream) == b"open" for stream in streams)
+        start = time.monotonic()
+        assert [echo(async_channel, str(i).encode()) for i in range(10)] == [
+            str(i).encode() for i in range(10)
+        ]
+        assert time.monotonic() - start < 1.0
+    finally:
+        for stream in streams:
+            stream.cancel()
+
+
 @pytest.mark.parametrize(
     ("failure", "code", "reason"),
     [
@@ -427,6 +512,11 @@ def test_error_mid_stream(channel: grpc.Channel, failure: bytes, code: grpc.Stat
 def test_a_failed_call_logs_its_reason(channel: grpc.Channel, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="services.common.server"):
         rpc_error(echo, channel, b"missing")
+        deadline = time.monotonic() + 5  # grpc.aio may send the status before the handler's line
+        while time.monotonic() < deadline and not any(
+            getattr(r, "method", None) == "/test.Echo/Echo" for r in caplog.records
+        ):
+            time.sleep(0.01)
     (record,) = [r for r in caplog.records if getattr(r, "method", None) == "/test.Echo/Echo"]
     assert (record.code, record.reason) == ("NOT_FOUND", "OBJECT_NOT_FOUND")
 
