@@ -695,10 +695,18 @@ def test_retention_reaches_the_coordinator_in_seconds(args, seconds):
     assert coordinator_env(render(*args))["TIRE_COORDINATOR_RETENTION_S"] == str(seconds)
 
 
+def test_admission_limits_reach_the_coordinator():
+    env = coordinator_env(render())
+    assert (env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"], env["TIRE_COORDINATOR_MAX_WATCHES"]) == ("100", "10000")
+    env = coordinator_env(render("--set", "coordinator.limits.maxWatchesPerCaller=7"))
+    assert env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"] == "7"
+
+
 @pytest.mark.parametrize(
     ("args", "named"),
     [
         (("--set", "coordinator.retentionDays=-1"), "retentionDays"),
+        (("--set", "coordinator.limits.maxWatches=0"), "maxWatches"),
         (("--set-json", "coordinator.retentionDays=0.5"), "retentionDays"),
         (("--set", "coordinator.healthPort=50051"), "healthPort"),
         (("--set", "coordinator.tls.secretName=Not_A_Name"), "secretName"),

@@ -35,6 +35,9 @@ class ServerSettings:
         host: address to bind.
         metrics_port: Prometheus HTTP port; 0 binds any free port, -1 disables metrics.
         max_workers: threads handling calls, i.e. the number of concurrent calls.
+        max_concurrent_rpcs: calls in progress (running or waiting for a thread) past which a new one
+            is refused at once with RESOURCE_EXHAUSTED, for its caller to try another replica or later;
+            0: no limit (calls wait for a thread without bound).
         max_message_bytes: largest message sent or received (bulk data goes through the store).
         max_connection_age_s: connections are closed after this long so clients re-resolve DNS
             and spread load onto new pods.
@@ -53,6 +56,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     metrics_port: int = 9090
     max_workers: int = 8
+    max_concurrent_rpcs: int = 0
     max_message_bytes: int = 16 * 1024 * 1024
     max_connection_age_s: float = 300.0
     grace_s: float = 30.0
@@ -68,6 +72,7 @@ class ServerSettings:
             (-1 <= self.metrics_port <= 65535, "metrics_port", "must be between -1 and 65535"),
             (-1 <= self.health_port <= 65535, "health_port", "must be between -1 and 65535"),
             (self.max_workers >= 1, "max_workers", "must be at least 1"),
+            (self.max_concurrent_rpcs >= 0, "max_concurrent_rpcs", "must not be negative (0: no limit)"),
             (self.max_message_bytes >= 1, "max_message_bytes", "must be at least 1"),
             (self.max_connection_age_s > 0, "max_connection_age_s", "must be positive"),
             (self.grace_s >= 0, "grace_s", "must not be negative"),

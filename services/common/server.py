@@ -217,6 +217,7 @@ def _start_sync(
         executor,
         interceptors=[_CallInterceptor(frozenset(names), registry)],
         options=_server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     health_server = None
     try:
@@ -271,6 +272,7 @@ def _start_aio(
             migration_thread_pool=executor,
             interceptors=[_AioCallInterceptor(frozenset(names), registry)],
             options=_server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
         )
         port, health_port = _populate(server, specs, settings, tls, health_servicer)
         servers = [server]
@@ -498,6 +500,7 @@ def run_service(
     warm_up: Callable[[Any], None],
     plaintext_allowed: Callable[[S], bool] = lambda settings: True,
     argv: Sequence[str] | None = None,
+    asynchronous: bool = False,
 ) -> None:
     """The whole ``main`` of a service, from the environment to shutdown.
 
@@ -518,6 +521,7 @@ def run_service(
         argv: the command's arguments (default ``sys.argv[1:]``): none, or ``--warm-up-only`` to run
             ``warm_up`` on an in-memory store and exit (an image's build compiles its kernels so; see
             ``services.common.kernel_cache``, whose seed a serving process copies first).
+        asynchronous: serve with ``grpc.aio`` (``ServiceSpec.asynchronous``).
 
     A servicer whose backend has ``ready()`` (models served by Triton) is NOT_SERVING whenever that says
     no, after warm-up too.
@@ -541,7 +545,7 @@ def run_service(
         )
     servicer = build(settings, ObjectStore(StoreSettings.from_env()))
     serve(
-        ServiceSpec(name=name, register=lambda server: add_to_server(servicer, server)),
+        ServiceSpec(name, lambda server: add_to_server(servicer, server), asynchronous=asynchronous),
         server_settings,
         ready=lambda: warm_up(servicer),
         available=getattr(getattr(servicer, "backend", None), "ready", None),

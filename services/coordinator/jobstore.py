@@ -190,7 +190,9 @@ class JobStore:
         self._lock = threading.Lock()
         self._appended = threading.Condition(self._lock)
         self._changed: list[Job] = []  # jobs whose state the open transaction changed
+        self._appended_to: list[str] = []  # jobs the open transaction appended events to
         self._state_listeners: list[Callable[[Job], None]] = []
+        self._event_listeners: list[Callable[[str], None]] = []
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")  # ":memory:" stays "memory", which is fine
             # FULL: a commit is on disk when the call returns, even across a power cut.
@@ -643,21 +645,34 @@ class JobStore:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._changed.clear()
+                self._appended_to.clear()
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
             changed, self._changed = self._changed, []
+            appended_to, self._appended_to = dict.fromkeys(self._appended_to), []
         for job in changed:
             for listener in self._state_listeners:
                 try:
                     listener(job)
                 except Exception:  # a listener's bug must not fail the change, which is committed
                     log.exception("state listener failed for job %s", job.id)
+        for job_id in appended_to:
+            for listener in self._event_listeners:
+                try:
+                    listener(job_id)
+                except Exception:
+                    log.exception("event listener failed for job %s", job_id)
 
     def on_state_change(self, listener: Callable[[Job], None]) -> None:
         """Call ``listener(job)`` after every committed change of a job's state (a new job included),
         from the thread that made it. It must return quickly (queue work, not do it)."""
         self._state_listeners.append(listener)
+
+    def on_events(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(job_id)`` after every commit that appended events to a job, from the thread
+        that made it (the async watches' wake-up). It must return quickly."""
+        self._event_listeners.append(listener)
 
     def _get(self, db: sqlite3.Connection, job_id: str, owner: str | None = None) -> Job:
         row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -743,6 +758,7 @@ class JobStore:
         _record_objects(db, job_id, stored)
         # Watchers wake once the lock is released, i.e. after the commit in ``_write``.
         self._appended.notify_all()
+        self._appended_to.append(job_id)
         return stored
 
     def _events(self, job_id: str, after_sequence: int, limit: int) -> list[JobEvent]:

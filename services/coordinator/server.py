@@ -38,6 +38,8 @@ Configuration (environment, read once at start):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -71,6 +73,7 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
+from services.coordinator.watches import WATCH_POLL_S, AppendBell, WatchLimits
 from services.coordinator.webhooks import (
     WebhookDispatcher,
     resolve_destination,
@@ -125,6 +128,9 @@ class CoordinatorSettings:
     webhook_attempts: int = 8
     webhook_backoff_s: float = 2.0
     webhook_timeout_s: float = 10.0
+    # Admission: open WatchJob streams (each costs memory, not a thread), per caller and in all.
+    max_watches_per_caller: int = 100
+    max_watches: int = 10_000
 
     def __post_init__(self) -> None:
         for name, ok in (
@@ -139,6 +145,8 @@ class CoordinatorSettings:
             ("webhook_attempts", 1 <= self.webhook_attempts <= 20),
             ("webhook_backoff_s", 0 < self.webhook_backoff_s <= 300),
             ("webhook_timeout_s", 0 < self.webhook_timeout_s <= 120),
+            ("max_watches_per_caller", 1 <= self.max_watches_per_caller <= self.max_watches),
+            ("max_watches", 1 <= self.max_watches <= 1_000_000),
         ):
             if not ok:
                 raise ConfigError(f"CoordinatorSettings.{name} is out of range, got {getattr(self, name)!r}.")
@@ -165,6 +173,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
     ):
         self.webhooks = webhooks
         self.jobs = jobs
+        self.bell = AppendBell()
+        jobs.on_events(self.bell.ring)
+        self.watch_limits = WatchLimits(settings.max_watches_per_caller, settings.max_watches)
         self.queue = queue
         self.store = store
         self.tokens = tokens
@@ -291,20 +302,32 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             job=self.jobs.get(_job_id(request.job_id), self._owner(context))
         )
 
-    def WatchJob(self, request, context):
+    async def WatchJob(self, request, context):
+        """An async generator on the server's event loop: while it waits for events it holds no thread
+        (``watches``); its reads of the job store run on the loop's default executor."""
+        caller = self.tokens.identify(context)
         job_id, after = _job_id(request.job_id), request.after_sequence
-        self.jobs.get(job_id, self._owner(context))  # NOT_FOUND before the stream starts
-        while context is None or context.is_active():
-            for event in self.jobs.events(job_id, after):
-                yield coordinator_pb2.WatchJobResponse(event=event)
-                after = event.sequence
-                if event.HasField("finished"):
-                    return
-            if (
-                not self.jobs.wait_events(job_id, after, timeout=1.0)
-                and self.jobs.get(job_id).state in FINAL_STATES
-            ):
-                return  # resumed past the JobFinished event: nothing more will come
+        await asyncio.to_thread(self.jobs.get, job_id, scope(caller))  # NOT_FOUND before the stream
+        with self.watch_limits.admit(caller.principal):
+            while True:
+                woken = self.bell.arm(job_id)  # before reading: an append after the read wakes it
+                try:
+                    # The state first: a final one was committed with its JobFinished event, which the
+                    # read after it then returns.
+                    ended = (await asyncio.to_thread(self.jobs.get, job_id)).state in FINAL_STATES
+                    events = await asyncio.to_thread(self.jobs.events, job_id, after)
+                    for event in events:
+                        yield coordinator_pb2.WatchJobResponse(event=event)
+                        after = event.sequence
+                        if event.HasField("finished"):
+                            return
+                    if ended and not events:
+                        return  # resumed past the JobFinished event: nothing more will come
+                    if not events:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(woken, WATCH_POLL_S)
+                finally:
+                    self.bell.disarm(job_id, woken)
 
     def CancelJob(self, request, context):
         caller = self.tokens.identify(context)
@@ -454,6 +477,7 @@ def main() -> None:
         coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server,
         warm_up,
         plaintext_allowed=lambda settings: settings.allow_plaintext,
+        asynchronous=True,  # grpc.aio: open WatchJob streams hold no thread
     )
 
 

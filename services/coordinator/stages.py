@@ -143,12 +143,24 @@ class RetryPolicy:
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode | None:
-    """The gRPC status of a failed stage call, remote (``grpc.RpcError``) or in-process (``TireError``)."""
+    """The gRPC status of a failed stage call, remote (``grpc.RpcError``) or in-process (``TireError``).
+
+    A replica at its concurrency limit (``ServerSettings.max_concurrent_rpcs``) refuses a call with
+    RESOURCE_EXHAUSTED from gRPC itself, without the rich status every error of ours carries: that is
+    UNAVAILABLE here, retried (on the next replica, round_robin) and waited for like one.
+    """
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and not _has_rich_status(exc):
+            return grpc.StatusCode.UNAVAILABLE
         return exc.code()
     if isinstance(exc, TireError):
         return exc.grpc_code
     return None
+
+
+def _has_rich_status(exc: grpc.RpcError) -> bool:
+    trailers = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    return any(key == "grpc-status-details-bin" for key, _ in trailers or ())
 
 
 def status_details(exc: BaseException) -> str:

@@ -452,6 +452,25 @@ def async_channel() -> Iterator[grpc.Channel]:
     running.stop(0)
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["grpc", "grpc.aio"])
+def test_a_server_at_its_call_limit_refuses_at_once(servicer: EchoServicer, asynchronous: bool) -> None:
+    """One call in progress of at most one: the next is refused with RESOURCE_EXHAUSTED, at once and
+    without the rich status of our own errors (what the coordinator's retry takes for a busy replica)."""
+    spec = dataclasses.replace(echo_spec(servicer), asynchronous=asynchronous)
+    running = start_server(spec, dataclasses.replace(LOCAL, max_workers=1, max_concurrent_rpcs=1))
+    try:
+        with dial(f"127.0.0.1:{running.port}", retries=0) as ch:
+            slow = ch.unary_unary(f"/{SERVICE}/Echo").future(b"slow", timeout=5)
+            assert servicer.started.wait(5)
+            start = time.monotonic()
+            err = rpc_error(echo, ch, b"hi")
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() - start < 0.4
+            assert not any(key == "grpc-status-details-bin" for key, _ in err.trailing_metadata() or ())
+            assert slow.result() == b"slow" and echo(ch, b"hi") == b"hi"
+    finally:
+        running.stop(0)
+
+
 def test_async_methods_map_errors_as_plain_ones_do(async_channel: grpc.Channel) -> None:
     assert echo(async_channel, b"hi") == b"hi"
     assert list(count(async_channel, b"3")) == [b"0", b"1", b"2"]

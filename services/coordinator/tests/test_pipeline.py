@@ -7,12 +7,16 @@ import hashlib
 import json
 from pathlib import Path
 
+import grpc
 import pytest
-from tire.v1 import common_pb2, coordinator_pb2
+from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2_grpc
 
+from services.common.clients import dial
+from services.common.config import ServerSettings
 from services.common.errors import InvalidArgument, StoreUnavailable
 from services.common.formats import detect_format, read_splats, write_splats
 from services.common.gaussians import read_ply
+from services.common.server import ServiceSpec, start_server
 from services.common.store import MemoryStore
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
@@ -162,6 +166,48 @@ def test_a_ksplat_job_delivers_ply_by_default(store):
         references=[store.put_bytes(FRONT.read_bytes(), suffix=".png")],
     )
     assert list(frame_job(resolve_spec(spec), store).output_formats) == ["ply"]
+
+
+def test_a_stage_at_its_call_limit_refuses_and_the_job_still_finishes_alike(store, servicers):
+    """The inpainter served over gRPC taking one call at a time (max_concurrent_rpcs=1) while the
+    coordinator sends four at once: the extra ones are refused at once, retried, and the repaired asset
+    is byte for byte the one of an unlimited run."""
+    jobs = JobStore(":memory:")
+    alone = JobRunner(jobs, stages_of(servicers), store, FAST, max_parallel_calls=4).run(submit(jobs, store))
+    inpainter = servicers["inpainter"]
+    spec = ServiceSpec(
+        "tire.v1.InpainterService",
+        lambda server: inpainter_pb2_grpc.add_InpainterServiceServicer_to_server(inpainter, server),
+    )
+    settings = ServerSettings(port=0, host="127.0.0.1", metrics_port=-1, max_workers=1, max_concurrent_rpcs=1)
+    running = start_server(spec, settings)
+    refused = []
+
+    def note_refusals(stub):
+        class Noting:
+            def __getattr__(self, method):
+                def call(request, timeout=None):
+                    try:
+                        return getattr(stub, method)(request, timeout=timeout)
+                    except grpc.RpcError as exc:
+                        refused.append(exc.code())
+                        raise
+
+                return call
+
+        return Noting()
+
+    try:
+        with dial(f"127.0.0.1:{running.port}", retries=0) as channel:
+            remote = inpainter_pb2_grpc.InpainterServiceStub(channel)
+            stages = stages_of(servicers, inpainter=lambda _: note_refusals(remote))
+            retry = RetryPolicy(attempts=50, initial_backoff_s=0.01, max_backoff_s=0.05)
+            limited = JobRunner(jobs, stages, store, retry, max_parallel_calls=4).run(submit(jobs, store))
+    finally:
+        running.stop(0)
+    assert limited.state == coordinator_pb2.JOB_STATE_SUCCEEDED, limited.error
+    assert refused and set(refused) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert repaired_sha256(store, limited) == repaired_sha256(store, alone)
 
 
 def test_a_4d_job_repairs_every_time_step_with_one_subject_model(store, servicers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -11,8 +12,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from tire.v1 import common_pb2, coordinator_pb2
+from grpc_status import rpc_status
+from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
+from services.common.clients import dial
+from services.common.config import ServerSettings
 from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -22,13 +26,14 @@ from services.common.errors import (
     Unimplemented,
 )
 from services.common.gaussians import Gaussians, write_ply
+from services.common.server import ServiceSpec, start_server
 from services.common.store import MemoryStore, content_key, content_sha256
 from services.coordinator.auth import TokenBook, new_token, token_entry
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import RELEASE_GRACE_S, Retention
-from services.coordinator.server import CoordinatorServicer, CoordinatorSettings
+from services.coordinator.server import SERVICE_NAME, CoordinatorServicer, CoordinatorSettings
 from services.coordinator.stages import RetryPolicy
 from services.coordinator.steps import StepLog
 from services.embedded import embedded_stages
@@ -72,6 +77,15 @@ def servicer(store):
     jobs.close()
 
 
+def drain(stream) -> list:
+    """The responses of an async stream (``WatchJob``) called in-process, to its end."""
+
+    async def collect() -> list:
+        return [response async for response in stream]
+
+    return asyncio.run(collect())
+
+
 def staged(servicer, data: bytes, suffix: str, principal: str = "alice") -> common_pb2.ObjectRef:
     """``data`` uploaded by ``principal`` as CreateUpload and a presigned PUT would leave it: announced,
     and written at a staging key (SubmitJob checks it and moves it into place)."""
@@ -97,15 +111,17 @@ def test_submitted_jobs_run_and_watch_streams_to_the_end(servicer, store):
     assert job.state == coordinator_pb2.JOB_STATE_QUEUED
     assert list(job.spec.rings.fixed.limits_deg) == [20, 90, 180]  # defaults filled in
     servicer.queue.start([])
-    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE)]
+    events = [
+        r.event for r in drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
+    ]
     assert events[0].HasField("step_started") and events[-1].HasField("finished")
     assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
     # Resuming the stream after a sequence number gives exactly the rest.
-    tail = servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=5), ALICE)
+    tail = drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=5), ALICE))
     assert [r.event.sequence for r in tail] == [e.sequence for e in events[5:]]
     # Past the end: the stream ends at once.
     after_end = coordinator_pb2.WatchJobRequest(job_id=job.id, after_sequence=events[-1].sequence)
-    assert list(servicer.WatchJob(after_end, ALICE)) == []
+    assert drain(servicer.WatchJob(after_end, ALICE)) == []
     got = servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), ALICE).job
     assert got.state == coordinator_pb2.JOB_STATE_SUCCEEDED and len(got.outputs.repaired.frames) == 1
     listed = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs
@@ -162,7 +178,9 @@ def test_a_forced_card_runs_with_a_warning_event_and_report_entry(servicer, stor
     (warning,) = job.spec.framing.warnings
     assert "flat or thin" in warning
     servicer.queue.start([])
-    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE)]
+    events = [
+        r.event for r in drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
+    ]
     assert events[0].warning.message == warning  # the job's first event
     assert events[-1].finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED, events[-1].finished.error
     report = json.loads(store.get_bytes(events[-1].finished.outputs.report.uri))
@@ -240,7 +258,7 @@ def test_unknown_jobs_are_not_found(servicer):
     for call in (
         lambda: servicer.GetJob(coordinator_pb2.GetJobRequest(job_id="job-000000000000"), ALICE),
         lambda: servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id="job-000000000000"), ALICE),
-        lambda: list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id="job-000000000000"), ALICE)),
+        lambda: drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id="job-000000000000"), ALICE)),
     ):
         with pytest.raises(NotFound, match="job-000000000000"):
             call()
@@ -250,7 +268,7 @@ def test_cancelling_a_queued_job_ends_it(servicer, store):
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer)), ALICE).job
     cancelled = servicer.CancelJob(coordinator_pb2.CancelJobRequest(job_id=job.id), ALICE).job
     assert cancelled.state == coordinator_pb2.JOB_STATE_CANCELLED
-    (last,) = list(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
+    (last,) = drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
     assert last.event.finished.state == coordinator_pb2.JOB_STATE_CANCELLED
 
 
@@ -304,7 +322,7 @@ def submit(servicer, call=ALICE, **fields) -> coordinator_pb2.Job:
 
 def run_to_end(servicer, job_id: str, call=ALICE) -> coordinator_pb2.JobEvent:
     servicer.queue.start([])
-    events = [r.event for r in servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job_id), call)]
+    events = [r.event for r in drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job_id), call))]
     return events[-1]
 
 
@@ -323,7 +341,7 @@ def test_every_call_needs_a_valid_token(servicer, call, why):
         with pytest.raises(Unauthenticated, match=why) as caught:
             answer = getattr(servicer, method.name)(request(), call)
             if method.server_streaming:
-                list(answer)
+                drain(answer)
         assert "tire_not" not in str(caught.value)  # a token is never echoed
 
 
@@ -346,7 +364,7 @@ def test_principals_see_only_their_own_jobs_and_an_admin_sees_all(servicer):
             with pytest.raises(NotFound, match=job.id):  # as if it did not exist
                 answer = method(request, call)
                 if method == servicer.WatchJob:
-                    list(answer)
+                    drain(answer)
     assert [j.id for j in servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ALICE).jobs] == [mine.id]
     assert [j.id for j in servicer.ListJobs(coordinator_pb2.ListJobsRequest(), BOB).jobs] == [theirs.id]
     everyone = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ROOT).jobs
@@ -573,3 +591,108 @@ def test_the_jobs_seed_reaches_the_subject_fit_and_a_seed_near_2_64_wraps(servic
     assert run_to_end(servicer, job.id).finished.state == coordinator_pb2.JOB_STATE_SUCCEEDED
     pinned = submit(servicer, seed=5, fit=common_pb2.FitSettings(seed=9))
     assert pinned.spec.fit.seed == 9
+
+
+# ---- under load: watches on grpc.aio, and their limits --------------------------------------------------
+
+
+@pytest.fixture
+def served(store):
+    """The coordinator on a grpc.aio server (as ``main`` serves it), its job queue not started, with
+    at most 50 open watches per caller; (servicer, stub, metadata of each principal)."""
+    jobs = JobStore(":memory:")
+    stages = embedded_stages(store)
+    queue = JobQueue(JobRunner(jobs, stages, store, RetryPolicy(initial_backoff_s=0.0)), workers=1)
+    settings = CoordinatorSettings(max_watches_per_caller=50, max_watches=120)
+    servicer = CoordinatorServicer(jobs, queue, store, TokenBook(inline=ENTRIES), settings, stages)
+    spec = ServiceSpec(
+        SERVICE_NAME,
+        lambda server: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server),
+        asynchronous=True,
+    )
+    running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
+    metadata = {name: (("authorization", f"Bearer {token}"),) for name, token in TOKENS.items()}
+    with dial(f"127.0.0.1:{running.port}", retries=0) as channel:
+        yield servicer, coordinator_pb2_grpc.CoordinatorServiceStub(channel), metadata
+    running.stop(0)
+    jobs.close()
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_open_watches_leave_the_other_calls_answering(served):
+    """50 streams watch a queued job (the server has 8 threads); ListJobs and CancelJob answer within a
+    second, and the cancellation ends every stream with its JobFinished event."""
+    servicer, stub, metadata = served
+    job = submit(servicer, ALICE)
+    request = coordinator_pb2.WatchJobRequest(job_id=job.id)
+    streams = [stub.WatchJob(request, metadata=metadata["alice"], timeout=60) for _ in range(50)]
+    wait_until(lambda: servicer.watch_limits.open_watches == 50)
+    start = time.monotonic()
+    listed = stub.ListJobs(coordinator_pb2.ListJobsRequest(), metadata=metadata["alice"], timeout=5)
+    cancelled = stub.CancelJob(
+        coordinator_pb2.CancelJobRequest(job_id=job.id), metadata=metadata["alice"], timeout=5
+    )
+    assert time.monotonic() - start < 1.0
+    assert [j.id for j in listed.jobs] == [
+        job.id
+    ] and cancelled.job.state == coordinator_pb2.JOB_STATE_CANCELLED
+    for stream in streams:
+        (last,) = [response.event for response in stream]
+        assert last.finished.state == coordinator_pb2.JOB_STATE_CANCELLED
+    wait_until(lambda: servicer.watch_limits.open_watches == 0)
+
+
+def test_a_watch_sees_the_end_that_lands_between_its_reads(servicer, monkeypatch):
+    """The job ends (state and JobFinished together) just after a watch read no events: the watch still
+    streams the JobFinished event, rather than ending on the final state without it."""
+    job = submit(servicer, ALICE)
+    read, ended = servicer.jobs.events, []
+
+    def read_then_end(job_id, after=0, limit=1000):
+        found = read(job_id, after, limit)
+        if not found and not ended:
+            ended.append(servicer.jobs.finish(job_id, coordinator_pb2.JOB_STATE_CANCELLED))
+        return found
+
+    monkeypatch.setattr(servicer.jobs, "events", read_then_end)
+    (last,) = drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
+    assert last.event.finished.state == coordinator_pb2.JOB_STATE_CANCELLED
+
+
+def test_a_caller_over_its_watch_limit_is_refused_and_others_are_not(served):
+    servicer, stub, metadata = served
+    mine, theirs = submit(servicer, ALICE), submit(servicer, BOB)
+    streams = [
+        stub.WatchJob(coordinator_pb2.WatchJobRequest(job_id=mine.id), metadata=metadata["alice"], timeout=60)
+        for _ in range(50)
+    ]
+    try:
+        wait_until(lambda: servicer.watch_limits.open_watches == 50)
+        one_more = stub.WatchJob(
+            coordinator_pb2.WatchJobRequest(job_id=mine.id), metadata=metadata["alice"], timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            next(one_more)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "alice has 50 open WatchJob streams" in refused.value.details()
+        status = rpc_status.from_call(refused.value)
+        kinds = {detail.type_url.rsplit(".", 1)[-1] for detail in status.details}
+        assert {"ErrorInfo", "RetryInfo"} <= kinds
+        # Bob's calls, a watch included, go on.
+        bobs = stub.WatchJob(
+            coordinator_pb2.WatchJobRequest(job_id=theirs.id), metadata=metadata["bob"], timeout=10
+        )
+        stub.CancelJob(
+            coordinator_pb2.CancelJobRequest(job_id=theirs.id), metadata=metadata["bob"], timeout=5
+        )
+        assert [r.event.finished.state for r in bobs] == [coordinator_pb2.JOB_STATE_CANCELLED]
+    finally:
+        for stream in streams:
+            stream.cancel()
+    wait_until(lambda: servicer.watch_limits.open_watches == 0)
