@@ -697,7 +697,10 @@ def test_retention_reaches_the_coordinator_in_seconds(args, seconds):
 
 def test_admission_limits_reach_the_coordinator():
     env = coordinator_env(render())
-    assert (env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"], env["TIRE_COORDINATOR_MAX_WATCHES"]) == ("100", "10000")
+    assert (env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"], env["TIRE_COORDINATOR_MAX_WATCHES"]) == (
+        "100",
+        "10000",
+    )
     env = coordinator_env(render("--set", "coordinator.limits.maxWatchesPerCaller=7"))
     assert env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"] == "7"
 

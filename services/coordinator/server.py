@@ -294,13 +294,20 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             log.info(
                 "job %s submitted by %s", job.id, principal, extra={"job": job.id, "principal": principal}
             )
-            self.queue.put(job.id)
-        return coordinator_pb2.SubmitJobResponse(job=job)
+            self.queue.put(job.id, principal)
+        return coordinator_pb2.SubmitJobResponse(job=self._placed(job))
 
     def GetJob(self, request, context):
         return coordinator_pb2.GetJobResponse(
-            job=self.jobs.get(_job_id(request.job_id), self._owner(context))
+            job=self._placed(self.jobs.get(_job_id(request.job_id), self._owner(context)))
         )
+
+    def _placed(self, job: coordinator_pb2.Job) -> coordinator_pb2.Job:
+        """``job`` with its ``queue_position`` (as of now)."""
+        queued = self.queue is not None and job.state == coordinator_pb2.JOB_STATE_QUEUED
+        position = self.queue.position(job.id) if queued else None
+        job.queue_position = 0 if position is None else position + 1
+        return job
 
     async def WatchJob(self, request, context):
         """An async generator on the server's event loop: while it waits for events it holds no thread
@@ -309,19 +316,24 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         job_id, after = _job_id(request.job_id), request.after_sequence
         await asyncio.to_thread(self.jobs.get, job_id, scope(caller))  # NOT_FOUND before the stream
         with self.watch_limits.admit(caller.principal):
+            place = 0
             while True:
                 woken = self.bell.arm(job_id)  # before reading: an append after the read wakes it
                 try:
                     # The state first: a final one was committed with its JobFinished event, which the
                     # read after it then returns.
-                    ended = (await asyncio.to_thread(self.jobs.get, job_id)).state in FINAL_STATES
+                    job = await asyncio.to_thread(self.jobs.get, job_id)
                     events = await asyncio.to_thread(self.jobs.events, job_id, after)
+                    if request.queue_positions and (now := self._placed(job).queue_position) != place:
+                        place = now
+                        if place:
+                            yield coordinator_pb2.WatchJobResponse(queue_position=place)
                     for event in events:
                         yield coordinator_pb2.WatchJobResponse(event=event)
                         after = event.sequence
                         if event.HasField("finished"):
                             return
-                    if ended and not events:
+                    if job.state in FINAL_STATES and not events:
                         return  # resumed past the JobFinished event: nothing more will come
                     if not events:
                         with contextlib.suppress(TimeoutError):
@@ -344,7 +356,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         owner = self._owner(context)
         validation.text(request.page_token, "page_token", MAX_PAGE_TOKEN_CHARS)
         jobs, token = self.jobs.list(request.page_size, request.page_token, request.state, owner=owner)
-        return coordinator_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+        return coordinator_pb2.ListJobsResponse(
+            jobs=[self._placed(job) for job in jobs], next_page_token=token
+        )
 
     def DeleteJob(self, request, context):
         caller, job_id = self.tokens.identify(context), _job_id(request.job_id)
@@ -456,7 +470,7 @@ def warm_up(servicer: CoordinatorServicer) -> None:
     unfinished = servicer.jobs.unfinished()
     if unfinished:
         log.info("resuming %d unfinished jobs", len(unfinished), extra={"jobs": unfinished})
-    servicer.queue.start(unfinished)
+    servicer.queue.start([(job_id, servicer.jobs.get(job_id).owner) for job_id in unfinished])
     if servicer.webhooks is not None:
         resumed = resume_deliveries(servicer.webhooks, servicer.jobs)
         if resumed:

@@ -300,7 +300,9 @@ def test_uploads_and_downloads_need_a_store_that_signs_urls(servicer, store):
 def test_unset_strengths_are_left_to_the_stage_backends(store):
     jobs = JobStore(":memory:")
     servicer = CoordinatorServicer(jobs, None, store, TokenBook(inline=ENTRIES))  # type: ignore[arg-type]
-    servicer.queue = type("NoQueue", (), {"put": lambda self, job_id: None})()
+    servicer.queue = type(
+        "NoQueue", (), {"put": lambda self, job_id, owner: None, "position": lambda self, job_id: None}
+    )()
     unset = spec(servicer, strength=0.0)
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), ALICE).job
     assert (job.spec.strength, job.spec.refine_strength) == (0.0, 0.0)
@@ -663,6 +665,28 @@ def test_a_watch_sees_the_end_that_lands_between_its_reads(servicer, monkeypatch
     monkeypatch.setattr(servicer.jobs, "events", read_then_end)
     (last,) = drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
     assert last.event.finished.state == coordinator_pb2.JOB_STATE_CANCELLED
+
+
+def test_queued_jobs_say_their_place_in_line(servicer):
+    """Jobs start round-robin across owners: alice's second job waits behind bob's first."""
+    first, second = submit(servicer, ALICE), submit(servicer, ALICE)
+    bobs = submit(servicer, BOB)
+    assert (first.queue_position, second.queue_position, bobs.queue_position) == (1, 2, 2)
+    place = {job.id: servicer.GetJob(coordinator_pb2.GetJobRequest(job_id=job.id), ROOT).job.queue_position
+             for job in (first, second, bobs)}  # fmt: skip
+    assert [place[first.id], place[bobs.id], place[second.id]] == [1, 2, 3]
+    listed = servicer.ListJobs(coordinator_pb2.ListJobsRequest(), ROOT).jobs
+    assert {job.id: job.queue_position for job in listed} == place
+    request = coordinator_pb2.WatchJobRequest(job_id=second.id, queue_positions=True)
+
+    async def first_response():
+        stream = servicer.WatchJob(request, ALICE)
+        try:
+            return await anext(stream)
+        finally:
+            await stream.aclose()
+
+    assert asyncio.run(first_response()) == coordinator_pb2.WatchJobResponse(queue_position=3)
 
 
 def test_a_caller_over_its_watch_limit_is_refused_and_others_are_not(served):
