@@ -697,10 +697,9 @@ def test_retention_reaches_the_coordinator_in_seconds(args, seconds):
 
 def test_admission_limits_reach_the_coordinator():
     env = coordinator_env(render())
-    assert (env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"], env["TIRE_COORDINATOR_MAX_WATCHES"]) == (
-        "100",
-        "10000",
-    )
+    defaults = {"MAX_WATCHES_PER_CALLER": "100", "MAX_WATCHES": "10000", "MAX_ACTIVE_JOBS_PER_CALLER": "1000"}
+    defaults |= {"MAX_SUBMISSIONS_PER_S": "10", "SUBMISSION_BURST": "100"}
+    assert {name: env[f"TIRE_COORDINATOR_{name}"] for name in defaults} == defaults
     env = coordinator_env(render("--set", "coordinator.limits.maxWatchesPerCaller=7"))
     assert env["TIRE_COORDINATOR_MAX_WATCHES_PER_CALLER"] == "7"
 

@@ -59,6 +59,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tire.v1 import coordinator_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.coordinator.admission import ActiveJobLimitReached
 
 Job = coordinator_pb2.Job
 JobEvent = coordinator_pb2.JobEvent
@@ -235,13 +236,22 @@ class JobStore:
 
     # ---- jobs -------------------------------------------------------------------------------------
 
-    def create(self, spec: JobSpec, request_id: str = "", owner: str = "") -> tuple[Job, bool]:
+    def create(
+        self, spec: JobSpec, request_id: str = "", owner: str = "", max_active: int | None = None
+    ) -> tuple[Job, bool]:
         """Queues a new job of ``owner``, or returns the job ``owner`` first submitted with the same
         non-empty ``request_id``.
+
+        Args:
+            max_active: refuse a new job while ``owner`` has this many queued or running, checked in the
+                transaction that adds it (None: no limit).
 
         Returns:
             (job, created): a new job in JOB_STATE_QUEUED with a fresh id ("job-" + 12 hex characters)
             and ``created_at == updated_at == now``, and True; or the earlier job as it is now, and False.
+
+        Raises:
+            ActiveJobLimitReached: ``owner`` has ``max_active`` queued or running jobs.
         """
         with self._write() as db:
             if request_id:
@@ -251,6 +261,11 @@ class JobStore:
                 found = row.fetchone()
                 if found is not None:
                     return _job_from_row(found), False
+            if max_active is not None and (active := self._active(db, owner)) >= max_active:
+                raise ActiveJobLimitReached(
+                    f"{owner} has {active} queued or running jobs, the limit per caller "
+                    "(TIRE_COORDINATOR_MAX_ACTIVE_JOBS_PER_CALLER); wait for one to end."
+                )
             now = time.time_ns()
             while True:
                 job_id = "job-" + secrets.token_hex(6)
@@ -335,6 +350,15 @@ class JobStore:
             jobs.append(job)
         token = _encode_page_token(rows[page_size - 1][0], state) if len(rows) > page_size else ""
         return jobs, token
+
+    def active(self, owner: str) -> int:
+        """How many of ``owner``'s jobs are queued or running."""
+        with self._lock:
+            return self._active(self._db, owner)
+
+    def _active(self, db: sqlite3.Connection, owner: str) -> int:
+        query = "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN (?, ?)"
+        return db.execute(query, (owner, *sorted(ACTIVE_STATES))).fetchone()[0]
 
     def unfinished(self) -> list[str]:
         """Ids of QUEUED or RUNNING jobs, oldest first: what a starting coordinator resumes."""

@@ -65,6 +65,7 @@ from services.common.formats import FORMATS
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key
+from services.coordinator.admission import SubmissionRate, WatchLimits
 from services.coordinator.auth import Caller, TokenBook
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobqueue import JobQueue
@@ -73,7 +74,7 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
 from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
-from services.coordinator.watches import WATCH_POLL_S, AppendBell, WatchLimits
+from services.coordinator.watches import WATCH_POLL_S, AppendBell
 from services.coordinator.webhooks import (
     WebhookDispatcher,
     resolve_destination,
@@ -128,9 +129,14 @@ class CoordinatorSettings:
     webhook_attempts: int = 8
     webhook_backoff_s: float = 2.0
     webhook_timeout_s: float = 10.0
-    # Admission: open WatchJob streams (each costs memory, not a thread), per caller and in all.
+    # Admission (services/coordinator/admission.py): open WatchJob streams (each costs memory, not a
+    # thread) per caller and in all; queued and running jobs per caller; submissions per second per
+    # caller, in bursts of submission_burst.
     max_watches_per_caller: int = 100
     max_watches: int = 10_000
+    max_active_jobs_per_caller: int = 1000
+    max_submissions_per_s: float = 10.0
+    submission_burst: int = 100
 
     def __post_init__(self) -> None:
         for name, ok in (
@@ -147,6 +153,9 @@ class CoordinatorSettings:
             ("webhook_timeout_s", 0 < self.webhook_timeout_s <= 120),
             ("max_watches_per_caller", 1 <= self.max_watches_per_caller <= self.max_watches),
             ("max_watches", 1 <= self.max_watches <= 1_000_000),
+            ("max_active_jobs_per_caller", self.max_active_jobs_per_caller >= 1),
+            ("max_submissions_per_s", self.max_submissions_per_s > 0),
+            ("submission_burst", self.submission_burst >= 1),
         ):
             if not ok:
                 raise ConfigError(f"CoordinatorSettings.{name} is out of range, got {getattr(self, name)!r}.")
@@ -176,6 +185,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.bell = AppendBell()
         jobs.on_events(self.bell.ring)
         self.watch_limits = WatchLimits(settings.max_watches_per_caller, settings.max_watches)
+        self.submissions = SubmissionRate(settings.max_submissions_per_s, settings.submission_burst)
         self.queue = queue
         self.store = store
         self.tokens = tokens
@@ -268,6 +278,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def SubmitJob(self, request, context):
         principal = self.tokens.identify(context).principal
+        self.submissions.take(principal)
         validation.text(request.request_id, "request_id", MAX_REQUEST_ID_CHARS)
         spec = resolve_spec(request.spec)
         if spec.webhook.url:
@@ -283,7 +294,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         for name, ref in input_refs(spec):
             self._admit(principal, ref, name)
         spec = frame_job(spec, self.store)  # the orbit fitted to the asset, or FAILED_PRECONDITION
-        job, created = self.jobs.create(spec, request.request_id, owner=principal)
+        limit = self.settings.max_active_jobs_per_caller
+        job, created = self.jobs.create(spec, request.request_id, owner=principal, max_active=limit)
         if not created and job.spec != spec:
             raise InvalidArgument(
                 "request_id",

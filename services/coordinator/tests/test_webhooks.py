@@ -14,6 +14,7 @@ from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import ConfigError, FailedPrecondition, InvalidArgument
 from services.common.store import MemoryStore
+from services.coordinator.admission import SubmissionRate
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobstore import JobStore
 from services.coordinator.pipeline import JobRunner
@@ -211,6 +212,7 @@ def test_submit_refuses_a_webhook_without_a_secret_or_to_a_private_address(tmp_p
 
     servicer = CoordinatorServicer.__new__(CoordinatorServicer)  # only SubmitJob's first checks run
     servicer.webhooks = None
+    servicer.submissions = SubmissionRate(per_second=10.0, burst=10)
     store = MemoryStore()
     spec = coordinator_pb2.JobSpec(
         asset=common_pb2.AssetRef(frames=[store.put_bytes(b"ply", suffix=".ply")]),
