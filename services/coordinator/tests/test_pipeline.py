@@ -158,6 +158,27 @@ def test_an_spz_job_delivers_spz_by_default_and_glb_and_every_format_asked_for(s
     assert delivered["glb"].uri.endswith(".glb") and covariance_error(glb, repaired) < 1e-5
 
 
+def test_the_framing_of_an_asset_is_fitted_once_per_orbit(store):
+    """A thousand submissions of one asset fit its framing once: a second job with the same frames
+    (by sha256) and orbit reads nothing from the store; another orbit is fitted anew."""
+    asset = store.put_bytes(MONKEY.read_bytes(), suffix=".ply")
+    spec = coordinator_pb2.JobSpec(
+        asset=common_pb2.AssetRef(frames=[asset]),
+        references=[store.put_bytes(FRONT.read_bytes(), suffix=".png")],
+        orbit_step_deg=72,
+    )
+    first = frame_job(resolve_spec(spec), store)
+
+    class Unreadable(MemoryStore):
+        def get_bytes(self, uri, sha256=None):
+            raise AssertionError(f"read {uri}")
+
+    assert frame_job(resolve_spec(spec), Unreadable()) == first
+    spec.orbit_step_deg = 90
+    with pytest.raises(AssertionError, match="read"):
+        frame_job(resolve_spec(spec), Unreadable())
+
+
 def test_a_ksplat_job_delivers_ply_by_default(store):
     """`.ksplat` is read, not written: a job from one delivers the repaired `.ply` (INRIA layout)."""
     ksplat = ksplat_bytes(read_ply(MONKEY))
