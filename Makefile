@@ -147,6 +147,7 @@ bench: $(INSTALLED) $(TRITON_SERVER)
 	$(PY) -m benchmarks.cold_start
 	$(PY) -m benchmarks.triton
 	$(PY) -m benchmarks.formats
+	$(PY) -m benchmarks.load
 
 ## bench-gpu: the GPU backends at real sizes (random weights): gsplat against the CPU renderer, and the
 ## diffusion backends at job size (see docs/benchmarks.md); needs CUDA

@@ -351,6 +351,18 @@ class JobStore:
         token = _encode_page_token(rows[page_size - 1][0], state) if len(rows) > page_size else ""
         return jobs, token
 
+    def state(self, job_id: str) -> int:
+        """The job's state alone (a ``JobState``), without decoding the rest of it.
+
+        Raises:
+            NotFound: no such job.
+        """
+        with self._lock:
+            row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return row[0]
+
     def active(self, owner: str) -> int:
         """How many of ``owner``'s jobs are queued or running."""
         with self._lock:

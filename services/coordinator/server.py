@@ -316,10 +316,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
 
     def _placed(self, job: coordinator_pb2.Job) -> coordinator_pb2.Job:
         """``job`` with its ``queue_position`` (as of now)."""
-        queued = self.queue is not None and job.state == coordinator_pb2.JOB_STATE_QUEUED
-        position = self.queue.position(job.id) if queued else None
-        job.queue_position = 0 if position is None else position + 1
+        job.queue_position = self._place(job.id, job.state)
         return job
+
+    def _place(self, job_id: str, state: int) -> int:
+        """Job.queue_position of a job in ``state``: 1 for the next to start, 0 when not queued."""
+        queued = self.queue is not None and state == coordinator_pb2.JOB_STATE_QUEUED
+        position = self.queue.position(job_id) if queued else None
+        return 0 if position is None else position + 1
 
     async def WatchJob(self, request, context):
         """An async generator on the server's event loop: while it waits for events it holds no thread
@@ -332,21 +336,23 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             while True:
                 woken = self.bell.arm(job_id)  # before reading: an append after the read wakes it
                 try:
-                    # The state first: a final one was committed with its JobFinished event, which the
-                    # read after it then returns.
-                    job = await asyncio.to_thread(self.jobs.get, job_id)
                     events = await asyncio.to_thread(self.jobs.events, job_id, after)
-                    if request.queue_positions and (now := self._placed(job).queue_position) != place:
-                        place = now
-                        if place:
-                            yield coordinator_pb2.WatchJobResponse(queue_position=place)
+                    if not events:
+                        state = await asyncio.to_thread(self.jobs.state, job_id)
+                        if state in FINAL_STATES:
+                            # Its JobFinished event was committed with the state, maybe since the read.
+                            events = await asyncio.to_thread(self.jobs.events, job_id, after)
+                            if not events:
+                                return  # resumed past the JobFinished event: nothing more will come
+                        elif request.queue_positions and (now := self._place(job_id, state)) != place:
+                            place = now
+                            if place:  # 0: it has left the queue; its events say the rest
+                                yield coordinator_pb2.WatchJobResponse(queue_position=place)
                     for event in events:
                         yield coordinator_pb2.WatchJobResponse(event=event)
                         after = event.sequence
                         if event.HasField("finished"):
                             return
-                    if job.state in FINAL_STATES and not events:
-                        return  # resumed past the JobFinished event: nothing more will come
                     if not events:
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(woken, WATCH_POLL_S)

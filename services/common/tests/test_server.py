@@ -700,9 +700,12 @@ def dial_tls(port: int, trusted: Issued, client: Issued | None = None) -> grpc.C
     return dial(f"127.0.0.1:{port}", retries=0, credentials=credentials)
 
 
-@pytest.fixture
-def tls_server(servicer: EchoServicer, tmp_path: Path, certs: Certificates) -> Iterator[RunningServer]:
-    running = start_tls(echo_spec(servicer), tmp_path, certs.server)
+@pytest.fixture(params=[False, True], ids=["grpc", "grpc.aio"])
+def tls_server(
+    servicer: EchoServicer, tmp_path: Path, certs: Certificates, request: pytest.FixtureRequest
+) -> Iterator[RunningServer]:
+    spec = dataclasses.replace(echo_spec(servicer), asynchronous=request.param)
+    running = start_tls(spec, tmp_path, certs.server)
     yield running
     running.stop(0)
 
@@ -768,11 +771,13 @@ def test_mutual_tls_serves_clients_with_a_certificate_of_its_client_ca_only(
         running.stop(0)
 
 
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["grpc", "grpc.aio"])
 def test_the_health_port_answers_health_alone_in_plaintext_and_stops_with_the_server(
-    servicer: EchoServicer, tmp_path: Path, certs: Certificates
+    servicer: EchoServicer, tmp_path: Path, certs: Certificates, asynchronous: bool
 ) -> None:
     health_port = free_port()
-    running = start_tls(echo_spec(servicer), tmp_path, certs.server, health_port=health_port)
+    spec = dataclasses.replace(echo_spec(servicer), asynchronous=asynchronous)
+    running = start_tls(spec, tmp_path, certs.server, health_port=health_port)
     try:
         with dial(f"127.0.0.1:{health_port}", retries=0) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
