@@ -93,6 +93,7 @@ def start_replicas(store: MemoryStore, k: int, latency_s: float) -> tuple[list, 
             register=lambda server, s=servicer: inpainter_pb2_grpc.add_InpainterServiceServicer_to_server(
                 s, server
             ),
+            asynchronous=True,  # as its main serves it
         )
         running = start_server(
             spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1, max_workers=16)

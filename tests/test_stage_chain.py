@@ -20,6 +20,7 @@ from tire.v1 import (
     tracker_pb2,
 )
 
+from services.common.server import iterate
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.inpainter.server import InpainterSettings
@@ -68,11 +69,13 @@ def run_chain():
 
     # 2. Fit the subject on the reference's foreground.
     events = list(
-        stages["inpainter"].FitSubject(
-            inpainter_pb2.FitSubjectRequest(
-                images=put_tensor(store, rgb[:1]), masks=put_tensor(store, alpha[:1])
-            ),
-            None,
+        iterate(
+            stages["inpainter"].FitSubject(
+                inpainter_pb2.FitSubjectRequest(
+                    images=put_tensor(store, rgb[:1]), masks=put_tensor(store, alpha[:1])
+                ),
+                None,
+            )
         )
     )
     subject = events[-1].model

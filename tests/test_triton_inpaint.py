@@ -21,6 +21,7 @@ from tire.v1 import common_pb2, coordinator_pb2, inpainter_pb2
 
 from services.cli import main
 from services.common.model_repository import published_versions, write_version
+from services.common.server import iterate
 from services.common.store import MemoryStore, ObjectStore
 from services.common.triton import (
     LocalTriton,
@@ -217,7 +218,7 @@ def test_the_inpainter_service_on_triton_fits_and_inpaints_as_the_backend_in_pro
     request = inpainter_pb2.FitSubjectRequest(
         images=put_tensor(store, reference), masks=put_tensor(store, mask), settings=settings
     )
-    *progress, last = servicer.FitSubject(request, None)
+    *progress, last = iterate(servicer.FitSubject(request, None))
     assert [event.progress.step for event in progress] == [1, 2, 3]  # streamed from Triton, step by step
     served_subject = store.get_object(last.model.artifact)
     assert served_subject == backend.fit_subject(reference, mask, fit_config(settings), lambda *_: None)

@@ -27,10 +27,10 @@ What every server gets here, so servicers contain only their own logic:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
-import queue
 import signal
 import sys
 import threading
@@ -71,6 +71,7 @@ from services.common.store import MemoryStore, ObjectStore, StoreSettings
 
 log = logging.getLogger(__name__)
 S = TypeVar("S")
+T = TypeVar("T")
 P = TypeVar("P")
 R = TypeVar("R")
 
@@ -554,37 +555,41 @@ def run_service(
 
 @dataclass(frozen=True)
 class Finished(Generic[R]):
-    """The last item of ``stream_progress``: what the work returned."""
+    """The last item of ``relay_progress``: what the work returned."""
 
     result: R
 
 
-def stream_progress(work: Callable[[Callable[[P], None]], R]) -> Iterator[P | Finished[R]]:
-    """Run ``work(report)`` in a worker thread; yield each value it passes to ``report`` as it comes,
-    then ``Finished(result)``.
+async def relay_progress(work: Callable[[Callable[[P], None]], R]) -> AsyncIterator[P | Finished[R]]:
+    """Run ``work(report)`` in a thread of its own; yield each value it passes to ``report`` as it comes,
+    then ``Finished(result)``. Between reports this waits on the event loop, holding no thread (a
+    long fit streams its progress from a ``grpc.aio`` server so).
 
-    An exception of ``work`` is raised here, in the caller's thread. When the caller stops iterating
-    (the client went away and gRPC closed the stream), the next ``report`` raises ``CallerGone`` in the
-    worker, which ends the work at its next report.
+    An exception of ``work`` is raised here. When the caller stops iterating (the client went away and
+    gRPC cancelled the stream), the next ``report`` raises ``CallerGone`` in the worker, which ends the
+    work at its next report.
     """
-    events: queue.Queue = queue.Queue()
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()
 
     def report(value: P) -> None:
         if stop.is_set():
             raise CallerGone("the caller went away")
-        events.put(("progress", value))
+        loop.call_soon_threadsafe(events.put_nowait, ("progress", value))
 
     def run() -> None:
         try:
-            events.put(("done", work(report)))
-        except BaseException as exc:  # handed to the caller's thread, which raises it
-            events.put(("failed", exc))
+            outcome = ("done", work(report))
+        except BaseException as exc:  # handed to the caller, which raises it
+            outcome = ("failed", exc)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for it
+            loop.call_soon_threadsafe(events.put_nowait, outcome)
 
-    threading.Thread(target=run, name="stream-progress", daemon=True).start()
+    threading.Thread(target=run, name="relay-progress", daemon=True).start()
     try:
         while True:
-            kind, value = events.get()
+            kind, value = await events.get()
             if kind == "progress":
                 yield value
             elif kind == "done":
@@ -594,6 +599,23 @@ def stream_progress(work: Callable[[Callable[[P], None]], R]) -> Iterator[P | Fi
                 raise value
     finally:
         stop.set()
+
+
+def iterate(stream: AsyncIterator[T]) -> Iterator[T]:
+    """The items of an async iterator for synchronous code (an in-process caller of an async method,
+    such as ``InProcessStub``): each item is awaited on an event loop of this iterator's own."""
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(stream))
+            except StopAsyncIteration:
+                return
+    finally:
+        with contextlib.suppress(RuntimeError):  # the stream was already closed
+            loop.run_until_complete(stream.aclose())  # type: ignore[attr-defined]
+        loop.run_until_complete(loop.shutdown_default_executor())
+        loop.close()
 
 
 class _Shutdown(BaseException):
@@ -713,8 +735,9 @@ class _CallInterceptor(grpc.ServerInterceptor):
     non-blocking Watch depends on its handler attributes, which wrapping would hide.
     """
 
-    def __init__(self, services: frozenset[str], registry: CollectorRegistry):
+    def __init__(self, services: frozenset[str], registry: CollectorRegistry, asynchronous: bool = False):
         self._services = services
+        self.asynchronous = asynchronous  # on a grpc.aio server, where async methods can run
         self._requests = Counter(
             "tire_grpc_requests", "gRPC calls handled.", ["service", "method", "code"], registry=registry
         )
@@ -751,10 +774,13 @@ class _CallInterceptor(grpc.ServerInterceptor):
         behavior = (
             handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
         )
-        if inspect.isasyncgenfunction(behavior):
-            wrap = self._wrap_async_stream
-        elif inspect.iscoroutinefunction(behavior):
-            wrap = self._wrap_async_unary
+        if inspect.isasyncgenfunction(behavior) or inspect.iscoroutinefunction(behavior):
+            if not self.asynchronous:
+                raise TypeError(
+                    f"/{service}/{method} is an async method on a grpc.server: serve {service} with "
+                    "ServiceSpec(asynchronous=True)"
+                )
+            wrap = self._wrap_async_stream if inspect.isasyncgenfunction(behavior) else self._wrap_async_unary
         else:
             wrap = self._wrap_stream if handler.response_streaming else self._wrap_unary
         factory = {
@@ -845,7 +871,7 @@ class _AioCallInterceptor(grpc.aio.ServerInterceptor):
     """``_CallInterceptor`` on a ``grpc.aio`` server: the same wrapping, metrics and log line."""
 
     def __init__(self, services: frozenset[str], registry: CollectorRegistry):
-        self._calls = _CallInterceptor(services, registry)
+        self._calls = _CallInterceptor(services, registry, asynchronous=True)
 
     async def intercept_service(
         self,

@@ -15,6 +15,7 @@ content-addressed outputs), so a retry cannot duplicate work.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from google.protobuf.message import Message
 from services.common.clients import dial, error_details, tls_credentials
 from services.common.errors import StepFailed, TireError
 from services.common.registry import STAGES
+from services.common.server import iterate
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,9 @@ class InProcessStub:
         handler = getattr(self._servicer, method)
 
         def call(request, timeout: float | None = None, metadata=None):
-            return handler(request, None)
+            answer = handler(request, None)
+            # An async stream (a method served with grpc.aio) is read as a stub reads a stream.
+            return iterate(answer) if inspect.isasyncgen(answer) else answer
 
         return call
 

@@ -44,11 +44,11 @@ Configuration (environment, read once at start):
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,8 +61,8 @@ from services.common.server import (
     Finished,
     describe,
     models_at,
+    relay_progress,
     run_service,
-    stream_progress,
     wait_for_models,
 )
 from services.common.store import BlobStore
@@ -145,7 +145,28 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
         answer.model_version = getattr(self.backend, "model_version", "")
         return answer
 
-    def FitSubject(self, request, context) -> Iterator[inpainter_pb2.FitSubjectResponse]:
+    async def FitSubject(self, request, context) -> AsyncIterator[inpainter_pb2.FitSubjectResponse]:
+        """An async generator (the service is served with grpc.aio): while the fit runs in a thread of
+        its own, the stream waits for its progress holding no thread of the server's pool."""
+        fit = await asyncio.to_thread(self._fit_of, request)
+        artifact = b""
+        async for event in relay_progress(fit):
+            if isinstance(event, Finished):
+                artifact = event.result
+            else:
+                yield inpainter_pb2.FitSubjectResponse(progress=event)
+        ref = await asyncio.to_thread(
+            self.store.put_bytes, artifact, suffix=".safetensors", media_type=ARTIFACT_MEDIA_TYPE
+        )
+        yield inpainter_pb2.FitSubjectResponse(
+            model=inpainter_pb2.SubjectModel(
+                artifact=ref, backend=self.backend.name, base_model=self.backend.base_model
+            )
+        )
+
+    def _fit_of(self, request) -> Callable[[Callable[[common_pb2.FitProgress], None]], bytes]:
+        """The fit a FitSubject request asks for, checked and its inputs read: ``fit(report)`` returns
+        the subject model's artifact."""
         config = fit_config(request.settings)
         backend = models_at(self.backend, request.model_version)
         images = self._image_stack(request, "images", self.settings.max_reference_images, "reference images")
@@ -159,8 +180,6 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
             raise InvalidArgument(
                 "masks", f"maximum {masks.max()}", "must mark at least one foreground pixel (> 0.5)"
             )
-
-        artifact = b""
         start = time.monotonic()
 
         def fit(report: Callable[[common_pb2.FitProgress], None]) -> bytes:
@@ -172,18 +191,7 @@ class InpainterServicer(inpainter_pb2_grpc.InpainterServiceServicer):
 
             return backend.fit_subject(images, masks, config, progress)
 
-        with contextlib.closing(stream_progress(fit)) as events:
-            for event in events:
-                if isinstance(event, Finished):
-                    artifact = event.result
-                else:
-                    yield inpainter_pb2.FitSubjectResponse(progress=event)
-        ref = self.store.put_bytes(artifact, suffix=".safetensors", media_type=ARTIFACT_MEDIA_TYPE)
-        yield inpainter_pb2.FitSubjectResponse(
-            model=inpainter_pb2.SubjectModel(
-                artifact=ref, backend=self.backend.name, base_model=self.backend.base_model
-            )
-        )
+        return fit
 
     def Inpaint(self, request, context):
         strength = validation.strength(request.strength, "strength", self.backend.default_strength)
@@ -397,6 +405,7 @@ def main() -> None:
         build_servicer,
         inpainter_pb2_grpc.add_InpainterServiceServicer_to_server,
         warm_up,
+        asynchronous=True,  # grpc.aio: a FitSubject stream holds no thread of the pool while it waits
     )
 
 

@@ -199,6 +199,7 @@ def test_a_stage_at_its_call_limit_refuses_and_the_job_still_finishes_alike(stor
     spec = ServiceSpec(
         "tire.v1.InpainterService",
         lambda server: inpainter_pb2_grpc.add_InpainterServiceServicer_to_server(inpainter, server),
+        asynchronous=True,  # as its main serves it: FitSubject is an async generator
     )
     settings = ServerSettings(port=0, host="127.0.0.1", metrics_port=-1, max_workers=1, max_concurrent_rpcs=1)
     running = start_server(spec, settings)

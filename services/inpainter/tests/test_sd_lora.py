@@ -12,6 +12,7 @@ pytest.importorskip("peft")
 from tire.v1 import common_pb2, inpainter_pb2  # noqa: E402
 
 from services.common.errors import ConfigError, InvalidArgument  # noqa: E402
+from services.common.server import iterate  # noqa: E402
 from services.common.store import MemoryStore  # noqa: E402
 from services.common.tensors import get_tensor, put_tensor  # noqa: E402
 from services.inpainter.artifacts import canonical_safetensors, read_safetensors_metadata  # noqa: E402
@@ -199,7 +200,7 @@ def fit_and_inpaint(servicer, store, images, masks):
         masks=put_tensor(store, ref_masks),
         settings=common_pb2.FitSettings(steps=3, rank=2, seed=1),
     )
-    *progress, last = servicer.FitSubject(request, None)
+    *progress, last = iterate(servicer.FitSubject(request, None))
     assert [event.progress.step for event in progress] == [1, 2, 3]
     return last.model, inpaint(servicer, store, last.model, images, masks)
 

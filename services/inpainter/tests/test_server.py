@@ -8,6 +8,7 @@ import safetensors.numpy
 from tire.v1 import common_pb2, inpainter_pb2
 
 from services.common.errors import InvalidArgument, ObjectNotFound, ResourceExhausted
+from services.common.server import iterate
 from services.common.store import MemoryStore
 from services.common.tensors import get_tensor, put_tensor
 from services.inpainter.backends import ColourBackend
@@ -73,7 +74,7 @@ def fit_request(refs, **settings):
 
 @pytest.fixture
 def subject(servicer, refs):
-    *_, last = servicer.FitSubject(fit_request(refs, seed=1), None)
+    *_, last = iterate(servicer.FitSubject(fit_request(refs, seed=1), None))
     return last.model
 
 
@@ -88,7 +89,7 @@ def inpaint_request(refs, model, **kwargs):
 
 
 def test_fit_subject_streams_progress_then_the_model(servicer, store, refs):
-    events = list(servicer.FitSubject(fit_request(refs, seed=1, clusters=4, steps=20), None))
+    events = list(iterate(servicer.FitSubject(fit_request(refs, seed=1, clusters=4, steps=20), None)))
     progress = [e.progress for e in events[:-1]]
     assert all(e.WhichOneof("event") == "progress" for e in events[:-1])
     assert [p.step for p in progress] == list(range(1, 21)) and {p.total_steps for p in progress} == {20}
@@ -115,8 +116,8 @@ def test_fit_subject_streams_progress_then_the_model(servicer, store, refs):
 
 
 def test_fit_subject_defaults_and_determinism(servicer, refs):
-    first = list(servicer.FitSubject(fit_request(refs, seed=5), None))
-    again = list(servicer.FitSubject(fit_request(refs, seed=5), None))
+    first = list(iterate(servicer.FitSubject(fit_request(refs, seed=5), None)))
+    again = list(iterate(servicer.FitSubject(fit_request(refs, seed=5), None)))
     assert len(first) == 51  # the default 400 steps, capped at 50 Lloyd iterations, then the model
     assert first[-1].model.artifact.uri == again[-1].model.artifact.uri  # content-addressed, same bytes
 
@@ -176,7 +177,7 @@ def test_a_model_version_is_refused_by_a_backend_whose_models_have_none(servicer
     fit = fit_request(refs, seed=1)
     fit.model_version = "3"
     with pytest.raises(InvalidArgument, match="model_version"):
-        list(servicer.FitSubject(fit, None))
+        list(iterate(servicer.FitSubject(fit, None)))
 
 
 def test_inpaint_without_alpha_and_with_an_empty_mask(servicer, store, refs, subject):
@@ -233,7 +234,7 @@ def test_fit_config_applies_the_proto_defaults():
 )
 def test_bad_fit_settings_name_the_field(servicer, refs, settings, field):
     with pytest.raises(InvalidArgument) as info:
-        list(servicer.FitSubject(fit_request(refs, **settings), None))
+        list(iterate(servicer.FitSubject(fit_request(refs, **settings), None)))
     assert info.value.field == field
 
 
@@ -246,7 +247,7 @@ def test_bad_fit_tensors_name_the_field(servicer, store, refs):
             else:
                 getattr(request, name).CopyFrom(value)
         with pytest.raises(InvalidArgument) as info:
-            list(servicer.FitSubject(request, None))
+            list(iterate(servicer.FitSubject(request, None)))
         return info.value.field
 
     masks = np.ones((1, SIZE, SIZE), np.float32)
@@ -265,10 +266,10 @@ def test_too_many_references_or_pixels_are_resource_exhausted(servicer, store, r
     request = fit_request(refs)
     request.images.CopyFrom(put_tensor(store, np.zeros((3, 8, 8, 3), np.uint8)))
     with pytest.raises(ResourceExhausted, match="reference images"):
-        list(servicer.FitSubject(request, None))
+        list(iterate(servicer.FitSubject(request, None)))
     request.images.CopyFrom(put_tensor(store, np.zeros((1, 80, 80, 3), np.uint8)))
     with pytest.raises(ResourceExhausted, match="pixels"):
-        list(servicer.FitSubject(request, None))
+        list(iterate(servicer.FitSubject(request, None)))
     big = inpainter_pb2.InpaintRequest(images=put_tensor(store, np.zeros((5, 8, 8, 3), np.uint8)))
     big.subject.artifact.uri = "s3://bucket/x"
     with pytest.raises(ResourceExhausted, match="views"):
@@ -340,7 +341,7 @@ def test_a_missing_model_is_not_found(servicer, store, refs, subject):
     request = fit_request(refs)
     request.images.uri = refs["references"].uri.replace("sha256/", "sha256/00")
     with pytest.raises(ObjectNotFound):
-        list(servicer.FitSubject(request, None))
+        list(iterate(servicer.FitSubject(request, None)))
 
 
 def test_a_subject_model_is_read_once_for_many_calls(servicer, store, refs, subject, monkeypatch):
@@ -354,7 +355,7 @@ def test_a_subject_model_is_read_once_for_many_calls(servicer, store, refs, subj
 
 
 def test_the_backend_sizes_the_subject_cache(servicer, store, refs, subject, monkeypatch):
-    *_, last = servicer.FitSubject(fit_request(refs, seed=2), None)
+    *_, last = iterate(servicer.FitSubject(fit_request(refs, seed=2), None))
     other = last.model
     monkeypatch.setattr(servicer.backend, "subject_cache_size", 1)
     reads = []
