@@ -95,11 +95,14 @@ class ServiceSpec:
     ``asynchronous``: serve it with ``grpc.aio``, on an event loop of its own thread. Its ``async``
     methods (coroutines, async generators) then hold no thread while they wait, so that long streams
     cost memory only; its plain methods run on the ``max_workers`` thread pool as before.
+
+    ``collector``: a Prometheus collector of the service's own gauges, added to the server's metrics.
     """
 
     name: str
     register: Callable[[grpc.Server], None]
     asynchronous: bool = False
+    collector: Any = None
 
 
 class RunningServer:
@@ -164,6 +167,9 @@ def start_server(specs: Sequence[ServiceSpec] | ServiceSpec, settings: ServerSet
     registry = CollectorRegistry()
     for collector in (ProcessCollector, GCCollector, PlatformCollector):
         collector(registry=registry)
+    for spec in specs:
+        if spec.collector is not None:
+            registry.register(spec.collector)
 
     tls = _tls_credentials(settings) if settings.tls_cert_file else None  # ConfigError before anything
     executor = futures.ThreadPoolExecutor(settings.max_workers, thread_name_prefix="grpc")
@@ -546,7 +552,12 @@ def run_service(
         )
     servicer = build(settings, ObjectStore(StoreSettings.from_env()))
     serve(
-        ServiceSpec(name, lambda server: add_to_server(servicer, server), asynchronous=asynchronous),
+        ServiceSpec(
+            name,
+            lambda server: add_to_server(servicer, server),
+            asynchronous=asynchronous,
+            collector=getattr(servicer, "collector", None),
+        ),
         server_settings,
         ready=lambda: warm_up(servicer),
         available=getattr(getattr(servicer, "backend", None), "ready", None),

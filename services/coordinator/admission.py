@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from prometheus_client.core import GaugeMetricFamily
+
 from services.common.errors import ResourceExhausted
 
 
@@ -78,7 +80,7 @@ class WatchLimits:
 
     @property
     def open_watches(self) -> int:
-        return sum(self._open.values())
+        return sum(list(self._open.values()))  # a copy: a scrape reads it from another thread
 
 
 class SubmissionRate:
@@ -110,3 +112,41 @@ class SubmissionRate:
                     f"in {(1.0 - tokens) / self.per_second:.1f} s."
                 )
             self._buckets[caller] = (tokens - 1.0, now)
+
+
+class AdmissionMetrics:
+    """The coordinator's gauges, read when Prometheus scrapes: what the limits above count.
+
+    - ``tire_coordinator_open_watches``: open WatchJob streams (limit: max_watches);
+    - ``tire_coordinator_queued_jobs``: jobs waiting for a worker (at most ``workers`` run at once);
+    - ``tire_coordinator_active_jobs{owner}``: queued and running jobs per principal (limit:
+      max_active_jobs_per_caller).
+
+    Refusals are counted with the calls: ``tire_grpc_requests_total{code="RESOURCE_EXHAUSTED"}``.
+    """
+
+    def __init__(
+        self,
+        open_watches: Callable[[], int],
+        queued_jobs: Callable[[], int],
+        active_by_owner: Callable[[], dict[str, int]],
+    ):
+        self._open_watches, self._queued_jobs, self._active_by_owner = (
+            open_watches,
+            queued_jobs,
+            active_by_owner,
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "tire_coordinator_open_watches", "Open WatchJob streams.", self._open_watches()
+        )
+        yield GaugeMetricFamily(
+            "tire_coordinator_queued_jobs", "Jobs waiting for a worker.", self._queued_jobs()
+        )
+        active = GaugeMetricFamily(
+            "tire_coordinator_active_jobs", "Queued and running jobs per principal.", labels=["owner"]
+        )
+        for owner, count in sorted(self._active_by_owner().items()):
+            active.add_metric([owner], count)
+        yield active

@@ -368,6 +368,12 @@ class JobStore:
         with self._lock:
             return self._active(self._db, owner)
 
+    def active_by_owner(self) -> dict[str, int]:
+        """How many jobs each owner has queued or running (owners with none are left out)."""
+        query = "SELECT owner, COUNT(*) FROM jobs WHERE state IN (?, ?) GROUP BY owner"
+        with self._lock:
+            return dict(self._db.execute(query, tuple(sorted(ACTIVE_STATES))).fetchall())
+
     def _active(self, db: sqlite3.Connection, owner: str) -> int:
         query = "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN (?, ?)"
         return db.execute(query, (owner, *sorted(ACTIVE_STATES))).fetchone()[0]

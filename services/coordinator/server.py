@@ -65,7 +65,7 @@ from services.common.formats import FORMATS
 from services.common.registry import STAGE_NAMES, stage
 from services.common.server import describe, run_service
 from services.common.store import BlobStore, content_key
-from services.coordinator.admission import SubmissionRate, WatchLimits
+from services.coordinator.admission import AdmissionMetrics, SubmissionRate, WatchLimits
 from services.coordinator.auth import Caller, TokenBook
 from services.coordinator.framing_check import frame_job
 from services.coordinator.jobqueue import JobQueue
@@ -186,6 +186,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         jobs.on_events(self.bell.ring)
         self.watch_limits = WatchLimits(settings.max_watches_per_caller, settings.max_watches)
         self.submissions = SubmissionRate(settings.max_submissions_per_s, settings.submission_burst)
+        self.collector = AdmissionMetrics(
+            lambda: self.watch_limits.open_watches,
+            lambda: len(self.queue.queued) if self.queue is not None else 0,
+            jobs.active_by_owner,
+        )
         self.queue = queue
         self.store = store
         self.tokens = tokens

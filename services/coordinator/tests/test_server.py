@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_status import rpc_status
+from prometheus_client.parser import text_string_to_metric_families
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from services.common.clients import dial
@@ -611,8 +613,10 @@ def served(store):
         SERVICE_NAME,
         lambda server: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server),
         asynchronous=True,
+        collector=servicer.collector,
     )
-    running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
+    running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=0))
+    servicer.metrics_url = f"http://127.0.0.1:{running.metrics_port}/metrics"
     metadata = {name: (("authorization", f"Bearer {token}"),) for name, token in TOKENS.items()}
     with dial(f"127.0.0.1:{running.port}", retries=0) as channel:
         yield servicer, coordinator_pb2_grpc.CoordinatorServiceStub(channel), metadata
@@ -687,6 +691,37 @@ def test_queued_jobs_say_their_place_in_line(servicer):
             await stream.aclose()
 
     assert asyncio.run(first_response()) == coordinator_pb2.WatchJobResponse(queue_position=3)
+
+
+def test_the_limits_counts_are_metrics(served):
+    """What the admission limits count, on the metrics port: open watches, queued jobs, and queued
+    and running jobs per principal."""
+    servicer, stub, metadata = served
+    mine, _, theirs = submit(servicer, ALICE), submit(servicer, ALICE), submit(servicer, BOB)
+    streams = [
+        stub.WatchJob(coordinator_pb2.WatchJobRequest(job_id=mine.id), metadata=metadata["alice"], timeout=60)
+        for _ in range(3)
+    ]
+    try:
+        wait_until(lambda: servicer.watch_limits.open_watches == 3)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        text = opener.open(servicer.metrics_url, timeout=5).read().decode()
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name.startswith("tire_coordinator_")
+        }
+        assert samples == {
+            ("tire_coordinator_open_watches", ()): 3,
+            ("tire_coordinator_queued_jobs", ()): 3,
+            ("tire_coordinator_active_jobs", (("owner", "alice"),)): 2,
+            ("tire_coordinator_active_jobs", (("owner", "bob"),)): 1,
+        }
+        assert theirs.owner == "bob"
+    finally:
+        for stream in streams:
+            stream.cancel()
 
 
 def test_a_caller_over_its_watch_limit_is_refused_and_others_are_not(served):
