@@ -25,15 +25,12 @@ from benchmarks.timing import cpu_name, median_ms
 from services.common.cameras import orbit_cameras
 from services.common.formats import FORMATS, WRITABLE, read_splats, write_splats
 from services.common.formats.conventions import (
-    GLTF_AXES,
     PLY_AXES,
-    SH_C0,
     SPZ_AXES,
     change_axes,
     logit_to_opacity,
-    to_uint8,
 )
-from services.common.formats.gltf import EXTENSION, _sh_names, write_glb
+from services.common.formats.gltf import EXTENSION, glb_attributes, write_glb
 from services.common.framing import fit_framing
 from services.common.gaussians import Gaussians, random_gaussians, read_ply, write_ply
 from services.common.rasterizer import rasterize
@@ -85,17 +82,9 @@ def _from_gsdata(data: gsply.GSData) -> Gaussians:
 def _glb_with_pygltflib(gaussians: Gaussians) -> bytes:
     """The `.glb` ``write_glb`` writes (the same accessors, values and extension object), with the
     document, buffer views and GLB container built by pygltflib instead of our own code."""
-    g = change_axes(gaussians, PLY_AXES, GLTF_AXES)
-    opacity = logit_to_opacity(g.opacity_logits)
-    colour = np.concatenate([0.5 + SH_C0 * g.sh[:, 0].astype(np.float64), opacity[:, None]], axis=1)
-    columns = [
-        ("POSITION", g.means, "VEC3"),
-        ("COLOR_0", to_uint8(colour * 255.0), "VEC4"),
-        (f"{EXTENSION}:ROTATION", g.quats[:, [1, 2, 3, 0]], "VEC4"),
-        (f"{EXTENSION}:SCALE", np.exp(g.log_scales.astype(np.float64)), "VEC3"),
-        (f"{EXTENSION}:OPACITY", opacity, "SCALAR"),
-    ]
-    columns += [(name, g.sh[:, i], "VEC3") for i, name in enumerate(_sh_names(g.sh.shape[1]))]
+    columns = glb_attributes(gaussians)
+    positions = columns[0][1]
+    bounds = {"min": positions.min(axis=0).tolist(), "max": positions.max(axis=0).tolist()}
     blob, views, accessors, attributes = bytearray(), [], [], {}
     for index, (name, values, kind) in enumerate(columns):
         colour_bytes = values.dtype == np.uint8
@@ -105,13 +94,12 @@ def _glb_with_pygltflib(gaussians: Gaussians) -> bytes:
                 buffer=0, byteOffset=len(blob), byteLength=len(data), target=pygltflib.ARRAY_BUFFER
             )
         )
-        bounds = {"min": g.means.min(axis=0).tolist(), "max": g.means.max(axis=0).tolist()}
         accessors.append(
             pygltflib.Accessor(
                 bufferView=index,
                 componentType=pygltflib.UNSIGNED_BYTE if colour_bytes else pygltflib.FLOAT,
                 normalized=colour_bytes,
-                count=len(g),
+                count=len(gaussians),
                 type=kind,
                 **(bounds if name == "POSITION" else {}),
             )

@@ -78,6 +78,16 @@ def sample(which: str) -> Gaussians:
     return read_ply(MONKEY)
 
 
+def render_psnr(ours: Gaussians, original: Gaussians) -> float:
+    """PSNR, dB, of renders of ``ours`` against renders of ``original`` at four views it fills (128²,
+    elevation -15, white background)."""
+    framing = fit_framing(original)
+    cameras = orbit_cameras([0, 90, 180, 270], 128, 128, -15.0, radius=framing.radius, center=framing.center)
+    before = rasterize(original, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
+    after = rasterize(ours, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
+    return float(10 * np.log10(1.0 / np.mean((after - before) ** 2)))
+
+
 @pytest.mark.parametrize("which", ["monkey", "random-sh3"])
 @pytest.mark.parametrize("format_name", ["ply", "spz", "splat", "sog"])
 def test_splat_transform_reads_what_we_write(tmp_path: Path, which: str, format_name: str) -> None:
@@ -131,14 +141,7 @@ def test_we_read_its_compressed_ply_as_it_does(tmp_path: Path, name: str) -> Non
     ours = read_splats(compressed)
     assert_same_values(read_ply(convert(compressed, tmp_path / "decoded.ply")), ours, max_angle=1e-6)
     if name == "monkey_lgm.ply":
-        original = read_ply(source)
-        framing = fit_framing(original)
-        cameras = orbit_cameras(
-            [0, 90, 180, 270], 128, 128, -15.0, radius=framing.radius, center=framing.center
-        )
-        before = rasterize(original, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
-        after = rasterize(ours, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
-        assert 10 * np.log10(1.0 / np.mean((after - before) ** 2)) > 35.0
+        assert render_psnr(ours, read_ply(source)) > 35.0
 
 
 @pytest.mark.parametrize("name", ["monkey_lgm.ply", "fruit_drops_full_sh.ply"])
@@ -196,10 +199,4 @@ def test_we_read_the_ksplat_its_own_viewer_writes(tmp_path: Path, name: str, lev
     assert_within_ksplat(ours, paired, level, sh_range=struct.unpack_from("<ff", data, 36))
     assert_same_values(read_ply(convert(ksplat, tmp_path / "decoded.ply")), ours, max_angle=1e-5)
     if name == "monkey_lgm.ply":
-        framing = fit_framing(original)
-        cameras = orbit_cameras(
-            [0, 90, 180, 270], 128, 128, -15.0, radius=framing.radius, center=framing.center
-        )
-        before = rasterize(original, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
-        after = rasterize(ours, cameras, background=(1.0, 1.0, 1.0)).rgb.astype(np.float64)
-        assert 10 * np.log10(1.0 / np.mean((after - before) ** 2)) > 40.0
+        assert render_psnr(ours, original) > 40.0

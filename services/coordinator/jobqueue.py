@@ -58,19 +58,16 @@ class FairQueue:
     def position(self, job_id: str) -> int | None:
         """How many queued jobs ``take`` returns before ``job_id``; None when it is not queued."""
         with self._ready:
-            for line in self._lines.values():
-                if job_id in line:
-                    index = line.index(job_id)
-                    break
-            else:
+            lines = list(self._lines.values())
+            mine = next((i for i, line in enumerate(lines) if job_id in line), None)
+            if mine is None:
                 return None
-            ahead, turn = 0, list(self._lines.values())
+            index = lines[mine].index(job_id)
             # Round-robin: in every turn before the job's (index turns), each line gives one job; in its
             # own turn, the lines served before its own.
-            mine = next(i for i, line in enumerate(turn) if job_id in line)
-            for i, line in enumerate(turn):
-                ahead += min(len(line), index + (1 if i < mine else 0)) if i != mine else index
-            return ahead
+            return index + sum(
+                min(len(line), index + (i < mine)) for i, line in enumerate(lines) if i != mine
+            )
 
     def __len__(self) -> int:
         with self._ready:

@@ -60,15 +60,11 @@ def _sh_names(k: int) -> list[str]:
     return names[:k]
 
 
-def write_glb(gaussians: Gaussians) -> bytes:
-    """Encode ``Gaussians`` (in ``PLY_AXES``) as a `.glb` with ``KHR_gaussian_splatting``.
-
-    Raises:
-        AssetError: ``gaussians.validate()`` fails.
-    """
-    gaussians.validate()
+def glb_attributes(gaussians: Gaussians) -> list[tuple[str, np.ndarray, str]]:
+    """(attribute name, ``[N, ...]`` values, accessor type) of each column ``write_glb`` writes, in
+    glTF's frame (``GLTF_AXES``): positions, colour and opacity as normalized uint8, rotations (x, y,
+    z, w), linear scales, post-sigmoid opacity, then the SH coefficients."""
     g = change_axes(gaussians, PLY_AXES, GLTF_AXES)
-    n = len(g)
     opacity = logit_to_opacity(g.opacity_logits)
     colour = np.concatenate([0.5 + SH_C0 * g.sh[:, 0].astype(np.float64), opacity[:, None]], axis=1)
     attributes: list[tuple[str, np.ndarray, str]] = [
@@ -78,7 +74,19 @@ def write_glb(gaussians: Gaussians) -> bytes:
         (f"{EXTENSION}:SCALE", np.exp(g.log_scales.astype(np.float64)), "VEC3"),
         (f"{EXTENSION}:OPACITY", opacity, "SCALAR"),
     ]
-    attributes += [(name, g.sh[:, i], "VEC3") for i, name in enumerate(_sh_names(g.sh.shape[1]))]
+    return attributes + [(name, g.sh[:, i], "VEC3") for i, name in enumerate(_sh_names(g.sh.shape[1]))]
+
+
+def write_glb(gaussians: Gaussians) -> bytes:
+    """Encode ``Gaussians`` (in ``PLY_AXES``) as a `.glb` with ``KHR_gaussian_splatting``.
+
+    Raises:
+        AssetError: ``gaussians.validate()`` fails.
+    """
+    gaussians.validate()
+    attributes = glb_attributes(gaussians)
+    positions = attributes[0][1]
+    n = len(gaussians)
 
     blobs, views, accessors, names = [], [], [], {}
     offset = 0
@@ -91,8 +99,8 @@ def write_glb(gaussians: Gaussians) -> bytes:
         if name == "COLOR_0":
             accessor["normalized"] = True
         if name == "POSITION":  # glTF requires a POSITION accessor's bounds
-            accessor["min"] = g.means.min(axis=0).tolist()
-            accessor["max"] = g.means.max(axis=0).tolist()
+            accessor["min"] = positions.min(axis=0).tolist()
+            accessor["max"] = positions.max(axis=0).tolist()
         accessors.append(accessor)
         names[name] = index
         blobs.append(blob + bytes(-len(blob) % 4))

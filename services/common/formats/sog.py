@@ -114,7 +114,8 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     try:
         with archive.open(info) as stream:
             data = stream.read(info.file_size + 1)
-    # NotImplementedError: zipfile's answer to a compression method it does not have (e.g. 99, AES).
+    # zipfile raises NotImplementedError for a compression method it lacks (99, AES): a file this
+    # cannot read, refused like any other (tested in test_malformed_sog_gets_the_one_error).
     except (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError, OSError) as exc:
         raise AssetError(f"`.sog` member {info.filename} cannot be read: {exc}") from exc
     if len(data) != info.file_size:
