@@ -304,11 +304,22 @@ def _start_aio(
         await asyncio.gather(*(each.stop(grace) for each in reversed(servers)))
 
     def stop(grace: float | None) -> None:
-        if not loop.is_closed():  # once: RunningServer.stop may be called again
-            run(stop_all(grace))
-            close_loop()
+        if loop.is_closed():  # once: RunningServer.stop may be called again
+            return
+        run(stop_all(grace))
+        # A plain handler still on the pool (one that outlived the grace) ends through the loop: its
+        # abort, its stream's writes wait there for a result. Let it finish before the loop stops, or
+        # its thread would wait forever, and the pool's threads hold up the interpreter's exit.
+        drain = threading.Thread(target=executor.shutdown, kwargs={"cancel_futures": True}, daemon=True)
+        drain.start()
+        drain.join(DRAIN_S)
+        close_loop()
 
     return stop, port, health_port
+
+
+DRAIN_S = 10.0
+"""How long a stopping grpc.aio server waits for the plain handlers still running on its pool."""
 
 
 def _populate(

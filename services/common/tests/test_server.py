@@ -104,9 +104,11 @@ class EchoServicer:
             raise RuntimeError("secret internals")
         if request == b"abort":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
-        if request == b"slow":
+        if request in (b"slow", b"slow-invalid"):
             self.started.set()
             time.sleep(0.5)
+        if request == b"slow-invalid":
+            raise InvalidArgument("width", 0, "must be positive")
         if request == b"flaky":
             self.attempts += 1
             if self.attempts <= 2:
@@ -473,6 +475,25 @@ def test_a_server_at_its_call_limit_refuses_at_once(servicer: EchoServicer, asyn
             assert slow.result() == b"slow" and echo(ch, b"hi") == b"hi"
     finally:
         running.stop(0)
+
+
+def test_a_grpc_aio_server_stops_after_its_plain_handlers_end(
+    servicer: EchoServicer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain handler that fails after the stop began ends its call through the event loop: the loop
+    stays up until it has (else its pool thread waits on a stopped loop forever, and so does the
+    interpreter's exit)."""
+    running = start_server(dataclasses.replace(echo_spec(servicer), asynchronous=True), LOCAL)
+    with (
+        caplog.at_level(logging.INFO, logger="services.common.server"),
+        dial(f"127.0.0.1:{running.port}") as ch,
+    ):
+        call = ch.unary_unary(f"/{SERVICE}/Echo").future(b"slow-invalid", timeout=10)
+        assert servicer.started.wait(5)
+        running.stop(0)
+        logged = [r for r in caplog.records if getattr(r, "method", None) == "/test.Echo/Echo"]
+        assert [r.code for r in logged] == ["INVALID_ARGUMENT"]  # ended before stop returned
+        assert call.exception() is not None
 
 
 def test_async_methods_map_errors_as_plain_ones_do(async_channel: grpc.Channel) -> None:
