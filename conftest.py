@@ -132,6 +132,8 @@ def tire_up() -> Callable:
                 str(state),
                 "--port",
                 str(base),
+                # The web console on a free port too, unless the test chooses (8080 may be taken).
+                *([] if "--web-port" in options else ["--web-port", str(free_port())]),
                 *options,
             ],
             stdout=subprocess.PIPE,

@@ -2,8 +2,8 @@
 
     tire run ASSET REFERENCE -o OUT            repair in this process (embedded stages, in-memory store)
     tire convert IN OUT [--format F]           a splat file in another format (ply, spz, splat)
-    tire up [--triton]                         the local stack: S3 server, five stages, coordinator
-                                               (and tritonserver, serving the neural stages' models)
+    tire up [--triton] [--web-port N]          the local stack: S3 server, five stages, coordinator and
+                                               web console (and tritonserver, for the neural stages' models)
     tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch] [--webhook URL]
     tire watch JOB | get JOB [-o OUT] | cancel JOB | delete JOB | list     (all take --coordinator)
     tire tokens new NAME [--admin]            a bearer token for principal NAME, and its entry for the
@@ -67,6 +67,7 @@ from services.common.formats import (
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
 from services.stack import TRITON_REPOSITORY, LocalStack, local_ports, local_stack
+from services.web.settings import DEFAULT_PORT as DEFAULT_WEB_PORT
 
 DEFAULT_COORDINATOR = COORDINATOR.local_target
 # The names of services.embedded.PROFILES, without importing every stage to parse arguments.
@@ -315,7 +316,9 @@ def stack_up(args: argparse.Namespace) -> int:
     # Ctrl-C stops the stack even when started where SIGINT is ignored (a background job of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with local_stack(state, ports, timeout_s=args.timeout, triton=args.triton) as stack:
+        web_port = None if args.web_port < 0 else args.web_port
+        stack_up = local_stack(state, ports, timeout_s=args.timeout, triton=args.triton, web_port=web_port)
+        with stack_up as stack:
             s3 = stack.s3
             print("The local stack is up:")
             for name, port in ports.items():
@@ -324,6 +327,8 @@ def stack_up(args: argparse.Namespace) -> int:
             if stack.triton_url:
                 repository = f"s3://{s3.bucket}/{TRITON_REPOSITORY}"
                 print(f"  {'triton':<14} {stack.triton_url}   repository {repository}")
+            if stack.web_url:
+                print(f"  {'web console':<14} {stack.web_url}   (sign in with the token below)")
             print(
                 f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
             )
@@ -610,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         "--triton",
         action="store_true",
         help="run tritonserver too (make triton), with the stages whose models it serves on it",
+    )
+    up.add_argument(
+        "--web-port",
+        type=int,
+        default=DEFAULT_WEB_PORT,
+        help=f"the web console's port (default {DEFAULT_WEB_PORT}; -1: no console)",
     )
 
     submit = commands.add_parser("submit", help="submit a job to a coordinator")

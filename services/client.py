@@ -40,6 +40,7 @@ __all__ = [
     "remote_events",
     "save_outputs",
     "upload",
+    "uses_plaintext",
 ]
 
 LOCAL_TOKEN_FILE = Path("out/stack/token")
@@ -98,11 +99,7 @@ def coordinator_stub(
     target: str, credentials: Credentials = Credentials()
 ) -> coordinator_pb2_grpc.CoordinatorServiceStub:
     """A stub of the coordinator at ``target`` whose every call carries ``credentials``' token."""
-    host = target.removeprefix("dns:///").rsplit(":", 1)[0]
-    plaintext = credentials.plaintext
-    if plaintext is None:
-        plaintext = host.startswith(_LOOPBACK) and not credentials.ca_file
-    if plaintext:
+    if uses_plaintext(target, credentials):
         channel = dial(target, max_message_bytes=64 * 2**20)
         if credentials.token:
             channel = grpc.intercept_channel(channel, _Bearer(credentials.token))
@@ -114,6 +111,15 @@ def coordinator_stub(
             )
         channel = dial(target, max_message_bytes=64 * 2**20, credentials=tls)
     return coordinator_pb2_grpc.CoordinatorServiceStub(channel)
+
+
+def uses_plaintext(target: str, credentials: Credentials) -> bool:
+    """Whether a channel to ``target`` goes without TLS: when ``credentials.plaintext`` says so, or, left
+    None, for a coordinator on this machine (loopback) with no CA file given."""
+    if credentials.plaintext is not None:
+        return credentials.plaintext
+    host = target.removeprefix("dns:///").rsplit(":", 1)[0]
+    return host.startswith(_LOOPBACK) and not credentials.ca_file
 
 
 class _CallDetails(

@@ -21,18 +21,39 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.clients import wait_serving
+from services.common.local_server import free_port
 from services.common.registry import BASE_PORT, COORDINATOR, STAGES, TRITON_STAGES, stage
 from services.common.s3server import LocalS3
 from services.coordinator.auth import new_token, token_entry
 
 SERVICES = (*STAGES, COORDINATOR)
 """Started in this order: the stages, then the coordinator that calls them."""
+WEB = "web"
+"""The web console, started last (``web_port``): an HTTP service, not a gRPC one."""
+_MODULES = {**{service.name: service.server for service in SERVICES}, WEB: "services.web.server"}
+
+
+def wait_http(url: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Whether ``url`` answers 200 within ``timeout_s`` (polled; False as soon as ``alive()`` is not)."""
+    deadline = time.monotonic() + timeout_s
+    while alive():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return False
 
 
 def local_ports(base: int = BASE_PORT) -> dict[str, int]:
@@ -55,7 +76,8 @@ class LocalStack:
     """A running local stack: the S3 server, each service's process by name, Triton's gRPC address ("" for
     none), ``store_env``: the file of the store's ``TIRE_S3_*`` variables (readable by its owner
     only; ``set -a; . FILE`` lets ``tire models ...`` use the stack's store), and ``token_file``: the
-    bearer token of the stack's principal, ``local`` (``TIRE_TOKEN_FILE``)."""
+    bearer token of the stack's principal, ``local`` (``TIRE_TOKEN_FILE``), and ``web_url``: the web
+    console's address ("" when not started)."""
 
     s3: LocalS3
     processes: dict[str, subprocess.Popen]
@@ -64,6 +86,7 @@ class LocalStack:
     token_file: Path
     environments: dict[str, dict[str, str]]
     state: Path
+    web_url: str = ""
 
     def restart(self, name: str) -> subprocess.Popen:
         """Start service ``name`` again, as it was started (its log goes on)."""
@@ -113,8 +136,7 @@ def local_triton(state: Path, s3: LocalS3) -> Iterator[tuple[str, tuple[str, ...
 def _spawn(name: str, env: dict[str, str], state: Path) -> subprocess.Popen:
     """``python -m <the service's server>`` with ``env``, its output appended to ``state/<name>.log``."""
     with (state / f"{name}.log").open("a") as log:
-        server = next(service.server for service in SERVICES if service.name == name)
-        return subprocess.Popen([sys.executable, "-m", server], env=env, stdout=log, stderr=log)
+        return subprocess.Popen([sys.executable, "-m", _MODULES[name]], env=env, stdout=log, stderr=log)
 
 
 LOCAL_PRINCIPAL = "local"
@@ -141,6 +163,7 @@ def local_stack(
     timeout_s: float = 300.0,
     metrics: bool = True,
     triton: bool = False,
+    web_port: int | None = None,
 ) -> Iterator[LocalStack]:
     """The S3 server, the five stages and the coordinator as processes, each SERVING; stopped on exit.
 
@@ -150,6 +173,8 @@ def local_stack(
         timeout_s: how long every service has to report SERVING.
         metrics: serve Prometheus metrics (False: none, so no metrics ports are taken).
         triton: run ``tritonserver`` too (``local_triton``), and the stages it serves on it.
+        web_port: run the web console on this port of 127.0.0.1 too (0: any free one; None: no console),
+            the store allowing its pages to upload straight to it (CORS).
 
     Yields:
         The running stack.
@@ -162,8 +187,11 @@ def local_stack(
     targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     processes: dict[str, subprocess.Popen] = {}
     environments: dict[str, dict[str, str]] = {}
+    if web_port == 0:
+        web_port = free_port()
+    web_url = f"http://127.0.0.1:{web_port}" if web_port is not None else ""
     with (
-        LocalS3(state / "s3") as s3,
+        LocalS3(state / "s3", allow_origin=web_url) as s3,
         local_triton(state, s3) if triton else nullcontext(("", ())) as (triton_url, on_triton),
     ):
         try:
@@ -191,10 +219,23 @@ def local_stack(
                 left = max(deadline - time.monotonic(), 0.0)
                 if not wait_serving(targets[name], left, alive=lambda p=process: p.poll() is None):
                     raise SystemExit(f"tire: {name} did not start; see {state / (name + '.log')}")
+            if web_port is not None:
+                environments[WEB] = {
+                    **os.environ,
+                    "TIRE_WEB_PORT": str(web_port),
+                    "TIRE_WEB_HOST": "127.0.0.1",
+                    "TIRE_WEB_COORDINATOR": targets[COORDINATOR.name],
+                    "TIRE_WEB_PUBLIC_URL": web_url,
+                    "TIRE_WEB_STORE_ORIGIN": s3.env["TIRE_S3_ENDPOINT"],
+                }
+                processes[WEB] = _spawn(WEB, environments[WEB], state)
+                left = max(deadline - time.monotonic(), 0.0)
+                if not wait_http(f"{web_url}/readyz", left, alive=lambda: processes[WEB].poll() is None):
+                    raise SystemExit(f"tire: the web console did not start; see {state / 'web.log'}")
             store_env = state / "store.env"
             store_env.touch(mode=0o600)
             store_env.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
-            yield LocalStack(s3, processes, triton_url, store_env, token_file, environments, state)
+            yield LocalStack(s3, processes, triton_url, store_env, token_file, environments, state, web_url)
         finally:
             for process in reversed(processes.values()):
                 if process.poll() is None:

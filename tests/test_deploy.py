@@ -4,11 +4,13 @@ Each ``deploy/docker/<service>.Dockerfile`` is parsed into its stages, and the i
 followed for both values of its ``VARIANT`` build argument: who it runs as, what it runs, what it copies
 and installs, which backend it defaults to. ``deploy/compose.yaml`` is read as Compose reads it (YAML
 merge keys, ``${VAR:-default}`` interpolation) and merged with ``deploy/compose.cpu.yaml`` by Compose's
-rules for the parts these files use (mappings merge, ``!reset`` removes, sequences append).
+rules for the parts these files use (mappings merge, ``!reset`` removes, sequences append). The web
+console, an HTTP service and no gRPC one (not in ``services.common.registry``), has checks of its own.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -19,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
+from services.common.config import from_env
 from services.common.registry import STAGE_NAMES as STAGES
 from services.embedded import PROFILES
 from services.inpainter.contract import BACKENDS as INPAINTER_BACKENDS
@@ -27,6 +30,8 @@ from services.refiner.backends import BACKENDS as REFINER_BACKENDS
 from services.renderer.backends import BACKENDS as RENDERER_BACKENDS
 from services.tracker.contract import BACKENDS as TRACKER_BACKENDS
 from services.tracker.cotracker import INSTALL_COMMAND as COTRACKER_INSTALL_COMMAND
+from services.web.settings import ENV_PREFIX as WEB_PREFIX
+from services.web.settings import WebSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -161,7 +166,7 @@ IMAGE_IDS = [f"{service}-{args['VARIANT']}" if args else service for service, ar
 
 def test_each_service_has_one_dockerfile_under_deploy() -> None:
     assert sorted(p.name for p in (DEPLOY / "docker").glob("*.Dockerfile")) == sorted(
-        f"{image}.Dockerfile" for image in (*SERVICES, "triton")
+        f"{image}.Dockerfile" for image in (*SERVICES, "triton", "web")
     )
     assert not list((ROOT / "services").glob("*/Dockerfile")), "images are built from deploy/docker/ only"
 
@@ -402,12 +407,12 @@ def devices(service: dict) -> list[dict]:
     return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
-def test_compose_runs_minio_and_the_six_services_from_their_dockerfiles() -> None:
+def test_compose_runs_minio_the_six_services_and_the_console_from_their_dockerfiles() -> None:
     for compose in LAYOUTS.values():
         default = {name for name, service in compose["services"].items() if not service.get("profiles")}
-        assert default == {"minio", *SERVICES}, "the default stack (no profile) is unchanged"
+        assert default == {"minio", *SERVICES, "web"}, "the default stack (no profile)"
         assert set(compose["services"]) - default == set(TRITON_SERVICES)
-        for service in SERVICES:
+        for service in (*SERVICES, "web"):
             build = compose["services"][service]["build"]
             assert (DEPLOY / build["context"]).resolve() == ROOT
             assert build["dockerfile"] == f"deploy/docker/{service}.Dockerfile"
@@ -706,3 +711,210 @@ def test_compose_stage_backends_switch_to_triton_from_the_environment() -> None:
         assert "triton" in BACKENDS["inpainter"]
         default = VARIANT_PROFILES["cpu" if len(names) == 2 else "gpu"].backends["refiner"]
         assert services["refiner"]["environment"]["TIRE_REFINER_BACKEND"] == default
+
+
+# --- The web console -------------------------------------------------------------------------------------
+
+WEB = parse_dockerfile(DEPLOY / "docker" / "web.Dockerfile")
+# What the console's image holds of the repository: its own folder, what every service shares, and the
+# coordinator's client (credentials and the plaintext rule), which it shares with the CLI.
+WEB_IMAGE_CODE = {"__init__.py", "client.py", "common", "web"}
+
+
+def _web_image_port() -> str:
+    return WEB.env({})[f"{WEB_PREFIX}PORT"]
+
+
+def test_web_image_runs_the_console_as_non_root_on_a_read_only_root() -> None:
+    user = WEB.instructions({}, "USER")[-1]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0, user
+    assert json.loads(WEB.instructions({}, "ENTRYPOINT")[-1]) == ["tire-web"]
+    assert PYPROJECT["project"]["scripts"]["tire-web"] == "services.web.server:main"
+    runs = WEB.instructions({}, "RUN")
+    deletions = [run for run in runs if "-delete" in run and "sysconfig.get_path" in run]
+    assert len(deletions) == 1 and "-name 'tire*' ! -name 'tire-web' -delete" in deletions[0]
+    # Its extra, nothing more (no torch): the console only serves pages and calls the coordinator.
+    assert _installed_extras(WEB, {}) == {"web"}
+    assert "torch" not in " ".join(PYPROJECT["project"]["optional-dependencies"]["web"])
+
+    env = WEB.env({})
+    assert env["HOME"] == "/tmp" and env["NUMBA_CACHE_DIR"].startswith("/tmp/")
+    # Every TIRE_WEB_* variable of the image is a setting, and the image's environment starts the console.
+    settings = from_env(WebSettings, WEB_PREFIX, env)
+    fields = {f.upper() for f in WebSettings.__dataclass_fields__}
+    assert {key.removeprefix(WEB_PREFIX) for key in env if key.startswith(WEB_PREFIX)} <= fields
+    assert WEB.instructions({}, "EXPOSE")[-1].split() == [str(settings.port)]
+    assert settings.port == WebSettings().port == 8080
+    # No HEALTHCHECK, like the other images: compose and the chart probe /healthz and /readyz themselves.
+    assert not WEB.instructions({}, "HEALTHCHECK")
+
+
+def test_web_image_installs_the_makefiles_npm_pins_into_its_vendor_folder() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    pins = {
+        name: re.search(rf"^{name} := (\S+)$", makefile, re.MULTILINE).group(1)
+        for name in ("SPARK_VERSION", "WEB_THREE_VERSION")
+    }
+    vendor = WEB.stage("vendor")
+    assert ("ARG", f"SPARK_VERSION={pins['SPARK_VERSION']}") in vendor.instructions
+    assert ("ARG", f"THREE_VERSION={pins['WEB_THREE_VERSION']}") in vendor.instructions
+    (install,) = [args for keyword, args in vendor.instructions if keyword == "RUN"]
+    assert install.startswith("npm install ") and "--ignore-scripts" in install
+    assert '"@sparkjsdev/spark@${SPARK_VERSION}"' in install and '"three@${THREE_VERSION}"' in install
+    prefix = re.search(r"--prefix (\S+)", install).group(1)
+    # Only node_modules comes into the image, where TIRE_WEB_VENDOR_DIR points; node itself stays behind.
+    copies = [args.split() for args in WEB.instructions({}, "COPY") if args.startswith("--from=vendor ")]
+    assert copies == [["--from=vendor", f"{prefix}/node_modules", WEB.env({})[f"{WEB_PREFIX}VENDOR_DIR"]]]
+    assert WEB.base_image({}) == DOCKERFILES["coordinator"].base_image({}), "the same Python base"
+    assert "vendor" in WEB.needed_stages({})
+    for stage in WEB.stages:
+        if stage.name == "vendor" or WEB.substitute(stage.base, {}) not in {s.name for s in WEB.stages}:
+            image, _, tag = WEB.substitute(stage.base, {}).rpartition(":")
+            assert image and tag and tag != "latest" and "/" not in tag, stage.base
+    # The build checks the installed package and the vendor folder against what the pages load.
+    check = next(run for run in WEB.instructions({}, "RUN") if "IMPORT_MAP" in run)
+    assert check.startswith("cd / && python -c"), "checked where tire-web imports it from, not /app"
+
+
+def _imported_services_modules(path: Path) -> set[str]:
+    """The ``services.<name>`` modules and packages ``path`` imports, anywhere in it (lazy imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return {name.split(".")[1] for name in names if name.startswith("services.") and name.count(".") >= 1}
+
+
+def test_web_image_copies_what_the_console_imports_and_nothing_else() -> None:
+    sources = WEB.copy_sources()
+    assert not [source for source in sources if not (ROOT / source).exists()]
+    folders = {source.split("/")[1] for source in sources if source.startswith("services/")}
+    assert folders == WEB_IMAGE_CODE
+    # Every module the image holds imports only what the image holds (lazy imports too).
+    copied = {name.removesuffix(".py") for name in WEB_IMAGE_CODE - {"__init__.py"}}
+    modules = [
+        path
+        for source in sources
+        if source.startswith("services/")
+        for path in ([ROOT / source] if source.endswith(".py") else (ROOT / source).rglob("*.py"))
+        if "tests" not in path.relative_to(ROOT).parts
+    ]
+    assert ROOT / "services" / "web" / "server.py" in modules
+    for path in modules:
+        for name in _imported_services_modules(path):
+            assert name in copied, f"{path.relative_to(ROOT)} imports services.{name}, not in the image"
+
+    ignore = [
+        line
+        for line in (DEPLOY / "docker" / "web.Dockerfile.dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert ignore[0] == "*" and "**/tests" in ignore
+    assert sorted(line[1:] for line in ignore if line.startswith("!")) == sorted(set(sources))
+
+
+def test_the_consoles_templates_and_scripts_are_package_data() -> None:
+    # The image installs the package, not the source tree: files the app reads beside its modules (its
+    # templates, its ES modules and styles) reach site-packages only as declared package data. The image's
+    # build checks the same; this says it before a build does.
+    package_data = PYPROJECT["tool"]["setuptools"].get("package-data", {})
+    patterns = [*package_data.get("services.web", []), *package_data.get("*", [])]
+    web = ROOT / "services" / "web"
+    declared = {path for pattern in patterns for path in web.glob(pattern)}
+    files = [
+        path for folder in ("templates", "static") for path in (web / folder).rglob("*") if path.is_file()
+    ]
+    assert files
+    missing = sorted(str(path.relative_to(web)) for path in files if path not in declared)
+    assert not missing, f"not in pyproject.toml's [tool.setuptools.package-data] for services.web: {missing}"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compose_web_console_reaches_the_coordinator_and_runs_locked_down(layout: str) -> None:
+    services = LAYOUTS[layout]["services"]
+    web = services["web"]
+    assert web["build"]["dockerfile"] == "deploy/docker/web.Dockerfile"
+    assert web["read_only"] is True and web["tmpfs"] == ["/tmp"]
+    assert web["cap_drop"] == ["ALL"] and web["security_opt"] == ["no-new-privileges:true"]
+    assert devices(web) == []
+
+    environment = web["environment"]
+    # Every variable is a WebSettings field, and the values start the console.
+    fields = {name.upper() for name in WebSettings.__dataclass_fields__}
+    assert all(key.startswith(WEB_PREFIX) for key in environment), sorted(environment)
+    assert {key.removeprefix(WEB_PREFIX) for key in environment} <= fields
+    settings = from_env(WebSettings, WEB_PREFIX, environment)
+    # The console holds no credentials: people sign in with their own tokens, and it reads the store only
+    # through presigned URLs.
+    assert not [key for key in environment if re.search(r"TOKEN|SECRET|ACCESS_KEY|PASSWORD", key)]
+
+    # It dials the coordinator's service and port, plaintext as the coordinator serves on this network.
+    host, _, port = settings.coordinator.removeprefix("dns:///").rpartition(":")
+    assert host == "coordinator" and host in services
+    coordinator_port = DOCKERFILES["coordinator"].env({})["TIRE_COORDINATOR_PORT"]
+    assert port == services["coordinator"]["environment"].get("TIRE_COORDINATOR_PORT", coordinator_port)
+    assert settings.coordinator_plaintext is True
+    assert services["coordinator"]["environment"]["TIRE_COORDINATOR_ALLOW_PLAINTEXT"] == "1"
+    assert web["depends_on"] == {"coordinator": {"condition": "service_healthy"}}
+    # It reaches the store at MinIO's service, the presigned URLs' Host header kept.
+    store = re.fullmatch(r"http://(\w+):(\d+)", settings.store_endpoint)
+    assert store and store[1] == "minio" and services["minio"]["command"][-1] == "/data"
+    assert services["minio"]["ports"][0].endswith(f":{store[2]}")
+
+    # Healthy while the process answers (liveness), on the port the image listens on.
+    image_port = _web_image_port()
+    assert str(settings.port) == image_port
+    check = web["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "python", "-c"]
+    assert "urllib.request.urlopen(" in check[3] and f"'http://localhost:{image_port}/healthz'" in check[3]
+    assert web["healthcheck"]["start_period"] != "600s", "no model to load"
+    (published,) = web["ports"]
+    assert published == f"127.0.0.1:8080:{image_port}"
+
+
+@pytest.mark.parametrize(
+    ("environ", "public_url", "store_origin"),
+    [
+        ({}, "http://localhost:8080", "http://localhost:9000"),
+        (
+            {"TIRE_WEB_HOST_PORT": "18080", "MINIO_HOST_PORT": "19000"},
+            "http://localhost:18080",
+            "http://localhost:19000",
+        ),
+        (
+            {
+                "TIRE_WEB_PUBLIC_URL": "https://tire.example.com",
+                "TIRE_S3_PUBLIC_ENDPOINT": "gpu-host.example:9000",
+            },
+            "https://tire.example.com",
+            "http://gpu-host.example:9000",
+        ),
+        (
+            {"TIRE_WEB_STORE_ORIGIN": "https://s3.example.com"},
+            "http://localhost:8080",
+            "https://s3.example.com",
+        ),
+    ],
+)
+def test_minio_allows_the_consoles_origin_and_the_console_the_stores(
+    environ: dict[str, str], public_url: str, store_origin: str
+) -> None:
+    services = interpolate(load_compose("compose.yaml"), {**SECRETS, **environ})["services"]
+    web = services["web"]["environment"]
+    # Browsers upload straight to MinIO from the console's pages only if MinIO allows the pages' origin.
+    assert services["minio"]["environment"]["MINIO_API_CORS_ALLOW_ORIGIN"] == web["TIRE_WEB_PUBLIC_URL"]
+    assert web["TIRE_WEB_PUBLIC_URL"] == public_url
+    # The console's published port is the one its default address names.
+    host_port = services["web"]["ports"][0].split(":")[1]
+    assert environ.get("TIRE_WEB_PUBLIC_URL") or public_url.endswith(f":{host_port}")
+    # The pages may send to the store where the coordinator's presigned URLs point.
+    assert web["TIRE_WEB_STORE_ORIGIN"] == store_origin
+    if "TIRE_WEB_STORE_ORIGIN" not in environ:
+        public_endpoint = services["coordinator"]["environment"]["TIRE_S3_PUBLIC_ENDPOINT"]
+        assert store_origin == f"http://{public_endpoint}"
+    settings = from_env(WebSettings, WEB_PREFIX, web)
+    assert (settings.public_url, settings.store_origin) == (public_url, store_origin)

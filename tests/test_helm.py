@@ -2,7 +2,8 @@
 
 What is checked here is behaviour the deployment depends on: a model swap rolls only the inpainter, the
 coordinator reaches every stage through a headless Service, every pod is locked down, GPUs are requested
-only where a GPU backend runs, and every variable the chart sets is one the services actually read.
+only where a GPU backend runs, every variable the chart sets is one the services actually read, and the web
+console (an HTTP service, not in ``services.common.registry``) reaches the coordinator and the store.
 ``make helm-check`` (run by ``make test`` first) installs helm into .tools/bin and validates each scenario
 in helm/tire/ci/ against the Kubernetes schemas.
 """
@@ -39,6 +40,8 @@ from services.reconstructor.server import ReconstructorSettings
 from services.refiner.server import RefinerSettings
 from services.renderer.server import RendererSettings
 from services.tracker.server import TrackerSettings
+from services.web.settings import ENV_PREFIX as WEB_PREFIX
+from services.web.settings import WebSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "tire"
@@ -309,12 +312,10 @@ def test_every_variable_the_chart_sets_is_one_the_service_reads(scenario):
         fields = {f.name.upper() for f in dataclasses.fields(settings_type)}
         own = {key.removeprefix(prefix) for key in data if key.startswith(prefix)}
         assert own <= fields | server_fields, (service, own - fields - server_fields)
-        assert {key for key in data if not key.startswith(prefix)} <= {
-            "TIRE_S3_ENDPOINT",
-            "TIRE_S3_BUCKET",
-            "TIRE_S3_SECURE",
-            "TIRE_S3_REGION",
-        }
+        store_variables = {"TIRE_S3_ENDPOINT", "TIRE_S3_BUCKET", "TIRE_S3_SECURE", "TIRE_S3_REGION"}
+        if service == "coordinator":  # the one that presigns URLs, for clients outside the cluster
+            store_variables.add("TIRE_S3_PUBLIC_ENDPOINT")
+        assert {key for key in data if not key.startswith(prefix)} <= store_variables
         # The values parse as the service parses them at start (numbers stay numbers, not 1.07e+09).
         from_env(settings_type, prefix, data)
         server = from_env(ServerSettings, prefix, data)
@@ -377,6 +378,9 @@ def test_store_credentials_come_from_the_charts_secret_or_yours():
     assert ("Secret", "tire-s3") not in external and ("StatefulSet", "tire-minio") not in external
     for name, template in workloads(external):
         env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+        if name == "tire-web":  # the console reads the store only through presigned URLs
+            assert not [variable for variable in env if variable.startswith("TIRE_S3_")]
+            continue
         assert env["TIRE_S3_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
             "name": "tire-store-credentials",
             "key": "AWS_SECRET_ACCESS_KEY",
@@ -915,3 +919,268 @@ def test_triton_accepts_calls_from_the_release_and_scrapes_from_metrics_from():
 def test_a_bad_triton_value_stops_the_render_naming_it(args, named):
     with pytest.raises(RenderError, match=named):
         render(*TRITON, *args)
+
+
+# --- The web console -------------------------------------------------------------------------------------
+
+WEB_SCENARIO = "web-ingress"
+WEB_FIELDS = {name.upper() for name in WebSettings.__dataclass_fields__}
+
+
+def web_enabled(scenario: str) -> bool:
+    values = yaml.safe_load((CHART / "ci" / f"{scenario}.yaml").read_text()) or {}
+    return values.get("web", {}).get("enabled", True)
+
+
+def web_env(objects: dict) -> dict[str, str]:
+    """The console's TIRE_WEB_* environment: its ConfigMap, then its container's own entries."""
+    container = pod_spec(objects, "Deployment", "tire-web")["containers"][0]
+    assert container["envFrom"] == [{"configMapRef": {"name": "tire-web"}}]
+    env = dict(objects[("ConfigMap", "tire-web")]["data"])
+    env |= {entry["name"]: entry["value"] for entry in container["env"] if "value" in entry}
+    return {name: value for name, value in env.items() if name.startswith(WEB_PREFIX)}
+
+
+def web_settings(objects: dict) -> WebSettings:
+    return from_env(WebSettings, WEB_PREFIX, web_env(objects))
+
+
+def minio_env(objects: dict) -> dict[str, str | None]:
+    container = pod_spec(objects, "StatefulSet", "tire-minio")["containers"][0]
+    return {entry["name"]: entry.get("value") for entry in container["env"]}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_variable_the_chart_sets_for_the_web_is_a_web_setting(scenario):
+    objects = render(scenario=scenario)
+    if not web_enabled(scenario):
+        assert not [key for key in objects if key[1] == "tire-web"]
+        return
+    env = web_env(objects)
+    assert {name.removeprefix(WEB_PREFIX) for name in env} <= WEB_FIELDS, sorted(env)
+    container = pod_spec(objects, "Deployment", "tire-web")["containers"][0]
+    others = {entry["name"] for entry in container["env"]} - set(env)
+    assert others == {"HOME"}, "nothing else, no credentials: people sign in with their own tokens"
+    assert not [key for key in objects[("ConfigMap", "tire-web")]["data"] if not key.startswith(WEB_PREFIX)]
+    # The values parse as the console parses them at start, and name the coordinator's Service and port.
+    settings = web_settings(objects)
+    service = objects[("Service", "tire-coordinator")]["spec"]
+    assert settings.coordinator == f"tire-coordinator:{service['ports'][0]['port']}"
+    assert {"name": "http", "containerPort": settings.port, "protocol": "TCP"} in container["ports"]
+    store = StoreSettings.from_env(
+        {
+            **objects[("ConfigMap", "tire-coordinator")]["data"],
+            "TIRE_S3_ACCESS_KEY": "a",
+            "TIRE_S3_SECRET_KEY": "b",
+        }
+    )
+    # The console fetches and uploads where the services reach the store, the URL's Host header kept.
+    assert settings.store_endpoint == f"{'https' if store.secure else 'http'}://{store.endpoint}"
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if web_enabled(s)])
+def test_the_web_console_is_probed_on_healthz_and_readyz(scenario):
+    objects = render(scenario=scenario)
+    container = pod_spec(objects, "Deployment", "tire-web")["containers"][0]
+    # Alive while the process answers; ready while the coordinator answers its health check.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["readinessProbe"]["timeoutSeconds"] > 2, "longer than the console's health call"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 30
+    # Locked down as every pod is (test_every_pod_runs_non_root_on_a_read_only_root_filesystem).
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True and context["capabilities"]["drop"] == ["ALL"]
+    service = objects[("Service", "tire-web")]["spec"]
+    assert [(p["name"], p["targetPort"]) for p in service["ports"]] == [("http", "http")]
+    labels = objects[("Deployment", "tire-web")]["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= labels.items()
+
+
+def test_the_web_ingress_renders_only_when_enabled():
+    assert not [key for key in render() if key[0] == "Ingress"]
+    objects = render(scenario=WEB_SCENARIO)
+    ingresses = [key for key in objects if key[0] == "Ingress"]
+    assert ingresses == [("Ingress", "tire-web")]
+    spec = objects[("Ingress", "tire-web")]["spec"]
+    assert spec["ingressClassName"] == "nginx"
+    assert spec["tls"] == [{"hosts": ["tire.example.com"], "secretName": "tire-web-tls"}]
+    (rule,) = spec["rules"]
+    assert rule["host"] == "tire.example.com"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")
+    assert path["backend"]["service"] == {"name": "tire-web", "port": {"name": "http"}}
+    annotations = objects[("Ingress", "tire-web")]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    # The console's address follows the ingress: https with its TLS, where the cookies are Secure.
+    settings = web_settings(objects)
+    assert settings.public_url == "https://tire.example.com" and settings.secure_cookies
+    # TLS with the controller's default certificate, or none at all.
+    default_certificate = render(
+        "--set", "web.ingress.enabled=true", "--set", "web.ingress.host=tire.example.com"
+    )[("Ingress", "tire-web")]["spec"]
+    assert default_certificate["tls"] == [{"hosts": ["tire.example.com"]}]
+    plain = render(
+        "--set", "web.ingress.enabled=true", "--set", "web.ingress.host=tire.example.com",
+        "--set", "web.ingress.tls.enabled=false",
+    )  # fmt: skip
+    assert "tls" not in plain[("Ingress", "tire-web")]["spec"]
+    assert web_settings(plain).public_url == "http://tire.example.com"
+
+
+def test_web_sessions_stick_to_one_pod_when_there_are_several():
+    one = render()
+    assert one[("Deployment", "tire-web")]["spec"]["replicas"] == 1
+    assert "sessionAffinity" not in one[("Service", "tire-web")]["spec"]
+    objects = render("--set", "web.replicas=3")
+    assert objects[("Deployment", "tire-web")]["spec"]["replicas"] == 3
+    service = objects[("Service", "tire-web")]["spec"]
+    assert service["sessionAffinity"] == "ClientIP"
+    # As long as a session lasts, within Kubernetes' limit of a day.
+    assert (
+        service["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == web_settings(objects).session_ttl_s
+    )
+    week = render("--set", "web.replicas=2", "--set", "web.sessionTtlSeconds=604800")
+    assert (
+        week[("Service", "tire-web")]["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] == 86400
+    )
+    assert web_settings(week).session_ttl_s == 604800
+    scenario = render(scenario=WEB_SCENARIO)[("Service", "tire-web")]["spec"]
+    assert scenario["sessionAffinity"] == "ClientIP"
+
+
+@pytest.mark.parametrize(
+    ("args", "origin"),
+    [
+        ((), "http://localhost:8080"),
+        (("--set", "web.port=9080"), "http://localhost:9080"),
+        (("--values", str(CHART / "ci" / f"{WEB_SCENARIO}.yaml")), "https://tire.example.com"),
+        (("--set", "web.publicUrl=https://console.example.com/"), "https://console.example.com"),
+    ],
+)
+def test_minio_allows_the_consoles_public_url(args, origin):
+    objects = render(*args)
+    # Browsers upload straight to MinIO from the console's pages only if MinIO allows the pages' origin.
+    assert minio_env(objects)["MINIO_API_CORS_ALLOW_ORIGIN"] == origin
+    assert web_settings(objects).public_url == origin
+
+
+def test_without_the_console_minio_keeps_its_cors_default_and_nothing_of_it_renders():
+    objects = render("--set", "web.enabled=false")
+    assert "MINIO_API_CORS_ALLOW_ORIGIN" not in minio_env(objects)
+    assert not [key for key in objects if "web" in key[1]]
+    assert ("Secret", "tire-coordinator-tls") in objects, "the coordinator's TLS is unchanged"
+
+
+@pytest.mark.parametrize(
+    ("args", "origin"),
+    [
+        ((), ""),
+        (("--set", "s3.publicEndpoint=https://s3.example.com"), "https://s3.example.com"),
+        (("--set", "s3.publicEndpoint=s3.example.com:9000"), "http://s3.example.com:9000"),
+        (("--set", "s3.publicEndpoint=s3.example.com", "--set", "s3.secure=true"), "https://s3.example.com"),
+        (("--set", "web.storeOrigin=https://uploads.example.com"), "https://uploads.example.com"),
+    ],
+)
+def test_the_pages_upload_straight_to_the_store_where_presigned_urls_point(args, origin):
+    objects = render(*args)
+    settings = web_settings(objects)
+    # The Content-Security-Policy lets the pages send to the store's public origin; without one (the URLs
+    # name an address only the cluster reaches) uploads go through the console.
+    assert settings.store_origin == origin
+    public = objects[("ConfigMap", "tire-coordinator")]["data"].get("TIRE_S3_PUBLIC_ENDPOINT", "")
+    if "web.storeOrigin" not in " ".join(args):
+        assert origin.removeprefix("https://").removeprefix("http://") == public.split("://")[-1]
+    secure = "s3.secure=true" in args
+    assert settings.store_endpoint == f"{'https' if secure else 'http'}://tire-minio:9000"
+
+
+def test_the_web_trusts_the_coordinators_certificate_and_never_mounts_its_key():
+    objects = render(*CREDENTIALS)
+    settings = web_settings(objects)
+    assert settings.coordinator_plaintext is False
+    pod = pod_spec(objects, "Deployment", "tire-web")
+    ca = PurePosixPath(settings.coordinator_ca_file)
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if PurePosixPath(m["mountPath"]) == ca.parent]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    # Only the certificate: the key stays with the coordinator.
+    assert volume["secret"]["secretName"] == "tire-coordinator-tls"
+    assert volume["secret"]["items"] == [{"key": "tls.crt", "path": ca.name}]
+    assert volume["secret"]["defaultMode"] == 0o440
+    # That CA lets the console reach the coordinator under the name it dials.
+    data = decoded(objects[("Secret", "tire-coordinator-tls")])
+    host = settings.coordinator.rpartition(":")[0]
+    assert host in SERVICE_NAMES
+    assert serves_tls_for(data["tls.crt"].encode(), data["tls.key"].encode(), host)
+
+    # Your certificate (cert-manager's Secret): its issuing CA, ca.crt; or a Secret and key you name.
+    yours = pod_spec(render(scenario=WEB_SCENARIO), "Deployment", "tire-web")
+    secrets = [v["secret"] for v in yours["volumes"] if "secret" in v]
+    assert secrets == [
+        {"secretName": "tire-api-tls", "defaultMode": 0o440, "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    ]
+    named = render(
+        "--set", "coordinator.tls.secretName=api-tls", "--set", "web.coordinatorCA.secretName=corporate-ca",
+        "--set", "web.coordinatorCA.key=root.pem",
+    )  # fmt: skip
+    (secret,) = [v["secret"] for v in pod_spec(named, "Deployment", "tire-web")["volumes"] if "secret" in v]
+    assert (secret["secretName"], secret["items"]) == (
+        "corporate-ca",
+        [{"key": "root.pem", "path": "ca.crt"}],
+    )
+
+
+def test_the_web_dials_a_plaintext_coordinator_without_a_ca_and_refuses_mutual_tls():
+    objects = render("--set", "coordinator.tls.allowPlaintext=true")
+    settings = web_settings(objects)
+    assert settings.coordinator_plaintext is True and settings.coordinator_ca_file == ""
+    pod = pod_spec(objects, "Deployment", "tire-web")
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    # The console has no client certificate to present.
+    with pytest.raises(RenderError, match="clientCASecret"):
+        render("--set", "coordinator.tls.clientCASecret=api-ca")
+
+
+def test_the_web_accepts_http_from_web_network_policy_from_and_reaches_the_store():
+    objects = render()
+    labels = objects[("Deployment", "tire-web")]["spec"]["template"]["metadata"]["labels"]
+    (rule,) = objects[("NetworkPolicy", "tire-web")]["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in rule
+    # MinIO admits the release's pods, the console among them (it fetches what its pages show).
+    minio = objects[("NetworkPolicy", "tire-minio")]["spec"]["ingress"][0]["from"][0]["podSelector"]
+    assert minio["matchLabels"].items() <= labels.items()
+    (rule,) = render(scenario=WEB_SCENARIO)[("NetworkPolicy", "tire-web")]["spec"]["ingress"]
+    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
+    assert ("NetworkPolicy", "tire-web") not in render(scenario="cpu-only")
+
+
+def test_a_web_setting_change_rolls_only_the_console():
+    before = render(*CREDENTIALS)
+    after = render(*CREDENTIALS, "--set", "web.settings.max_sessions=50")
+    changed = {key for key in before if before[key] != after[key]} - GENERATED
+    assert changed == {("ConfigMap", "tire-web"), ("Deployment", "tire-web")}
+    annotations = [
+        o[("Deployment", "tire-web")]["spec"]["template"]["metadata"]["annotations"] for o in (before, after)
+    ]
+    assert annotations[0]["checksum/config"] != annotations[1]["checksum/config"]
+    assert web_settings(after).max_sessions == 50
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--set", "web.ingress.enabled=true"), "web.ingress.host"),
+        (("--set", "web.publicUrl=ftp://tire.example.com"), "publicUrl"),
+        (("--set", "web.storeOrigin=s3.example.com"), "storeOrigin"),
+        (("--set", "web.sessionTtlSeconds=10"), "sessionTtlSeconds"),
+        (("--set", "web.sesionTtlSeconds=3600"), "sesionTtlSeconds"),
+        (("--set", "web.settings.Max-Sessions=3"), "Max-Sessions"),
+    ],
+)
+def test_a_bad_web_value_stops_the_render_naming_it(args, named):
+    with pytest.raises(RenderError, match=named):
+        render(*args)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from services.common.errors import ConfigError, InvalidArgument, TireError
@@ -25,6 +25,8 @@ MiB = 1024 * 1024
 # ping interval it accepts from this, so a client never draws a GOAWAY "too_many_pings".
 KEEPALIVE_TIME_MS = 30_000
 KEEPALIVE_TIMEOUT_MS = 10_000
+
+_STATUS_TRAILER = "grpc-status-details-bin"  # where the rich error model travels
 
 # gRPC rejects a retry policy with maxAttempts < 2 and silently caps it at 5.
 _MAX_ATTEMPTS = 5
@@ -53,7 +55,8 @@ def dial(
     retries: int = 4,
     timeout_s: float | None = None,
     credentials: grpc.ChannelCredentials | None = None,
-) -> grpc.Channel:
+    asynchronous: bool = False,
+) -> grpc.Channel | grpc.aio.Channel:
     """Open a channel to ``target``: TLS with ``credentials``, else plaintext (encrypted by the mesh).
 
     Args:
@@ -65,6 +68,7 @@ def dial(
             service said retrying may help (``errors.StoreUnavailable``).
         timeout_s: default deadline for every call on the channel; a per-call ``timeout=`` overrides it.
         credentials: TLS (and call) credentials, e.g. ``grpc.ssl_channel_credentials(...)``.
+        asynchronous: a ``grpc.aio`` channel (made inside the event loop that uses it).
 
     The channel connects lazily; use ``wait_ready`` to block until the server is reachable.
     """
@@ -81,9 +85,10 @@ def dial(
         # The default (2) stops keepalive pings on an idle connection after two, defeating them.
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    kind = grpc.aio if asynchronous else grpc
     if credentials is not None:
-        return grpc.secure_channel(target, credentials, options=options)
-    return grpc.insecure_channel(target, options=options)
+        return kind.secure_channel(target, credentials, options=options)
+    return kind.insecure_channel(target, options=options)
 
 
 def tls_credentials(ca_file: str = "", cert_file: str = "", key_file: str = "") -> grpc.ChannelCredentials:
@@ -171,10 +176,18 @@ def error_details(exc: BaseException) -> ErrorDetails:
     if isinstance(exc, TireError):
         fields = ((exc.field, str(exc)),) if isinstance(exc, InvalidArgument) else ()
         return ErrorDetails(exc.reason, dict(exc.metadata), fields, exc.retry_after_s)
+    if isinstance(exc, grpc.aio.AioRpcError):  # not a grpc.Call: its trailer is read as it is
+        trailer = dict(exc.trailing_metadata() or ()).get(_STATUS_TRAILER)
+        return status_details(status_pb2.Status.FromString(trailer) if trailer else None)
     try:
         status = rpc_status.from_call(exc) if isinstance(exc, grpc.Call) else None
     except ValueError:  # a trailer that contradicts the call's own code or message
         status = None
+    return status_details(status)
+
+
+def status_details(status: status_pb2.Status | None) -> ErrorDetails:
+    """What a ``google.rpc.Status``'s details say (empty details for None)."""
     details = ErrorDetails()
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

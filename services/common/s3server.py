@@ -77,6 +77,8 @@ class LocalS3(LocalServer):
         access_key, secret_key: the only accepted credentials; random when None.
         bucket: created on start; what ``settings`` and ``env`` name.
         log: file for rclone's log; None keeps it in a temporary file whose tail goes into errors.
+        allow_origin: a web origin (``http://127.0.0.1:8080``) whose pages may call the server (CORS), so
+            that the web console's uploads go straight to it; "": none.
     """
 
     def __init__(
@@ -88,7 +90,9 @@ class LocalS3(LocalServer):
         *,
         bucket: str = "tire",
         log: IO[str] | None = None,
+        allow_origin: str = "",
     ):
+        self.allow_origin = allow_origin
         self.root_dir = Path(root_dir).resolve()
         self.port = port or free_port()
         self.access_key = access_key or secrets.token_hex(10)
@@ -170,6 +174,7 @@ class LocalS3(LocalServer):
             "1s",
             # ":local:" names the backend inline, so a path with a colon is not read as a remote name.
             f":local:{self.root_dir}",
+            *(["--allow-origin", self.allow_origin] if self.allow_origin else []),
         ]
 
     def _environment(self) -> dict[str, str]:

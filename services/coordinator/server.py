@@ -72,7 +72,7 @@ from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore, Upload
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
-from services.coordinator.spec import check_uploaded, input_refs, resolve_spec
+from services.coordinator.spec import check_uploaded, input_refs, resolve_spec, spec_defaults
 from services.coordinator.stages import RetryPolicy, Stages, dial_stages, stage_tls
 from services.coordinator.watches import WATCH_POLL_S, AppendBell
 from services.coordinator.webhooks import (
@@ -202,8 +202,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         return scope(self.tokens.identify(context))
 
     def Describe(self, request, context):
-        self.tokens.identify(context)
+        caller = self.tokens.identify(context)
         answer = describe(SERVICE_NAME, "ring-schedule", "cpu", ("ring-schedule",), self.settings)
+        # Who is asking, and what an unset JobSpec field becomes: what a client shows beside its form.
+        answer.settings["caller"] = caller.principal
+        answer.settings.update(spec_defaults())
         for name in STAGE_NAMES if self.stages is not None else ():
             try:
                 info = getattr(self.stages, name).Describe(common_pb2.DescribeRequest(), timeout=5)

@@ -40,6 +40,25 @@ MAX_MEDIA_TYPE_CHARS = 255
 _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")
 
 
+def spec_defaults() -> dict[str, str]:
+    """What ``resolve_spec`` fills in for unset fields, by field path, as the coordinator's Describe
+    reports them under ``default.``; also the accepted ranges, under ``range.``."""
+    fit = resolve_fit_settings(common_pb2.FitSettings())
+    return {
+        "default.resolution": str(DEFAULT_RESOLUTION),
+        "range.resolution": f"{MIN_RESOLUTION} to {MAX_RESOLUTION}, a multiple of 8",
+        "default.orbit_step_deg": f"{DEFAULT_ORBIT_STEP_DEG:g}",
+        "range.orbit_step_deg": f"{MIN_ORBIT_STEP_DEG:g} to {MAX_ORBIT_STEP_DEG:g}, dividing 360",
+        "default.elevation_deg": "0",
+        "range.elevation_deg": f"{-MAX_ELEVATION_DEG:g} to {MAX_ELEVATION_DEG:g}",
+        "default.rings.fixed.limits_deg": ",".join(f"{limit:g}" for limit in DEFAULT_LIMITS),
+        "default.rings.adaptive.max_unobserved_fraction": f"{DEFAULT_MAX_UNOBSERVED_FRACTION:g}",
+        "default.fit.steps": str(fit.steps),
+        "default.output_formats": "the asset's own",
+        "output_formats": ",".join(WRITABLE),
+    }
+
+
 def resolve_spec(spec: coordinator_pb2.JobSpec, field: str = "spec") -> coordinator_pb2.JobSpec:
     """A checked copy of ``spec`` with every default filled in; ``spec`` itself is not changed.
 

@@ -484,3 +484,24 @@ HorizontalPodAutoscaler and PodDisruptionBudget. Takes a service context. */}}
 {{ include "tire.podDisruptionBudget" . }}
 {{- end }}
 {{- end }}
+
+{{/* The web console's address as people open it: web.publicUrl, else https://<web.ingress.host> with the
+ingress (http:// without its TLS), else http://localhost:<web.port>, as `kubectl port-forward` serves it. No
+trailing slash: MinIO's CORS compares it with the pages' Origin header, character for character. */}}
+{{- define "tire.webPublicUrl" -}}
+{{- $web := .Values.web }}
+{{- if $web.publicUrl }}{{ trimSuffix "/" $web.publicUrl }}
+{{- else if $web.ingress.enabled }}{{ ternary "https" "http" $web.ingress.tls.enabled }}://{{ $web.ingress.host }}
+{{- else }}http://localhost:{{ $web.port }}{{ end }}
+{{- end }}
+
+{{/* The store's origin as browsers reach it, where the console's pages upload through presigned URLs:
+web.storeOrigin, else s3.publicEndpoint's (its own scheme, else https with s3.secure), else empty: presigned
+URLs then name an address only the cluster reaches, and uploads go through the console. */}}
+{{- define "tire.webStoreOrigin" -}}
+{{- $public := trimSuffix "/" .Values.s3.publicEndpoint }}
+{{- if .Values.web.storeOrigin }}{{ trimSuffix "/" .Values.web.storeOrigin }}
+{{- else if contains "://" $public }}{{ $public }}
+{{- else if $public }}{{ ternary "https" "http" .Values.s3.secure }}://{{ $public }}
+{{- end }}
+{{- end }}

@@ -283,6 +283,19 @@ def test_describe_reports_every_stage(servicer):
     )
 
 
+def test_describe_says_who_asks_and_what_an_unset_field_becomes(servicer):
+    info = servicer.Describe(common_pb2.DescribeRequest(), ALICE)
+    assert info.settings["caller"] == "alice"
+    # The defaults a client shows are the ones SubmitJob fills in.
+    unset = spec(servicer, resolution=0, orbit_step_deg=0)
+    resolved = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), ALICE).job.spec
+    assert info.settings["default.resolution"] == str(resolved.resolution)
+    assert float(info.settings["default.orbit_step_deg"]) == resolved.orbit_step_deg
+    limits = [float(limit) for limit in info.settings["default.rings.fixed.limits_deg"].split(",")]
+    assert limits == list(resolved.rings.fixed.limits_deg)
+    assert info.settings["default.fit.steps"] == str(resolved.fit.steps)
+
+
 def test_uploads_and_downloads_need_a_store_that_signs_urls(servicer, store):
     request = coordinator_pb2.CreateUploadRequest(
         files=[

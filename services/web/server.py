@@ -1,0 +1,43 @@
+"""``tire-web``: the console on uvicorn, configured by ``TIRE_WEB_*`` variables (``WebSettings``).
+
+TIRE_WEB_COORDINATOR=localhost:50051 tire-web      # then open http://localhost:8080
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import uvicorn
+
+from services.common.config import from_env
+from services.common.errors import ConfigError
+from services.common.logs import configure_logging
+from services.web.app import build_app
+from services.web.settings import ENV_PREFIX, WebSettings
+
+log = logging.getLogger(__name__)
+
+
+def main() -> None:
+    try:
+        settings = from_env(WebSettings, ENV_PREFIX, os.environ)
+    except ConfigError as exc:
+        sys.exit(f"tire-web: {exc}")
+    configure_logging("web", settings.log_level)
+    log.info("serving", extra={"port": settings.port, "coordinator": settings.coordinator})
+    # uvicorn's access log would print query strings (object URIs); the app logs what matters itself.
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=5,
+        proxy_headers=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
