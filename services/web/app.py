@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import secrets
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -101,25 +102,29 @@ RETRY_S = 1.0
 def build_app(settings: WebSettings, coordinator: Coordinator | None = None) -> Starlette:
     """The console for ``settings``; ``coordinator`` is opened and closed with the app."""
     console = _Console(settings, coordinator or Coordinator(settings))
+    # (method, path, handler); a handler may raise Refused, answered by its response.
+    pages = [
+        ("GET", "/healthz", console.healthz),
+        ("GET", "/readyz", console.readyz),
+        ("GET", "/signin", console.signin_page),
+        ("POST", "/signin", console.signin),
+        ("POST", "/signout", console.signout),
+        ("GET", "/", console.home),
+        ("GET", "/jobs", console.jobs_page),
+        ("GET", "/jobs/stream", console.jobs_stream),
+        ("GET", "/jobs/new", console.new_job_page),
+        ("POST", "/api/uploads", console.create_upload),
+        ("PUT", "/api/uploads/{slot}", console.upload_content),
+        ("POST", "/api/jobs", console.submit_job),
+        ("GET", "/jobs/{job_id}", console.job_page),
+        ("GET", "/jobs/{job_id}/events", console.job_events),
+        ("GET", "/jobs/{job_id}/objects", console.job_object),
+        ("GET", "/jobs/{job_id}/export.html", console.export_comparison),
+        ("POST", "/jobs/{job_id}/cancel", console.cancel_job),
+        ("POST", "/jobs/{job_id}/delete", console.delete_job),
+    ]
     routes = [
-        Route("/healthz", console.healthz),
-        Route("/readyz", console.readyz),
-        Route("/signin", console.signin_page, methods=["GET"]),
-        Route("/signin", console.signin, methods=["POST"]),
-        Route("/signout", console.signout, methods=["POST"]),
-        Route("/", lambda request: RedirectResponse("/jobs", status_code=303)),
-        Route("/jobs", console.jobs_page),
-        Route("/jobs/stream", console.jobs_stream),
-        Route("/jobs/new", console.new_job_page),
-        Route("/api/uploads", console.create_upload, methods=["POST"]),
-        Route("/api/uploads/{slot}", console.upload_content, methods=["PUT"]),
-        Route("/api/jobs", console.submit_job, methods=["POST"]),
-        Route("/jobs/{job_id}", console.job_page),
-        Route("/jobs/{job_id}/events", console.job_events),
-        Route("/jobs/{job_id}/objects", console.job_object),
-        Route("/jobs/{job_id}/export.html", console.export_comparison),
-        Route("/jobs/{job_id}/cancel", console.cancel_job, methods=["POST"]),
-        Route("/jobs/{job_id}/delete", console.delete_job, methods=["POST"]),
+        *(Route(path, _answering_refusals(handler), methods=[method]) for method, path, handler in pages),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         Mount("/vendor", StaticFiles(directory=settings.vendor_dir, check_dir=False), name="vendor"),
     ]
@@ -135,6 +140,27 @@ def build_app(settings: WebSettings, coordinator: Coordinator | None = None) -> 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(_SecurityHeaders, policy=console.content_security_policy)
     return app
+
+
+class Refused(Exception):
+    """A request turned away before its work: ``response`` says why (sign in first, no CSRF token...)."""
+
+    def __init__(self, response: Response):
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def _answering_refusals(handler: Callable[[Request], Awaitable[Response]]) -> Callable:
+    """``handler`` with a ``Refused`` it raises answered by its response."""
+
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Refused as refused:
+            return refused.response
+
+    return route
 
 
 class _SecurityHeaders:
@@ -208,21 +234,29 @@ class _Console:
             given = (await request.form()).get(CSRF_FIELD)
         return same_token(expected, given if isinstance(given, str) else None)
 
-    async def signed_in(self, request: Request, *, api: bool = False) -> Session | Response:
-        """The request's session, or the response that sends its sender to sign in (401 for ``api``)."""
+    async def signed_in(self, request: Request, *, api: bool = False) -> Session:
+        """The request's session.
+
+        Raises:
+            Refused: no session (a page is sent to sign in; ``api`` and non-GET calls get 401), or a
+                state-changing request without the session's CSRF token (403).
+        """
         session = self.session(request)
         if session is not None:
             if request.method in ("POST", "PUT", "DELETE") and not await self.csrf_ok(request, session.csrf):
-                return _error(403, "CSRF", "the request carries no valid CSRF token; reload the page")
+                raise Refused(_error(403, "CSRF", "the request carries no valid CSRF token; reload the page"))
             return session
         if api or request.method != "GET":
-            return _error(401, "UNAUTHENTICATED", "sign in first")
-        return RedirectResponse("/signin", status_code=303)
+            raise Refused(_error(401, "UNAUTHENTICATED", "sign in first"))
+        raise Refused(RedirectResponse("/signin", status_code=303))
 
     def render(self, request: Request, name: str, context: dict, status_code: int = 200) -> HTMLResponse:
         response = self.templates.TemplateResponse(request, name, context, status_code=status_code)
         response.headers["cache-control"] = "no-store"
         return response
+
+    async def home(self, request: Request) -> Response:
+        return RedirectResponse("/jobs", status_code=303)
 
     # ----- health --------------------------------------------------------------------------------
 
@@ -278,8 +312,6 @@ class _Console:
 
     async def signout(self, request: Request) -> Response:
         session = await self.signed_in(request)
-        if isinstance(session, Response):
-            return session
         self.sessions.close(session.id)
         self.slots.pop(session.id, None)
         response = RedirectResponse("/signin", status_code=303)
@@ -290,8 +322,6 @@ class _Console:
 
     async def jobs_page(self, request: Request) -> Response:
         session = await self.signed_in(request)
-        if isinstance(session, Response):
-            return session
         state = request.query_params.get("state", "")
         if state and state not in STATES:
             return _error(400, "INVALID_ARGUMENT", f"state must be one of {sorted(STATES)}, got {state!r}")
@@ -314,8 +344,6 @@ class _Console:
     async def jobs_stream(self, request: Request) -> Response:
         """Server-sent ``job`` events (a job's summary) each time one of ``ids`` changes, until all end."""
         session = await self.signed_in(request, api=True)
-        if isinstance(session, Response):
-            return session
         ids = [job_id for job_id in request.query_params.get("ids", "").split(",") if job_id][:MAX_WATCHED]
         return _event_stream(self._progress_of(session, ids))
 
@@ -360,8 +388,6 @@ class _Console:
 
     async def _job_action(self, request: Request, method: str, message: type) -> Response:
         session = await self.signed_in(request)
-        if isinstance(session, Response):
-            return session
         job_id = request.path_params["job_id"]
         try:
             await self.coordinator.call(method, message(job_id=job_id), session.token)
@@ -375,8 +401,6 @@ class _Console:
 
     async def new_job_page(self, request: Request) -> Response:
         session = await self.signed_in(request)
-        if isinstance(session, Response):
-            return session
         try:
             info = await self.coordinator.call("Describe", common_pb2.DescribeRequest(), session.token)
         except ApiError as exc:
@@ -399,11 +423,7 @@ class _Console:
         """``{"files": [{name, size_bytes, sha256, media_type}]}`` -> ``{"uploads": [{slot, needs_upload,
         put_url}]}``; the browser PUTs each file to ``put_url``, or to ``/api/uploads/{slot}``."""
         session = await self.signed_in(request, api=True)
-        if isinstance(session, Response):
-            return session
         body = await _json_body(request)
-        if isinstance(body, Response):
-            return body
         try:
             files = [coordinator_pb2.UploadFile(**file) for file in body.get("files", [])]
         except (TypeError, ValueError) as exc:
@@ -428,8 +448,6 @@ class _Console:
         Spooled to disk past ``UPLOAD_SPOOL_BYTES`` and hashed on the way in; sent on only when its size and
         sha256 are the ones announced."""
         session = await self.signed_in(request, api=True)
-        if isinstance(session, Response):
-            return session
         found = self.slots.get(session.id, {}).get(request.path_params["slot"])
         if found is None:
             return _error(404, "NOT_FOUND", "no upload of this session has that slot; announce it first")
@@ -458,11 +476,7 @@ class _Console:
     async def submit_job(self, request: Request) -> Response:
         """``{"asset": [slot], "references": [slot], "options": {...}, "request_id"}`` -> ``{"id"}``."""
         session = await self.signed_in(request, api=True)
-        if isinstance(session, Response):
-            return session
         body = await _json_body(request)
-        if isinstance(body, Response):
-            return body
         slots = self.slots.get(session.id, {})
         refs = {}
         for part in ("asset", "references"):
@@ -493,8 +507,6 @@ class _Console:
 
     async def job_page(self, request: Request) -> Response:
         session = await self.signed_in(request)
-        if isinstance(session, Response):
-            return session
         try:
             job = await self._job(session, request.path_params["job_id"])
         except ApiError as exc:
@@ -519,8 +531,6 @@ class _Console:
     async def job_events(self, request: Request) -> Response:
         """WatchJob as server-sent ``job-event`` events (id: the sequence), then ``end``."""
         session = await self.signed_in(request, api=True)
-        if isinstance(session, Response):
-            return session
         job_id = request.path_params["job_id"]
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not after.isdigit():
@@ -555,8 +565,6 @@ class _Console:
         """The bytes of one of the job's objects (``uri``), checked against the sha256 its URI names;
         ``name`` makes it a download of that file name."""
         session = await self.signed_in(request, api=True)
-        if isinstance(session, Response):
-            return session
         uri = request.query_params.get("uri", "")
         try:
             data = await self._object(session, request.path_params["job_id"], uri)
@@ -575,8 +583,6 @@ class _Console:
 
     async def export_comparison(self, request: Request) -> Response:
         session = await self.signed_in(request)
-        if isinstance(session, Response):
-            return session
         try:
             job = await self._job(session, request.path_params["job_id"])
             if job.state != coordinator_pb2.JOB_STATE_SUCCEEDED:
@@ -771,13 +777,14 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "reason": "", "fields": []}}, status)
 
 
-async def _json_body(request: Request) -> dict | Response:
+async def _json_body(request: Request) -> dict:
+    """The request's JSON object; ``Refused`` (400) for anything else."""
     try:
         body = json.loads(await request.body())
     except ValueError:
-        return _error(400, "INVALID_ARGUMENT", "the body must be JSON")
+        raise Refused(_error(400, "INVALID_ARGUMENT", "the body must be JSON")) from None
     if not isinstance(body, dict):
-        return _error(400, "INVALID_ARGUMENT", "the body must be a JSON object")
+        raise Refused(_error(400, "INVALID_ARGUMENT", "the body must be a JSON object"))
     return body
 
 
