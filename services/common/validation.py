@@ -25,6 +25,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 MAX_URI_CHARS = 1024
 """The longest object URI any request may hold (S3 keys are at most 1024 bytes)."""
+MAX_LABEL_VALUE_CHARS = 256
+"""The longest value of a job's label (``JobSpec.labels``)."""
 
 
 def require(condition: bool, field: str, value: Any, problem: str) -> None:

@@ -22,7 +22,7 @@ from services.common.errors import InvalidArgument
 from services.common.fit_settings import resolve_fit_settings
 from services.common.formats import WRITABLE
 from services.common.store import addressed_sha256
-from services.common.validation import require
+from services.common.validation import MAX_LABEL_VALUE_CHARS, require
 from services.coordinator import schedule
 
 DEFAULT_RESOLUTION = 256
@@ -34,7 +34,6 @@ DEFAULT_LIMITS = (20.0, 90.0, 180.0)
 DEFAULT_MAX_UNOBSERVED_FRACTION = 0.35
 MAX_TIME_STEPS = 64
 MAX_LABELS = 16
-MAX_LABEL_VALUE_CHARS = 256
 MAX_MEDIA_TYPE_CHARS = 255
 
 _LABEL_KEY = re.compile(r"[a-z0-9_.-]{1,63}")

@@ -54,6 +54,8 @@ from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import IntegrityError
 from services.common.formats import FORMATS, WRITABLE
+from services.common.validation import MAX_LABEL_VALUE_CHARS
+from services.web import export
 from services.web.coordinator import ApiError, Coordinator
 from services.web.sessions import (
     CSRF_FIELD,
@@ -95,6 +97,7 @@ MAX_SLOTS = 64  # uploads a session may have announced and not yet submitted
 MAX_WATCHED = 50  # jobs whose progress one list page follows
 MAX_OBJECT_BYTES = 2 * 2**30
 UPLOAD_SPOOL_BYTES = 8 * 2**20  # an upload through the console stays in memory up to this
+FILE_LABEL = "file"  # JobSpec.labels key holding the uploaded asset's file name
 HEARTBEAT_S = 15.0
 RETRY_S = 1.0
 
@@ -598,8 +601,6 @@ class _Console:
             return JSONResponse({"error": exc.as_json()}, exc.http_status)
         except (TransferError, IntegrityError) as exc:
             return _error(502, "UNAVAILABLE", str(exc))
-        from services.web import export  # TEMP
-
         page = await run_in_threadpool(
             export.comparison_html,
             sides["before"],
@@ -633,7 +634,8 @@ def job_summary(job: coordinator_pb2.Job) -> dict:
         "rings_total": progress.rings_total,
         "queue_position": job.queue_position,
         "created_at": job.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "asset": Path(job.spec.asset.frames[0].uri).name if job.spec.asset.frames else "",
+        "asset": job.spec.labels.get(FILE_LABEL)
+        or (Path(job.spec.asset.frames[0].uri).name if job.spec.asset.frames else ""),
         "frames": len(job.spec.asset.frames),
         "error": job.error,
         "failure": json_format.MessageToDict(job.failure, preserving_proto_field_name=True),
@@ -671,6 +673,9 @@ def job_spec(
         force=bool(options.get("force")),
         output_formats=[str(name) for name in options.get("output_formats") or []],
     )
+    name = str(options.get("file_name") or "")[:MAX_LABEL_VALUE_CHARS]
+    if name:  # the asset's own name, for the job list (the store names it by its sha256)
+        spec.labels[FILE_LABEL] = name
     rings = options.get("rings", "fixed")
     if rings == "adaptive":
         spec.rings.adaptive.SetInParent()

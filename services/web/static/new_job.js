@@ -156,7 +156,7 @@ form.addEventListener("submit", async (event) => {
       json: {
         asset: slots.slice(0, assets.length),
         references: slots.slice(assets.length),
-        options: options(),
+        options: { ...options(), file_name: assets[0].name },
         request_id: crypto.randomUUID(),
       },
     });

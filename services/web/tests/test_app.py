@@ -44,6 +44,13 @@ def test_options_become_the_spec_fields():
     assert job_spec([FRAME], [REFERENCE], {"rings": "source-only"}).rings.WhichOneof("mode") == "source_only"
 
 
+def test_the_uploaded_files_name_is_kept_as_a_label():
+    spec = job_spec([FRAME], [REFERENCE], {"file_name": "monkey.ply"})
+    assert dict(spec.labels) == {"file": "monkey.ply"}
+    assert len(job_spec([FRAME], [REFERENCE], {"file_name": "a" * 999}).labels["file"]) == 256
+    assert not job_spec([FRAME], [REFERENCE], {}).labels
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [
