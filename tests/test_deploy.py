@@ -773,7 +773,7 @@ def test_web_image_installs_the_makefiles_npm_pins_into_its_vendor_folder() -> N
             image, _, tag = WEB.substitute(stage.base, {}).rpartition(":")
             assert image and tag and tag != "latest" and "/" not in tag, stage.base
     # The build checks the installed package and the vendor folder against what the pages load.
-    check = next(run for run in WEB.instructions({}, "RUN") if "IMPORT_MAP" in run)
+    check = next(run for run in WEB.instructions({}, "RUN") if "VENDOR_FILES" in run)
     assert check.startswith("cd / && python -c"), "checked where tire-web imports it from, not /app"
 
 

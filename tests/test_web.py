@@ -297,6 +297,10 @@ def test_forms_without_their_csrf_token_are_refused(browser, console):
     fresh = browser.new_context()
     answer = fresh.request.post(f"{console.url}/signin", form={"token": console.token, "csrf": "x"})
     assert answer.status == 403
+    # The console serves the viewer's package files, and nothing else of the packages.
+    assert page.request.get(f"{console.url}/vendor/three/build/three.core.js").status == 200
+    assert page.request.get(f"{console.url}/vendor/three/package.json").status == 404
+    assert page.request.get(f"{console.url}/vendor/../../pyproject.toml").status == 404
     # Every page carries the Content-Security-Policy.
     policy = page.request.get(f"{console.url}/jobs").headers["content-security-policy"]
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy

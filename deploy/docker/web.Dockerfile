@@ -40,12 +40,12 @@ ENV HOME=/tmp \
     TIRE_WEB_PORT=8080 \
     TIRE_WEB_VENDOR_DIR=/opt/web/node_modules
 # What the console serves from files, checked where `tire-web` finds it (the installed package, not the
-# source under /app, hence cd /): its templates and scripts (package data) and every module of its import
-# map (the npm packages above). A missing one would otherwise be a 500 or a blank page at run time.
-RUN cd / && python -c 'import os; from pathlib import Path; from services.web import app; \
+# source under /app, hence cd /): its templates and scripts (package data) and every file of the npm
+# packages above that its pages load. A missing one would otherwise be a 500 or a blank page at run time.
+RUN cd / && python -c 'import os; from pathlib import Path; from services.web import app, export; \
     source = Path("/app/services/web"); \
     wanted = [app.HERE / p.relative_to(source) for d in ("templates", "static") for p in (source / d).rglob("*") if p.is_file()]; \
-    wanted += [Path(os.environ["TIRE_WEB_VENDOR_DIR"], url.removeprefix("/vendor/")) for url in app.IMPORT_MAP["imports"].values()]; \
+    wanted += [Path(os.environ["TIRE_WEB_VENDOR_DIR"], path) for path in export.VENDOR_FILES]; \
     missing = [str(p) for p in wanted if not p.exists()]; \
     assert not missing, f"not in the image: {missing}"'
 USER 65532:65532

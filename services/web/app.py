@@ -40,6 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import (
+    FileResponse,
     HTMLResponse,
     JSONResponse,
     PlainTextResponse,
@@ -81,14 +82,8 @@ STATES = {
 }
 """The states a job list filters on, by the name the page uses ("running")."""
 FINAL_STATES = frozenset(("succeeded", "failed", "cancelled"))
-IMPORT_MAP = {
-    "imports": {
-        "three": "/vendor/three/build/three.module.js",
-        "three/addons/": "/vendor/three/examples/jsm/",
-        "@sparkjsdev/spark": "/vendor/@sparkjsdev/spark/dist/spark.module.min.js",
-    }
-}
-"""Where the pages' bare module names resolve (the packages ``make install`` puts in ``vendor_dir``)."""
+IMPORT_MAP = {"imports": {name: f"/vendor/{path}" for name, path in export.VENDOR_MODULES.items()}}
+"""Where the pages' bare module names resolve: the viewer's packages, as the exported page has them."""
 MEDIA_TYPES = {spec.extension: spec.media_type for spec in FORMATS.values()} | {".png": "image/png"}
 """What the new-job page declares for a dropped file, by its extension (the format is read from the
 content by the coordinator anyway)."""
@@ -129,7 +124,7 @@ def build_app(settings: WebSettings, coordinator: Coordinator | None = None) -> 
     routes = [
         *(Route(path, _answering_refusals(handler), methods=[method]) for method, path, handler in pages),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
-        Mount("/vendor", StaticFiles(directory=settings.vendor_dir, check_dir=False), name="vendor"),
+        Route("/vendor/{path:path}", console.vendor_file),
     ]
 
     @contextlib.asynccontextmanager
@@ -257,6 +252,16 @@ class _Console:
         response = self.templates.TemplateResponse(request, name, context, status_code=status_code)
         response.headers["cache-control"] = "no-store"
         return response
+
+    async def vendor_file(self, request: Request) -> Response:
+        """One of the viewer's package files (``export.VENDOR_FILES``), from ``vendor_dir``."""
+        path = request.path_params["path"]
+        if path not in export.VENDOR_FILES:
+            return PlainTextResponse("not found", 404)
+        headers = {"cache-control": "public, max-age=86400"}
+        return FileResponse(
+            Path(self.settings.vendor_dir) / path, media_type="text/javascript", headers=headers
+        )
 
     async def home(self, request: Request) -> Response:
         return RedirectResponse("/jobs", status_code=303)
