@@ -237,6 +237,33 @@ def test_the_job_list_follows_a_running_job_live(browser, console):
     context.close()
 
 
+def test_a_4d_job_compares_time_step_by_time_step(browser, console):
+    folder = ROOT / "samples" / "blob4d"
+    context, page = signed_in(browser, console)
+    page.goto(f"{console.url}/jobs/new")
+    page.set_input_files("#asset", sorted(str(path) for path in folder.glob("*.ply")))
+    page.set_input_files("#reference", sorted(str(path) for path in folder.glob("*.png")))
+    for name, value in SMALL.items():
+        page.fill(f"input[name={name}]", value)
+    page.click("#submit")
+    page.wait_for_url(re.compile(r".*/jobs/job-[0-9a-f]+$"), timeout=60_000)
+    page.wait_for_selector("#state:has-text('succeeded')", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_selector("#compare[data-ready='1']", timeout=120_000)
+    assert page.locator("#compare button:has-text('Play')").count() == 1
+    slider = page.locator("#compare input[type=range]")
+    assert slider.get_attribute("max") == "3"  # four time steps
+    first = canvas_pixels(page.locator("#compare canvas").nth(1))
+    page.evaluate("window.tireComparison.setTime(3)")
+    page.wait_for_selector("#compare[data-time='3']")
+    page.wait_for_timeout(1500)
+    assert np.abs(canvas_pixels(page.locator("#compare canvas").nth(1)).astype(int) - first).mean() > 0.5
+    shot(page, "job-4d")
+    # The report says what the repair did to the colour across time, input against output.
+    assert "colour change between time steps, output (mean ΔE)" in page.inner_text("table.figures")
+    assert page.locator("table.downloads a", has_text="repaired_03.ply").count() == 1
+    context.close()
+
+
 def test_uploads_go_through_the_console_when_the_store_is_out_of_reach(browser, console, tmp_path):
     reference = unseen_reference(tmp_path)
     context, page = signed_in(browser, console)
