@@ -177,7 +177,7 @@ s3: $(INSTALLED)
 renderer tracker inpainter refiner reconstructor coordinator: $(INSTALLED)
 	$(VENV)/bin/tire-$@
 
-## up: the local stack (S3 server, five stages, coordinator on :50051) until Ctrl-C
+## up: the local stack (S3 server, five stages, coordinator on :50051, web console on :8080) until Ctrl-C
 up: $(INSTALLED)
 	$(VENV)/bin/tire up
 

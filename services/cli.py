@@ -66,7 +66,7 @@ from services.common.formats import (
 )
 from services.common.registry import BASE_PORT, COORDINATOR
 from services.common.store import MemoryStore
-from services.stack import TRITON_REPOSITORY, LocalStack, local_ports, local_stack
+from services.stack import TRITON_REPOSITORY, WEB, LocalStack, local_ports, local_stack
 from services.web.settings import DEFAULT_PORT as DEFAULT_WEB_PORT
 
 DEFAULT_COORDINATOR = COORDINATOR.local_target
@@ -328,7 +328,8 @@ def stack_up(args: argparse.Namespace) -> int:
                 repository = f"s3://{s3.bucket}/{TRITON_REPOSITORY}"
                 print(f"  {'triton':<14} {stack.triton_url}   repository {repository}")
             if stack.web_url:
-                print(f"  {'web console':<14} {stack.web_url}   (sign in with the token below)")
+                metrics = stack.environments[WEB]["TIRE_WEB_METRICS_PORT"]
+                print(f"  {'web console':<14} {stack.web_url}   metrics http://127.0.0.1:{metrics}/metrics")
             print(
                 f"\nSubmit with: tire submit ASSET REFERENCE --coordinator 127.0.0.1:{ports['coordinator']}"
             )
@@ -339,7 +340,7 @@ def stack_up(args: argparse.Namespace) -> int:
             )
             here = stack.token_file.resolve() == LOCAL_TOKEN_FILE.resolve()
             found = "tire finds it from this folder" if here else f"export TIRE_TOKEN_FILE={stack.token_file}"
-            print(f"Principal 'local': its token is in {stack.token_file} ({found})")
+            print(f"Principal 'local': its token is in {stack.token_file} ({found}); the console's too")
             print("Ctrl-C stops everything.", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
             keep_running(stack)

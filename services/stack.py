@@ -223,6 +223,7 @@ def local_stack(
                 environments[WEB] = {
                     **os.environ,
                     "TIRE_WEB_PORT": str(web_port),
+                    "TIRE_WEB_METRICS_PORT": str(web_port + 1000 if metrics else -1),
                     "TIRE_WEB_HOST": "127.0.0.1",
                     "TIRE_WEB_COORDINATOR": targets[COORDINATOR.name],
                     "TIRE_WEB_PUBLIC_URL": web_url,

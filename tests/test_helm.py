@@ -1146,12 +1146,19 @@ def test_the_web_dials_a_plaintext_coordinator_without_a_ca_and_refuses_mutual_t
 def test_the_web_accepts_http_from_web_network_policy_from_and_reaches_the_store():
     objects = render()
     labels = objects[("Deployment", "tire-web")]["spec"]["template"]["metadata"]["labels"]
-    (rule,) = objects[("NetworkPolicy", "tire-web")]["spec"]["ingress"]
+    rule, metrics = objects[("NetworkPolicy", "tire-web")]["spec"]["ingress"]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in rule
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]  # scraped like every service
+    (port,) = [
+        p
+        for p in objects[("Deployment", "tire-web")]["spec"]["template"]["spec"]["containers"][0]["ports"]
+        if p["name"] == "metrics"
+    ]
+    assert web_settings(objects).metrics_port == port["containerPort"]
     # MinIO admits the release's pods, the console among them (it fetches what its pages show).
     minio = objects[("NetworkPolicy", "tire-minio")]["spec"]["ingress"][0]["from"][0]["podSelector"]
     assert minio["matchLabels"].items() <= labels.items()
-    (rule,) = render(scenario=WEB_SCENARIO)[("NetworkPolicy", "tire-web")]["spec"]["ingress"]
+    rule, _ = render(scenario=WEB_SCENARIO)[("NetworkPolicy", "tire-web")]["spec"]["ingress"]
     assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {
         "kubernetes.io/metadata.name": "ingress-nginx"
     }

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.coordinator.auth import new_token, token_entry
 from services.testing.browser import chromium
@@ -34,6 +36,8 @@ class Console:
     token: str
     other_token: str  # a second principal's
     store_origin: str
+    metrics_url: str
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +45,12 @@ def console(tmp_path_factory, tire_up):
     """`tire up` with its web console; a second principal added to the coordinator's tokens file."""
     state = tmp_path_factory.mktemp("console")
     with tire_up(state) as (_, _, printed):
-        url = re.search(r"web console\s+(http://\S+)", printed).group(1)
+        url, metrics = re.search(r"web console\s+(http://\S+)\s+metrics (http://\S+)", printed).groups()
         store = re.search(r"The store: endpoint (http://\S+),", printed).group(1)
         other = new_token()
         tokens = state / "tokens"
         tokens.write_text(tokens.read_text() + token_entry(other, "other") + "\n")
-        yield Console(url, (state / "token").read_text().strip(), other, store)
+        yield Console(url, (state / "token").read_text().strip(), other, store, metrics, state / "web.log")
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +337,26 @@ def test_forms_without_their_csrf_token_are_refused(browser, console):
     assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
     fresh.close()
     context.close()
+
+
+def test_requests_are_counted_and_logged_by_route_without_ids_or_tokens(browser, console):
+    context, page = signed_in(browser, console)
+    job_id = "job-5ca1ab1e0000"
+    assert page.goto(f"{console.url}/jobs/{job_id}").status == 404
+    context.close()
+    with urllib.request.urlopen(console.metrics_url, timeout=10) as response:
+        families = {
+            family.name: family for family in text_string_to_metric_families(response.read().decode())
+        }
+    requests = {
+        (sample.labels["method"], sample.labels["route"], sample.labels["code"]): sample.value
+        for sample in families["tire_web_requests"].samples
+        if sample.name == "tire_web_requests_total"
+    }
+    assert requests[("GET", "/jobs/{job_id}", "404")] >= 1
+    assert requests[("POST", "/signin", "303")] >= 1
+    assert not any(job_id in route for _, route, _ in requests)  # templates, not paths
+    assert families["tire_web_sessions"].samples[0].value >= 1
+    log = console.log.read_text()
+    assert '"route": "/jobs/{job_id}"' in log
+    assert console.token not in log and console.other_token not in log and job_id not in log

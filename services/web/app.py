@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from google.protobuf import json_format
+from prometheus_client import CollectorRegistry, Gauge
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
@@ -58,6 +59,7 @@ from services.common.formats import FORMATS, WRITABLE
 from services.common.validation import MAX_LABEL_VALUE_CHARS
 from services.web import export
 from services.web.coordinator import ApiError, Coordinator
+from services.web.metrics import ConsoleMetrics, RequestRecorder
 from services.web.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
@@ -97,9 +99,14 @@ HEARTBEAT_S = 15.0
 RETRY_S = 1.0
 
 
-def build_app(settings: WebSettings, coordinator: Coordinator | None = None) -> Starlette:
-    """The console for ``settings``; ``coordinator`` is opened and closed with the app."""
-    console = _Console(settings, coordinator or Coordinator(settings))
+def build_app(
+    settings: WebSettings, coordinator: Coordinator | None = None, registry: CollectorRegistry | None = None
+) -> Starlette:
+    """The console for ``settings``; ``coordinator`` is opened and closed with the app; its metrics go
+    into ``registry`` (a fresh one when None)."""
+    sessions = SessionBook(settings.session_ttl_s, settings.max_sessions)
+    metrics = ConsoleMetrics(registry or CollectorRegistry(), sessions.__len__)
+    console = _Console(settings, coordinator or Coordinator(settings), sessions, metrics.streams)
     # (method, path, handler); a handler may raise Refused, answered by its response.
     pages = [
         ("GET", "/healthz", console.healthz),
@@ -137,6 +144,7 @@ def build_app(settings: WebSettings, coordinator: Coordinator | None = None) -> 
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(_SecurityHeaders, policy=console.content_security_policy)
+    app.add_middleware(RequestRecorder, metrics=metrics)
     return app
 
 
@@ -191,10 +199,13 @@ class _SecurityHeaders:
 class _Console:
     """The routes' shared state: settings, sessions, the coordinator, templates, announced uploads."""
 
-    def __init__(self, settings: WebSettings, coordinator: Coordinator):
+    def __init__(
+        self, settings: WebSettings, coordinator: Coordinator, sessions: SessionBook, streams: Gauge
+    ):
         self.settings = settings
         self.coordinator = coordinator
-        self.sessions = SessionBook(settings.session_ttl_s, settings.max_sessions)
+        self.sessions = sessions
+        self.streams = streams  # open event streams, a metric
         self.templates = Jinja2Templates(directory=HERE / "templates")
         import_map = json.dumps(IMPORT_MAP, indent=2)
         self.templates.env.globals["import_map"] = import_map
@@ -353,7 +364,7 @@ class _Console:
         """Server-sent ``job`` events (a job's summary) each time one of ``ids`` changes, until all end."""
         session = await self.signed_in(request, api=True)
         ids = [job_id for job_id in request.query_params.get("ids", "").split(",") if job_id][:MAX_WATCHED]
-        return _event_stream(self._progress_of(session, ids))
+        return _event_stream(self._progress_of(session, ids), self.streams)
 
     async def _progress_of(self, session: Session, ids: list[str]) -> AsyncIterator[str]:
         changed: asyncio.Queue[str | None] = asyncio.Queue()
@@ -560,7 +571,7 @@ class _Console:
                         return
                     await asyncio.sleep(RETRY_S)
 
-        return _event_stream(events())
+        return _event_stream(events(), self.streams)
 
     async def _object(self, session: Session, job_id: str, uri: str) -> bytes:
         request = coordinator_pb2.CreateDownloadRequest(job_id=job_id, uris=[uri])
@@ -807,13 +818,14 @@ def _sse(event: str, data: str, event_id: str = "") -> str:
     return f"{head}event: {event}\ndata: {data}\n\n"
 
 
-def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
+def _event_stream(events: AsyncIterator[str], open_streams: Gauge) -> StreamingResponse:
     """``events`` as ``text/event-stream``, with a comment every ``HEARTBEAT_S`` so that proxies keep
-    the connection open."""
+    the connection open; ``open_streams`` counts it while it is open."""
 
     async def with_heartbeats() -> AsyncIterator[str]:
         iterator = events.__aiter__()
         pending = asyncio.ensure_future(iterator.__anext__())
+        open_streams.inc()
         try:
             while True:
                 done, _ = await asyncio.wait({pending}, timeout=HEARTBEAT_S)
@@ -826,6 +838,7 @@ def _event_stream(events: AsyncIterator[str]) -> StreamingResponse:
                     return
                 pending = asyncio.ensure_future(iterator.__anext__())
         finally:
+            open_streams.dec()
             pending.cancel()
             with contextlib.suppress(Exception):
                 await iterator.aclose()

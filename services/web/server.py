@@ -10,6 +10,10 @@ import os
 import sys
 
 import uvicorn
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from services.common.config import from_env
 from services.common.errors import ConfigError
@@ -26,10 +30,20 @@ def main() -> None:
     except ConfigError as exc:
         sys.exit(f"tire-web: {exc}")
     configure_logging("web", settings.log_level)
-    log.info("serving", extra={"port": settings.port, "coordinator": settings.coordinator})
+    registry = CollectorRegistry()
+    for collector in (ProcessCollector, GCCollector, PlatformCollector):
+        collector(registry=registry)
+    if settings.metrics_port >= 0:
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    fields = {
+        "port": settings.port,
+        "metrics_port": settings.metrics_port,
+        "coordinator": settings.coordinator,
+    }
+    log.info("serving", extra=fields)
     # uvicorn's access log would print query strings (object URIs); the app logs what matters itself.
     uvicorn.run(
-        build_app(settings),
+        build_app(settings, registry=registry),
         host=settings.host,
         port=settings.port,
         access_log=False,

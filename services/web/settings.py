@@ -24,6 +24,8 @@ class WebSettings:
 
     Attributes:
         host, port: where it listens (HTTP; TLS is the ingress's job).
+        metrics_port: Prometheus metrics on their own port (``services.web.metrics``); 0: any free port,
+            -1: none.
         coordinator: the coordinator's gRPC target; every call carries the signed-in person's token.
         coordinator_ca_file: PEM CA of the coordinator's TLS certificate ("": the system's roots).
         coordinator_plaintext: no TLS to the coordinator (compose's private network); a coordinator on
@@ -45,6 +47,7 @@ class WebSettings:
 
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
+    metrics_port: int = 9090
     coordinator: str = COORDINATOR.local_target
     coordinator_ca_file: str = ""
     coordinator_plaintext: bool = False
@@ -60,6 +63,7 @@ class WebSettings:
     def __post_init__(self) -> None:
         for name, ok in (
             ("port", 0 <= self.port <= 65535),
+            ("metrics_port", -1 <= self.metrics_port <= 65535),
             ("coordinator", bool(self.coordinator.strip())),
             ("public_url", not self.public_url or _ORIGIN.fullmatch(self.public_url.rstrip("/")) is not None),
             ("store_origin", not self.store_origin or _ORIGIN.fullmatch(self.store_origin) is not None),
