@@ -30,7 +30,6 @@ import mimetypes
 import secrets
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -197,7 +196,7 @@ class _SecurityHeaders:
 
 
 class _Console:
-    """The routes' shared state: settings, sessions, the coordinator, templates, announced uploads."""
+    """The routes' shared state: settings, sessions, the coordinator, templates."""
 
     def __init__(
         self, settings: WebSettings, coordinator: Coordinator, sessions: SessionBook, streams: Gauge
@@ -226,9 +225,6 @@ class _Console:
                 "base-uri 'none'",
             )
         )
-        # Per session, the uploads it announced: slot -> (the store's reference, its presigned PUT URL).
-        # The browser names slots, never URIs or URLs, so the console PUTs only where the API said.
-        self.slots: dict[str, OrderedDict[str, tuple[common_pb2.ObjectRef, str]]] = {}
 
     # ----- sessions and CSRF -----------------------------------------------------------------------
 
@@ -332,7 +328,6 @@ class _Console:
     async def signout(self, request: Request) -> Response:
         session = await self.signed_in(request)
         self.sessions.close(session.id)
-        self.slots.pop(session.id, None)
         response = RedirectResponse("/signin", status_code=303)
         response.delete_cookie(SESSION_COOKIE)
         return response
@@ -452,7 +447,7 @@ class _Console:
             answer = await self.coordinator.call("CreateUpload", request_message, session.token)
         except ApiError as exc:
             return JSONResponse({"error": exc.as_json()}, exc.http_status)
-        slots = self.slots.setdefault(session.id, OrderedDict())
+        slots = session.uploads
         uploads = []
         for item in answer.uploads:
             slot = secrets.token_urlsafe(16)
@@ -467,7 +462,7 @@ class _Console:
         Spooled to disk past ``UPLOAD_SPOOL_BYTES`` and hashed on the way in; sent on only when its size and
         sha256 are the ones announced."""
         session = await self.signed_in(request, api=True)
-        found = self.slots.get(session.id, {}).get(request.path_params["slot"])
+        found = session.uploads.get(request.path_params["slot"])
         if found is None:
             return _error(404, "NOT_FOUND", "no upload of this session has that slot; announce it first")
         ref, put_url = found
@@ -496,7 +491,7 @@ class _Console:
         """``{"asset": [slot], "references": [slot], "options": {...}, "request_id"}`` -> ``{"id"}``."""
         session = await self.signed_in(request, api=True)
         body = await _json_body(request)
-        slots = self.slots.get(session.id, {})
+        slots = session.uploads
         refs = {}
         for part in ("asset", "references"):
             names = body.get(part)

@@ -17,7 +17,9 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tire.v1 import common_pb2
 
 SESSION_COOKIE = "tire_session"
 SIGNIN_COOKIE = "tire_signin"
@@ -36,6 +38,9 @@ class Session:
         principal: who the coordinator says they are (shown on the page).
         csrf: the token every state-changing request of this session must carry.
         expires_at: ``time.monotonic()`` deadline.
+        uploads: the uploads it announced and has not submitted yet, oldest first: slot -> (the store's
+            reference, its presigned PUT URL). The browser names slots, never URIs or URLs, so the
+            console PUTs only where the API said and submits only what this session uploaded.
     """
 
     id: str
@@ -43,6 +48,7 @@ class Session:
     principal: str
     csrf: str
     expires_at: float
+    uploads: OrderedDict[str, tuple[common_pb2.ObjectRef, str]] = field(default_factory=OrderedDict)
 
     def __repr__(self) -> str:  # never print the token
         return f"Session(principal={self.principal!r})"
