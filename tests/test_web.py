@@ -173,7 +173,7 @@ def test_the_monkey_repaired_from_the_browser(browser, console, tmp_path):
     difference = {}
     for azimuth in ("0", "180"):
         page.locator(f"#compare button[data-azimuth='{azimuth}']").click()
-        page.wait_for_timeout(1500)
+        page.evaluate("() => window.tireComparison.settled()")  # sorted and drawn at the new camera
         before, after = canvas_pixels(canvases.nth(0)), canvas_pixels(canvases.nth(1))
         for side in (before, after):
             assert (np.abs(side.astype(int) - side[0, 0]).sum(axis=2) > 30).mean() > 0.05, "blank canvas"
@@ -259,7 +259,7 @@ def test_a_4d_job_compares_time_step_by_time_step(browser, console):
     first = canvas_pixels(page.locator("#compare canvas").nth(1))
     page.evaluate("window.tireComparison.setTime(3)")
     page.wait_for_selector("#compare[data-time='3']")
-    page.wait_for_timeout(1500)
+    page.evaluate("() => window.tireComparison.settled()")
     assert np.abs(canvas_pixels(page.locator("#compare canvas").nth(1)).astype(int) - first).mean() > 0.5
     shot(page, "job-4d")
     # The report says what the repair did to the colour across time, input against output.
