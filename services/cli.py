@@ -317,8 +317,8 @@ def stack_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         web_port = None if args.web_port < 0 else args.web_port
-        stack_up = local_stack(state, ports, timeout_s=args.timeout, triton=args.triton, web_port=web_port)
-        with stack_up as stack:
+        starting = local_stack(state, ports, timeout_s=args.timeout, triton=args.triton, web_port=web_port)
+        with starting as stack:
             s3 = stack.s3
             print("The local stack is up:")
             for name, port in ports.items():

@@ -21,6 +21,7 @@ from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -34,9 +35,11 @@ __all__ = [
     "LOCAL_TOKEN_FILE",
     "Credentials",
     "ErrorDetails",
+    "OutputFile",
     "coordinator_stub",
     "download",
     "error_details",
+    "output_files",
     "remote_events",
     "save_outputs",
     "upload",
@@ -208,8 +211,53 @@ def download(stub, job: coordinator_pb2.Job, out: Path) -> list[Path]:
     return save_outputs(job, Presigned(), out)  # type: ignore[arg-type]
 
 
+class OutputFile(NamedTuple):
+    """One file of a finished job's outputs: its name in an output folder, its object, and what the job
+    recorded of it (sha256 "" and size 0 for the ring previews, whose URIs name their sha256)."""
+
+    name: str
+    uri: str
+    sha256: str = ""
+    size_bytes: int = 0
+
+
+def output_files(job: coordinator_pb2.Job, previews: bool = True) -> list[OutputFile]:
+    """A finished job's output files, by the names ``save_outputs`` writes them under: the repaired
+    asset in each format (``repaired.ply``, ``repaired.spz``...; ``repaired_TT.<ext>`` per time step of a
+    4D job), the contact sheet, change map, turntable and report, then, with ``previews``, each ring's
+    mask overlays and inpainted views under ``rings/``."""
+    outputs = job.outputs
+    frames = outputs.repaired.frames
+    files = []
+
+    def repaired(refs, extension: str) -> None:
+        for t, ref in enumerate(refs):
+            name = f"repaired{extension}" if len(frames) == 1 else f"repaired_{t:02d}{extension}"
+            files.append(OutputFile(name, ref.uri, ref.sha256, ref.size_bytes))
+
+    repaired(frames, ".ply")
+    for asset in outputs.repaired_formats:
+        if asset.format != "ply" and asset.format in FORMATS:  # the .ply is listed above
+            repaired(asset.asset.frames, FORMATS[asset.format].extension)
+    for name, ref in (
+        ("contact_sheet.png", outputs.contact_sheet),
+        ("change_map.png", outputs.change_map),
+        ("turntable.gif", outputs.turntable),
+        ("report.json", outputs.report),
+    ):
+        files.append(OutputFile(name, ref.uri, ref.sha256, ref.size_bytes))
+    for ring in outputs.rings if previews else ():
+        prefix = f"rings/t{ring.time_step}_ring{ring.ring}" if len(frames) > 1 else f"rings/ring{ring.ring}"
+        for azimuth, overlay, inpainted in zip(
+            ring.target_azimuths_deg, ring.unobserved.preview_uris, ring.inpainted.preview_uris, strict=True
+        ):
+            files.append(OutputFile(f"{prefix}_az{round(azimuth):03d}_mask.png", overlay))
+            files.append(OutputFile(f"{prefix}_az{round(azimuth):03d}_inpainted.png", inpainted))
+    return files
+
+
 def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[Path]:
-    """Write a finished job's outputs under ``out``; return the paths written.
+    """Write a finished job's outputs (``output_files``) under ``out``; return the paths written.
 
     Every output is content-addressed: bytes that do not hash to the sha256 its reference (or its URI)
     names are not written.
@@ -219,46 +267,21 @@ def save_outputs(job: coordinator_pb2.Job, store: BlobStore, out: Path) -> list[
             URI names no sha256 to check them against.
     """
     out.mkdir(parents=True, exist_ok=True)
-    outputs = job.outputs
     written = []
-
-    def save(name: str, uri: str, sha256: str = "") -> None:
-        data = store.get_bytes(uri)
-        expected = sha256 or addressed_sha256(uri)
+    for file in output_files(job):
+        data = store.get_bytes(file.uri)
+        expected = file.sha256 or addressed_sha256(file.uri)
         if expected is None:
-            raise IntegrityError(f"{name}: {uri} names no sha256 to check its bytes against; not saved")
+            raise IntegrityError(
+                f"{file.name}: {file.uri} names no sha256 to check its bytes against; not saved"
+            )
         if content_sha256(data) != expected:
             raise IntegrityError(
-                f"{name}: the bytes at {uri} hash to {content_sha256(data)}, not {expected} as the job "
-                "wrote them (replaced in the store?); not saved"
+                f"{file.name}: the bytes at {file.uri} hash to {content_sha256(data)}, not {expected} as the "
+                "job wrote them (replaced in the store?); not saved"
             )
-        path = out / name
+        path = out / file.name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         written.append(path)
-
-    frames = outputs.repaired.frames
-    for t, ref in enumerate(frames):
-        save("repaired.ply" if len(frames) == 1 else f"repaired_{t:02d}.ply", ref.uri, ref.sha256)
-    for repaired in outputs.repaired_formats:
-        if repaired.format == "ply" or repaired.format not in FORMATS:  # the .ply is saved above
-            continue
-        extension = FORMATS[repaired.format].extension
-        for t, ref in enumerate(repaired.asset.frames):
-            name = f"repaired{extension}" if len(frames) == 1 else f"repaired_{t:02d}{extension}"
-            save(name, ref.uri, ref.sha256)
-    for name, ref in (
-        ("contact_sheet.png", outputs.contact_sheet),
-        ("change_map.png", outputs.change_map),
-        ("turntable.gif", outputs.turntable),
-        ("report.json", outputs.report),
-    ):
-        save(name, ref.uri, ref.sha256)
-    for ring in outputs.rings:
-        prefix = f"rings/t{ring.time_step}_ring{ring.ring}" if len(frames) > 1 else f"rings/ring{ring.ring}"
-        for azimuth, overlay, inpainted in zip(
-            ring.target_azimuths_deg, ring.unobserved.preview_uris, ring.inpainted.preview_uris, strict=True
-        ):
-            save(f"{prefix}_az{round(azimuth):03d}_mask.png", overlay)
-            save(f"{prefix}_az{round(azimuth):03d}_inpainted.png", inpainted)
     return written

@@ -53,6 +53,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from tire.v1 import common_pb2, coordinator_pb2
 
+from services.client import output_files
 from services.common.errors import IntegrityError
 from services.common.formats import FORMATS, WRITABLE
 from services.common.validation import MAX_LABEL_VALUE_CHARS
@@ -382,14 +383,16 @@ class _Console:
         try:
             open_watches = len(tasks)
             while open_watches:
-                job_id = await changed.get()
-                if job_id is None:
-                    open_watches -= 1
-                    continue
-                with contextlib.suppress(ApiError):
-                    request = coordinator_pb2.GetJobRequest(job_id=job_id)
-                    job = (await self.coordinator.call("GetJob", request, session.token)).job
-                    yield _sse("job", json.dumps(job_summary(job)))
+                # Every change queued by now, each job once: a burst of events costs one GetJob a job.
+                woken = [await changed.get()]
+                while not changed.empty():
+                    woken.append(changed.get_nowait())
+                open_watches -= woken.count(None)
+                for job_id in dict.fromkeys(job_id for job_id in woken if job_id is not None):
+                    with contextlib.suppress(ApiError):
+                        request = coordinator_pb2.GetJobRequest(job_id=job_id)
+                        job = (await self.coordinator.call("GetJob", request, session.token)).job
+                        yield _sse("job", json.dumps(job_summary(job)))
         finally:
             for task in tasks:
                 task.cancel()
@@ -729,26 +732,9 @@ def comparison_options(job: coordinator_pb2.Job) -> dict:
 
 
 def downloads(job: coordinator_pb2.Job) -> list[dict]:
-    """Each output file: its name, object URI and sha256."""
-    outputs = job.outputs
-    files = []
-    many = len(outputs.repaired.frames) > 1
-    for repaired in outputs.repaired_formats or [
-        coordinator_pb2.RepairedAsset(format="ply", asset=outputs.repaired)
-    ]:
-        extension = FORMATS[repaired.format].extension if repaired.format in FORMATS else ""
-        for t, ref in enumerate(repaired.asset.frames):
-            name = f"repaired_{t:02d}{extension}" if many else f"repaired{extension}"
-            files.append({"name": name, "uri": ref.uri, "sha256": ref.sha256, "size_bytes": ref.size_bytes})
-    for name, ref in (
-        ("report.json", outputs.report),
-        ("contact_sheet.png", outputs.contact_sheet),
-        ("change_map.png", outputs.change_map),
-        ("turntable.gif", outputs.turntable),
-    ):
-        if ref.uri:
-            files.append({"name": name, "uri": ref.uri, "sha256": ref.sha256, "size_bytes": ref.size_bytes})
-    return files
+    """Each output file a person downloads (``services.client.output_files``, without the ring previews
+    the page shows anyway): its name, object URI, sha256 and size."""
+    return [file._asdict() for file in output_files(job, previews=False) if file.uri]
 
 
 def report_figures(report: dict) -> list[tuple[str, str]]:
