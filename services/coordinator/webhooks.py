@@ -211,10 +211,14 @@ class WebhookDispatcher:
 
     def close(self) -> None:
         """Stop: queued notifications are dropped, a retry that waits ends (the next coordinator sends
-        the final ones that were owed: ``resume_deliveries``)."""
+        the final ones that were owed: ``resume_deliveries``). A post in flight is waited for, up to its
+        timeout, so that its attempt is recorded with when it would have been retried."""
         self._closed.set()
         for _ in self._workers:
             self._ready.put(None)
+        deadline = time.monotonic() + self.timeout_s + 1.0
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while (job_id := self._ready.get()) is not None:
