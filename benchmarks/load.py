@@ -36,6 +36,7 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 from benchmarks.timing import cpu_name
 from services.common.errors import FailedPrecondition
+from services.coordinator.stages import RetryPolicy
 
 ROOT = Path(__file__).parents[1]
 SAMPLES = ROOT / "samples"
@@ -60,7 +61,9 @@ class FixedLatencyRunner:
     def __init__(self, jobs, steps: int, step_s: float):
         self.jobs, self.steps, self.step_s = jobs, steps, step_s
 
-    def run(self, job_id: str) -> coordinator_pb2.Job:
+    retry = RetryPolicy()
+
+    def run(self, job_id: str, holds_lease=None) -> coordinator_pb2.Job:
         try:
             self.jobs.set_state(job_id, coordinator_pb2.JOB_STATE_RUNNING)
         except FailedPrecondition:  # cancelled (or ended) while it waited in the queue
@@ -127,7 +130,7 @@ def serve(state_dir: Path, steps: int, step_s: float, tokens: dict[str, str]) ->
         asynchronous=True,
     )
     running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
-    queue.start([])
+    queue.start()
     ready = {"port": running.port, "pid": os.getpid(), "inputs": inputs}
     (state_dir / "ready.json.partial").write_text(json.dumps(ready))
     (state_dir / "ready.json.partial").replace(state_dir / "ready.json")

@@ -191,11 +191,25 @@ class StoreUnavailable(Unavailable):
     reason = "STORE_UNAVAILABLE"
 
 
+class DatabaseUnavailable(Unavailable):
+    """The coordinator's job database could not be reached, or gave up a transaction (a deadlock, a
+    restart); retrying may help."""
+
+    reason = "DATABASE_UNAVAILABLE"
+
+
 class JobCancelled(TireError):
     """CancelJob was called: the job stops before its next step."""
 
     grpc_code = grpc.StatusCode.CANCELLED
     reason = "JOB_CANCELLED"
+
+
+class LeaseLost(JobCancelled):
+    """Another coordinator replica holds the job's lease now (this one could not renew it in time): this
+    one stops before the job's next step and leaves the job to it."""
+
+    reason = "LEASE_LOST"
 
 
 class CallerGone(TireError):

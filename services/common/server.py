@@ -429,6 +429,7 @@ def serve(
     *,
     ready: Callable[[], None] | None = None,
     available: Callable[[], bool] | None = None,
+    shutdown: Callable[[], None] | None = None,
 ) -> None:
     """Run a service until SIGTERM or SIGINT; call from the main thread (signal handlers live there).
 
@@ -438,7 +439,8 @@ def serve(
     the server is stopped and the exception propagates, so the process exits non-zero.
 
     ``available``, when given, is asked every ``AVAILABILITY_CHECK_S`` after warm-up (a model served
-    elsewhere, by Triton, can go away and come back): health follows its answer.
+    elsewhere, by Triton, can go away and come back): health follows its answer. ``shutdown``, when
+    given, runs first when the service stops (the coordinator hands its job leases back).
     """
     specs = (specs,) if isinstance(specs, ServiceSpec) else tuple(specs)
     configure_logging(specs[0].name, settings.log_level)
@@ -456,6 +458,11 @@ def serve(
     except _Shutdown as exc:
         log.info("received %s", exc.signame, extra={"signal": exc.signame})
     finally:
+        if shutdown is not None:
+            try:
+                shutdown()
+            except Exception:
+                log.exception("shutdown step failed")
         running.stop(settings.grace_s)
 
 
@@ -572,6 +579,7 @@ def run_service(
         server_settings,
         ready=lambda: warm_up(servicer),
         available=getattr(getattr(servicer, "backend", None), "ready", None),
+        shutdown=getattr(servicer, "shutdown", None),
     )
 
 

@@ -1,119 +1,186 @@
-"""The coordinator's workers: threads that take queued jobs, round-robin across their owners, and run
-each to its end.
+"""A coordinator replica's workers: threads that claim jobs from the job store, each under a lease, and
+run them to their end.
 
-    queue = JobQueue(runner, workers=2)
-    queue.start(resume=[(job_id, owner), ...])   # jobs the last run left unfinished go first
-    queue.put(job_id, owner)                     # SubmitJob
-    queue.position(job_id)                       # how many queued jobs start before it
+    queue = JobQueue(runner, workers=2, holder="coordinator-7f9c", lease_s=30)
+    queue.start()          # claim and run; renew this replica's leases every lease_s / 3
+    queue.position(job_id) # how many waiting jobs are claimed before it
+    queue.stop(grace_s=10) # shutting down: stop at the next step, hand every lease back
 
-A job runs on one worker at a time, and at most ``workers`` jobs run at once; its stage calls fan out
-inside the runner (``JobRunner.max_parallel_calls``). The next job is the oldest of the next owner in
-turn, so one owner's thousand jobs do not hold back another's one. A job the runner hands back
-unfinished (waiting for the store or a stage) is queued again after ``JobRunner.retry_in_s``, at the
-head of its owner's line, without holding a worker meanwhile.
+The job store is the queue, shared by every replica on the database: a worker claims the next job
+(``JobStore.claim``: owners in turn, each in submission order), runs it, and hands its lease back; a
+job the runner returns unfinished (waiting for the store or a stage) is handed back to be claimed again
+after ``JobRunner.retry_in_s``, by any replica, without holding a worker meanwhile. A heartbeat renews
+the leases of the jobs running here; a lease it could not renew (this replica was cut off from the
+database past ``lease_s``, and another claimed the job) is lost: its runner stops before its next step
+(``LeaseLost``), leaving the job to the other. A replica that dies keeps its leases until they expire;
+then another resumes its jobs from their last finished step.
+
+Workers wait for a job on a condition that ``JobStore.on_jobs_ready`` rings (a job submitted or handed
+back, here or, with PostgreSQL, on another replica), and look again every ``poll_s`` regardless.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
-from collections.abc import Iterable
+import time
 
+from services.coordinator.databases import replica_name
 from services.coordinator.jobstore import FINAL_STATES
 from services.coordinator.pipeline import JobRunner
 
 log = logging.getLogger(__name__)
 
-
-class FairQueue:
-    """Job ids in one line per owner; ``take`` serves the owners in turn (round-robin), each line in
-    order. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lines: collections.OrderedDict[str, collections.deque[str]] = collections.OrderedDict()
-        self._ready = threading.Condition()
-
-    def put(self, job_id: str, owner: str, *, first: bool = False) -> None:
-        """Queue ``job_id`` at the end of ``owner``'s line (at its head when ``first``)."""
-        with self._ready:
-            line = self._lines.get(owner)
-            if line is None:
-                line = self._lines[owner] = collections.deque()
-            line.appendleft(job_id) if first else line.append(job_id)
-            self._ready.notify()
-
-    def take(self) -> str:
-        """The next job: the head of the next owner's line, waiting for one."""
-        with self._ready:
-            while not self._lines:
-                self._ready.wait()
-            owner, line = next(iter(self._lines.items()))
-            job_id = line.popleft()
-            del self._lines[owner]
-            if line:
-                self._lines[owner] = line  # to the back of the turn
-            return job_id
-
-    def position(self, job_id: str) -> int | None:
-        """How many queued jobs ``take`` returns before ``job_id``; None when it is not queued."""
-        with self._ready:
-            lines = list(self._lines.values())
-            mine = next((i for i, line in enumerate(lines) if job_id in line), None)
-            if mine is None:
-                return None
-            index = lines[mine].index(job_id)
-            # Round-robin: in every turn before the job's (index turns), each line gives one job; in its
-            # own turn, the lines served before its own.
-            return index + sum(
-                min(len(line), index + (i < mine)) for i, line in enumerate(lines) if i != mine
-            )
-
-    def __len__(self) -> int:
-        with self._ready:
-            return sum(len(line) for line in self._lines.values())
+DEFAULT_LEASE_S = 30.0
+"""How long a claim holds without a renewal (``TIRE_COORDINATOR_LEASE_S``): how long a dead replica's
+jobs wait before another resumes them."""
 
 
 class JobQueue:
-    """Worker threads that run queued jobs, one job per worker at a time (``FairQueue`` order)."""
+    """Worker threads that claim and run jobs, at most ``workers`` at once on this replica.
 
-    def __init__(self, runner: JobRunner, workers: int):
+    Args:
+        runner: runs one job (its ``jobs`` is the job store claimed from).
+        workers: jobs run at once.
+        holder: this replica's name in the leases (default: host and pid).
+        lease_s: the lease's length; renewed every third of it.
+        poll_s: how often an idle worker looks for a job without being told.
+    """
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        workers: int,
+        *,
+        holder: str = "",
+        lease_s: float = DEFAULT_LEASE_S,
+        poll_s: float = 1.0,
+    ):
         self.runner = runner
-        self.queued = FairQueue()
+        self.jobs = runner.jobs
+        self.holder = holder or replica_name()
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self._ready = threading.Condition()  # guards _held, _lost, _rung
+        self._rung = 0  # times a job was announced claimable: a worker that saw none waits for the next
+        self._held: set[str] = set()  # jobs running here
+        self._lost: set[str] = set()  # of those, the ones whose lease this replica no longer holds
+        self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._work, name=f"job-worker-{i}", daemon=True) for i in range(workers)
         ]
+        self._threads.append(threading.Thread(target=self._heartbeat, name="job-leases", daemon=True))
+        self.jobs.on_jobs_ready(self.wake)
 
-    def start(self, resume: Iterable[tuple[str, str]]) -> None:
-        """Start the workers; queue ``resume`` ((job id, owner) of the jobs the last run left unfinished)
-        first."""
-        for job_id, owner in resume:
-            self.queued.put(job_id, owner)
+    def start(self) -> None:
+        """Hands back any lease still under this replica's name (a process before it, killed), then
+        starts the workers and the heartbeat."""
+        stale = self.jobs.hand_back_all(self.holder)
+        if stale:
+            log.info("handed back %d leases of an earlier process named %s", stale, self.holder)
         for thread in self._threads:
             thread.start()
 
-    def put(self, job_id: str, owner: str = "") -> None:
-        self.queued.put(job_id, owner)
+    def wake(self) -> None:
+        """A job may be claimable: idle workers look now."""
+        with self._ready:
+            self._rung += 1
+            self._ready.notify_all()
 
     def position(self, job_id: str) -> int | None:
-        """How many queued jobs start before ``job_id``; None when it is not queued (running, waiting
-        to be retried, or finished)."""
-        return self.queued.position(job_id)
+        """How many waiting jobs are claimed before ``job_id``; None when it is not waiting (running,
+        waiting to run again, or finished)."""
+        return self.jobs.queue_position(job_id)
+
+    def holds(self, job_id: str) -> bool:
+        """Whether this replica still holds the lease of ``job_id``, which runs here."""
+        with self._ready:
+            return job_id not in self._lost
+
+    def running(self) -> set[str]:
+        """The jobs running on this replica now."""
+        with self._ready:
+            return set(self._held)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stops claiming; every job running here stops before its next step, which it is given up to
+        ``grace_s`` seconds to reach; then every lease is handed back, so other replicas resume the jobs
+        at once instead of after the leases expire."""
+        self._stopping.set()
+        with self._ready:
+            self._lost |= self._held
+            self._ready.notify_all()
+        deadline = time.monotonic() + grace_s
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            handed = self.jobs.hand_back_all(self.holder)
+        except Exception as exc:  # the database is down: the leases expire instead
+            log.warning("could not hand back the leases (%s); they expire in %.0f s", exc, self.lease_s)
+            return
+        log.info("handed back %d leases", handed)
 
     def _work(self) -> None:
-        while True:
-            job_id = self.queued.take()
+        while not self._stopping.is_set():
+            with self._ready:
+                seen = self._rung
             try:
-                job = self.runner.run(job_id)
-            except Exception:  # the runner records failures; this is a last resort
-                log.exception("running job %s failed", job_id, extra={"job_id": job_id})
+                job_id = self.jobs.claim(self.holder, self.lease_s)
+            except Exception as exc:  # the database is down: look again later
+                if self.jobs.closed:
+                    return
+                log.warning("claiming a job failed: %s", exc)
+                job_id = None
+            if job_id is None:
+                with self._ready:
+                    if self._rung == seen and not self._stopping.is_set():
+                        self._ready.wait(self.poll_s)
                 continue
-            if job.state not in FINAL_STATES:  # waiting for the store or a stage: try again later
-                again = threading.Timer(
-                    self.runner.retry_in_s(job_id),
-                    self.queued.put,
-                    args=(job_id, job.owner),
-                    kwargs={"first": True},
+            self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
+        """Runs one claimed job, then hands its lease back (to run again after its wait, if it waits)."""
+        with self._ready:
+            self._held.add(job_id)
+            self._lost.discard(job_id)
+        wait_s = 0.0
+        try:
+            job = self.runner.run(job_id, holds_lease=lambda: self.holds(job_id))
+            if job.state not in FINAL_STATES:
+                wait_s = self.runner.retry_in_s(job_id)
+        except Exception:  # the runner records failures; this is the job database gone mid-run
+            log.exception("running job %s failed", job_id, extra={"job_id": job_id})
+            wait_s = self.runner.retry.initial_wait_s
+        finally:
+            with self._ready:
+                self._held.discard(job_id)
+                if job_id in self._lost:  # stopping (else the hand-back finds another holder): at once
+                    wait_s = 0.0
+                self._lost.discard(job_id)
+        try:
+            self.jobs.hand_back(job_id, self.holder, wait_s)
+        except Exception as exc:
+            log.warning("could not hand back job %s (%s); its lease expires", job_id, exc)
+
+    def _heartbeat(self) -> None:
+        """Renews this replica's leases every third of ``lease_s``; marks lost the ones it no longer has,
+        and all of them once renewing has failed for a whole lease (another replica may have them)."""
+        renewed = time.monotonic()
+        while not self._stopping.wait(self.lease_s / 3):
+            running = self.running()
+            if not running:
+                renewed = time.monotonic()
+                continue
+            try:
+                gone = running - self.jobs.renew(self.holder, self.lease_s)
+                renewed = time.monotonic()
+            except Exception as exc:
+                log.warning("renewing leases failed: %s", exc)
+                gone = running if time.monotonic() - renewed > self.lease_s else set()
+            with self._ready:
+                gone &= self._held  # a job that ended meanwhile is not lost, just done
+                self._lost |= gone
+            for job_id in sorted(gone):
+                log.warning(
+                    "job %s: lease lost; it stops before its next step", job_id, extra={"job_id": job_id}
                 )
-                again.daemon = True
-                again.start()

@@ -1,6 +1,7 @@
-"""Durable job state: jobs, their finished steps and their events, in one SQLite file.
+"""Durable job state: jobs, their finished steps and their events, in SQLite (one file, the default) or
+PostgreSQL (one database that several coordinator replicas share; ``services.coordinator.databases``).
 
-A coordinator killed mid-job and started again opens the same file and finds everything it had
+A coordinator killed mid-job and started again (or another replica) finds everything it had
 committed: ``unfinished()`` names the jobs to resume, ``step_result`` hands back what each finished step
 produced (so it is not run again), and ``events`` replays a job's history for WatchJob from any sequence
 number without gaps. Every method commits before it returns.
@@ -10,7 +11,8 @@ Tables (protobuf messages are stored serialized, next to the few columns that ar
     jobs    row (insertion order, newest = largest), id, owner (the principal that submitted it),
             request_id, state, cancel_requested, created_ns, updated_ns (Unix nanoseconds, UTC), spec,
             progress, outputs, error, failure (a serialized StepFailure: the error's step, code and
-            sentence)
+            sentence), lease_holder, lease_expires_ns (the replica running it, until when: see
+            Leases), run_after_ns (a job waiting for the store or a stage is not claimed before)
     steps   job_id, step, result (bytes), seconds (wall time), row (finish order)
     events  job_id, sequence (1, 2, 3... per job, no gaps), event (a serialized JobEvent)
     objects job_id, uri: every object a job names (its spec, step results, events and outputs), so a
@@ -21,6 +23,7 @@ Tables (protobuf messages are stored serialized, next to the few columns that ar
     doomed  uri, since_ns: objects nothing named any more when they were released (a deleted job's, an
             expired upload's, an old one no row names); removed from the store after a grace if still
             unnamed (``services.coordinator.retention``)
+    owners  owner, claimed_ns: when a job of each owner was last claimed (whose turn is next)
 
 Ownership: methods that take ``owner`` act only on that principal's jobs (another's is ``NotFound``,
 as if it did not exist); ``owner=None`` is the coordinator itself, or an admin.
@@ -29,15 +32,22 @@ Job lifecycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED. The last thr
 leaves them. A QUEUED job is cancelled at once; a RUNNING one gets a flag that its runner polls
 (``cancel_requested``) before each stage call, and the runner then marks it CANCELLED.
 
-Concurrency: one connection shared by all threads (a gRPC thread pool, the job runners), every access
-under one lock; writes run in ``BEGIN IMMEDIATE`` transactions, so a second JobStore on the same file
-(another process) cannot interleave with a read-then-write such as assigning the next event sequence.
-Watchers of this store are woken by a condition variable on append; appends made through another
-JobStore on the same file are picked up by polling.
+Leases: a queued or running job is run by the replica that holds its lease. ``claim`` leases the next
+job to a replica (fairly: the owner with the fewest jobs running first, then the oldest job; on
+PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so replicas claim side by side without waiting on each
+other), ``renew`` extends a replica's leases (its heartbeat), ``hand_back`` returns one (run again at
+once, or after a wait). A lease that is not renewed expires, and the job is claimable again: another
+replica resumes it from its last finished step. ``services.coordinator.jobqueue`` runs this.
+
+Concurrency: every write is one transaction that locks the rows it reads before writing them (the job,
+or the owner for admission), so a second JobStore on the same database (another replica) cannot
+interleave with a read-then-write such as assigning the next event sequence. Listeners of this store
+(``on_events``, ``on_jobs_ready``) hear its own commits at once, and another replica's through
+PostgreSQL's LISTEN/NOTIFY; SQLite's other processes are noticed by polling.
 
 Errors: ``NotFound`` for an unknown job id (the message quotes the id), ``InvalidArgument`` for a bad
 ``page_size``, ``page_token`` or ``state``, ``FailedPrecondition`` for a move out of a final state or a
-file written by a newer schema.
+database written by a newer schema, ``DatabaseUnavailable`` when the database cannot be reached.
 """
 
 from __future__ import annotations
@@ -45,10 +55,10 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import heapq
 import logging
 import os
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +70,13 @@ from tire.v1 import coordinator_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.coordinator.admission import ActiveJobLimitReached
+from services.coordinator.databases import (
+    EVENTS_CHANNEL,
+    JOBS_CHANNEL,
+    Migration,
+    Transaction,
+    open_database,
+)
 
 Job = coordinator_pb2.Job
 JobEvent = coordinator_pb2.JobEvent
@@ -82,19 +99,20 @@ MAX_PAGE_BYTES = 4 * 2**20
 """A page of ``list`` holds fewer jobs than asked rather than more serialized bytes than this (a 4D job's
 outputs name thousands of objects), so it fits any client's message limit."""
 
-_SCHEMA_VERSION = 2
-# How long a waiter sleeps between looks at the file, for events appended by another JobStore (another
-# process); appends through this store wake it at once.
+# How long a waiter sleeps between looks at the database, for events appended by another process that
+# nothing told it about (SQLite's other processes; a lost PostgreSQL notification).
 _POLL_SECONDS = 0.5
-# A writer waits this long for another connection's write lock before SQLite gives up.
-_BUSY_TIMEOUT_MS = 10_000
 _TOKEN_PREFIX = "jobs1"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
+# ---- schema: numbered migrations, applied in order at start-up (``Database.migrate``) -------------------
+
+# SQLite. 1: jobs, steps and events. 2: jobs gain their owner ("": submitted before principals; only
+# admins see them) and failure; request ids become unique per owner; objects, uploads and doomed, with
+# the objects of the jobs kept so far recorded. 3: leases.
+_SQLITE_1 = """
+CREATE TABLE jobs (
     row INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
-    owner TEXT NOT NULL DEFAULT '',
     request_id TEXT NOT NULL DEFAULT '',
     state INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
@@ -103,13 +121,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec BLOB NOT NULL,
     progress BLOB NOT NULL DEFAULT x'',
     outputs BLOB NOT NULL DEFAULT x'',
-    error TEXT NOT NULL DEFAULT '',
-    failure BLOB NOT NULL DEFAULT x''
+    error TEXT NOT NULL DEFAULT ''
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs (owner, request_id) WHERE request_id != '';
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, row);
-CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, state, row);
-CREATE TABLE IF NOT EXISTS steps (
+CREATE UNIQUE INDEX jobs_request_id ON jobs (request_id) WHERE request_id != '';
+CREATE INDEX jobs_state ON jobs (state, row);
+CREATE TABLE steps (
     row INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL REFERENCES jobs (id),
     step TEXT NOT NULL,
@@ -117,19 +133,26 @@ CREATE TABLE IF NOT EXISTS steps (
     seconds REAL NOT NULL,
     UNIQUE (job_id, step)
 );
-CREATE TABLE IF NOT EXISTS events (
+CREATE TABLE events (
     job_id TEXT NOT NULL REFERENCES jobs (id),
     sequence INTEGER NOT NULL,
     event BLOB NOT NULL,
     PRIMARY KEY (job_id, sequence)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS objects (
+) WITHOUT ROWID
+"""
+_SQLITE_2 = """
+ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN failure BLOB NOT NULL DEFAULT x'';
+DROP INDEX jobs_request_id;
+CREATE UNIQUE INDEX jobs_owner_request_id ON jobs (owner, request_id) WHERE request_id != '';
+CREATE INDEX jobs_owner ON jobs (owner, state, row);
+CREATE TABLE objects (
     job_id TEXT NOT NULL REFERENCES jobs (id),
     uri TEXT NOT NULL,
     PRIMARY KEY (job_id, uri)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS objects_uri ON objects (uri);
-CREATE TABLE IF NOT EXISTS uploads (
+CREATE INDEX objects_uri ON objects (uri);
+CREATE TABLE uploads (
     owner TEXT NOT NULL,
     uri TEXT NOT NULL,
     sha256 TEXT NOT NULL,
@@ -139,21 +162,90 @@ CREATE TABLE IF NOT EXISTS uploads (
     expires_ns INTEGER NOT NULL,
     PRIMARY KEY (owner, uri)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS uploads_uri ON uploads (uri);
-CREATE INDEX IF NOT EXISTS uploads_staging_uri ON uploads (staging_uri);
-CREATE INDEX IF NOT EXISTS uploads_expires ON uploads (expires_ns);
-CREATE TABLE IF NOT EXISTS doomed (
+CREATE INDEX uploads_uri ON uploads (uri);
+CREATE INDEX uploads_staging_uri ON uploads (staging_uri);
+CREATE INDEX uploads_expires ON uploads (expires_ns);
+CREATE TABLE doomed (
     uri TEXT PRIMARY KEY,
     since_ns INTEGER NOT NULL
-) WITHOUT ROWID;
+) WITHOUT ROWID
+"""
+_LEASES = """
+ALTER TABLE jobs ADD COLUMN lease_holder TEXT NOT NULL DEFAULT '';
+ALTER TABLE jobs ADD COLUMN lease_expires_ns BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN run_after_ns BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX jobs_lease_holder ON jobs (lease_holder) WHERE lease_holder != '';
+CREATE TABLE owners (
+    owner TEXT PRIMARY KEY,
+    claimed_ns BIGINT NOT NULL
+)
 """
 
-# From schema 1: jobs gain their owner ("": submitted before principals; only admins see them), request
-# ids become unique per owner, and the objects of the jobs kept so far are recorded.
-_MIGRATE_FROM_1 = """
-ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
-ALTER TABLE jobs ADD COLUMN failure BLOB NOT NULL DEFAULT x'';
-DROP INDEX IF EXISTS jobs_request_id;
+# PostgreSQL. 1: everything SQLite's 3 has.
+_POSTGRES_1 = """
+CREATE TABLE jobs (
+    row BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL DEFAULT '',
+    request_id TEXT NOT NULL DEFAULT '',
+    state INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_ns BIGINT NOT NULL,
+    updated_ns BIGINT NOT NULL,
+    spec BYTEA NOT NULL,
+    progress BYTEA NOT NULL DEFAULT '',
+    outputs BYTEA NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    failure BYTEA NOT NULL DEFAULT '',
+    lease_holder TEXT NOT NULL DEFAULT '',
+    lease_expires_ns BIGINT NOT NULL DEFAULT 0,
+    run_after_ns BIGINT NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX jobs_owner_request_id ON jobs (owner, request_id) WHERE request_id != '';
+CREATE INDEX jobs_state ON jobs (state, row);
+CREATE INDEX jobs_owner ON jobs (owner, state, row);
+CREATE INDEX jobs_lease_holder ON jobs (lease_holder) WHERE lease_holder != '';
+CREATE TABLE steps (
+    row BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    step TEXT NOT NULL,
+    result BYTEA NOT NULL,
+    seconds DOUBLE PRECISION NOT NULL,
+    UNIQUE (job_id, step)
+);
+CREATE TABLE events (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    sequence BIGINT NOT NULL,
+    event BYTEA NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+);
+CREATE TABLE objects (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    uri TEXT NOT NULL,
+    PRIMARY KEY (job_id, uri)
+);
+CREATE INDEX objects_uri ON objects (uri);
+CREATE TABLE uploads (
+    owner TEXT NOT NULL,
+    uri TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    staging_uri TEXT NOT NULL,
+    created_ns BIGINT NOT NULL,
+    expires_ns BIGINT NOT NULL,
+    PRIMARY KEY (owner, uri)
+);
+CREATE INDEX uploads_uri ON uploads (uri);
+CREATE INDEX uploads_staging_uri ON uploads (staging_uri);
+CREATE INDEX uploads_expires ON uploads (expires_ns);
+CREATE TABLE doomed (
+    uri TEXT PRIMARY KEY,
+    since_ns BIGINT NOT NULL
+);
+CREATE TABLE owners (
+    owner TEXT PRIMARY KEY,
+    claimed_ns BIGINT NOT NULL
+)
 """
 
 _JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, outputs, error, failure"
@@ -175,58 +267,46 @@ class Upload(NamedTuple):
 
 
 class JobStore:
-    """Jobs, their finished steps and their events in one SQLite file (WAL mode); thread-safe.
+    """Jobs, their finished steps, their events and their leases; thread-safe.
 
     Args:
-        path: the database file, created with its schema if missing; ``":memory:"`` keeps everything in
-            memory (tests), gone on ``close``.
+        url: the database (``services.coordinator.databases``): ``sqlite:///path``, a bare path or
+            ``":memory:"`` (tests; gone on ``close``), or ``postgresql://...``; created with its schema,
+            or migrated to the newest, at open.
+        password_file: PostgreSQL's password, when it is not in the URL.
+        pool_size: PostgreSQL connections at most.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
-        self.path = os.fspath(path)
-        # Autocommit mode (isolation_level=None): transactions are opened explicitly by ``_write``.
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=_BUSY_TIMEOUT_MS / 1000
-        )
-        self._lock = threading.Lock()
-        self._appended = threading.Condition(self._lock)
-        self._changed: list[Job] = []  # jobs whose state the open transaction changed
-        self._appended_to: list[str] = []  # jobs the open transaction appended events to
+    def __init__(self, url: str | os.PathLike[str], *, password_file: str = "", pool_size: int = 10):
+        self.database = open_database(url, password_file=password_file, pool_size=pool_size)
+        self._pending = threading.local()  # what the open write transaction of this thread changed
+        self._woken = threading.Condition()  # ``wait_events``: notified on every append it hears of
+        self._appends = 0
         self._state_listeners: list[Callable[[Job], None]] = []
         self._event_listeners: list[Callable[[str], None]] = []
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")  # ":memory:" stays "memory", which is fine
-            # FULL: a commit is on disk when the call returns, even across a power cut.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > _SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"job database {self.path!r} has schema version {version}; this coordinator reads "
-                    f"up to {_SCHEMA_VERSION}."
-                )
-            migrating = version == 1
-            if migrating:
-                _run_script(db, _MIGRATE_FROM_1)
-            _run_script(db, _SCHEMA)
-            if migrating:
-                self._record_all_objects(db)
-            db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-
-    def _record_all_objects(self, db: sqlite3.Connection) -> None:
-        """The objects rows of every job kept so far (a file written by schema 1 has none)."""
-        for job_id, spec, outputs in db.execute("SELECT id, spec, outputs FROM jobs").fetchall():
-            _record_objects(db, job_id, JobSpec.FromString(spec))
-            _record_objects(db, job_id, JobOutputs.FromString(outputs))
-        for job_id, event in db.execute("SELECT job_id, event FROM events").fetchall():
-            _record_objects(db, job_id, JobEvent.FromString(event))
+        self._ready_listeners: list[Callable[[], None]] = []
+        self.closed = False
+        if self.database.kind == "postgresql":
+            migrations = [Migration(1, _POSTGRES_1)]
+        else:
+            migrations = [
+                Migration(1, _SQLITE_1),
+                Migration(2, _SQLITE_2, backfill=_record_all_objects),
+                Migration(3, _LEASES),
+            ]
+        try:
+            self.database.migrate(migrations)
+        except BaseException:
+            self.database.close()
+            raise
+        self.database.listen(self._notified)
 
     def close(self) -> None:
-        """Closes the file; waiters are woken, and any later call raises ``sqlite3.ProgrammingError``."""
-        with self._lock:
-            self._db.close()
-            self._appended.notify_all()
+        """Closes the database; waiters are woken, and later calls fail."""
+        self.closed = True
+        self.database.close()
+        with self._woken:
+            self._woken.notify_all()
 
     def __enter__(self) -> JobStore:
         return self
@@ -254,6 +334,7 @@ class JobStore:
             ActiveJobLimitReached: ``owner`` has ``max_active`` queued or running jobs.
         """
         with self._write() as db:
+            db.lock_owner(owner)
             if request_id:
                 row = db.execute(
                     f"SELECT {_JOB_COLUMNS} FROM jobs WHERE owner = ? AND request_id = ?", (owner, request_id)
@@ -286,13 +367,14 @@ class JobStore:
             )
             _record_objects(db, job_id, spec)
             job = self._get(db, job_id)
-            self._changed.append(job)
+            self._pending.changed.append(job)
+            self._jobs_ready(db)
             return job, True
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job as stored now; ``NotFound`` naming ``job_id`` if there is none (of ``owner``'s)."""
-        with self._lock:
-            return self._get(self._db, job_id, owner)
+        with self.database.read() as db:
+            return self._get(db, job_id, owner)
 
     def list(
         self,
@@ -338,8 +420,8 @@ class JobStore:
             sql += " WHERE " + " AND ".join(where)
         # One row more than asked tells whether another page follows.
         sql += " ORDER BY row DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(sql, (*args, page_size + 1)).fetchall()
+        with self.database.read() as db:
+            rows = db.execute(sql, (*args, page_size + 1)).fetchall()
         jobs: list[Job] = []
         size = 0
         for i, row in enumerate(rows[:page_size]):
@@ -357,31 +439,31 @@ class JobStore:
         Raises:
             NotFound: no such job.
         """
-        with self._lock:
-            row = self._db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.database.read() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise _not_found(job_id)
         return row[0]
 
     def active(self, owner: str) -> int:
         """How many of ``owner``'s jobs are queued or running."""
-        with self._lock:
-            return self._active(self._db, owner)
+        with self.database.read() as db:
+            return self._active(db, owner)
 
     def active_by_owner(self) -> dict[str, int]:
         """How many jobs each owner has queued or running (owners with none are left out)."""
         query = "SELECT owner, COUNT(*) FROM jobs WHERE state IN (?, ?) GROUP BY owner"
-        with self._lock:
-            return dict(self._db.execute(query, tuple(sorted(ACTIVE_STATES))).fetchall())
+        with self.database.read() as db:
+            return dict(db.execute(query, tuple(sorted(ACTIVE_STATES))).fetchall())
 
-    def _active(self, db: sqlite3.Connection, owner: str) -> int:
+    def _active(self, db: Transaction, owner: str) -> int:
         query = "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN (?, ?)"
         return db.execute(query, (owner, *sorted(ACTIVE_STATES))).fetchone()[0]
 
     def unfinished(self) -> list[str]:
         """Ids of QUEUED or RUNNING jobs, oldest first: what a starting coordinator resumes."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.database.read() as db:
+            rows = db.execute(
                 "SELECT id FROM jobs WHERE state IN (?, ?) ORDER BY row",
                 tuple(sorted(ACTIVE_STATES)),
             ).fetchall()
@@ -437,7 +519,7 @@ class JobStore:
     def set_progress(self, job_id: str, progress: JobProgress) -> None:
         """Replaces the job's progress (``updated_at`` is left alone: it tracks state changes)."""
         with self._write() as db:
-            self._require_job(db, job_id)
+            self._lock_job(db, job_id)
             db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress.SerializeToString(), job_id))
 
     def request_cancel(self, job_id: str, owner: str | None = None) -> Job:
@@ -448,18 +530,21 @@ class JobStore:
         with ``finish(job_id, JOB_STATE_CANCELLED)``. Final: returned unchanged.
         """
         with self._write() as db:
+            db.lock_job(job_id)
             job = self._get(db, job_id, owner)
             if job.state in FINAL_STATES:
                 return job
-            db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            # A job waiting to be run again is claimable at once, so that it ends now, not after the wait.
+            db.execute("UPDATE jobs SET cancel_requested = 1, run_after_ns = 0 WHERE id = ?", (job_id,))
+            self._jobs_ready(db)
             if job.state == coordinator_pb2.JOB_STATE_QUEUED:
                 job, _ = self._finish(db, job_id, coordinator_pb2.JOB_STATE_CANCELLED, "", None)
             return job
 
     def cancel_requested(self, job_id: str) -> bool:
         """True once ``request_cancel`` was called on the job while it was QUEUED or RUNNING."""
-        with self._lock:
-            row = self._db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        with self.database.read() as db:
+            row = db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise _not_found(job_id)
         return bool(row[0])
@@ -474,18 +559,19 @@ class JobStore:
         whose record it had not seen committed; the first result is the one events already point at).
         """
         with self._write() as db:
-            self._require_job(db, job_id)
+            self._lock_job(db, job_id)
             db.execute(
-                "INSERT OR IGNORE INTO steps (job_id, step, result, seconds) VALUES (?, ?, ?, ?)",
+                "INSERT INTO steps (job_id, step, result, seconds) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (job_id, step, result.SerializeToString(), float(seconds)),
             )
             _record_objects(db, job_id, result)
 
     def step_result(self, job_id: str, step: str) -> bytes | None:
         """The serialized result of a finished step, or None if the step has not finished."""
-        with self._lock:
-            self._require_job(self._db, job_id)
-            row = self._db.execute(
+        with self.database.read() as db:
+            self._require_job(db, job_id)
+            row = db.execute(
                 "SELECT result FROM steps WHERE job_id = ? AND step = ?", (job_id, step)
             ).fetchone()
         return None if row is None else bytes(row[0])
@@ -497,9 +583,9 @@ class JobStore:
     def step_seconds(self, job_id: str) -> dict[str, float]:
         """Wall time of each finished step, seconds, keyed by step name in the order recorded (for the
         job's report)."""
-        with self._lock:
-            self._require_job(self._db, job_id)
-            rows = self._db.execute(
+        with self.database.read() as db:
+            self._require_job(db, job_id)
+            rows = db.execute(
                 "SELECT step, seconds FROM steps WHERE job_id = ? ORDER BY row", (job_id,)
             ).fetchall()
         return {step: seconds for step, seconds in rows}
@@ -515,24 +601,28 @@ class JobStore:
 
     def events(self, job_id: str, after_sequence: int = 0, limit: int = 1000) -> list[JobEvent]:
         """The job's events with ``sequence > after_sequence``, in sequence order, at most ``limit``."""
-        with self._lock:
-            return self._events(job_id, after_sequence, limit)
+        with self.database.read() as db:
+            return self._events(db, job_id, after_sequence, limit)
 
     def wait_events(self, job_id: str, after_sequence: int, timeout: float) -> list[JobEvent]:
         """Like ``events``, but when there is nothing newer waits up to ``timeout`` seconds for an append.
 
         Returns at once with the newer events if there are any, else as soon as one is appended (through
-        this store at once; through another store on the same file within ``_POLL_SECONDS``), else [] when
+        this store or a notified one at once; through another process on a SQLite file within
+        ``_POLL_SECONDS``), else [] when
         ``timeout`` passes. Does not return early for a finished job: check its state first.
         """
         deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                found = self._events(job_id, after_sequence, 1000)
-                remaining = deadline - time.monotonic()
-                if found or remaining <= 0:
-                    return found
-                self._appended.wait(min(remaining, _POLL_SECONDS))
+        while True:
+            with self._woken:
+                seen = self._appends
+            found = self.events(job_id, after_sequence)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            with self._woken:
+                if self._appends == seen:  # nothing heard since the read: wait for the next append
+                    self._woken.wait(min(remaining, _POLL_SECONDS))
 
     # ---- deletion and retention --------------------------------------------------------------------
 
@@ -549,6 +639,7 @@ class JobStore:
             FailedPrecondition: the job is queued or running.
         """
         with self._write() as db:
+            db.lock_job(job_id)
             job = self._get(db, job_id, owner)
             if job.state not in FINAL_STATES:
                 raise FailedPrecondition(
@@ -563,8 +654,8 @@ class JobStore:
     def finished_before(self, before_ns: int, limit: int = 100) -> list[str]:
         """Ids of jobs that ended (SUCCEEDED, FAILED, CANCELLED) before ``before_ns`` (Unix ns), oldest
         first, at most ``limit``: what retention deletes."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.database.read() as db:
+            rows = db.execute(
                 "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND updated_ns < ? ORDER BY row LIMIT ?",
                 (*sorted(FINAL_STATES), before_ns, limit),
             ).fetchall()
@@ -573,8 +664,8 @@ class JobStore:
     def finished_since(self, since_ns: int) -> list[str]:
         """Ids of jobs that ended (SUCCEEDED, FAILED, CANCELLED) at or after ``since_ns`` (Unix ns),
         oldest first: whose final webhook a starting coordinator may still owe."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.database.read() as db:
+            rows = db.execute(
                 "SELECT id FROM jobs WHERE state IN (?, ?, ?) AND updated_ns >= ? ORDER BY row",
                 (*sorted(FINAL_STATES), since_ns),
             ).fetchall()
@@ -582,14 +673,14 @@ class JobStore:
 
     def objects_of(self, job_id: str) -> set[str]:
         """Every object URI the job names: its inputs, step results, events and outputs."""
-        with self._lock:
-            rows = self._db.execute("SELECT uri FROM objects WHERE job_id = ?", (job_id,)).fetchall()
+        with self.database.read() as db:
+            rows = db.execute("SELECT uri FROM objects WHERE job_id = ?", (job_id,)).fetchall()
         return {row[0] for row in rows}
 
     def in_use(self, uris: Sequence[str]) -> set[str]:
         """Those of ``uris`` a job or an upload names."""
-        with self._lock:
-            return {uri for uri in uris if _in_use(self._db, uri)}
+        with self.database.read() as db:
+            return {uri for uri in uris if _in_use(db, uri)}
 
     def release(self, uris: Sequence[str], now_ns: int | None = None) -> int:
         """Marks those of ``uris`` that no job and no upload names as released at ``now_ns`` (default:
@@ -631,8 +722,8 @@ class JobStore:
 
     def upload(self, owner: str, uri: str) -> Upload | None:
         """``owner``'s upload of ``uri``; None if ``owner`` has none."""
-        with self._lock:
-            row = self._db.execute(
+        with self.database.read() as db:
+            row = db.execute(
                 "SELECT sha256, size_bytes, staging_uri FROM uploads WHERE owner = ? AND uri = ?",
                 (owner, uri),
             ).fetchone()
@@ -649,8 +740,8 @@ class JobStore:
 
     def produced_for(self, owner: str, uri: str) -> bool:
         """Whether one of ``owner``'s jobs names ``uri`` (so ``owner`` may read it in a new job)."""
-        with self._lock:
-            row = self._db.execute(
+        with self.database.read() as db:
+            row = db.execute(
                 "SELECT 1 FROM objects JOIN jobs ON jobs.id = objects.job_id"
                 " WHERE objects.uri = ? AND jobs.owner = ? LIMIT 1",
                 (uri, owner),
@@ -672,27 +763,135 @@ class JobStore:
             released = _release(db, sorted({row[1] for row in rows if not row[2]}), now_ns)
             return [row[2] for row in rows if row[2]], released
 
-    # ---- internals (callers hold self._lock) --------------------------------------------------------
+    # ---- leases -----------------------------------------------------------------------------------
+
+    def claim(self, holder: str, lease_s: float) -> str | None:
+        """Leases the next claimable job to ``holder`` for ``lease_s`` seconds; returns its id, or None.
+
+        Claimable: QUEUED or RUNNING, its lease free or expired, its wait over. Next: the owners with the
+        fewest jobs leased now first, then the one served longest ago (so owners take turns), and of its
+        jobs the oldest (``claim_order`` predicts the same order).
+        """
+        now = time.time_ns()
+        active = tuple(sorted(ACTIVE_STATES))
+        with self._write() as db:
+            row = db.execute(
+                "WITH busy AS (SELECT owner, COUNT(*) AS n FROM jobs"
+                " WHERE state IN (?, ?) AND lease_expires_ns >= ? GROUP BY owner)"
+                " SELECT jobs.id, jobs.owner FROM jobs LEFT JOIN busy ON busy.owner = jobs.owner"
+                " LEFT JOIN owners ON owners.owner = jobs.owner"
+                " WHERE jobs.state IN (?, ?) AND jobs.lease_expires_ns < ? AND jobs.run_after_ns <= ?"
+                " ORDER BY COALESCE(busy.n, 0), COALESCE(owners.claimed_ns, 0), jobs.row"
+                f" LIMIT 1{db.skip_locked}",
+                (*active, now, *active, now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            job_id, owner = row
+            db.execute(
+                "UPDATE jobs SET lease_holder = ?, lease_expires_ns = ? WHERE id = ?",
+                (holder, now + int(lease_s * 1e9), job_id),
+            )
+            db.execute(
+                "INSERT INTO owners (owner, claimed_ns) VALUES (?, ?)"
+                " ON CONFLICT (owner) DO UPDATE SET claimed_ns = excluded.claimed_ns",
+                (owner, now),
+            )
+            return job_id
+
+    def renew(self, holder: str, lease_s: float) -> set[str]:
+        """Extends every lease ``holder`` has by ``lease_s`` seconds from now; returns the ids of the
+        jobs it leases (a job another replica claimed after ``holder``'s lease expired is not among
+        them: its runner must stop)."""
+        active = tuple(sorted(ACTIVE_STATES))
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET lease_expires_ns = ? WHERE lease_holder = ? AND state IN (?, ?)",
+                (time.time_ns() + int(lease_s * 1e9), holder, *active),
+            )
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE lease_holder = ? AND state IN (?, ?)", (holder, *active)
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    def hand_back(self, job_id: str, holder: str, run_after_s: float = 0.0) -> None:
+        """Ends ``holder``'s lease of the job (nothing if another holds it): it can be claimed again at
+        once, or after ``run_after_s`` seconds (a job waiting for the store or a stage)."""
+        run_after = time.time_ns() + int(run_after_s * 1e9) if run_after_s > 0 else 0
+        with self._write() as db:
+            db.execute(
+                "UPDATE jobs SET lease_holder = '', lease_expires_ns = 0, run_after_ns = ?"
+                " WHERE id = ? AND lease_holder = ?",
+                (run_after, job_id, holder),
+            )
+            self._jobs_ready(db)
+
+    def hand_back_all(self, holder: str) -> int:
+        """Ends every lease of ``holder`` (a replica shutting down, or starting again under the same
+        name); returns how many."""
+        with self._write() as db:
+            ended = db.execute(
+                "UPDATE jobs SET lease_holder = '', lease_expires_ns = 0 WHERE lease_holder = ?", (holder,)
+            ).rowcount
+            if ended:
+                self._jobs_ready(db)
+        return ended
+
+    def lease_of(self, job_id: str) -> tuple[str, int]:
+        """(holder, expiry in Unix ns) of the job's lease; ("", 0) when free."""
+        with self.database.read() as db:
+            row = db.execute(
+                "SELECT lease_holder, lease_expires_ns FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            raise _not_found(job_id)
+        return row[0], int(row[1])
+
+    def queue_position(self, job_id: str) -> int | None:
+        """How many claimable jobs go before the QUEUED job ``job_id`` if nothing else changes; None
+        when it is not waiting to be claimed (leased, waiting to run again, finished, unknown)."""
+        now = time.time_ns()
+        active = tuple(sorted(ACTIVE_STATES))
+        with self.database.read() as db:
+            waiting = db.execute(
+                "SELECT id, owner, state FROM jobs WHERE state IN (?, ?) AND lease_expires_ns < ?"
+                " AND run_after_ns <= ? ORDER BY row",
+                (*active, now, now),
+            ).fetchall()
+            busy = db.execute(
+                "SELECT owner, COUNT(*) FROM jobs WHERE state IN (?, ?) AND lease_expires_ns >= ?"
+                " GROUP BY owner",
+                (*active, now),
+            ).fetchall()
+            served = db.execute("SELECT owner, claimed_ns FROM owners").fetchall()
+        if not any(row[0] == job_id and row[2] == coordinator_pb2.JOB_STATE_QUEUED for row in waiting):
+            return None
+        order = claim_order([(row[0], row[1]) for row in waiting], dict(busy), dict(served))
+        return order.index(job_id)
+
+    def waiting_count(self) -> int:
+        """How many jobs are waiting to be claimed (QUEUED, no lease)."""
+        with self.database.read() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = ? AND lease_expires_ns < ?",
+                (coordinator_pb2.JOB_STATE_QUEUED, time.time_ns()),
+            ).fetchone()
+        return int(row[0])
+
+    # ---- internals ------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """The lock and one write transaction; committed on normal exit, rolled back on an exception.
-        The state changes it committed then go to the ``on_state_change`` listeners, outside the lock."""
-        with self._lock:
-            # IMMEDIATE takes the file's write lock now, so reads inside the transaction stay current
-            # until the commit even with another JobStore on the same file.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._changed.clear()
-                self._appended_to.clear()
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-            changed, self._changed = self._changed, []
-            appended_to, self._appended_to = dict.fromkeys(self._appended_to), []
+    def _write(self) -> Iterator[Transaction]:
+        """One write transaction: committed on normal exit, rolled back on an exception. After the
+        commit, the listeners hear what it changed (outside the transaction)."""
+        pending = self._pending
+        pending.changed, pending.appended_to, pending.ready = [], [], False
+        try:
+            with self.database.write() as db:
+                yield db
+            changed, appended_to, ready = pending.changed, dict.fromkeys(pending.appended_to), pending.ready
+        finally:
+            pending.changed, pending.appended_to, pending.ready = [], [], False
         for job in changed:
             for listener in self._state_listeners:
                 try:
@@ -700,41 +899,75 @@ class JobStore:
                 except Exception:  # a listener's bug must not fail the change, which is committed
                     log.exception("state listener failed for job %s", job.id)
         for job_id in appended_to:
-            for listener in self._event_listeners:
-                try:
-                    listener(job_id)
-                except Exception:
-                    log.exception("event listener failed for job %s", job_id)
+            self._heard(EVENTS_CHANNEL, job_id)
+        if ready:
+            self._heard(JOBS_CHANNEL, "")
+
+    def _notified(self, channel: str, payload: str) -> None:
+        """A notification from the database (another replica's commit, or our own)."""
+        self._heard(channel, payload)
+
+    def _heard(self, channel: str, payload: str) -> None:
+        if channel == EVENTS_CHANNEL:
+            with self._woken:
+                self._appends += 1
+                self._woken.notify_all()
+            listeners: list[Callable[..., None]] = self._event_listeners
+            args: tuple[str, ...] = (payload,)
+        else:
+            listeners, args = self._ready_listeners, ()
+        for listener in listeners:
+            try:
+                listener(*args)
+            except Exception:
+                log.exception("listener failed for a notification on %s", channel)
+
+    def _jobs_ready(self, db: Transaction) -> None:
+        """This transaction may make a job claimable: tell the replicas at the commit."""
+        self._pending.ready = True
+        db.notify(JOBS_CHANNEL)
 
     def on_state_change(self, listener: Callable[[Job], None]) -> None:
         """Call ``listener(job)`` after every committed change of a job's state (a new job included),
-        from the thread that made it. It must return quickly (queue work, not do it)."""
+        made through this store, from the thread that made it. It must return quickly (queue work, not
+        do it)."""
         self._state_listeners.append(listener)
 
     def on_events(self, listener: Callable[[str], None]) -> None:
-        """Call ``listener(job_id)`` after every commit that appended events to a job, from the thread
-        that made it (the async watches' wake-up). It must return quickly."""
+        """Call ``listener(job_id)`` after every commit that appended events to a job: at once for this
+        store's, and on notification for another replica's (PostgreSQL). The async watches' wake-up; it
+        must return quickly, and may be called twice for one commit."""
         self._event_listeners.append(listener)
 
-    def _get(self, db: sqlite3.Connection, job_id: str, owner: str | None = None) -> Job:
+    def on_jobs_ready(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when a job may have become claimable (submitted, handed back, cancelled
+        while waiting), here or on another replica (PostgreSQL). It must return quickly."""
+        self._ready_listeners.append(listener)
+
+    def _lock_job(self, db: Transaction, job_id: str) -> None:
+        if not db.lock_job(job_id):
+            raise _not_found(job_id)
+
+    def _require_job(self, db: Transaction, job_id: str) -> None:
+        if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            raise _not_found(job_id)
+
+    def _get(self, db: Transaction, job_id: str, owner: str | None = None) -> Job:
         row = db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or (owner is not None and row[1] != owner):
             raise _not_found(job_id)  # another principal's job does not exist for this caller
         return _job_from_row(row)
 
-    def _require_job(self, db: sqlite3.Connection, job_id: str) -> None:
-        if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-            raise _not_found(job_id)
-
     def _set_state(
         self,
-        db: sqlite3.Connection,
+        db: Transaction,
         job_id: str,
         state: int,
         error: str,
         outputs: JobOutputs | None,
         failure: coordinator_pb2.StepFailure | None = None,
     ) -> Job:
+        self._lock_job(db, job_id)
         job = self._get(db, job_id)
         if job.state in FINAL_STATES:
             if job.state == state:
@@ -743,6 +976,8 @@ class JobStore:
                 f"job {job_id!r} is already {_state_name(job.state)}; it cannot become {_state_name(state)}."
             )
         sets, args = ["state = ?", "updated_ns = ?"], [state, time.time_ns()]
+        if state in FINAL_STATES:
+            sets.append("lease_holder = '', lease_expires_ns = 0")
         if error:
             sets.append("error = ?")
             args.append(error)
@@ -756,18 +991,19 @@ class JobStore:
         db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*args, job_id))
         changed = self._get(db, job_id)
         if changed.state != job.state:
-            self._changed.append(changed)
+            self._pending.changed.append(changed)
         return changed
 
     def _finish(
         self,
-        db: sqlite3.Connection,
+        db: Transaction,
         job_id: str,
         state: int,
         error: str,
         outputs: JobOutputs | None,
         failure: coordinator_pb2.StepFailure | None = None,
     ) -> tuple[Job, JobEvent]:
+        self._lock_job(db, job_id)
         already_final = self._get(db, job_id).state in FINAL_STATES
         job = self._set_state(db, job_id, state, error, outputs, failure)
         if already_final:
@@ -785,8 +1021,8 @@ class JobStore:
             finished.finished.outputs.CopyFrom(job.outputs)
         return job, self._append_event(db, job_id, finished)
 
-    def _append_event(self, db: sqlite3.Connection, job_id: str, event: JobEvent) -> JobEvent:
-        self._require_job(db, job_id)
+    def _append_event(self, db: Transaction, job_id: str, event: JobEvent) -> JobEvent:
+        self._lock_job(db, job_id)  # the next sequence is this transaction's until the commit
         last = db.execute("SELECT MAX(sequence) FROM events WHERE job_id = ?", (job_id,)).fetchone()[0]
         stored = JobEvent()
         stored.CopyFrom(event)
@@ -798,16 +1034,16 @@ class JobStore:
             (job_id, stored.sequence, stored.SerializeToString()),
         )
         _record_objects(db, job_id, stored)
-        # Watchers wake once the lock is released, i.e. after the commit in ``_write``.
-        self._appended.notify_all()
-        self._appended_to.append(job_id)
+        # Watchers wake after the commit: ``_write`` here, the notification on every other replica.
+        self._pending.appended_to.append(job_id)
+        db.notify(EVENTS_CHANNEL, job_id)
         return stored
 
-    def _events(self, job_id: str, after_sequence: int, limit: int) -> list[JobEvent]:
+    def _events(self, db: Transaction, job_id: str, after_sequence: int, limit: int) -> list[JobEvent]:
         if limit < 1:
             raise InvalidArgument("limit", limit, "must be positive")
-        self._require_job(self._db, job_id)
-        rows = self._db.execute(
+        self._require_job(db, job_id)
+        rows = db.execute(
             "SELECT event FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence LIMIT ?",
             (job_id, after_sequence, limit),
         ).fetchall()
@@ -829,14 +1065,14 @@ def object_uris(message: Message) -> set[str]:
     return found - {""}
 
 
-def _record_objects(db: sqlite3.Connection, job_id: str, message: Message) -> None:
+def _record_objects(db: Transaction, job_id: str, message: Message) -> None:
     db.executemany(
-        "INSERT OR IGNORE INTO objects (job_id, uri) VALUES (?, ?)",
+        "INSERT INTO objects (job_id, uri) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(job_id, uri) for uri in sorted(object_uris(message))],
     )
 
 
-def _in_use(db: sqlite3.Connection, uri: str) -> bool:
+def _in_use(db: Transaction, uri: str) -> bool:
     """Whether a job or an upload (pending or verified, its object or its staging key) names ``uri``."""
     return any(
         db.execute(f"SELECT 1 FROM {table} WHERE {column} = ? LIMIT 1", (uri,)).fetchone() is not None
@@ -844,23 +1080,60 @@ def _in_use(db: sqlite3.Connection, uri: str) -> bool:
     )
 
 
-def _release(db: sqlite3.Connection, uris: Sequence[str], now_ns: int | None) -> int:
+def _release(db: Transaction, uris: Sequence[str], now_ns: int | None) -> int:
     """Releases the unnamed ones of ``uris`` not released yet; returns how many."""
     now = time.time_ns() if now_ns is None else now_ns
     fresh = [
         uri
-        for uri in dict.fromkeys(uris)
+        for uri in sorted(set(uris))  # one order for every transaction: two releasing alike cannot deadlock
         if not _in_use(db, uri)
         and db.execute("SELECT 1 FROM doomed WHERE uri = ?", (uri,)).fetchone() is None
     ]
-    db.executemany("INSERT INTO doomed (uri, since_ns) VALUES (?, ?)", [(uri, now) for uri in fresh])
+    db.executemany(
+        "INSERT INTO doomed (uri, since_ns) VALUES (?, ?) ON CONFLICT DO NOTHING",
+        [(uri, now) for uri in fresh],
+    )
     return len(fresh)
 
 
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
+def _record_all_objects(db: Transaction) -> None:
+    """The objects rows of every job kept so far (a file written by schema 1 has none)."""
+    for job_id, spec, outputs in db.execute("SELECT id, spec, outputs FROM jobs").fetchall():
+        _record_objects(db, job_id, JobSpec.FromString(spec))
+        _record_objects(db, job_id, JobOutputs.FromString(outputs))
+    for job_id, event in db.execute("SELECT job_id, event FROM events").fetchall():
+        _record_objects(db, job_id, JobEvent.FromString(event))
+
+
+def claim_order(
+    waiting: Sequence[tuple[str, str]], busy: dict[str, int], served: dict[str, int] | None = None
+) -> list[str]:
+    """The order ``JobStore.claim`` takes ``waiting`` jobs in, if no job ends or arrives meanwhile.
+
+    Args:
+        waiting: (job id, owner) of the claimable jobs, oldest first.
+        busy: how many jobs each owner has leased now.
+        served: when each owner last had a job claimed (Unix ns; absent: never).
+
+    Returns:
+        The job ids: each next one is the oldest job of the owner with the fewest jobs leased, counting
+        the ones taken before it, and of those the one served longest ago.
+    """
+    served = served or {}
+    lines: dict[str, list[int]] = {}
+    for index, (_, owner) in enumerate(waiting):
+        lines.setdefault(owner, []).append(index)
+    heap = [(busy.get(owner, 0), served.get(owner, 0), ix[0], owner, 0) for owner, ix in lines.items()]
+    heapq.heapify(heap)
+    order: list[str] = []
+    latest = max(served.values(), default=0)
+    while heap:
+        taken, _, index, owner, position = heapq.heappop(heap)
+        order.append(waiting[index][0])
+        latest += 1  # served now: after every earlier claim
+        if position + 1 < len(lines[owner]):
+            heapq.heappush(heap, (taken + 1, latest, lines[owner][position + 1], owner, position + 1))
+    return order
 
 
 def _job_from_row(row: Sequence) -> Job:

@@ -51,7 +51,7 @@ from tire.v1 import (
     tracker_pb2,
 )
 
-from services.common.errors import FailedPrecondition, JobCancelled, StepFailed, TireError
+from services.common.errors import FailedPrecondition, JobCancelled, LeaseLost, StepFailed, TireError
 from services.common.gaussians import frames_correspond, read_ply
 from services.common.pictures import mask_overlay
 from services.common.registry import STAGES
@@ -108,8 +108,11 @@ class JobRunner:
         self.source_weight = source_weight
         self._waits: dict[str, float] = {}  # job id -> the wait before its next run, seconds
 
-    def run(self, job_id: str) -> coordinator_pb2.Job:
+    def run(self, job_id: str, holds_lease: Callable[[], bool] | None = None) -> coordinator_pb2.Job:
         """Run (or resume) the job to its end, and return it.
+
+        ``holds_lease`` says whether this replica still holds the job's lease (``JobQueue``); asked
+        before every step, a False stops the run there and returns the job as it is, to its new holder.
 
         A job that fails for a reason waiting cures (a step's code is UNAVAILABLE or DEADLINE_EXCEEDED
         once its retries are spent: the object store or a stage is down) is not failed: it gets a
@@ -128,8 +131,11 @@ class JobRunner:
             return self.jobs.get(job_id)
         execution = None
         try:
-            execution = _Run(self, job)
+            execution = _Run(self, job, holds_lease)
             outputs = execution.execute()
+        except LeaseLost:
+            log.warning("job %s: lease lost, left to its new holder", job_id, extra={"job_id": job_id})
+            return self.jobs.get(job_id)
         except JobCancelled:
             return self._finish(job_id, JOB.JOB_STATE_CANCELLED)
         except Exception as exc:
@@ -175,7 +181,9 @@ class JobRunner:
 class _Run:
     """One execution of one job: the plan, and how each step calls its stage."""
 
-    def __init__(self, runner: JobRunner, job: coordinator_pb2.Job):
+    def __init__(
+        self, runner: JobRunner, job: coordinator_pb2.Job, holds_lease: Callable[[], bool] | None = None
+    ):
         self.runner = runner
         self.stages = runner.stages
         self.store = runner.store
@@ -190,6 +198,7 @@ class _Run:
             four_d=frames > 1,
             steps_total=3 + frames * per_frame,
             rings_total=len(self.plan.rings),
+            holds_lease=holds_lease,
         )
 
     # ----- the plan --------------------------------------------------------------------------

@@ -4,15 +4,22 @@ Identifies every caller by its bearer token (``auth.TokenBook``): a principal se
 jobs only, and its jobs read only what it uploaded or its jobs produced. Validates job specs, frames
 each job's orbit on its asset (``framing_check.frame_job``: an asset the
 orbit cannot see is refused with FAILED_PRECONDITION), keeps jobs in a ``JobStore`` (SQLite), runs
-them on worker threads through a ``JobRunner`` over the stage services, and streams their events. At
-start it resumes every job that was queued or running when it last stopped; finished steps are not
-run again.
+them on worker threads through a ``JobRunner`` over the stage services, and streams their events.
+Several replicas can share one PostgreSQL database: each runs the jobs it leases (``jobqueue``), and any
+of them answers for any job. Jobs left unfinished by a replica that stopped (or by this one, last time)
+are resumed by whichever claims them; finished steps are not run again.
 
 Configuration (environment, read once at start):
     TIRE_COORDINATOR_RENDERER, _TRACKER, _INPAINTER, _REFINER, _RECONSTRUCTOR
         gRPC targets of the stages, e.g. dns:///tire-inpainter:50051 (round-robin over replicas)
         (default: where `tire up` runs them, localhost:50052 ... localhost:50056)
-    TIRE_COORDINATOR_STATE_PATH          the SQLite file of the job state (default coordinator.sqlite)
+    TIRE_COORDINATOR_DATABASE_URL        the job state: sqlite:///abs/path, sqlite:rel/path or
+                                         postgresql://user@host:port/db (default sqlite:coordinator.sqlite;
+                                         services.coordinator.databases); _DATABASE_PASSWORD_FILE holds
+                                         PostgreSQL's password, _DATABASE_POOL_SIZE its connections (10)
+    TIRE_COORDINATOR_REPLICA_ID          this replica's name in job leases (default host-pid)
+    TIRE_COORDINATOR_LEASE_S             how long a job's lease holds unrenewed (default 30): a dead
+                                         replica's jobs are resumed by another after this
     TIRE_COORDINATOR_WORKERS             jobs run at once (default 2)
     TIRE_COORDINATOR_MAX_PARALLEL_CALLS  stage calls in flight per fan-out of a job (default 4)
     TIRE_COORDINATOR_CALL_TIMEOUT_S      deadline of one stage call (default 900)
@@ -68,7 +75,7 @@ from services.common.store import BlobStore, content_key
 from services.coordinator.admission import AdmissionMetrics, SubmissionRate, WatchLimits
 from services.coordinator.auth import Caller, TokenBook
 from services.coordinator.framing_check import frame_job
-from services.coordinator.jobqueue import JobQueue
+from services.coordinator.jobqueue import DEFAULT_LEASE_S, JobQueue
 from services.coordinator.jobstore import FINAL_STATES, JobStore, Upload
 from services.coordinator.pipeline import JobRunner
 from services.coordinator.retention import STAGING_PREFIX, Retention
@@ -107,7 +114,11 @@ class CoordinatorSettings:
     inpainter: str = stage("inpainter").local_target
     refiner: str = stage("refiner").local_target
     reconstructor: str = stage("reconstructor").local_target
-    state_path: str = dataclasses.field(default="coordinator.sqlite", metadata={"secret": True})
+    database_url: str = dataclasses.field(default="sqlite:coordinator.sqlite", metadata={"secret": True})
+    database_password_file: str = dataclasses.field(default="", metadata={"secret": True})
+    database_pool_size: int = 10
+    replica_id: str = ""
+    lease_s: float = DEFAULT_LEASE_S
     workers: int = 2
     max_parallel_calls: int = 4
     call_timeout_s: float = 900.0
@@ -141,6 +152,9 @@ class CoordinatorSettings:
     def __post_init__(self) -> None:
         for name, ok in (
             ("workers", self.workers >= 1),
+            ("database_pool_size", 2 <= self.database_pool_size <= 1000),
+            ("lease_s", 3 <= self.lease_s <= 3600),
+            ("replica_id", len(self.replica_id) <= 200),
             ("max_parallel_calls", self.max_parallel_calls >= 1),
             ("call_timeout_s", self.call_timeout_s > 0),
             ("retry_attempts", self.retry_attempts >= 1),
@@ -188,7 +202,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.submissions = SubmissionRate(settings.max_submissions_per_s, settings.submission_burst)
         self.collector = AdmissionMetrics(
             lambda: self.watch_limits.open_watches,
-            lambda: len(self.queue.queued) if self.queue is not None else 0,
+            jobs.waiting_count,
             jobs.active_by_owner,
         )
         self.queue = queue
@@ -196,6 +210,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.tokens = tokens
         self.settings = settings
         self.stages = stages
+
+    def shutdown(self) -> None:
+        """A graceful stop: running jobs stop before their next step and their leases are handed back,
+        so other replicas resume them at once (``run_service`` calls this on SIGTERM)."""
+        if self.queue is not None:
+            self.queue.stop()
 
     def _owner(self, context) -> str | None:
         """Whose jobs the caller may see (``scope``)."""
@@ -314,7 +334,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             log.info(
                 "job %s submitted by %s", job.id, principal, extra={"job": job.id, "principal": principal}
             )
-            self.queue.put(job.id, principal)
         return coordinator_pb2.SubmitJobResponse(job=self._placed(job))
 
     def GetJob(self, request, context):
@@ -470,7 +489,11 @@ def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> Coordinat
         settings.stage_tls_ca_file, settings.stage_tls_cert_file, settings.stage_tls_key_file
     )
     stages = dial_stages({name: getattr(settings, name) for name in STAGE_NAMES}, credentials=credentials)
-    jobs = JobStore(settings.state_path)
+    jobs = JobStore(
+        settings.database_url,
+        password_file=settings.database_password_file,
+        pool_size=settings.database_pool_size,
+    )
     tokens = TokenBook(settings.tokens_file, settings.tokens)
     retry = RetryPolicy(attempts=settings.retry_attempts, timeout_s=settings.call_timeout_s)
     runner = JobRunner(jobs, stages, store, retry, settings.max_parallel_calls, settings.source_weight)
@@ -485,18 +508,18 @@ def build_servicer(settings: CoordinatorSettings, store: BlobStore) -> Coordinat
             timeout_s=settings.webhook_timeout_s,
         )
         jobs.on_state_change(webhooks.notify)
-    queue = JobQueue(runner, settings.workers)
+    queue = JobQueue(runner, settings.workers, holder=settings.replica_id, lease_s=settings.lease_s)
     return CoordinatorServicer(jobs, queue, store, tokens, settings, stages, webhooks)
 
 
 def warm_up(servicer: CoordinatorServicer) -> None:
-    """Check the store, then start the workers, resuming the jobs the last run left unfinished, and
-    the retention sweeps."""
+    """Check the store, then start the workers (which claim the unfinished jobs nobody holds: the ones
+    the last run left, or a dead replica's once its leases expire) and the retention sweeps."""
     servicer.store.ensure_bucket()
     unfinished = servicer.jobs.unfinished()
     if unfinished:
-        log.info("resuming %d unfinished jobs", len(unfinished), extra={"jobs": unfinished})
-    servicer.queue.start([(job_id, servicer.jobs.get(job_id).owner) for job_id in unfinished])
+        log.info("%d unfinished jobs in the job state", len(unfinished), extra={"jobs": unfinished})
+    servicer.queue.start()
     if servicer.webhooks is not None:
         resumed = resume_deliveries(servicer.webhooks, servicer.jobs)
         if resumed:

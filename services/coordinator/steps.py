@@ -6,7 +6,8 @@
 A step's result (a protobuf message of references) is recorded when it finishes; run again, a step
 already recorded returns its record (``StepFinished.resumed``) instead of running. Records are keyed
 ``tT/name`` in a 4D job and ``name`` in a 3D one. Every step starts with a cancellation check, so a
-cancelled job stops before its next step.
+cancelled job stops before its next step; and with a check of the job's lease, so a replica that lost
+it to another stops there too (``LeaseLost``), leaving the job to the other.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 from tire.v1 import common_pb2, coordinator_pb2
 
-from services.common.errors import JobCancelled, StepFailed, TireError
+from services.common.errors import JobCancelled, LeaseLost, StepFailed, TireError
 from services.coordinator.jobstore import JobStore
 from services.coordinator.stages import step_failed
 
@@ -39,10 +40,21 @@ class StepLog:
         steps_total: the steps the job is expected to run, for ``JobProgress`` (``expect_fewer``
             lowers it when the plan merges steps).
         rings_total: the rings planned (0 in adaptive mode, where they are chosen as the job runs).
+        holds_lease: whether this replica still holds the job's lease (None: no leases, in-process).
     """
 
-    def __init__(self, jobs: JobStore, job_id: str, *, four_d: bool, steps_total: int, rings_total: int):
+    def __init__(
+        self,
+        jobs: JobStore,
+        job_id: str,
+        *,
+        four_d: bool,
+        steps_total: int,
+        rings_total: int,
+        holds_lease: Callable[[], bool] | None = None,
+    ):
         self.jobs = jobs
+        self.holds_lease = holds_lease
         self.job_id = job_id
         self.four_d = four_d
         self.rings_total = rings_total
@@ -72,6 +84,7 @@ class StepLog:
 
         Raises:
             JobCancelled: CancelJob was called.
+            LeaseLost: another replica runs the job now.
         """
         if self.cancel_requested():
             raise JobCancelled("the job was cancelled")
@@ -130,7 +143,13 @@ class StepLog:
         self._event(waiting=JOB.Waiting(step=step, retry_in_s=retry_in_s))
 
     def cancel_requested(self) -> bool:
-        """Whether CancelJob was called (``run`` then raises ``JobCancelled``; retries stop)."""
+        """Whether CancelJob was called (``run`` then raises ``JobCancelled``; retries stop).
+
+        Raises:
+            LeaseLost: another replica runs the job now (retries stop too).
+        """
+        if self.holds_lease is not None and not self.holds_lease():
+            raise LeaseLost(f"job {self.job_id} is leased to another coordinator replica now")
         return self.jobs.cancel_requested(self.job_id)
 
     def expect_fewer(self, steps: int) -> None:

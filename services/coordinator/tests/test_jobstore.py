@@ -1,4 +1,5 @@
-"""JobStore: jobs, steps and events in SQLite; durability across reopen, paging, cancel, concurrency."""
+"""JobStore, the same contract on SQLite and on PostgreSQL (a real server, ``postgres_url``): jobs, steps
+and events; durability across reopen, paging, cancel, concurrency, leases; each database's migrations."""
 
 import sqlite3
 import threading
@@ -8,8 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from tire.v1 import common_pb2, coordinator_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.coordinator.jobstore import JobStore
+from services.common.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from services.coordinator.databases import PostgresDatabase
+from services.coordinator.jobstore import JobStore, claim_order
 
 QUEUED = coordinator_pb2.JOB_STATE_QUEUED
 RUNNING = coordinator_pb2.JOB_STATE_RUNNING
@@ -32,13 +40,47 @@ def started(step: str) -> coordinator_pb2.JobEvent:
 
 
 @pytest.fixture
-def store():
-    with JobStore(":memory:") as jobs:
+def postgres_url():  # TEMPORARY (dev)
+    import uuid
+
+    import psycopg
+
+    name = "t" + uuid.uuid4().hex[:12]
+    try:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:55432/postgres", autocommit=True) as db:
+            db.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError:
+        pytest.skip("no PostgreSQL")
+    return f"postgresql://postgres@127.0.0.1:55432/{name}"
+
+
+@pytest.fixture
+def unused_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request, tmp_path):
+    """Where a test's jobs live: a SQLite file, or a fresh PostgreSQL database; opened as often as the
+    test likes (a reopen is a restart, two stores on it are two replicas)."""
+    if request.param == "sqlite":
+        return tmp_path / "jobs.sqlite"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def store(location):
+    with JobStore(location) as jobs:
         yield jobs
 
 
 @pytest.fixture
 def db_path(tmp_path):
+    """A SQLite file (for the tests of SQLite's own behaviour)."""
     return tmp_path / "jobs.sqlite"
 
 
@@ -152,10 +194,10 @@ def test_same_request_id_returns_the_job_as_it_is_now(store):
     assert not created and again.id == first.id and again.state == RUNNING
 
 
-def test_request_id_survives_reopen(db_path):
-    with JobStore(db_path) as jobs:
+def test_request_id_survives_reopen(location):
+    with JobStore(location) as jobs:
         first, _ = jobs.create(spec(), request_id="req-1")
-    with JobStore(db_path) as jobs:
+    with JobStore(location) as jobs:
         again, created = jobs.create(spec(), request_id="req-1")
     assert not created and again == first
 
@@ -291,15 +333,15 @@ def test_cancel_of_a_finished_job_returns_it_unchanged(store, final):
 # ---- steps ---------------------------------------------------------------------------------------------
 
 
-def test_steps_are_recorded_once_and_survive_reopen(db_path):
-    with JobStore(db_path) as jobs:
+def test_steps_are_recorded_once_and_survive_reopen(location):
+    with JobStore(location) as jobs:
         job, _ = jobs.create(spec())
         assert jobs.step_result(job.id, "render") is None
         first = common_pb2.ObjectRef(uri="s3://b/render")
         jobs.record_step(job.id, "render", first, 1.5)
         jobs.record_step(job.id, "fit_subject", common_pb2.ObjectRef(), 2.0)
         jobs.record_step(job.id, "render", common_pb2.ObjectRef(uri="s3://b/2"), 9.0)  # ignored: first stays
-    with JobStore(db_path) as jobs:
+    with JobStore(location) as jobs:
         assert jobs.step_result(job.id, "render") == first.SerializeToString()
         assert jobs.step_result(job.id, "fit_subject") == b""
         assert jobs.step_result(job.id, "ring1/locate") is None
@@ -345,8 +387,8 @@ def test_events_after_sequence_and_limit_slice_the_history(store):
         store.events(job.id, limit=0)
 
 
-def test_concurrent_appends_are_gap_free_per_job(db_path):
-    with JobStore(db_path) as jobs:
+def test_concurrent_appends_are_gap_free_per_job(location):
+    with JobStore(location) as jobs:
         ids = [jobs.create(spec(i))[0].id for i in range(2)]
         per_thread = 40
 
@@ -371,8 +413,8 @@ def test_concurrent_appends_are_gap_free_per_job(db_path):
                 assert steps == [f"w{w}/{i}" for i in range(per_thread)]
 
 
-def test_two_stores_on_one_file_share_sequences(db_path):
-    with JobStore(db_path) as a, JobStore(db_path) as b:
+def test_two_stores_on_one_database_share_sequences(location):
+    with JobStore(location) as a, JobStore(location) as b:
         job, _ = a.create(spec())
 
         def append(jobs: JobStore) -> None:
@@ -418,8 +460,8 @@ def test_wait_events_wakes_on_append(store):
     assert elapsed < 0.4  # woken by the append, well before the poll interval and the timeout
 
 
-def test_wait_events_sees_appends_through_another_store_on_the_file(db_path):
-    with JobStore(db_path) as watcher, JobStore(db_path) as writer:
+def test_wait_events_sees_appends_through_another_store_on_the_database(location):
+    with JobStore(location) as watcher, JobStore(location) as writer:
         job, _ = writer.create(spec())
         timer = threading.Timer(0.05, writer.append_event, args=(job.id, started("render")))
         timer.start()
@@ -441,8 +483,8 @@ def test_wait_events_times_out_empty(store):
 # ---- durability ----------------------------------------------------------------------------------------
 
 
-def test_reopen_sees_jobs_progress_events_and_unfinished(db_path):
-    with JobStore(db_path) as jobs:
+def test_reopen_sees_jobs_progress_events_and_unfinished(location):
+    with JobStore(location) as jobs:
         queued, _ = jobs.create(spec(0))
         running, _ = jobs.create(spec(1))
         done, _ = jobs.create(spec(2))
@@ -456,7 +498,7 @@ def test_reopen_sees_jobs_progress_events_and_unfinished(db_path):
         jobs.request_cancel(cancelled.id)
         before = {job_id: jobs.get(job_id) for job_id in (queued.id, running.id, done.id, cancelled.id)}
         history = jobs.events(running.id)
-    with JobStore(db_path) as jobs:
+    with JobStore(location) as jobs:
         assert jobs.unfinished() == [queued.id, running.id]  # oldest first
         assert {job_id: jobs.get(job_id) for job_id in before} == before
         assert jobs.events(running.id) == history
@@ -804,7 +846,7 @@ def test_a_schema_1_file_is_migrated(db_path):
         mine, created = jobs.create(spec(), request_id="req", owner="alice")
         assert created and mine.owner == "alice"
     db = sqlite3.connect(db_path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "jobs_request_id" not in indexes and "jobs_owner_request_id" in indexes
     db.close()
@@ -826,3 +868,152 @@ def test_a_schema_1_file_is_migrated(db_path):
             "s3://tire/sha256/01/views",
             "s3://tire/sha256/06/report.json",
         ]
+
+
+def test_a_postgresql_database_from_a_newer_schema_is_refused_and_migrations_run_once(postgres_url):
+    import psycopg
+
+    with JobStore(postgres_url), JobStore(postgres_url):  # the second finds it migrated
+        pass
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        assert db.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        db.execute("INSERT INTO schema_migrations (version, applied_ns) VALUES (99, 0)")
+    with pytest.raises(FailedPrecondition, match="schema version 99; this coordinator reads up to 1"):
+        JobStore(postgres_url)
+
+
+def test_replicas_starting_together_migrate_one_at_a_time(postgres_url):
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: JobStore(postgres_url), range(4)))
+    job, _ = stores[0].create(spec())
+    assert all(s.get(job.id) == job for s in stores)
+    for s in stores:
+        s.close()
+
+
+def test_a_database_url_of_another_scheme_is_refused_without_quoting_it():
+    with pytest.raises(
+        ConfigError, match="must start with sqlite: or postgresql://, got scheme 'mysql'"
+    ) as err:
+        JobStore("mysql://root:hunter2@db/tire")
+    assert "hunter2" not in str(err.value)
+
+
+def test_sqlite_urls_name_absolute_and_relative_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with JobStore(f"sqlite://{tmp_path}/a.sqlite") as a, JobStore("sqlite:b.sqlite") as b:
+        a.create(spec())
+        b.create(spec())
+    assert (tmp_path / "a.sqlite").exists() and (tmp_path / "b.sqlite").exists()
+    with pytest.raises(ConfigError, match="no host"):
+        JobStore("sqlite://host/a.sqlite")
+
+
+def test_an_unreachable_postgresql_is_unavailable_not_a_crash(unused_port):
+    with pytest.raises(DatabaseUnavailable, match="did not answer"):
+        PostgresDatabase(f"postgresql://tire@127.0.0.1:{unused_port}/tire", connect_timeout_s=1.0)
+
+
+# ---- leases ----------------------------------------------------------------------------------------------
+
+
+def test_claims_lease_each_job_once_oldest_first_owners_in_turn(store):
+    ids = {}
+    for name, owner in (("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob"), ("c1", "carol")):
+        ids[name] = store.create(spec(len(ids)), owner=owner)[0].id
+    names = {job_id: name for name, job_id in ids.items()}
+    assert store.queue_position(ids["a1"]) == 0 and store.queue_position(ids["a3"]) == 4
+    claimed = [store.claim("r1", lease_s=30) for _ in range(5)]
+    assert [names[job_id] for job_id in claimed] == ["a1", "b1", "c1", "a2", "a3"]
+    assert store.claim("r2", lease_s=30) is None  # every job is leased
+    assert store.queue_position(ids["a3"]) is None
+    assert store.lease_of(ids["b1"])[0] == "r1"
+    assert store.renew("r1", lease_s=30) == set(claimed)
+
+
+def test_an_expired_lease_is_claimed_by_another_replica_and_lost_to_the_first(store):
+    job, _ = store.create(spec())
+    assert store.claim("r1", lease_s=0.2) == job.id
+    assert store.claim("r2", lease_s=30) is None
+    time.sleep(0.3)
+    assert store.claim("r2", lease_s=30) == job.id
+    assert store.renew("r1", lease_s=30) == set()  # r1 must stop running it
+    assert store.renew("r2", lease_s=30) == {job.id}
+    store.hand_back(job.id, "r1")  # r1's late hand-back changes nothing
+    assert store.lease_of(job.id)[0] == "r2"
+
+
+def test_a_job_handed_back_to_wait_is_claimed_after_its_wait(store):
+    job, _ = store.create(spec())
+    store.claim("r1", lease_s=30)
+    store.hand_back(job.id, "r1", run_after_s=0.3)
+    assert store.lease_of(job.id) == ("", 0)
+    assert store.claim("r1", lease_s=30) is None
+    time.sleep(0.35)
+    assert store.claim("r2", lease_s=30) == job.id
+
+
+def test_cancel_makes_a_waiting_job_claimable_at_once(store):
+    job, _ = store.create(spec())
+    store.claim("r1", lease_s=30)
+    store.set_state(job.id, RUNNING)
+    store.hand_back(job.id, "r1", run_after_s=60)
+    store.request_cancel(job.id)
+    assert store.claim("r2", lease_s=30) == job.id
+
+
+def test_finishing_ends_the_lease_and_hand_back_all_ends_the_rest(store):
+    a, _ = store.create(spec(0))
+    b, _ = store.create(spec(1))
+    store.claim("r1", lease_s=30)
+    store.claim("r1", lease_s=30)
+    store.set_state(a.id, RUNNING)
+    store.finish(a.id, SUCCEEDED)
+    assert store.lease_of(a.id) == ("", 0)
+    assert store.renew("r1", lease_s=30) == {b.id}
+    assert store.hand_back_all("r1") == 1
+    assert store.claim("r2", lease_s=30) == b.id
+
+
+def test_replicas_claiming_side_by_side_never_share_a_job(location):
+    with JobStore(location) as first:
+        ids = {first.create(spec(i))[0].id for i in range(40)}
+    stores = [JobStore(location) for _ in range(4)]
+    try:
+
+        def claim_all(k: int) -> list[str]:
+            mine = []
+            while (job_id := stores[k].claim(f"r{k}", lease_s=30)) is not None:
+                mine.append(job_id)
+            return mine
+
+        with ThreadPoolExecutor(4) as pool:
+            claimed = [job_id for mine in pool.map(claim_all, range(4)) for job_id in mine]
+        assert sorted(claimed) == sorted(ids)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_another_replicas_appends_and_submissions_are_heard(location):
+    with JobStore(location) as watcher, JobStore(location) as writer:
+        heard_events, heard_ready = [], threading.Event()
+        watcher.on_events(heard_events.append)
+        watcher.on_jobs_ready(heard_ready.set)
+        job, _ = writer.create(spec())
+        writer.append_event(job.id, started("render"))
+        found = watcher.wait_events(job.id, after_sequence=0, timeout=10.0)
+        assert [e.sequence for e in found] == [1]
+        if watcher.database.kind == "postgresql":  # SQLite's other processes are polled, not heard
+            assert heard_ready.wait(5.0)
+            deadline = time.monotonic() + 5
+            while job.id not in heard_events and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert job.id in heard_events
+
+
+def test_claim_order_predicts_claims_with_busy_owners_last():
+    waiting = [("a1", "alice"), ("a2", "alice"), ("b1", "bob"), ("c1", "carol"), ("b2", "bob")]
+    assert claim_order(waiting, {}) == ["a1", "b1", "c1", "a2", "b2"]
+    assert claim_order(waiting, {"alice": 2}) == ["b1", "c1", "b2", "a1", "a2"]
+    assert claim_order([], {"alice": 1}) == []

@@ -112,7 +112,7 @@ def test_submitted_jobs_run_and_watch_streams_to_the_end(servicer, store):
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=spec(servicer)), ALICE).job
     assert job.state == coordinator_pb2.JOB_STATE_QUEUED
     assert list(job.spec.rings.fixed.limits_deg) == [20, 90, 180]  # defaults filled in
-    servicer.queue.start([])
+    servicer.queue.start()
     events = [
         r.event for r in drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
     ]
@@ -179,7 +179,7 @@ def test_a_forced_card_runs_with_a_warning_event_and_report_entry(servicer, stor
     ).job
     (warning,) = job.spec.framing.warnings
     assert "flat or thin" in warning
-    servicer.queue.start([])
+    servicer.queue.start()
     events = [
         r.event for r in drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job.id), ALICE))
     ]
@@ -338,7 +338,7 @@ def submit(servicer, call=ALICE, **fields) -> coordinator_pb2.Job:
 
 
 def run_to_end(servicer, job_id: str, call=ALICE) -> coordinator_pb2.JobEvent:
-    servicer.queue.start([])
+    servicer.queue.start()
     events = [r.event for r in drain(servicer.WatchJob(coordinator_pb2.WatchJobRequest(job_id=job_id), call))]
     return events[-1]
 
