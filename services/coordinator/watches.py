@@ -2,9 +2,10 @@
 
 A watch is an async generator on the coordinator's ``grpc.aio`` loop: while it waits it holds no
 thread, only a future in ``AppendBell``. ``JobStore.on_events`` rings the bell from the thread that
-committed the events; a watch arms its future before it reads, so no append between the read and the
-wait is missed. Appends by another process on the same job store (a second replica) ring nothing
-here; a watch also reads again every ``WATCH_POLL_S``.
+committed the events, and, with PostgreSQL, from the thread that hears another replica's appends
+(LISTEN/NOTIFY); a watch arms its future before it reads, so no append between the read and the wait is
+missed. A notification can be lost (the database's connection dropped), and another process on a
+SQLite file notifies nothing: a watch also reads again every ``WATCH_POLL_S``.
 """
 
 from __future__ import annotations

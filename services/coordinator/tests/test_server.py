@@ -20,6 +20,7 @@ from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from services.common.clients import dial
 from services.common.config import ServerSettings
 from services.common.errors import (
+    ConfigError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -28,7 +29,7 @@ from services.common.errors import (
     Unimplemented,
 )
 from services.common.gaussians import Gaussians, write_ply
-from services.common.server import ServiceSpec, start_server
+from services.common.server import ServiceSpec, describe, start_server
 from services.common.store import MemoryStore, content_key, content_sha256
 from services.coordinator.auth import TokenBook, new_token, token_entry
 from services.coordinator.jobqueue import JobQueue
@@ -768,3 +769,20 @@ def test_a_caller_over_its_watch_limit_is_refused_and_others_are_not(served):
         for stream in streams:
             stream.cancel()
     wait_until(lambda: servicer.watch_limits.open_watches == 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("lease_s", 1.0), ("lease_s", 7200.0), ("database_pool_size", 1)]
+)
+def test_lease_and_pool_settings_out_of_range_are_refused(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"CoordinatorSettings.{field} is out of range"):
+        CoordinatorSettings(**{field: value})
+
+
+def test_the_database_url_and_its_password_file_are_never_described() -> None:
+    settings = CoordinatorSettings(
+        database_url="postgresql://tire:hunter2@db:5432/tire", database_password_file="/run/pw"
+    )
+    answer = describe(SERVICE_NAME, "ring-schedule", "cpu", ("ring-schedule",), settings)
+    assert "hunter2" not in str(answer) and "/run/pw" not in str(answer)
+    assert "lease_s" in answer.settings and "database_url" not in answer.settings
