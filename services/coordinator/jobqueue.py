@@ -3,7 +3,7 @@ run them to their end.
 
     queue = JobQueue(runner, workers=2, holder="coordinator-7f9c", lease_s=30)
     queue.start()          # claim and run; renew this replica's leases every lease_s / 3
-    queue.position(job_id) # how many waiting jobs are claimed before it
+    queue.positions([job_id])  # {job_id: how many waiting jobs are claimed before it}
     queue.stop(grace_s=10) # shutting down: stop at the next step, hand every lease back
 
 The job store is the queue, shared by every replica on the database: a worker claims the next job
@@ -87,10 +87,10 @@ class JobQueue:
             self._rung += 1
             self._ready.notify_all()
 
-    def position(self, job_id: str) -> int | None:
-        """How many waiting jobs are claimed before ``job_id``; None when it is not waiting (running,
-        waiting to run again, or finished)."""
-        return self.jobs.queue_position(job_id)
+    def positions(self, job_ids: list[str]) -> dict[str, int]:
+        """How many waiting jobs are claimed before each of ``job_ids`` that is waiting (the others, running,
+        waiting to run again or finished, are left out)."""
+        return self.jobs.queue_positions(job_ids)
 
     def holds(self, job_id: str) -> bool:
         """Whether this replica still holds the lease of ``job_id``, which runs here."""

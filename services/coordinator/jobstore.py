@@ -847,9 +847,12 @@ class JobStore:
             raise _not_found(job_id)
         return row[0], int(row[1])
 
-    def queue_position(self, job_id: str) -> int | None:
-        """How many claimable jobs go before the QUEUED job ``job_id`` if nothing else changes; None
-        when it is not waiting to be claimed (leased, waiting to run again, finished, unknown)."""
+    def queue_positions(self, job_ids: Sequence[str]) -> dict[str, int]:
+        """How many claimable jobs go before each of ``job_ids`` that is QUEUED and waiting to be
+        claimed, if nothing else changes (one read for all); the others (leased, waiting to run again,
+        finished, unknown) are left out."""
+        if not job_ids:
+            return {}
         now = time.time_ns()
         active = tuple(sorted(ACTIVE_STATES))
         with self.database.read() as db:
@@ -864,10 +867,15 @@ class JobStore:
                 (*active, now),
             ).fetchall()
             served = db.execute("SELECT owner, claimed_ns FROM owners").fetchall()
-        if not any(row[0] == job_id and row[2] == coordinator_pb2.JOB_STATE_QUEUED for row in waiting):
-            return None
+        asked = {row[0] for row in waiting if row[2] == coordinator_pb2.JOB_STATE_QUEUED} & set(job_ids)
+        if not asked:
+            return {}
         order = claim_order([(row[0], row[1]) for row in waiting], dict(busy), dict(served))
-        return order.index(job_id)
+        return {job_id: place for place, job_id in enumerate(order) if job_id in asked}
+
+    def queue_position(self, job_id: str) -> int | None:
+        """``queue_positions`` of one job: None when it is not waiting to be claimed."""
+        return self.queue_positions([job_id]).get(job_id)
 
     def waiting_count(self) -> int:
         """How many jobs are waiting to be claimed (QUEUED, no lease)."""

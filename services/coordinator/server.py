@@ -341,16 +341,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
             job=self._placed(self.jobs.get(_job_id(request.job_id), self._owner(context)))
         )
 
-    def _placed(self, job: coordinator_pb2.Job) -> coordinator_pb2.Job:
-        """``job`` with its ``queue_position`` (as of now)."""
-        job.queue_position = self._place(job.id, job.state)
-        return job
+    def _placed(self, *jobs: coordinator_pb2.Job) -> coordinator_pb2.Job:
+        """``jobs`` with their ``queue_position`` (as of now; one read for all); returns the first."""
+        queued = [job.id for job in jobs if job.state == coordinator_pb2.JOB_STATE_QUEUED]
+        places = self.queue.positions(queued) if self.queue is not None and queued else {}
+        for job in jobs:
+            job.queue_position = places[job.id] + 1 if job.id in places else 0
+        return jobs[0] if jobs else coordinator_pb2.Job()
 
     def _place(self, job_id: str, state: int) -> int:
         """Job.queue_position of a job in ``state``: 1 for the next to start, 0 when not queued."""
         queued = self.queue is not None and state == coordinator_pb2.JOB_STATE_QUEUED
-        position = self.queue.position(job_id) if queued else None
-        return 0 if position is None else position + 1
+        places = self.queue.positions([job_id]) if queued else {}
+        return places[job_id] + 1 if job_id in places else 0
 
     async def WatchJob(self, request, context):
         """An async generator on the server's event loop: while it waits for events it holds no thread
@@ -401,9 +404,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         owner = self._owner(context)
         validation.text(request.page_token, "page_token", MAX_PAGE_TOKEN_CHARS)
         jobs, token = self.jobs.list(request.page_size, request.page_token, request.state, owner=owner)
-        return coordinator_pb2.ListJobsResponse(
-            jobs=[self._placed(job) for job in jobs], next_page_token=token
-        )
+        self._placed(*jobs)
+        return coordinator_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     def DeleteJob(self, request, context):
         caller, job_id = self.tokens.identify(context), _job_id(request.job_id)

@@ -316,9 +316,6 @@ def test_uploads_and_downloads_need_a_store_that_signs_urls(servicer, store):
 def test_unset_strengths_are_left_to_the_stage_backends(store):
     jobs = JobStore(":memory:")
     servicer = CoordinatorServicer(jobs, None, store, TokenBook(inline=ENTRIES))  # type: ignore[arg-type]
-    servicer.queue = type(
-        "NoQueue", (), {"put": lambda self, job_id, owner: None, "position": lambda self, job_id: None}
-    )()
     unset = spec(servicer, strength=0.0)
     job = servicer.SubmitJob(coordinator_pb2.SubmitJobRequest(spec=unset), ALICE).job
     assert (job.spec.strength, job.spec.refine_strength) == (0.0, 0.0)
