@@ -13,7 +13,8 @@ after ``JobRunner.retry_in_s``, by any replica, without holding a worker meanwhi
 the leases of the jobs running here; a lease it could not renew (this replica was cut off from the
 database past ``lease_s``, and another claimed the job) is lost: its runner stops before its next step
 (``LeaseLost``), leaving the job to the other. A replica that dies keeps its leases until they expire;
-then another resumes its jobs from their last finished step.
+then another resumes its jobs from their last finished step (or it does, started again under the same
+name, at once; on SQLite, one coordinator per file, a start takes back every lease).
 
 Workers wait for a job on a condition that ``JobStore.on_jobs_ready`` rings (a job submitted or handed
 back, here or, with PostgreSQL, on another replica), and look again every ``poll_s`` regardless.
@@ -73,11 +74,13 @@ class JobQueue:
         self.jobs.on_jobs_ready(self.wake)
 
     def start(self) -> None:
-        """Hands back any lease still under this replica's name (a process before it, killed), then
-        starts the workers and the heartbeat."""
-        stale = self.jobs.hand_back_all(self.holder)
+        """Hands back any lease still under this replica's name (a process before it, killed), or on
+        SQLite every lease (one coordinator per file: any lease is a dead predecessor's), then starts the
+        workers and the heartbeat."""
+        sqlite = self.jobs.database.kind == "sqlite"
+        stale = self.jobs.hand_back_all(None if sqlite else self.holder)
         if stale:
-            log.info("handed back %d leases of an earlier process named %s", stale, self.holder)
+            log.info("took back %d leases of a coordinator that stopped", stale)
         for thread in self._threads:
             thread.start()
 

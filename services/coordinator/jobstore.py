@@ -826,13 +826,15 @@ class JobStore:
             )
             self._jobs_ready(db)
 
-    def hand_back_all(self, holder: str) -> int:
+    def hand_back_all(self, holder: str | None) -> int:
         """Ends every lease of ``holder`` (a replica shutting down, or starting again under the same
-        name); returns how many."""
+        name), or every lease of anyone's (None); returns how many."""
+        sql = "UPDATE jobs SET lease_holder = '', lease_expires_ns = 0 WHERE lease_holder != ''"
         with self._write() as db:
-            ended = db.execute(
-                "UPDATE jobs SET lease_holder = '', lease_expires_ns = 0 WHERE lease_holder = ?", (holder,)
-            ).rowcount
+            if holder is None:
+                ended = db.execute(sql).rowcount
+            else:
+                ended = db.execute(sql + " AND lease_holder = ?", (holder,)).rowcount
             if ended:
                 self._jobs_ready(db)
         return ended

@@ -159,3 +159,10 @@ def test_a_new_process_under_the_same_name_hands_back_its_predecessors_leases(jo
     runner = Recording(jobs)
     start(runner)
     wait_for(lambda: jobs.get(job.id).state == SUCCEEDED)
+
+
+def test_on_sqlite_a_start_takes_back_every_lease(jobs, start) -> None:
+    job, _ = jobs.create(spec(0))
+    assert jobs.claim("host-41", lease_s=3600) == job.id  # the coordinator before, killed
+    start(Recording(jobs), holder="host-42")
+    wait_for(lambda: jobs.get(job.id).state == SUCCEEDED)
