@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.core import GaugeMetricFamily
 
-from services.common.errors import ResourceExhausted
+from services.common.errors import ResourceExhausted, Unavailable
 
 
 class WatchLimitReached(ResourceExhausted):
@@ -117,10 +117,14 @@ class SubmissionRate:
 class AdmissionMetrics:
     """The coordinator's gauges, read when Prometheus scrapes: what the limits above count.
 
-    - ``tire_coordinator_open_watches``: open WatchJob streams (limit: max_watches);
-    - ``tire_coordinator_queued_jobs``: jobs waiting for a worker (at most ``workers`` run at once);
+    - ``tire_coordinator_open_watches``: open WatchJob streams on this replica (limit: max_watches);
+    - ``tire_coordinator_running_jobs``: jobs running on this replica (at most ``workers``);
+    - ``tire_coordinator_queued_jobs``: jobs waiting for a worker of any replica;
     - ``tire_coordinator_active_jobs{owner}``: queued and running jobs per principal (limit:
       max_active_jobs_per_caller).
+
+    The last two are read from the job database; while it is unavailable they are left out (the others,
+    and the rest of the scrape, still answer).
 
     Refusals are counted with the calls: ``tire_grpc_requests_total{code="RESOURCE_EXHAUSTED"}``.
     """
@@ -128,25 +132,28 @@ class AdmissionMetrics:
     def __init__(
         self,
         open_watches: Callable[[], int],
+        running_jobs: Callable[[], int],
         queued_jobs: Callable[[], int],
         active_by_owner: Callable[[], dict[str, int]],
     ):
-        self._open_watches, self._queued_jobs, self._active_by_owner = (
-            open_watches,
-            queued_jobs,
-            active_by_owner,
-        )
+        self._open_watches, self._running_jobs = open_watches, running_jobs
+        self._queued_jobs, self._active_by_owner = queued_jobs, active_by_owner
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(
             "tire_coordinator_open_watches", "Open WatchJob streams.", self._open_watches()
         )
         yield GaugeMetricFamily(
-            "tire_coordinator_queued_jobs", "Jobs waiting for a worker.", self._queued_jobs()
+            "tire_coordinator_running_jobs", "Jobs running on this replica.", self._running_jobs()
         )
+        try:
+            queued, by_owner = self._queued_jobs(), self._active_by_owner()
+        except Unavailable:
+            return
+        yield GaugeMetricFamily("tire_coordinator_queued_jobs", "Jobs waiting for a worker.", queued)
         active = GaugeMetricFamily(
             "tire_coordinator_active_jobs", "Queued and running jobs per principal.", labels=["owner"]
         )
-        for owner, count in sorted(self._active_by_owner().items()):
+        for owner, count in sorted(by_owner.items()):
             active.add_metric([owner], count)
         yield active

@@ -202,6 +202,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServiceServicer):
         self.submissions = SubmissionRate(settings.max_submissions_per_s, settings.submission_burst)
         self.collector = AdmissionMetrics(
             lambda: self.watch_limits.open_watches,
+            lambda: len(self.queue.running()) if self.queue is not None else 0,
             jobs.waiting_count,
             jobs.active_by_owner,
         )

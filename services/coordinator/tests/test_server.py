@@ -21,6 +21,7 @@ from services.common.clients import dial
 from services.common.config import ServerSettings
 from services.common.errors import (
     ConfigError,
+    DatabaseUnavailable,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -31,6 +32,7 @@ from services.common.errors import (
 from services.common.gaussians import Gaussians, write_ply
 from services.common.server import ServiceSpec, describe, start_server
 from services.common.store import MemoryStore, content_key, content_sha256
+from services.coordinator.admission import AdmissionMetrics
 from services.coordinator.auth import TokenBook, new_token, token_entry
 from services.coordinator.jobqueue import JobQueue
 from services.coordinator.jobstore import JobStore
@@ -705,8 +707,8 @@ def test_queued_jobs_say_their_place_in_line(servicer):
 
 
 def test_the_limits_counts_are_metrics(served):
-    """What the admission limits count, on the metrics port: open watches, queued jobs, and queued
-    and running jobs per principal."""
+    """What the admission limits count, on the metrics port: open watches, jobs running here, queued
+    jobs, and queued and running jobs per principal."""
     servicer, stub, metadata = served
     mine, _, theirs = submit(servicer, ALICE), submit(servicer, ALICE), submit(servicer, BOB)
     streams = [
@@ -725,6 +727,7 @@ def test_the_limits_counts_are_metrics(served):
         }
         assert samples == {
             ("tire_coordinator_open_watches", ()): 3,
+            ("tire_coordinator_running_jobs", ()): 0,
             ("tire_coordinator_queued_jobs", ()): 3,
             ("tire_coordinator_active_jobs", (("owner", "alice"),)): 2,
             ("tire_coordinator_active_jobs", (("owner", "bob"),)): 1,
@@ -783,3 +786,14 @@ def test_the_database_url_and_its_password_file_are_never_described() -> None:
     answer = describe(SERVICE_NAME, "ring-schedule", "cpu", ("ring-schedule",), settings)
     assert "hunter2" not in str(answer) and "/run/pw" not in str(answer)
     assert "lease_s" in answer.settings and "database_url" not in answer.settings
+
+
+def test_metrics_answer_without_the_job_database_counts_while_it_is_down():
+    def down():
+        raise DatabaseUnavailable("the job database is unavailable")
+
+    collector = AdmissionMetrics(lambda: 2, lambda: 1, down, down)
+    assert [family.name for family in collector.collect()] == [
+        "tire_coordinator_open_watches",
+        "tire_coordinator_running_jobs",
+    ]
