@@ -1,7 +1,9 @@
-"""Fixtures shared by every test: a local S3 server (``rclone serve s3``), a store on it, and service
-processes started on loopback against it."""
+"""Fixtures shared by every test: a local S3 server (``rclone serve s3``), a store on it, service
+processes started on loopback against it, and a PostgreSQL server with a fresh database per test."""
 
+import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ from services.common.clients import wait_serving
 from services.common.local_server import free_port
 from services.common.s3server import LocalS3
 from services.common.store import ObjectStore
+from services.testing.postgres import LocalPostgres, require_postgres
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +34,29 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
 def store(s3: LocalS3) -> ObjectStore:
     """An ``ObjectStore`` with the server's credentials."""
     return ObjectStore(s3.settings)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (``services.testing.postgres``), in a temporary folder, fast
+    rather than crash-safe (``durable=False``). Without PostgreSQL its tests are skipped, unless
+    ``TIRE_REQUIRE_POSTGRES=1``, where they fail. Tests that stop or kill a server start their own."""
+    require_postgres()
+    with LocalPostgres(durable=False, settings={"max_connections": "300"}) as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of a fresh, empty database of ``postgres_server`` for this test only
+    (``postgresql://tire@127.0.0.1:PORT/t<n>_<test>``, no password); dropped after it."""
+    name = f"t{next(_databases)}_{re.sub(r'[^a-z0-9]+', '_', request.node.name.lower())}"[:63]
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)
 
 
 @dataclass

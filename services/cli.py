@@ -2,8 +2,10 @@
 
     tire run ASSET REFERENCE -o OUT            repair in this process (embedded stages, in-memory store)
     tire convert IN OUT [--format F]           a splat file in another format (ply, spz, splat)
-    tire up [--triton] [--web-port N]          the local stack: S3 server, five stages, coordinator and
-                                               web console (and tritonserver, for the neural stages' models)
+    tire up [--triton] [--web-port N] [--postgres]
+                                               the local stack: S3 server, five stages, coordinator and
+                                               web console (and tritonserver, for the neural stages' models;
+                                               PostgreSQL, for the coordinator's jobs)
     tire submit ASSET REFERENCE --coordinator HOST:PORT [--watch] [--webhook URL]
     tire watch JOB | get JOB [-o OUT] | cancel JOB | delete JOB | list     (all take --coordinator)
     tire tokens new NAME [--admin]            a bearer token for principal NAME, and its entry for the
@@ -317,7 +319,14 @@ def stack_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         web_port = None if args.web_port < 0 else args.web_port
-        starting = local_stack(state, ports, timeout_s=args.timeout, triton=args.triton, web_port=web_port)
+        starting = local_stack(
+            state,
+            ports,
+            timeout_s=args.timeout,
+            triton=args.triton,
+            web_port=web_port,
+            postgres=args.postgres,
+        )
         with starting as stack:
             s3 = stack.s3
             print("The local stack is up:")
@@ -327,6 +336,9 @@ def stack_up(args: argparse.Namespace) -> int:
             if stack.triton_url:
                 repository = f"s3://{s3.bucket}/{TRITON_REPOSITORY}"
                 print(f"  {'triton':<14} {stack.triton_url}   repository {repository}")
+            if stack.postgres_url:
+                # Trust authentication on loopback: the URL holds no password.
+                print(f"  {'postgres':<14} {stack.postgres_url}   (the coordinator's jobs)")
             if stack.web_url:
                 metrics = stack.environments[WEB]["TIRE_WEB_METRICS_PORT"]
                 print(f"  {'web console':<14} {stack.web_url}   metrics http://127.0.0.1:{metrics}/metrics")
@@ -622,6 +634,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=DEFAULT_WEB_PORT,
         help=f"the web console's port (default {DEFAULT_WEB_PORT}; -1: no console)",
+    )
+    up.add_argument(
+        "--postgres",
+        action="store_true",
+        help="keep the coordinator's jobs in a local PostgreSQL server (its data in STATE/postgres), "
+        "not in STATE/coordinator.sqlite",
     )
 
     submit = commands.add_parser("submit", help="submit a job to a coordinator")

@@ -11,6 +11,11 @@ repository ``s3://<bucket>/triton`` of the local store, and the stages whose mod
 it (``TIRE_<STAGE>_BACKEND=triton``). On the first start, version 1 of each of those stages' models is
 published with tiny random weights of the real architectures (``services.testing.random_models``), so
 the stack runs anywhere; publish real weights with ``tire models publish``.
+
+The coordinator keeps its jobs in the SQLite file ``<state>/coordinator.sqlite``, or with
+``postgres=True`` (``tire up --postgres``) in a PostgreSQL server the stack runs on loopback
+(``services.testing.postgres.LocalPostgres``), its cluster in ``<state>/postgres``: either way they
+outlive the stack, and the next start finds them.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ class LocalStack:
     environments: dict[str, dict[str, str]]
     state: Path
     web_url: str = ""
+    postgres_url: str = ""
+    """The coordinator's PostgreSQL database (no password: trust on loopback); "" when it uses SQLite."""
 
     def restart(self, name: str) -> subprocess.Popen:
         """Start service ``name`` again, as it was started (its log goes on)."""
@@ -96,6 +103,39 @@ class LocalStack:
 
 TRITON_REPOSITORY = "triton"
 """Where ``tire up --triton`` keeps Triton's repository: this key prefix of the local store's bucket."""
+
+
+def sqlite_url(path: Path) -> str:
+    """``TIRE_COORDINATOR_DATABASE_URL`` of a SQLite file: ``sqlite:///abs/path`` (quoted as a URL)."""
+    return "sqlite:" + path.absolute().as_uri().removeprefix("file:")
+
+
+@contextmanager
+def local_postgres(state: Path) -> Iterator[str]:
+    """A PostgreSQL server on loopback, its cluster in ``state/postgres`` (made on the first start, kept),
+    its log appended to ``state/postgres.log``; stopped on exit.
+
+    Yields:
+        The URL of its database (no password: trust authentication on 127.0.0.1).
+
+    Raises:
+        SystemExit: PostgreSQL is not installed, or did not start (naming its log).
+    """
+    from services.testing.postgres import LocalPostgres, postgres_available
+
+    available, why = postgres_available()
+    if not available:
+        raise SystemExit(f"tire: --postgres needs PostgreSQL: {why}")
+    with (state / "postgres.log").open("a") as log:
+        server = LocalPostgres(state / "postgres", log=log)
+        try:
+            server.start()
+        except RuntimeError as exc:
+            raise SystemExit(f"tire: PostgreSQL did not start: {exc}; see {state / 'postgres.log'}") from None
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @contextmanager
@@ -164,6 +204,7 @@ def local_stack(
     metrics: bool = True,
     triton: bool = False,
     web_port: int | None = None,
+    postgres: bool = False,
 ) -> Iterator[LocalStack]:
     """The S3 server, the five stages and the coordinator as processes, each SERVING; stopped on exit.
 
@@ -175,6 +216,8 @@ def local_stack(
         triton: run ``tritonserver`` too (``local_triton``), and the stages it serves on it.
         web_port: run the web console on this port of 127.0.0.1 too (0: any free one; None: no console),
             the store allowing its pages to upload straight to it (CORS).
+        postgres: keep the coordinator's jobs in a PostgreSQL server the stack runs (``local_postgres``),
+            not in ``state/coordinator.sqlite``.
 
     Yields:
         The running stack.
@@ -193,6 +236,7 @@ def local_stack(
     with (
         LocalS3(state / "s3", allow_origin=web_url) as s3,
         local_triton(state, s3) if triton else nullcontext(("", ())) as (triton_url, on_triton),
+        local_postgres(state) if postgres else nullcontext("") as postgres_url,
     ):
         try:
             for service in SERVICES:
@@ -207,7 +251,9 @@ def local_stack(
                 if name in on_triton:
                     env.update({f"{prefix}BACKEND": "triton", f"{prefix}TRITON_URL": triton_url})
                 if name == "coordinator":
-                    env["TIRE_COORDINATOR_STATE_PATH"] = str(state / "coordinator.sqlite")
+                    env["TIRE_COORDINATOR_DATABASE_URL"] = postgres_url or sqlite_url(
+                        state / "coordinator.sqlite"
+                    )
                     # Plaintext on loopback only: the services listen on 127.0.0.1.
                     env["TIRE_COORDINATOR_ALLOW_PLAINTEXT"] = "1"
                     env["TIRE_COORDINATOR_TOKENS_FILE"] = str(tokens_file)
@@ -236,7 +282,9 @@ def local_stack(
             store_env = state / "store.env"
             store_env.touch(mode=0o600)
             store_env.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
-            yield LocalStack(s3, processes, triton_url, store_env, token_file, environments, state, web_url)
+            yield LocalStack(
+                s3, processes, triton_url, store_env, token_file, environments, state, web_url, postgres_url
+            )
         finally:
             for process in reversed(processes.values()):
                 if process.poll() is None:

@@ -3,13 +3,17 @@ describe; then Ctrl-C stops everything cleanly."""
 
 import os
 import re
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from services.cli import main
 from services.common.clients import wait_serving
+from services.testing.postgres import LocalPostgres, require_postgres
 
 ROOT = Path(__file__).parents[1]
 MONKEY, FRONT = ROOT / "samples" / "monkey_lgm.ply", ROOT / "samples" / "monkey_front.png"
@@ -99,3 +103,35 @@ def test_ctrl_c_stops_the_stack_cleanly(stack):
     _, process, _ = stack
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 0
+
+
+@pytest.mark.slow
+def test_tire_up_postgres_keeps_the_jobs_in_a_server_whose_data_stays_in_the_state_folder(
+    tire_up, monkeypatch, capsys
+):
+    require_postgres()
+    # Not tmp_path: as root, the server runs as the postgres user, who must reach the folder.
+    state = Path(tempfile.mkdtemp(prefix="tire-up-postgres-"))
+    state.chmod(0o755)
+    try:
+        with tire_up(state, "--postgres", "--web-port", "-1") as (target, process, printed):
+            found = re.search(r"\n  postgres\s+(postgresql://tire@127\.0\.0\.1:\d+/tire)\s", printed)
+            assert found, printed
+            url = found.group(1)
+            monkeypatch.setenv("TIRE_TOKEN_FILE", str(state / "token"))
+            monkeypatch.delenv("TIRE_TOKEN", raising=False)
+            spec = [str(MONKEY), str(FRONT), "--resolution", "64", "--orbit-step", "60"]
+            assert main(["submit", *spec, "--coordinator", target]) == 0
+            job_id = capsys.readouterr().out.splitlines()[0].strip()
+            with psycopg.connect(url) as connection:
+                assert connection.execute("SELECT id FROM jobs").fetchall() == [(job_id,)]
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=60) == 0
+        # Ctrl-C stopped the server too; its data stayed in the state folder, and no SQLite file was made.
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(url, connect_timeout=2)
+        assert not (state / "coordinator.sqlite").exists()
+        with LocalPostgres(state / "postgres") as again, again.connect() as connection:
+            assert connection.execute("SELECT id FROM jobs").fetchall() == [(job_id,)]
+    finally:
+        shutil.rmtree(state, ignore_errors=True)

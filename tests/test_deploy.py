@@ -3,9 +3,10 @@
 Each ``deploy/docker/<service>.Dockerfile`` is parsed into its stages, and the image a build produces is
 followed for both values of its ``VARIANT`` build argument: who it runs as, what it runs, what it copies
 and installs, which backend it defaults to. ``deploy/compose.yaml`` is read as Compose reads it (YAML
-merge keys, ``${VAR:-default}`` interpolation) and merged with ``deploy/compose.cpu.yaml`` by Compose's
-rules for the parts these files use (mappings merge, ``!reset`` removes, sequences append). The web
-console, an HTTP service and no gRPC one (not in ``services.common.registry``), has checks of its own.
+merge keys, ``${VAR:-default}`` interpolation) and merged with ``deploy/compose.cpu.yaml`` (and
+``deploy/compose.postgres.yaml``) by Compose's rules for the parts these files use (mappings merge,
+``!reset`` removes, ``!override`` replaces, sequences append). The web console, an HTTP service and no
+gRPC one (not in ``services.common.registry``), has checks of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import re
 import subprocess
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -305,11 +307,19 @@ def test_tracker_image_installs_cotracker_from_a_pinned_commit() -> None:
     assert not any("scaled_offline" in args for _, args in builder.instructions), "weights are mounted"
 
 
+def sqlite_path(url: str) -> PurePosixPath:
+    """The file of a ``sqlite:///abs/path`` URL (``TIRE_COORDINATOR_DATABASE_URL``)."""
+    parts = urllib.parse.urlsplit(url)
+    assert parts.scheme == "sqlite" and not parts.netloc and url.startswith("sqlite:///"), url
+    return PurePosixPath(urllib.parse.unquote(parts.path))
+
+
 def test_coordinator_keeps_its_state_in_a_volume_it_owns() -> None:
     dockerfile = DOCKERFILES["coordinator"]
     env = dockerfile.env({})
     volume = dockerfile.instructions({}, "VOLUME")[-1]
-    assert Path(env["TIRE_COORDINATOR_STATE_PATH"]).parent == Path(volume)
+    assert "TIRE_COORDINATOR_STATE_PATH" not in env, "replaced by TIRE_COORDINATOR_DATABASE_URL"
+    assert sqlite_path(env["TIRE_COORDINATOR_DATABASE_URL"]).parent == PurePosixPath(volume)
     uid_gid = dockerfile.instructions({}, "USER")[-1]
     assert f"chown {uid_gid} {volume}" in " ".join(dockerfile.instructions({}, "RUN"))
 
@@ -321,11 +331,28 @@ class Reset:
     """Compose's ``!reset``: the attribute is removed from what earlier files set."""
 
 
+class Override:
+    """Compose's ``!override``: ``value`` replaces what earlier files set instead of merging with it."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+
 class ComposeLoader(yaml.SafeLoader):
-    """YAML as Compose reads it: merge keys (``<<``, as SafeLoader) and the ``!reset`` tag."""
+    """YAML as Compose reads it: merge keys (``<<``, as SafeLoader), the ``!reset`` and ``!override``
+    tags."""
+
+
+def _override(loader: ComposeLoader, node: yaml.Node) -> Override:
+    if isinstance(node, yaml.SequenceNode):
+        return Override(loader.construct_sequence(node, deep=True))
+    if isinstance(node, yaml.MappingNode):
+        return Override(loader.construct_mapping(node, deep=True))
+    return Override(loader.construct_scalar(node))
 
 
 ComposeLoader.add_constructor("!reset", lambda loader, node: Reset())
+ComposeLoader.add_constructor("!override", _override)
 
 # An innermost ${...}: its default or message holds no other (Compose nests them: ${A:-x${B:-y}}).
 _VARIABLE = re.compile(r"\$\{(\w+)(?:(:?[-?])([^${}]*))?\}")
@@ -334,6 +361,8 @@ _NAME = re.compile(r"\$\{(\w+)")
 
 def variables(document: object) -> set[str]:
     """Names of the variables interpolated anywhere in ``document``."""
+    if isinstance(document, Override):
+        return variables(document.value)
     if isinstance(document, dict):
         return set().union(*(variables(v) for v in document.values()))
     if isinstance(document, list):
@@ -372,13 +401,16 @@ def interpolate(value: object, environ: dict[str, str]) -> object:
 
 
 def merge(base: object, override: object) -> object:
-    """``override`` laid over ``base``: mappings merge key by key, ``!reset`` removes the key, sequences
-    append (as Compose does for ports, volumes and devices), scalars replace."""
+    """``override`` laid over ``base``: mappings merge key by key, ``!reset`` removes the key,
+    ``!override`` replaces its value, sequences append (as Compose does for ports, volumes and devices),
+    scalars replace."""
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
         for key, value in override.items():
             if isinstance(value, Reset):
                 merged.pop(key, None)
+            elif isinstance(value, Override):
+                merged[key] = value.value
             elif key in merged:
                 merged[key] = merge(merged[key], value)
             else:
@@ -397,10 +429,16 @@ def load_compose(*names: str) -> dict:
     return merged
 
 
+COMPOSE_FILES = ("compose.yaml", "compose.cpu.yaml", "compose.postgres.yaml")
 SECRETS = {"MINIO_ROOT_USER": "tire-user", "MINIO_ROOT_PASSWORD": "not-a-real-password"}
 GPU = interpolate(load_compose("compose.yaml"), SECRETS)
 CPU = interpolate(load_compose("compose.yaml", "compose.cpu.yaml"), SECRETS)
 LAYOUTS = {"gpu": GPU, "cpu": CPU}
+# With the coordinator's jobs in PostgreSQL (compose.postgres.yaml laid over either layout).
+POSTGRES_LAYOUTS = {
+    "gpu": interpolate(load_compose("compose.yaml", "compose.postgres.yaml"), SECRETS),
+    "cpu": interpolate(load_compose("compose.yaml", "compose.cpu.yaml", "compose.postgres.yaml"), SECRETS),
+}
 
 
 def devices(service: dict) -> list[dict]:
@@ -473,6 +511,11 @@ def test_store_settings_and_state_volume() -> None:
         assert GPU["services"][name]["depends_on"]["minio"]["condition"] == "service_healthy"
     assert GPU["services"]["coordinator"]["volumes"][0] == "coordinator-state:/var/lib/tire"
     assert "coordinator-state" in GPU["volumes"]
+    for compose in LAYOUTS.values():
+        environment = compose["services"]["coordinator"]["environment"]
+        assert sqlite_path(environment["TIRE_COORDINATOR_DATABASE_URL"]).parent == PurePosixPath(
+            "/var/lib/tire"
+        ), "the SQLite file is on the state volume"
     for stage in ("tracker", "inpainter", "refiner"):
         (mount,) = GPU["services"][stage]["volumes"]
         assert mount.endswith(":/models:ro"), "models are mounted read-only"
@@ -542,7 +585,7 @@ def test_services_run_read_only_and_start_in_order_of_readiness(layout: str) -> 
 
 
 def test_no_literal_secrets_and_every_variable_documented() -> None:
-    raw = {name: (DEPLOY / name).read_text() for name in ("compose.yaml", "compose.cpu.yaml")}
+    raw = {name: (DEPLOY / name).read_text() for name in COMPOSE_FILES}
     secret_key = re.compile(r"SECRET|PASSWORD|ACCESS_KEY|ROOT_USER|TOKEN")
     for name, text in raw.items():
         for service, settings in yaml.load(text, Loader=ComposeLoader)["services"].items():
@@ -553,6 +596,8 @@ def test_no_literal_secrets_and_every_variable_documented() -> None:
                 assert required_variable or path or not secret_key.search(key), (
                     f"{name}: {service}.{key}={value!r}"
                 )
+                # No URL carries a password (user:password@host).
+                assert not re.search(r"://[^/@\s]*:[^/@\s]*@", str(value)), f"{name}: {service}.{key}"
     # Compose refuses to start without the secrets, and only they are required.
     with pytest.raises(KeyError):
         interpolate(load_compose("compose.yaml"), {})
@@ -565,11 +610,68 @@ def test_no_literal_secrets_and_every_variable_documented() -> None:
             key, _, value = line.partition("=")
             example[key] = value
     assert example["MINIO_ROOT_PASSWORD"] == "", ".env.example holds no password"
-    used = variables(load_compose("compose.yaml")) | variables(load_compose("compose.cpu.yaml"))
+    used = set().union(*(variables(yaml.load(text, Loader=ComposeLoader)) for text in raw.values()))
     assert used == set(example), f"used, not in .env.example: {sorted(used - set(example))}; " + (
         f"in .env.example, unused: {sorted(set(example) - used)}"
     )
     assert ".env" in (DEPLOY / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.parametrize("layout", POSTGRES_LAYOUTS)
+def test_the_postgres_override_puts_the_jobs_in_a_postgres_service_the_coordinator_waits_for(
+    layout: str,
+) -> None:
+    compose = POSTGRES_LAYOUTS[layout]
+    services = compose["services"]
+    assert set(services) == set(LAYOUTS[layout]["services"]) | {"postgres"}
+    postgres, coordinator = services["postgres"], services["coordinator"]
+    # A pinned PostgreSQL 15 image, its data on a named volume, not published, healthy when it answers.
+    image = postgres["image"]
+    assert re.fullmatch(r"postgres:15\.\d+(-\w+)?", image), f"{image} is not pinned to a 15.x release"
+    (data,) = postgres["volumes"]
+    volume, _, target = data.partition(":")
+    assert volume in compose["volumes"] and target == "/var/lib/postgresql/data"
+    assert "ports" not in postgres
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"] and "127.0.0.1" in check, "TCP: ready after the first init"
+    assert postgres["restart"] == "unless-stopped"
+    # The password is a compose secret (a file under the uncommitted deploy/secrets/), read from a file by
+    # both sides: no POSTGRES_PASSWORD, nothing in the coordinator's URL.
+    environment = postgres["environment"]
+    assert "POSTGRES_PASSWORD" not in environment
+    (secret,) = postgres["secrets"]
+    assert coordinator["secrets"] == [secret]
+    assert compose["secrets"][secret]["file"].startswith("./secrets/")
+    mounted = f"/run/secrets/{secret}"
+    assert environment["POSTGRES_PASSWORD_FILE"] == mounted
+    settings = coordinator["environment"]
+    assert settings["TIRE_COORDINATOR_DATABASE_PASSWORD_FILE"] == mounted
+    url = urllib.parse.urlsplit(settings["TIRE_COORDINATOR_DATABASE_URL"])
+    assert url.scheme == "postgresql" and url.password is None
+    assert (url.hostname, url.port) == ("postgres", 5432)
+    assert (url.username, url.path) == (environment["POSTGRES_USER"], "/" + environment["POSTGRES_DB"])
+    # The coordinator starts once PostgreSQL is healthy, and still after every stage.
+    depends = coordinator["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert {name: depends[name] for name in (*STAGES, "minio")} == {
+        name: LAYOUTS[layout]["services"]["coordinator"]["depends_on"][name] for name in (*STAGES, "minio")
+    }
+    # No state volume: the tokens' folder is all it mounts.
+    without_state = [
+        mount
+        for mount in LAYOUTS[layout]["services"]["coordinator"]["volumes"]
+        if mount.split(":")[1] != "/var/lib/tire"
+    ]
+    assert coordinator["volumes"] == without_state and len(without_state) == 1
+    # What the override leaves alone is as compose.yaml has it.
+    for name in set(services) - {"postgres", "coordinator"}:
+        assert services[name] == LAYOUTS[layout]["services"][name], name
+
+
+def test_the_postgres_override_is_documented() -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    assert "compose.postgres.yaml" in readme and "secrets/postgres-password" in readme
+    assert "compose.postgres.yaml" in (DEPLOY / "compose.yaml").read_text()
 
 
 # --- Triton ----------------------------------------------------------------------------------------------

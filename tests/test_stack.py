@@ -37,6 +37,7 @@ from services.coordinator.pipeline import JobRunner
 from services.coordinator.spec import resolve_spec
 from services.embedded import embedded_stages
 from services.stack import SERVICES as STACK_SERVICES
+from services.stack import sqlite_url
 from services.testing.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.slow
@@ -85,13 +86,14 @@ ENTRIES = [token_entry(token, name, admin=name == "root") for name, token in TOK
 
 @pytest.fixture(scope="module")
 def start_coordinator(launch_service) -> Callable[..., ServiceProcess]:
-    """``start_coordinator(stages, state_path, **env)``: a coordinator over ``stages`` keeping its jobs in
-    the SQLite file ``state_path``, plaintext on loopback, taking the tokens of ``TOKENS``."""
+    """``start_coordinator(stages, state, **env)``: a coordinator over ``stages`` keeping its jobs in
+    ``state``, the SQLite file of that path or (a string) the database of that URL (``postgres_url``),
+    plaintext on loopback, taking the tokens of ``TOKENS``."""
 
-    def start(stages: dict[str, ServiceProcess], state_path: Path, **env: str) -> ServiceProcess:
+    def start(stages: dict[str, ServiceProcess], state: Path | str, **env: str) -> ServiceProcess:
         module, prefix = SERVICES["coordinator"]
         environ = {f"{prefix}{name.upper()}": stages[name].target for name in STAGE_NAMES}
-        environ[f"{prefix}STATE_PATH"] = str(state_path)
+        environ[f"{prefix}DATABASE_URL"] = sqlite_url(state) if isinstance(state, Path) else state
         environ[f"{prefix}ALLOW_PLAINTEXT"] = "1"
         environ[f"{prefix}TOKENS"] = ",".join(ENTRIES)
         return launch_service(module, prefix, {**environ, **env})

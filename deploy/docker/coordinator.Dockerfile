@@ -1,6 +1,7 @@
 # The coordinator service (CPU only). Build from the repository root:
 #   docker build -f deploy/docker/coordinator.Dockerfile -t tire-coordinator .
-# The job state (SQLite) lives under /var/lib/tire: mount a persistent volume there.
+# The job state (SQLite by default) lives under /var/lib/tire: mount a persistent volume there, or set
+# TIRE_COORDINATOR_DATABASE_URL=postgresql://... (and _DATABASE_PASSWORD_FILE) for PostgreSQL.
 ARG PYTHON_IMAGE=python:3.12-slim-trixie
 
 FROM ${PYTHON_IMAGE}
@@ -24,7 +25,7 @@ RUN find "$(python -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 
 ENV HOME=/tmp \
     NUMBA_CACHE_DIR=/tmp/numba \
-    TIRE_COORDINATOR_STATE_PATH=/var/lib/tire/coordinator.sqlite \
+    TIRE_COORDINATOR_DATABASE_URL=sqlite:///var/lib/tire/coordinator.sqlite \
     TIRE_COORDINATOR_PORT=50051 \
     TIRE_COORDINATOR_METRICS_PORT=9090
 USER 65532:65532

@@ -1,6 +1,7 @@
 """What the servers this project starts for development and tests share (``rclone serve s3``:
-``services.common.s3server.LocalS3``; ``tritonserver``: ``services.common.triton.LocalTriton``): a free
-loopback port, a process in its own session writing to a log, and stopping it."""
+``services.common.s3server.LocalS3``; ``tritonserver``: ``services.common.triton.LocalTriton``;
+``postgres``: ``services.testing.postgres.LocalPostgres``): a free loopback port, a process in its own
+session writing to a log, and stopping it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 HOST = "127.0.0.1"
 
@@ -86,10 +87,11 @@ class LocalServer(ABC):
         self.stop()
 
     def _spawn(
-        self, command: Sequence[str], env: Mapping[str, str], log_prefix: str
+        self, command: Sequence[str], env: Mapping[str, str], log_prefix: str, **options: Any
     ) -> subprocess.Popen[bytes]:
         """Run ``command`` as the server: no stdin, its output to the log, in its own session (a Ctrl-C
-        meant for the parent must not kill the server before ``stop``)."""
+        meant for the parent must not kill the server before ``stop``); ``options`` go to ``Popen``
+        (``cwd``, ``user``...)."""
         if self._process is not None:
             raise RuntimeError(f"{self!r} is already started")
         if self._log is None:
@@ -101,5 +103,6 @@ class LocalServer(ABC):
             stdout=self._log or self._own_log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            **options,
         )
         return self._process

@@ -322,7 +322,8 @@ class PostgresDatabase:
             psycopg.InterfaceError,  # a connection closed under us
             *self._pool_errors,
         ) as exc:
-            log.warning("job database call failed: %s: %s", type(exc).__name__, str(exc).splitlines()[0:1])
+            first_line = next(iter(str(exc).splitlines()), "")
+            log.warning("job database call failed: %s: %s", type(exc).__name__, first_line)
             raise DatabaseUnavailable(
                 "the job database is unavailable or gave up the transaction; try again."
             ) from exc

@@ -6,4 +6,5 @@
 - ``stores``: a store that counts what is read.
 - ``format_bounds``: what each quantizing splat format may change, as assertions.
 - ``webhooks``: a webhook receiver on loopback.
+- ``postgres``: a real PostgreSQL server in a folder of its own (also ``tire up --postgres``'s).
 """

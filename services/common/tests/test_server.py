@@ -850,7 +850,7 @@ def test_the_coordinator_refuses_to_serve_plaintext_unless_allowed(tmp_path: Pat
         "TIRE_COORDINATOR_TOKENS": token_entry(new_token(), "alice"),
         "TIRE_COORDINATOR_PORT": "0",
         "TIRE_COORDINATOR_METRICS_PORT": "-1",
-        "TIRE_COORDINATOR_STATE_PATH": str(tmp_path / "state.sqlite"),
+        "TIRE_COORDINATOR_DATABASE_URL": f"sqlite://{tmp_path / 'state.sqlite'}",
         "TIRE_S3_ENDPOINT": "127.0.0.1:1",
         "TIRE_S3_ACCESS_KEY": "access",
         "TIRE_S3_SECRET_KEY": "secret",

@@ -16,8 +16,10 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
 )
+from services.common.local_server import free_port
 from services.coordinator.databases import PostgresDatabase
 from services.coordinator.jobstore import JobStore, claim_order
+from services.testing.postgres import LocalPostgres, require_postgres
 
 QUEUED = coordinator_pb2.JOB_STATE_QUEUED
 RUNNING = coordinator_pb2.JOB_STATE_RUNNING
@@ -37,30 +39,6 @@ def spec(seed: int = 0) -> coordinator_pb2.JobSpec:
 
 def started(step: str) -> coordinator_pb2.JobEvent:
     return coordinator_pb2.JobEvent(step_started=coordinator_pb2.StepStarted(step=step))
-
-
-@pytest.fixture
-def postgres_url():  # TEMPORARY (dev)
-    import uuid
-
-    import psycopg
-
-    name = "t" + uuid.uuid4().hex[:12]
-    try:
-        with psycopg.connect("postgresql://postgres@127.0.0.1:55432/postgres", autocommit=True) as db:
-            db.execute(f"CREATE DATABASE {name}")
-    except psycopg.OperationalError:
-        pytest.skip("no PostgreSQL")
-    return f"postgresql://postgres@127.0.0.1:55432/{name}"
-
-
-@pytest.fixture
-def unused_port():
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -909,9 +887,9 @@ def test_sqlite_urls_name_absolute_and_relative_paths(tmp_path, monkeypatch):
         JobStore("sqlite://host/a.sqlite")
 
 
-def test_an_unreachable_postgresql_is_unavailable_not_a_crash(unused_port):
+def test_an_unreachable_postgresql_is_unavailable_not_a_crash():
     with pytest.raises(DatabaseUnavailable, match="did not answer"):
-        PostgresDatabase(f"postgresql://tire@127.0.0.1:{unused_port}/tire", connect_timeout_s=1.0)
+        PostgresDatabase(f"postgresql://tire@127.0.0.1:{free_port()}/tire", connect_timeout_s=1.0)
 
 
 # ---- leases ----------------------------------------------------------------------------------------------
@@ -1017,3 +995,27 @@ def test_claim_order_predicts_claims_with_busy_owners_last():
     assert claim_order(waiting, {}) == ["a1", "b1", "c1", "a2", "b2"]
     assert claim_order(waiting, {"alice": 2}) == ["b1", "c1", "b2", "a1", "a2"]
     assert claim_order([], {"alice": 1}) == []
+
+
+def test_a_postgresql_restart_is_unavailable_meanwhile_and_nothing_is_lost():
+    require_postgres()
+    with LocalPostgres(durable=False) as server, JobStore(server.url) as jobs:
+        job, _ = jobs.create(spec())
+        jobs.append_event(job.id, started("render"))
+        heard: list[str] = []
+        jobs.on_events(heard.append)
+        server.kill()  # a crash: every connection of the pool breaks
+        start = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="try again") as err:
+            jobs.get(job.id)
+        assert time.monotonic() - start < 15 and "127.0.0.1" not in str(err.value)
+        server.start()  # crash recovery; the same store goes on
+        assert jobs.get(job.id) == job
+        assert [e.sequence for e in jobs.events(job.id)] == [1]
+        # The notifications come back too: another replica's append is heard again.
+        with JobStore(server.url) as other:
+            deadline = time.monotonic() + 15
+            while job.id not in heard and time.monotonic() < deadline:
+                other.append_event(job.id, started("fit_subject"))
+                time.sleep(0.5)
+        assert job.id in heard
