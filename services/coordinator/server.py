@@ -2,9 +2,9 @@
 
 Identifies every caller by its bearer token (``auth.TokenBook``): a principal sees and acts on its own
 jobs only, and its jobs read only what it uploaded or its jobs produced. Validates job specs, frames
-each job's orbit on its asset (``framing_check.frame_job``: an asset the
-orbit cannot see is refused with FAILED_PRECONDITION), keeps jobs in a ``JobStore`` (SQLite), runs
-them on worker threads through a ``JobRunner`` over the stage services, and streams their events.
+each job's orbit on its asset (``framing_check.frame_job``: an asset the orbit cannot see is refused
+with FAILED_PRECONDITION), keeps jobs in a ``JobStore`` (SQLite or PostgreSQL), runs them on worker
+threads through a ``JobRunner`` over the stage services, and streams their events.
 Several replicas can share one PostgreSQL database: each runs the jobs it leases (``jobqueue``), and any
 of them answers for any job. Jobs left unfinished by a replica that stopped (or by this one, last time)
 are resumed by whichever claims them; finished steps are not run again.
