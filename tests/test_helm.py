@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import threading
+import urllib.parse
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
@@ -64,7 +65,11 @@ SETTINGS = {
 CREDENTIALS = ("--set", "s3.accessKey=tire-test", "--set", "s3.secretKey=tire-test-secret")
 # Secrets generated at random on install (helm template cannot look the live ones up): two renderings
 # always differ there, so comparisons of renderings leave them out.
-GENERATED = {("Secret", "tire-coordinator-tokens"), ("Secret", "tire-coordinator-tls")}
+GENERATED = {
+    ("Secret", "tire-coordinator-tokens"),
+    ("Secret", "tire-coordinator-tls"),
+    ("Secret", "tire-postgresql"),
+}
 GPU = "nvidia.com/gpu"
 
 
@@ -356,7 +361,16 @@ def test_the_coordinator_keeps_its_job_state_on_a_claim_with_one_replica():
     deployment = objects[("Deployment", "tire-coordinator")]["spec"]
     assert deployment["replicas"] == 1 and deployment["strategy"] == {"type": "Recreate"}
     config = objects[("ConfigMap", "tire-coordinator")]["data"]
-    state_dir = str(Path(config["TIRE_COORDINATOR_STATE_PATH"]).parent)
+    # SQLite by default: sqlite:///<absolute path>, no host, the URL's path the file's (urllib's convention,
+    # as services/coordinator/databases.py reads it).
+    url = urllib.parse.urlsplit(config["TIRE_COORDINATOR_DATABASE_URL"])
+    assert (url.scheme, url.netloc) == ("sqlite", "")
+    database = PurePosixPath(url.path)
+    assert database.is_absolute() and database.name == "coordinator.sqlite"
+    settings = from_env(CoordinatorSettings, "TIRE_COORDINATOR_", config)
+    assert settings.database_url == "sqlite:///var/lib/tire/coordinator.sqlite"
+    assert "TIRE_COORDINATOR_STATE_PATH" not in config
+    state_dir = str(database.parent)
     pod = deployment["template"]["spec"]
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == state_dir]
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
@@ -737,6 +751,182 @@ def test_the_coordinator_is_probed_on_its_plaintext_health_port(scenario):
     # Health alone is plaintext; users reach only the API port through the Service.
     service = objects[("Service", "tire-coordinator")]["spec"]
     assert [p["targetPort"] for p in service["ports"]] == ["grpc"]
+
+
+# --- The coordinator's job state: SQLite or PostgreSQL ---------------------------------------------------
+
+# Scenario: (the URL's Secret and key, the password's, replicas).
+POSTGRES_SCENARIOS = {
+    "postgres-bundled": (("tire-postgresql", "url"), ("tire-postgresql", "password"), 2),
+    "postgres-external": (("tire-db-app", "uri"), ("tire-db-password", "password"), 3),
+}
+
+
+def coordinator_env_entries(objects: dict) -> dict[str, dict]:
+    container = pod_spec(objects, "Deployment", "tire-coordinator")["containers"][0]
+    return {entry["name"]: entry for entry in container["env"]}
+
+
+@pytest.mark.parametrize("scenario", sorted(POSTGRES_SCENARIOS))
+def test_with_postgresql_several_coordinators_share_the_jobs_without_a_state_volume(scenario):
+    url_secret, password_secret, replicas = POSTGRES_SCENARIOS[scenario]
+    objects = render(scenario=scenario)
+    deployment = objects[("Deployment", "tire-coordinator")]["spec"]
+    assert deployment["replicas"] == replicas >= 2
+    # A new pod is ready before an old one stops: the API stays up through an upgrade.
+    assert deployment["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    labels = deployment["template"]["metadata"]["labels"]
+    budget = objects[("PodDisruptionBudget", "tire-coordinator")]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    pod = deployment["template"]["spec"]
+    # No state volume, no claim: only /tmp's emptyDir and Secrets.
+    assert ("PersistentVolumeClaim", "tire-coordinator") not in objects
+    assert all(set(volume) & {"emptyDir", "secret"} for volume in pod["volumes"]), pod["volumes"]
+    assert [v["name"] for v in pod["volumes"] if "emptyDir" in v] == ["tmp"]
+    container = pod["containers"][0]
+    assert not [m for m in container["volumeMounts"] if m["mountPath"].startswith("/var/lib")]
+    env = coordinator_env_entries(objects)
+    # The URL only through secretKeyRef (it may hold a password), in no ConfigMap of the release.
+    url = env["TIRE_COORDINATOR_DATABASE_URL"]
+    assert "value" not in url
+    assert url["valueFrom"]["secretKeyRef"] == {"name": url_secret[0], "key": url_secret[1]}
+    for (kind, name), doc in objects.items():
+        if kind == "ConfigMap":
+            assert not [key for key in doc["data"] if "DATABASE" in key], name
+            assert "postgresql://" not in yaml.safe_dump(doc["data"]), name
+    # The password as a file from a whole Secret volume (0440, no subPath).
+    assert secret_file(objects, env["TIRE_COORDINATOR_DATABASE_PASSWORD_FILE"]["value"]) == password_secret
+    # Each replica leases jobs under its pod's name.
+    assert env["TIRE_COORDINATOR_REPLICA_ID"]["valueFrom"] == {
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}
+    }
+    # The settings the coordinator starts with parse (the lease's length among them).
+    config = objects[("ConfigMap", "tire-coordinator")]["data"]
+    settings = from_env(CoordinatorSettings, "TIRE_COORDINATOR_", config)
+    assert settings.lease_s == (20.0 if scenario == "postgres-external" else 30.0)
+    # A stopping replica has time to finish its calls and hand its leases back.
+    server = from_env(ServerSettings, "TIRE_COORDINATOR_", config)
+    assert pod["terminationGracePeriodSeconds"] >= max(30, server.grace_s + 10)
+    # Replicas preferably on different nodes (the chart's), or as the operator's affinity says.
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector.items() <= labels.items() and selector["app.kubernetes.io/component"] == "coordinator"
+    topology = "kubernetes.io/hostname" if scenario == "postgres-bundled" else "topology.kubernetes.io/zone"
+    assert term["podAffinityTerm"]["topologyKey"] == topology
+
+
+def test_sqlite_keeps_one_coordinator_and_refuses_more():
+    objects = render()
+    assert ("PodDisruptionBudget", "tire-coordinator") not in objects
+    assert not [key for key in objects if "postgresql" in key[1]]
+    env = coordinator_env_entries(objects)
+    assert "TIRE_COORDINATOR_DATABASE_PASSWORD_FILE" not in env
+    assert "TIRE_COORDINATOR_DATABASE_URL" not in env, "SQLite's URL is the ConfigMap's"
+    assert env["TIRE_COORDINATOR_REPLICA_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "affinity" not in pod_spec(objects, "Deployment", "tire-coordinator")
+    assert (
+        render("--set", "coordinator.replicas=1")[("Deployment", "tire-coordinator")]["spec"]["replicas"] == 1
+    )
+    # One file, one writer.
+    with pytest.raises(
+        RenderError, match=re.escape("coordinator.replicas is 2, but the job state is SQLite")
+    ):
+        render("--set", "coordinator.replicas=2")
+    with pytest.raises(RenderError, match=re.escape("coordinator.replicas is 3")):
+        render("--set", "coordinator.replicas=3", "--set", "coordinator.persistence.enabled=false")
+    # PostgreSQL takes an explicit count, one included.
+    one = render("--set", "database.existingSecret=db", "--set", "coordinator.replicas=1")
+    assert one[("Deployment", "tire-coordinator")]["spec"]["replicas"] == 1
+
+
+def test_the_bundled_postgresql_is_one_locked_down_instance_probed_with_pg_isready():
+    objects = render(scenario="postgres-bundled")
+    statefulset = objects[("StatefulSet", "tire-postgresql")]["spec"]
+    assert statefulset["replicas"] == 1 and statefulset["serviceName"] == "tire-postgresql"
+    (claim,) = statefulset["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    assert claim["spec"]["storageClassName"] == "standard"
+    pod = statefulset["template"]["spec"]
+    (container,) = pod["containers"]
+    assert re.fullmatch(r"docker\.io/library/postgres:15\.\d+-\w+", container["image"]), container["image"]
+    # The official image's postgres user, non-root (the rest of the lockdown:
+    # test_every_pod_runs_non_root_on_a_read_only_root_filesystem).
+    assert pod["securityContext"]["runAsUser"] == 999 and pod["securityContext"]["fsGroup"] == 999
+    assert container["securityContext"]["runAsUser"] == 999
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    # PGDATA in a subdirectory of the volume, whose root the server may not own.
+    (data,) = [m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
+    pgdata = PurePosixPath(env["PGDATA"])
+    assert pgdata.parent == PurePosixPath(data["mountPath"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = container[probe]["exec"]["command"]
+        assert command[0] == "pg_isready" and "127.0.0.1" in command, (probe, command)
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120
+    # The Service the coordinator's URL names, and the Secret both sides read.
+    service = objects[("Service", "tire-postgresql")]["spec"]
+    assert service["selector"].items() <= statefulset["template"]["metadata"]["labels"].items()
+    (port,) = service["ports"]
+    assert (port["port"], port["targetPort"]) == (5432, "postgresql")
+    secret = objects[("Secret", "tire-postgresql")]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    data = decoded(secret)
+    url = urllib.parse.urlsplit(data["url"])
+    assert (url.scheme, url.username, url.password) == ("postgresql", "tire", None), "no password in the URL"
+    assert (url.hostname, url.port, url.path) == ("tire-postgresql", 5432, "/tire")
+    assert (env["POSTGRES_USER"], env["POSTGRES_DB"]) == ("tire", "tire")
+    assert len(data["password"]) >= 32 and data["password"].isalnum()
+    file = PurePosixPath(env["POSTGRES_PASSWORD_FILE"])
+    (mount,) = [m for m in container["volumeMounts"] if PurePosixPath(m["mountPath"]) == file.parent]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "tire-postgresql"
+    assert volume["secret"]["items"] == [{"key": "password", "path": file.name}]
+    # Only the coordinator's pods reach it.
+    (rule,) = objects[("NetworkPolicy", "tire-postgresql")]["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "postgresql", "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    coordinator = objects[("Deployment", "tire-coordinator")]["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= coordinator.items()
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "coordinator"
+    closed = render("--set", "networkPolicy.enabled=false", scenario="postgres-bundled")
+    assert ("NetworkPolicy", "tire-postgresql") not in closed
+
+
+def test_an_upgrade_keeps_the_bundled_postgresql_password(tmp_path):
+    installed = render("--set", "postgresql.enabled=true")[("Secret", "tire-postgresql")]
+    cluster = Cluster({"tire-postgresql": left_by_an_earlier_release(installed)})
+    try:
+        upgraded = cluster.render(tmp_path, "--set", "postgresql.enabled=true")[("Secret", "tire-postgresql")]
+    finally:
+        cluster.close()
+    assert upgraded["data"] == installed["data"], "the server knows only the password it started with"
+    # Each install draws its own (this rendering is another: its arguments differ), unless the values set it.
+    other = render(scenario="postgres-bundled")[("Secret", "tire-postgresql")]
+    assert decoded(other)["password"] != decoded(installed)["password"]
+    chosen = render("--set", "postgresql.enabled=true", "--set", "postgresql.auth.password=trial-only")
+    assert decoded(chosen[("Secret", "tire-postgresql")])["password"] == "trial-only"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--set", "database.existingSecret=db", "--set", "postgresql.enabled=true"), "postgresql.enabled"),
+        (("--set", "coordinator.replicas=0"), "replicas"),
+        (("--set", "coordinator.settings.database_url=postgresql://tire@db/tire"), "database_url"),
+        (("--set", "coordinator.settings.replica_id=one"), "replica_id"),
+        (("--set", "database.existingSecret=Not_A_Name"), "existingSecret"),
+        (("--set", "postgresql.enabled=true", "--set", "postgresql.auth.username=Bad-Name"), "username"),
+        (("--set", "postgresql.replicas=2"), "replicas"),
+    ],
+)
+def test_a_bad_database_value_stops_the_render_naming_it(args, named):
+    with pytest.raises(RenderError, match=named):
+        render(*args)
 
 
 # --- Triton ----------------------------------------------------------------------------------------------

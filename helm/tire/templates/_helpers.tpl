@@ -132,6 +132,29 @@ chart's self-signed one (coordinator-tls.yaml). */}}
 {{- .Values.coordinator.tls.secretName | default (printf "%s-coordinator-tls" (include "tire.fullname" .)) }}
 {{- end }}
 
+{{/* The coordinator's job state: "postgresql" with database.existingSecret or the bundled
+postgresql.enabled (postgresql.yaml), else "sqlite" (a file on the coordinator's volume). */}}
+{{- define "tire.database" -}}
+{{- if and .Values.database.existingSecret .Values.postgresql.enabled }}
+{{- fail "database.existingSecret and postgresql.enabled both name the coordinator's database: set one of them." }}
+{{- else if or .Values.database.existingSecret .Values.postgresql.enabled }}postgresql
+{{- else }}sqlite{{ end }}
+{{- end }}
+
+{{/* With PostgreSQL, where the coordinator finds its database: a dict of "secret" and "urlKey" (the URL),
+"passwordSecret" and "passwordKey" (the password, "" for none). database.existingSecret's, else the bundled
+server's Secret (postgresql.yaml), which holds both. */}}
+{{- define "tire.databaseSecrets" -}}
+{{- $database := .Values.database }}
+{{- if $database.existingSecret }}
+{{- $passwordSecret := $database.passwordSecret | default $database.existingSecret }}
+{{- toYaml (dict "secret" $database.existingSecret "urlKey" $database.urlKey "passwordSecret" $passwordSecret "passwordKey" ($database.passwordKey | default "")) }}
+{{- else }}
+{{- $name := include "tire.componentName" (dict "root" . "name" "postgresql") }}
+{{- toYaml (dict "secret" $name "urlKey" "url" "passwordSecret" $name "passwordKey" "password") }}
+{{- end }}
+{{- end }}
+
 {{- define "tire.s3SecretName" -}}
 {{- .Values.s3.existingSecret | default (printf "%s-s3" (include "tire.fullname" .)) }}
 {{- end }}
@@ -222,6 +245,7 @@ The Deployment of one service. Besides the service context it takes:
   "env"           more container env entries, before `values.env` (a list of EnvVars)
   "ports"         more container ports (a list of ContainerPorts)
   "probePort"     the port the gRPC probes call (default: ports.grpc)
+  "affinity"      the pod's affinity (default: `values.affinity`)
 */}}
 {{- define "tire.deployment" -}}
 {{- $root := .root }}
@@ -360,7 +384,7 @@ spec:
       tolerations:
         {{- toYaml . | nindent 8 }}
       {{- end }}
-      {{- with $values.affinity }}
+      {{- with .affinity | default $values.affinity }}
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
