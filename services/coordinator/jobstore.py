@@ -33,9 +33,9 @@ leaves them. A QUEUED job is cancelled at once; a RUNNING one gets a flag that i
 (``cancel_requested``) before each stage call, and the runner then marks it CANCELLED.
 
 Leases: a queued or running job is run by the replica that holds its lease. ``claim`` leases the next
-job to a replica (fairly: the owner with the fewest jobs running first, then the oldest job; on
-PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so replicas claim side by side without waiting on each
-other), ``renew`` extends a replica's leases (its heartbeat), ``hand_back`` returns one (run again at
+job to a replica (fairly: the owner with the fewest jobs running first, then the one served longest
+ago, and its oldest job; on PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so replicas claim side by side
+without waiting on each other), ``renew`` extends a replica's leases (its heartbeat), ``hand_back`` returns one (run again at
 once, or after a wait). A lease that is not renewed expires, and the job is claimable again: another
 replica resumes it from its last finished step. ``services.coordinator.jobqueue`` runs this.
 
@@ -774,30 +774,41 @@ class JobStore:
         """
         now = time.time_ns()
         active = tuple(sorted(ACTIVE_STATES))
+        claimable = "state IN (?, ?) AND lease_expires_ns < ? AND run_after_ns <= ?"
         with self._write() as db:
-            row = db.execute(
-                "WITH busy AS (SELECT owner, COUNT(*) AS n FROM jobs"
+            # The owners in turn (a small set, each with its oldest claimable job), then the owner's
+            # oldest job through the (owner, state, row) index: no sort of every claimable job.
+            turn = db.execute(
+                "WITH busy AS MATERIALIZED (SELECT owner, COUNT(*) AS n FROM jobs"
                 " WHERE state IN (?, ?) AND lease_expires_ns >= ? GROUP BY owner)"
-                " SELECT jobs.id, jobs.owner FROM jobs LEFT JOIN busy ON busy.owner = jobs.owner"
-                " LEFT JOIN owners ON owners.owner = jobs.owner"
-                " WHERE jobs.state IN (?, ?) AND jobs.lease_expires_ns < ? AND jobs.run_after_ns <= ?"
-                " ORDER BY COALESCE(busy.n, 0), COALESCE(owners.claimed_ns, 0), jobs.row"
-                f" LIMIT 1{db.skip_locked}",
+                " SELECT waiting.owner FROM"
+                f" (SELECT owner, MIN(row) AS oldest FROM jobs WHERE {claimable} GROUP BY owner) AS waiting"
+                " LEFT JOIN busy ON busy.owner = waiting.owner"
+                " LEFT JOIN owners ON owners.owner = waiting.owner"
+                " ORDER BY COALESCE(busy.n, 0), COALESCE(owners.claimed_ns, 0), waiting.oldest",
                 (*active, now, *active, now, now),
-            ).fetchone()
-            if row is None:
-                return None
-            job_id, owner = row
-            db.execute(
-                "UPDATE jobs SET lease_holder = ?, lease_expires_ns = ? WHERE id = ?",
-                (holder, now + int(lease_s * 1e9), job_id),
-            )
-            db.execute(
-                "INSERT INTO owners (owner, claimed_ns) VALUES (?, ?)"
-                " ON CONFLICT (owner) DO UPDATE SET claimed_ns = excluded.claimed_ns",
-                (owner, now),
-            )
-            return job_id
+            ).fetchall()
+            for (owner,) in turn:
+                # Another replica may hold the owner's jobs locked this instant: skip them, and on to
+                # the next owner if that leaves none.
+                row = db.execute(
+                    f"SELECT id FROM jobs WHERE owner = ? AND {claimable}"
+                    f" ORDER BY row LIMIT 1{db.skip_locked}",
+                    (owner, *active, now, now),
+                ).fetchone()
+                if row is None:
+                    continue
+                db.execute(
+                    "UPDATE jobs SET lease_holder = ?, lease_expires_ns = ? WHERE id = ?",
+                    (holder, now + int(lease_s * 1e9), row[0]),
+                )
+                db.execute(
+                    "INSERT INTO owners (owner, claimed_ns) VALUES (?, ?)"
+                    " ON CONFLICT (owner) DO UPDATE SET claimed_ns = excluded.claimed_ns",
+                    (owner, now),
+                )
+                return row[0]
+            return None
 
     def renew(self, holder: str, lease_s: float) -> set[str]:
         """Extends every lease ``holder`` has by ``lease_s`` seconds from now; returns the ids of the
