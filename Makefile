@@ -157,6 +157,7 @@ bench: $(INSTALLED) $(TRITON_SERVER)
 	$(PY) -m benchmarks.triton
 	$(PY) -m benchmarks.formats
 	$(PY) -m benchmarks.load
+	$(PY) -m benchmarks.replicas
 
 ## bench-gpu: the GPU backends at real sizes (random weights): gsplat against the CPU renderer, and the
 ## diffusion backends at job size (see docs/benchmarks.md); needs CUDA
