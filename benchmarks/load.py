@@ -63,7 +63,7 @@ class FixedLatencyRunner:
 
     retry = RetryPolicy()
 
-    def run(self, job_id: str, holds_lease=None) -> coordinator_pb2.Job:
+    def run(self, job_id: str, lease=None) -> coordinator_pb2.Job:
         try:
             self.jobs.set_state(job_id, coordinator_pb2.JOB_STATE_RUNNING)
         except FailedPrecondition:  # cancelled (or ended) while it waited in the queue

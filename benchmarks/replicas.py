@@ -74,7 +74,7 @@ class ResumableFixedLatencyRunner(FixedLatencyRunner):
     real runner keeps a stage's result) and skips the steps already recorded, so a replica resuming a
     dead one's job goes on from its last finished step; it stops before a step once its lease is lost."""
 
-    def run(self, job_id: str, holds_lease=None) -> coordinator_pb2.Job:
+    def run(self, job_id: str, lease=None) -> coordinator_pb2.Job:
         from google.protobuf.empty_pb2 import Empty
 
         from services.common.errors import FailedPrecondition
@@ -88,7 +88,7 @@ class ResumableFixedLatencyRunner(FixedLatencyRunner):
             step = f"step{i}"
             if step in done:
                 continue
-            if holds_lease is not None and not holds_lease():
+            if lease is not None and not lease.held():
                 return self.jobs.get(job_id)
             if self.jobs.cancel_requested(job_id):
                 return self.jobs.finish(job_id, coordinator_pb2.JOB_STATE_CANCELLED)[0]

@@ -27,7 +27,7 @@ import threading
 import time
 
 from services.coordinator.databases import replica_name
-from services.coordinator.jobstore import FINAL_STATES
+from services.coordinator.jobstore import FINAL_STATES, Lease
 from services.coordinator.pipeline import JobRunner
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class JobQueue:
             self._lost.discard(job_id)
         wait_s = 0.0
         try:
-            job = self.runner.run(job_id, holds_lease=lambda: self.holds(job_id))
+            job = self.runner.run(job_id, Lease(self.holder, lambda: self.holds(job_id)))
             if job.state not in FINAL_STATES:
                 wait_s = self.runner.retry_in_s(job_id)
         except Exception:  # the runner records failures; this is the job database gone mid-run

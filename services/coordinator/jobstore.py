@@ -35,9 +35,11 @@ leaves them. A QUEUED job is cancelled at once; a RUNNING one gets a flag that i
 Leases: a queued or running job is run by the replica that holds its lease. ``claim`` leases the next
 job to a replica (fairly: the owner with the fewest jobs running first, then the one served longest
 ago, and its oldest job; on PostgreSQL with ``FOR UPDATE SKIP LOCKED``, so replicas claim side by side
-without waiting on each other), ``renew`` extends a replica's leases (its heartbeat), ``hand_back`` returns one (run again at
-once, or after a wait). A lease that is not renewed expires, and the job is claimable again: another
-replica resumes it from its last finished step. ``services.coordinator.jobqueue`` runs this.
+without waiting on each other), ``renew`` extends a replica's leases (its heartbeat), ``hand_back``
+returns one (run again at once, or after a wait). A lease that is not renewed expires, and the job is
+claimable again: another replica resumes it from its last finished step. The runner's writes name its
+holder (``Lease``), and are refused once another replica holds the job. ``services.coordinator.jobqueue``
+runs this.
 
 Concurrency: every write is one transaction that locks the rows it reads before writing them (the job,
 or the owner for admission), so a second JobStore on the same database (another replica) cannot
@@ -62,13 +64,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from tire.v1 import coordinator_pb2
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, LeaseLost, NotFound
 from services.coordinator.admission import ActiveJobLimitReached
 from services.coordinator.databases import (
     EVENTS_CHANNEL,
@@ -252,6 +255,21 @@ _JOB_COLUMNS = "id, owner, state, created_ns, updated_ns, spec, progress, output
 _URI_FIELDS = frozenset({"uri", "uris", "preview_uris"})
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A replica's lease of one job, as the job's runner holds it (``services.coordinator.jobqueue``).
+
+    The runner's writes name ``holder`` (the ``holder=`` of ``set_state``, ``finish``, ``set_progress``,
+    ``record_step`` and ``append_event``): each is refused with ``LeaseLost``, in its transaction, once
+    another replica holds the job, so a replica that lost the lease (paused, cut off) adds nothing to
+    the job after the other took it. ``held()`` is the heartbeat's view, asked before each step without
+    a database read.
+    """
+
+    holder: str
+    held: Callable[[], bool]
 
 
 class Upload(NamedTuple):
@@ -470,7 +488,13 @@ class JobStore:
         return [row[0] for row in rows]
 
     def set_state(
-        self, job_id: str, state: int, *, error: str = "", outputs: JobOutputs | None = None
+        self,
+        job_id: str,
+        state: int,
+        *,
+        error: str = "",
+        outputs: JobOutputs | None = None,
+        holder: str | None = None,
     ) -> Job:
         """Moves a job to ``state`` and sets ``updated_at`` to now; returns the job.
 
@@ -481,9 +505,11 @@ class JobStore:
             FailedPrecondition: the job is in a final state and ``state`` is another one (the same final
                 state again is a no-op that returns the job unchanged).
             InvalidArgument: ``state`` is JOB_STATE_UNSPECIFIED or not a JobState.
+            LeaseLost: ``holder`` is given and does not hold the job's lease (``Lease``).
         """
         _check_target_state(state)
         with self._write() as db:
+            self._check_holder(db, job_id, holder)
             return self._set_state(db, job_id, state, error, outputs)
 
     def finish(
@@ -494,6 +520,7 @@ class JobStore:
         error: str = "",
         outputs: JobOutputs | None = None,
         failure: coordinator_pb2.StepFailure | None = None,
+        holder: str | None = None,
     ) -> tuple[Job, JobEvent]:
         """Ends a job: a final ``state`` and its JobFinished event, committed together. A ``failure``
         sets ``error`` to its sentence unless ``error`` is given.
@@ -509,17 +536,20 @@ class JobStore:
         Raises:
             InvalidArgument: ``state`` is not SUCCEEDED, FAILED or CANCELLED.
             FailedPrecondition: the job already ended in another final state.
+            LeaseLost: ``holder`` is given and does not hold the job's lease.
         """
         if state not in FINAL_STATES:
             raise InvalidArgument("state", state, "must be a final JobState (SUCCEEDED, FAILED or CANCELLED)")
         error = error or (failure.message if failure else "")
         with self._write() as db:
+            self._check_holder(db, job_id, holder)
             return self._finish(db, job_id, state, error, outputs, failure)
 
-    def set_progress(self, job_id: str, progress: JobProgress) -> None:
-        """Replaces the job's progress (``updated_at`` is left alone: it tracks state changes)."""
+    def set_progress(self, job_id: str, progress: JobProgress, *, holder: str | None = None) -> None:
+        """Replaces the job's progress (``updated_at`` is left alone: it tracks state changes); ``holder``:
+        as ``set_state``'s."""
         with self._write() as db:
-            self._lock_job(db, job_id)
+            self._check_holder(db, job_id, holder)
             db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress.SerializeToString(), job_id))
 
     def request_cancel(self, job_id: str, owner: str | None = None) -> Job:
@@ -551,15 +581,18 @@ class JobStore:
 
     # ---- steps ------------------------------------------------------------------------------------
 
-    def record_step(self, job_id: str, step: str, result: Message, seconds: float) -> None:
+    def record_step(
+        self, job_id: str, step: str, result: Message, seconds: float, *, holder: str | None = None
+    ) -> None:
         """Records that ``step`` finished with ``result`` after ``seconds`` of wall time, and the objects
         ``result`` names as the job's.
 
         Idempotent: recording a step again keeps the first result (a resumed runner may redo a step
         whose record it had not seen committed; the first result is the one events already point at).
+        ``holder``: as ``set_state``'s.
         """
         with self._write() as db:
-            self._lock_job(db, job_id)
+            self._check_holder(db, job_id, holder)
             db.execute(
                 "INSERT INTO steps (job_id, step, result, seconds) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
@@ -592,10 +625,12 @@ class JobStore:
 
     # ---- events -----------------------------------------------------------------------------------
 
-    def append_event(self, job_id: str, event: JobEvent) -> JobEvent:
+    def append_event(self, job_id: str, event: JobEvent, *, holder: str | None = None) -> JobEvent:
         """Stores a copy of ``event`` with ``job_id``, the next ``sequence`` and ``time = now``; wakes
-        the job's watchers; returns the stored copy (``event`` itself is not modified)."""
+        the job's watchers; returns the stored copy (``event`` itself is not modified). ``holder``: as
+        ``set_state``'s."""
         with self._write() as db:
+            self._check_holder(db, job_id, holder)
             stored = self._append_event(db, job_id, event)
         return stored
 
@@ -968,6 +1003,16 @@ class JobStore:
     def _lock_job(self, db: Transaction, job_id: str) -> None:
         if not db.lock_job(job_id):
             raise _not_found(job_id)
+
+    def _check_holder(self, db: Transaction, job_id: str, holder: str | None) -> None:
+        """Locks the job; ``LeaseLost`` when ``holder`` is given and another holds (or nobody holds) its
+        lease."""
+        self._lock_job(db, job_id)
+        if holder is None:
+            return
+        row = db.execute("SELECT lease_holder FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row[0] != holder:
+            raise LeaseLost(f"job {job_id} is not leased to {holder} any more")
 
     def _require_job(self, db: Transaction, job_id: str) -> None:
         if db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:

@@ -59,7 +59,7 @@ from services.common.store import BlobStore
 from services.common.tensors import PREVIEW_COMPRESS_LEVEL, get_tensor, png_bytes, put_tensor, read_png
 from services.coordinator import schedule
 from services.coordinator.appearance import carry_repairs
-from services.coordinator.jobstore import FINAL_STATES, JobStore
+from services.coordinator.jobstore import FINAL_STATES, JobStore, Lease
 from services.coordinator.outputs import PNG, FrameResult, job_outputs
 from services.coordinator.stages import (
     RETRIED_CODES,
@@ -108,11 +108,12 @@ class JobRunner:
         self.source_weight = source_weight
         self._waits: dict[str, float] = {}  # job id -> the wait before its next run, seconds
 
-    def run(self, job_id: str, holds_lease: Callable[[], bool] | None = None) -> coordinator_pb2.Job:
+    def run(self, job_id: str, lease: Lease | None = None) -> coordinator_pb2.Job:
         """Run (or resume) the job to its end, and return it.
 
-        ``holds_lease`` says whether this replica still holds the job's lease (``JobQueue``); asked
-        before every step, a False stops the run there and returns the job as it is, to its new holder.
+        ``lease``: this replica's lease of the job (``JobQueue``; None in-process). Once another replica
+        holds the job (``lease.held()`` before a step, or a write refused), the run stops there and
+        returns the job as it is, to its new holder.
 
         A job that fails for a reason waiting cures (a step's code is UNAVAILABLE or DEADLINE_EXCEEDED
         once its retries are spent: the object store or a stage is down) is not failed: it gets a
@@ -120,29 +121,36 @@ class JobRunner:
         seconds (``JobQueue`` does); its finished steps are not run again. Any other failure ends it
         FAILED, ``Job.error`` naming the step and the code ("render: INVALID_ARGUMENT: ...").
         """
+        try:
+            return self._run(job_id, lease)
+        except LeaseLost:
+            log.warning("job %s: lease lost, left to its new holder", job_id, extra={"job_id": job_id})
+            return self.jobs.get(job_id)
+
+    def _run(self, job_id: str, lease: Lease | None) -> coordinator_pb2.Job:
+        holder = lease.holder if lease is not None else None
         job = self.jobs.get(job_id)
         if job.state in (JOB.JOB_STATE_SUCCEEDED, JOB.JOB_STATE_FAILED, JOB.JOB_STATE_CANCELLED):
             return job
         if self.jobs.cancel_requested(job_id):
-            return self._finish(job_id, JOB.JOB_STATE_CANCELLED)
+            return self._finish(job_id, JOB.JOB_STATE_CANCELLED, holder=holder)
         try:
-            self.jobs.set_state(job_id, JOB.JOB_STATE_RUNNING)
+            self.jobs.set_state(job_id, JOB.JOB_STATE_RUNNING, holder=holder)
         except FailedPrecondition:  # cancelled (and so finished) while it waited in the queue
             return self.jobs.get(job_id)
         execution = None
         try:
-            execution = _Run(self, job, holds_lease)
+            execution = _Run(self, job, lease)
             outputs = execution.execute()
-        except LeaseLost:
-            log.warning("job %s: lease lost, left to its new holder", job_id, extra={"job_id": job_id})
-            return self.jobs.get(job_id)
+        except LeaseLost:  # before JobCancelled, its base: not cancelled, only another's now
+            raise
         except JobCancelled:
-            return self._finish(job_id, JOB.JOB_STATE_CANCELLED)
+            return self._finish(job_id, JOB.JOB_STATE_CANCELLED, holder=holder)
         except Exception as exc:
             steps = (
                 execution.steps
                 if execution
-                else StepLog(self.jobs, job_id, four_d=False, steps_total=0, rings_total=0)
+                else StepLog(self.jobs, job_id, four_d=False, steps_total=0, rings_total=0, lease=lease)
             )
             failure = steps.failed("job", 0, exc)
             if not isinstance(failure, TireError):  # a bug: fail the job, keep the coordinator
@@ -157,8 +165,8 @@ class JobRunner:
                 return self.jobs.get(job_id)
             else:
                 log.warning("job %s failed: %s", job_id, failure, extra={"job_id": job_id})
-            return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=failure.structured)
-        return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs)
+            return self._finish(job_id, JOB.JOB_STATE_FAILED, failure=failure.structured, holder=holder)
+        return self._finish(job_id, JOB.JOB_STATE_SUCCEEDED, outputs=outputs, holder=holder)
 
     def run_to_end(self, job_id: str) -> coordinator_pb2.Job:
         """``run`` again after each wait until the job ends (in-process use: ``tire run``, tests)."""
@@ -172,18 +180,19 @@ class JobRunner:
         """Seconds until a waiting job should run again (0 for a job that is not waiting)."""
         return self._waits.get(job_id, 0.0)
 
-    def _finish(self, job_id: str, state: int, *, outputs=None, failure=None) -> coordinator_pb2.Job:
+    def _finish(
+        self, job_id: str, state: int, *, outputs=None, failure=None, holder=None
+    ) -> coordinator_pb2.Job:
         self._waits.pop(job_id, None)
-        job, _ = self.jobs.finish(job_id, state, outputs=outputs, failure=failure)  # state and event at once
+        # The state and its event at once.
+        job, _ = self.jobs.finish(job_id, state, outputs=outputs, failure=failure, holder=holder)
         return job
 
 
 class _Run:
     """One execution of one job: the plan, and how each step calls its stage."""
 
-    def __init__(
-        self, runner: JobRunner, job: coordinator_pb2.Job, holds_lease: Callable[[], bool] | None = None
-    ):
+    def __init__(self, runner: JobRunner, job: coordinator_pb2.Job, lease: Lease | None = None):
         self.runner = runner
         self.stages = runner.stages
         self.store = runner.store
@@ -198,7 +207,7 @@ class _Run:
             four_d=frames > 1,
             steps_total=3 + frames * per_frame,
             rings_total=len(self.plan.rings),
-            holds_lease=holds_lease,
+            lease=lease,
         )
 
     # ----- the plan --------------------------------------------------------------------------

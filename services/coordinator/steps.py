@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from tire.v1 import common_pb2, coordinator_pb2
 
 from services.common.errors import JobCancelled, LeaseLost, StepFailed, TireError
-from services.coordinator.jobstore import JobStore
+from services.coordinator.jobstore import JobStore, Lease
 from services.coordinator.stages import step_failed
 
 JOB = coordinator_pb2
@@ -40,7 +40,8 @@ class StepLog:
         steps_total: the steps the job is expected to run, for ``JobProgress`` (``expect_fewer``
             lowers it when the plan merges steps).
         rings_total: the rings planned (0 in adaptive mode, where they are chosen as the job runs).
-        holds_lease: whether this replica still holds the job's lease (None: no leases, in-process).
+        lease: this replica's lease of the job (None: no leases, in-process): asked before each step,
+            and named by each write, which is refused once another replica holds the job.
     """
 
     def __init__(
@@ -51,10 +52,11 @@ class StepLog:
         four_d: bool,
         steps_total: int,
         rings_total: int,
-        holds_lease: Callable[[], bool] | None = None,
+        lease: Lease | None = None,
     ):
         self.jobs = jobs
-        self.holds_lease = holds_lease
+        self.lease = lease
+        self.holder = lease.holder if lease is not None else None
         self.job_id = job_id
         self.four_d = four_d
         self.rings_total = rings_total
@@ -104,7 +106,7 @@ class StepLog:
         except Exception as exc:
             raise self.failed(name, time_step, exc) from exc
         seconds = time.perf_counter() - start
-        self.jobs.record_step(self.job_id, key, result, seconds)
+        self.jobs.record_step(self.job_id, key, result, seconds, holder=self.holder)
         self._finished(name, time_step, seconds, result, resumed=False)
         return result
 
@@ -148,7 +150,7 @@ class StepLog:
         Raises:
             LeaseLost: another replica runs the job now (retries stop too).
         """
-        if self.holds_lease is not None and not self.holds_lease():
+        if self.lease is not None and not self.lease.held():
             raise LeaseLost(f"job {self.job_id} is leased to another coordinator replica now")
         return self.jobs.cancel_requested(self.job_id)
 
@@ -221,10 +223,10 @@ class StepLog:
                 rings_total=max(self.rings_total, self._ring),
                 current_step=current,
             )
-            self.jobs.set_progress(self.job_id, progress)
+            self.jobs.set_progress(self.job_id, progress, holder=self.holder)
 
     def _event(self, **kind: Message) -> None:
-        self.jobs.append_event(self.job_id, JOB.JobEvent(**kind))
+        self.jobs.append_event(self.job_id, JOB.JobEvent(**kind), holder=self.holder)
 
 
 def artifacts(result: Message) -> list[coordinator_pb2.Artifact]:

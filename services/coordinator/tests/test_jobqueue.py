@@ -25,7 +25,7 @@ def spec(seed: int) -> coordinator_pb2.JobSpec:
 
 class Recording:
     """A runner that records the order jobs start in and how many run at once; each job takes
-    ``steps`` steps of ``step_s``, asking ``holds_lease`` before each, as ``JobRunner`` does."""
+    ``steps`` steps of ``step_s``, asking ``lease.held()`` before each, as ``JobRunner`` does."""
 
     retry = RetryPolicy()
 
@@ -36,7 +36,7 @@ class Recording:
         self.running = self.most_at_once = 0
         self.lock = threading.Lock()
 
-    def run(self, job_id: str, holds_lease=None) -> coordinator_pb2.Job:
+    def run(self, job_id: str, lease=None) -> coordinator_pb2.Job:
         with self.lock:
             first = job_id not in self.started
             self.started.append(job_id)
@@ -47,7 +47,7 @@ class Recording:
             if self.wait_first and first:
                 return self.jobs.get(job_id)  # waiting for a stage: run again after retry_in_s
             for _ in range(self.steps):
-                if holds_lease is not None and not holds_lease():
+                if lease is not None and not lease.held():
                     raise LeaseLost(job_id)
                 time.sleep(self.step_s)
             return self.jobs.finish(job_id, SUCCEEDED)[0]

@@ -14,6 +14,7 @@ from services.common.errors import (
     DatabaseUnavailable,
     FailedPrecondition,
     InvalidArgument,
+    LeaseLost,
     NotFound,
 )
 from services.common.local_server import free_port
@@ -1019,3 +1020,24 @@ def test_a_postgresql_restart_is_unavailable_meanwhile_and_nothing_is_lost():
                 other.append_event(job.id, started("fit_subject"))
                 time.sleep(0.5)
         assert job.id in heard
+
+
+def test_writes_of_a_replica_that_lost_the_lease_are_refused_and_change_nothing(store):
+    job, _ = store.create(spec())
+    assert store.claim("r1", lease_s=0.1) == job.id
+    store.set_state(job.id, RUNNING, holder="r1")
+    store.append_event(job.id, started("render"), holder="r1")
+    time.sleep(0.15)
+    assert store.claim("r2", lease_s=30) == job.id  # r1 was paused past its lease
+    for write in (
+        lambda: store.append_event(job.id, started("fit_subject"), holder="r1"),
+        lambda: store.record_step(job.id, "render", common_pb2.ObjectRef(uri="s3://x/y"), 1.0, holder="r1"),
+        lambda: store.set_progress(job.id, coordinator_pb2.JobProgress(steps_done=9), holder="r1"),
+        lambda: store.finish(job.id, SUCCEEDED, holder="r1"),
+    ):
+        with pytest.raises(LeaseLost, match=f"job {job.id} is not leased to r1"):
+            write()
+    assert [e.sequence for e in store.events(job.id)] == [1]
+    assert store.finished_steps(job.id) == [] and store.get(job.id).state == RUNNING
+    store.append_event(job.id, started("fit_subject"), holder="r2")
+    assert store.finish(job.id, SUCCEEDED, holder="r2")[1].sequence == 3
