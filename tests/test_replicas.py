@@ -8,7 +8,6 @@ five stage services and the same database, driven only through their gRPC API, a
    no event: watches that resume on the other replica see each event once, in order.
 4. A watch on one replica follows a job the other runs as it runs (LISTEN/NOTIFY), not at its end.
 5. The database restarted mid-job: calls answer UNAVAILABLE meanwhile, the jobs wait, then go on.
-
 6. A replica frozen past its lease (SIGSTOP) writes nothing more to the job once thawed (fencing).
 
 Every job is the stack test's small one (``tests/test_stack.py``) and ends with the bytes of the same job
@@ -253,8 +252,8 @@ def follow(stubs: list, job_id: str, first: int = 0) -> tuple[list[JOB.JobEvent]
     ``stubs[first]``) after the last event received. Returns the events and how many times it resumed.
 
     The stubs' channels must not retry: with a retry policy, grpcio (1.85) leaves a stream that has
-    received nothing yet hanging forever, past its deadline, when the server goes away
-    (``test_a_watch_through_the_client_ends_when_its_replica_dies``)."""
+    received nothing yet hanging forever, past its deadline, when the server goes away (a server-streaming
+    call, its server killed before its first message: reproduced outside this suite)."""
     events: list[JOB.JobEvent] = []
     resumed, turn = 0, first
     deadline = time.monotonic() + WATCH_TIMEOUT_S

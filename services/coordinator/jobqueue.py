@@ -144,6 +144,11 @@ class JobQueue:
     def _run(self, job_id: str) -> None:
         """Runs one claimed job, then hands its lease back (to run again after its wait, if it waits)."""
         with self._ready:
+            if job_id in self._held:
+                # Still running here: its lease expired while the database was away, and this replica
+                # claimed it back. That run goes on under the renewed lease; a second would run it twice.
+                self._lost.discard(job_id)
+                return
             self._held.add(job_id)
             self._lost.discard(job_id)
         wait_s = 0.0

@@ -166,3 +166,15 @@ def test_on_sqlite_a_start_takes_back_every_lease(jobs, start) -> None:
     assert jobs.claim("host-41", lease_s=3600) == job.id  # the coordinator before, killed
     start(Recording(jobs), holder="host-42")
     wait_for(lambda: jobs.get(job.id).state == SUCCEEDED)
+
+
+def test_a_job_claimed_back_while_it_still_runs_here_is_not_run_twice(jobs, start) -> None:
+    runner = Recording(jobs, steps=100, step_s=0.01)
+    queue = start(runner, workers=2, lease_s=3.0)
+    job, _ = jobs.create(spec(0))
+    wait_for(lambda: runner.started == [job.id])
+    # The lease expired while the database was away; the other worker claims the job back.
+    jobs.hand_back(job.id, "r1")
+    queue.wake()
+    wait_for(lambda: jobs.get(job.id).state == SUCCEEDED)
+    assert runner.started == [job.id] and runner.most_at_once == 1 and runner.lost == []
