@@ -84,16 +84,53 @@ class FixedLatencyRunner:
         return 1.0
 
 
+def upload_inputs(store, jobs, files: list[tuple[Path, str, str]]) -> list[dict]:
+    """Puts each (path, suffix, media type) into ``store`` and records it as uploaded by both callers (as
+    CreateUpload and a verified PUT leave it); returns the specs' inputs (uri, sha256, size, type)."""
+    from services.common.store import content_key, content_sha256
+
+    inputs = []
+    for path, suffix, media_type in files:
+        data = path.read_bytes()
+        sha256 = content_sha256(data)
+        uri = store.uri_for(content_key(sha256, suffix))
+        store.put_at(uri, data)
+        for caller in CALLERS:
+            jobs.expect_upload(caller, uri, sha256, len(data), "", time.time_ns() + 10**13)
+            jobs.mark_uploaded(caller, uri, time.time_ns() + 10**13)
+        inputs.append({"uri": uri, "sha256": sha256, "size_bytes": len(data), "media_type": media_type})
+    return inputs
+
+
+def serve_api(state_dir: Path, jobs, queue, store, tokens: dict[str, str], settings, inputs: list[dict]):
+    """The coordinator's API over ``jobs`` and ``queue`` on a free loopback port (``grpc.aio``, no
+    metrics); writes ``ready.json`` (port, pid, the specs' inputs) once it listens. Returns the server."""
+    from services.common.config import ServerSettings
+    from services.common.server import ServiceSpec, start_server
+    from services.coordinator.auth import TokenBook, token_entry
+    from services.coordinator.server import SERVICE_NAME, CoordinatorServicer
+
+    entries = ",".join(token_entry(token, name) for name, token in tokens.items())
+    servicer = CoordinatorServicer(jobs, queue, store, TokenBook(inline=entries), settings)
+    spec = ServiceSpec(
+        SERVICE_NAME,
+        lambda server: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server),
+        asynchronous=True,
+    )
+    running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
+    ready = {"port": running.port, "pid": os.getpid(), "inputs": inputs}
+    (state_dir / "ready.json.partial").write_text(json.dumps(ready))
+    (state_dir / "ready.json.partial").replace(state_dir / "ready.json")
+    return running
+
+
 def serve(state_dir: Path, steps: int, step_s: float, tokens: dict[str, str]) -> None:
     """The coordinator of one scenario: its assets already uploaded by both callers; writes
     ``ready.json`` (port, pid, the specs' inputs) and serves until killed."""
-    from services.common.config import ServerSettings
-    from services.common.server import ServiceSpec, start_server
-    from services.common.store import MemoryStore, content_key, content_sha256
-    from services.coordinator.auth import TokenBook, token_entry
+    from services.common.store import MemoryStore
     from services.coordinator.jobqueue import JobQueue
     from services.coordinator.jobstore import JobStore
-    from services.coordinator.server import SERVICE_NAME, CoordinatorServicer, CoordinatorSettings
+    from services.coordinator.server import CoordinatorSettings
     from services.testing.synthetic import SHARED_ASSETS
 
     store, jobs = MemoryStore(), JobStore(state_dir / "coordinator.sqlite")
@@ -102,18 +139,8 @@ def serve(state_dir: Path, steps: int, step_s: float, tokens: dict[str, str]) ->
         for name in ("hamburger_lgm.ply", "donut_unnormalized_quats.ply")
         if (path := SHARED_ASSETS / name).exists()
     ]
-    inputs = []
-    for path, suffix, media_type in [(a, ".ply", "application/x-ply") for a in assets] + [
-        (SAMPLES / "monkey_front.png", ".png", "image/png")
-    ]:
-        data = path.read_bytes()
-        sha256 = content_sha256(data)
-        uri = store.uri_for(content_key(sha256, suffix))
-        store.put_at(uri, data)
-        for caller in CALLERS:  # as CreateUpload and a verified PUT leave it
-            jobs.expect_upload(caller, uri, sha256, len(data), "", time.time_ns() + 10**13)
-            jobs.mark_uploaded(caller, uri, time.time_ns() + 10**13)
-        inputs.append({"uri": uri, "sha256": sha256, "size_bytes": len(data), "media_type": media_type})
+    files = [(a, ".ply", "application/x-ply") for a in assets]
+    inputs = upload_inputs(store, jobs, [*files, (SAMPLES / "monkey_front.png", ".png", "image/png")])
     settings = CoordinatorSettings(
         workers=RUNNING_AT_ONCE,
         max_watches_per_caller=10_000,
@@ -121,20 +148,10 @@ def serve(state_dir: Path, steps: int, step_s: float, tokens: dict[str, str]) ->
         max_submissions_per_s=1e6,
         submission_burst=100_000,
     )
-    entries = ",".join(token_entry(token, name) for name, token in tokens.items())
     queue = JobQueue(FixedLatencyRunner(jobs, steps, step_s), settings.workers)  # type: ignore[arg-type]
-    servicer = CoordinatorServicer(jobs, queue, store, TokenBook(inline=entries), settings)
-    spec = ServiceSpec(
-        SERVICE_NAME,
-        lambda server: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server),
-        asynchronous=True,
-    )
-    running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
     queue.start()
-    ready = {"port": running.port, "pid": os.getpid(), "inputs": inputs}
-    (state_dir / "ready.json.partial").write_text(json.dumps(ready))
-    (state_dir / "ready.json.partial").replace(state_dir / "ready.json")
-    while True:
+    running = serve_api(state_dir, jobs, queue, store, tokens, settings, inputs)
+    while running:  # the server stops when nothing refers to it
         time.sleep(3600)
 
 

@@ -56,7 +56,7 @@ from pathlib import Path
 import grpc
 from tire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
-from benchmarks.load import CALLERS, FINAL, SAMPLES, FixedLatencyRunner
+from benchmarks.load import CALLERS, FINAL, SAMPLES, FixedLatencyRunner, serve_api, upload_inputs
 from benchmarks.timing import cpu_name
 
 ROOT = Path(__file__).parents[1]
@@ -105,32 +105,23 @@ def serve(state_dir: Path, options: dict) -> None:
     """One replica: its assets uploaded by both callers (in its own in-memory object store, in the shared
     job store); writes ``ready.json`` (port, pid, the specs' inputs), waits for a ``go`` file when held,
     then starts its workers and serves until killed."""
-    from services.common.config import ServerSettings
-    from services.common.server import ServiceSpec, start_server
-    from services.common.store import MemoryStore, content_key, content_sha256
-    from services.coordinator.auth import TokenBook, token_entry
+    from services.common.store import MemoryStore
     from services.coordinator.jobqueue import JobQueue
     from services.coordinator.jobstore import JobStore
-    from services.coordinator.server import SERVICE_NAME, CoordinatorServicer, CoordinatorSettings
+    from services.coordinator.server import CoordinatorSettings
 
     workers = options["workers"]
     store = MemoryStore()
     jobs = JobStore(options["database"], pool_size=max(10, workers + 4))
-    inputs = []
-    for path, suffix, media_type in [
-        (SAMPLES / "monkey_lgm.ply", ".ply", "application/x-ply"),
-        (SAMPLES / "monkey_front.png", ".png", "image/png"),
-    ]:
-        data = path.read_bytes()
-        sha256 = content_sha256(data)
-        uri = store.uri_for(content_key(sha256, suffix))
-        store.put_at(uri, data)
-        for (
-            caller
-        ) in CALLERS:  # as CreateUpload and a verified PUT leave it (the same rows from each replica)
-            jobs.expect_upload(caller, uri, sha256, len(data), "", time.time_ns() + 10**13)
-            jobs.mark_uploaded(caller, uri, time.time_ns() + 10**13)
-        inputs.append({"uri": uri, "sha256": sha256, "size_bytes": len(data), "media_type": media_type})
+    # The same upload rows from each replica: recorded again, the same.
+    inputs = upload_inputs(
+        store,
+        jobs,
+        [
+            (SAMPLES / "monkey_lgm.ply", ".ply", "application/x-ply"),
+            (SAMPLES / "monkey_front.png", ".png", "image/png"),
+        ],
+    )
     settings = CoordinatorSettings(
         database_url=options["database"],
         replica_id=options["holder"],
@@ -144,22 +135,12 @@ def serve(state_dir: Path, options: dict) -> None:
     runner_class = ResumableFixedLatencyRunner if options["resumable"] else FixedLatencyRunner
     runner = runner_class(jobs, options["steps"], options["step_s"])
     queue = JobQueue(runner, workers, holder=options["holder"], lease_s=options["lease_s"])  # type: ignore[arg-type]
-    entries = ",".join(token_entry(token, name) for name, token in options["tokens"].items())
-    servicer = CoordinatorServicer(jobs, queue, store, TokenBook(inline=entries), settings)
-    spec = ServiceSpec(
-        SERVICE_NAME,
-        lambda server: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(servicer, server),
-        asynchronous=True,
-    )
-    running = start_server(spec, ServerSettings(port=0, host="127.0.0.1", metrics_port=-1))
-    ready = {"port": running.port, "pid": os.getpid(), "inputs": inputs}
-    (state_dir / "ready.json.partial").write_text(json.dumps(ready))
-    (state_dir / "ready.json.partial").replace(state_dir / "ready.json")
+    running = serve_api(state_dir, jobs, queue, store, options["tokens"], settings, inputs)
     if options["hold"]:
         while not (state_dir / "go").exists():
             time.sleep(0.005)
     queue.start()
-    while True:
+    while running:  # the server stops when nothing refers to it
         time.sleep(3600)
 
 

@@ -37,6 +37,7 @@ from test_stack import (
     WATCH_TIMEOUT_S,
     calls,
     coordinator_stub,
+    embedded_repair_sha256,
     repaired_sha256,
     small_spec,
     step_finished,
@@ -50,12 +51,6 @@ from conftest import ServiceProcess
 from services.client import upload
 from services.common.clients import dial
 from services.common.registry import STAGE_NAMES
-from services.common.store import MemoryStore
-from services.coordinator.framing_check import frame_job
-from services.coordinator.jobstore import JobStore
-from services.coordinator.pipeline import JobRunner
-from services.coordinator.spec import resolve_spec
-from services.embedded import embedded_stages
 from services.testing.postgres import LocalPostgres, require_postgres
 
 pytestmark = pytest.mark.slow
@@ -77,16 +72,8 @@ def stages(launch_service) -> dict[str, ServiceProcess]:
 
 @pytest.fixture(scope="module")
 def reference_sha256() -> str:
-    """sha256 of the repaired .ply of the same job run embedded (in this process, in-memory store)."""
-    store = MemoryStore()
-    frames = [store.put_bytes(MONKEY.read_bytes(), suffix=".ply", media_type="application/x-ply")]
-    references = [store.put_bytes(REFERENCE.read_bytes(), suffix=".png", media_type="image/png")]
-    with JobStore(":memory:") as jobs:
-        job, _ = jobs.create(frame_job(resolve_spec(small_spec(frames, references)), store))
-        job = JobRunner(jobs, embedded_stages(store), store).run(job.id)
-    assert job.state == JOB.JOB_STATE_SUCCEEDED, job.error
-    (frame,) = job.outputs.repaired.frames
-    return frame.sha256
+    """sha256 of the repaired .ply of the same job run embedded (``test_stack``'s reference)."""
+    return embedded_repair_sha256()
 
 
 class Replicas:

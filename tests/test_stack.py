@@ -140,7 +140,11 @@ def spec(stub) -> JOB.JobSpec:
 
 @pytest.fixture(scope="module")
 def embedded_sha256() -> str:
-    """sha256 of the repaired .ply of the same job run embedded (in this process, in-memory store)."""
+    return embedded_repair_sha256()
+
+
+def embedded_repair_sha256() -> str:
+    """sha256 of the repaired .ply of the small job run embedded (in this process, in-memory store)."""
     store = MemoryStore()
     frames = [store.put_bytes(MONKEY.read_bytes(), suffix=".ply", media_type="application/x-ply")]
     references = [store.put_bytes(REFERENCE.read_bytes(), suffix=".png", media_type="image/png")]
